@@ -1,0 +1,27 @@
+"""spkcausal: long-tail aware speaker verification (Causal Norm training + TDE inference)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="spkcausal",
+    version="0.1.0",
+    description="Speaker verification toolkit for long-tailed corpora: Causal Norm heads and TDE inference",
+    packages=find_packages(include=["spkcausal", "spkcausal.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch==2.14.1",
+        "torchaudio==2.11.0",
+        "speechbrain==1.1.2",
+        "soundfile",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        "av",
+        "kaldiio",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff"]},
+    entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
+)

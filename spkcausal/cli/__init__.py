@@ -1,0 +1,43 @@
+"""`spkcausal <command>`: argparse only; every command lives in a submodule that defines `register`.
+
+Each submodule of this package exposes `register(subparsers)` which adds its commands and sets
+`func` to a small function that calls the library. Heavy imports (torch, matplotlib) stay inside
+those functions so that `spkcausal --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..utils import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Collect every command module's subcommands into one parser."""
+    parser = argparse.ArgumentParser(
+        prog="spkcausal",
+        description="Speaker verification on long-tailed corpora: data, profiles, training, TDE, scoring.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `spkcausal` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except DataError as e:
+        print(f"spkcausal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

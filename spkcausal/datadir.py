@@ -1,0 +1,483 @@
+"""Kaldi-style data dirs, trial lists and score files: read, validate, write (sorted, atomic).
+
+A data dir holds plain-text tables keyed by utterance or speaker id, one entry a line:
+`wav.scp` (utt path), `utt2spk` (utt spk), `spk2utt` (spk utt...), `utt2dur` (utt seconds),
+`spk2gender` (spk m|f) and optionally `utt2sess` (utt session, e.g. a YouTube id or chapter)
+and `spk2nat`; an eval dir may add `enroll2utt` (enrol id -> the utterances whose mean embedding
+enrols it, CN-Celeb's Avg protocol). Keys never contain whitespace; every file is sorted by key in byte order so that
+`LC_ALL=C sort -c` accepts it.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .utils import DataError, PathLike, atomic_write
+
+__all__ = [
+    "DataError", "DataDir", "Trials", "Problem", "read_kv", "read_list_kv", "write_kv", "write_list_kv",
+    "utt2spk_to_spk2utt", "read_trials", "write_trials", "read_scores", "write_scores", "validate_datadir",
+]
+
+KV_FILES = ("wav.scp", "utt2spk", "utt2dur", "spk2gender", "utt2sess", "spk2nat")
+GENDERS = {"m", "f"}
+
+
+def _lines(path: PathLike) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def read_kv(path: PathLike, value_type: type = str) -> dict[str, object]:
+    """Read a `key value` table (the value is the rest of the line); reject blank lines and duplicates."""
+    out: dict[str, object] = {}
+    for n, line in enumerate(_lines(path), 1):
+        parts = line.strip().split(maxsplit=1)
+        if not parts:
+            raise DataError("empty line; expected '<key> <value>'", path, n)
+        if len(parts) < 2:
+            raise DataError(f"key {parts[0]!r} has no value; expected '<key> <value>'", path, n)
+        key, value = parts
+        if key in out:
+            raise DataError(f"duplicate key {key!r}", path, n)
+        if value_type is not str:
+            try:
+                value = value_type(value)
+            except ValueError:
+                raise DataError(f"value {value!r} for {key!r} is not a {value_type.__name__}", path, n) from None
+            if value_type is float and not np.isfinite(value):
+                raise DataError(f"value {value!r} for {key!r} is not finite", path, n)
+        out[key] = value
+    return out
+
+
+def read_list_kv(path: PathLike) -> dict[str, list[str]]:
+    """Read a `key item item ...` table such as spk2utt."""
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            raise DataError("empty line; expected '<key> <item> [<item> ...]'", path, n)
+        if len(parts) < 2:
+            raise DataError(f"key {parts[0]!r} lists nothing", path, n)
+        if parts[0] in out:
+            raise DataError(f"duplicate key {parts[0]!r}", path, n)
+        out[parts[0]] = parts[1:]
+    return out
+
+
+def _check_key(key: str, what: str) -> None:
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"{what} {key!r} is empty or contains whitespace")
+
+
+def write_kv(path: PathLike, mapping: Mapping[str, object]) -> None:
+    """Write a `key value` table sorted by key (byte order), atomically."""
+    with atomic_write(path) as f:
+        for key in sorted(mapping):
+            _check_key(key, "key")
+            value = mapping[key]
+            if isinstance(value, float):
+                value = f"{value:.3f}"
+            f.write(f"{key} {value}\n")
+
+
+def write_list_kv(path: PathLike, mapping: Mapping[str, Iterable[str]]) -> None:
+    """Write a `key item item ...` table sorted by key, items sorted too, atomically."""
+    with atomic_write(path) as f:
+        for key in sorted(mapping):
+            _check_key(key, "key")
+            f.write(key + " " + " ".join(sorted(mapping[key])) + "\n")
+
+
+def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
+    """Invert utt2spk into spk2utt with sorted utterance lists."""
+    out: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk):
+        out.setdefault(utt2spk[utt], []).append(utt)
+    return out
+
+
+@dataclass
+class DataDir:
+    """An in-memory data dir; `wav` and `utt2spk` are required, the other tables optional."""
+
+    wav: dict[str, str]
+    utt2spk: dict[str, str]
+    utt2dur: dict[str, float] = field(default_factory=dict)
+    spk2gender: dict[str, str] = field(default_factory=dict)
+    utt2sess: dict[str, str] = field(default_factory=dict)
+    spk2nat: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def spk2utt(self) -> dict[str, list[str]]:
+        """Speaker -> sorted utterance list, derived from utt2spk."""
+        return utt2spk_to_spk2utt(self.utt2spk)
+
+    @property
+    def utts(self) -> list[str]:
+        """Sorted utterance ids."""
+        return sorted(self.utt2spk)
+
+    @property
+    def speakers(self) -> list[str]:
+        """Sorted speaker ids."""
+        return sorted(set(self.utt2spk.values()))
+
+    def __len__(self) -> int:
+        return len(self.utt2spk)
+
+    @classmethod
+    def load(cls, path: PathLike, need_dur: bool = False) -> DataDir:
+        """Read a data dir; raise DataError on the first malformed line or cross-file mismatch."""
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError("not a data dir (no such directory)", path)
+        wav = read_kv(path / "wav.scp")
+        utt2spk = read_kv(path / "utt2spk")
+        missing = [u for u in utt2spk if u not in wav]
+        if missing:
+            raise DataError(f"{len(missing)} utterances of utt2spk have no wav.scp entry, first {missing[:3]}",
+                            path / "utt2spk")
+        opt = {}
+        for name, vt in (("utt2dur", float), ("spk2gender", str), ("utt2sess", str), ("spk2nat", str)):
+            p = path / name
+            if p.exists():
+                opt[name] = read_kv(p, vt)
+            elif name == "utt2dur" and need_dur:
+                raise DataError("utt2dur is required here; create it with `spkcausal prepare` or compute-dur", p)
+        return cls(wav=wav, utt2spk=utt2spk, path=path, **opt)  # type: ignore[arg-type]
+
+    def write(self, path: PathLike) -> None:
+        """Write every non-empty table plus spk2utt, each sorted and atomic."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_kv(path / "wav.scp", self.wav)
+        write_kv(path / "utt2spk", self.utt2spk)
+        write_list_kv(path / "spk2utt", self.spk2utt)
+        for name in ("utt2dur", "spk2gender", "utt2sess", "spk2nat"):
+            table = getattr(self, name)
+            if table:
+                write_kv(path / name, table)
+            elif (path / name).exists():
+                (path / name).unlink()  # a stale table from an earlier run would no longer match
+
+    def subset(self, utts: Iterable[str]) -> DataDir:
+        """A new DataDir restricted to the given utterances (speaker tables follow)."""
+        keep = set(utts)
+        u2s = {u: s for u, s in self.utt2spk.items() if u in keep}
+        spks = set(u2s.values())
+        return DataDir(
+            wav={u: self.wav[u] for u in u2s},
+            utt2spk=u2s,
+            utt2dur={u: d for u, d in self.utt2dur.items() if u in u2s},
+            spk2gender={s: g for s, g in self.spk2gender.items() if s in spks},
+            utt2sess={u: s for u, s in self.utt2sess.items() if u in u2s},
+            spk2nat={s: g for s, g in self.spk2nat.items() if s in spks},
+        )
+
+
+# ---------------------------------------------------------------- trials and scores
+
+LABEL_WORDS = {"target": 1, "nontarget": 0, "1": 1, "0": 0}
+
+
+@dataclass
+class Trials:
+    """A trial list: parallel arrays of enrol keys, test keys and labels (1, 0, or -1 when unknown)."""
+
+    enroll: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+    line_no: np.ndarray | None = None  # 1-based source line of each trial, when read from a file
+
+    def __len__(self) -> int:
+        return len(self.enroll)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every trial carries a target / non-target label."""
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+
+_WS = np.zeros(256, dtype=bool)
+_WS[[ord(" "), ord("\t"), ord("\r"), ord("\v"), ord("\f")]] = True
+
+
+def _tokens_per_line(buf: bytes) -> np.ndarray:
+    """Token count of every line of `buf` (vectorised; a final newline does not open a new line)."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.int64)
+    nl = a == 10
+    sep = _WS[a] | nl
+    starts = ~sep
+    starts[1:] &= sep[:-1]
+    line_of = np.cumsum(nl) - nl  # line index of each byte (newline belongs to the line it ends)
+    n_lines = int(nl.sum()) + (0 if a[-1] == 10 else 1)
+    return np.bincount(line_of[starts], minlength=n_lines)[:n_lines]
+
+
+def _read_columns(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Split a whitespace table into a (lines, ncols) array of tokens plus 1-based line numbers."""
+    try:
+        buf = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    counts = _tokens_per_line(buf)
+    nonblank = counts > 0
+    if not nonblank.any():
+        raise DataError("file is empty", path)
+    ncols = int(counts[nonblank][0])
+    if ncols not in ncols_allowed:
+        first = int(np.argmax(nonblank)) + 1
+        raise DataError(f"{ncols} columns; expected {' or '.join(map(str, ncols_allowed))}", path, first)
+    bad = np.flatnonzero(nonblank & (counts != ncols))
+    if len(bad):
+        raise DataError(f"{counts[bad[0]]} columns where the file's first line has {ncols}", path, int(bad[0]) + 1)
+    try:
+        tokens = buf.decode("utf-8").split()
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    table = np.array(tokens, dtype=object).reshape(-1, ncols)
+    line_no = np.flatnonzero(nonblank) + 1
+    return table, line_no
+
+
+def _parse_labels(col: np.ndarray, path: PathLike, line_no: np.ndarray) -> np.ndarray:
+    labels = np.full(len(col), -1, dtype=np.int8)
+    for word, val in LABEL_WORDS.items():
+        labels[col == word] = val
+    bad = np.flatnonzero(labels < 0)
+    if len(bad):
+        raise DataError(f"label {col[bad[0]]!r}; expected target, nontarget, 1 or 0", path, int(line_no[bad[0]]))
+    return labels
+
+
+def read_trials(path: PathLike) -> Trials:
+    """Read a trial list in Kaldi (`enroll test target|nontarget`), VoxCeleb (`1|0 enroll test`)
+    or unlabelled (`enroll test`) form, detected from the first line."""
+    table, line_no = _read_columns(path, (2, 3))
+    if table.shape[1] == 2:
+        labels = np.full(len(table), -1, dtype=np.int8)
+        enroll, test = table[:, 0], table[:, 1]
+    elif table[0, 0] in ("0", "1"):
+        labels = _parse_labels(table[:, 0], path, line_no)
+        enroll, test = table[:, 1], table[:, 2]
+    else:
+        labels = _parse_labels(table[:, 2], path, line_no)
+        enroll, test = table[:, 0], table[:, 1]
+    _reject_duplicates(enroll, test, path, line_no)
+    return Trials(enroll=enroll.astype(str), test=test.astype(str), labels=labels, line_no=line_no)
+
+
+def _reject_duplicates(enroll: np.ndarray, test: np.ndarray, path: PathLike, line_no: np.ndarray) -> None:
+    pairs = np.char.add(np.char.add(enroll.astype(str), "\t"), test.astype(str))
+    _, first_idx, inv = np.unique(pairs, return_index=True, return_inverse=True)
+    if len(first_idx) != len(pairs):
+        dup = np.flatnonzero(first_idx[inv] != np.arange(len(pairs)))[0]
+        raise DataError(f"duplicate trial {enroll[dup]} {test[dup]} (first seen at line "
+                        f"{line_no[first_idx[inv[dup]]]})", path, int(line_no[dup]))
+
+
+def write_trials(path: PathLike, trials: Trials, fmt: str = "kaldi") -> None:
+    """Write trials as `kaldi` (enroll test target|nontarget) or `voxceleb` (1|0 enroll test), atomically."""
+    if fmt not in ("kaldi", "voxceleb"):
+        raise ValueError(f"unknown trial format {fmt!r}; expected 'kaldi' or 'voxceleb'")
+    if not trials.has_labels and len(trials):
+        raise ValueError("cannot write unlabelled trials in a labelled format")
+    with atomic_write(path) as f:
+        if fmt == "kaldi":
+            words = np.array(["nontarget", "target"])
+            f.writelines(f"{e} {t} {w}\n" for e, t, w in zip(trials.enroll, trials.test, words[trials.labels]))
+        else:
+            f.writelines(f"{lab} {e} {t}\n" for e, t, lab in zip(trials.enroll, trials.test, trials.labels))
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def read_scores(path: PathLike) -> Trials:
+    """Read a score file `enroll test score [label]` (label target|nontarget|1|0); scores must be finite."""
+    table, line_no = _read_columns(path, (3, 4))
+    try:
+        scores = np.array(table[:, 2].tolist(), dtype=np.float64)
+    except ValueError:
+        scores = None
+    if scores is None or not np.isfinite(scores).all():
+        for i, tok in enumerate(table[:, 2]):
+            if not _FLOAT_RE.match(tok):
+                raise DataError(f"score {tok!r} is not a finite number", path, int(line_no[i]))
+        raise DataError("non-finite score", path)
+    if table.shape[1] == 4:
+        labels = _parse_labels(table[:, 3], path, line_no)
+    else:
+        labels = np.full(len(table), -1, dtype=np.int8)
+    _reject_duplicates(table[:, 0], table[:, 1], path, line_no)
+    return Trials(enroll=table[:, 0].astype(str), test=table[:, 1].astype(str), labels=labels, scores=scores,
+                  line_no=line_no)
+
+
+def write_scores(path: PathLike, trials: Trials, scores: np.ndarray) -> None:
+    """Write `enroll test score label` lines (wespeaker-compatible; label omitted if unknown), atomically."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(trials):
+        raise ValueError(f"{len(scores)} scores for {len(trials)} trials")
+    words = np.array(["nontarget", "target"])
+    with atomic_write(path) as f:
+        if trials.has_labels:
+            f.writelines(f"{e} {t} {s:.6f} {w}\n"
+                         for e, t, s, w in zip(trials.enroll, trials.test, scores, words[trials.labels]))
+        else:
+            f.writelines(f"{e} {t} {s:.6f}\n" for e, t, s in zip(trials.enroll, trials.test, scores))
+
+
+# ---------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency found by validate_datadir."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+
+
+def _scan_table(path: Path, problems: list[Problem], where: dict | None = None) -> dict[str, list[str]] | None:
+    """Parse a table leniently, recording every malformed, duplicate or unsorted line.
+
+    `where`, when given, receives (file, key) -> line number for later cross-file messages."""
+    if not path.exists():
+        return None
+    try:
+        lines = _lines(path)
+    except DataError as e:
+        problems.append(Problem(str(path), None, e.message))
+        return {}
+    out: dict[str, list[str]] = {}
+    prev = None
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if len(parts) < 2:
+            problems.append(Problem(str(path), n, "expected '<key> <value>'" if parts else "empty line"))
+            continue
+        key = parts[0]
+        if key in out:
+            problems.append(Problem(str(path), n, f"duplicate key {key!r}"))
+            continue
+        if prev is not None and key.encode() < prev.encode():
+            problems.append(Problem(str(path), n, f"not sorted: {key!r} after {prev!r} (LC_ALL=C sort)"))
+        prev = key
+        out[key] = parts[1:]
+        if where is not None:
+            where[(path.name, key)] = n
+    return out
+
+
+def _enroll_keys(path: Path) -> list[str]:
+    """Enrolment ids a data dir defines as averages of its utterances (`enroll2utt`, CN-Celeb Avg)."""
+    p = path / "enroll2utt"
+    return list(read_list_kv(p)) if p.exists() else []
+
+
+def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audio: bool = True) -> list[Problem]:
+    """Report every inconsistency of a data dir (and trial lists against it); empty list when clean."""
+    path = Path(path)
+    problems: list[Problem] = []
+    if not path.is_dir():
+        return [Problem(str(path), None, "no such directory")]
+    for required in ("wav.scp", "utt2spk"):
+        if not (path / required).exists():
+            problems.append(Problem(str(path / required), None, "missing (required)"))
+    at: dict[tuple[str, str], int] = {}
+    wav = _scan_table(path / "wav.scp", problems, at) or {}
+    u2s = _scan_table(path / "utt2spk", problems, at) or {}
+    s2u = _scan_table(path / "spk2utt", problems, at)
+    dur = _scan_table(path / "utt2dur", problems, at)
+    gender = _scan_table(path / "spk2gender", problems, at)
+    sess = _scan_table(path / "utt2sess", problems, at)
+
+    def report(name: str, key: str, message: str) -> None:
+        problems.append(Problem(str(path / name), at.get((name, key)), message))
+
+    for utt in u2s:
+        if utt not in wav:
+            report("utt2spk", utt, f"utterance {utt!r} has no wav.scp entry")
+    for utt in wav:
+        if utt not in u2s:
+            report("wav.scp", utt, f"utterance {utt!r} has no utt2spk entry")
+    for utt, spks in u2s.items():
+        if len(spks) == 1 and s2u is not None and spks[0] not in s2u:
+            report("utt2spk", utt, f"speaker {spks[0]!r} of {utt!r} is absent from spk2utt")
+    for utt, v in u2s.items():
+        if len(v) != 1:
+            report("utt2spk", utt, f"utterance {utt!r} maps to {len(v)} speakers")
+    if s2u is not None:
+        expect = utt2spk_to_spk2utt({u: v[0] for u, v in u2s.items() if v})
+        for spk in sorted(set(expect) | set(s2u)):
+            if sorted(s2u.get(spk, [])) != expect.get(spk, []):
+                report("spk2utt", spk, f"speaker {spk!r} disagrees with utt2spk")
+    if dur is not None:
+        for utt, v in dur.items():
+            try:
+                ok = float(v[0]) > 0 and np.isfinite(float(v[0]))
+            except ValueError:
+                ok = False
+            if not ok:
+                report("utt2dur", utt, f"duration {v[0]!r} of {utt!r} not positive")
+            if utt not in u2s:
+                report("utt2dur", utt, f"utterance {utt!r} not in utt2spk")
+        for utt in u2s:
+            if utt not in dur:
+                report("utt2spk", utt, f"utterance {utt!r} has no utt2dur entry")
+    if gender is not None:
+        spks = {v[0] for v in u2s.values() if v}
+        for spk, v in gender.items():
+            if v[0] not in GENDERS:
+                report("spk2gender", spk, f"gender {v[0]!r} of {spk!r}; expected m or f")
+            if spk not in spks:
+                report("spk2gender", spk, f"speaker {spk!r} not in utt2spk")
+    if sess is not None:
+        for utt in sess:
+            if utt not in u2s:
+                report("utt2sess", utt, f"utterance {utt!r} not in utt2spk")
+    if check_audio:
+        for utt, v in wav.items():
+            target = " ".join(v)
+            if target.endswith("|"):
+                continue  # a Kaldi pipe command: cannot check without running it
+            if not Path(target).is_file():
+                report("wav.scp", utt, f"audio of {utt!r} missing: {target}")
+    for tpath in trials:
+        try:
+            tr = read_trials(tpath)
+        except DataError as e:
+            problems.append(Problem(str(tpath), e.line, e.message))
+            continue
+        known = set(u2s) | set(_enroll_keys(path))
+        absent: dict[str, int] = {}
+        for i, key in enumerate(np.concatenate([tr.enroll, tr.test])):
+            if key not in known and key not in absent:
+                absent[str(key)] = int(tr.line_no[i % len(tr)])
+        for key, line in sorted(absent.items(), key=lambda kv: kv[1]):
+            problems.append(Problem(str(tpath), line, f"key {key!r} is not in the data dir"))
+    return problems

@@ -1,0 +1,89 @@
+"""Small shared helpers: atomic file output, logging next to outputs, errors that name file and line."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+PathLike = str | os.PathLike
+
+
+class DataError(ValueError):
+    """Bad input: carries the file and 1-based line number it came from."""
+
+    def __init__(self, message: str, path: PathLike | None = None, line: int | None = None):
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.message = message
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(where + message)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffix so writers that infer a format from it (soundfile, matplotlib, np.save) work.
+    sfx = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + sfx, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file for writing; it replaces `path` only when the block exits without error."""
+    with atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write a whole text file atomically."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def setup_logging(
+    log_file: PathLike | None = None, level: int = logging.INFO, name: str = "spkcausal"
+) -> logging.Logger:
+    """Configure the package logger to stderr and, if given, to a file next to the outputs."""
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_spkcausal_stderr", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        h._spkcausal_stderr = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    if log_file is not None:
+        log_file = str(Path(log_file).resolve())
+        if not any(getattr(h, "baseFilename", None) == log_file for h in logger.handlers):
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(log_file, encoding="utf-8")
+            fh.setFormatter(fmt)
+            logger.addHandler(fh)
+    return logger
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return a child of the package logger."""
+    return logging.getLogger("spkcausal." + name.split(".")[-1])
