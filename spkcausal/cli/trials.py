@@ -1,0 +1,37 @@
+"""Trial-list commands: make-trials."""
+from __future__ import annotations
+
+import argparse
+
+
+def _make_trials(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..datadir import DataDir, write_trials
+    from ..trials import make_trials
+
+    data = DataDir.load(args.data_dir)
+    trials = make_trials(data, args.num_trials, args.seed, target_ratio=args.target_ratio,
+                         cross_session=not args.same_session_ok)
+    write_trials(args.out, trials, fmt=args.format)
+    n_tgt = int(np.sum(trials.labels == 1))
+    print(f"{args.out}: {len(trials)} trials ({n_tgt} target, {len(trials) - n_tgt} non-target) "
+          f"from {len(data.speakers)} speakers, seed {args.seed}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the trial-list commands."""
+    p = sub.add_parser("make-trials", help="write a seeded, balanced trial list for a data dir",
+                       description="Sample a reproducible trial list: balanced target / non-target, no duplicates, "
+                                   "target pairs from different sessions (utt2sess) when the dir has them.")
+    p.add_argument("data_dir", help="data dir (wav.scp, utt2spk, optional utt2sess)")
+    p.add_argument("--out", required=True, help="trial list to write")
+    p.add_argument("--num-trials", type=int, required=True, help="total number of trials")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same list; default 0)")
+    p.add_argument("--target-ratio", type=float, default=0.5, help="share of target trials (default 0.5)")
+    p.add_argument("--format", choices=("kaldi", "voxceleb"), default="kaldi",
+                   help="kaldi: 'enroll test target|nontarget'; voxceleb: '1|0 enroll test' (default kaldi)")
+    p.add_argument("--same-session-ok", action="store_true",
+                   help="allow target pairs from the same session even when the dir has utt2sess")
+    p.set_defaults(func=_make_trials)
