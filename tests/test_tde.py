@@ -1,0 +1,142 @@
+"""TDE on logits and on embeddings: agreement, the NumPy formula, alpha = 0, the heuristic and the sweep."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spkcausal.heads import CausalNormHead
+from spkcausal.tde import (
+    alpha_heuristic,
+    sweep_alpha,
+    sweep_alpha_identification,
+    sweep_alpha_verification,
+    tde_embeddings,
+    tde_logits,
+)
+
+
+def np_tde_logits(x, w, xbar, alpha, k, tau, gamma):
+    """DESIGN.md's TDE logit formula, written independently in float64 loops."""
+    x, w, xbar = (np.asarray(a, np.float64) for a in (x, w, xbar))
+    d = x.shape[1] // k
+    y = np.zeros((x.shape[0], w.shape[0]))
+    for b in range(x.shape[0]):
+        for i in range(w.shape[0]):
+            for h in range(k):
+                sl = slice(h * d, (h + 1) * d)
+                xs, ws, ds = x[b, sl], w[i, sl], xbar[sl] / np.linalg.norm(xbar[sl])
+                den = np.linalg.norm(ws) + gamma
+                cos_xd = xs.dot(ds) / np.linalg.norm(xs)
+                y[b, i] += ws.dot(xs) / (den * np.linalg.norm(xs)) - alpha * cos_xd * ws.dot(ds) / den
+    return tau / k * y
+
+
+def trained_head(k, seed=0, d=16, c=5):
+    """A Causal Norm head whose x_bar was tracked on a few positive-mean (ReLU-like) batches."""
+    torch.manual_seed(seed)
+    head = CausalNormHead(d, c, num_heads=k).train()
+    for _ in range(4):
+        head(torch.rand(8, d) + 0.1)
+    return head.eval()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 2.5])
+def test_tde_logits_equal_head_on_tde_embeddings_and_numpy(k, alpha):
+    head = trained_head(k)
+    x = torch.randn(6, 16) + 0.5
+    y = tde_logits(head, x, alpha=alpha)
+    e = tde_embeddings(x, head.mean_feature, alpha, k)
+    via_emb = head.classify_normalized(e).detach()
+    assert y.dtype == torch.float32
+    assert (y - via_emb).abs().max() < 1e-5
+    want = np_tde_logits(x.numpy(), head.weight.detach().numpy(), head.mean_feature.numpy(), alpha, k, 16.0, 1 / 32)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_alpha_zero_is_plain_causal_norm(k):
+    head = trained_head(k, seed=1)
+    x = torch.randn(7, 16)
+    torch.testing.assert_close(tde_logits(head, x, alpha=0.0), head(x).detach(), rtol=1e-6, atol=1e-6)
+    e = tde_embeddings(x, head.mean_feature, 0.0, k)
+    # alpha = 0: every chunk is unit-norm
+    np.testing.assert_allclose(e.reshape(7, k, -1).norm(dim=-1).numpy(), np.ones((7, k)), rtol=1e-6)
+
+
+def test_tde_removes_the_head_direction_component_at_alpha_one():
+    head = trained_head(2, seed=2)
+    x = torch.randn(5, 16).double()
+    e = tde_embeddings(x, head.mean_feature.double(), 1.0, 2)
+    m = head.mean_feature.double()
+    for h in range(2):
+        dk = m[h * 8:(h + 1) * 8] / m[h * 8:(h + 1) * 8].norm()
+        assert (e[:, h * 8:(h + 1) * 8] @ dk).abs().max() < 1e-12
+
+
+def test_numpy_in_numpy_out_and_raw_weight_form():
+    head = trained_head(2, seed=3)
+    x = np.random.default_rng(0).normal(size=(4, 16))
+    e = tde_embeddings(x, head.mean_feature.double().numpy(), 1.5, 2)
+    assert isinstance(e, np.ndarray) and e.dtype == np.float64 and e.shape == (4, 16)
+    w = head.weight.detach().double().numpy()
+    y = tde_logits(w, x, head.mean_feature.double().numpy(), 1.5, num_heads=2, tau=16.0, gamma=1 / 32)
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_allclose(y, np_tde_logits(x, w, head.mean_feature.numpy(), 1.5, 2, 16.0, 1 / 32), rtol=1e-9)
+    with pytest.raises(ValueError, match="give mean_feature"):
+        tde_logits(w, x, alpha=1.0)
+
+
+def test_untracked_mean_feature_is_an_error():
+    head = CausalNormHead(8, 3).eval()
+    with pytest.raises(ValueError, match="never updated"):
+        tde_logits(head, torch.randn(2, 8), alpha=1.0)
+
+
+def test_alpha_heuristic_matches_direct_mean_cosine():
+    rng = np.random.default_rng(1)
+    feats = rng.random((50, 8)) + 0.05
+    xbar = feats.mean(0) * 3.0
+    want_cos = []
+    for h in range(2):
+        f, m = feats[:, h * 4:(h + 1) * 4], xbar[h * 4:(h + 1) * 4]
+        want_cos.append((f @ m) / (np.linalg.norm(f, axis=1) * np.linalg.norm(m)))
+    want = 1.0 / np.mean(want_cos)
+    assert alpha_heuristic(feats, xbar, 2) == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match="feature sign"):
+        alpha_heuristic(-feats, xbar, 2)
+
+
+def test_sweep_picks_best_and_reports_curve():
+    curve = {0.0: 5.0, 0.5: 3.0, 1.0: 2.0, 1.5: 2.0, 2.0: 4.0}
+    s = sweep_alpha(lambda a: curve[a], list(curve), maximize=False)
+    assert s.best_alpha == 1.0 and s.best_value == 2.0 and s.values == list(curve.values())
+    assert "1.000 2.000000 *" in s.table()
+    assert sweep_alpha(lambda a: curve[a], list(curve), maximize=True).best_alpha == 0.0
+
+
+def test_identification_sweep_values_are_dev_accuracies():
+    head = trained_head(2, seed=4)
+    x = torch.rand(30, 16) + 0.1
+    labels = torch.randint(0, 5, (30,))
+    alphas = [0.0, 1.0, 2.0]
+    s = sweep_alpha_identification(head, x, labels, alphas)
+    for a, v in zip(alphas, s.values):
+        acc = (tde_logits(head, x, alpha=a).argmax(1) == labels).double().mean().item()
+        assert v == pytest.approx(acc)
+    assert s.best_value == max(s.values)
+
+
+def test_verification_sweep_passes_tde_embeddings_to_callback():
+    head = trained_head(2, seed=5)
+    x = torch.randn(4, 16)
+    seen = []
+
+    def fake_eer(e):
+        seen.append(e.clone())
+        return float(e.norm())  # smaller norm for larger alpha in this range
+
+    s = sweep_alpha_verification(fake_eer, x, head.mean_feature, 2, [0.0, 1.0])
+    torch.testing.assert_close(seen[1], tde_embeddings(x, head.mean_feature, 1.0, 2))
+    assert s.best_alpha == (0.0 if s.values[0] < s.values[1] else 1.0) and not s.maximize
