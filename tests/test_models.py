@@ -1,0 +1,80 @@
+"""Extractor registry: shapes, embedding sizes, parameter counts, batch independence, masked pooling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spkcausal.models import build_model, count_parameters, list_models
+from spkcausal.models.resnet import stats_pool
+
+
+def test_registry_names_and_unknown():
+    assert {"ecapa512", "ecapa1024", "ecapa_tiny", "resnet34", "resnet_tiny"} <= set(list_models())
+    with pytest.raises(ValueError, match="resnet34"):
+        build_model("resnet35")
+
+
+@pytest.mark.parametrize("name,dim", [("ecapa_tiny", 32), ("resnet_tiny", 32)])
+def test_tiny_shapes_and_batch_independence(name, dim):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    assert model.embed_dim == dim
+    feats = torch.randn(5, 137, 80)
+    with torch.no_grad():
+        batch = model(feats)
+        alone = model(feats[2:3])
+    assert batch.shape == (5, dim)
+    assert torch.allclose(batch[2:3], alone, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[1], atol=1e-3)
+
+
+def test_tiny_models_train_and_other_feature_sizes():
+    torch.manual_seed(0)
+    for name in ("ecapa_tiny", "resnet_tiny"):
+        model = build_model(name, n_mels=40, embed_dim=16).train()
+        out = model(torch.randn(3, 50, 40))
+        assert out.shape == (3, 16) and model.embed_dim == 16
+        out.square().sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_full_size_parameter_counts():
+    """DESIGN.md section 6: ECAPA C=1024 is 20.8M, C=512 6.2M; the wespeaker-style ResNet34 is ~6.6M."""
+    counts = {name: count_parameters(build_model(name)) for name in ("ecapa1024", "ecapa512", "resnet34")}
+    print(counts)
+    assert abs(counts["ecapa1024"] - 20.8e6) < 0.1e6
+    assert abs(counts["ecapa512"] - 6.2e6) < 0.1e6
+    assert abs(counts["resnet34"] - 6.6e6) < 0.1e6
+
+
+def test_full_size_forward_shapes():
+    with torch.no_grad():
+        resnet = build_model("resnet34").eval()
+        assert resnet(torch.randn(2, 64, 80)).shape == (2, 256) and resnet.embed_dim == 256
+        # pooled map: 256 channels x 10 frequency rows (80 bins halved three times)
+        assert resnet.pool_dim == 2560
+
+
+def test_stats_pool_against_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
+    lengths = np.array([9, 5, 1])
+    out = stats_pool(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+    for i, n in enumerate(lengths):
+        seg = x[i, :, :n]
+        np.testing.assert_allclose(out[i, :4], seg.mean(-1), atol=1e-6)
+        np.testing.assert_allclose(out[i, 4:], np.sqrt(seg.var(-1) + 1e-7), atol=1e-5)
+    full = stats_pool(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(full[0], out[0], atol=1e-6)
+
+
+def test_resnet_lengths_only_affect_padded_rows():
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny").eval()
+    feats = torch.randn(2, 80, 80)
+    with torch.no_grad():
+        plain = model(feats)
+        masked = model(feats, torch.tensor([80, 40]))
+    assert torch.allclose(plain[0], masked[0], atol=1e-6)
+    assert not torch.allclose(plain[1], masked[1], atol=1e-3)
