@@ -1,5 +1,7 @@
 """VoxCeleb1/2 preparation on fixture trees: exact counts, trial keys, exclusions, m4a decoding and resume, CLI."""
 import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,24 @@ def test_vox2_broken_m4a_listed_and_cli_fails(tmp_path, capsys):
     mtimes = {p: os.stat(p).st_mtime_ns for p in d.wav.values()}
     assert main(args) == 1
     assert all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_cli_routes_cnceleb_and_librispeech_flags(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("spkcausal.corpora.cnceleb")
+    fake.prepare_cnceleb = lambda *a, **kw: calls.append((a, kw)) or {"cnceleb_train": {"speakers": 7}}
+    monkeypatch.setitem(sys.modules, "spkcausal.corpora.cnceleb", fake)
+    rc = main(["prepare", "cnceleb", "--root", "CN1", "--out", "o", "--cn2-root", "CN2", "--combine-min-sec", "5",
+               "--combined-dir", "comb", "--nj", "3"])
+    assert rc == 0 and calls == [(("CN1", "o"), {"cn2_root": "CN2", "combine_min_sec": 5.0, "combined_dir": "comb",
+                                                 "nj": 3})]
+    assert "cnceleb_train" in capsys.readouterr().out
+
+    from fixtures_librispeech import make_librispeech
+
+    exp = make_librispeech(tmp_path)
+    subset = sorted(exp["subsets"])[0]
+    rc = main(["prepare", "librispeech", "--root", str(exp["root"]), "--out", str(tmp_path / "ls"),
+               "--subsets", subset, "--nj", "1"])
+    assert rc == 0 and subset in capsys.readouterr().out
+    assert len(DataDir.load(tmp_path / "ls" / subset)) == len(exp["subsets"][subset]["utts"])
