@@ -21,7 +21,7 @@ VOX1_SPEAKERS = {
     "id10271": ("m", "New Zealand", "test", "Ed_Sheeran", ["1gtz-CUIygI", "_9aBc-DeF_g"]),
 }
 VOX1_CORRUPT = "id10002/xY_z9-AbCdE/00002.wav"  # on disk, not a wav
-VOX1_MISSING = "id10271/_9aBc-DeF_g/00003.wav"  # in iden_split and the lists, not on disk
+VOX1_MISSING = "id10271/_9aBc-DeF_g/00099.wav"  # in iden_split and the lists, not on disk
 VOX1_META_HEADER = "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"
 
 VOX2_SPEAKERS = {
@@ -78,7 +78,7 @@ def make_voxceleb1(root, layout: str = "split", utts_per_video: int = 2, lists_s
                 durs[key] = n / SR
     listed = sorted(keys + ([VOX1_MISSING] if missing else []))
     bad = {VOX1_MISSING} if missing else set()
-    if corrupt:
+    if corrupt and VOX1_CORRUPT in keys:
         bad.add(VOX1_CORRUPT)
 
     (root / "vox1_meta.csv").write_text(VOX1_META_HEADER + "\n" + "".join(

@@ -229,3 +229,14 @@ def test_cli_routes_cnceleb_and_librispeech_flags(tmp_path, monkeypatch, capsys)
                "--subsets", subset, "--nj", "1"])
     assert rc == 0 and subset in capsys.readouterr().out
     assert len(DataDir.load(tmp_path / "ls" / subset)) == len(exp["subsets"][subset]["utts"])
+
+
+def test_vox1_without_durations_still_excludes_missing(tmp_path):
+    exp = make_voxceleb1(tmp_path / "vox1")
+    s = prepare_voxceleb1(tmp_path / "vox1", tmp_path / "data", nj=1, compute_dur=False)
+    test_dir = tmp_path / "data" / "vox1_test"
+    assert not (test_dir / "utt2dur").exists() and "hours" not in s["dirs"]["vox1_test"]
+    assert _excluded(test_dir) == [VOX1_MISSING]
+    # header probing is what finds corrupt audio: without it the corrupt file stays (documented)
+    assert VOX1_CORRUPT in DataDir.load(tmp_path / "data" / "vox1_dev").utt2spk
+    assert s["excluded"] == 1 and len(DataDir.load(tmp_path / "data" / "vox1_all")) == len(exp["keys_on_disk"])
