@@ -1,0 +1,79 @@
+"""Long-tail commands: profile, plot-longtail, longtail-subset."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from ..longtail import format_profile, profile_datadir, write_profile
+
+    prof = profile_datadir(args.data_dir, many=args.many, few=args.few)
+    out = Path(args.out) if args.out else Path(args.data_dir) / "profile"
+    write_profile(prof, out)
+    print(format_profile(prof))
+    print(f"\nwrote {out / 'speakers.tsv'} and {out / 'summary.json'}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ..longtail import plot_longtail
+
+    if args.labels is not None and len(args.labels) != len(args.dirs):
+        raise SystemExit(f"spkcausal plot-longtail: {len(args.labels)} labels for {len(args.dirs)} dirs")
+    if Path(args.out).suffix.lower() not in (".png", ".pdf"):
+        raise SystemExit("spkcausal plot-longtail: --out must end in .png or .pdf")
+    plot_longtail(args.dirs, args.out, labels=args.labels)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _subset(args: argparse.Namespace) -> int:
+    import json
+
+    from ..datadir import DataDir
+    from ..longtail import format_profile, longtail_subset, profile_datadir
+    from ..utils import setup_logging, write_text_atomic
+
+    log = setup_logging(Path(args.out_train) / "longtail_subset.log")
+    data = DataDir.load(args.data_dir)
+    train, held = longtail_subset(data, args.imbalance, profile=args.profile, max_per_spk=args.max_per_spk,
+                                  heldout_per_spk=args.heldout_per_spk, seed=args.seed, order=args.order)
+    train.write(args.out_train)
+    held.write(args.out_heldout)
+    params = {k: getattr(args, k) for k in ("data_dir", "imbalance", "profile", "max_per_spk", "heldout_per_spk",
+                                            "seed", "order")}
+    write_text_atomic(Path(args.out_train) / "longtail_subset.json", json.dumps(params, indent=1) + "\n")
+    log.info("longtail-subset %s: train %d utts / %d spk -> %s, held-out %d utts -> %s", params, len(train),
+             len(train.speakers), args.out_train, len(held), args.out_heldout)
+    print(format_profile(profile_datadir(train)))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the long-tail commands."""
+    p = sub.add_parser("profile", help="long-tail profile of a data dir: speakers.tsv, summary.json, table")
+    p.add_argument("data_dir")
+    p.add_argument("--many", type=int, default=100, help="many-shot: more than this many utterances")
+    p.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many utterances")
+    p.add_argument("--out", help="output dir (default DATA_DIR/profile)")
+    p.set_defaults(func=_profile)
+
+    p = sub.add_parser("plot-longtail", help="rank plot and histogram of utterances per speaker (png/pdf)")
+    p.add_argument("dirs", nargs="+", metavar="DIR_OR_PROFILE", help="data dirs or profile dirs")
+    p.add_argument("--out", required=True, help="FILE.png or FILE.pdf")
+    p.add_argument("--labels", nargs="+", help="legend labels, one per dir")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("longtail-subset", help="long-tailed training dir + balanced held-out dir (ImageNet-LT style)")
+    p.add_argument("data_dir")
+    p.add_argument("--out-train", required=True)
+    p.add_argument("--out-heldout", required=True)
+    p.add_argument("--imbalance", type=float, required=True, help="max/min utterances per speaker, e.g. 100")
+    p.add_argument("--profile", choices=("exp", "pareto"), default="exp")
+    p.add_argument("--max-per-spk", type=int, help="head count n_max (default: all the head speaker has left)")
+    p.add_argument("--heldout-per-spk", type=int, default=10)
+    p.add_argument("--order", choices=("random", "size"), default="random",
+                   help="speaker ranking: seeded random (CIFAR/ImageNet-LT) or by available utterances")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_subset)
