@@ -40,6 +40,9 @@ def causal_norm_weight(weight: Tensor, num_heads: int, gamma: float) -> Tensor:
 
 def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
     """cos(theta + m) with ArcFace's easy-margin / threshold handling so the target logit stays monotonic."""
+    # float32: in bf16 a cosine near 1 rounds to 1 and sin would lose all precision. At exactly 1 the clamp
+    # masks the (infinite) sqrt gradient to 0 instead of producing NaN, unlike an acos-based formula.
+    cos = cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos
     sin = torch.sqrt((1.0 - cos * cos).clamp_min(0.0))
     phi = cos * math.cos(margin) - sin * math.sin(margin)
     if easy_margin:
@@ -53,7 +56,8 @@ def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
 def _apply_margin(cos: Tensor, labels: Tensor, margin: float, easy_margin: bool) -> Tensor:
     """Replace the target-class cosine of each row by cos(theta + m)."""
     target = F.one_hot(labels.long(), cos.shape[-1]).to(torch.bool)
-    return torch.where(target, _arc_margin(cos, margin, easy_margin), cos)
+    phi = _arc_margin(cos, margin, easy_margin)
+    return torch.where(target, phi, cos.to(phi.dtype))
 
 
 class LinearHead(nn.Module):

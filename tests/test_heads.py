@@ -217,3 +217,14 @@ def test_mean_feature_identical_across_two_gloo_ranks(tmp_path):
         batch = torch.cat([torch.randn(5, 6, generator=g) for g in gens]).double()
         want = 0.9 * want + batch.mean(0)
     np.testing.assert_allclose(got[0].numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["aam", "causal_norm_aam"])
+def test_margin_gradient_finite_when_embedding_equals_class_weight(name):
+    torch.manual_seed(6)
+    head = build_head(name, 8, 3).train()
+    with torch.no_grad():  # axis-aligned: target cosine exactly 1.0, where acos' and sqrt(1-cos^2)' are inf
+        head.weight.copy_(torch.eye(8)[[0, 1, 4]] * 2.0)
+    x = head.weight.detach().clone().requires_grad_(True)
+    head(x, torch.tensor([0, 1, 2])).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
