@@ -129,3 +129,19 @@ def test_without_cn2_and_bad_lists(tmp_path):
         prepare_cnceleb(exp["cn1_root"], tmp_path / "d", nj=1)
     with pytest.raises(DataError, match="not a CN-Celeb1 root"):
         prepare_cnceleb(exp["cn2_root"], tmp_path / "d", nj=1)
+
+
+def test_failed_combination_is_listed_excluded_and_retried(prepared):
+    _, res, tmp = prepared
+    assert res["failed"] == 0 and "failures_file" not in res
+    audio, out = tmp / "comb_audio2", tmp / "comb_dir2"
+    audio.mkdir()
+    (audio / "id10001").write_text("a file where the speaker's folder should be")
+    s = combine_segments(tmp / "data" / "cnceleb_train", out, audio, MIN_SEC, nj=2)
+    assert (s["groups"], s["written"], s["failed"], s["excluded"]) == (8, 7, 1, 1)
+    bad = (out / "excluded.txt").read_text().split()[0]
+    assert bad.startswith("id10001/vlog-comb-01-001-") and bad not in DataDir.load(out).utt2spk
+    assert bad not in read_list_kv(out / "comb2utt")
+    (audio / "id10001").unlink()
+    s = combine_segments(tmp / "data" / "cnceleb_train", out, audio, MIN_SEC, nj=2)
+    assert (s["written"], s["failed"], s["excluded"]) == (1, 0, 0) and bad in DataDir.load(out).utt2spk

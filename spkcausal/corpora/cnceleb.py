@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from ..audio import read_audio, resample
 from ..datadir import DataDir, Trials, read_list_kv, read_trials, write_list_kv, write_trials
-from ..utils import DataError, PathLike, atomic_path, setup_logging
+from ..utils import DataError, PathLike, atomic_path
 from .common import finalize, log
+from .voxceleb import _log_to  # one shared 'attach prepare.log for this call' helper
 
 __all__ = ["prepare_cnceleb", "combine_segments", "genre_of"]
 
@@ -268,10 +269,17 @@ def prepare_cnceleb(root: PathLike, out_dir: PathLike, cn2_root: PathLike | None
     out_dir = Path(out_dir)
     if combined_dir is not None and combine_min_sec is None:
         raise ValueError("combined_dir is only used with combine_min_sec (e.g. 5.0)")
+    if combine_min_sec is not None and combine_min_sec <= 0:
+        raise ValueError(f"combine_min_sec must be positive, got {combine_min_sec}")
     if not (cn1 / "eval" / "lists").is_dir():
         raise DataError("not a CN-Celeb1 root (no eval/lists/); expected CN-Celeb_flac/", cn1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(out_dir / "prepare_cnceleb.log")
+    with _log_to(out_dir / "prepare.log"):
+        return _prepare(cn1, out_dir, cn2_root, combine_min_sec, combined_dir, nj)
+
+
+def _prepare(cn1: Path, out_dir: Path, cn2_root: PathLike | None, combine_min_sec: float | None,
+             combined_dir: PathLike | None, nj: int) -> dict:
     eval_data, enroll_map, trials = _eval_dir(cn1)
     eval_spks = set(eval_data.utt2spk.values())
     train = _train_dir(cn1, Path(cn2_root) if cn2_root is not None else None, eval_spks)
@@ -279,11 +287,13 @@ def prepare_cnceleb(root: PathLike, out_dir: PathLike, cn2_root: PathLike | None
     result["eval"] = finalize(eval_data, out_dir / "cnceleb_eval", nj=nj)
     result.update(_write_eval_trials(out_dir / "cnceleb_eval", enroll_map, trials))
     if combine_min_sec is not None:
-        if combine_min_sec <= 0:
-            raise ValueError(f"combine_min_sec must be positive, got {combine_min_sec}")
         cdir = Path(combined_dir) if combined_dir is not None else out_dir / "cnceleb_train_combined_flac"
-        result["train_combined"] = combine_segments(out_dir / "cnceleb_train", out_dir / "cnceleb_train_combined",
-                                                    cdir, combine_min_sec, nj=nj)
+        comb = combine_segments(out_dir / "cnceleb_train", out_dir / "cnceleb_train_combined", cdir,
+                                combine_min_sec, nj=nj)
+        result["train_combined"] = comb
+        result["failed"] = comb["failed"]  # top level, so `spkcausal prepare` exits non-zero: re-run to retry
+        if comb["failed"]:
+            result["failures_file"] = str(out_dir / "cnceleb_train_combined" / "excluded.txt")
     log.info("CN-Celeb: train %d speakers / %d utts, eval %d utts, %d Concat and %d Avg trials",
              result["train"]["speakers"], result["train"]["utterances"], result["eval"]["utterances"],
              result["trials_concat"], result["trials_avg"])

@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 
 from ..datadir import DataDir
-from ..utils import DataError, PathLike, atomic_write, setup_logging
+from ..utils import DataError, PathLike, atomic_write
 from .common import finalize, log
+from .voxceleb import _log_to  # one shared 'attach prepare.log for this call' helper
 
 __all__ = ["prepare_librispeech", "read_speakers_txt", "SUBSETS"]
 
@@ -83,7 +84,11 @@ def prepare_librispeech(root: PathLike, out_dir: PathLike, subsets: list[str] | 
     root = _resolve_root(Path(root))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(out_dir / "prepare_librispeech.log")
+    with _log_to(out_dir / "prepare.log"):
+        return _prepare(root, out_dir, subsets, nj)
+
+
+def _prepare(root: Path, out_dir: Path, subsets: list[str] | None, nj: int) -> dict:
     if subsets is None:
         subsets = [s for s in SUBSETS if (root / s).is_dir()]
         if not subsets:
