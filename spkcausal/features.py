@@ -80,9 +80,12 @@ class Fbank(nn.Module):
         self.scale_to_int16 = scale_to_int16
         # Kept for interface parity with Kaldi; it only affects the energy coefficient, which fbank omits.
         self.energy_floor = energy_floor
-        self.register_buffer("window", _window(window, self.frame_length).float(), persistent=False)
-        self.register_buffer("mel", _mel_matrix(n_mels, self.n_fft, sample_rate, low_freq, high_freq),
-                             persistent=False)
+        win = _window(window, self.frame_length).float()
+        self.register_buffer("window", win, persistent=False)
+        self._first_weight = float(win[0])  # a Python float: no device sync in forward
+        mel = _mel_matrix(n_mels, self.n_fft, sample_rate, low_freq, high_freq)
+        # rows duplicated to weight the interleaved (re^2, im^2) pairs of view_as_real(rfft)
+        self.register_buffer("mel2", mel.repeat_interleave(2, dim=0), persistent=False)
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
         """Number of frames Kaldi (snip_edges=True) produces for `num_samples` samples."""
@@ -113,20 +116,14 @@ class Fbank(nn.Module):
             return wave.new_zeros(batch, 0, self.n_mels)
         if self.scale_to_int16:
             wave = wave * 32768.0
-        frames = wave.unfold(-1, self.frame_length, self.frame_shift)  # (B, F, L) view, no copy
         if self.training and self.dither > 0:
-            gen_dev = generator.device if generator is not None else wave.device
-            noise = torch.randn(frames.shape, generator=generator, device=gen_dev).to(wave.device)
-            frames = frames + self.dither * noise
-        if self.remove_dc_offset:
-            frames = frames - frames.mean(dim=-1, keepdim=True)
-        if self.preemphasis != 0.0:
-            first = frames[..., :1] * (1.0 - self.preemphasis)
-            frames = torch.cat([first, frames[..., 1:] - self.preemphasis * frames[..., :-1]], dim=-1)
-        frames = frames * self.window
-        spec = torch.fft.rfft(frames, n=self.n_fft)
-        power = spec.real.square() + spec.imag.square()
-        feats = torch.matmul(power, self.mel).clamp_min(torch.finfo(torch.float32).eps).log()
+            frames = self._dithered_frames(wave, generator)
+        else:
+            frames = self._frames(wave)
+        spec = torch.fft.rfft(frames)
+        # |X|^2 summed into mel bands as one matmul over interleaved (re, im) squares: no extra pass for re^2+im^2
+        power = torch.view_as_real(spec).square_().flatten(-2)
+        feats = torch.matmul(power, self.mel2).clamp_min(torch.finfo(torch.float32).eps).log()
         if lengths is None:
             if self.cmn:
                 feats = feats - feats.mean(dim=1, keepdim=True)
@@ -138,6 +135,47 @@ class Fbank(nn.Module):
             mean = feats.sum(dim=1, keepdim=True) / valid.clamp(min=1).view(-1, 1, 1)
             feats = (feats - mean) * mask
         return feats
+
+    def _frames(self, wave: Tensor) -> Tensor:
+        """Windowed, zero-padded (B, F, n_fft) frames; pre-emphasis and DC removal done on the waveform.
+
+        Kaldi pre-emphasises each DC-removed frame: y_i = x_i - c x_{i-1} - (1 - c) m for i >= 1 and
+        y_0 = (1 - c)(x_0 - m). So one waveform-level pre-emphasis p serves all overlapping frames, minus
+        (1 - c) m per frame, plus a first-sample correction c (x_{t0-1} - x_{t0}) (zero weight for povey/hanning).
+        """
+        c, length, shift = self.preemphasis, self.frame_length, self.frame_shift
+        n_frames = int(self.num_frames(wave.shape[-1]))
+        emph = wave
+        if c != 0.0:
+            emph = torch.empty_like(wave)
+            emph[:, 1:] = wave[:, 1:] - c * wave[:, :-1]
+            emph[:, :1] = (1.0 - c) * wave[:, :1]
+        buf = wave.new_zeros(wave.shape[0], n_frames, self.n_fft)
+        dst = buf[..., :length]
+        framed = emph.unfold(-1, length, shift)
+        if self.remove_dc_offset:
+            mean = wave.unfold(-1, length, shift).mean(dim=-1, keepdim=True)
+            torch.sub(framed, (1.0 - c) * mean, out=dst)
+        else:
+            dst.copy_(framed)
+        dst.mul_(self.window)
+        if c != 0.0 and n_frames > 1 and self._first_weight != 0.0:
+            starts = torch.arange(1, n_frames, device=wave.device) * shift
+            dst[:, 1:, 0] += self._first_weight * c * (wave[:, starts - 1] - wave[:, starts])
+        return buf
+
+    def _dithered_frames(self, wave: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Kaldi's per-frame order (dither, DC removal, pre-emphasis, window), needed once frames carry own noise."""
+        frames = wave.unfold(-1, self.frame_length, self.frame_shift)
+        gen_dev = generator.device if generator is not None else wave.device
+        noise = torch.randn(frames.shape, generator=generator, device=gen_dev).to(wave.device)
+        frames = frames + self.dither * noise
+        if self.remove_dc_offset:
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+        if self.preemphasis != 0.0:
+            first = frames[..., :1] * (1.0 - self.preemphasis)
+            frames = torch.cat([first, frames[..., 1:] - self.preemphasis * frames[..., :-1]], dim=-1)
+        return torch.nn.functional.pad(frames * self.window, (0, self.n_fft - self.frame_length))
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""

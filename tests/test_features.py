@@ -51,6 +51,25 @@ def test_parity_without_cmn_and_other_window():
     assert out.mean().item() > 5.0
 
 
+@pytest.mark.parametrize("window,dc,coef", [("rectangular", False, 0.97), ("hanning", True, 0.0),
+                                             ("rectangular", True, 0.5)])
+def test_parity_frame_options(window, dc, coef):
+    x = speechlike(9000, seed=4)
+    out = Fbank(cmn=False, window=window, remove_dc_offset=dc, preemphasis=coef)(x[None])[0]
+    ref = kaldi.fbank((x * 32768.0)[None], num_mel_bins=80, dither=0.0, window_type=window,
+                      remove_dc_offset=dc, preemphasis_coefficient=coef)
+    assert (out - ref).abs().max().item() < TOL
+
+
+def test_per_frame_dither_path_matches_kaldi_order():
+    """With a negligible dither the training path (per-frame, Kaldi's literal order) equals the reference."""
+    x = speechlike(12000, seed=6)
+    for window in ("povey", "hamming"):
+        fb = Fbank(dither=1e-30, window=window).train()
+        ref = kaldi.fbank((x * 32768.0)[None], num_mel_bins=80, dither=0.0, window_type=window, subtract_mean=True)
+        assert (fb(x[None])[0] - ref).abs().max().item() < TOL
+
+
 def test_scale_flag_is_a_constant_shift_before_cmn():
     x = speechlike(8000, seed=5)
     scaled = Fbank(cmn=False)(x[None])[0]
