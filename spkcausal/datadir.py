@@ -20,7 +20,8 @@ from .utils import DataError, PathLike, atomic_write
 
 __all__ = [
     "DataError", "DataDir", "Trials", "Problem", "read_kv", "read_list_kv", "write_kv", "write_list_kv",
-    "utt2spk_to_spk2utt", "read_trials", "write_trials", "read_scores", "write_scores", "validate_datadir",
+    "utt2spk_to_spk2utt", "read_trials", "write_trials", "read_scores", "read_score_arrays", "write_scores",
+    "validate_datadir",
 ]
 
 KV_FILES = ("wav.scp", "utt2spk", "utt2dur", "spk2gender", "utt2sess", "spk2nat")
@@ -481,3 +482,151 @@ def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audi
         for key, line in sorted(absent.items(), key=lambda kv: kv[1]):
             problems.append(Problem(str(tpath), line, f"key {key!r} is not in the data dir"))
     return problems
+
+
+# ---------------------------------------------------------------- fast score reading (no per-line Python)
+
+_LABEL_BYTES = np.array([b"target", b"nontarget", b"1", b"0"], dtype="S9")
+_LABEL_VALUES = np.array([1, 0, 1, 0], dtype=np.int8)
+
+
+def _token_spans(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                          np.ndarray]:
+    """Byte spans of a whitespace table: (bytes, starts (n, ncols), ends (n, ncols), 1-based line numbers).
+
+    Same checks and messages as _read_columns, but the tokens stay in the byte buffer, so a 3.5M-line
+    score file costs two passes over the bytes plus work on the separator positions only."""
+    try:
+        buf = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    a = np.frombuffer(buf, dtype=np.uint8)
+    if len(a) == 0:
+        raise DataError("file is empty", path)
+    if a.max() >= 0x80:
+        try:
+            buf.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    sp = np.flatnonzero(a <= 32)  # every separator is <= 32; other control bytes are filtered next
+    sp = sp[_WS[a[sp]] | (a[sp] == 10)]
+    # Sentinel separators at -1 and len(a) make every token the gap between two consecutive separators.
+    sp = np.concatenate([[-1], sp, [len(a)]])
+    gap = np.flatnonzero(sp[1:] - sp[:-1] > 1)
+    starts = sp[gap] + 1
+    ends = sp[gap + 1]
+    line_end = sp[1:-1][a[sp[1:-1]] == 10]
+    if a[-1] != 10:
+        line_end = np.concatenate([line_end, [len(a)]])
+    counts = np.diff(np.searchsorted(starts, line_end), prepend=0)
+    nonblank = counts > 0
+    if not nonblank.any():
+        raise DataError("file is empty", path)
+    first = int(np.argmax(nonblank))
+    ncols = int(counts[first])
+    if ncols not in ncols_allowed:
+        raise DataError(f"{ncols} columns; expected {' or '.join(map(str, ncols_allowed))}", path, first + 1)
+    bad = np.flatnonzero(nonblank & (counts != ncols))
+    if len(bad):
+        raise DataError(f"{counts[bad[0]]} columns where the file's first line has {ncols}", path, int(bad[0]) + 1)
+    line_no = np.flatnonzero(nonblank) + 1
+    return a, starts.reshape(-1, ncols), ends.reshape(-1, ncols), line_no
+
+
+_LOW_BYTES = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [2**64 - 1], dtype=np.uint64)
+
+
+def _gather_words(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, n_words: int) -> np.ndarray:
+    """(n, n_words) uint64: each span's first 8*n_words bytes, zero padded, read 8 bytes per gather."""
+    padded = np.zeros(len(a) + 8, dtype=np.uint8)
+    padded[:len(a)] = a
+    # An unaligned little-endian uint64 view at every byte offset: one gather fetches 8 bytes of a token.
+    words_at = np.ndarray(shape=(len(a) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    lengths = ends - starts
+    out = np.empty((len(starts), n_words), dtype=np.uint64)
+    for k in range(n_words):
+        out[:, k] = words_at[np.minimum(starts + 8 * k, len(a))] & _LOW_BYTES[np.clip(lengths - 8 * k, 0, 8)]
+    return out
+
+
+def _gather_text(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The spans as a fixed-width bytes array (S<8k>, NUL padded)."""
+    n_words = max(1, -(-int((ends - starts).max()) // 8))
+    return _gather_words(a, starts, ends, n_words).view(f"S{8 * n_words}").ravel()
+
+
+def _span_hash(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, seed: int) -> np.ndarray:
+    """64-bit hash of each byte span (random linear hash over 8-byte words; collisions are re-checked)."""
+    words = _gather_words(a, starts, ends, max(1, -(-int((ends - starts).max()) // 8)))
+    mult = np.random.default_rng(seed).integers(1, 2**62, size=words.shape[1], dtype=np.uint64) * 2 + 1
+    h = (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for j in range(words.shape[1]):
+        # Fold high bits down before and after multiplying: keys often differ only in a word's top bytes
+        # (the last characters, little-endian), which a plain multiply would shift out of the hash.
+        x = words[:, j] ^ (words[:, j] >> np.uint64(31))
+        x *= mult[j]
+        x ^= x >> np.uint64(29)
+        h += x
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+    return h
+
+
+def _reject_duplicate_spans(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, path: PathLike,
+                            line_no: np.ndarray) -> None:
+    """Raise on the first repeated (enroll, test) pair, exactly, using hashes only to find candidates."""
+    h = _span_hash(a, starts[:, 0], ends[:, 0], 1) ^ (_span_hash(a, starts[:, 1], ends[:, 1], 2)
+                                                      * np.uint64(0xC2B2AE3D27D4EB4F))
+    order = np.argsort(h)
+    hs = h[order]
+    same = np.flatnonzero(hs[1:] == hs[:-1])
+    if not len(same):
+        return
+    cand = np.unique(np.concatenate([order[same], order[same + 1]]))
+    buf = a.tobytes() if len(cand) else b""
+    seen: dict[tuple[bytes, bytes], int] = {}
+    for i in cand:  # ascending row order, so the first repeat found is the earliest in the file
+        key = (buf[starts[i, 0]:ends[i, 0]], buf[starts[i, 1]:ends[i, 1]])
+        if key in seen:
+            raise DataError(f"duplicate trial {key[0].decode()} {key[1].decode()} (first seen at line "
+                            f"{line_no[seen[key]]})", path, int(line_no[i]))
+        seen[key] = int(i)
+
+
+def read_score_arrays(path: PathLike, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (float64) and labels (int8, -1 if absent) of a score file, validated like read_scores.
+
+    For metrics on corpus-scale files: keys are checked for duplicates but never turned into strings."""
+    a, starts, ends, line_no = _token_spans(path, (3, 4))
+    n = len(starts)
+    text = _gather_text(a, starts[:, 2], ends[:, 2])
+    scores = np.empty(n, dtype=np.float64)
+    step = 1 << 18
+    for lo in range(0, n, step):
+        try:
+            scores[lo:lo + step] = text[lo:lo + step].astype(np.float64)
+        except ValueError:
+            for i in range(lo, min(lo + step, n)):
+                tok = text[i].decode("utf-8", "replace")
+                if not _FLOAT_RE.match(tok):
+                    raise DataError(f"score {tok!r} is not a finite number", path, int(line_no[i])) from None
+            raise DataError("unparsable score", path) from None
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise DataError(f"score {text[bad[0]].decode()!r} is not a finite number", path, int(line_no[bad[0]]))
+    if starts.shape[1] == 4:
+        lab_len = ends[:, 3] - starts[:, 3]
+        words = _gather_words(a, starts[:, 3], ends[:, 3], 2).view("S16").ravel()
+        labels = np.full(n, -1, dtype=np.int8)
+        for word, val in zip(_LABEL_BYTES, _LABEL_VALUES):
+            labels[(words == word) & (lab_len == len(word))] = val
+        bad = np.flatnonzero(labels < 0)
+        if len(bad):
+            tok = a[starts[bad[0], 3]:ends[bad[0], 3]].tobytes().decode()
+            raise DataError(f"label {tok!r}; expected target, nontarget, 1 or 0", path, int(line_no[bad[0]]))
+    elif need_labels:
+        raise DataError("score file has no label column (expected 'enroll test score target|nontarget')", path,
+                        int(line_no[0]))
+    else:
+        labels = np.full(n, -1, dtype=np.int8)
+    _reject_duplicate_spans(a, starts, ends, path, line_no)
+    return scores, labels

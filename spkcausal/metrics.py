@@ -1,0 +1,301 @@
+"""Verification metrics (EER, minDCF, actual DCF, DET) in O(N log N), and identification metrics by shot group.
+
+Scores: higher means more likely the same speaker; a trial is accepted at threshold t when score >= t.
+Pmiss(t) = share of targets below t, Pfa(t) = share of non-targets at or above t. Every operating point is a
+distinct score value (tied scores form one group, so their order never matters) plus t = +inf (reject all).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .longtail import FEW, MANY, shot_groups
+
+__all__ = [
+    "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
+    "actual_dcf", "verification_summary", "shot_group_accuracy", "confusion_summary", "shot_group_verification",
+    "evaluate_score_files", "format_table", "plot_det",
+]
+
+GROUPS = ("many", "medium", "few")
+
+
+@dataclass
+class DetCurve:
+    """Every operating point: thresholds ascending (last is +inf), Pmiss non-decreasing, Pfa non-increasing."""
+
+    thresholds: np.ndarray
+    pmiss: np.ndarray
+    pfa: np.ndarray
+    n_target: int
+    n_nontarget: int
+
+
+def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    if labels.dtype == bool:
+        labels = labels.astype(np.int8)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 1 (target) or 0 (non-target)")
+    return scores, labels.astype(bool)
+
+
+def det_curve(scores: np.ndarray, labels: np.ndarray) -> DetCurve:
+    """Pmiss / Pfa at every distinct score threshold (ties grouped) and at +inf; one sort, float64."""
+    scores, is_tar = _check(scores, labels)
+    n_tar = int(is_tar.sum())
+    n_non = len(is_tar) - n_tar
+    if n_tar == 0 or n_non == 0:
+        raise ValueError(f"need both targets and non-targets (got {n_tar} targets, {n_non} non-targets)")
+    order = np.argsort(scores)
+    s = scores[order]
+    tar_sorted = is_tar[order]
+    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))  # start of each tie group
+    tar_below = np.concatenate([[0], np.cumsum(tar_sorted, dtype=np.int64)])[first]
+    below = first.astype(np.int64)
+    non_below = below - tar_below
+    tar_below = np.append(tar_below, n_tar)
+    non_below = np.append(non_below, n_non)
+    return DetCurve(thresholds=np.append(s[first], np.inf), pmiss=tar_below / n_tar,
+                    pfa=(n_non - non_below) / n_non, n_target=n_tar, n_nontarget=n_non)
+
+
+def _eer_from_curve(c: DetCurve) -> tuple[float, float]:
+    d = c.pmiss - c.pfa  # -1 at the lowest threshold, +1 at +inf, non-decreasing in between
+    i = int(np.argmax(d >= 0))
+    d0, d1 = d[i - 1], d[i]
+    w = d0 / (d0 - d1)  # where the segment between the two neighbouring points meets Pmiss = Pfa
+    eer = c.pmiss[i - 1] + w * (c.pmiss[i] - c.pmiss[i - 1])
+    t0, t1 = c.thresholds[i - 1], c.thresholds[i]
+    thr = t0 + w * (t1 - t0) if np.isfinite(t1) else t0
+    return float(eer), float(thr)
+
+
+def eer_with_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(EER as a fraction, threshold at the EER, interpolated like the EER itself)."""
+    return _eer_from_curve(det_curve(scores, labels))
+
+
+def compute_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Equal error rate (fraction): Pmiss = Pfa, linearly interpolated between neighbouring thresholds."""
+    return eer_with_threshold(scores, labels)[0]
+
+
+def _dcf_norm(p_target: float, c_miss: float, c_fa: float) -> float:
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    return min(c_miss * p_target, c_fa * (1.0 - p_target))
+
+
+def _min_dcf_from_curve(c: DetCurve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    norm = _dcf_norm(p_target, c_miss, c_fa)
+    dcf = c_miss * p_target * c.pmiss + c_fa * (1.0 - p_target) * c.pfa
+    i = int(np.argmin(dcf))
+    return float(dcf[i] / norm), float(c.thresholds[i])
+
+
+def min_dcf_with_threshold(scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0,
+                           c_fa: float = 1.0) -> tuple[float, float]:
+    """(normalised minDCF, threshold that attains it)."""
+    return _min_dcf_from_curve(det_curve(scores, labels), p_target, c_miss, c_fa)
+
+
+def compute_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0,
+                    c_fa: float = 1.0) -> float:
+    """Normalised minimum detection cost: min_t DCF(t) / min(c_miss*p, c_fa*(1-p)) (NIST / Kaldi / wespeaker)."""
+    return min_dcf_with_threshold(scores, labels, p_target, c_miss, c_fa)[0]
+
+
+def actual_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float, p_target: float, c_miss: float = 1.0,
+               c_fa: float = 1.0) -> float:
+    """Normalised DCF at a fixed threshold (accept score >= threshold)."""
+    scores, is_tar = _check(scores, labels)
+    if not is_tar.any() or is_tar.all():
+        raise ValueError("need both targets and non-targets")
+    pmiss = float(np.mean(scores[is_tar] < threshold))
+    pfa = float(np.mean(scores[~is_tar] >= threshold))
+    return (c_miss * p_target * pmiss + c_fa * (1.0 - p_target) * pfa) / _dcf_norm(p_target, c_miss, c_fa)
+
+
+def verification_summary(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05),
+                         c_miss: float = 1.0, c_fa: float = 1.0) -> dict:
+    """EER, minDCF per p_target and their thresholds from a single sort."""
+    c = det_curve(scores, labels)
+    eer, eer_thr = _eer_from_curve(c)
+    out: dict = {"n_target": c.n_target, "n_nontarget": c.n_nontarget, "eer": eer, "eer_threshold": eer_thr,
+                 "min_dcf": {}, "min_dcf_threshold": {}}
+    for p in p_targets:
+        v, t = _min_dcf_from_curve(c, p, c_miss, c_fa)
+        out["min_dcf"][float(p)] = v
+        out["min_dcf_threshold"][float(p)] = t
+    return out
+
+
+# ---------------------------------------------------------------- identification, by shot group
+
+
+def _per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    n = np.bincount(y_true, minlength=n_classes)
+    hit = np.bincount(y_true[y_true == y_pred], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hit / n, n
+
+
+def shot_group_accuracy(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray, many: int = MANY,
+                        few: int = FEW) -> dict:
+    """Top-1 accuracy, mean per-class accuracy overall and within the Many / Medium / Few groups.
+
+    Classes are indices into `train_counts` (training utterances per class); only classes with test
+    samples enter a group mean; an empty group gives NaN."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    counts = np.asarray(train_counts)
+    if len(y_true) != len(y_pred) or len(y_true) == 0:
+        raise ValueError(f"{len(y_true)} labels and {len(y_pred)} predictions; need equal, non-zero lengths")
+    if y_true.min() < 0 or max(y_true.max(), y_pred.max()) >= len(counts):
+        raise ValueError(f"class index outside [0, {len(counts)})")
+    acc, n = _per_class_accuracy(y_true, y_pred, len(counts))
+    present = n > 0
+    groups = shot_groups(counts, many, few)
+    out: dict = {"top1": float(np.mean(y_true == y_pred)), "mean_per_class": float(acc[present].mean())}
+    for g in GROUPS:
+        sel = present & (groups == g)
+        out[g] = float(acc[sel].mean()) if sel.any() else float("nan")
+        out[f"n_{g}_classes"] = int(sel.sum())
+    return out
+
+
+def confusion_summary(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray, many: int = MANY,
+                      few: int = FEW) -> dict:
+    """For each true shot group: share of its test samples predicted correctly, or as a class of each group.
+
+    `out["few"]["many"]` is how often a tail (Few) speaker is taken for some head (Many) speaker (wrong
+    predictions only; the `correct` entry holds the rest)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    groups = shot_groups(np.asarray(train_counts), many, few)
+    g_true, g_pred = groups[y_true], groups[y_pred]
+    wrong = y_true != y_pred
+    out: dict = {}
+    for g in GROUPS:
+        sel = g_true == g
+        n = int(sel.sum())
+        row: dict = {"n": n, "correct": float(np.mean(~wrong[sel])) if n else float("nan")}
+        for h in GROUPS:
+            row[h] = float(np.mean(wrong[sel] & (g_pred[sel] == h))) if n else float("nan")
+        out[g] = row
+    return out
+
+
+def shot_group_verification(scores: np.ndarray, labels: np.ndarray, enroll_train_counts: np.ndarray,
+                            p_targets: Sequence[float] = (0.01, 0.05), many: int = MANY, few: int = FEW) -> dict:
+    """EER / minDCF of seen-speaker trials grouped by the enrolled speaker's training-utterance count."""
+    scores, is_tar = _check(scores, labels)
+    groups = shot_groups(np.asarray(enroll_train_counts), many, few)
+    if len(groups) != len(scores):
+        raise ValueError(f"{len(groups)} enrol counts for {len(scores)} trials")
+    out: dict = {}
+    for g in GROUPS:
+        sel = groups == g
+        if is_tar[sel].any() and (~is_tar[sel]).any():
+            out[g] = verification_summary(scores[sel], is_tar[sel], p_targets)
+        else:
+            out[g] = None  # a group without both kinds of trial has no error rate
+    return out
+
+
+# ---------------------------------------------------------------- files and DET plots
+
+
+def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05)) -> list[dict]:
+    """verification_summary of each labelled score file (`enroll test score label`)."""
+    from .datadir import read_score_arrays
+
+    out = []
+    for p in paths:
+        scores, labels = read_score_arrays(p)
+        res = verification_summary(scores, labels, p_targets)
+        res["file"] = str(p)
+        out.append(res)
+    return out
+
+
+def format_table(results: Sequence[dict]) -> str:
+    """Plain-text table: EER in percent, minDCF per p_target, trial counts."""
+    ps = list(results[0]["min_dcf"]) if results else []
+    head = ["EER(%)"] + [f"minDCF({p:g})" for p in ps] + ["targets", "nontargets", "file"]
+    rows = [[f"{r['eer'] * 100:.3f}"] + [f"{r['min_dcf'][p]:.4f}" for p in ps]
+            + [str(r["n_target"]), str(r["n_nontarget"]), r["file"]] for r in results]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(x.rjust(w) if i < len(head) - 1 else x for i, (x, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
+
+
+def _thin(pfa: np.ndarray, pmiss: np.ndarray, n_max: int = 4000) -> np.ndarray:
+    """Indices of at most ~n_max curve points, evenly spread along the curve's length in probit space."""
+    from scipy.stats import norm
+
+    if len(pfa) <= n_max:
+        return np.arange(len(pfa))
+    x = norm.ppf(np.clip(pfa, 1e-6, 1 - 1e-6))
+    y = norm.ppf(np.clip(pmiss, 1e-6, 1 - 1e-6))
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    keep = np.unique(np.searchsorted(arc, np.linspace(0, arc[-1], n_max)))
+    return np.unique(np.concatenate([[0], np.minimum(keep, len(pfa) - 1), [len(pfa) - 1]]))
+
+
+def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01, 0.05),
+             labels: Sequence[str] | None = None) -> None:
+    """DET curves (probit axes) of score files, EER and minDCF points marked, one legend entry per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    from .datadir import read_score_arrays
+    from .utils import atomic_path
+
+    ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]) / 100
+    lo = 1e-5
+    fig, ax = plt.subplots(figsize=(6, 6))
+    markers = ["s", "^", "v", "D"]
+    for n, path in enumerate(paths):
+        scores, lab = read_score_arrays(path)
+        c = det_curve(scores, lab)
+        eer, _ = _eer_from_curve(c)
+        idx = _thin(c.pfa, c.pmiss)
+        name = labels[n] if labels else Path(path).name
+        (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
+                          label=f"{name} (EER {eer * 100:.2f}%)")
+        ax.plot(norm.ppf(eer), norm.ppf(eer), "o", color=line.get_color())
+        for m, p in enumerate(p_targets):
+            dcf = p * c.pmiss + (1 - p) * c.pfa
+            i = int(np.argmin(dcf))
+            ax.plot(norm.ppf(np.clip(c.pfa[i], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[i], lo, 1 - lo)),
+                    markers[m % len(markers)], color=line.get_color(), mfc="none",
+                    label=f"  minDCF({p:g}) {dcf[i] / min(p, 1 - p):.3f}")
+    ax.plot(norm.ppf([lo, 0.5]), norm.ppf([lo, 0.5]), ":", color="grey", lw=0.8)
+    pt = norm.ppf(ticks)
+    names = [f"{t * 100:g}" for t in ticks]
+    ax.set_xticks(pt, names)
+    ax.set_yticks(pt, names)
+    ax.set_xlim(norm.ppf(ticks[0]), norm.ppf(0.4))
+    ax.set_ylim(norm.ppf(ticks[0]), norm.ppf(0.4))
+    ax.set_xlabel("False alarm probability (%)")
+    ax.set_ylabel("Miss probability (%)")
+    ax.grid(True, lw=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("DET")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150)
+    plt.close(fig)

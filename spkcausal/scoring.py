@@ -1,0 +1,194 @@
+"""Trial scoring against an embedding store: cosine, mean subtraction, S-norm / AS-norm, CN-Celeb Avg enrolment.
+
+Every embedding (enrol, test, cohort) is centred by the mean of `mean_store` when one is given, then length
+normalised; the score is the dot product. An enrol key listed in an enrol map (`<eval_dir>/enroll2utt`,
+`key utt utt ...`) is the mean of its segments' raw embeddings (CN-Celeb Avg protocol), centred and
+normalised like any other. Work is per unique key and per block of trials: no Python loop per trial.
+
+Score normalisation with a cohort C (e.g. per-speaker means of the training set):
+  S-norm:  s' = ((s - mu_e)/sd_e + (s - mu_t)/sd_t) / 2, mu/sd over the scores of e (or t) against all of C;
+  AS-norm: the same with mu/sd over the top-N highest cohort scores of e (and of t) only.
+sd uses Bessel's correction (ddof=1), as wespeaker's torch.std does.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .datadir import Trials, read_list_kv, read_trials, write_scores
+from .embeddings import EmbeddingStore, speaker_means
+from .utils import DataError, PathLike, get_logger, setup_logging
+
+__all__ = ["Scorer", "store_mean", "cohort_stats", "score_trials", "score_files", "NORMS"]
+
+NORMS = ("none", "snorm", "asnorm")
+BLOCK = 1 << 16  # trials per block: bounds temporary memory at a few tens of MB
+log = get_logger(__name__)
+
+
+def store_mean(store: EmbeddingStore, block: int = BLOCK) -> np.ndarray:
+    """Mean embedding of a whole store (float64 accumulation, read block by block)."""
+    total = np.zeros(store.dim, dtype=np.float64)
+    for lo in range(0, len(store), block):
+        total += np.asarray(store.matrix[lo:lo + block], dtype=np.float64).sum(axis=0)
+    return total / max(len(store), 1)
+
+
+def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if mean is not None:
+        x = x - mean
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norm == 0).any():
+        raise ValueError(f"{int((norm == 0).sum())} embeddings have zero norm after mean subtraction")
+    return (x / norm).astype(np.float32)
+
+
+def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int | None, block: int = 4096) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """Mean and std (ddof=1) of each row's scores against the cohort: all of them (top_n None, S-norm) or
+    the top_n highest (AS-norm). Both inputs are already normalised; blocks keep memory at block x cohort."""
+    import torch
+
+    c = torch.from_numpy(np.ascontiguousarray(cohort, dtype=np.float32))
+    n = len(emb)
+    k = None if top_n is None else min(int(top_n), len(cohort))
+    if k is not None and k < 2:
+        raise ValueError(f"top-N must be at least 2 (cohort has {len(cohort)} entries)")
+    mu = np.empty(n, dtype=np.float64)
+    sd = np.empty(n, dtype=np.float64)
+    with torch.no_grad():
+        for lo in range(0, n, block):
+            s = torch.from_numpy(np.ascontiguousarray(emb[lo:lo + block], dtype=np.float32)) @ c.T
+            if k is not None:
+                s = torch.topk(s, k, dim=1, sorted=False).values
+            s = s.double()
+            mu[lo:lo + block] = s.mean(dim=1).numpy()
+            sd[lo:lo + block] = s.std(dim=1).numpy()
+    return mu, sd
+
+
+@dataclass
+class Scorer:
+    """Scores trials against one store, with optional centring, cohort and enrol map (shared by trial lists)."""
+
+    store: EmbeddingStore
+    mean: np.ndarray | None = None
+    cohort: np.ndarray | None = None  # raw cohort embeddings (centred and normalised here)
+    norm: str = "none"
+    top_n: int = 300
+    enroll_map: dict[str, list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown normalisation {self.norm!r}; expected one of {', '.join(NORMS)}")
+        if self.norm != "none" and self.cohort is None:
+            raise ValueError(f"--norm {self.norm} needs a cohort")
+        self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean)
+
+    def embed(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised embeddings of unique keys (enrol-map keys averaged) and a mask of keys that have one."""
+        emap = self.enroll_map or {}
+        keys = list(keys)
+        out = np.zeros((len(keys), self.store.dim), dtype=np.float64)
+        ok = np.ones(len(keys), dtype=bool)
+        pos = np.array([i for i, k in enumerate(keys) if k not in emap], dtype=np.int64)
+        if len(pos):
+            rows = self.store.lookup([keys[i] for i in pos], allow_missing=True)
+            good = rows >= 0
+            order = np.argsort(rows[good])  # memory-map reads in row order
+            out[pos[good][order]] = self.store.matrix[rows[good][order]]
+            ok[pos[~good]] = False
+        for i, k in enumerate(keys):
+            if k in emap:  # few keys (CN-Celeb: 196), each the mean of a handful of segments
+                seg = self.store.lookup(emap[k], allow_missing=True)
+                if (seg < 0).any():
+                    ok[i] = False
+                else:
+                    out[i] = np.asarray(self.store.matrix[np.sort(seg)], dtype=np.float64).mean(axis=0)
+        vec = np.zeros((len(keys), self.store.dim), dtype=np.float32)
+        if ok.any():
+            vec[ok] = _normalise(out[ok], self.mean)
+        return vec, ok
+
+    def score(self, trials: Trials, allow_missing: bool = False, source: PathLike | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores of the kept trials, boolean mask of kept trials); missing keys raise unless allow_missing."""
+        codes: dict[str, int] = {}
+        n = len(trials)
+        e_idx = np.fromiter((codes.setdefault(k, len(codes)) for k in trials.enroll), dtype=np.int64, count=n)
+        t_idx = np.fromiter((codes.setdefault(k, len(codes)) for k in trials.test), dtype=np.int64, count=n)
+        keys = list(codes)
+        vec, ok = self.embed(keys)
+        keep = ok[e_idx] & ok[t_idx]
+        if not keep.all():
+            missing = [keys[i] for i in np.flatnonzero(~ok)]
+            first_trial = int(np.flatnonzero(~keep)[0])
+            line = None if trials.line_no is None else int(trials.line_no[first_trial])
+            msg = (f"{len(missing)} keys have no embedding in {self.store.path} (first: {', '.join(missing[:5])}); "
+                   f"{int((~keep).sum())} of {n} trials affected")
+            if not allow_missing:
+                raise DataError(msg + "; pass --allow-missing to skip them", source, line)
+            log.warning("%s: skipped (--allow-missing)", msg)
+        e_idx, t_idx = e_idx[keep], t_idx[keep]
+        scores = np.empty(len(e_idx), dtype=np.float64)
+        for lo in range(0, len(e_idx), BLOCK):
+            e, t = vec[e_idx[lo:lo + BLOCK]], vec[t_idx[lo:lo + BLOCK]]
+            scores[lo:lo + BLOCK] = np.einsum("ij,ij->i", e, t, dtype=np.float64)
+        if self.norm != "none":
+            used = np.unique(np.concatenate([e_idx, t_idx]))
+            mu = np.zeros(len(keys))
+            sd = np.ones(len(keys))
+            mu[used], sd[used] = cohort_stats(vec[used], self._cohort_n, self.top_n if self.norm == "asnorm" else None)
+            scores = 0.5 * ((scores - mu[e_idx]) / sd[e_idx] + (scores - mu[t_idx]) / sd[t_idx])
+        return scores, keep
+
+
+def score_trials(trials: Trials, store: EmbeddingStore, mean: np.ndarray | None = None,
+                 cohort: np.ndarray | None = None, norm: str = "none", top_n: int = 300,
+                 enroll_map: dict[str, list[str]] | None = None, allow_missing: bool = False) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """Score one trial list; returns (scores of kept trials, mask of kept trials)."""
+    return Scorer(store, mean, cohort, norm, top_n, enroll_map).score(trials, allow_missing)
+
+
+def _subset(trials: Trials, keep: np.ndarray) -> Trials:
+    return Trials(enroll=trials.enroll[keep], test=trials.test[keep], labels=trials.labels[keep],
+                  line_no=None if trials.line_no is None else trials.line_no[keep])
+
+
+def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLike, mean_store: PathLike | None = None,
+                cohort: PathLike | None = None, cohort_data: PathLike | None = None, norm: str = "none",
+                top_n: int = 300, enroll_map: PathLike | None = None, allow_missing: bool = False) -> list[Path]:
+    """Score each trial list into `<out_dir>/<trial file name>.score` (`enroll test score label`), atomically.
+
+    `cohort` is a store; with `cohort_data` (a data dir whose utt2spk covers it) its per-speaker means form
+    the cohort, otherwise its rows are used as they are."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir / "score.log")
+    names = [Path(t).name for t in trial_paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"trial lists share a file name, outputs would collide: {names}")
+    store = EmbeddingStore.open(emb)
+    mean = store_mean(EmbeddingStore.open(mean_store)) if mean_store else None
+    cohort_emb = None
+    if cohort:
+        cstore = EmbeddingStore.open(cohort)
+        cohort_emb = speaker_means(cstore, cohort_data)[1] if cohort_data else np.asarray(cstore.matrix)
+        log.info("cohort: %d embeddings from %s", len(cohort_emb), cohort)
+    emap = read_list_kv(enroll_map) if enroll_map else None
+    scorer = Scorer(store, mean, cohort_emb, norm, top_n, emap)
+    outs = []
+    for tpath in trial_paths:
+        trials = read_trials(tpath)
+        scores, keep = scorer.score(trials, allow_missing, source=tpath)
+        out = out_dir / (Path(tpath).name + ".score")
+        write_scores(out, _subset(trials, keep) if not keep.all() else trials, scores)
+        log.info("%s: %d trials scored (%d skipped), norm=%s -> %s", tpath, len(scores), int((~keep).sum()),
+                 norm, out)
+        outs.append(out)
+    return outs

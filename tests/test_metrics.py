@@ -1,0 +1,266 @@
+"""EER / minDCF / DET against independent computations, identification metrics, fast score-file reading."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_curve
+
+from spkcausal.cli import main
+from spkcausal.datadir import read_score_arrays, read_scores
+from spkcausal.metrics import (
+    actual_dcf,
+    compute_eer,
+    compute_min_dcf,
+    confusion_summary,
+    det_curve,
+    eer_with_threshold,
+    min_dcf_with_threshold,
+    shot_group_accuracy,
+    shot_group_verification,
+    verification_summary,
+)
+from spkcausal.utils import DataError
+
+
+def _crossing(pfa: np.ndarray, pmiss: np.ndarray) -> float:
+    """EER from operating points ordered by increasing Pmiss - Pfa: linear interpolation at the sign change."""
+    d = pmiss - pfa
+    i = int(np.flatnonzero(d >= 0)[0])
+    w = d[i - 1] / (d[i - 1] - d[i])
+    return float(pmiss[i - 1] + w * (pmiss[i] - pmiss[i - 1]))
+
+
+def _brute(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """O(N^2): Pmiss / Pfa at every distinct score and at +inf, by direct comparison."""
+    thr = np.append(np.unique(scores), np.inf)
+    tar, non = scores[labels == 1], scores[labels == 0]
+    pmiss = np.array([np.sum(tar < t) for t in thr]) / len(tar)
+    pfa = np.array([np.sum(non >= t) for t in thr]) / len(non)
+    return pfa, pmiss
+
+
+def _data(n: int, seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.3).astype(np.int8)
+    labels[:2] = [0, 1]
+    scores = rng.normal(size=n) + 1.5 * labels
+    if ties:
+        scores = np.round(scores * 2) / 2  # a handful of distinct values, each shared by many trials
+    return scores, labels
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eer_matches_sklearn_roc_crossing(seed):
+    scores, labels = _data(2000, seed, ties=False)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    # roc_curve runs from the highest threshold down: reverse it to increasing Pmiss - Pfa.
+    assert compute_eer(scores, labels) == pytest.approx(_crossing(fpr[::-1], (1 - tpr)[::-1]), abs=1e-12)
+    c = det_curve(scores, labels)
+    assert np.allclose(np.sort(c.pfa), np.sort(fpr)) and np.allclose(np.sort(c.pmiss), np.sort(1 - tpr))
+    for p in (0.01, 0.05):
+        want = np.min(p * (1 - tpr) + (1 - p) * fpr) / min(p, 1 - p)
+        assert compute_min_dcf(scores, labels, p) == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_brute_force_sweep_with_heavy_ties(seed):
+    scores, labels = _data(60 + seed * 7, seed, ties=True)
+    assert len(np.unique(scores)) < len(scores) / 4
+    pfa, pmiss = _brute(scores, labels)
+    assert compute_eer(scores, labels) == pytest.approx(_crossing(pfa, pmiss), abs=1e-12)
+    for p, cm, cf in ((0.01, 1, 1), (0.05, 1, 1), (0.3, 2, 1), (0.5, 1, 3)):
+        want = np.min(cm * p * pmiss + cf * (1 - p) * pfa) / min(cm * p, cf * (1 - p))
+        assert compute_min_dcf(scores, labels, p, cm, cf) == pytest.approx(want, abs=1e-12)
+
+
+def test_tied_scores_permutation_invariant():
+    scores, labels = _data(500, 7, ties=True)
+    ref = verification_summary(scores, labels)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        perm = rng.permutation(len(scores))
+        assert verification_summary(scores[perm], labels[perm]) == ref
+    # Reordering only within tie groups (targets first vs last) must not matter either.
+    for key in (labels, -labels):
+        order = np.lexsort((key, scores))
+        assert verification_summary(scores[order], labels[order]) == ref
+
+
+def test_min_dcf_is_normalised_not_speechbrain_form():
+    scores, labels = _data(3000, 3, ties=False)
+    pfa, pmiss = _brute(scores, labels)
+    p = 0.05
+    unnormalised = np.min(p * pmiss + (1 - p) * pfa)  # SpeechBrain's quantity
+    ours = compute_min_dcf(scores, labels, p)
+    assert ours == pytest.approx(unnormalised / 0.05)
+    assert ours > 10 * unnormalised  # off by the factor 1/min(p, 1-p) = 20 if unnormalised
+    # An uninformative system costs exactly 1 when normalised (reject everything), p when not.
+    flat = np.zeros(100)
+    assert compute_min_dcf(flat, labels[:100], p) == pytest.approx(1.0)
+    assert compute_min_dcf(scores, labels, 0.05) <= 1.0
+
+
+def test_min_dcf_against_speechbrain_times_norm():
+    sb = pytest.importorskip("speechbrain.utils.metric_stats")
+    torch = pytest.importorskip("torch")
+    scores, labels = _data(800, 11, ties=False)
+    pos = torch.tensor(scores[labels == 1])
+    neg = torch.tensor(scores[labels == 0])
+    for p in (0.01, 0.05):
+        sb_dcf, _ = sb.minDCF(pos, neg, c_miss=1.0, c_fa=1.0, p_target=p)
+        # SpeechBrain accumulates in float32.
+        assert compute_min_dcf(scores, labels, p) * min(p, 1 - p) == pytest.approx(float(sb_dcf), rel=1e-6)
+
+
+def test_thresholds_and_actual_dcf():
+    scores, labels = _data(4000, 5, ties=False)
+    eer, thr = eer_with_threshold(scores, labels)
+    pmiss = np.mean(scores[labels == 1] < thr)
+    pfa = np.mean(scores[labels == 0] >= thr)
+    assert abs(pmiss - eer) < 2e-3 and abs(pfa - eer) < 2e-3
+    for p in (0.01, 0.05):
+        v, t = min_dcf_with_threshold(scores, labels, p)
+        assert actual_dcf(scores, labels, t, p) == pytest.approx(v, abs=1e-12)
+        assert actual_dcf(scores, labels, t + 0.3, p) >= v
+    perfect = np.array([0.1, 0.2, 0.8, 0.9])
+    assert compute_eer(perfect, [0, 0, 1, 1]) == 0.0
+    assert compute_min_dcf(perfect, [0, 0, 1, 1], 0.01) == 0.0
+    assert compute_eer(perfect, [1, 1, 0, 0]) == 1.0
+
+
+def test_metric_input_errors():
+    with pytest.raises(ValueError, match="targets and non-targets"):
+        compute_eer([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        compute_eer([0.1, np.nan], [1, 0])
+    with pytest.raises(ValueError, match="labels"):
+        compute_eer([0.1, 0.2], [1, 2])
+    with pytest.raises(ValueError, match="p_target"):
+        compute_min_dcf([0.1, 0.2], [1, 0], 1.5)
+
+
+# ---------------------------------------------------------------- identification by shot group
+
+
+def test_shot_group_accuracy_against_sklearn():
+    rng = np.random.default_rng(0)
+    counts = np.array([500, 150, 101, 100, 50, 20, 19, 5, 1, 300])  # many: 0,1,2,9; medium: 3,4,5; few: 6,7,8
+    y = rng.integers(0, 10, 400)
+    pred = np.where(rng.random(400) < 0.6, y, rng.integers(0, 10, 400))
+    res = shot_group_accuracy(y, pred, counts)
+    cm = confusion_matrix(y, pred, labels=np.arange(10))
+    per_class = np.diag(cm) / cm.sum(axis=1)
+    assert res["top1"] == pytest.approx(accuracy_score(y, pred))
+    assert res["mean_per_class"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert res["many"] == pytest.approx(per_class[[0, 1, 2, 9]].mean())
+    assert res["medium"] == pytest.approx(per_class[[3, 4, 5]].mean())
+    assert res["few"] == pytest.approx(per_class[[6, 7, 8]].mean())
+    assert (res["n_many_classes"], res["n_medium_classes"], res["n_few_classes"]) == (4, 3, 3)
+    alt = shot_group_accuracy(y, pred, counts, many=200, few=60)  # thresholds are configurable
+    assert alt["many"] == pytest.approx(per_class[[0, 9]].mean())
+    assert alt["few"] == pytest.approx(per_class[[4, 5, 6, 7, 8]].mean())
+
+
+def test_confusion_summary_counts_tail_taken_for_head():
+    counts = np.array([200, 200, 50, 5, 5])  # many 0,1; medium 2; few 3,4
+    y = np.array([3, 3, 3, 3, 4, 0, 0, 2])
+    pred = np.array([0, 1, 3, 2, 4, 0, 3, 2])
+    res = confusion_summary(y, pred, counts)
+    assert res["few"] == {"n": 5, "correct": 0.4, "many": 0.4, "medium": 0.2, "few": 0.0}
+    assert res["many"]["few"] == 0.5 and res["many"]["correct"] == 0.5
+    assert res["medium"]["correct"] == 1.0
+
+
+def test_shot_group_verification_equals_subset_metrics():
+    scores, labels = _data(900, 2, ties=False)
+    counts = np.random.default_rng(1).choice([5, 50, 500], size=900)
+    res = shot_group_verification(scores, labels, counts)
+    for g, c in (("few", 5), ("medium", 50), ("many", 500)):
+        sel = counts == c
+        assert res[g]["eer"] == pytest.approx(compute_eer(scores[sel], labels[sel]))
+        assert res[g]["min_dcf"][0.01] == pytest.approx(compute_min_dcf(scores[sel], labels[sel], 0.01))
+    res = shot_group_verification(scores, labels, np.full(900, 500))
+    assert res["few"] is None and res["medium"] is None
+
+
+# ---------------------------------------------------------------- score files and CLI
+
+
+def _write(p, lines):
+    p.write_text("".join(line + "\n" for line in lines))
+    return p
+
+
+def test_read_score_arrays_agrees_with_read_scores(tmp_path):
+    scores, labels = _data(300, 4, ties=True)
+    words = ["nontarget", "target", "0", "1"]
+    lines = [f"e{i % 7}\tt/{i}-x_y  {s:.6g} {words[(i % 2) * 2 + lab] if i % 3 else words[lab]}"
+             for i, (s, lab) in enumerate(zip(scores, labels))]
+    lines.insert(5, "")  # blank lines are skipped, line numbers still count them
+    p = _write(tmp_path / "s.txt", lines)
+    s, lab = read_score_arrays(p)
+    ref = read_scores(p)
+    assert np.array_equal(s, ref.scores) and np.array_equal(lab, ref.labels)
+    assert np.array_equal(lab, labels)
+    p.write_text(p.read_text().rstrip("\n"))  # no final newline
+    assert np.array_equal(read_score_arrays(p)[0], s)
+
+
+@pytest.mark.parametrize("bad,line,match", [
+    ("a b 0.5", 3, "3 columns where"),
+    ("a b 0.5 target extra", 3, "5 columns where"),
+    ("a b nan target", 3, "not a finite number"),
+    ("a b inf target", 3, "not a finite number"),
+    ("a b 1e999 target", 3, "not a finite number"),
+    ("a b 0.5x target", 3, "not a finite number"),
+    ("a b 0.5 tar", 3, "label 'tar'"),
+    ("a b 0.5 targets", 3, "label 'targets'"),
+    ("a b 0.5 2", 3, "label '2'"),
+    ("e1 t1 0.7 nontarget", 3, r"duplicate trial e1 t1 \(first seen at line 1\)"),
+])
+def test_score_file_errors_name_line(tmp_path, bad, line, match):
+    p = _write(tmp_path / "s.txt", ["e1 t1 0.5 target", "e1 t2 0.1 nontarget", bad, "e2 t1 0.2 nontarget"])
+    with pytest.raises(DataError, match=match) as ei:
+        read_score_arrays(p)
+    assert ei.value.line == line and ei.value.path == str(p)
+
+
+def test_score_file_without_labels(tmp_path):
+    p = _write(tmp_path / "s.txt", ["e1 t1 0.5", "e1 t2 0.1"])
+    with pytest.raises(DataError, match="no label column"):
+        read_score_arrays(p)
+    assert read_score_arrays(p, need_labels=False)[1].tolist() == [-1, -1]
+
+
+def test_eer_cli_table_and_json(tmp_path, capsys):
+    scores, labels = _data(500, 9, ties=False)
+    files = []
+    for k in range(2):
+        s = scores + k * labels
+        files.append(_write(tmp_path / f"sys{k}.score", [f"e t{i} {v:.8f} {'target' if lab else 'nontarget'}"
+                                                         for i, (v, lab) in enumerate(zip(s, labels))]))
+    assert main(["eer", *map(str, files), "--json", "--p-target", "0.01", "0.05"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k, r in enumerate(res):
+        s = np.round(scores + k * labels, 8)
+        assert r["eer"] == pytest.approx(compute_eer(s, labels))
+        assert r["min_dcf"]["0.05"] == pytest.approx(compute_min_dcf(s, labels, 0.05))
+    assert main(["eer", str(files[0])]) == 0
+    table = capsys.readouterr().out
+    assert f"{res[0]['eer'] * 100:.3f}" in table and "minDCF(0.01)" in table
+
+
+def test_plot_det(tmp_path):
+    import matplotlib.image as mpimg
+
+    scores, labels = _data(5000, 1, ties=False)
+    p = _write(tmp_path / "a.score", [f"e t{i} {v:.6f} {lab}" for i, (v, lab) in enumerate(zip(scores, labels))])
+    out = tmp_path / "det.png"
+    assert main(["plot-det", str(p), str(p), "--labels", "A", "B", "--out", str(out)]) == 0
+    assert mpimg.imread(out).shape[0] > 100
+    bad = _write(tmp_path / "bad.score", ["e t 0.5 target", "e u nan nontarget"])
+    out2 = tmp_path / "det2.png"
+    assert main(["plot-det", str(bad), "--out", str(out2)]) == 2
+    assert not out2.exists() and not list(tmp_path.glob(".det2*"))
