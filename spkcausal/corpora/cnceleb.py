@@ -238,6 +238,9 @@ def combine_segments(train_dir: PathLike, out_dir: PathLike, combined_dir: PathL
     re-run skips files already there and a changed grouping never reuses a stale file. `comb2utt` in the
     new dir lists each combined file's members."""
     train = DataDir.load(train_dir, need_dur=True)
+    if set(train.utt2sess) != set(train.utt2spk):
+        raise DataError("utt2sess (the genre of every utterance) is needed to combine within speaker and genre",
+                        Path(train_dir) / "utt2sess")
     out_dir, combined_dir = Path(out_dir), Path(combined_dir)
     groups, keep = _combine_groups(train, min_sec)
     dests = {k: combined_dir / f"{k}.flac" for k in groups}
