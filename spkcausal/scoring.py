@@ -182,13 +182,16 @@ def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLik
         log.info("cohort: %d embeddings from %s", len(cohort_emb), cohort)
     emap = read_list_kv(enroll_map) if enroll_map else None
     scorer = Scorer(store, mean, cohort_emb, norm, top_n, emap)
-    outs = []
+    # Every list is read and scored before any is written: a bad second list leaves no output at all.
+    done = []
     for tpath in trial_paths:
         trials = read_trials(tpath)
         scores, keep = scorer.score(trials, allow_missing, source=tpath)
+        done.append((tpath, trials if keep.all() else _subset(trials, keep), scores, int((~keep).sum())))
+    outs = []
+    for tpath, trials, scores, skipped in done:
         out = out_dir / (Path(tpath).name + ".score")
-        write_scores(out, _subset(trials, keep) if not keep.all() else trials, scores)
-        log.info("%s: %d trials scored (%d skipped), norm=%s -> %s", tpath, len(scores), int((~keep).sum()),
-                 norm, out)
+        write_scores(out, trials, scores)
+        log.info("%s: %d trials scored, %d skipped, norm=%s -> %s", tpath, len(scores), skipped, norm, out)
         outs.append(out)
     return outs

@@ -1,0 +1,181 @@
+"""Trial scoring: cosine, mean subtraction, S-norm / AS-norm against direct NumPy formulas, Avg enrolment,
+missing keys, bad trial lists, the `spkcausal score` command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spkcausal.cli import main
+from spkcausal.datadir import read_scores, read_trials
+from spkcausal.embeddings import EmbeddingStore, write_store
+from spkcausal.scoring import Scorer, cohort_stats, score_files, score_trials, store_mean
+from spkcausal.utils import DataError
+
+D = 16
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = [f"id1{i // 4:04d}/a-_b{i % 4}/{i:05d}.wav" for i in range(40)]
+    emb = (rng.normal(size=(40, D)) + 2.0).astype(np.float32)  # offset: mean subtraction matters
+    store = write_store(tmp_path / "emb", keys, emb)
+    train_keys = [f"train{i:03d}" for i in range(60)]
+    train = (rng.normal(size=(60, D)) + 1.5).astype(np.float32)
+    write_store(tmp_path / "train", train_keys, train)
+    data = tmp_path / "train_data"
+    data.mkdir()
+    (data / "utt2spk").write_text("".join(f"{k} spk{i % 20:02d}\n" for i, k in enumerate(train_keys)))
+    pairs = [(keys[i], keys[j]) for i in range(0, 40, 3) for j in range(1, 40, 5) if i != j]
+    labels = rng.integers(0, 2, len(pairs))
+    lines = [f"{lab} {e} {t}\n" for (e, t), lab in zip(pairs, labels)]
+    (tmp_path / "vox.txt").write_text("".join(lines))
+    kaldi = [f"{e} {t} {'target' if lab else 'nontarget'}\n" for (e, t), lab in zip(pairs, labels)]
+    (tmp_path / "kaldi.lst").write_text("".join(kaldi))
+    return dict(path=tmp_path, keys=keys, emb=emb, store=store, train=train, train_keys=train_keys, data=data,
+                pairs=pairs, labels=labels)
+
+
+def _direct_cos(s, pairs, mean=None):
+    idx = {k: i for i, k in enumerate(s["keys"])}
+    x = s["emb"].astype(np.float64)
+    if mean is not None:
+        x = x - mean
+    x = _unit(x)
+    return np.array([x[idx[e]] @ x[idx[t]] for e, t in pairs])
+
+
+def test_cosine_and_mean_subtraction_match_direct(setup):
+    s = setup
+    st = EmbeddingStore.open(s["store"])
+    trials = read_trials(s["path"] / "vox.txt")
+    scores, keep = score_trials(trials, st)
+    assert keep.all() and np.allclose(scores, _direct_cos(s, s["pairs"]), atol=1e-6)
+    mean = s["train"].astype(np.float64).mean(axis=0)
+    assert np.allclose(store_mean(EmbeddingStore.open(s["path"] / "train"), block=7), mean)
+    scores_m, _ = score_trials(trials, st, mean=mean)
+    assert np.allclose(scores_m, _direct_cos(s, s["pairs"], mean), atol=1e-6)
+    assert not np.allclose(scores_m, scores, atol=1e-2)
+
+
+def _direct_norm(s, pairs, cohort, top_n, mean):
+    """Per-trial, straight from the formula: cohort scores of e and of t, top-N, mean, std (ddof=1)."""
+    idx = {k: i for i, k in enumerate(s["keys"])}
+    x = _unit(s["emb"].astype(np.float64) - mean)
+    c = _unit(cohort - mean)
+    out = []
+    for e, t in pairs:
+        ve, vt = x[idx[e]], x[idx[t]]
+        raw = ve @ vt
+        ce = np.sort(c @ ve)[::-1][:top_n]
+        ct = np.sort(c @ vt)[::-1][:top_n]
+        out.append(0.5 * ((raw - ce.mean()) / ce.std(ddof=1) + (raw - ct.mean()) / ct.std(ddof=1)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("norm,top_n", [("asnorm", 5), ("asnorm", 300), ("snorm", 5)])
+def test_score_norm_matches_direct_formula(setup, norm, top_n):
+    s = setup
+    cohort = s["train"][:20].astype(np.float64)
+    mean = s["train"].astype(np.float64).mean(axis=0)
+    st = EmbeddingStore.open(s["store"])
+    scores, _ = score_trials(read_trials(s["path"] / "kaldi.lst"), st, mean=mean, cohort=cohort, norm=norm,
+                             top_n=top_n)
+    want = _direct_norm(s, s["pairs"], cohort, 20 if norm == "snorm" or top_n > 20 else top_n, mean)
+    assert np.allclose(scores, want, atol=1e-4)
+
+
+def test_cohort_stats_blocks_agree():
+    rng = np.random.default_rng(1)
+    x, c = _unit(rng.normal(size=(50, 8))), _unit(rng.normal(size=(30, 8)))
+    mu, sd = cohort_stats(x, c, 7, block=6)
+    top = -np.sort(-(x @ c.T), axis=1)[:, :7]
+    assert np.allclose(mu, top.mean(axis=1), atol=1e-6) and np.allclose(sd, top.std(axis=1, ddof=1), atol=1e-6)
+
+
+def test_avg_enrolment_from_enroll_map(setup):
+    s = setup
+    st = EmbeddingStore.open(s["store"])
+    emap = {"spkA-enroll": s["keys"][:3], "spkB-enroll": s["keys"][10:12]}
+    (s["path"] / "avg.lst").write_text(f"spkA-enroll {s['keys'][20]} target\nspkB-enroll {s['keys'][21]} nontarget\n"
+                                       f"spkA-enroll {s['keys'][22]} nontarget\n")
+    scores, _ = Scorer(st, enroll_map=emap).score(read_trials(s["path"] / "avg.lst"))
+    x = s["emb"].astype(np.float64)
+    ea, eb = _unit(x[:3].mean(axis=0)), _unit(x[10:12].mean(axis=0))
+    want = [ea @ _unit(x[20]), eb @ _unit(x[21]), ea @ _unit(x[22])]
+    assert np.allclose(scores, want, atol=1e-6)
+    emap["spkB-enroll"] = ["absent-seg"]  # an enrolment whose segment has no embedding is a missing key
+    with pytest.raises(DataError, match="1 keys have no embedding.*spkB-enroll.*1 of 3 trials") as ei:
+        Scorer(st, enroll_map=emap).score(read_trials(s["path"] / "avg.lst"), source=s["path"] / "avg.lst")
+    assert ei.value.line == 2
+
+
+def test_cli_score_end_to_end_and_output_format(setup):
+    s = setup
+    out = s["path"] / "out"
+    rc = main(["score", "--trials", str(s["path"] / "vox.txt"), str(s["path"] / "kaldi.lst"), "--emb", str(s["store"]),
+               "--mean-store", str(s["path"] / "train"), "--cohort", str(s["path"] / "train"),
+               "--cohort-data", str(s["data"]), "--asnorm-top", "6", "--out-dir", str(out)])
+    assert rc == 0
+    a, b = read_scores(out / "vox.txt.score"), read_scores(out / "kaldi.lst.score")
+    first = (out / "kaldi.lst.score").read_text().split("\n")[0].split()
+    assert first[:2] == list(s["pairs"][0]) and first[3] in ("target", "nontarget")
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, s["labels"])
+    spk_means = np.stack([s["train"][i::20].astype(np.float64).mean(axis=0) for i in range(20)])
+    want = _direct_norm(s, s["pairs"], spk_means, 6, s["train"].astype(np.float64).mean(axis=0))
+    assert np.allclose(a.scores, want, atol=2e-5)  # 6 decimals in the file
+    assert (out / "score.log").exists()
+    assert main(["score", "--trials", str(s["path"] / "vox.txt"), "--emb", str(s["store"]), "--norm", "snorm",
+                 "--out-dir", str(s["path"] / "o2")]) == 2
+
+
+def test_missing_keys_error_or_skip(setup, capsys):
+    s = setup
+    lines = (s["path"] / "kaldi.lst").read_text().splitlines()
+    lines[4] = "ghost1 " + lines[4].split(maxsplit=1)[1]
+    lines[7] = lines[7].split()[0] + " ghost2 target"
+    lines[9] = "ghost1 ghost3 nontarget"
+    (s["path"] / "m.lst").write_text("\n".join(lines) + "\n")
+    out = s["path"] / "out"
+    args = ["score", "--trials", str(s["path"] / "m.lst"), "--emb", str(s["store"]), "--out-dir", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "m.lst:5:" in err and "3 keys have no embedding" in err and "ghost1, ghost2, ghost3" in err
+    assert "3 of" in err and "--allow-missing" in err
+    assert not (out / "m.lst.score").exists() and not list(out.glob(".m.lst*"))
+    assert main(args + ["--allow-missing"]) == 0
+    got = read_scores(out / "m.lst.score")
+    assert len(got) == len(lines) - 3 and "ghost" not in " ".join(got.enroll) + " ".join(got.test)
+    assert "3 of" in capsys.readouterr().err + (out / "score.log").read_text()
+
+
+@pytest.mark.parametrize("content,line,match", [
+    ("a b target\na b c d\n", 2, "4 columns"),
+    ("a b target\nc d maybe\n", 2, "label 'maybe'"),
+    ("1 a b\n2 c d\n", 2, "label '2'"),
+    ("a b target\nc d nontarget\na b nontarget\n", 3, "duplicate trial a b"),
+])
+def test_bad_trial_lists_leave_no_output(setup, capsys, content, line, match):
+    s = setup
+    good = s["path"] / "kaldi.lst"
+    bad = s["path"] / "bad.lst"
+    bad.write_text(content)
+    out = s["path"] / "out"
+    rc = main(["score", "--trials", str(good), str(bad), "--emb", str(s["store"]), "--out-dir", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"bad.lst:{line}:" in err and match in err
+    assert not list(out.glob("*.score")) and not list(out.glob(".*tmp*"))
+
+
+def test_score_files_rejects_colliding_names(setup, tmp_path):
+    s = setup
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "vox.txt").write_text((s["path"] / "vox.txt").read_text())
+    with pytest.raises(ValueError, match="collide"):
+        score_files([s["path"] / "vox.txt", tmp_path / "x" / "vox.txt"], s["store"], tmp_path / "o")
