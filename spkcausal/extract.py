@@ -1,0 +1,222 @@
+"""Embedding extraction for a data dir: whole utterances, length-batched, optional TDE, sharded over ranks.
+
+Batching (`mode`): "exact" (default) puts only utterances with identical sample counts in one batch, so an
+embedding never depends on its batch mates (no padding reaches the model); "pad" batches neighbours in
+length, zero-padded, with Fbank and pooling masks. Padding still changes the convolutions near the end of
+the shorter utterances (speechbrain's ECAPA pads by reflection when alone, by zeros in a batch), so "pad" is
+faster on corpora with few repeated lengths but not batch-independent; choose it knowingly.
+
+Utterances shorter than `min_seconds` (0.5 s) are repeated up to it: the models need a few dozen frames.
+
+Output: an embedding store (spkcausal.embeddings) plus, beside it, `mean_feature.npy` (the Causal Norm
+head's x_bar, when the head has one) and `extract.json` (checkpoint, TDE alpha, num_heads). Extract without
+`tde_alpha` once and apply `tde_store` for every alpha of a sweep, without touching the model again.
+With torchrun each rank embeds a slice (`utts[rank::world]`), writes it under `<out>.parts/`, and rank 0
+merges the slices into the store.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import find_resume_checkpoint, load_checkpoint
+from .utils import DataError, PathLike, atomic_path, setup_logging, write_text_atomic
+
+log = logging.getLogger("spkcausal.extract")
+
+
+def resolve_checkpoint(exp_dir: PathLike) -> Path:
+    """`<exp>/avg_model.pt` if it exists, else the newest complete training checkpoint."""
+    exp_dir = Path(exp_dir)
+    avg = exp_dir / "avg_model.pt"
+    if avg.is_file():
+        return avg
+    ckpt = find_resume_checkpoint(exp_dir / "checkpoints")
+    if ckpt is None:
+        raise DataError("no avg_model.pt and no checkpoint under checkpoints/", exp_dir)
+    return ckpt
+
+
+def load_for_inference(ckpt_path: PathLike, device: torch.device | str = "cpu"
+                       ) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(model, head, config) from a training or averaged checkpoint, in eval mode on `device`."""
+    from .train import build_network, merge_defaults, num_classes_for
+
+    ckpt = load_checkpoint(ckpt_path)
+    if "config" not in ckpt:
+        raise DataError("checkpoint carries no config (not written by spkcausal train / average-ckpt)", ckpt_path)
+    cfg = merge_defaults(ckpt["config"])
+    num_speakers = int(ckpt.get("num_speakers", len(ckpt.get("speakers", []))))
+    net = build_network(cfg, num_classes_for(num_speakers, cfg))
+    net.model.load_state_dict(ckpt["model"])
+    net.head.load_state_dict(ckpt["head"])
+    net.to(device).eval()
+    return net.model, net.head, cfg
+
+
+@torch.no_grad()
+def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
+                     device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
+                     mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
+                     progress: bool = True) -> np.ndarray:
+    """(len(utts), D) float32 embeddings of whole utterances, in the order of `utts`."""
+    from tqdm import tqdm
+
+    from .dataset import EvalDataset, eval_loader, length_batches, utterance_lengths
+
+    device = torch.device(device)
+    sr = fbank.sample_rate
+    min_samples = int(round(min_seconds * sr))
+    dataset = EvalDataset(data, utts, sample_rate=sr, min_samples=min_samples)
+    lengths = np.maximum(utterance_lengths(data, utts, sr), min_samples)
+    batches = length_batches(lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode)
+    out = np.zeros((len(utts), getattr(model, "embed_dim", 0) or 1), dtype=np.float32)
+    model.eval()
+    fbank.eval()
+    first = True
+    for waves, lens, index in tqdm(eval_loader(dataset, batches, num_workers=num_workers), total=len(batches),
+                                   desc="extracting", disable=not progress, mininterval=2, leave=False):
+        waves = waves.to(device, non_blocking=True)
+        if mode == "exact":
+            emb = model(fbank(waves))
+        else:
+            lens = lens.to(device)
+            emb = model(fbank(waves, lens), fbank.num_frames(lens))
+        emb = emb.float().cpu().numpy()
+        if first and emb.shape[1] != out.shape[1]:
+            out = np.zeros((len(utts), emb.shape[1]), dtype=np.float32)
+        first = False
+        out[index.numpy()] = emb
+    return out
+
+
+def _write_parts(parts_dir: Path, rank: int, keys: Sequence[str], emb: np.ndarray) -> None:
+    with atomic_path(parts_dir / f"rank{rank}.npy") as tmp:
+        np.save(tmp, emb)
+    write_text_atomic(parts_dir / f"rank{rank}.keys", "".join(k + "\n" for k in keys))
+
+
+def _read_part(parts_dir: Path, rank: int) -> tuple[list[str], np.ndarray] | None:
+    kp, ep = parts_dir / f"rank{rank}.keys", parts_dir / f"rank{rank}.npy"
+    if not (kp.is_file() and ep.is_file()):
+        return None
+    keys = kp.read_text(encoding="utf-8").split()
+    emb = np.load(ep)
+    return (keys, emb) if len(keys) == len(emb) else None
+
+
+def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
+    """Apply TDE with `alpha` to a raw store that has mean_feature.npy + extract.json beside it."""
+    from .embeddings import EmbeddingStore, write_store
+    from .tde import tde_embeddings
+
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    store = EmbeddingStore.open(raw_dir)
+    meta_path, mean_path = raw_dir / "extract.json", raw_dir / "mean_feature.npy"
+    if not mean_path.is_file() or not meta_path.is_file():
+        raise DataError("no mean_feature.npy / extract.json beside the store (extract from a Causal Norm head)",
+                        raw_dir)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("tde_alpha") is not None:
+        raise DataError(f"store already has TDE applied (alpha={meta['tde_alpha']}); use a raw store", raw_dir)
+    mean = np.load(mean_path)
+    emb = tde_embeddings(np.asarray(store.matrix, dtype=np.float32), mean.astype(np.float32), float(alpha),
+                         int(meta["num_heads"]))
+    _write_extras(out_dir, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)
+    return write_store(out_dir, store.keys, emb)
+
+
+def _write_extras(out_dir: Path, meta: Mapping[str, Any], mean: np.ndarray | None) -> None:
+    """mean_feature.npy and extract.json, written before the store (whose store.json marks completion)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "store.json").unlink(missing_ok=True)
+    if mean is not None:
+        with atomic_path(out_dir / "mean_feature.npy") as tmp:
+            np.save(tmp, mean.astype(np.float32))
+    write_text_atomic(out_dir / "extract.json", json.dumps(dict(meta), indent=1) + "\n")
+
+
+def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
+            tde_alpha: float | None = None, batch_seconds: float = 200.0, mode: str = "exact",
+            num_workers: int = 2, device: str = "auto", force: bool = False) -> Path:
+    """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any)."""
+    from .datadir import DataDir
+    from .embeddings import EmbeddingStore, write_store
+    from .features import Fbank
+    from .tde import tde_embeddings
+
+    out_dir = Path(out_dir)
+    if (ckpt is None) == (exp_dir is None):
+        raise ValueError("give exactly one of ckpt or exp_dir")
+    ckpt_path = Path(ckpt) if ckpt is not None else resolve_checkpoint(exp_dir)
+    rank, world = 0, 1
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        setup_logging(out_dir.parent / f"{out_dir.name}.extract.log")
+    data = DataDir.load(data_dir)
+    utts = data.utts
+    meta = {"checkpoint": str(ckpt_path), "data": str(data_dir), "tde_alpha": tde_alpha, "mode": mode,
+            "num_utts": len(utts)}
+    if not force and (out_dir / "extract.json").is_file():
+        try:
+            done = EmbeddingStore.open(out_dir)
+            old = json.loads((out_dir / "extract.json").read_text(encoding="utf-8"))
+            if done.keys == utts and all(old.get(k) == v for k, v in meta.items()):
+                log.info("%s is complete for %s; skipping (pass force to redo)", out_dir, ckpt_path)
+                return out_dir
+        except (DataError, ValueError):
+            pass
+    if device == "auto":
+        dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+    model, head, cfg = load_for_inference(ckpt_path, dev)
+    fbank = Fbank(sample_rate=cfg["data"]["sample_rate"], **{**cfg["features"], "dither": 0.0}).to(dev)
+    parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}"
+    mine = utts[rank::world]
+    part = _read_part(parts_dir, rank) if world > 1 else None
+    if part is not None and part[0] == mine:
+        emb = part[1]
+        log.info("rank %d: reusing finished slice %s", rank, parts_dir)
+    else:
+        log.info("rank %d: embedding %d of %d utterances from %s with %s", rank, len(mine), len(utts), data_dir,
+                 ckpt_path)
+        emb = embed_utterances(model, fbank, data, mine, dev, batch_seconds, mode=mode, num_workers=num_workers,
+                               progress=rank == 0)
+        if world > 1:
+            _write_parts(parts_dir, rank, mine, emb)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        if world > 1:
+            full = None
+            for r in range(world):
+                keys_r, emb_r = _read_part(parts_dir, r)
+                full = np.zeros((len(utts), emb_r.shape[1]), np.float32) if full is None else full
+                full[r::world] = emb_r
+            emb = full
+        mean = head.mean_feature.detach().float().cpu().numpy() if hasattr(head, "mean_feature") else None
+        num_heads = int(getattr(head, "num_heads", 1))
+        if tde_alpha is not None:
+            if mean is None:
+                raise DataError(f"--tde-alpha needs a Causal Norm head; this checkpoint has {cfg['head']['name']!r}",
+                                ckpt_path)
+            emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
+        _write_extras(out_dir, {**meta, "num_heads": num_heads, "head": cfg["head"]["name"]}, mean)
+        write_store(out_dir, utts, emb)
+        if world > 1:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        log.info("wrote %d embeddings (dim %d) to %s", len(utts), emb.shape[1], out_dir)
+    if world > 1:
+        dist.barrier()
+    return out_dir
