@@ -191,10 +191,24 @@ class RirBank(nn.Module):
         return self.bank.gather(index, torch.zeros_like(index), length, wrap=False), self.peaks[index]
 
 
+def _fft_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n: as fast as a power of two for cuFFT / pocketfft, with up to ~2x less padding."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35 << max(0, (-(-n // p35) - 1).bit_length())
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def fft_convolve(x: Tensor, h: Tensor) -> Tensor:
     """Full linear convolution of each row of `x` (B, T) with `h` (B, L) or (L,), via FFT: (B, T + L - 1)."""
     n_out = x.shape[-1] + h.shape[-1] - 1
-    n_fft = 1 << (n_out - 1).bit_length()
+    n_fft = _fft_size(n_out)
     spec = torch.fft.rfft(x.float(), n=n_fft) * torch.fft.rfft(h.float(), n=n_fft)
     return torch.fft.irfft(spec, n=n_fft)[..., :n_out]
 

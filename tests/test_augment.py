@@ -207,3 +207,17 @@ def test_cuda_matches_cpu_with_cpu_generator():
     assert torch.allclose(cpu, gpu, atol=1e-4)
     fast = speed_perturb(wave.cuda(), [0.9] * 32).cpu()
     assert torch.allclose(fast, speed_perturb(wave, [0.9] * 32), atol=1e-4)
+
+
+def test_fft_size_is_smallest_5_smooth_number():
+    from spkcausal.augment import _fft_size
+
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in list(range(1, 1500)) + [47999, 48001, 63999, 65537]:
+        size = _fft_size(n)
+        assert size >= n and smooth(size) and not any(smooth(m) for m in range(n, size))

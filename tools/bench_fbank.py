@@ -73,7 +73,7 @@ def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int)
     print(f"\n== {device} ({name}); {num_utts} utterances x {seconds:g} s, median of {runs} runs ==")
     print(f"torchaudio kaldi.fbank loop : {t_loop * 1e3:9.1f} ms  {num_utts / t_loop:12,.0f} utts/s")
     print(f"batched Fbank               : {t_batch * 1e3:9.1f} ms  {num_utts / t_batch:12,.0f} utts/s")
-    print(f"speed-up batched / loop     : {t_loop / t_batch:9.1f}x   (max |diff| on 8 utts: {diff:.2e})")
+    print(f"speed-up batched / loop     : {t_loop / t_batch:9.1f}x   (max |diff| on 8 white-noise utts: {diff:.2e})")
 
     aug = synthetic_augmenter().to(device)
     n_in = speed_input_samples(n)
