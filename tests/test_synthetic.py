@@ -257,3 +257,20 @@ def test_cli(tmp_path, capsys):
     assert (out / "veri_test2.txt").read_text().count("\n") == 4
     rc = cli_main(["synth", "--out", str(tmp_path / "bad"), "--max-utts", "10", "--imbalance", "40"])
     assert rc == 2 and "imbalance" in capsys.readouterr().err
+
+
+def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
+    from spkcausal.corpora.voxceleb import prepare_voxceleb1
+    from spkcausal.datadir import DataDir, read_trials
+
+    root, cfg, summary = small
+    out = tmp_path / "data"
+    s = prepare_voxceleb1(root, out, nj=1)
+    assert s["layout"] == "single" and s["excluded"] == 0
+    train = DataDir.load(out / "vox1_iden_train")
+    counts = sorted((len(v) for v in train.spk2utt.values()), reverse=True)
+    assert counts == longtail_counts(8, 12, 4.0).tolist()
+    assert len(DataDir.load(out / "vox1_iden_test")) == 8 * 3 and len(DataDir.load(out / "vox1_test").speakers) == 4
+    assert s["trials"]["veri_test2.txt"]["dir"] == "vox1_test"
+    tr = read_trials(out / "trials" / "veri_test2.txt")
+    assert len(tr) == summary["trials"] and int((tr.labels == 1).sum()) == summary["target_trials"]
