@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .datadir import _WS, DataDir
-from .utils import DataError, PathLike, atomic_path, atomic_write
+from .utils import DataError, PathLike, atomic_path, atomic_write, get_logger
+
+log = get_logger(__name__)
 
 MANY, FEW = 100, 20
 GROUPS = ("many", "medium", "few")
@@ -116,7 +118,19 @@ def _tokens_per_line(a: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(nl_pos, start_pos), minlength=n_lines)[:n_lines]
 
 
-def _read_pairs(path: Path, what: str) -> tuple[list[bytes], list[bytes]]:
+def _check_unique(keys: list[bytes], path: Path) -> None:
+    """Raise on the first repeated key; a strictly increasing (Kaldi-sorted) file is checked without hashing."""
+    arr = np.array(keys)
+    if len(arr) < 2 or bool((arr[1:] > arr[:-1]).all()) or len(set(keys)) == len(keys):
+        return
+    seen: set[bytes] = set()
+    for n, k in enumerate(keys, 1):
+        if k in seen:
+            raise DataError(f"duplicate key {k.decode()!r}", path, n)
+        seen.add(k)
+
+
+def _read_pairs(path: Path, what: str, unique: bool = True) -> tuple[list[bytes], list[bytes]]:
     """Keys and values of a `key value` file, one pair a line; DataError names file and line otherwise."""
     try:
         buf = path.read_bytes()
@@ -137,20 +151,16 @@ def _read_pairs(path: Path, what: str) -> tuple[list[bytes], list[bytes]]:
         raise DataError(f"{msg}; expected '{what}'", path, int(bad[0]) + 1)
     tokens = buf.split()
     keys, values = tokens[0::2], tokens[1::2]
-    if len(set(keys)) != len(keys):
-        seen: set[bytes] = set()
-        for n, k in enumerate(keys, 1):
-            if k in seen:
-                raise DataError(f"duplicate key {k.decode()!r}", path, n)
-            seen.add(k)
+    if unique:
+        _check_unique(keys, path)
     return keys, values
 
 
 def _read_durations(path: Path, utts: list[bytes], utt2spk_path: Path) -> np.ndarray:
     """Duration of each utterance in `utts` from utt2dur (positive finite seconds)."""
-    keys, values = _read_pairs(path, "<utt> <seconds>")
+    keys, values = _read_pairs(path, "<utt> <seconds>", unique=False)
     try:
-        dur = np.array(values).astype(np.float64)
+        dur = np.array(list(map(float, values)))
     except ValueError:
         dur = None
     if dur is None or not (np.isfinite(dur).all() and (dur > 0).all()):
@@ -161,8 +171,9 @@ def _read_durations(path: Path, utts: list[bytes], utt2spk_path: Path) -> np.nda
                 ok = False
             if not ok:
                 raise DataError(f"duration {v.decode()!r} is not a positive number of seconds", path, n)
-    if keys == utts:  # the usual case: both files sorted by utterance
+    if keys == utts:  # the usual case: both files sorted by utterance (utt2spk's keys are known unique)
         return dur
+    _check_unique(keys, path)
     index = dict(zip(keys, range(len(keys))))
     pos = np.fromiter((index.get(u, -1) for u in utts), dtype=np.int64, count=len(utts))
     if (pos < 0).any():
@@ -181,6 +192,8 @@ def profile_datadir(data_dir: PathLike | DataDir, many: int = MANY, few: int = F
         if data.utt2dur:
             acc = dict.fromkeys(spk, 0.0)
             for u, s in data.utt2spk.items():
+                if u not in data.utt2dur:
+                    raise DataError(f"utterance {u!r} has no utt2dur entry", (data.path or Path()) / "utt2dur")
                 acc[s] += data.utt2dur[u]
             sec = np.array([acc[s] for s in spk])
         return Profile(np.array(spk), np.array([counts[s] for s in spk]), sec, many, few,
@@ -314,11 +327,11 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
     top = max(int(p.utterances.max()) for p in profiles)
     bottom = min(int(p.utterances.min()) for p in profiles)
     lo, hi = max(0.5, bottom / 1.5), top * 1.5
-    shade = (("many", many + 0.5, hi, "tab:blue"), ("medium", few - 0.5, many + 0.5, "tab:orange"),
-             ("few", lo, few - 0.5, "tab:red"))
+    shade = (("many", many + 0.5, hi, "0.55"), ("medium", few - 0.5, many + 0.5, "0.75"),
+             ("few", lo, few - 0.5, "0.35"))
     for name, y0, y1, color in shade:
         if y1 > y0:
-            ax_rank.axhspan(max(y0, lo), min(y1, hi), color=color, alpha=0.08, lw=0)
+            ax_rank.axhspan(max(y0, lo), min(y1, hi), color=color, alpha=0.15, lw=0)
             ax_rank.text(0.99, np.sqrt(max(y0, lo) * min(y1, hi)), name, transform=ax_rank.get_yaxis_transform(),
                          ha="right", va="center", fontsize=8, color=color)
     bins = np.logspace(np.log10(max(1, bottom)) - 0.01, np.log10(top) + 0.01, 40)
@@ -359,6 +372,21 @@ def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "
     return np.maximum(1, np.floor(n_max * frac + 0.5)).astype(np.int64)
 
 
+def feasible_n_max(avail: np.ndarray, imbalance: float, profile: str = "exp", pareto_alpha: float = 6.0) -> int:
+    """Largest n_max whose targets all fit (i-th largest count >= i-th target), then trimmed to imbalance * tail."""
+    a = np.sort(np.asarray(avail, dtype=np.int64))[::-1]
+    frac = target_counts(len(a), 10**9, imbalance, profile, pareto_alpha) / 1e9
+    # round(n * f) <= a  <=>  n < (a + 0.5) / f; float fuzz is settled by the exact check below
+    n = max(1, int(np.min(np.ceil((a + 0.5) / frac) - 1)))
+    while n > 1 and (target_counts(len(a), n, imbalance, profile, pareto_alpha) > a).any():
+        n -= 1
+    while (target_counts(len(a), n + 1, imbalance, profile, pareto_alpha) <= a).all():
+        n += 1
+    # Smaller n_max stays feasible; lower it so max/min = n_max / n_tail is as close to imbalance as integers allow.
+    n_tail = int(target_counts(len(a), n, imbalance, profile, pareto_alpha)[-1])
+    return max(1, min(n, int(np.floor(imbalance * n_tail + 1e-9))))
+
+
 def _random_feasible_ranks(avail: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Speaker index of each rank: uniform among the unassigned speakers that can meet the rank's target."""
     free = np.ones(len(avail), dtype=bool)
@@ -379,7 +407,7 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     1. Speakers with more than `heldout_per_spk` utterances are kept; each gives `heldout_per_spk` utterances,
        drawn at random, to the held-out dir. The others are dropped from both.
     2. Targets t_0 >= ... >= t_{C-1} come from target_counts(C, n_max, imbalance, profile), with n_max =
-       `max_per_spk` or, by default, the largest number of utterances a speaker has left.
+       `max_per_spk` or, by default, feasible_n_max: the largest n_max the remaining utterances can meet.
     3. Ranks are filled from the head: `order="random"` (seeded) gives rank i to a speaker drawn uniformly
        among the unassigned ones that have at least t_i utterances left (as CIFAR-LT / ImageNet-LT pick classes
        at random), or, when none has, to the one with most left, capped; `"size"` gives ranks by utterances
@@ -404,12 +432,18 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
         heldout += [utts[i] for i in perm[:heldout_per_spk]]
         rest[s] = [utts[i] for i in perm[heldout_per_spk:]]
     avail = np.array([len(rest[s]) for s in speakers])
-    n_max = int(max_per_spk) if max_per_spk is not None else int(avail.max())
+    if max_per_spk is not None:
+        n_max = int(max_per_spk)
+    else:
+        n_max = feasible_n_max(avail, imbalance, profile, pareto_alpha)
     targets = target_counts(len(speakers), n_max, imbalance, profile, pareto_alpha)
     if order == "random":
         ranked = _random_feasible_ranks(avail, targets, rng)
     else:
         ranked = np.lexsort((np.arange(len(speakers)), -avail))
+    capped = int((avail[ranked] < targets).sum())
+    log.info("long-tail subset: %d speakers, n_max %d, imbalance %g (%s), %d target(s) capped by the data",
+             len(speakers), n_max, imbalance, profile, capped)
     train: list[str] = []
     for rank, i in enumerate(ranked):
         train += rest[speakers[i]][: min(int(targets[rank]), int(avail[i]))]

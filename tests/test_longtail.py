@@ -12,6 +12,7 @@ import pytest
 from spkcausal.cli import main
 from spkcausal.datadir import DataDir
 from spkcausal.longtail import (
+    feasible_n_max,
     format_profile,
     load_profile,
     longtail_subset,
@@ -146,6 +147,10 @@ def test_malformed_utt2dur(tmp_path, capsys):
     with pytest.raises(DataError) as e:
         profile_datadir(d)
     assert e.value.path == str(d / "utt2dur") and e.value.line == 4 and "'x1'" in str(e.value)
+    (d / "utt2dur").write_text("".join(f"{u} 2.0\n" for u in utts + utts[1:2]))
+    with pytest.raises(DataError, match=f"duplicate key '{utts[1]}'") as e:
+        profile_datadir(d)
+    assert e.value.line == len(utts) + 1
     (d / "utt2dur").write_text("".join(f"{u} 2.0\n" for u in utts[:-1]))
     with pytest.raises(DataError, match="has no entry in"):
         profile_datadir(d)
@@ -214,15 +219,19 @@ def test_longtail_subset(profile):
 
 def test_longtail_subset_default_head_and_caps():
     counts = {f"s{i:02d}": 20 + 10 * i for i in range(12)}
+    counts["t"] = 9  # 4 left after the held-out set: the tail, not the head, bounds n_max
     data = _mem_dir(counts)
-    train, _ = longtail_subset(data, imbalance=10, heldout_per_spk=5, order="size")
-    got = {s: len(v) for s, v in train.spk2utt.items()}
-    # default n_max = the most any speaker has left (125); 125 / 10 rounds to 13 for the tail
-    assert got["s11"] == 125 and min(got.values()) == 13 and got["s00"] == 13
-    assert sorted(got.values(), reverse=True) == list(target_counts(12, 125, 10))
-    # random order also meets every target when the data allows, with the default n_max too
-    train, _ = longtail_subset(data, imbalance=10, heldout_per_spk=5, seed=4)
-    assert sorted((len(v) for v in train.spk2utt.values()), reverse=True) == list(target_counts(12, 125, 10))
+    left = np.array(sorted((c - 5 for c in counts.values()), reverse=True))
+    for profile in ("exp", "pareto"):
+        # default n_max: the largest value whose every target fits, found here by brute force
+        n_fit = max(n for n in range(1, 200) if (target_counts(13, n, 10, profile) <= left).all())
+        n_max = min(n_fit, 10 * int(n_fit / 10 + 0.5))  # trimmed so that max/min is the requested 10
+        assert n_max == feasible_n_max(left, 10, profile) and n_max < left[0]
+        want = list(target_counts(13, n_max, 10, profile))
+        for order in ("size", "random"):
+            train, _ = longtail_subset(data, imbalance=10, profile=profile, heldout_per_spk=5, order=order, seed=4)
+            got = sorted((len(v) for v in train.spk2utt.values()), reverse=True)
+            assert got == want and got[0] / got[-1] == 10
     # n_max above what most speakers have: targets are capped by the remaining utterances
     train, _ = longtail_subset(data, imbalance=2, max_per_spk=1000, heldout_per_spk=5, seed=0)
     got = {s: len(v) for s, v in train.spk2utt.items()}

@@ -46,7 +46,7 @@ def _subset(args: argparse.Namespace) -> int:
     write_text_atomic(Path(args.out_train) / "longtail_subset.json", json.dumps(params, indent=1) + "\n")
     log.info("longtail-subset %s: train %d utts / %d spk -> %s, held-out %d utts -> %s", params, len(train),
              len(train.speakers), args.out_train, len(held), args.out_heldout)
-    print(format_profile(profile_datadir(train)))
+    print(format_profile(profile_datadir(args.out_train)))
     return 0
 
 
