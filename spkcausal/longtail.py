@@ -333,8 +333,9 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
         if y1 > y0:
             ax_rank.axhspan(max(y0, lo), min(y1, hi), color=color, alpha=0.15, lw=0)
             ax_rank.text(0.99, np.sqrt(max(y0, lo) * min(y1, hi)), name, transform=ax_rank.get_yaxis_transform(),
-                         ha="right", va="center", fontsize=8, color=color)
-    bins = np.logspace(np.log10(max(1, bottom)) - 0.01, np.log10(top) + 0.01, 40)
+                         ha="right", va="center", fontsize=8, color="0.25")
+    # log-spaced edges snapped to half-integers: counts are integers, so no bin may be empty by construction
+    bins = np.unique(np.round(np.logspace(np.log10(max(1, bottom)), np.log10(top + 1), 41))) - 0.5
     for p, label in zip(profiles, labels):
         imb = p.summary["utterances_per_speaker"]["imbalance"]
         ax_rank.plot(np.arange(1, len(p.utterances) + 1), p.utterances, lw=1.5,
