@@ -220,44 +220,12 @@ _WS = np.zeros(256, dtype=bool)
 _WS[[ord(" "), ord("\t"), ord("\r"), ord("\v"), ord("\f")]] = True
 
 
-def _tokens_per_line(buf: bytes) -> np.ndarray:
-    """Token count of every line of `buf` (vectorised; a final newline does not open a new line)."""
-    a = np.frombuffer(buf, dtype=np.uint8)
-    if len(a) == 0:
-        return np.zeros(0, dtype=np.int64)
-    nl = a == 10
-    sep = _WS[a] | nl
-    starts = ~sep
-    starts[1:] &= sep[:-1]
-    line_of = np.cumsum(nl) - nl  # line index of each byte (newline belongs to the line it ends)
-    n_lines = int(nl.sum()) + (0 if a[-1] == 10 else 1)
-    return np.bincount(line_of[starts], minlength=n_lines)[:n_lines]
-
-
-def _read_columns(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Split a whitespace table into a (lines, ncols) array of tokens plus 1-based line numbers."""
-    try:
-        buf = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    counts = _tokens_per_line(buf)
-    nonblank = counts > 0
-    if not nonblank.any():
-        raise DataError("file is empty", path)
-    ncols = int(counts[nonblank][0])
-    if ncols not in ncols_allowed:
-        first = int(np.argmax(nonblank)) + 1
-        raise DataError(f"{ncols} columns; expected {' or '.join(map(str, ncols_allowed))}", path, first)
-    bad = np.flatnonzero(nonblank & (counts != ncols))
-    if len(bad):
-        raise DataError(f"{counts[bad[0]]} columns where the file's first line has {ncols}", path, int(bad[0]) + 1)
-    try:
-        tokens = buf.decode("utf-8").split()
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    table = np.array(tokens, dtype=object).reshape(-1, ncols)
-    line_no = np.flatnonzero(nonblank) + 1
-    return table, line_no
+def _read_columns(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Split a whitespace table into a (lines, ncols) array of tokens plus 1-based line numbers, and the
+    byte spans (bytes, starts, ends) that duplicate checks hash."""
+    a, starts, ends, line_no = _token_spans(path, ncols_allowed)
+    table = np.array(a.tobytes().decode("utf-8").split(), dtype=object).reshape(-1, starts.shape[1])
+    return table, line_no, (a, starts, ends)
 
 
 def _parse_labels(col: np.ndarray, path: PathLike, line_no: np.ndarray) -> np.ndarray:
@@ -273,27 +241,18 @@ def _parse_labels(col: np.ndarray, path: PathLike, line_no: np.ndarray) -> np.nd
 def read_trials(path: PathLike) -> Trials:
     """Read a trial list in Kaldi (`enroll test target|nontarget`), VoxCeleb (`1|0 enroll test`)
     or unlabelled (`enroll test`) form, detected from the first line."""
-    table, line_no = _read_columns(path, (2, 3))
+    table, line_no, (a, starts, ends) = _read_columns(path, (2, 3))
+    key_cols = [0, 1]
     if table.shape[1] == 2:
         labels = np.full(len(table), -1, dtype=np.int8)
-        enroll, test = table[:, 0], table[:, 1]
     elif table[0, 0] in ("0", "1"):
         labels = _parse_labels(table[:, 0], path, line_no)
-        enroll, test = table[:, 1], table[:, 2]
+        key_cols = [1, 2]
     else:
         labels = _parse_labels(table[:, 2], path, line_no)
-        enroll, test = table[:, 0], table[:, 1]
-    _reject_duplicates(enroll, test, path, line_no)
+    enroll, test = table[:, key_cols[0]], table[:, key_cols[1]]
+    _reject_duplicate_spans(a, starts[:, key_cols], ends[:, key_cols], path, line_no)
     return Trials(enroll=enroll.astype(str), test=test.astype(str), labels=labels, line_no=line_no)
-
-
-def _reject_duplicates(enroll: np.ndarray, test: np.ndarray, path: PathLike, line_no: np.ndarray) -> None:
-    pairs = np.char.add(np.char.add(enroll.astype(str), "\t"), test.astype(str))
-    _, first_idx, inv = np.unique(pairs, return_index=True, return_inverse=True)
-    if len(first_idx) != len(pairs):
-        dup = np.flatnonzero(first_idx[inv] != np.arange(len(pairs)))[0]
-        raise DataError(f"duplicate trial {enroll[dup]} {test[dup]} (first seen at line "
-                        f"{line_no[first_idx[inv[dup]]]})", path, int(line_no[dup]))
 
 
 def write_trials(path: PathLike, trials: Trials, fmt: str = "kaldi") -> None:
@@ -315,7 +274,7 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 def read_scores(path: PathLike) -> Trials:
     """Read a score file `enroll test score [label]` (label target|nontarget|1|0); scores must be finite."""
-    table, line_no = _read_columns(path, (3, 4))
+    table, line_no, (a, starts, ends) = _read_columns(path, (3, 4))
     try:
         scores = np.array(table[:, 2].tolist(), dtype=np.float64)
     except ValueError:
@@ -329,7 +288,7 @@ def read_scores(path: PathLike) -> Trials:
         labels = _parse_labels(table[:, 3], path, line_no)
     else:
         labels = np.full(len(table), -1, dtype=np.int8)
-    _reject_duplicates(table[:, 0], table[:, 1], path, line_no)
+    _reject_duplicate_spans(a, starts, ends, path, line_no)
     return Trials(enroll=table[:, 0].astype(str), test=table[:, 1].astype(str), labels=labels, scores=scores,
                   line_no=line_no)
 

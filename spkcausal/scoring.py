@@ -38,13 +38,15 @@ def store_mean(store: EmbeddingStore, block: int = BLOCK) -> np.ndarray:
 
 
 def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """Centre (optional) and length-normalise rows; float32 out (cosine needs no more precision)."""
+    x = np.array(x, dtype=np.float32)
     if mean is not None:
-        x = x - mean
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
+        x -= np.asarray(mean, dtype=np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norm == 0).any():
         raise ValueError(f"{int((norm == 0).sum())} embeddings have zero norm after mean subtraction")
-    return (x / norm).astype(np.float32)
+    x /= norm[:, None].astype(np.float32)
+    return x
 
 
 def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int | None, block: int = 4096) -> tuple[np.ndarray,
@@ -88,62 +90,70 @@ class Scorer:
         if self.norm != "none" and self.cohort is None:
             raise ValueError(f"--norm {self.norm} needs a cohort")
         self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean)
+        self._emap = list((self.enroll_map or {}).items())
+        # Key -> row: store rows first, then one virtual row per enrol-map entry (it overrides a store key).
+        self._lut = self.store.key_index
+        if self._emap:
+            self._lut = dict(self._lut)
+            self._lut.update({k: len(self.store) + j for j, (k, _) in enumerate(self._emap)})
 
-    def embed(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised embeddings of unique keys (enrol-map keys averaged) and a mask of keys that have one."""
-        emap = self.enroll_map or {}
-        keys = list(keys)
-        out = np.zeros((len(keys), self.store.dim), dtype=np.float64)
-        ok = np.ones(len(keys), dtype=bool)
-        pos = np.array([i for i, k in enumerate(keys) if k not in emap], dtype=np.int64)
-        if len(pos):
-            rows = self.store.lookup([keys[i] for i in pos], allow_missing=True)
-            good = rows >= 0
-            order = np.argsort(rows[good])  # memory-map reads in row order
-            out[pos[good][order]] = self.store.matrix[rows[good][order]]
-            ok[pos[~good]] = False
-        for i, k in enumerate(keys):
-            if k in emap:  # few keys (CN-Celeb: 196), each the mean of a handful of segments
-                seg = self.store.lookup(emap[k], allow_missing=True)
-                if (seg < 0).any():
-                    ok[i] = False
-                else:
-                    out[i] = np.asarray(self.store.matrix[np.sort(seg)], dtype=np.float64).mean(axis=0)
-        vec = np.zeros((len(keys), self.store.dim), dtype=np.float32)
-        if ok.any():
-            vec[ok] = _normalise(out[ok], self.mean)
-        return vec, ok
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Row of each key (-1 when absent): store rows, or len(store) + j for the j-th enrol-map entry."""
+        lut = self._lut
+        return np.fromiter((lut.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def embed_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centred, normalised float32 embeddings of sorted unique rows, and a mask of rows that have one
+        (an enrol-map entry with a segment missing from the store has none)."""
+        n_store = len(self.store)
+        n_direct = int(np.searchsorted(rows, n_store))
+        x = np.empty((len(rows), self.store.dim), dtype=np.float32)
+        x[:n_direct] = self.store.matrix[rows[:n_direct]]  # sorted rows: the memory map is read in order
+        ok = np.ones(len(rows), dtype=bool)
+        for j in range(n_direct, len(rows)):  # few (CN-Celeb: 196), each the mean of a handful of segments
+            seg = self.store.lookup(self._emap[rows[j] - n_store][1], allow_missing=True)
+            if (seg < 0).any():
+                ok[j] = False
+                x[j] = 1.0  # placeholder with a norm; never scored
+            else:
+                x[j] = np.asarray(self.store.matrix[np.sort(seg)], dtype=np.float64).mean(axis=0)
+        return _normalise(x, self.mean), ok
 
     def score(self, trials: Trials, allow_missing: bool = False, source: PathLike | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """(scores of the kept trials, boolean mask of kept trials); missing keys raise unless allow_missing."""
-        codes: dict[str, int] = {}
         n = len(trials)
-        e_idx = np.fromiter((codes.setdefault(k, len(codes)) for k in trials.enroll), dtype=np.int64, count=n)
-        t_idx = np.fromiter((codes.setdefault(k, len(codes)) for k in trials.test), dtype=np.int64, count=n)
-        keys = list(codes)
-        vec, ok = self.embed(keys)
-        keep = ok[e_idx] & ok[t_idx]
+        e_row, t_row = self.rows(trials.enroll), self.rows(trials.test)
+        used = np.unique(np.concatenate([e_row, t_row]))
+        used = used[used >= 0]
+        vec, ok = self.embed_rows(used)
+        e_pos = np.searchsorted(used, e_row)
+        t_pos = np.searchsorted(used, t_row)
+        ok_end = np.append(ok, False)  # sentinel: absent keys (row -1) look up position len(used)
+        e_ok = ok_end[np.where(e_row >= 0, e_pos, len(used))]
+        t_ok = ok_end[np.where(t_row >= 0, t_pos, len(used))]
+        keep = e_ok & t_ok
         if not keep.all():
-            missing = [keys[i] for i in np.flatnonzero(~ok)]
-            first_trial = int(np.flatnonzero(~keep)[0])
-            line = None if trials.line_no is None else int(trials.line_no[first_trial])
+            bad = np.flatnonzero(~keep)
+            missing = list(dict.fromkeys(
+                k for i in bad for k, good in ((trials.enroll[i], e_ok[i]), (trials.test[i], t_ok[i])) if not good))
+            line = None if trials.line_no is None else int(trials.line_no[bad[0]])
             msg = (f"{len(missing)} keys have no embedding in {self.store.path} (first: {', '.join(missing[:5])}); "
-                   f"{int((~keep).sum())} of {n} trials affected")
+                   f"{len(bad)} of {n} trials affected")
             if not allow_missing:
                 raise DataError(msg + "; pass --allow-missing to skip them", source, line)
             log.warning("%s: skipped (--allow-missing)", msg)
-        e_idx, t_idx = e_idx[keep], t_idx[keep]
-        scores = np.empty(len(e_idx), dtype=np.float64)
-        for lo in range(0, len(e_idx), BLOCK):
-            e, t = vec[e_idx[lo:lo + BLOCK]], vec[t_idx[lo:lo + BLOCK]]
+            e_pos, t_pos = e_pos[keep], t_pos[keep]
+        scores = np.empty(len(e_pos), dtype=np.float64)
+        for lo in range(0, len(e_pos), BLOCK):
+            e, t = vec[e_pos[lo:lo + BLOCK]], vec[t_pos[lo:lo + BLOCK]]
             scores[lo:lo + BLOCK] = np.einsum("ij,ij->i", e, t, dtype=np.float64)
         if self.norm != "none":
-            used = np.unique(np.concatenate([e_idx, t_idx]))
-            mu = np.zeros(len(keys))
-            sd = np.ones(len(keys))
-            mu[used], sd[used] = cohort_stats(vec[used], self._cohort_n, self.top_n if self.norm == "asnorm" else None)
-            scores = 0.5 * ((scores - mu[e_idx]) / sd[e_idx] + (scores - mu[t_idx]) / sd[t_idx])
+            mu = np.zeros(len(used))
+            sd = np.ones(len(used))
+            top = self.top_n if self.norm == "asnorm" else None
+            mu[ok], sd[ok] = cohort_stats(vec[ok], self._cohort_n, top)
+            scores = 0.5 * ((scores - mu[e_pos]) / sd[e_pos] + (scores - mu[t_pos]) / sd[t_pos])
         return scores, keep
 
 
