@@ -299,12 +299,14 @@ def write_scores(path: PathLike, trials: Trials, scores: np.ndarray) -> None:
     if len(scores) != len(trials):
         raise ValueError(f"{len(scores)} scores for {len(trials)} trials")
     words = np.array(["nontarget", "target"])
+    # Plain Python objects (tolist) format about twice as fast as numpy scalars.
+    enroll, test, values = trials.enroll.tolist(), trials.test.tolist(), scores.tolist()
     with atomic_write(path) as f:
         if trials.has_labels:
             f.writelines(f"{e} {t} {s:.6f} {w}\n"
-                         for e, t, s, w in zip(trials.enroll, trials.test, scores, words[trials.labels]))
+                         for e, t, s, w in zip(enroll, test, values, words[trials.labels].tolist()))
         else:
-            f.writelines(f"{e} {t} {s:.6f}\n" for e, t, s in zip(trials.enroll, trials.test, scores))
+            f.writelines(f"{e} {t} {s:.6f}\n" for e, t, s in zip(enroll, test, values))
 
 
 # ---------------------------------------------------------------- validation
