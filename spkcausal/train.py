@@ -423,6 +423,9 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
                 with ctx:
                     _, logits = model(feats, labels)
                 loss = loss_fn(logits.float(), labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower optim.lr or enable "
+                                             "optim.grad_clip (the last complete checkpoint is still usable)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if clip > 0:

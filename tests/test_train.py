@@ -1,0 +1,368 @@
+"""Trainer: overfitting, exact resume after SIGKILL, two-process torchrun (gloo), bad audio, schedules, checkpoints."""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spkcausal.checkpoint import (
+    average_checkpoints,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_latest,
+)
+from spkcausal.config import load_yaml, save_config
+from spkcausal.datadir import DataDir
+from spkcausal.dataset import PositionSampler, TrainChunkDataset, train_loader
+from spkcausal.samplers import build_sampler
+from spkcausal.train import lr_at, margin_at, merge_defaults, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_train import make_aug_banks, make_corpus, tiny_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"))
+    return env
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), utts_per_spk=5)
+
+
+def _eval_accuracy(net, data_dir: Path) -> float:
+    """Margin-free identification accuracy of the head over whole training utterances."""
+    from spkcausal.extract import embed_utterances
+    from spkcausal.features import Fbank
+
+    data = DataDir.load(data_dir)
+    emb = embed_utterances(net.model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
+    net.head.eval()
+    with torch.no_grad():
+        pred = net.head(torch.from_numpy(emb)).argmax(-1).numpy()
+    speakers = sorted(set(data.utt2spk.values()))
+    truth = np.array([speakers.index(data.utt2spk[u]) for u in data.utts])
+    return float((pred == truth).mean())
+
+
+def test_tiny_model_overfits_four_speakers(corpus, tmp_path):
+    cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
+                      model={"name": "ecapa_tiny", "embed_dim": 32}, sampler={"num_samples": 64},
+                      optim={"lr": 0.05, "final_lr": 0.005}, train={"epochs": 24, "batch_size": 8})
+    torch.set_num_threads(1)
+    res = train(cfg)
+    assert res.step == 192
+    accs = [h["acc"] for h in res.history]
+    # Training accuracy (margin logits) starts well below 100% and reaches it within 192 steps.
+    assert accs[0] < 0.8 and max(accs) == 1.0
+    assert _eval_accuracy(res.net, corpus) == 1.0
+    # x_bar was tracked (nonzero) and is what the last checkpoint holds.
+    xbar = res.net.head.mean_feature
+    assert xbar.abs().sum() > 0
+    last = load_checkpoint(find_resume_checkpoint(tmp_path / "exp" / "checkpoints"))
+    assert torch.equal(last["head"]["mean_feature"], xbar)
+    # Merged config next to the checkpoints: file values and defaults both present.
+    saved = load_yaml(tmp_path / "exp" / "config.yaml")
+    assert saved == merge_defaults(cfg)
+    assert saved["optim"]["momentum"] == 0.9 and saved["head"]["name"] == "causal_norm_aam"
+    assert (tmp_path / "exp" / "train.log").read_text().count("epoch 24 done") == 1
+
+
+def _resume_config(corpus: Path, exp: Path, musan: Path, rirs: Path) -> dict:
+    return tiny_config(corpus, exp, sampler={"num_samples": 160},
+                       augment={"speed_perturb": True, "musan": str(musan), "rirs": str(rirs), "prob": 0.8},
+                       features={"n_mels": 40, "dither": 1.0},
+                       head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
+                       margin={"start_epoch": 0.5, "end_epoch": 1.5},
+                       train={"epochs": 2, "batch_size": 8, "ckpt_every_steps": 5, "keep_last": 10})
+
+
+def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    out.update({f"head.{k}": v for k, v in ckpt["head"].items()})
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(corpus, tmp_path):
+    musan, rirs = make_aug_banks(tmp_path / "aug")
+    # Reference: uninterrupted, in this process, no DataLoader workers.
+    torch.set_num_threads(1)
+    ref = train(_resume_config(corpus, tmp_path / "ref", musan, rirs))
+    assert ref.step == 40  # 2 epochs x 20 steps
+
+    # Same seed through the CLI with a DataLoader worker, killed with SIGKILL after the step-5 checkpoint.
+    exp = tmp_path / "killed"
+    conf = tmp_path / "conf.yaml"
+    save_config(_resume_config(corpus, exp, musan, rirs), conf)
+    cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "saved checkpoint" in line and "step_00000005.pt" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    resume_from = find_resume_checkpoint(exp / "checkpoints")
+    ckpt = load_checkpoint(resume_from)
+    assert resume_from.name.startswith("step_") and 0 < ckpt["step"] % 20  # mid-epoch
+    assert ckpt["step"] < 40
+
+    # --resume finishes the run; weights, BN statistics, x_bar and optimizer state match the reference.
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {resume_from}" in out.stderr
+    final = load_checkpoint(exp / "checkpoints" / "epoch_0002.pt")
+    expect = load_checkpoint(tmp_path / "ref" / "checkpoints" / "epoch_0002.pt")
+    assert final["step"] == expect["step"] == 40
+    a, b = _flat_state(final), _flat_state(expect)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].double() - b[k].double()).abs().max().item() < 1e-6, k
+    assert final["head"]["mean_feature"].abs().sum() > 0
+    mom_a = final["optimizer"]["state"]
+    mom_b = expect["optimizer"]["state"]
+    for k in mom_a:
+        assert (mom_a[k]["momentum_buffer"] - mom_b[k]["momentum_buffer"]).abs().max().item() < 1e-6
+    # Resuming a finished run does nothing more (re-running the stage is safe).
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (exp / "checkpoints").iterdir())
+    assert train(load_yaml(exp / "config.yaml"), resume=True).step == 40
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (exp / "checkpoints").iterdir()) == before
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np, torch, torch.distributed as dist
+from fixtures_train import tiny_config
+from spkcausal.train import train
+from spkcausal.extract import extract
+root = Path(sys.argv[1])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+cfg = tiny_config(root / "data", root / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
+                  sampler={"num_samples": 64}, train={"epochs": 2, "batch_size": 4})
+res = train(cfg)
+np.save(root / f"xbar{rank}.npy", res.net.head.mean_feature.numpy())
+np.save(root / f"w{rank}.npy", torch.cat([p.detach().flatten() for p in res.net.parameters()]).numpy())
+extract(root / "data", root / "emb", exp_dir=root / "exp", num_workers=0)
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
+    from spkcausal.embeddings import EmbeddingStore
+    from spkcausal.extract import embed_utterances, load_for_inference
+    from spkcausal.features import Fbank
+
+    data_dir = make_corpus(tmp_path, utts_per_spk=4)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    x0, x1 = np.load(tmp_path / "xbar0.npy"), np.load(tmp_path / "xbar1.npy")
+    assert np.abs(x0).sum() > 0 and np.array_equal(x0, x1)
+    assert np.array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+    log = (tmp_path / "exp" / "train.log").read_text()
+    # 64 samples over 2 ranks, batch 4 per rank -> 8 steps per epoch.
+    assert "2 ranks, 8 steps/epoch x 2 epochs" in log
+    ckpt = load_checkpoint(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert np.array_equal(ckpt["head"]["mean_feature"].numpy(), x0)
+    # Sharded extraction merged by rank 0 equals a single-process extraction of the same checkpoint.
+    store = EmbeddingStore.open(tmp_path / "emb")
+    data = DataDir.load(data_dir)
+    assert store.keys == data.utts
+    model, _, _ = load_for_inference(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt")
+    single = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
+    assert np.abs(np.asarray(store.matrix) - single).max() < 1e-4
+    assert np.array_equal(np.load(tmp_path / "emb" / "mean_feature.npy"), x0)
+    assert not any(p.name.startswith(".emb.parts") for p in tmp_path.iterdir())
+
+
+def test_corrupt_empty_and_short_files_are_skipped_and_counted(tmp_path):
+    data_dir = make_corpus(tmp_path, utts_per_spk=3, bad=True)
+    cfg = tiny_config(data_dir, tmp_path / "exp", data={"min_seconds": 0.5}, train={"epochs": 1, "batch_size": 4})
+    res = train(cfg)
+    assert res.step == 3  # 12 good utterances / batch 4
+    assert set(res.skipped) == {"spk1-corrupt", "spk2-empty", "spk3-short"}
+    assert "empty" in res.skipped["spk2-empty"] and "too short" in res.skipped["spk3-short"]
+    assert "unreadable" in res.skipped["spk1-corrupt"]
+    log = (tmp_path / "exp" / "train.log").read_text()
+    assert "12 usable utterances, 3 skipped" in log
+    assert "spk1-corrupt" in log and "spk3-short" in log
+    listed = (tmp_path / "exp" / "skipped_utts.txt").read_text().split("\n")
+    assert [line.split()[0] for line in listed if line] == ["spk1-corrupt", "spk2-empty", "spk3-short"]
+
+
+def test_read_failure_at_train_time_is_replaced_from_same_speaker(tmp_path):
+    data_dir = make_corpus(tmp_path, utts_per_spk=3)
+    data = DataDir.load(data_dir)
+    ds = TrainChunkDataset(data, data.utts, 8000, seed=3)
+    victim = data.utts.index("spk2-u01")
+    Path(ds.paths[victim]).write_bytes(b"not audio at all")  # breaks after the (skipped) pre-scan
+    wave, label, index, failures = ds[(victim, 0, 5)]
+    assert failures == 1 and index != victim and wave.shape == (8000,)
+    assert ds.keys[index].startswith("spk2-") and label == ds.speakers.index("spk2")
+    # Deterministic: the same position gives the same replacement and the same chunk.
+    again = ds[(victim, 0, 5)]
+    assert again[2] == index and torch.equal(again[0], wave)
+    # In a loader the batch keeps its size and reports the failure count.
+    sampler = build_sampler("natural", ds.labels, seed=0)
+    batches = list(train_loader(ds, sampler, batch_size=4, num_workers=0))
+    assert all(b[0].shape == (4, 8000) for b in batches)
+    assert sum(int(b[3]) for b in batches) == 1
+
+
+def test_chunks_depend_on_position_not_on_workers(tmp_path):
+    data_dir = make_corpus(tmp_path, utts_per_spk=3, seconds=(1.2, 1.6))
+    data = DataDir.load(data_dir)
+    ds = TrainChunkDataset(data, data.utts, 4000, seed=11)
+    sampler = build_sampler("natural", ds.labels, seed=5)
+    sampler.set_epoch(2)
+    a = torch.cat([b[0] for b in train_loader(ds, sampler, batch_size=3, num_workers=0)])
+    b = torch.cat([b[0] for b in train_loader(ds, sampler, batch_size=3, num_workers=2, prefetch_factor=1)])
+    assert torch.equal(a, b)
+    # Resuming at position 6 gives exactly the tail of the epoch.
+    sampler.set_start(6)
+    assert [t[2] for t in PositionSampler(sampler)][:1] == [6]
+    c = torch.cat([b[0] for b in train_loader(ds, sampler, batch_size=3, num_workers=0)])
+    assert torch.equal(c, a[6:])
+    # A chunk is a contiguous span of its file.
+    import soundfile as sf
+
+    idx = sampler.global_order()[0]
+    full, _ = sf.read(ds.paths[idx], dtype="float32")
+    first = a[0].numpy()
+    starts = [s for s in range(len(full) - 4000 + 1) if np.array_equal(full[s:s + 4000], first)]
+    assert len(starts) == 1
+
+
+def test_lr_schedule_matches_formula():
+    spe, epochs, lr0, lr1, warm = 10, 50, 0.1, 5e-5, 2
+    total = spe * epochs
+    got = np.array([lr_at(s, spe, epochs, lr0, lr1, warm) for s in range(total + 1)])
+    s = np.arange(total + 1)
+    expect = lr0 * np.minimum(1.0, (s + 1) / (warm * spe)) * np.exp(np.log(lr1 / lr0) * s / total)
+    assert np.allclose(got, expect, rtol=1e-12)
+    assert got[0] == pytest.approx(lr0 / 20 * 1.0)
+    assert got[-1] == pytest.approx(lr1)  # ends at final_lr
+    assert np.all(np.diff(got[warm * spe:]) < 0) and np.all(np.diff(got[:warm * spe]) > 0)
+
+
+def test_margin_schedule():
+    spe = 100
+    assert margin_at(0, spe, 0.2, 20, 40) == 0.0
+    assert margin_at(1999, spe, 0.2, 20, 40) == 0.0
+    assert margin_at(3000, spe, 0.2, 20, 40) == pytest.approx(0.1)
+    assert margin_at(4000, spe, 0.2, 20, 40) == 0.2
+    assert margin_at(10 ** 6, spe, 0.2, 20, 40) == 0.2
+    assert margin_at(5, spe, 0.2, 0, 0) == 0.2
+
+
+def test_rng_state_roundtrip_through_weights_only(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(4)
+    np.random.standard_normal()  # leave a cached Gaussian in NumPy's state
+    save_checkpoint({"rng": rng_state(gen)}, tmp_path / "r.pt")
+    draws = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist(),
+             torch.rand(2, generator=gen).tolist())
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    gen.manual_seed(99)
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"], gen)
+    again = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist(),
+             torch.rand(2, generator=gen).tolist())
+    assert draws == again
+
+
+def test_resume_checkpoint_selection(tmp_path):
+    ck = tmp_path / "checkpoints"
+    for step in (5, 10):
+        save_checkpoint({"step": step}, ck / f"step_{step:08d}.pt")
+    save_checkpoint({"step": 8}, ck / "epoch_0001.pt")
+    (ck / ".step_00000015.pt.abc.tmp.pt").write_bytes(b"half written")  # an interrupted save
+    assert find_resume_checkpoint(ck).name == "step_00000010.pt"  # no pointer: most steps wins
+    write_latest(ck, "epoch_0001.pt")
+    assert find_resume_checkpoint(ck).name == "epoch_0001.pt"
+    (ck / "epoch_0001.pt").write_bytes(b"corrupt")
+    assert find_resume_checkpoint(ck).name == "step_00000010.pt"
+    assert [p.name for p in list_checkpoints(ck)] == ["step_00000005.pt", "step_00000010.pt", "epoch_0001.pt"]
+
+
+def test_checkpoint_average_equals_manual_mean(corpus, tmp_path):
+    cfg = tiny_config(corpus, tmp_path / "exp", sampler={"num_samples": 32}, train={"epochs": 3, "batch_size": 8})
+    train(cfg)
+    paths = list_checkpoints(tmp_path / "exp" / "checkpoints", "epoch")
+    assert [p.name for p in paths] == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
+    ckpts = [load_checkpoint(p) for p in paths]
+    avg = average_checkpoints(paths)
+    n_float = 0
+    for part in ("model", "head"):
+        for name, t in avg[part].items():
+            stack = torch.stack([c[part][name] for c in ckpts])
+            if t.is_floating_point():
+                n_float += 1
+                assert torch.allclose(t, stack.double().mean(0).to(t.dtype), atol=1e-7), name
+            else:
+                assert torch.equal(t, stack[-1]), name
+    assert n_float > 10
+    # The CLI writes avg_model.pt that extraction can use (it carries the config).
+    from spkcausal.cli import main
+
+    assert main(["average-ckpt", "--exp", str(tmp_path / "exp"), "--num", "2"]) == 0
+    two = load_checkpoint(tmp_path / "exp" / "avg_model.pt")
+    manual = (ckpts[1]["head"]["weight"] + ckpts[2]["head"]["weight"]) / 2
+    assert torch.allclose(two["head"]["weight"], manual, atol=1e-7)
+    # The epochs differ, so the mean is not any one of them.
+    assert not torch.allclose(two["head"]["weight"], ckpts[2]["head"]["weight"])
+    assert two["config"]["model"]["name"] == "resnet_tiny"
+
+
+def test_no_torch_load_without_weights_only():
+    offenders = []
+    for base in ("spkcausal", "tools", "tests", "recipes"):
+        for path in (REPO / base).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                    ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                             for k in node.keywords)
+                    if not ok:
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_path):
+    with pytest.raises(ValueError, match="unknown config section"):
+        merge_defaults({"trian": {}})
+    cfg = tiny_config(corpus, tmp_path / "exp", sampler={"num_samples": 16}, train={"epochs": 1, "batch_size": 8})
+    train(cfg)
+    from spkcausal.utils import DataError
+
+    with pytest.raises(DataError, match="--resume"):
+        train(cfg)
+    assert math.isclose(train(cfg, resume=True).step, 2)
