@@ -6,7 +6,7 @@ distinct score value (tied scores form one group, so their order never matters) 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from .longtail import FEW, MANY, shot_groups
 __all__ = [
     "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
     "actual_dcf", "verification_summary", "shot_group_accuracy", "confusion_summary", "shot_group_verification",
-    "evaluate_score_files", "format_table", "plot_det",
+    "enroll_train_counts", "evaluate_score_files", "format_table", "plot_det",
 ]
 
 GROUPS = ("many", "medium", "few")
@@ -197,11 +197,13 @@ def confusion_summary(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.n
 
 def shot_group_verification(scores: np.ndarray, labels: np.ndarray, enroll_train_counts: np.ndarray,
                             p_targets: Sequence[float] = (0.01, 0.05), many: int = MANY, few: int = FEW) -> dict:
-    """EER / minDCF of seen-speaker trials grouped by the enrolled speaker's training-utterance count."""
+    """EER / minDCF of seen-speaker trials grouped by the enrolled speaker's training-utterance count
+    (a negative count marks an unseen enrolled speaker: that trial is left out)."""
     scores, is_tar = _check(scores, labels)
-    groups = shot_groups(np.asarray(enroll_train_counts), many, few)
-    if len(groups) != len(scores):
-        raise ValueError(f"{len(groups)} enrol counts for {len(scores)} trials")
+    counts = np.asarray(enroll_train_counts)
+    if len(counts) != len(scores):
+        raise ValueError(f"{len(counts)} enrol counts for {len(scores)} trials")
+    groups = np.where(counts < 0, "unseen", shot_groups(counts, many, few))
     out: dict = {}
     for g in GROUPS:
         sel = groups == g
@@ -210,6 +212,15 @@ def shot_group_verification(scores: np.ndarray, labels: np.ndarray, enroll_train
         else:
             out[g] = None  # a group without both kinds of trial has no error rate
     return out
+
+
+def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: Sequence[int],
+                        utt2spk: Mapping[str, str] | None = None) -> np.ndarray:
+    """Training-utterance count of each trial's enrolled speaker, -1 when unseen. Pass a training profile's
+    `speakers` / `utterances` (spkcausal.longtail.profile_datadir) and, for utterance keys, the eval utt2spk."""
+    table = dict(zip([str(x) for x in speakers], np.asarray(counts).tolist()))
+    u2s = utt2spk or {}
+    return np.fromiter((table.get(u2s.get(k, k), -1) for k in enroll), dtype=np.int64, count=len(enroll))
 
 
 # ---------------------------------------------------------------- files and DET plots

@@ -16,6 +16,7 @@ from spkcausal.metrics import (
     confusion_summary,
     det_curve,
     eer_with_threshold,
+    enroll_train_counts,
     min_dcf_with_threshold,
     shot_group_accuracy,
     shot_group_verification,
@@ -183,6 +184,16 @@ def test_shot_group_verification_equals_subset_metrics():
         assert res[g]["min_dcf"][0.01] == pytest.approx(compute_min_dcf(scores[sel], labels[sel], 0.01))
     res = shot_group_verification(scores, labels, np.full(900, 500))
     assert res["few"] is None and res["medium"] is None
+    unseen = np.where(np.arange(900) % 2 == 0, -1, counts)  # unseen enrolled speakers are left out
+    res = shot_group_verification(scores, labels, unseen)
+    sel = (unseen == 5)
+    assert res["few"]["eer"] == pytest.approx(compute_eer(scores[sel], labels[sel]))
+
+
+def test_enroll_train_counts():
+    got = enroll_train_counts(["u1", "u2", "spkB", "u9"], ["spkA", "spkB"], [150, 7],
+                              {"u1": "spkA", "u2": "spkB", "u9": "spkZ"})
+    assert got.tolist() == [150, 7, 7, -1]
 
 
 # ---------------------------------------------------------------- score files and CLI
