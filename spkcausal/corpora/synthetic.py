@@ -19,7 +19,7 @@ Files written under `root` (the single `wav/` VoxCeleb1 release form; `prepare_v
 - `veri_test2.txt`: `<1|0> <enroll> <test>` over the verification speakers only, half targets (always from two
   different sessions), half non-targets.
 - `synth_speakers.tsv`: the generator's hidden truth per speaker (F0 range, vocal-tract length, counts).
-- `synth_config.json`: the configuration; a re-run into the same root must use the same one.
+- `synth_config.json`: the configuration and generator version; a re-run into the same root must match it.
 - `synth.log`: the log of the runs.
 
 Deterministic for a seed whatever `nj`: each utterance has its own RNG derived from (seed, speaker, utterance)
@@ -46,6 +46,7 @@ from ..utils import DataError, PathLike, setup_logging, write_text_atomic
 
 log = logging.getLogger("spkcausal.synth")
 
+GENERATOR_VERSION = 1  # bump when the audio for a given config changes, so stale corpora are not resumed
 FIRST_ID = 10001
 VERI_FIRST_ID = 10270  # VoxCeleb1's test speakers are id10270-id10309
 _YT_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
@@ -527,7 +528,8 @@ def _write_lists(root: Path, cfg: SynthConfig, ids: list[str], counts: dict[str,
 
 
 def _config_json(cfg: SynthConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True) + "\n"
+    return json.dumps({**dataclasses.asdict(cfg), "generator_version": GENERATOR_VERSION}, indent=1,
+                      sort_keys=True) + "\n"
 
 
 def make_synthetic_corpus(root: PathLike, cfg: SynthConfig | None = None, nj: int = 2) -> dict:
