@@ -48,7 +48,8 @@ def _mel_matrix(n_mels: int, n_fft: int, sample_rate: float, low_freq: float, hi
 class Fbank(nn.Module):
     """Kaldi-compatible log-mel fbank + per-utterance mean normalisation for a (B, T) batch of waveforms."""
 
-    cpu_chunk = 8  # utterances per group on CPU (cache-sized intermediates); GPUs take the whole batch
+    # Utterances per group on CPU (None: 8 per torch thread) so intermediates stay cache-sized; GPUs take all.
+    cpu_chunk: int | None = None
 
     def __init__(
         self,
@@ -118,9 +119,10 @@ class Fbank(nn.Module):
             return wave.new_zeros(batch, 0, self.n_mels)
         if self.scale_to_int16:
             wave = wave * 32768.0
-        if wave.device.type == "cpu" and batch > self.cpu_chunk:
+        chunk = self.cpu_chunk or 8 * torch.get_num_threads()
+        if wave.device.type == "cpu" and batch > chunk:
             # On CPU the per-batch intermediates (B x F x 512) fall out of cache; small groups run ~2x faster.
-            feats = torch.cat([self._log_mel(part, generator) for part in wave.split(self.cpu_chunk)])
+            feats = torch.cat([self._log_mel(part, generator) for part in wave.split(chunk)])
         else:
             feats = self._log_mel(wave, generator)
         if lengths is None:

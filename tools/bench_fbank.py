@@ -22,19 +22,22 @@ from spkcausal.augment import Augmenter, NoiseBank, RirBank, draw_speed, speed_i
 from spkcausal.features import Fbank
 
 
-def timed(fn: Callable[[], object], device: torch.device, runs: int) -> float:
-    """Median wall time of `runs` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+def timed(fns: list[Callable[[], object]], device: torch.device, runs: int) -> list[float]:
+    """Median wall time of each function over `runs` interleaved rounds (after a warm-up), so that load
+    changes on a shared machine hit every contender alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    for _ in range(runs):
+        for fn, acc in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            acc.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def torchaudio_loop(waves: torch.Tensor) -> list[torch.Tensor]:
@@ -66,8 +69,7 @@ def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int)
     dev_waves = waves.to(device)
     fb = Fbank().to(device)
 
-    t_loop = timed(lambda: torchaudio_loop(dev_waves), device, runs)
-    t_batch = timed(lambda: fb(dev_waves), device, runs)
+    t_loop, t_batch = timed([lambda: torchaudio_loop(dev_waves), lambda: fb(dev_waves)], device, runs)
     diff = max((a - b).abs().max().item() for a, b in zip(torchaudio_loop(dev_waves[:8]), fb(dev_waves[:8])))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n== {device} ({name}); {num_utts} utterances x {seconds:g} s, median of {runs} runs ==")
@@ -85,7 +87,7 @@ def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int)
         factors = torch.tensor([1.0, 0.9, 1.1], device=device)[k]
         return fb(aug(speed_perturb(raw, factors.cpu(), n), gen))
 
-    t_aug = timed(chain, device, runs)
+    (t_aug,) = timed([chain], device, runs)
     print(f"speed + noise/reverb + Fbank: {t_aug * 1e3:9.1f} ms  {num_utts / t_aug:12,.0f} utts/s")
 
 
