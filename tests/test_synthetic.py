@@ -274,3 +274,15 @@ def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
     assert s["trials"]["veri_test2.txt"]["dir"] == "vox1_test"
     tr = read_trials(out / "trials" / "veri_test2.txt")
     assert len(tr) == summary["trials"] and int((tr.labels == 1).sum()) == summary["target_trials"]
+
+
+def test_trials_capped_when_few_target_pairs():
+    from spkcausal.corpora.synthetic import make_trials, plan_corpus
+
+    cfg = SynthConfig(**{**SMALL, "num_test_speakers": 3, "veri_utts_per_speaker": 2, "sessions": (2, 2),
+                         "num_trials": 100})
+    _, _, utts = plan_corpus(cfg)
+    trials = make_trials(cfg, utts)
+    # 3 speakers x 1 cross-session pair each: 3 targets, and as many non-targets
+    assert [t[0] for t in trials].count(1) == 3 and [t[0] for t in trials].count(0) == 3
+    assert len({frozenset(t[1:]) for t in trials}) == 6

@@ -42,7 +42,8 @@ from scipy.signal import butter, lfilter, sosfilt
 from tqdm import tqdm
 
 from ..audio import audio_info, write_wav
-from ..utils import DataError, PathLike, setup_logging, write_text_atomic
+from ..utils import DataError, PathLike, write_text_atomic
+from .voxceleb import _log_to
 
 log = logging.getLogger("spkcausal.synth")
 
@@ -201,12 +202,17 @@ class Session:
 def session_channel(seed: int, spk_index: int, sess_index: int, sr: int) -> Session:
     """Channel of one session: band limits, two random peaking EQs, noise colour, recording level."""
     g = _rng(seed, _SESS, spk_index, sess_index)
-    yt = "".join(g.choice(_YT_ALPHABET, 11))
+    yt = "".join(g.choice(_YT_ALPHABET, 11))  # first draw: session_id() repeats it without the filter design
     hp = butter(2, g.uniform(50, 150), "highpass", fs=sr, output="sos")
     lp = butter(4, min(g.uniform(3400, 7800), 0.47 * sr), "lowpass", fs=sr, output="sos")
     eq = [_peaking(g.uniform(200, 0.4 * sr), g.uniform(-8, 8), g.uniform(0.7, 2.5), sr) for _ in range(2)]
     return Session(yt_id=yt, channel=np.vstack([hp, lp, *eq]), noise_pole=g.uniform(-0.5, 0.97),
                    level_db=g.uniform(-28, -18))
+
+
+def session_id(seed: int, spk_index: int, sess_index: int) -> str:
+    """The 11-character YouTube-like directory name of a session (the same as session_channel's)."""
+    return "".join(_rng(seed, _SESS, spk_index, sess_index).choice(_YT_ALPHABET, 11))
 
 
 def _resonator(freq: float, bw: float, sr: int, peak_norm: bool = False) -> np.ndarray:
@@ -421,8 +427,8 @@ def speaker_ids(cfg: SynthConfig) -> tuple[list[str], list[str]]:
     return train, veri
 
 
-def plan_corpus(cfg: SynthConfig) -> tuple[list[str], dict[str, int], list[_Utt], list[Session]]:
-    """Deterministic plan: speaker ids, training counts, every utterance (key, length, split), sessions."""
+def plan_corpus(cfg: SynthConfig) -> tuple[list[str], dict[str, int], list[_Utt]]:
+    """Deterministic plan: speaker ids, training counts, every utterance (key, length, split)."""
     cfg.validate()
     g = _rng(cfg.seed, _PLAN)
     train_ids, veri_ids = speaker_ids(cfg)
@@ -430,7 +436,6 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[str], dict[str, int], list[_Utt]
     counts = longtail_counts(cfg.num_speakers, cfg.max_utts, cfg.imbalance, cfg.profile, cfg.exponent)
     counts = dict(zip(train_ids, counts[g.permutation(cfg.num_speakers)].tolist()))
     utts: list[_Utt] = []
-    sessions: list[Session] = []
     for si, spk in enumerate(ids):
         if si < cfg.num_speakers:
             splits = [1] * counts[spk] + [2] * cfg.val_per_speaker + [3] * cfg.test_per_speaker
@@ -441,21 +446,20 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[str], dict[str, int], list[_Utt]
         n_sess = min(n_sess, len(splits))
         splits = list(np.array(splits)[g.permutation(len(splits))])
         sess_of = (np.arange(len(splits)) % n_sess)[g.permutation(len(splits))]
-        sess = [session_channel(cfg.seed, si, j, cfg.sample_rate) for j in range(n_sess)]
-        seen = set()
-        for s in sess:
-            while s.yt_id in seen:  # astronomically unlikely; keeps paths unique
-                s.yt_id = s.yt_id[1:] + "x"
-            seen.add(s.yt_id)
-        sessions.extend(sess)
+        sess: list[str] = []
+        for j in range(n_sess):
+            yt = session_id(cfg.seed, si, j)
+            while yt in sess:  # astronomically unlikely; keeps a speaker's session paths distinct
+                yt = yt[1:] + "x"
+            sess.append(yt)
         per_sess = [0] * n_sess
         lo, hi = cfg.utt_seconds
         for ui, (sp, sj) in enumerate(zip(splits, sess_of)):
             per_sess[sj] += 1
-            key = f"{spk}/{sess[sj].yt_id}/{per_sess[sj]:05d}.wav"
+            key = f"{spk}/{sess[sj]}/{per_sess[sj]:05d}.wav"
             samples = int(round(g.uniform(lo, hi) * cfg.sample_rate))
             utts.append(_Utt(key, si, ui, int(sj), samples, int(sp)))
-    return ids, counts, utts, sessions
+    return ids, counts, utts
 
 
 def _render_speaker(job: tuple[SynthConfig, str, list[_Utt]]) -> tuple[int, int]:
@@ -488,24 +492,35 @@ def _render_speaker(job: tuple[SynthConfig, str, list[_Utt]]) -> tuple[int, int]
 
 
 def make_trials(cfg: SynthConfig, utts: list[_Utt]) -> list[tuple[int, str, str]]:
-    """Balanced (label, enroll, test) over verification speakers; targets always cross-session."""
+    """Balanced (label, enroll, test) over verification speakers; targets always cross-session, no pair twice."""
     g = _rng(cfg.seed, _TRIALS)
     veri = [u for u in utts if u.split == 0]
     spk = np.array([u.spk_index for u in veri])
     sess = np.array([u.sess_index for u in veri])
-    i, j = np.triu_indices(len(veri), 1)
-    tgt = np.flatnonzero((spk[i] == spk[j]) & (sess[i] != sess[j]))
-    non = np.flatnonzero(spk[i] != spk[j])
-    half = min(cfg.num_trials // 2, len(tgt), len(non))
+    tgt = []  # every cross-session pair of each speaker (a speaker's pairs only: memory stays small)
+    for s in np.unique(spk):
+        idx = np.flatnonzero(spk == s)
+        i, j = np.triu_indices(len(idx), 1)
+        keep = sess[idx[i]] != sess[idx[j]]
+        tgt.append(np.stack([idx[i][keep], idx[j][keep]], 1))
+    tgt = np.concatenate(tgt)
+    n_non = (len(veri) ** 2 - np.sum(np.unique(spk, return_counts=True)[1] ** 2)) // 2
+    half = min(cfg.num_trials // 2, len(tgt), n_non)
     if half < cfg.num_trials // 2:
         log.warning("only %d cross-session target pairs exist: writing %d trials, not %d",
                     len(tgt), 2 * half, cfg.num_trials)
-    pick = np.concatenate([g.choice(tgt, half, replace=False), g.choice(non, half, replace=False)])
-    labels = np.concatenate([np.ones(half, int), np.zeros(half, int)])
-    flip = g.random(len(pick)) < 0.5
-    a = np.where(flip, j[pick], i[pick])
-    b = np.where(flip, i[pick], j[pick])
-    trials = [(int(lab), veri[x].key, veri[y].key) for lab, x, y in zip(labels, a, b)]
+    pos = tgt[g.choice(len(tgt), half, replace=False)]
+    non: dict[tuple[int, int], None] = {}  # insertion-ordered set: deterministic
+    while len(non) < half:  # rejection sampling of distinct-speaker pairs
+        a, b = g.integers(len(veri), size=(2, 2 * (half - len(non)) + 16))
+        for x, y in zip(a.tolist(), b.tolist()):
+            if spk[x] != spk[y] and len(non) < half:
+                non.setdefault((min(x, y), max(x, y)))
+    pairs = np.concatenate([pos, np.array(list(non), dtype=int).reshape(-1, 2)])
+    labels = [1] * half + [0] * half
+    flip = g.random(len(pairs)) < 0.5
+    trials = [(lab, veri[p[1] if f else p[0]].key, veri[p[0] if f else p[1]].key)
+              for lab, p, f in zip(labels, pairs, flip)]
     return sorted(trials, key=lambda t: (t[1], t[2]))
 
 
@@ -538,14 +553,25 @@ def make_synthetic_corpus(root: PathLike, cfg: SynthConfig | None = None, nj: in
     cfg.validate()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    setup_logging(root / "synth.log")
     cfg_file = root / "synth_config.json"
     if cfg_file.is_file() and cfg_file.read_text() != _config_json(cfg):
-        raise DataError("this directory holds a corpus made with a different configuration; use a new --out "
-                        "or the same settings", cfg_file)
+        try:
+            old = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        new = json.loads(_config_json(cfg))
+        diff = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(new.keys() | old.keys())
+                         if old.get(k) != new.get(k))
+        raise DataError(f"this directory holds a corpus made with another configuration ({diff}); use a new "
+                        "output directory or the same settings", cfg_file)
     write_text_atomic(cfg_file, _config_json(cfg))
+    with _log_to(root / "synth.log"):
+        return _make(root, cfg, nj)
+
+
+def _make(root: Path, cfg: SynthConfig, nj: int) -> dict:
     t0 = time.perf_counter()
-    ids, counts, utts, _ = plan_corpus(cfg)
+    ids, counts, utts = plan_corpus(cfg)
     by_spk: dict[int, list[_Utt]] = {}
     for u in utts:
         by_spk.setdefault(u.spk_index, []).append(u)
