@@ -215,6 +215,24 @@ def device_batch(waves: Tensor, labels: Tensor, cfg: Mapping[str, Any], chunk_sa
 # ------------------------------------------------------------------ training
 
 
+def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, feats: Tensor, labels: Tensor, amp_dtype: torch.dtype | None = None,
+               clip: float = 0.0) -> tuple[Tensor, Tensor]:
+    """One optimisation step of a SpeakerNet (or its DDP wrapper) on device features; returns (loss, logits)."""
+    ctx = torch.autocast(feats.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with ctx:
+        _, logits = model(feats, labels)
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
 @dataclass
 class TrainResult:
     """What `train` returns: the trained modules (unwrapped), per-epoch history and where things were written."""
@@ -401,8 +419,11 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
             epoch = step // steps_per_epoch
             sampler.set_epoch(epoch)
             sampler.set_start((step % steps_per_epoch) * bs)
-            ep_loss = ep_correct = ep_n = 0.0
-            t0, n_window = time.time(), 0
+            # Sums stay on the device (loss, correct, count; epoch and log window) so steps never wait for the
+            # GPU; they are read, and the loss checked for NaN/inf, only at log steps and at the epoch end.
+            ep_sums = torch.zeros(3, dtype=torch.float64, device=device)
+            win_sums = torch.zeros(3, dtype=torch.float64, device=device)
+            t0 = time.time()
             bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not (info.is_main and tcfg["progress"]), leave=False, mininterval=1.0)
             for waves, labels, _, failures in loader:
@@ -419,44 +440,36 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
                 waves = waves.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 feats, labels = device_batch(waves, labels, cfg, chunk_samples, num_speakers, fbank, augmenter, gen)
-                ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
-                with ctx:
-                    _, logits = model(feats, labels)
-                loss = loss_fn(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower optim.lr or enable "
-                                             "optim.grad_clip (the last complete checkpoint is still usable)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(net.parameters(), clip)
-                scaler.step(optimizer)
-                scaler.update()
+                loss, logits = train_step(model, loss_fn, optimizer, scaler, feats, labels,
+                                          amp_dtype if use_amp else None, clip)
                 step += 1
-                with torch.no_grad():
-                    correct = float((logits.argmax(-1) == labels).sum())
-                loss_v = float(loss.detach())
-                ep_loss += loss_v * len(labels)
-                ep_correct += correct
-                ep_n += len(labels)
-                n_window += len(labels)
+                batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double(),
+                                          torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+                ep_sums += batch_sums
+                win_sums += batch_sums
                 bar.update(1)
-                if step % log_every == 0 and info.is_main:
-                    rate = n_window * info.world_size / max(1e-9, time.time() - t0)
-                    log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
-                             epoch + 1, step, total_steps, loss_v, correct / len(labels), lr, margin, rate)
-                    if writer is not None:
-                        for k, v in (("loss", loss_v), ("acc", correct / len(labels)), ("lr", lr),
-                                     ("margin", margin), ("samples_per_s", rate)):
-                            writer.add_scalar(f"train/{k}", v, step)
-                    t0, n_window = time.time(), 0
+                if step % log_every == 0 or step % steps_per_epoch == 0:
+                    w_loss, w_correct, w_n = win_sums.tolist()
+                    if not math.isfinite(w_loss):
+                        raise FloatingPointError(f"non-finite loss before step {step}: lower optim.lr or set "
+                                                 "optim.grad_clip (the last complete checkpoint is still usable)")
+                    if info.is_main and step % log_every == 0:
+                        rate = w_n * info.world_size / max(1e-9, time.time() - t0)
+                        log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
+                                 epoch + 1, step, total_steps, w_loss / w_n, w_correct / w_n, lr, margin, rate)
+                        if writer is not None:
+                            for k, v in (("loss", w_loss / w_n), ("acc", w_correct / w_n), ("lr", lr),
+                                         ("margin", margin), ("samples_per_s", rate)):
+                                writer.add_scalar(f"train/{k}", v, step)
+                    win_sums.zero_()
+                    t0 = time.time()
                 if ckpt_every > 0 and step % ckpt_every == 0 and step % steps_per_epoch != 0:
                     save(None)
             bar.close()
-            stats = torch.tensor([ep_loss, ep_correct, ep_n, read_failures], dtype=torch.float64)
+            stats = torch.cat([ep_sums, torch.tensor([float(read_failures)], dtype=torch.float64, device=device)])
             if info.world_size > 1:
-                dist.all_reduce(stats)
+                dist.all_reduce(stats)  # on the device: NCCL reduces CUDA tensors only
+            stats = stats.cpu()
             done_epoch = step // steps_per_epoch
             entry = {"epoch": done_epoch, "step": step, "loss": float(stats[0] / max(1, stats[2])),
                      "acc": float(stats[1] / max(1, stats[2]))}
