@@ -286,3 +286,14 @@ def test_trials_capped_when_few_target_pairs():
     # 3 speakers x 1 cross-session pair each: 3 targets, and as many non-targets
     assert [t[0] for t in trials].count(1) == 3 and [t[0] for t in trials].count(0) == 3
     assert len({frozenset(t[1:]) for t in trials}) == 6
+
+
+def test_write_wav_without_fsync_same_bytes(tmp_path):
+    from spkcausal.audio import write_wav
+
+    x = np.random.default_rng(0).integers(-30000, 30000, 4000).astype(np.int16)
+    write_wav(tmp_path / "a.wav", x, 16000)
+    write_wav(tmp_path / "b.wav", x, 16000, sync=False)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    assert np.array_equal(sf.read(str(tmp_path / "b.wav"), dtype="int16")[0], x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.wav"]  # no temp file left
