@@ -451,47 +451,97 @@ _LABEL_BYTES = np.array([b"target", b"nontarget", b"1", b"0"], dtype="S9")
 _LABEL_VALUES = np.array([1, 0, 1, 0], dtype=np.int8)
 
 
-def _token_spans(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                          np.ndarray]:
-    """Byte spans of a whitespace table: (bytes, starts (n, ncols), ends (n, ncols), 1-based line numbers).
-
-    Same checks and messages as _read_columns, but the tokens stay in the byte buffer, so a 3.5M-line
-    score file costs two passes over the bytes plus work on the separator positions only."""
-    try:
-        buf = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    a = np.frombuffer(buf, dtype=np.uint8)
-    if len(a) == 0:
-        raise DataError("file is empty", path)
-    if a.max() >= 0x80:
+def _check_utf8(a: np.ndarray, path: PathLike, offset: int = 0) -> None:
+    if len(a) and a.max() >= 0x80:
         try:
-            buf.decode("utf-8")
+            a.tobytes().decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+            raise DataError(f"not UTF-8 text ({e.reason} at byte {offset + e.start})", path) from None
+
+
+def _block_spans(a: np.ndarray, ncols_allowed: tuple[int, ...], ncols: int | None, path: PathLike, line0: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    """Token spans of a block of whole lines: starts, ends (n, ncols), 1-based line numbers, ncols.
+
+    `ncols` None: taken from the first non-blank line (checked against ncols_allowed); `line0` = lines
+    before this block. Works on separator positions only, never on one Python string per token."""
     sp = np.flatnonzero(a <= 32)  # every separator is <= 32; other control bytes are filtered next
-    sp = sp[_WS[a[sp]] | (a[sp] == 10)]
+    v = a[sp]
+    sp = sp[_WS[v] | (v == 10)]
     # Sentinel separators at -1 and len(a) make every token the gap between two consecutive separators.
     sp = np.concatenate([[-1], sp, [len(a)]])
     gap = np.flatnonzero(sp[1:] - sp[:-1] > 1)
     starts = sp[gap] + 1
     ends = sp[gap + 1]
     line_end = sp[1:-1][a[sp[1:-1]] == 10]
-    if a[-1] != 10:
+    if len(a) and a[-1] != 10:
         line_end = np.concatenate([line_end, [len(a)]])
     counts = np.diff(np.searchsorted(starts, line_end), prepend=0)
     nonblank = counts > 0
     if not nonblank.any():
-        raise DataError("file is empty", path)
-    first = int(np.argmax(nonblank))
-    ncols = int(counts[first])
-    if ncols not in ncols_allowed:
-        raise DataError(f"{ncols} columns; expected {' or '.join(map(str, ncols_allowed))}", path, first + 1)
+        return starts[:0].reshape(0, ncols or 1), ends[:0].reshape(0, ncols or 1), starts[:0], ncols
+    if ncols is None:
+        first = int(np.argmax(nonblank))
+        ncols = int(counts[first])
+        if ncols not in ncols_allowed:
+            raise DataError(f"{ncols} columns; expected {' or '.join(map(str, ncols_allowed))}", path,
+                            line0 + first + 1)
     bad = np.flatnonzero(nonblank & (counts != ncols))
     if len(bad):
-        raise DataError(f"{counts[bad[0]]} columns where the file's first line has {ncols}", path, int(bad[0]) + 1)
-    line_no = np.flatnonzero(nonblank) + 1
-    return a, starts.reshape(-1, ncols), ends.reshape(-1, ncols), line_no
+        raise DataError(f"{counts[bad[0]]} columns where the file's first line has {ncols}", path,
+                        line0 + int(bad[0]) + 1)
+    line_no = line0 + np.flatnonzero(nonblank) + 1
+    return starts.reshape(-1, ncols), ends.reshape(-1, ncols), line_no, ncols
+
+
+def _token_spans(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                          np.ndarray]:
+    """Byte spans of a whole whitespace table: (bytes, starts (n, ncols), ends (n, ncols), line numbers).
+
+    Same checks and messages as the line-by-line readers."""
+    try:
+        buf = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    a = np.frombuffer(buf, dtype=np.uint8)
+    _check_utf8(a, path)
+    starts, ends, line_no, ncols = _block_spans(a, ncols_allowed, None, path, 0)
+    if ncols is None:
+        raise DataError("file is empty", path)
+    return a, starts, ends, line_no
+
+
+BLOCK_BYTES = 1 << 23
+
+
+def _line_blocks(path: PathLike, block: int = BLOCK_BYTES):
+    """Yield (bytes of whole lines, lines before them, their byte offset), block by block.
+
+    Small blocks keep every temporary array in reused memory: on large files, fresh page-faulted
+    allocations, not arithmetic, dominate the cost."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    with f:
+        rest = b""
+        line0 = offset = 0
+        while True:
+            chunk = f.read(block)
+            data = rest + chunk if rest else chunk
+            if not chunk:
+                if data:
+                    yield np.frombuffer(data, dtype=np.uint8), line0, offset
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than the block: keep reading
+                rest = data
+                continue
+            rest = data[cut:]
+            a = np.frombuffer(data, dtype=np.uint8, count=cut)
+            yield a, line0, offset
+            line0 += int(np.count_nonzero(a == 10))
+            offset += cut
 
 
 _LOW_BYTES = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [2**64 - 1], dtype=np.uint64)
@@ -504,9 +554,14 @@ def _gather_words(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, n_words: 
     # An unaligned little-endian uint64 view at every byte offset: one gather fetches 8 bytes of a token.
     words_at = np.ndarray(shape=(len(a) + 1,), dtype="<u8", buffer=padded, strides=(1,))
     lengths = ends - starts
+    short = int(lengths.min())
     out = np.empty((len(starts), n_words), dtype=np.uint64)
+    pos = np.empty_like(starts)
     for k in range(n_words):
-        out[:, k] = words_at[np.minimum(starts + 8 * k, len(a))] & _LOW_BYTES[np.clip(lengths - 8 * k, 0, 8)]
+        np.minimum(starts + 8 * k, len(a), out=pos)
+        out[:, k] = words_at[pos]
+        if short < 8 * (k + 1):  # some span ends inside this word: clear the bytes past its end
+            out[:, k] &= _LOW_BYTES[np.clip(lengths - 8 * k, 0, 8)]
     return out
 
 
@@ -532,18 +587,24 @@ def _span_hash(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, seed: int) -
     return h
 
 
+def _pair_hash(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Hash of each (first, second) token pair: the (enroll, test) key of a trial."""
+    return _span_hash(a, starts[:, 0], ends[:, 0], 1) ^ (_span_hash(a, starts[:, 1], ends[:, 1], 2)
+                                                         * np.uint64(0xC2B2AE3D27D4EB4F))
+
+
 def _reject_duplicate_spans(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, path: PathLike,
                             line_no: np.ndarray) -> None:
     """Raise on the first repeated (enroll, test) pair, exactly, using hashes only to find candidates."""
-    h = _span_hash(a, starts[:, 0], ends[:, 0], 1) ^ (_span_hash(a, starts[:, 1], ends[:, 1], 2)
-                                                      * np.uint64(0xC2B2AE3D27D4EB4F))
+    h = _pair_hash(a, starts, ends)
+    hs = np.sort(h)  # a value sort is SIMD-fast; the argsort below runs only when some hashes repeat
+    if not (hs[1:] == hs[:-1]).any():
+        return
     order = np.argsort(h)
     hs = h[order]
     same = np.flatnonzero(hs[1:] == hs[:-1])
-    if not len(same):
-        return
     cand = np.unique(np.concatenate([order[same], order[same + 1]]))
-    buf = a.tobytes() if len(cand) else b""
+    buf = a.tobytes()
     seen: dict[tuple[bytes, bytes], int] = {}
     for i in cand:  # ascending row order, so the first repeat found is the earliest in the file
         key = (buf[starts[i, 0]:ends[i, 0]], buf[starts[i, 1]:ends[i, 1]])
@@ -553,41 +614,62 @@ def _reject_duplicate_spans(a: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         seen[key] = int(i)
 
 
-def read_score_arrays(path: PathLike, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (float64) and labels (int8, -1 if absent) of a score file, validated like read_scores.
-
-    For metrics on corpus-scale files: keys are checked for duplicates but never turned into strings."""
-    a, starts, ends, line_no = _token_spans(path, (3, 4))
-    n = len(starts)
-    text = _gather_text(a, starts[:, 2], ends[:, 2])
-    scores = np.empty(n, dtype=np.float64)
-    step = 1 << 18
-    for lo in range(0, n, step):
-        try:
-            scores[lo:lo + step] = text[lo:lo + step].astype(np.float64)
-        except ValueError:
-            for i in range(lo, min(lo + step, n)):
-                tok = text[i].decode("utf-8", "replace")
-                if not _FLOAT_RE.match(tok):
-                    raise DataError(f"score {tok!r} is not a finite number", path, int(line_no[i])) from None
-            raise DataError("unparsable score", path) from None
+def _parse_scores(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, path: PathLike,
+                  line_no: np.ndarray) -> np.ndarray:
+    text = _gather_text(a, starts, ends)
+    try:
+        scores = text.astype(np.float64)
+    except ValueError:
+        for i, raw in enumerate(text):
+            tok = raw.decode("utf-8", "replace")
+            if not _FLOAT_RE.match(tok):
+                raise DataError(f"score {tok!r} is not a finite number", path, int(line_no[i])) from None
+        raise DataError("unparsable score", path) from None
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         raise DataError(f"score {text[bad[0]].decode()!r} is not a finite number", path, int(line_no[bad[0]]))
-    if starts.shape[1] == 4:
-        lab_len = ends[:, 3] - starts[:, 3]
-        words = _gather_words(a, starts[:, 3], ends[:, 3], 2).view("S16").ravel()
-        labels = np.full(n, -1, dtype=np.int8)
-        for word, val in zip(_LABEL_BYTES, _LABEL_VALUES):
-            labels[(words == word) & (lab_len == len(word))] = val
-        bad = np.flatnonzero(labels < 0)
-        if len(bad):
-            tok = a[starts[bad[0], 3]:ends[bad[0], 3]].tobytes().decode()
-            raise DataError(f"label {tok!r}; expected target, nontarget, 1 or 0", path, int(line_no[bad[0]]))
-    elif need_labels:
-        raise DataError("score file has no label column (expected 'enroll test score target|nontarget')", path,
-                        int(line_no[0]))
-    else:
-        labels = np.full(n, -1, dtype=np.int8)
-    _reject_duplicate_spans(a, starts, ends, path, line_no)
-    return scores, labels
+    return scores
+
+
+def _parse_label_spans(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, path: PathLike,
+                       line_no: np.ndarray) -> np.ndarray:
+    lab_len = ends - starts
+    words = _gather_words(a, starts, ends, 2).view("S16").ravel()
+    labels = np.full(len(starts), -1, dtype=np.int8)
+    for word, val in zip(_LABEL_BYTES, _LABEL_VALUES):
+        labels[(words == word) & (lab_len == len(word))] = val
+    bad = np.flatnonzero(labels < 0)
+    if len(bad):
+        tok = a[starts[bad[0]]:ends[bad[0]]].tobytes().decode()
+        raise DataError(f"label {tok!r}; expected target, nontarget, 1 or 0", path, int(line_no[bad[0]]))
+    return labels
+
+
+def read_score_arrays(path: PathLike, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (float64) and labels (int8, -1 if absent) of a score file, validated like read_scores.
+
+    For metrics on corpus-scale files: read block by block, keys hashed for the duplicate check and never
+    turned into strings (a repeated hash is re-checked exactly)."""
+    ncols = None
+    scores, labels, hashes = [], [], []
+    for a, line0, offset in _line_blocks(path):
+        _check_utf8(a, path, offset)
+        starts, ends, line_no, ncols = _block_spans(a, (3, 4), ncols, path, line0)
+        if not len(starts):
+            continue
+        scores.append(_parse_scores(a, starts[:, 2], ends[:, 2], path, line_no))
+        if ncols == 4:
+            labels.append(_parse_label_spans(a, starts[:, 3], ends[:, 3], path, line_no))
+        elif need_labels:
+            raise DataError("score file has no label column (expected 'enroll test score target|nontarget')",
+                            path, int(line_no[0]))
+        hashes.append(_pair_hash(a, starts, ends))
+    if ncols is None:
+        raise DataError("file is empty", path)
+    h = np.sort(np.concatenate(hashes))
+    if (h[1:] == h[:-1]).any():  # a repeat or a hash collision: decide exactly on the whole file
+        a, starts, ends, line_no = _token_spans(path, (3, 4))
+        _reject_duplicate_spans(a, starts, ends, path, line_no)
+    out_scores = np.concatenate(scores)
+    out_labels = np.concatenate(labels) if labels else np.full(len(out_scores), -1, dtype=np.int8)
+    return out_scores, out_labels

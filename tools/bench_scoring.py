@@ -7,7 +7,8 @@
 2. Vox1-E size: 579,818 trials over 145,160 embeddings of dim 256. `spkcausal score` end to end: plain
    cosine (target < 10 s) and AS-norm with a 5,994-entry cohort, top 300 (target < 60 s).
 
-Each command runs in a subprocess; peak memory is that child's ru_maxrss (os.wait4).
+Each command runs in a subprocess; peak memory is that child's ru_maxrss and CPU its user + sys time
+(os.wait4). CPU seconds are the fairer figure when other jobs load the machine.
 Usage: .venv/bin/python tools/bench_scoring.py [--runs 3] [--work DIR] [--skip-eer] [--skip-score]
 """
 from __future__ import annotations
@@ -46,30 +47,34 @@ print(repr(float(eer)), dcf)
 """
 
 
-def run_rusage(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB, the child's own ru_maxrss) and stdout."""
+def run_rusage(cmd: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + sys), peak RSS (MiB, the child's own ru_maxrss) and stdout."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if p.returncode != 0:
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()}")
-        return wall, ru.ru_maxrss / 1024, out.read()
+        out.seek(0)
+        return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, out.read()
 
 
-def median_runs(cmd: list[str], runs: int, label: str) -> tuple[float, float, str]:
-    """Median wall time and max peak RSS over `runs` runs, printed as they come."""
-    walls, peaks, out = [], [], ""
+def median_runs(cmds: dict[str, list[str]], runs: int) -> dict[str, dict]:
+    """Run the commands interleaved (a, b, a, b, ...) so load changes hit all alike; medians and max RSS."""
+    rec: dict[str, dict] = {k: {"wall": [], "cpu": [], "rss": [], "out": ""} for k in cmds}
     for r in range(runs):
-        w, m, out = run_rusage(cmd)
-        walls.append(w)
-        peaks.append(m)
-        print(f"  {label} run {r + 1}: {w:.2f} s, peak {m:.0f} MiB", flush=True)
-    return statistics.median(walls), max(peaks), out
+        for name, cmd in cmds.items():
+            w, c, m, out = run_rusage(cmd)
+            rec[name]["wall"].append(w)
+            rec[name]["cpu"].append(c)
+            rec[name]["rss"].append(m)
+            rec[name]["out"] = out
+            print(f"  {name} run {r + 1}: wall {w:.2f} s, cpu {c:.2f} s, peak {m:.0f} MiB, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return {k: {"wall": statistics.median(v["wall"]), "cpu": statistics.median(v["cpu"]), "rss": max(v["rss"]),
+                "out": v["out"]} for k, v in rec.items()}
 
 
 def make_score_file(path: Path, n: int = 3_484_292, seed: int = 0) -> None:
@@ -91,15 +96,16 @@ def bench_eer(work: Path, runs: int) -> dict:
         print("writing 3,484,292-line score file ...", flush=True)
         make_score_file(path)
     print(f"score file: {path.stat().st_size / 2**20:.0f} MiB")
-    ours, ours_mem, out = median_runs([sys.executable, "-m", "spkcausal", "eer", str(path), "--json"], runs,
-                                      "spkcausal eer")
-    res = json.loads(out)[0]
-    base, base_mem, bout = median_runs([sys.executable, "-c", BASELINE, str(path)], runs, "baseline")
-    base_eer = float(bout.split()[0])
+    r = median_runs({"spkcausal eer": [sys.executable, "-m", "spkcausal", "eer", str(path), "--json"],
+                     "baseline": [sys.executable, "-c", BASELINE, str(path)]}, runs)
+    ours, base = r["spkcausal eer"], r["baseline"]
+    res = json.loads(ours["out"])[0]
+    base_eer = float(base["out"].split()[0])
     print(f"EER ours {res['eer'] * 100:.4f}% vs baseline {base_eer * 100:.4f}% "
           f"(|diff| {abs(res['eer'] - base_eer):.2e}); minDCF(0.01) {res['min_dcf']['0.01']:.4f}")
-    return {"eer_s": ours, "eer_peak_mib": ours_mem, "baseline_s": base, "baseline_peak_mib": base_mem,
-            "speedup": base / ours}
+    return {"eer_s": ours["wall"], "eer_cpu": ours["cpu"], "eer_peak_mib": ours["rss"], "baseline_s": base["wall"],
+            "baseline_cpu": base["cpu"], "baseline_peak_mib": base["rss"], "speedup": base["wall"] / ours["wall"],
+            "speedup_cpu": base["cpu"] / ours["cpu"]}
 
 
 def make_vox1e(work: Path, n_emb: int = 145_160, n_trials: int = 579_818, dim: int = 256, cohort: int = 5_994,
@@ -128,11 +134,12 @@ def bench_score(work: Path, runs: int) -> dict:
         make_vox1e(work)
     base = [sys.executable, "-m", "spkcausal", "score", "--trials", str(work / "vox1e.txt"), "--emb",
             str(work / "emb")]
-    cos, cos_mem, _ = median_runs(base + ["--out-dir", str(work / "out_cos")], runs, "cosine")
-    asn, asn_mem, _ = median_runs(base + ["--mean-store", str(work / "cohort"), "--cohort", str(work / "cohort"),
-                                          "--norm", "asnorm", "--asnorm-top", "300", "--out-dir",
-                                          str(work / "out_asnorm")], runs, "asnorm")
-    return {"cosine_s": cos, "cosine_peak_mib": cos_mem, "asnorm_s": asn, "asnorm_peak_mib": asn_mem}
+    r = median_runs({"cosine": base + ["--out-dir", str(work / "out_cos")]}, runs)
+    r.update(median_runs({"asnorm": base + ["--mean-store", str(work / "cohort"), "--cohort", str(work / "cohort"),
+                                            "--norm", "asnorm", "--asnorm-top", "300", "--out-dir",
+                                            str(work / "out_asnorm")]}, runs))
+    return {"cosine_s": r["cosine"]["wall"], "cosine_cpu": r["cosine"]["cpu"], "cosine_peak_mib": r["cosine"]["rss"],
+            "asnorm_s": r["asnorm"]["wall"], "asnorm_cpu": r["asnorm"]["cpu"], "asnorm_peak_mib": r["asnorm"]["rss"]}
 
 
 def main() -> None:
@@ -153,14 +160,16 @@ def main() -> None:
         res.update(bench_score(work, args.runs))
     print(f"\nmedians of {args.runs} runs:")
     if "eer_s" in res:
-        print(f"  spkcausal eer (3,484,292 lines): {res['eer_s']:.2f} s, peak {res['eer_peak_mib']:.0f} MiB "
-              f"[targets < 3 s, < 2048 MiB]; baseline {res['baseline_s']:.2f} s, peak "
-              f"{res['baseline_peak_mib']:.0f} MiB; speed-up {res['speedup']:.2f}x [target >= 2x]")
+        print(f"  spkcausal eer (3,484,292 lines): wall {res['eer_s']:.2f} s, cpu {res['eer_cpu']:.2f} s, peak "
+              f"{res['eer_peak_mib']:.0f} MiB [targets < 3 s, < 2048 MiB]")
+        print(f"  baseline (Python parsing + sklearn roc_curve): wall {res['baseline_s']:.2f} s, cpu "
+              f"{res['baseline_cpu']:.2f} s, peak {res['baseline_peak_mib']:.0f} MiB")
+        print(f"  speed-up {res['speedup']:.2f}x wall, {res['speedup_cpu']:.2f}x cpu [target >= 2x]")
     if "cosine_s" in res:
-        print(f"  score cosine (579,818 trials, 145,160 x 256): {res['cosine_s']:.2f} s, peak "
-              f"{res['cosine_peak_mib']:.0f} MiB [target < 10 s]")
-        print(f"  score AS-norm (cohort 5,994, top 300): {res['asnorm_s']:.2f} s, peak {res['asnorm_peak_mib']:.0f} "
-              f"MiB [target < 60 s]")
+        print(f"  score cosine (579,818 trials, 145,160 x 256): wall {res['cosine_s']:.2f} s, cpu "
+              f"{res['cosine_cpu']:.2f} s, peak {res['cosine_peak_mib']:.0f} MiB [target < 10 s]")
+        print(f"  score AS-norm (cohort 5,994, top 300): wall {res['asnorm_s']:.2f} s, cpu {res['asnorm_cpu']:.2f} s, "
+              f"peak {res['asnorm_peak_mib']:.0f} MiB [target < 60 s]")
     print(f"  load average at the end {os.getloadavg()[0]:.1f} (other jobs share the CPUs)")
 
 
