@@ -514,7 +514,7 @@ def _token_spans(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.nda
 BLOCK_BYTES = 1 << 23
 
 
-def _line_blocks(path: PathLike, block: int = BLOCK_BYTES):
+def _line_blocks(path: PathLike, block: int | None = None):
     """Yield (bytes of whole lines, lines before them, their byte offset), block by block.
 
     Small blocks keep every temporary array in reused memory: on large files, fresh page-faulted
@@ -523,6 +523,7 @@ def _line_blocks(path: PathLike, block: int = BLOCK_BYTES):
         f = open(path, "rb")
     except FileNotFoundError:
         raise DataError("file not found", path) from None
+    block = block or BLOCK_BYTES
     with f:
         rest = b""
         line0 = offset = 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_curve
 
+from spkcausal import datadir
 from spkcausal.cli import main
 from spkcausal.datadir import read_score_arrays, read_scores
 from spkcausal.metrics import (
@@ -236,6 +237,47 @@ def test_score_file_errors_name_line(tmp_path, bad, line, match):
     with pytest.raises(DataError, match=match) as ei:
         read_score_arrays(p)
     assert ei.value.line == line and ei.value.path == str(p)
+
+
+@pytest.mark.parametrize("block", [16, 50, 1 << 20])
+def test_block_reader_across_block_boundaries(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(datadir, "BLOCK_BYTES", block)
+    scores, labels = _data(200, 6, ties=True)
+    lines = [f"enrol{i % 5} {'t' * (i % 40)}{i} {s:.4f} {'target' if lab else 'nontarget'}"
+             for i, (s, lab) in enumerate(zip(scores, labels))]
+    lines[17:17] = ["", "   "]  # blank lines shift later line numbers
+    p = _write(tmp_path / "s.txt", lines)
+    s, lab = read_score_arrays(p)
+    assert np.array_equal(lab, labels) and np.allclose(s, np.round(scores, 4))
+    bad = lines[:150] + [lines[3]] + lines[150:]  # duplicate of data line 4, far from it
+    with pytest.raises(DataError, match="first seen at line 4") as ei:
+        read_score_arrays(_write(tmp_path / "d.txt", bad))
+    assert ei.value.line == 151
+    bad = lines[:120] + ["e x 0.1 target extra"] + lines[120:]
+    with pytest.raises(DataError, match="5 columns") as ei:
+        read_score_arrays(_write(tmp_path / "c.txt", bad))
+    assert ei.value.line == 121
+    bad = lines[:130] + ["e x 0,5 target"] + lines[130:]
+    with pytest.raises(DataError, match="'0,5' is not a finite number") as ei:
+        read_score_arrays(_write(tmp_path / "f.txt", bad))
+    assert ei.value.line == 131
+    raw = ("\n".join(lines[:100]) + "\ne \xff 0.1 target\n").encode("latin-1")
+    (tmp_path / "u.txt").write_bytes(raw)
+    at = raw.index(b"\xff")
+    with pytest.raises(DataError, match=f"not UTF-8.*at byte {at}"):
+        read_score_arrays(tmp_path / "u.txt")
+
+
+def test_hash_collisions_are_rechecked_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(datadir, "_pair_hash", lambda a, starts, ends: np.zeros(len(starts), dtype=np.uint64))
+    p = _write(tmp_path / "s.txt", ["a b 0.1 target", "a c 0.2 nontarget", "b a 0.3 nontarget"])
+    assert read_score_arrays(p)[0].tolist() == [0.1, 0.2, 0.3]  # every hash equal, no real duplicate
+    p = _write(tmp_path / "d.txt", ["a b 0.1 target", "a c 0.2 nontarget", "a c 0.3 nontarget"])
+    with pytest.raises(DataError, match="duplicate trial a c") as ei:
+        read_score_arrays(p)
+    assert ei.value.line == 3
+    with pytest.raises(DataError, match="file is empty"):
+        read_score_arrays(_write(tmp_path / "e.txt", ["", ""]))
 
 
 def test_score_file_without_labels(tmp_path):
