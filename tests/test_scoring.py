@@ -179,3 +179,6 @@ def test_score_files_rejects_colliding_names(setup, tmp_path):
     (tmp_path / "x" / "vox.txt").write_text((s["path"] / "vox.txt").read_text())
     with pytest.raises(ValueError, match="collide"):
         score_files([s["path"] / "vox.txt", tmp_path / "x" / "vox.txt"], s["store"], tmp_path / "o")
+    assert main(["score", "--trials", str(s["path"] / "vox.txt"), str(tmp_path / "x" / "vox.txt"), "--emb",
+                 str(s["store"]), "--out-dir", str(tmp_path / "o")]) == 2
+    assert not list((tmp_path / "o").glob("*.score"))

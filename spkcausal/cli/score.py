@@ -8,10 +8,17 @@ import sys
 
 def _score(args: argparse.Namespace) -> int:
     from ..scoring import score_files
+    from ..utils import DataError
 
-    outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
-                       cohort_data=args.cohort_data, norm=args.norm, top_n=args.asnorm_top,
-                       enroll_map=args.enroll_map, allow_missing=args.allow_missing)
+    try:
+        outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
+                           cohort_data=args.cohort_data, norm=args.norm, top_n=args.asnorm_top,
+                           enroll_map=args.enroll_map, allow_missing=args.allow_missing)
+    except DataError:
+        raise
+    except ValueError as e:  # bad options or degenerate embeddings: a message, not a traceback
+        print(f"spkcausal score: error: {e}", file=sys.stderr)
+        return 2
     for o in outs:
         print(o)
     return 0
