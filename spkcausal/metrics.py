@@ -49,17 +49,16 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def det_curve(scores: np.ndarray, labels: np.ndarray) -> DetCurve:
-    """Pmiss / Pfa at every distinct score threshold (ties grouped) and at +inf; one sort, float64."""
+    """Pmiss / Pfa at every distinct score threshold (ties grouped) and at +inf; O(N log N), float64."""
     scores, is_tar = _check(scores, labels)
     n_tar = int(is_tar.sum())
     n_non = len(is_tar) - n_tar
     if n_tar == 0 or n_non == 0:
         raise ValueError(f"need both targets and non-targets (got {n_tar} targets, {n_non} non-targets)")
-    order = np.argsort(scores)
-    s = scores[order]
-    tar_sorted = is_tar[order]
+    # Two value sorts (SIMD in numpy) instead of an argsort: targets below each distinct score by searchsorted.
+    s = np.sort(scores)
     first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))  # start of each tie group
-    tar_below = np.concatenate([[0], np.cumsum(tar_sorted, dtype=np.int64)])[first]
+    tar_below = np.searchsorted(np.sort(scores[is_tar]), s[first], side="left").astype(np.int64)
     below = first.astype(np.int64)
     non_below = below - tar_below
     tar_below = np.append(tar_below, n_tar)
@@ -127,7 +126,7 @@ def actual_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float, p_targe
 
 def verification_summary(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05),
                          c_miss: float = 1.0, c_fa: float = 1.0) -> dict:
-    """EER, minDCF per p_target and their thresholds from a single sort."""
+    """EER, minDCF per p_target and their thresholds from one DET curve."""
     c = det_curve(scores, labels)
     eer, eer_thr = _eer_from_curve(c)
     out: dict = {"n_target": c.n_target, "n_nontarget": c.n_nontarget, "eer": eer, "eer_threshold": eer_thr,
