@@ -274,7 +274,7 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     from .datadir import read_score_arrays
     from .utils import atomic_path
 
-    ticks = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]) / 100
+    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]) / 100
     lo = 1e-5
     fig, ax = plt.subplots(figsize=(6, 6))
     markers = ["s", "^", "v", "D"]
@@ -296,7 +296,7 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     ax.plot(norm.ppf([lo, 0.5]), norm.ppf([lo, 0.5]), ":", color="grey", lw=0.8)
     pt = norm.ppf(ticks)
     names = [f"{t * 100:g}" for t in ticks]
-    ax.set_xticks(pt, names)
+    ax.set_xticks(pt, names, rotation=45)
     ax.set_yticks(pt, names)
     ax.set_xlim(norm.ppf(ticks[0]), norm.ppf(0.4))
     ax.set_ylim(norm.ppf(ticks[0]), norm.ppf(0.4))
