@@ -66,11 +66,23 @@ DEFAULTS: dict[str, Any] = {
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
+# Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
+_FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
+
+
 def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """DEFAULTS <- cfg; unknown top-level sections are rejected (they are almost always typos)."""
+    """DEFAULTS <- cfg; unknown sections, and unknown keys of fixed sections, are rejected (typos, mostly)."""
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    for section in _FIXED_SECTIONS:
+        value = cfg.get(section) or {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config section {section!r} must be a mapping, got {value!r}")
+        bad = set(value) - set(DEFAULTS[section])
+        if bad:
+            raise ValueError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
+                             f"expected some of {sorted(DEFAULTS[section])}")
     return deep_merge(DEFAULTS, cfg)
 
 

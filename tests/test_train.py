@@ -366,3 +366,23 @@ def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_pat
     with pytest.raises(DataError, match="--resume"):
         train(cfg)
     assert math.isclose(train(cfg, resume=True).step, 2)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "conf-common").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_are_valid_and_build(path):
+    from spkcausal.train import build_network, num_classes_for
+
+    cfg = merge_defaults(load_yaml(path))
+    net = build_network(cfg, num_classes_for(4, cfg))
+    head = path.stem.split("_")[-1]
+    assert net.head.num_classes == (12 if cfg["augment"]["speed_perturb"] else 4)
+    assert net.model.embed_dim == cfg["model"]["embed_dim"]
+    if head == "cnaam" or path.stem == "tiny_cpu":
+        assert hasattr(net.head, "mean_feature") and net.head.num_heads == 2
+    else:
+        assert not hasattr(net.head, "mean_feature") and net.head.margin == pytest.approx(0.2)
+
+
+def test_config_key_typos_are_rejected():
+    with pytest.raises(ValueError, match="'epoch'.*'train'"):
+        merge_defaults({"train": {"epoch": 3}})
