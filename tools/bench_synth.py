@@ -61,8 +61,10 @@ def main() -> None:
     print(f"synth_utterance, 1.75 s at 16 kHz: median {statistics.median(ms):.2f} ms "
           f"({1750 / statistics.median(ms):.0f}x real time), runs {[round(x, 2) for x in ms]}")
     small = SynthConfig(num_speakers=50, num_test_speakers=10)
-    t1 = corpus_seconds(small, 1, args.runs)
-    t2 = corpus_seconds(small, 2, args.runs)
+    t1, t2 = [], []
+    for _ in range(args.runs):  # interleaved, so drifting load from other jobs hits both alike
+        t1 += corpus_seconds(small, 1, 1)
+        t2 += corpus_seconds(small, 2, 1)
     print(f"50-speaker corpus: nj=1 median {statistics.median(t1):.2f} s, nj=2 median {statistics.median(t2):.2f} s,"
           f" speed-up {statistics.median(t1) / statistics.median(t2):.2f}x")
     if args.full:
