@@ -364,6 +364,10 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
                 raise DataError(f"checkpoint was written with {ckpt['steps_per_epoch']} steps/epoch on "
                                 f"{ckpt['world_size']} ranks; this run has {steps_per_epoch} on {info.world_size} "
                                 "(batch size, data or world size changed): exact resume is impossible", ckpt_path)
+            try:
+                sampler.load_state_dict(ckpt["sampler"])  # same seed and scheme, or the order would differ
+            except ValueError as e:
+                raise DataError(str(e), ckpt_path) from None
             net.model.load_state_dict(ckpt["model"])
             net.head.load_state_dict(ckpt["head"])
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -201,8 +201,10 @@ def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
 
 def test_corrupt_empty_and_short_files_are_skipped_and_counted(tmp_path):
     data_dir = make_corpus(tmp_path, utts_per_spk=3, bad=True)
-    cfg = tiny_config(data_dir, tmp_path / "exp", data={"min_seconds": 0.5}, train={"epochs": 1, "batch_size": 4})
+    cfg = tiny_config(data_dir, tmp_path / "exp", data={"min_seconds": 0.5},
+                      train={"epochs": 1, "batch_size": 4, "tensorboard": True, "log_every": 1})
     res = train(cfg)
+    assert list((tmp_path / "exp" / "tensorboard").glob("events.out.tfevents.*"))
     assert res.step == 3  # 12 good utterances / batch 4
     assert set(res.skipped) == {"spk1-corrupt", "spk2-empty", "spk3-short"}
     assert "empty" in res.skipped["spk2-empty"] and "too short" in res.skipped["spk3-short"]
@@ -366,6 +368,11 @@ def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_pat
     with pytest.raises(DataError, match="--resume"):
         train(cfg)
     assert math.isclose(train(cfg, resume=True).step, 2)
+    # Resuming with another seed or batch size would not continue the same run: refused, naming the checkpoint.
+    with pytest.raises(DataError, match="seed"):
+        train({**cfg, "seed": 8}, resume=True)
+    with pytest.raises(DataError, match="steps/epoch"):
+        train({**cfg, "train": {**cfg["train"], "batch_size": 4}}, resume=True)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "conf-common").glob("*.yaml")), ids=lambda p: p.stem)
