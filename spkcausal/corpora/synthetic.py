@@ -47,7 +47,7 @@ from .voxceleb import _log_to
 
 log = logging.getLogger("spkcausal.synth")
 
-GENERATOR_VERSION = 1  # bump when the audio for a given config changes, so stale corpora are not resumed
+GENERATOR_VERSION = 2  # bump when the audio for a given config changes, so stale corpora are not resumed
 FIRST_ID = 10001
 VERI_FIRST_ID = 10270  # VoxCeleb1's test speakers are id10270-id10309
 _YT_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
@@ -304,7 +304,8 @@ def synth_utterance(spk: Speaker, sess: Session, g: np.random.Generator, n: int,
     prev = np.array([500.0, 1500.0, 2500.0, *_F45])
     for i, (p, _) in enumerate(phones):
         s0, s1 = int(starts[i]), int(starts[i + 1])
-        if p == "#":
+        if p == "#":  # silent source, but the tract keeps ringing: no click at the pause
+            segs.append((s0, s1, prev))
             continue
         if p in VOWELS:
             kind, loc, fc = "vowel", VOWELS[p], 0.0
