@@ -435,10 +435,11 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
             epoch = step // steps_per_epoch
             sampler.set_epoch(epoch)
             sampler.set_start((step % steps_per_epoch) * bs)
-            # Sums stay on the device (loss, correct, count; epoch and log window) so steps never wait for the
+            # Loss and correct-count sums stay on the device (epoch and log window) so steps never wait for the
             # GPU; they are read, and the loss checked for NaN/inf, only at log steps and at the epoch end.
-            ep_sums = torch.zeros(3, dtype=torch.float64, device=device)
-            win_sums = torch.zeros(3, dtype=torch.float64, device=device)
+            ep_sums = torch.zeros(2, dtype=torch.float64, device=device)
+            win_sums = torch.zeros(2, dtype=torch.float64, device=device)
+            ep_n = win_n = 0
             t0 = time.time()
             bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not (info.is_main and tcfg["progress"]), leave=False, mininterval=1.0)
@@ -459,13 +460,14 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
                 loss, logits = train_step(model, loss_fn, optimizer, scaler, feats, labels,
                                           amp_dtype if use_amp else None, clip)
                 step += 1
-                batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double(),
-                                          torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+                batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double()])
                 ep_sums += batch_sums
                 win_sums += batch_sums
+                ep_n += len(labels)
+                win_n += len(labels)
                 bar.update(1)
                 if step % log_every == 0 or step % steps_per_epoch == 0:
-                    w_loss, w_correct, w_n = win_sums.tolist()
+                    (w_loss, w_correct), w_n = win_sums.tolist(), max(1, win_n)
                     if not math.isfinite(w_loss):
                         raise FloatingPointError(f"non-finite loss before step {step}: lower optim.lr or set "
                                                  "optim.grad_clip (the last complete checkpoint is still usable)")
@@ -478,11 +480,13 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
                                          ("margin", margin), ("samples_per_s", rate)):
                                 writer.add_scalar(f"train/{k}", v, step)
                     win_sums.zero_()
+                    win_n = 0
                     t0 = time.time()
                 if ckpt_every > 0 and step % ckpt_every == 0 and step % steps_per_epoch != 0:
                     save(None)
             bar.close()
-            stats = torch.cat([ep_sums, torch.tensor([float(read_failures)], dtype=torch.float64, device=device)])
+            stats = torch.cat([ep_sums, torch.tensor([float(ep_n), float(read_failures)], dtype=torch.float64,
+                                                     device=device)])
             if info.world_size > 1:
                 dist.all_reduce(stats)  # on the device: NCCL reduces CUDA tensors only
             stats = stats.cpu()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -12,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.exp_dir:
         cfg["exp_dir"] = args.exp_dir
     result = train(cfg, resume=args.resume)
-    if result.history:
+    if result.history and os.environ.get("RANK", "0") == "0":
         last = result.history[-1]
         print(f"step {result.step}: epoch {last['epoch']} loss {last['loss']:.4f} acc {last['acc']:.4f}")
     return 0
