@@ -550,17 +550,25 @@ _LOW_BYTES = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [2**64 - 1], dtyp
 
 def _gather_words(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, n_words: int) -> np.ndarray:
     """(n, n_words) uint64: each span's first 8*n_words bytes, zero padded, read 8 bytes per gather."""
-    padded = np.zeros(len(a) + 8, dtype=np.uint8)
-    padded[:len(a)] = a
-    # An unaligned little-endian uint64 view at every byte offset: one gather fetches 8 bytes of a token.
-    words_at = np.ndarray(shape=(len(a) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    n = len(a)
+    # Unaligned little-endian uint64 views at every byte offset, so one gather fetches 8 bytes of a token:
+    # one over `a` itself (no copy of a large buffer) and one over a zero-padded copy of its last bytes.
+    tail0 = max(0, n - 16)
+    tail = np.zeros(n - tail0 + 8, dtype=np.uint8)
+    tail[:n - tail0] = a[tail0:]
+    tail_at = np.ndarray(shape=(n - tail0 + 1,), dtype="<u8", buffer=tail, strides=(1,))
+    body_at = np.ndarray(shape=(max(n - 7, 0),), dtype="<u8", buffer=np.ascontiguousarray(a), strides=(1,))
     lengths = ends - starts
     short = int(lengths.min())
     out = np.empty((len(starts), n_words), dtype=np.uint64)
     pos = np.empty_like(starts)
     for k in range(n_words):
-        np.minimum(starts + 8 * k, len(a), out=pos)
-        out[:, k] = words_at[pos]
+        np.minimum(starts + 8 * k, n, out=pos)
+        near_end = pos > n - 8
+        if len(body_at):
+            out[:, k] = body_at[np.minimum(pos, n - 8)]
+        if near_end.any():
+            out[near_end, k] = tail_at[pos[near_end] - tail0]
         if short < 8 * (k + 1):  # some span ends inside this word: clear the bytes past its end
             out[:, k] &= _LOW_BYTES[np.clip(lengths - 8 * k, 0, 8)]
     return out

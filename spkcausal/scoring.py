@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,8 @@ class Scorer:
 
     def rows(self, keys: Sequence[str]) -> np.ndarray:
         """Row of each key (-1 when absent): store rows, or len(store) + j for the j-th enrol-map entry."""
-        lut = self._lut
-        return np.fromiter((lut.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
+        return np.fromiter(map(self._lut.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
 
     def embed_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Centred, normalised float32 embeddings of sorted unique rows, and a mask of rows that have one
