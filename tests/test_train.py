@@ -393,3 +393,27 @@ def test_example_configs_are_valid_and_build(path):
 def test_config_key_typos_are_rejected():
     with pytest.raises(ValueError, match="'epoch'.*'train'"):
         merge_defaults({"train": {"epoch": 3}})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path):
+    from spkcausal.extract import embed_utterances, load_for_inference
+    from spkcausal.features import Fbank
+
+    cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
+                      sampler={"num_samples": 64}, data={"num_workers": 2},
+                      train={"epochs": 2, "batch_size": 8, "device": "cuda", "precision": "bf16",
+                             "ckpt_every_steps": 3})
+    res = train(cfg)
+    assert res.step == 16 and all(math.isfinite(h["loss"]) for h in res.history)
+    assert res.net.head.mean_feature.is_cuda and res.net.head.mean_feature.abs().sum() > 0
+    ckpt = tmp_path / "exp" / "checkpoints" / "epoch_0002.pt"
+    assert len(load_checkpoint(ckpt)["rng"][0]["cuda"]) >= 1
+    data = DataDir.load(corpus)
+    model_gpu, _, _ = load_for_inference(ckpt, "cuda")
+    model_cpu, _, _ = load_for_inference(ckpt, "cpu")
+    a = embed_utterances(model_gpu, Fbank(n_mels=40).cuda(), data, data.utts, "cuda", num_workers=0, progress=False)
+    b = embed_utterances(model_cpu, Fbank(n_mels=40), data, data.utts, "cpu", num_workers=0, progress=False)
+    na = a / np.linalg.norm(a, axis=1, keepdims=True)
+    nb = b / np.linalg.norm(b, axis=1, keepdims=True)
+    assert np.abs(na - nb).max() < 1e-3
