@@ -224,7 +224,11 @@ def _read_columns(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.nd
     """Split a whitespace table into a (lines, ncols) array of tokens plus 1-based line numbers, and the
     byte spans (bytes, starts, ends) that duplicate checks hash."""
     a, starts, ends, line_no = _token_spans(path, ncols_allowed)
-    table = np.array(a.tobytes().decode("utf-8").split(), dtype=object).reshape(-1, starts.shape[1])
+    raw = a.tobytes()
+    tokens = raw.decode("utf-8").split()
+    if len(tokens) != starts.size:  # str.split also splits at Unicode spaces (U+00A0, ...); keys may hold them
+        tokens = [t.decode("utf-8") for t in raw.split()]
+    table = np.array(tokens, dtype=object).reshape(-1, starts.shape[1])
     return table, line_no, (a, starts, ends)
 
 

@@ -23,7 +23,7 @@ from .datadir import Trials, read_list_kv, read_trials, write_scores
 from .embeddings import EmbeddingStore, speaker_means
 from .utils import DataError, PathLike, get_logger, setup_logging
 
-__all__ = ["Scorer", "store_mean", "cohort_stats", "score_trials", "score_files", "NORMS"]
+__all__ = ["Scorer", "store_mean", "speaker_means", "cohort_stats", "score_trials", "score_files", "NORMS"]
 
 NORMS = ("none", "snorm", "asnorm")
 BLOCK = 1 << 16  # trials per block: bounds temporary memory at a few tens of MB

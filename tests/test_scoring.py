@@ -173,6 +173,13 @@ def test_bad_trial_lists_leave_no_output(setup, capsys, content, line, match):
     assert not list(out.glob("*.score")) and not list(out.glob(".*tmp*"))
 
 
+def test_keys_with_unicode_spaces_are_kept_whole(tmp_path):
+    keys = ["spk\u00a0one/a.wav", "spk\u2003two/b.wav"]  # not separators in Kaldi-style files
+    (tmp_path / "t.lst").write_text(f"{keys[0]} {keys[1]} target\nx y nontarget\n", encoding="utf-8")
+    trials = read_trials(tmp_path / "t.lst")
+    assert trials.enroll.tolist() == [keys[0], "x"] and trials.test.tolist() == [keys[1], "y"]
+
+
 def test_score_files_rejects_colliding_names(setup, tmp_path):
     s = setup
     (tmp_path / "x").mkdir()
