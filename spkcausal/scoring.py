@@ -55,6 +55,7 @@ def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int | None, block: 
     """Mean and std (ddof=1) of each row's scores against the cohort: all of them (top_n None, S-norm) or
     the top_n highest (AS-norm). Both inputs are already normalised; blocks keep memory at block x cohort."""
     import torch
+    from tqdm import tqdm
 
     c = torch.from_numpy(np.ascontiguousarray(cohort, dtype=np.float32))
     n = len(emb)
@@ -64,7 +65,7 @@ def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int | None, block: 
     mu = np.empty(n, dtype=np.float64)
     sd = np.empty(n, dtype=np.float64)
     with torch.no_grad():
-        for lo in range(0, n, block):
+        for lo in tqdm(range(0, n, block), desc="cohort statistics", unit="block", disable=None, leave=False):
             s = torch.from_numpy(np.ascontiguousarray(emb[lo:lo + block], dtype=np.float32)) @ c.T
             if k is not None:
                 s = torch.topk(s, k, dim=1, sorted=False).values
