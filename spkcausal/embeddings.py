@@ -81,6 +81,8 @@ class EmbeddingStore:
         if matrix.shape != (n, dim) or matrix.dtype != np.float32:
             raise DataError(f"{EMB_FILE} is {matrix.dtype} {matrix.shape}; store.json says float32 ({n}, {dim})",
                             emb_path)
+        if not (path / KEYS_FILE).is_file():
+            raise DataError(f"{KEYS_FILE} missing", path / KEYS_FILE)
         keys = (path / KEYS_FILE).read_text(encoding="utf-8").split("\n")
         if keys and keys[-1] == "":
             keys.pop()

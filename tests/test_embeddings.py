@@ -57,6 +57,10 @@ def test_partial_or_inconsistent_store_rejected(tmp_path):
     (d / "embeddings.npy").write_bytes(raw[:-40])
     with pytest.raises(DataError, match="not the size"):
         EmbeddingStore.open(d)
+    write_store(d, keys, emb)
+    (d / "keys.txt").unlink()
+    with pytest.raises(DataError, match="keys.txt missing"):
+        EmbeddingStore.open(d)
     with pytest.raises(DataError, match="no such embedding store"):
         EmbeddingStore.open(tmp_path / "absent")
 
