@@ -84,6 +84,20 @@ def setup_logging(
     return logger
 
 
+@contextlib.contextmanager
+def log_to_file(path: PathLike) -> Iterator[logging.Logger]:
+    """Log to `path` for the duration of one stage, then detach so handlers do not pile up across calls."""
+    logger = setup_logging(path)
+    target = str(Path(path).resolve())
+    try:
+        yield logger
+    finally:
+        for h in list(logger.handlers):
+            if getattr(h, "baseFilename", None) == target:
+                logger.removeHandler(h)
+                h.close()
+
+
 def get_logger(name: str) -> logging.Logger:
     """Return a child of the package logger."""
     return logging.getLogger("spkcausal." + name.split(".")[-1])

@@ -27,9 +27,8 @@ from tqdm import tqdm
 
 from ..audio import read_audio, resample
 from ..datadir import DataDir, Trials, read_list_kv, read_trials, write_list_kv, write_trials
-from ..utils import DataError, PathLike, atomic_path
+from ..utils import DataError, PathLike, atomic_path, log_to_file
 from .common import finalize, log
-from .voxceleb import _log_to  # one shared 'attach prepare.log for this call' helper
 
 __all__ = ["prepare_cnceleb", "combine_segments", "genre_of"]
 
@@ -277,7 +276,7 @@ def prepare_cnceleb(root: PathLike, out_dir: PathLike, cn2_root: PathLike | None
     if not (cn1 / "eval" / "lists").is_dir():
         raise DataError("not a CN-Celeb1 root (no eval/lists/); expected CN-Celeb_flac/", cn1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(out_dir / "prepare.log"):
+    with log_to_file(out_dir / "prepare.log"):
         return _prepare(cn1, out_dir, cn2_root, combine_min_sec, combined_dir, nj)
 
 

@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 
 from ..datadir import DataDir
-from ..utils import DataError, PathLike, atomic_write
+from ..utils import DataError, PathLike, atomic_write, log_to_file
 from .common import finalize, log
-from .voxceleb import _log_to  # one shared 'attach prepare.log for this call' helper
 
 __all__ = ["prepare_librispeech", "read_speakers_txt", "SUBSETS"]
 
@@ -84,7 +83,7 @@ def prepare_librispeech(root: PathLike, out_dir: PathLike, subsets: list[str] | 
     root = _resolve_root(Path(root))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(out_dir / "prepare.log"):
+    with log_to_file(out_dir / "prepare.log"):
         return _prepare(root, out_dir, subsets, nj)
 
 

@@ -42,8 +42,7 @@ from scipy.signal import butter, lfilter, sosfilt
 from tqdm import tqdm
 
 from ..audio import audio_info, write_wav
-from ..utils import DataError, PathLike, write_text_atomic
-from .voxceleb import _log_to
+from ..utils import DataError, PathLike, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.synth")
 
@@ -566,7 +565,7 @@ def make_synthetic_corpus(root: PathLike, cfg: SynthConfig | None = None, nj: in
         raise DataError(f"this directory holds a corpus made with another configuration ({diff}); use a new "
                         "output directory or the same settings", cfg_file)
     write_text_atomic(cfg_file, _config_json(cfg))
-    with _log_to(root / "synth.log"):
+    with log_to_file(root / "synth.log"):
         return _make(root, cfg, nj)
 
 

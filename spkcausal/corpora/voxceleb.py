@@ -6,13 +6,11 @@ verification lists) are looked up in `root`, then `root/meta`, `root/lists`, `ro
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from tqdm import tqdm
 
 from ..audio import write_wav
 from ..datadir import DataDir, Trials, read_trials, write_trials
-from ..utils import DataError, PathLike, atomic_write, setup_logging
+from ..utils import DataError, PathLike, atomic_write, log_to_file
 from .common import finalize, probe_durations
 
 log = logging.getLogger("spkcausal.prepare.voxceleb")
@@ -41,20 +39,6 @@ _KEY_RE = re.compile(r"^id\d{5}/[^/\s]+/[^/\s]+\.wav$")
 
 
 # ---------------------------------------------------------------- shared helpers
-
-@contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    """Log to `path` for the duration of one prepare call, then detach so handlers do not pile up."""
-    logger = setup_logging(path)
-    target = str(path.resolve())
-    try:
-        yield
-    finally:
-        for h in list(logger.handlers):
-            if getattr(h, "baseFilename", None) == target:
-                logger.removeHandler(h)
-                h.close()
-
 
 def find_side_file(root: PathLike, name: str) -> Path | None:
     """Locate a list / metadata file in root, root/meta, root/lists or root/trials (first hit wins)."""
@@ -226,7 +210,7 @@ def prepare_voxceleb1(root: PathLike, out_dir: PathLike, nj: int = 8, compute_du
     """Write vox1_{dev,test,all}, vox1_iden_{train,val,test} and trials/<list> under out_dir; return a summary."""
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(out_dir / "prepare.log"):
+    with log_to_file(out_dir / "prepare.log"):
         meta_path = find_side_file(root, "vox1_meta.csv")
         meta = read_vox1_meta(meta_path) if meta_path else {}
         if meta_path is None:
@@ -379,7 +363,7 @@ def prepare_voxceleb2(root: PathLike, out_dir: PathLike, wav_dir: PathLike | Non
     root, out_dir = Path(root), Path(out_dir)
     wav_dir = Path(wav_dir) if wav_dir is not None else out_dir / "vox2_wav"
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(out_dir / "prepare.log"):
+    with log_to_file(out_dir / "prepare.log"):
         parts = [p for p in ("dev", "test") if (root / p / "aac").is_dir()]
         if not parts:
             raise DataError("no VoxCeleb2 audio: expected dev/aac (and optionally test/aac)", root)
