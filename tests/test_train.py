@@ -119,6 +119,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(corpus, tmp_path):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
+    proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     resume_from = find_resume_checkpoint(exp / "checkpoints")
     ckpt = load_checkpoint(resume_from)
