@@ -391,9 +391,17 @@ def test_example_configs_are_valid_and_build(path):
         assert not hasattr(net.head, "mean_feature") and net.head.margin == pytest.approx(0.2)
 
 
-def test_config_key_typos_are_rejected():
+def test_config_key_typos_are_rejected(tmp_path, capsys):
     with pytest.raises(ValueError, match="'epoch'.*'train'"):
         merge_defaults({"train": {"epoch": 3}})
+    from spkcausal.cli import main
+
+    conf = tmp_path / "c.yaml"
+    save_config({"exp_dir": str(tmp_path / "exp")}, conf)
+    assert main(["train", "--config", str(conf), "train.epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert str(conf) in err and "'epoch'" in err
+    assert not (tmp_path / "exp").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,11 +7,18 @@ import os
 
 def _train(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..train import train
+    from ..train import merge_defaults, train
+    from ..utils import DataError
 
-    cfg = load_config(args.config, args.overrides)
-    if args.exp_dir:
-        cfg["exp_dir"] = args.exp_dir
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.exp_dir:
+            cfg["exp_dir"] = args.exp_dir
+        merge_defaults(cfg)  # config mistakes become a one-line error naming the file, not a traceback
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(str(e), args.config) from None
     result = train(cfg, resume=args.resume)
     if result.history and os.environ.get("RANK", "0") == "0":
         last = result.history[-1]
