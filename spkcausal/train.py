@@ -1,9 +1,9 @@
 """Speaker-embedding training: device-side features and augmentation, DDP via torchrun, exact resume.
 
 Per step on the device: waves -> [speed perturbation] -> [noise / reverb] -> Fbank -> model -> head -> loss.
-CPU DataLoader workers only read audio (spkcausal.dataset). `train(cfg)` is the library entry point;
-`spkcausal train --config conf.yaml key=value ... [--resume]` is a thin CLI over it. DEFAULTS below lists every
-config key (docs/training.md explains them).
+CPU DataLoader workers only read audio (spkcausal.dataset). `train(cfg)` (a `Trainer` per rank) is the library
+entry point; `spkcausal train --config conf.yaml key=value ... [--resume]` is a thin CLI over it. DEFAULTS below
+lists every config key (docs/training.md explains them).
 
 Schedules are pure functions of the global step s (0-based, the step about to be taken), with
 S = steps per epoch and T = epochs * S:
@@ -17,8 +17,10 @@ uninterrupted one exactly; the global RNG states are saved as well for anything 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
+import random
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -288,225 +290,248 @@ def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) ->
     return dataset, (chunk, skipped)
 
 
-def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
-    """Train from a (merged or partial) config; with `resume`, continue from the newest complete checkpoint."""
-    from tqdm import tqdm
+class Trainer:
+    """One rank's training run: built from a merged config, optionally restored, then `run()` to the end."""
 
-    from .dataset import train_loader
-    from .losses import build_loss
-    from .samplers import build_sampler
+    def __init__(self, cfg: dict[str, Any], info: DistInfo, resume: bool = False):
+        from .dataset import train_loader
+        from .losses import build_loss
+        from .samplers import build_sampler
 
-    cfg = merge_defaults(cfg)
-    tcfg, ocfg = cfg["train"], cfg["optim"]
-    if cfg["exp_dir"] is None:
-        raise DataError("config key exp_dir is not set")
-    if tcfg["precision"] not in PRECISIONS:
-        raise ValueError(f"train.precision={tcfg['precision']!r}; expected one of {PRECISIONS}")
-    exp_dir = Path(cfg["exp_dir"])
-    ckpt_dir = exp_dir / "checkpoints"
-    device_type = "cuda" if tcfg["device"] in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    info = init_distributed(device_type)
-    device = pick_device(tcfg["device"], info.local_rank)
-    try:
+        self.cfg, self.info = cfg, info
+        tcfg, ocfg = cfg["train"], cfg["optim"]
+        self.exp_dir = Path(cfg["exp_dir"])
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.device = pick_device(tcfg["device"], info.local_rank)
         if info.is_main:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            log = setup_logging(exp_dir / "train.log")
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            self.log = setup_logging(self.exp_dir / "train.log")
         else:
-            import logging
-
-            log = logging.getLogger("spkcausal")
-        ckpt_path = find_resume_checkpoint(ckpt_dir) if resume else None
-        if not resume and info.is_main and ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")):
-            raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", ckpt_dir)
+            self.log = logging.getLogger("spkcausal")
+        ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
+        if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
+            raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)
         if info.is_main:
-            save_config(cfg, exp_dir / "config.yaml")
-        seed = int(cfg["seed"])
+            save_config(cfg, self.exp_dir / "config.yaml")
+        self.seed = seed = int(cfg["seed"])
         torch.manual_seed(step_seed(seed, info.rank, 1))
         np.random.seed(step_seed(seed, info.rank, 2) % 2 ** 32)
-        import random
-
         random.seed(step_seed(seed, info.rank, 3))
 
-        dataset, (chunk_samples, skipped) = _prepare_data(cfg, info, exp_dir, log)
-        num_speakers = dataset.num_speakers
-        num_classes = num_classes_for(num_speakers, cfg)
+        self.dataset, (self.chunk_samples, self.skipped) = _prepare_data(cfg, info, self.exp_dir, self.log)
+        self.num_speakers = self.dataset.num_speakers
+        num_classes = num_classes_for(self.num_speakers, cfg)
         if info.is_main:
-            write_text_atomic(exp_dir / "speakers.txt", "".join(s + "\n" for s in dataset.speakers))
-        bs = int(tcfg["batch_size"])
-        sampler = build_sampler(cfg["sampler"]["name"], dataset.labels, seed=seed,
-                                num_samples=cfg["sampler"].get("num_samples"),
-                                num_replicas=info.world_size, rank=info.rank)
-        steps_per_epoch = sampler.epoch_length // bs
-        if steps_per_epoch == 0:
-            raise DataError(f"{sampler.epoch_length} samples per rank and epoch is less than one batch of {bs}",
+            write_text_atomic(self.exp_dir / "speakers.txt", "".join(s + "\n" for s in self.dataset.speakers))
+        self.batch_size = bs = int(tcfg["batch_size"])
+        self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=seed,
+                                     num_samples=cfg["sampler"].get("num_samples"),
+                                     num_replicas=info.world_size, rank=info.rank)
+        self.steps_per_epoch = self.sampler.epoch_length // bs
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of {bs}",
                             cfg["data"]["train"])
-        epochs = int(tcfg["epochs"])
-        total_steps = epochs * steps_per_epoch
+        self.epochs = int(tcfg["epochs"])
+        self.total_steps = self.epochs * self.steps_per_epoch
 
-        net = build_network(cfg, num_classes).to(device)
-        counts = np.tile(dataset.class_counts(), num_classes // num_speakers)
-        loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts, **_kwargs(cfg["loss"])).to(device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=float(ocfg["lr"]), momentum=float(ocfg["momentum"]),
-                                    nesterov=bool(ocfg["nesterov"]), weight_decay=float(ocfg["weight_decay"]))
-        use_amp = device.type == "cuda" and tcfg["precision"] != "fp32"
-        amp_dtype = torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler(device.type, enabled=use_amp and tcfg["precision"] == "fp16")
-        fbank, augmenter = build_feature_pipeline(cfg, device)
-        fbank.train()  # dither (if any) only in training mode
-        gen = torch.Generator(device=device)
-        final_margin = float(getattr(net.head, "margin", 0.0))  # the configured (or class default) margin
-        has_margin = hasattr(net.head, "set_margin")
+        self.net = build_network(cfg, num_classes).to(self.device)
+        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
+        self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts, **_kwargs(cfg["loss"])).to(self.device)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=float(ocfg["lr"]),
+                                         momentum=float(ocfg["momentum"]), nesterov=bool(ocfg["nesterov"]),
+                                         weight_decay=float(ocfg["weight_decay"]))
+        use_amp = self.device.type == "cuda" and tcfg["precision"] != "fp32"
+        self.amp_dtype = (torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16) if use_amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and tcfg["precision"] == "fp16")
+        self.fbank, self.augmenter = build_feature_pipeline(cfg, self.device)
+        self.fbank.train()  # dither (if any) only in training mode
+        self.gen = torch.Generator(device=self.device)
+        self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
 
-        step, history = 0, []
+        self.step, self.history, self.read_failures = 0, [], 0
         if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-            if int(ckpt["steps_per_epoch"]) != steps_per_epoch or int(ckpt["world_size"]) != info.world_size:
-                raise DataError(f"checkpoint was written with {ckpt['steps_per_epoch']} steps/epoch on "
-                                f"{ckpt['world_size']} ranks; this run has {steps_per_epoch} on {info.world_size} "
-                                "(batch size, data or world size changed): exact resume is impossible", ckpt_path)
-            try:
-                sampler.load_state_dict(ckpt["sampler"])  # same seed and scheme, or the order would differ
-            except ValueError as e:
-                raise DataError(str(e), ckpt_path) from None
-            net.model.load_state_dict(ckpt["model"])
-            net.head.load_state_dict(ckpt["head"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            step, history = int(ckpt["step"]), list(ckpt.get("history", []))
-            set_rng_state(ckpt["rng"][info.rank], gen)
-            log.info("resumed from %s at step %d (epoch %d, step %d of it)", ckpt_path, step,
-                     step // steps_per_epoch + 1, step % steps_per_epoch)
+            self.restore(ckpt_path)
         elif resume:
-            log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
-
-        model = net
+            self.log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+        self.model: nn.Module = self.net
         if info.world_size > 1:
-            model = nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None)
-        loader = train_loader(dataset, sampler, bs, num_workers=int(cfg["data"]["num_workers"]),
-                              pin_memory=bool(cfg["data"]["pin_memory"]),
-                              prefetch_factor=int(cfg["data"]["prefetch_factor"]), generator_seed=seed)
-        writer = None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        dcfg = cfg["data"]
+        self.loader = train_loader(self.dataset, self.sampler, bs, num_workers=int(dcfg["num_workers"]),
+                                   pin_memory=bool(dcfg["pin_memory"]), prefetch_factor=int(dcfg["prefetch_factor"]),
+                                   generator_seed=seed)
+        self.writer = None
         if info.is_main and tcfg["tensorboard"]:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(exp_dir / "tensorboard"), purge_step=step or None)
-        log.info("training %s + %s head: %d speakers, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs on "
-                 "%s (%s)", cfg["model"]["name"], cfg["head"]["name"], num_speakers, num_classes, len(dataset),
-                 info.world_size, steps_per_epoch, epochs, device, tcfg["precision"] if use_amp else "fp32")
+            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step or None)
+        self.log.info("training %s + %s head: %d speakers, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs "
+                      "on %s (%s)", cfg["model"]["name"], cfg["head"]["name"], self.num_speakers, num_classes,
+                      len(self.dataset), info.world_size, self.steps_per_epoch, self.epochs, self.device,
+                      tcfg["precision"] if use_amp else "fp32")
 
-        def save(epoch_end: int | None) -> None:
-            states = rng_state(gen)
-            if info.world_size > 1:
-                gathered: list[Any] = [None] * info.world_size
-                dist.all_gather_object(gathered, states)
-                states_all = gathered
-            else:
-                states_all = [states]
-            if not info.is_main:
-                return
-            epoch = step // steps_per_epoch
-            sampler_state = {"epoch": epoch, "start": (step % steps_per_epoch) * bs, "seed": seed,
-                             "name": cfg["sampler"]["name"]}
-            state = {
-                "model": net.model.state_dict(), "head": net.head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch,
-                "world_size": info.world_size, "sampler": sampler_state, "rng": states_all,
-                "schedule": {"lr": lr_at(step, steps_per_epoch, epochs, float(ocfg["lr"]), float(ocfg["final_lr"]),
-                                         float(ocfg["warmup_epochs"])),
-                             "margin": margin_at(step, steps_per_epoch, final_margin,
-                                                 float(cfg["margin"]["start_epoch"]),
-                                                 float(cfg["margin"]["end_epoch"]))},
-                "history": history, "num_speakers": num_speakers, "speakers": list(dataset.speakers),
-                "config": copy.deepcopy(cfg),
-            }
-            name = checkpoint_name(step, epoch_end)
-            save_checkpoint(state, ckpt_dir / name)
-            write_latest(ckpt_dir, name)
-            prune_checkpoints(ckpt_dir, int(tcfg["keep_last"]), int(tcfg["keep_epochs"]))
-            log.info("saved checkpoint %s (step %d)", ckpt_dir / name, step)
+    # ---------------------------------------------------------------- schedules and state
 
-        ckpt_every = int(tcfg["ckpt_every_steps"])
-        log_every = max(1, int(tcfg["log_every"]))
-        clip = float(ocfg.get("grad_clip") or 0.0)
-        net.train()
-        read_failures = 0
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            sampler.set_start((step % steps_per_epoch) * bs)
-            # Loss and correct-count sums stay on the device (epoch and log window) so steps never wait for the
-            # GPU; they are read, and the loss checked for NaN/inf, only at log steps and at the epoch end.
-            ep_sums = torch.zeros(2, dtype=torch.float64, device=device)
-            win_sums = torch.zeros(2, dtype=torch.float64, device=device)
-            ep_n = win_n = 0
-            t0 = time.time()
-            bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not (info.is_main and tcfg["progress"]), leave=False, mininterval=1.0)
-            for waves, labels, _, failures in loader:
-                read_failures += int(failures)
-                lr = lr_at(step, steps_per_epoch, epochs, float(ocfg["lr"]), float(ocfg["final_lr"]),
-                           float(ocfg["warmup_epochs"]))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                margin = margin_at(step, steps_per_epoch, final_margin, float(cfg["margin"]["start_epoch"]),
-                                   float(cfg["margin"]["end_epoch"]))
-                if has_margin:
-                    net.head.set_margin(margin)
-                gen.manual_seed(step_seed(seed, info.rank, step, 4))
-                waves = waves.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                feats, labels = device_batch(waves, labels, cfg, chunk_samples, num_speakers, fbank, augmenter, gen)
-                loss, logits = train_step(model, loss_fn, optimizer, scaler, feats, labels,
-                                          amp_dtype if use_amp else None, clip)
-                step += 1
-                batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double()])
-                ep_sums += batch_sums
-                win_sums += batch_sums
-                ep_n += len(labels)
-                win_n += len(labels)
-                bar.update(1)
-                if step % log_every == 0 or step % steps_per_epoch == 0:
-                    (w_loss, w_correct), w_n = win_sums.tolist(), max(1, win_n)
-                    if not math.isfinite(w_loss):
-                        raise FloatingPointError(f"non-finite loss before step {step}: lower optim.lr or set "
-                                                 "optim.grad_clip (the last complete checkpoint is still usable)")
-                    if info.is_main and step % log_every == 0:
-                        rate = w_n * info.world_size / max(1e-9, time.time() - t0)
-                        log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
-                                 epoch + 1, step, total_steps, w_loss / w_n, w_correct / w_n, lr, margin, rate)
-                        if writer is not None:
-                            for k, v in (("loss", w_loss / w_n), ("acc", w_correct / w_n), ("lr", lr),
-                                         ("margin", margin), ("samples_per_s", rate)):
-                                writer.add_scalar(f"train/{k}", v, step)
-                    win_sums.zero_()
-                    win_n = 0
-                    t0 = time.time()
-                if ckpt_every > 0 and step % ckpt_every == 0 and step % steps_per_epoch != 0:
-                    save(None)
-            bar.close()
-            stats = torch.cat([ep_sums, torch.tensor([float(ep_n), float(read_failures)], dtype=torch.float64,
-                                                     device=device)])
-            if info.world_size > 1:
-                dist.all_reduce(stats)  # on the device: NCCL reduces CUDA tensors only
-            stats = stats.cpu()
-            done_epoch = step // steps_per_epoch
-            entry = {"epoch": done_epoch, "step": step, "loss": float(stats[0] / max(1, stats[2])),
-                     "acc": float(stats[1] / max(1, stats[2]))}
-            history.append(entry)
-            if info.is_main:
-                log.info("epoch %d done: loss %.4f acc %.4f (resumed epochs count only the part run here); "
-                         "%d training reads failed and were replaced so far", done_epoch, entry["loss"],
-                         entry["acc"], int(stats[3]))
-                if writer is not None:
-                    writer.add_scalar("epoch/loss", entry["loss"], step)
-                    writer.add_scalar("epoch/acc", entry["acc"], step)
-            save(done_epoch)
-        if writer is not None:
-            writer.close()
+    def lr(self, step: int) -> float:
+        """Learning rate of a global step."""
+        o = self.cfg["optim"]
+        return lr_at(step, self.steps_per_epoch, self.epochs, float(o["lr"]), float(o["final_lr"]),
+                     float(o["warmup_epochs"]))
+
+    def margin(self, step: int) -> float:
+        """Margin of a global step."""
+        m = self.cfg["margin"]
+        return margin_at(step, self.steps_per_epoch, self.final_margin, float(m["start_epoch"]), float(m["end_epoch"]))
+
+    def restore(self, path: Path) -> None:
+        """Load everything a checkpoint holds; refuse one that cannot continue this exact run."""
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if int(ckpt["steps_per_epoch"]) != self.steps_per_epoch or int(ckpt["world_size"]) != self.info.world_size:
+            raise DataError(f"checkpoint was written with {ckpt['steps_per_epoch']} steps/epoch on "
+                            f"{ckpt['world_size']} ranks; this run has {self.steps_per_epoch} on "
+                            f"{self.info.world_size} (batch size, data or world size changed): exact resume is "
+                            "impossible", path)
+        try:
+            self.sampler.load_state_dict(ckpt["sampler"])  # same seed and scheme, or the order would differ
+        except ValueError as e:
+            raise DataError(str(e), path) from None
+        self.net.model.load_state_dict(ckpt["model"])
+        self.net.head.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.history = int(ckpt["step"]), list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"][self.info.rank], self.gen)
+        self.log.info("resumed from %s at step %d (epoch %d, step %d of it)", path, self.step,
+                      self.step // self.steps_per_epoch + 1, self.step % self.steps_per_epoch)
+
+    def save(self, epoch_end: int | None) -> None:
+        """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
+        states = [rng_state(self.gen)]
+        if self.info.world_size > 1:
+            states = [None] * self.info.world_size
+            dist.all_gather_object(states, rng_state(self.gen))
+        if not self.info.is_main:
+            return
+        step, spe = self.step, self.steps_per_epoch
+        state = {
+            "model": self.net.model.state_dict(), "head": self.net.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": step, "epoch": step // spe, "steps_per_epoch": spe, "world_size": self.info.world_size,
+            "sampler": {"epoch": step // spe, "start": (step % spe) * self.batch_size, "seed": self.seed,
+                        "name": self.cfg["sampler"]["name"]},
+            "rng": states, "schedule": {"lr": self.lr(step), "margin": self.margin(step)},
+            "history": self.history, "num_speakers": self.num_speakers, "speakers": list(self.dataset.speakers),
+            "config": copy.deepcopy(self.cfg),
+        }
+        name = checkpoint_name(step, epoch_end)
+        save_checkpoint(state, self.ckpt_dir / name)
+        write_latest(self.ckpt_dir, name)
+        tcfg = self.cfg["train"]
+        prune_checkpoints(self.ckpt_dir, int(tcfg["keep_last"]), int(tcfg["keep_epochs"]))
+        self.log.info("saved checkpoint %s (step %d)", self.ckpt_dir / name, step)
+
+    # ---------------------------------------------------------------- loop
+
+    def _scalars(self, prefix: str, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, self.step)
+
+    def run_epoch(self) -> None:
+        """Train from the current step to the end of its epoch, then checkpoint."""
+        from tqdm import tqdm
+
+        tcfg, info, dev, spe = self.cfg["train"], self.info, self.device, self.steps_per_epoch
+        epoch = self.step // spe
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start((self.step % spe) * self.batch_size)
+        ckpt_every, log_every = int(tcfg["ckpt_every_steps"]), max(1, int(tcfg["log_every"]))
+        clip = float(self.cfg["optim"].get("grad_clip") or 0.0)
+        # Loss and correct-count sums stay on the device (epoch and log window) so steps never wait for the GPU;
+        # they are read, and the loss checked for NaN/inf, only at log steps and at the epoch end.
+        ep_sums = torch.zeros(2, dtype=torch.float64, device=dev)
+        win_sums = torch.zeros(2, dtype=torch.float64, device=dev)
+        ep_n = win_n = 0
+        t0 = time.time()
+        bar = tqdm(total=spe, initial=self.step % spe, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                   disable=not (info.is_main and tcfg["progress"]), mininterval=1.0)
+        for waves, labels, _, failures in self.loader:
+            self.read_failures += int(failures)
+            lr, margin = self.lr(self.step), self.margin(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if hasattr(self.net.head, "set_margin"):
+                self.net.head.set_margin(margin)
+            self.gen.manual_seed(step_seed(self.seed, info.rank, self.step, 4))
+            waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            feats, labels = device_batch(waves, labels, self.cfg, self.chunk_samples, self.num_speakers, self.fbank,
+                                         self.augmenter, self.gen)
+            loss, logits = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, feats, labels,
+                                      self.amp_dtype, clip)
+            self.step += 1
+            batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double()])
+            ep_sums += batch_sums
+            win_sums += batch_sums
+            ep_n += len(labels)
+            win_n += len(labels)
+            bar.update(1)
+            if self.step % log_every == 0 or self.step % spe == 0:
+                (w_loss, w_correct), w_n = win_sums.tolist(), max(1, win_n)
+                if not math.isfinite(w_loss):
+                    raise FloatingPointError(f"non-finite loss before step {self.step}: lower optim.lr or set "
+                                             "optim.grad_clip (the last complete checkpoint is still usable)")
+                if info.is_main and self.step % log_every == 0:
+                    rate = w_n * info.world_size / max(1e-9, time.time() - t0)
+                    self.log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
+                                  epoch + 1, self.step, self.total_steps, w_loss / w_n, w_correct / w_n, lr, margin,
+                                  rate)
+                    self._scalars("train", {"loss": w_loss / w_n, "acc": w_correct / w_n, "lr": lr,
+                                            "margin": margin, "samples_per_s": rate})
+                win_sums.zero_()
+                win_n, t0 = 0, time.time()
+            if ckpt_every > 0 and self.step % ckpt_every == 0 and self.step % spe != 0:
+                self.save(None)
+        bar.close()
+        stats = torch.cat([ep_sums, torch.tensor([float(ep_n), float(self.read_failures)], dtype=torch.float64,
+                                                 device=dev)])
         if info.world_size > 1:
+            dist.all_reduce(stats)  # on the device: NCCL reduces CUDA tensors only
+        loss_sum, correct, n, failed = stats.cpu().tolist()
+        entry = {"epoch": self.step // spe, "step": self.step, "loss": loss_sum / max(1, n),
+                 "acc": correct / max(1, n)}
+        self.history.append(entry)
+        if info.is_main:
+            self.log.info("epoch %d done: loss %.4f acc %.4f (resumed epochs count only the part run here); "
+                          "%d training reads failed and were replaced so far", entry["epoch"], entry["loss"],
+                          entry["acc"], int(failed))
+            self._scalars("epoch", {"loss": entry["loss"], "acc": entry["acc"]})
+        self.save(entry["epoch"])
+
+    def run(self) -> TrainResult:
+        """Train until `train.epochs` are done (nothing to do if they already are)."""
+        self.net.train()
+        while self.step < self.total_steps:
+            self.run_epoch()
+        if self.writer is not None:
+            self.writer.close()
+        if self.info.world_size > 1:
             dist.barrier()
-        return TrainResult(net=net, exp_dir=exp_dir, step=step, history=history, skipped=dict(skipped))
+        return TrainResult(net=self.net, exp_dir=self.exp_dir, step=self.step, history=self.history,
+                           skipped=dict(self.skipped))
+
+
+def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
+    """Train from a (merged or partial) config; with `resume`, continue from the newest complete checkpoint."""
+    cfg = merge_defaults(cfg)
+    if cfg["exp_dir"] is None:
+        raise DataError("config key exp_dir is not set")
+    if cfg["train"]["precision"] not in PRECISIONS:
+        raise ValueError(f"train.precision={cfg['train']['precision']!r}; expected one of {PRECISIONS}")
+    want_cuda = cfg["train"]["device"] in ("auto", "cuda") and torch.cuda.is_available()
+    info = init_distributed("cuda" if want_cuda else "cpu")
+    try:
+        return Trainer(cfg, info, resume).run()
     finally:
         if info.created and dist.is_initialized():
             dist.destroy_process_group()
