@@ -128,6 +128,19 @@ def find_resume_checkpoint(ckpt_dir: PathLike) -> Path | None:
     return best
 
 
+def remove_partial(ckpt_dir: PathLike) -> list[Path]:
+    """Delete temporary files left by saves that were interrupted (call only when no save is running)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    partial = [p for p in ckpt_dir.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    for p in partial:
+        p.unlink(missing_ok=True)
+    if partial:
+        log.warning("removed %d partial checkpoint file(s) of an interrupted save in %s", len(partial), ckpt_dir)
+    return partial
+
+
 def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, keep_epochs: int = 0) -> list[Path]:
     """Delete all but the newest `keep_last` step files and `keep_epochs` epoch files (0: keep every epoch)."""
     ckpt_dir = Path(ckpt_dir)

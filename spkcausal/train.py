@@ -38,6 +38,7 @@ from .checkpoint import (
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -308,6 +309,8 @@ class Trainer:
             self.log = setup_logging(self.exp_dir / "train.log")
         else:
             self.log = logging.getLogger("spkcausal")
+        if info.is_main:
+            remove_partial(self.ckpt_dir)
         ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)

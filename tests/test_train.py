@@ -19,6 +19,7 @@ from spkcausal.checkpoint import (
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    remove_partial,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -313,6 +314,9 @@ def test_resume_checkpoint_selection(tmp_path):
     (ck / "epoch_0001.pt").write_bytes(b"corrupt")
     assert find_resume_checkpoint(ck).name == "step_00000010.pt"
     assert [p.name for p in list_checkpoints(ck)] == ["step_00000005.pt", "step_00000010.pt", "epoch_0001.pt"]
+    assert [p.name for p in remove_partial(ck)] == [".step_00000015.pt.abc.tmp.pt"]
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch_0001.pt", "latest", "step_00000005.pt",
+                                                    "step_00000010.pt"]
 
 
 def test_checkpoint_average_equals_manual_mean(corpus, tmp_path):
