@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import find_resume_checkpoint, load_checkpoint
-from .utils import DataError, PathLike, atomic_path, setup_logging, write_text_atomic
+from .utils import DataError, PathLike, atomic_path, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.extract")
 
@@ -149,11 +150,6 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
             tde_alpha: float | None = None, batch_seconds: float = 200.0, mode: str = "exact",
             num_workers: int = 2, device: str = "auto", force: bool = False) -> Path:
     """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any)."""
-    from .datadir import DataDir
-    from .embeddings import EmbeddingStore, write_store
-    from .features import Fbank
-    from .tde import tde_embeddings
-
     out_dir = Path(out_dir)
     if (ckpt is None) == (exp_dir is None):
         raise ValueError("give exactly one of ckpt or exp_dir")
@@ -161,8 +157,18 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
     rank, world = 0, 1
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    if rank == 0:
-        setup_logging(out_dir.parent / f"{out_dir.name}.extract.log")
+    with log_to_file(out_dir.parent / f"{out_dir.name}.extract.log") if rank == 0 else nullcontext():
+        return _extract(data_dir, out_dir, ckpt_path, rank, world, tde_alpha, batch_seconds, mode, num_workers,
+                        device, force)
+
+
+def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
+             batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
+    from .datadir import DataDir
+    from .embeddings import EmbeddingStore, write_store
+    from .features import Fbank
+    from .tde import tde_embeddings
+
     data = DataDir.load(data_dir)
     utts = data.utts
     meta = {"checkpoint": str(ckpt_path), "data": str(data_dir), "tde_alpha": tde_alpha, "mode": mode,

@@ -45,7 +45,7 @@ from .checkpoint import (
     write_latest,
 )
 from .config import deep_merge, save_config
-from .utils import DataError, setup_logging, write_text_atomic
+from .utils import DataError, log_to_file, write_text_atomic
 
 DEFAULTS: dict[str, Any] = {
     "exp_dir": None,
@@ -304,11 +304,7 @@ class Trainer:
         self.exp_dir = Path(cfg["exp_dir"])
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.device = pick_device(tcfg["device"], info.local_rank)
-        if info.is_main:
-            self.exp_dir.mkdir(parents=True, exist_ok=True)
-            self.log = setup_logging(self.exp_dir / "train.log")
-        else:
-            self.log = logging.getLogger("spkcausal")
+        self.log = logging.getLogger("spkcausal")  # train() attaches exp_dir/train.log on rank 0
         if info.is_main:
             remove_partial(self.ckpt_dir)
         ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
@@ -534,7 +530,8 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
     want_cuda = cfg["train"]["device"] in ("auto", "cuda") and torch.cuda.is_available()
     info = init_distributed("cuda" if want_cuda else "cpu")
     try:
-        return Trainer(cfg, info, resume).run()
+        with log_to_file(Path(cfg["exp_dir"]) / "train.log") if info.is_main else nullcontext():
+            return Trainer(cfg, info, resume).run()
     finally:
         if info.created and dist.is_initialized():
             dist.destroy_process_group()

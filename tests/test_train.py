@@ -322,6 +322,12 @@ def test_resume_checkpoint_selection(tmp_path):
 def test_checkpoint_average_equals_manual_mean(corpus, tmp_path):
     cfg = tiny_config(corpus, tmp_path / "exp", sampler={"num_samples": 32}, train={"epochs": 3, "batch_size": 8})
     train(cfg)
+    # The run's log file is detached afterwards: a later run in this process does not write into it.
+    import logging
+
+    assert not [h for h in logging.getLogger("spkcausal").handlers
+                if str(getattr(h, "baseFilename", "")).startswith(str(tmp_path))]
+    assert "epoch 3 done" in (tmp_path / "exp" / "train.log").read_text()
     paths = list_checkpoints(tmp_path / "exp" / "checkpoints", "epoch")
     assert [p.name for p in paths] == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
     ckpts = [load_checkpoint(p) for p in paths]
