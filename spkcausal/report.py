@@ -117,8 +117,9 @@ def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, l
     from .metrics import evaluate_score_files
 
     res = evaluate_score_files([str(score_file)], p_targets)[0]
-    ver = {"scores": str(score_file), "eer": res["eer"], "min_dcf": {f"{p:g}": v for p, v in res["min_dcf"].items()},
-           "n_target": res["n_target"], "n_nontarget": res["n_nontarget"]}
+    ver = {"scores": str(Path(score_file).resolve()), "eer": res["eer"],
+           "min_dcf": {f"{p:g}": v for p, v in res["min_dcf"].items()}, "n_target": res["n_target"],
+           "n_nontarget": res["n_nontarget"]}
     return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
 
 
