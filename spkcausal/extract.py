@@ -11,11 +11,12 @@ Utterances shorter than `min_seconds` (0.5 s) are repeated up to it: the models 
 Output: an embedding store (spkcausal.embeddings) plus, beside it, `mean_feature.npy` (the Causal Norm
 head's x_bar, when the head has one) and `extract.json` (checkpoint, TDE alpha, num_heads). Extract without
 `tde_alpha` once and apply `tde_store` for every alpha of a sweep, without touching the model again.
-With torchrun each rank embeds a slice (`utts[rank::world]`), writes it under `<out>.parts/`, and rank 0
-merges the slices into the store.
+With torchrun each rank embeds a slice (`utts[rank::world]`), writes it under `.<out>.parts<world>-<hash>/`
+beside the store, and rank 0 merges the slices into the store.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -171,8 +172,10 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
 
     data = DataDir.load(data_dir)
     utts = data.utts
-    meta = {"checkpoint": str(ckpt_path), "data": str(data_dir), "tde_alpha": tde_alpha, "mode": mode,
-            "num_utts": len(utts)}
+    st = ckpt_path.stat()
+    # The checkpoint's size and mtime too: re-averaging into the same avg_model.pt must not reuse old output.
+    meta = {"checkpoint": str(ckpt_path), "checkpoint_stat": [st.st_size, st.st_mtime_ns], "data": str(data_dir),
+            "tde_alpha": tde_alpha, "mode": mode, "num_utts": len(utts)}
     if not force and (out_dir / "extract.json").is_file():
         try:
             done = EmbeddingStore.open(out_dir)
@@ -187,8 +190,13 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
     else:
         dev = torch.device(device)
     model, head, cfg = load_for_inference(ckpt_path, dev)
+    if tde_alpha is not None and not hasattr(head, "mean_feature"):
+        raise DataError(f"--tde-alpha needs a Causal Norm head; this checkpoint has {cfg['head']['name']!r}",
+                        ckpt_path)
     fbank = Fbank(sample_rate=cfg["data"]["sample_rate"], **{**cfg["features"], "dither": 0.0}).to(dev)
-    parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}"
+    # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
+    tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
+    parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"
     mine = utts[rank::world]
     part = _read_part(parts_dir, rank) if world > 1 else None
     if part is not None and part[0] == mine:
@@ -214,9 +222,6 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         mean = head.mean_feature.detach().float().cpu().numpy() if hasattr(head, "mean_feature") else None
         num_heads = int(getattr(head, "num_heads", 1))
         if tde_alpha is not None:
-            if mean is None:
-                raise DataError(f"--tde-alpha needs a Causal Norm head; this checkpoint has {cfg['head']['name']!r}",
-                                ckpt_path)
             emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
         _write_extras(out_dir, {**meta, "num_heads": num_heads, "head": cfg["head"]["name"]}, mean)
         write_store(out_dir, utts, emb)

@@ -193,3 +193,21 @@ def test_aam_checkpoint_refuses_tde(tmp_path):
     out = tmp_path / "plain"
     extract(data_dir, out, exp_dir=tmp_path / "exp", num_workers=0)
     assert EmbeddingStore.open(out).dim == 16 and not (out / "mean_feature.npy").exists()
+
+
+def test_rerun_redoes_work_when_the_checkpoint_file_changes(trained, tmp_path):
+    import shutil
+
+    data_dir, exp = trained
+    ck = tmp_path / "model.pt"
+    shutil.copy(exp / "checkpoints" / "epoch_0001.pt", ck)
+    out = tmp_path / "emb"
+    extract(data_dir, out, ckpt=ck, num_workers=0)
+    first = np.array(EmbeddingStore.open(out).matrix)
+    shutil.copy(exp / "checkpoints" / "epoch_0002.pt", ck)  # same path, new content (e.g. re-averaged)
+    extract(data_dir, out, ckpt=ck, num_workers=0)
+    second = np.array(EmbeddingStore.open(out).matrix)
+    model, _, _ = load_for_inference(ck)
+    data = DataDir.load(data_dir)
+    direct = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
+    assert np.array_equal(second, direct) and not np.array_equal(first, second)
