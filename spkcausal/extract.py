@@ -167,8 +167,8 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
              batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
     from .datadir import DataDir
     from .embeddings import EmbeddingStore, write_store
-    from .features import Fbank
     from .tde import tde_embeddings
+    from .train import build_fbank
 
     data = DataDir.load(data_dir)
     utts = data.utts
@@ -193,7 +193,7 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
     if tde_alpha is not None and not hasattr(head, "mean_feature"):
         raise DataError(f"--tde-alpha needs a Causal Norm head; this checkpoint has {cfg['head']['name']!r}",
                         ckpt_path)
-    fbank = Fbank(sample_rate=cfg["data"]["sample_rate"], **{**cfg["features"], "dither": 0.0}).to(dev)
+    fbank = build_fbank(cfg, training=False).to(dev)
     # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
     tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
     parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"

@@ -195,12 +195,22 @@ def num_classes_for(num_speakers: int, cfg: Mapping[str, Any]) -> int:
     return num_speakers * (len(SPEED_FACTORS) if cfg["augment"].get("speed_perturb") else 1)
 
 
-def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, nn.Module | None]:
-    """(Fbank, Augmenter or None) on `device`."""
+def build_fbank(cfg: Mapping[str, Any], training: bool = True) -> nn.Module:
+    """Fbank from `features` at `data.sample_rate`; dither only for training (extraction is deterministic)."""
     from .features import Fbank
 
+    kwargs = {**cfg["features"], "sample_rate": cfg["data"]["sample_rate"]}
+    if cfg["features"].get("sample_rate", kwargs["sample_rate"]) != kwargs["sample_rate"]:
+        raise ValueError("features.sample_rate differs from data.sample_rate; set data.sample_rate only")
+    if not training:
+        kwargs["dither"] = 0.0
+    return Fbank(**kwargs).train(training)
+
+
+def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, nn.Module | None]:
+    """(Fbank in training mode, Augmenter or None) on `device`."""
     aug_cfg = cfg["augment"]
-    fbank = Fbank(sample_rate=cfg["data"]["sample_rate"], **cfg["features"]).to(device)
+    fbank = build_fbank(cfg, training=True).to(device)
     augmenter = None
     if aug_cfg.get("musan") or aug_cfg.get("rirs"):
         from .augment import Augmenter, NoiseBank, RirBank
@@ -343,7 +353,6 @@ class Trainer:
         self.amp_dtype = (torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16) if use_amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and tcfg["precision"] == "fp16")
         self.fbank, self.augmenter = build_feature_pipeline(cfg, self.device)
-        self.fbank.train()  # dither (if any) only in training mode
         self.gen = torch.Generator(device=self.device)
         self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
 
