@@ -161,7 +161,9 @@ def main() -> None:
     ap.add_argument("--fbank-utts", type=int, default=64)
     ap.add_argument("--fbank-runs", type=int, default=5)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in the training process (0: default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads in the training process (default 1: on a shared CPU, more intra-op "
+                         "threads than free cores make OpenMP spin and timings swing by 10x; 0: torch's default)")
     ap.add_argument("--gpu-preset", action="store_true",
                     help="ecapa1024,resnet34; batch 256 x 200; bf16; 17,982 classes; 8 workers; 50 steps")
     args = ap.parse_args()
