@@ -169,9 +169,13 @@ def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str |
     key = f"{p_target:g}"
     head = ["System", "EER (%)", f"minDCF ({key})", "Many", "Medium", "Few", "Overall"]
     body = []
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        seen.setdefault(r["label"], set()).add(r["exp"])
     for r in rows:
         ver, iden = r.get("verification") or {}, r.get("identification") or {}
-        label = r["label"] + (f" (alpha={r['tde_alpha']:g})" if r.get("tde_alpha") is not None else "")
+        label = r["label"] + (f" [{Path(r['exp']).name}]" if len(seen[r["label"]]) > 1 else "")  # same system twice
+        label += f" (alpha={r['tde_alpha']:g})" if r.get("tde_alpha") is not None else ""
         dcf = (ver.get("min_dcf") or {}).get(key)
         body.append([label, _pct(ver.get("eer")), "-" if dcf is None else f"{dcf:.4f}",
                      _pct(iden.get("many")), _pct(iden.get("medium")), _pct(iden.get("few")),

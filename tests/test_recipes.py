@@ -150,6 +150,11 @@ def test_report_table_from_known_results(tmp_path):
     # a filter and a caption
     only = format_markdown(collect_rows([base, cn], variants=["tde"]), caption="Demo.")
     assert only.count("\n|") == 2 and "Demo." in only
+    # two experiments of the same system are told apart by their directory names
+    twin = _exp(tmp_path / "exp", "aam_s8", "aam")
+    update_results(twin, "cosine", identification=_iden(0.8, 0.5, 0.2, 0.45))
+    table = format_markdown(collect_rows([base, twin], variants=["cosine"]))
+    assert "| Baseline (AAM) [aam]" in table and "| Baseline (AAM) [aam_s8]" in table
     # shot-group thresholds must agree across the table
     update_results(cn, "cosine", identification=_iden(0.9, 0.6, 0.1, 0.5, thr=(100, 20)))
     with pytest.raises(DataError, match="different shot-group thresholds"):

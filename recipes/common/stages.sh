@@ -70,11 +70,12 @@ stage_profile() {
     fi
   fi
   spkcausal profile "$train_dir" --many "$many" --few "$few" --out "$data/profile"
+  # the training profile first: the plot shades the shot groups of its thresholds (--many / --few)
   if [ -n "${split_src:-}" ]; then
-    spkcausal plot-longtail "$split_src" "$train_dir" --labels "$(basename "$split_src")" training \
+    spkcausal plot-longtail "$data/profile" "$split_src" --labels training "$(basename "$split_src")" \
       --out "$data/longtail.png"
   else
-    spkcausal plot-longtail "$train_dir" --labels training --out "$data/longtail.png"
+    spkcausal plot-longtail "$data/profile" --labels training --out "$data/longtail.png"
   fi
   mark_done "$data" 2
 }
