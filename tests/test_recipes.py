@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -385,6 +386,20 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     log = _run("voxceleb", tmp_path, *args)  # every stage again: all finished, nothing may change
     assert _snapshot(tmp_path / "data", tmp_path / "exp") == before
     assert log.count("skipping") == 3 + 4 * 2 + 1  # stages 1, 2, 8; 3, 4, 5, 7 per system; 6 (TDE) for cnaam
+
+    # --gpus passes through to torchrun: without CUDA the two ranks train and extract on CPU over gloo
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    _run("voxceleb", tmp_path, *args, "--systems", "tiny_cnaam", "--exp", "exp_ddp", "--gpus", "0,1",
+         "--master_port", port, "--stage", "3", "--stop_stage", "4")
+    e = tmp_path / "exp_ddp" / "tiny_cnaam"
+    assert torch.load(e / "checkpoints" / "epoch_0002.pt", weights_only=True)["world_size"] == 2
+    subprocess.run([str(Path(sys.executable).parent / "spkcausal"), "extract-dirs", "--exp", str(e), "--data",
+                    str(tmp_path / "data" / "vox1_test"), "--out-dir", str(tmp_path / "single"), "--num-workers",
+                    "0"], check=True, env=_env(), capture_output=True)
+    sharded = np.load(e / "emb" / "vox1_test" / "embeddings.npy")  # rank slices merged back in key order
+    assert np.allclose(sharded, np.load(tmp_path / "single" / "vox1_test" / "embeddings.npy"), atol=1e-5)
 
 
 @pytest.mark.slow
