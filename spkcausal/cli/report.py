@@ -60,7 +60,7 @@ def _tde_alpha(args: argparse.Namespace) -> int:
     from ..identify import choose_alpha
     from ..utils import setup_logging
 
-    setup_logging()
+    setup_logging(args.out and Path(args.out).with_suffix(".log"))
     res = choose_alpha(args.emb, ckpt=args.ckpt, exp_dir=args.exp, data_dir=args.data, trials=args.trials,
                        alphas=args.alphas, out=args.out, trials_emb=args.trials_emb)
     curve = res.get("accuracy") or res.get("eer")
