@@ -347,6 +347,13 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
                 title="histogram of utterances per speaker")
     for x in (few - 0.5, many + 0.5):
         ax_hist.axvline(x, color="grey", ls="--", lw=0.8)
+    # Plain numbers on log axes: matplotlib's default minor labels ("2x10^0") overlap on short decades.
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    for axis in (ax_rank.yaxis, ax_hist.xaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax_rank.legend(fontsize=8)
     ax_hist.legend(fontsize=8)
     fig.suptitle(f"Long-tail profile (shot groups: many > {many}, medium {few}-{many}, few < {few})")

@@ -274,14 +274,16 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     from .datadir import read_score_arrays
     from .utils import atomic_path
 
-    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40]) / 100
+    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99]) / 100
     lo = 1e-5
+    eers = []
     fig, ax = plt.subplots(figsize=(6, 6))
     markers = ["s", "^", "v", "D"]
     for n, path in enumerate(paths):
         scores, lab = read_score_arrays(path)
         c = det_curve(scores, lab)
         eer, _ = _eer_from_curve(c)
+        eers.append(eer)
         idx = _thin(c.pfa, c.pmiss)
         name = labels[n] if labels else Path(path).name
         (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
@@ -293,17 +295,22 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
             ax.plot(norm.ppf(np.clip(c.pfa[i], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[i], lo, 1 - lo)),
                     markers[m % len(markers)], color=line.get_color(), mfc="none",
                     label=f"  minDCF({p:g}) {dcf[i] / min(p, 1 - p):.3f}")
-    ax.plot(norm.ppf([lo, 0.5]), norm.ppf([lo, 0.5]), ":", color="grey", lw=0.8)
-    pt = norm.ppf(ticks)
-    names = [f"{t * 100:g}" for t in ticks]
+    ax.plot(norm.ppf([lo, 1 - lo]), norm.ppf([lo, 1 - lo]), ":", color="grey", lw=0.8)
+    # Axes follow the systems: from well below the best EER to well above the worst, snapped to ticks,
+    # so a 0.8 % system and an 18 % system are both drawn where their curves are.
+    low = ticks[max(0, np.searchsorted(ticks, max(min(eers, default=0.01) / 20, ticks[0]), side="right") - 1)]
+    high = ticks[min(len(ticks) - 1, np.searchsorted(ticks, min(max(max(eers, default=0.01) * 3, 0.4), 0.99)))]
+    shown = ticks[(ticks >= low) & (ticks <= high)]
+    pt = norm.ppf(shown)
+    names = [f"{t * 100:g}" for t in shown]
     ax.set_xticks(pt, names, rotation=45)
     ax.set_yticks(pt, names)
-    ax.set_xlim(norm.ppf(ticks[0]), norm.ppf(0.4))
-    ax.set_ylim(norm.ppf(ticks[0]), norm.ppf(0.4))
+    ax.set_xlim(norm.ppf(low), norm.ppf(high))
+    ax.set_ylim(norm.ppf(low), norm.ppf(high))
     ax.set_xlabel("False alarm probability (%)")
     ax.set_ylabel("Miss probability (%)")
     ax.grid(True, lw=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")  # DET curves run from upper left to lower right: this corner is free
     ax.set_title("DET")
     fig.tight_layout()
     with atomic_path(out) as tmp:
