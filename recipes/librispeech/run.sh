@@ -14,40 +14,15 @@
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-stage=1
-stop_stage=8
+. "$recipe_dir/../common/defaults.sh"
 libri_root=""
 subsets=""                       # subsets to prepare ("" = every standard subset present)
-data=data
-exp=exp
 train_set=train-clean-100        # train_all = the union of the prepared train-* subsets (e.g. train-960)
 eval_set=test-clean
 dev_set=dev-clean
 num_trials=40000
 num_dev_trials=10000
-imbalance=1
-val_per_spk=2
-test_per_spk=4
 systems="resnet34_aam resnet34_cnaam"
-conf_dir="$recipe_dir/conf"
-gpus=""
-nnodes=1
-node_rank=0
-master_addr=localhost
-master_port=29500
-num_avg=10
-many=100
-few=20
-alphas="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8,1.9,2.0"
-asnorm_top=300
-extract_mode=exact
-extract_workers=2
-nj=8
-seed=0
-musan=""
-rirs=""
-train_overrides=""
-caption=""
 
 . "$recipe_dir/../../tools/parse_options.sh"
 . "$recipe_dir/../common/path.sh"

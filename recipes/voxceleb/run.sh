@@ -16,38 +16,13 @@
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-stage=1
-stop_stage=8
+. "$recipe_dir/../common/defaults.sh"
 vox1_root=""
 vox2_root=""
-data=data
-exp=exp
 train_set=vox2_dev
-imbalance=1
-val_per_spk=2
-test_per_spk=4
 systems="ecapa512_aam ecapa512_cnaam"
-conf_dir="$recipe_dir/conf"
 trials="veri_test2.txt"          # names under $data/trials/; the first goes in the report
 eval_set=vox1_test               # vox1_all for the E / H lists
-gpus=""
-nnodes=1
-node_rank=0
-master_addr=localhost
-master_port=29500
-num_avg=10
-many=100
-few=20
-alphas="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8,1.9,2.0"
-asnorm_top=300
-extract_mode=exact
-extract_workers=2
-nj=8
-seed=0
-musan=""                         # MUSAN root (noise / music / babble augmentation)
-rirs=""                          # RIRS_NOISES/simulated_rirs
-train_overrides=""               # extra key=value config overrides for every system
-caption=""
 
 . "$recipe_dir/../../tools/parse_options.sh"
 . "$recipe_dir/../common/path.sh"
