@@ -48,7 +48,8 @@ def _mel_matrix(n_mels: int, n_fft: int, sample_rate: float, low_freq: float, hi
 class Fbank(nn.Module):
     """Kaldi-compatible log-mel fbank + per-utterance mean normalisation for a (B, T) batch of waveforms."""
 
-    # Utterances per group on CPU (None: 8 per torch thread) so intermediates stay cache-sized; GPUs take all.
+    # Utterances per group on CPU (None: 2 per torch thread) so intermediates stay cache-sized; GPUs take all.
+    # Measured on the 2-core dev machine, 256 x 2 s: 2 per thread 43 ms, 8 per thread 56 ms, all at once 132 ms.
     cpu_chunk: int | None = None
 
     def __init__(
@@ -87,8 +88,7 @@ class Fbank(nn.Module):
         self.register_buffer("window", win, persistent=False)
         self._first_weight = float(win[0])  # a Python float: no device sync in forward
         mel = _mel_matrix(n_mels, self.n_fft, sample_rate, low_freq, high_freq)
-        # rows duplicated to weight the interleaved (re^2, im^2) pairs of view_as_real(rfft)
-        self.register_buffer("mel2", mel.repeat_interleave(2, dim=0), persistent=False)
+        self.register_buffer("mel", mel.contiguous(), persistent=False)
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
         """Number of frames Kaldi (snip_edges=True) produces for `num_samples` samples."""
@@ -119,7 +119,7 @@ class Fbank(nn.Module):
             return wave.new_zeros(batch, 0, self.n_mels)
         if self.scale_to_int16:
             wave = wave * 32768.0
-        chunk = self.cpu_chunk or 8 * torch.get_num_threads()
+        chunk = self.cpu_chunk or 2 * torch.get_num_threads()
         if wave.device.type == "cpu" and batch > chunk:
             # On CPU the per-batch intermediates (B x F x 512) fall out of cache; small groups run ~2x faster.
             feats = torch.cat([self._log_mel(part, generator) for part in wave.split(chunk)])
@@ -143,10 +143,11 @@ class Fbank(nn.Module):
             frames = self._dithered_frames(wave, generator)
         else:
             frames = self._frames(wave)
-        spec = torch.fft.rfft(frames)
-        # |X|^2 summed into mel bands as one matmul over interleaved (re, im) squares: no extra pass for re^2+im^2
-        power = torch.view_as_real(spec).square_().flatten(-2)
-        return torch.matmul(power, self.mel2).clamp_min(torch.finfo(torch.float32).eps).log()
+        ri = torch.view_as_real(torch.fft.rfft(frames))
+        # re^2 + im^2 in one fused op, then a (bins x mels) matmul: weighting interleaved (re^2, im^2) pairs
+        # instead doubles the matmul, which dominates on CPU (this form measured about 15% faster per batch)
+        power = torch.addcmul(ri[..., 0] * ri[..., 0], ri[..., 1], ri[..., 1])
+        return torch.matmul(power, self.mel).clamp_min(torch.finfo(torch.float32).eps).log()
 
     def _frames(self, wave: Tensor) -> Tensor:
         """Windowed, zero-padded (B, F, n_fft) frames; pre-emphasis and DC removal done on the waveform.
