@@ -101,7 +101,7 @@ stage_extract() {
     name=$(sys_name "$s"); e="$exp/$name"
     if is_done "$e" 4; then skip_msg 4 "extract $name" "$e"; continue; fi
     spkcausal average-ckpt --exp "$e" --num "$num_avg"
-    # raw (not TDE'd) embeddings of every dir, one model load (stores: $e/emb/<dir name>); TDE is applied
+    # raw (not TDE'd) embeddings of every dir, in one process (stores: $e/emb/<dir name>); TDE is applied
     # from these in stage 6 without running the model again
     launch extract-dirs --exp "$e" --data "$train_dir" "$val_dir" "$test_dir" "$eval_dir" ${dev_trials_dir:+"$dev_trials_dir"} \
       --out-dir "$e/emb" --mode "$extract_mode" --num-workers "$extract_workers"

@@ -177,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the sweep (alpha, criterion, curve) as JSON here")
     p.set_defaults(func=_tde_alpha)
 
-    p = sub.add_parser("extract-dirs", help="raw embeddings of several data dirs with one model load (recipes)",
+    p = sub.add_parser("extract-dirs", help="raw embeddings of several data dirs in one process (recipes)",
                        description="Like `spkcausal extract` for each DATA dir in turn, into OUT_DIR/<dir name>; "
                                    "complete stores are skipped. Run under torchrun to shard over GPUs.")
     src = p.add_mutually_exclusive_group(required=True)
