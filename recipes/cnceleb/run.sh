@@ -42,10 +42,4 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     mark_done "$data" 1
   fi
 fi
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then stage_profile; fi
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then stage_train; fi
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then stage_extract; fi
-if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then stage_score; fi
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then stage_tde; fi
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then stage_identify; fi
-if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then stage_report; fi
+run_common_stages

@@ -197,3 +197,15 @@ stage_report() {
   spkcausal report "${exps[@]}" --out "$exp" ${caption:+--caption "$caption"} ${report_variants:+--variants $report_variants}
   mark_done "$exp" 8 "${exps[*]}"
 }
+
+# ---------------------------------------------------------------- stages 2-8 in order, within --stage / --stop_stage
+STAGE_FUNCS=(stage_profile stage_train stage_extract stage_score stage_tde stage_identify stage_report)
+run_common_stages() {
+  local s
+  for s in 2 3 4 5 6 7 8; do
+    if [ "$stage" -le "$s" ] && [ "$stop_stage" -ge "$s" ]; then
+      "${STAGE_FUNCS[$((s - 2))]}"
+      log "stage $s finished at ${SECONDS}s"
+    fi
+  done
+}

@@ -76,14 +76,8 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   fi
   log "stage 1 finished at ${SECONDS}s"
 fi
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then stage_profile; log "stage 2 finished at ${SECONDS}s"; fi
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then stage_train; log "stage 3 finished at ${SECONDS}s"; fi
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then stage_extract; log "stage 4 finished at ${SECONDS}s"; fi
-if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then stage_score; log "stage 5 finished at ${SECONDS}s"; fi
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then stage_tde; log "stage 6 finished at ${SECONDS}s"; fi
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then stage_identify; log "stage 7 finished at ${SECONDS}s"; fi
+run_common_stages
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"
   log "demo finished in ${SECONDS}s"
 fi
