@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures_train import make_corpus, tiny_config
 
 from spkcausal.checkpoint import load_checkpoint
 from spkcausal.cli import main
@@ -19,9 +18,6 @@ from spkcausal.features import Fbank
 from spkcausal.models import build_model
 from spkcausal.train import train
 from spkcausal.utils import DataError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_train import make_corpus, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

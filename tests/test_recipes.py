@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures_cnceleb import make_cnceleb
+from fixtures_librispeech import make_librispeech
+from fixtures_voxceleb import make_voxceleb1
 
 from spkcausal.datadir import DataDir, read_scores, write_kv
 from spkcausal.embeddings import write_store
@@ -32,11 +35,6 @@ from spkcausal.report import (
     write_report,
 )
 from spkcausal.utils import DataError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_cnceleb import make_cnceleb  # noqa: E402
-from fixtures_librispeech import make_librispeech  # noqa: E402
-from fixtures_voxceleb import make_voxceleb1  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

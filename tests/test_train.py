@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_train import make_aug_banks, make_corpus, tiny_config
 
 from spkcausal.checkpoint import (
     average_checkpoints,
@@ -30,9 +31,6 @@ from spkcausal.datadir import DataDir
 from spkcausal.dataset import PositionSampler, TrainChunkDataset, train_loader
 from spkcausal.samplers import build_sampler
 from spkcausal.train import lr_at, margin_at, merge_defaults, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_train import make_aug_banks, make_corpus, tiny_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
