@@ -13,7 +13,11 @@ from typing import IO
 PathLike = str | os.PathLike
 
 
-class DataError(ValueError):
+class SpkcausalError(Exception):
+    """A user's mistake (bad input or bad options): `spkcausal` prints its message and exits 2, no traceback."""
+
+
+class DataError(SpkcausalError, ValueError):
     """Bad input: carries the file and 1-based line number it came from."""
 
     def __init__(self, message: str, path: PathLike | None = None, line: int | None = None):
@@ -24,6 +28,10 @@ class DataError(ValueError):
         if self.path is not None:
             where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
         super().__init__(where + message)
+
+
+class UsageError(SpkcausalError, ValueError):
+    """Bad options or config values (no file to point at, or the config file named in the message)."""
 
 
 @contextlib.contextmanager

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
-from ..utils import DataError
+from ..utils import SpkcausalError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `spkcausal` console script."""
+    """Entry point of the `spkcausal` console script: the one place where errors become messages and exit codes.
+
+    A user's mistake (`SpkcausalError`: bad input file, bad option or config value) prints one line and exits 2;
+    anything else is a bug of ours: one line naming the exception and exit 1 (SPKCAUSAL_DEBUG=1 re-raises it
+    for the traceback)."""
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-    except DataError as e:
+    except SpkcausalError as e:
         print(f"spkcausal {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"spkcausal {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("SPKCAUSAL_DEBUG"):
+            raise
+        print(f"spkcausal {args.command}: internal error: {type(e).__name__}: {e} "
+              "(set SPKCAUSAL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 
