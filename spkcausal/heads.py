@@ -222,3 +222,10 @@ def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn
             raise ValueError("give either tau or scale for a Causal Norm head, not both")
         kwargs["tau"] = kwargs.pop("scale")
     return cls(embed_dim, num_classes, **kwargs)
+
+
+def is_causal(head: nn.Module | str) -> bool:
+    """True for a Causal Norm head (an instance or a registry name): it tracks x_bar, so TDE applies to it."""
+    if isinstance(head, str):
+        return head in HEADS and issubclass(HEADS[head], CausalNormHead)
+    return isinstance(head, CausalNormHead)
