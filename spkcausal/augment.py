@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .audio import read_audio, resample
-from .utils import DataError, PathLike, get_logger
+from .utils import DataError, PathLike, UsageError, get_logger
 
 NOISE_CATEGORIES = ("noise", "speech", "music")
 SNR_RANGES: dict[str, tuple[float, float]] = {"noise": (0.0, 15.0), "speech": (10.0, 30.0), "music": (5.0, 15.0)}
@@ -115,7 +115,7 @@ class NoiseBank(nn.Module):
         super().__init__()
         unknown = set(sources) - set(NOISE_CATEGORIES)
         if unknown:
-            raise ValueError(f"unknown noise categories {sorted(unknown)}; expected {NOISE_CATEGORIES}")
+            raise UsageError(f"unknown noise categories {sorted(unknown)}; expected {NOISE_CATEGORIES}")
         banks = {c: WaveBank(sources[c]) for c in NOISE_CATEGORIES if sources.get(c) is not None}
         self.banks = nn.ModuleDict({c: b for c, b in banks.items() if len(b)})
 
@@ -160,7 +160,7 @@ class RirBank(nn.Module):
                 normed.append((r / energy).astype(np.float32))
         self.bank = WaveBank(normed)
         if len(self.bank) == 0:
-            raise ValueError("RirBank needs at least one non-silent impulse response")
+            raise DataError("RirBank needs at least one non-silent impulse response")
         peaks = [int(np.argmax(np.abs(r))) for r in normed]
         self.register_buffer("peaks", torch.tensor(peaks, dtype=torch.long), persistent=False)
 
@@ -250,7 +250,7 @@ class Augmenter(nn.Module):
                  babble_speakers: tuple[int, int] = BABBLE_SPEAKERS, kinds: Sequence[str] | None = None):
         super().__init__()
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"augmentation probability must be in [0, 1], got {prob}")
+            raise UsageError(f"augmentation probability must be in [0, 1], got {prob}")
         self.noise_bank = noise_bank
         self.rir_bank = rir_bank
         self.prob = prob
@@ -260,7 +260,7 @@ class Augmenter(nn.Module):
         self.kinds = list(available if kinds is None else kinds)
         missing = set(self.kinds) - set(available)
         if missing:
-            raise ValueError(f"augmentation kinds {sorted(missing)} have no bank loaded (available: {available})")
+            raise UsageError(f"augmentation kinds {sorted(missing)} have no bank loaded (available: {available})")
 
     def forward(self, wave: Tensor, generator: torch.Generator | None = None,
                 return_info: bool = False) -> Tensor | tuple[Tensor, AugInfo]:
@@ -307,7 +307,7 @@ def _ratio(factor: float) -> tuple[int, int]:
     """(orig_freq, new_freq) integers with new/orig = 1/factor, for torchaudio's resampler."""
     frac = Fraction(factor).limit_denominator(1000)
     if frac <= 0:
-        raise ValueError(f"speed factor must be positive, got {factor}")
+        raise UsageError(f"speed factor must be positive, got {factor}")
     return frac.numerator, frac.denominator
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils import DataError, PathLike, atomic_path, write_text_atomic
+from .utils import DataError, PathLike, UsageError, atomic_path, write_text_atomic
 
 log = logging.getLogger("spkcausal.checkpoint")
 
@@ -167,7 +167,7 @@ def average_checkpoints(paths: Sequence[PathLike], keys: Sequence[str] = ("model
     {key: state_dict} plus `averaged_from` and, when present in the last checkpoint, its `config`.
     """
     if not paths:
-        raise ValueError("no checkpoints to average")
+        raise UsageError("no checkpoints to average")
     sums: dict[str, dict[str, torch.Tensor]] = {}
     last: dict[str, Any] = {}
     for i, path in enumerate(paths):

@@ -1,4 +1,5 @@
-"""YAML configs merged with `key.sub=value` command-line overrides; the merged config is saved with results."""
+"""Training configs: the schema (DEFAULTS, every key; docs/training.md explains them), YAML loading and
+`key.sub=value` command-line overrides. The merged config is saved with every experiment."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,51 @@ from typing import Any
 
 import yaml
 
-from .utils import DataError, PathLike, write_text_atomic
+from .utils import DataError, PathLike, UsageError, write_text_atomic
+
+DEFAULTS: dict[str, Any] = {
+    "exp_dir": None,
+    "seed": 42,
+    "data": {"train": None, "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
+             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8},
+    "features": {"n_mels": 80, "dither": 0.0},
+    "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
+                "rir_max_seconds": 2.0},
+    "model": {"name": "ecapa512"},
+    "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
+    "loss": {"name": "ce"},
+    "sampler": {"name": "natural", "num_samples": None},
+    "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
+              "weight_decay": 1.0e-4, "grad_clip": 0.0},
+    "margin": {"start_epoch": 20, "end_epoch": 40},
+    "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
+              "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True},
+}
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+# Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
+_FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
+
+
+def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """DEFAULTS <- cfg; unknown sections, and unknown keys of fixed sections, are rejected (typos, mostly)."""
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    for section in _FIXED_SECTIONS:
+        value = cfg.get(section) or {}
+        if not isinstance(value, Mapping):
+            raise UsageError(f"config section {section!r} must be a mapping, got {value!r}")
+        bad = set(value) - set(DEFAULTS[section])
+        if bad:
+            raise UsageError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
+                             f"expected some of {sorted(DEFAULTS[section])}")
+    out = deep_merge(DEFAULTS, cfg)
+    if out["train"]["precision"] not in PRECISIONS:
+        raise UsageError(f"train.precision={out['train']['precision']!r}; expected one of {PRECISIONS}")
+    return out
 
 
 def load_yaml(path: PathLike) -> dict[str, Any]:
@@ -45,15 +90,15 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     out = copy.deepcopy(dict(cfg))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.sub=value")
+            raise UsageError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ValueError(f"override {item!r} has an empty key part")
+            raise UsageError(f"override {item!r} has an empty key part")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: value is not valid YAML ({e})") from None
+            raise UsageError(f"override {item!r}: value is not valid YAML ({e})") from None
         node = out
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
@@ -77,3 +122,15 @@ def save_config(cfg: Mapping[str, Any], path: PathLike) -> Path:
     path = Path(path)
     write_text_atomic(path, yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None))
     return path
+
+
+def load_train_config(path: PathLike | None, overrides: Iterable[str] = (), exp_dir: PathLike | None = None
+                      ) -> dict[str, Any]:
+    """DEFAULTS <- YAML <- overrides (<- exp_dir), checked; a mistake is a DataError naming the config file."""
+    try:
+        cfg = load_config(path, overrides)
+        if exp_dir:
+            cfg["exp_dir"] = str(exp_dir)
+        return merge_defaults(cfg)
+    except UsageError as e:
+        raise DataError(str(e), path) from None

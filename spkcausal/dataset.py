@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import audio_info, read_audio, read_chunk
 from .datadir import DataDir
-from .utils import DataError
+from .utils import DataError, UsageError
 
 log = logging.getLogger("spkcausal.dataset")
 
@@ -242,7 +242,7 @@ def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 
     up to float reduction order). mode="pad": neighbours in length order share a batch, padded to the longest.
     """
     if mode not in ("exact", "pad"):
-        raise ValueError(f"unknown batching mode {mode!r}; expected 'exact' or 'pad'")
+        raise UsageError(f"unknown batching mode {mode!r}; expected 'exact' or 'pad'")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []

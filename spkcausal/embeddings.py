@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .utils import DataError, PathLike, atomic_path, get_logger, write_text_atomic
 
-__all__ = ["EmbeddingStore", "write_store", "import_kaldi", "export_kaldi", "speaker_means"]
+__all__ = ["EmbeddingStore", "write_store", "write_store_meta", "import_kaldi", "export_kaldi", "speaker_means"]
 
 EMB_FILE, KEYS_FILE, META_FILE = "embeddings.npy", "keys.txt", "store.json"
 FORMAT_VERSION = 1
@@ -30,13 +31,13 @@ def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray) -> Path
         raise ValueError(f"embeddings of shape {emb.shape} for {len(keys)} keys; expected ({len(keys)}, D)")
     if not np.isfinite(emb).all():
         bad = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
-        raise ValueError(f"embedding of {keys[bad]!r} is not finite")
+        raise DataError(f"embedding of {keys[bad]!r} is not finite")
     seen: set[str] = set()
     for k in keys:
         if not k or any(c.isspace() for c in k):
-            raise ValueError(f"key {k!r} is empty or contains whitespace")
+            raise DataError(f"key {k!r} is empty or contains whitespace")
         if k in seen:
-            raise ValueError(f"duplicate key {k!r}")
+            raise DataError(f"duplicate key {k!r}")
         seen.add(k)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
@@ -197,3 +198,14 @@ def export_kaldi(store: EmbeddingStore, ark_path: PathLike, scp_path: PathLike) 
                 write_array(f, np.asarray(vec, np.float32))
         text = "".join(f"{k} {ark_path}:{o}\n" for k, o in zip(store.keys, offsets))
         write_text_atomic(scp_path, text)
+
+
+def write_store_meta(out_dir: PathLike, meta: Mapping[str, Any], mean: np.ndarray | None) -> None:
+    """mean_feature.npy and extract.json beside a store, written before it (its store.json marks completion)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "store.json").unlink(missing_ok=True)
+    if mean is not None:
+        with atomic_path(out_dir / "mean_feature.npy") as tmp:
+            np.save(tmp, mean.astype(np.float32))
+    write_text_atomic(out_dir / "extract.json", json.dumps(dict(meta), indent=1) + "\n")

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,39 +30,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import find_resume_checkpoint, load_checkpoint
+from .distributed import rank_and_world, resolve_device
+from .network import resolve_checkpoint
 from .utils import DataError, PathLike, atomic_path, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.extract")
-
-
-def resolve_checkpoint(exp_dir: PathLike) -> Path:
-    """`<exp>/avg_model.pt` if it exists, else the newest complete training checkpoint."""
-    exp_dir = Path(exp_dir)
-    avg = exp_dir / "avg_model.pt"
-    if avg.is_file():
-        return avg
-    ckpt = find_resume_checkpoint(exp_dir / "checkpoints")
-    if ckpt is None:
-        raise DataError("no avg_model.pt and no checkpoint under checkpoints/", exp_dir)
-    return ckpt
-
-
-def load_for_inference(ckpt_path: PathLike, device: torch.device | str = "cpu"
-                       ) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """(model, head, config) from a training or averaged checkpoint, in eval mode on `device`."""
-    from .train import build_network, merge_defaults, num_classes_for
-
-    ckpt = load_checkpoint(ckpt_path)
-    if "config" not in ckpt:
-        raise DataError("checkpoint carries no config (not written by spkcausal train / average-ckpt)", ckpt_path)
-    cfg = merge_defaults(ckpt["config"])
-    num_speakers = int(ckpt.get("num_speakers", len(ckpt.get("speakers", []))))
-    net = build_network(cfg, num_classes_for(num_speakers, cfg))
-    net.model.load_state_dict(ckpt["model"])
-    net.head.load_state_dict(ckpt["head"])
-    net.to(device).eval()
-    return net.model, net.head, cfg
 
 
 @torch.no_grad()
@@ -116,48 +88,13 @@ def _read_part(parts_dir: Path, rank: int) -> tuple[list[str], np.ndarray] | Non
     return (keys, emb) if len(keys) == len(emb) else None
 
 
-def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
-    """Apply TDE with `alpha` to a raw store that has mean_feature.npy + extract.json beside it."""
-    from .embeddings import EmbeddingStore, write_store
-    from .tde import tde_embeddings
-
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    store = EmbeddingStore.open(raw_dir)
-    meta_path, mean_path = raw_dir / "extract.json", raw_dir / "mean_feature.npy"
-    if not mean_path.is_file() or not meta_path.is_file():
-        raise DataError("no mean_feature.npy / extract.json beside the store (extract from a Causal Norm head)",
-                        raw_dir)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("tde_alpha") is not None:
-        raise DataError(f"store already has TDE applied (alpha={meta['tde_alpha']}); use a raw store", raw_dir)
-    mean = np.load(mean_path)
-    emb = tde_embeddings(np.array(store.matrix, dtype=np.float32), mean.astype(np.float32), float(alpha),
-                         int(meta["num_heads"]))
-    _write_extras(out_dir, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)
-    return write_store(out_dir, store.keys, emb)
-
-
-def _write_extras(out_dir: Path, meta: Mapping[str, Any], mean: np.ndarray | None) -> None:
-    """mean_feature.npy and extract.json, written before the store (whose store.json marks completion)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "store.json").unlink(missing_ok=True)
-    if mean is not None:
-        with atomic_path(out_dir / "mean_feature.npy") as tmp:
-            np.save(tmp, mean.astype(np.float32))
-    write_text_atomic(out_dir / "extract.json", json.dumps(dict(meta), indent=1) + "\n")
-
-
 def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
             tde_alpha: float | None = None, batch_seconds: float = 200.0, mode: str = "exact",
             num_workers: int = 2, device: str = "auto", force: bool = False) -> Path:
     """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any)."""
     out_dir = Path(out_dir)
-    if (ckpt is None) == (exp_dir is None):
-        raise ValueError("give exactly one of ckpt or exp_dir")
-    ckpt_path = Path(ckpt) if ckpt is not None else resolve_checkpoint(exp_dir)
-    rank, world = 0, 1
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
+    ckpt_path = resolve_checkpoint(ckpt, exp_dir)
+    rank, world = rank_and_world()
     with log_to_file(out_dir.parent / f"{out_dir.name}.extract.log") if rank == 0 else nullcontext():
         return _extract(data_dir, out_dir, ckpt_path, rank, world, tde_alpha, batch_seconds, mode, num_workers,
                         device, force)
@@ -166,9 +103,9 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
 def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
              batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
     from .datadir import DataDir
-    from .embeddings import EmbeddingStore, write_store
+    from .embeddings import EmbeddingStore, write_store, write_store_meta
+    from .network import load_trained
     from .tde import tde_embeddings
-    from .train import build_fbank
 
     data = DataDir.load(data_dir)
     utts = data.utts
@@ -185,15 +122,11 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
                 return out_dir
         except (DataError, ValueError):
             pass
-    if device == "auto":
-        dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
-    model, head, cfg = load_for_inference(ckpt_path, dev)
-    if tde_alpha is not None and not hasattr(head, "mean_feature"):
-        raise DataError(f"--tde-alpha needs a Causal Norm head; this checkpoint has {cfg['head']['name']!r}",
-                        ckpt_path)
-    fbank = build_fbank(cfg, training=False).to(dev)
+    dev = resolve_device(device)
+    trained = load_trained(ckpt_path, device=dev)
+    if tde_alpha is not None:
+        trained.require_causal()
+    model, head, cfg, fbank = trained.model, trained.head, trained.config, trained.fbank(dev)
     # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
     tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
     parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"
@@ -219,11 +152,11 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
                 full = np.zeros((len(utts), emb_r.shape[1]), np.float32) if full is None else full
                 full[r::world] = emb_r
             emb = full
-        mean = head.mean_feature.detach().float().cpu().numpy() if hasattr(head, "mean_feature") else None
+        mean = head.mean_feature.detach().float().cpu().numpy() if trained.is_causal else None
         num_heads = int(getattr(head, "num_heads", 1))
         if tde_alpha is not None:
             emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
-        _write_extras(out_dir, {**meta, "num_heads": num_heads, "head": cfg["head"]["name"]}, mean)
+        write_store_meta(out_dir, {**meta, "num_heads": num_heads, "head": cfg["head"]["name"]}, mean)
         write_store(out_dir, utts, emb)
         if world > 1:
             shutil.rmtree(parts_dir, ignore_errors=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .utils import UsageError
+
 _WINDOWS = ("povey", "hanning", "hamming", "rectangular")
 
 
@@ -32,7 +34,7 @@ def _window(kind: str, size: int) -> Tensor:
         return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46, dtype=torch.float64)
     if kind == "rectangular":
         return torch.ones(size, dtype=torch.float64)
-    raise ValueError(f"unknown window {kind!r}; expected one of {_WINDOWS}")
+    raise UsageError(f"unknown window {kind!r}; expected one of {_WINDOWS}")
 
 
 def _mel_matrix(n_mels: int, n_fft: int, sample_rate: float, low_freq: float, high_freq: float) -> Tensor:
@@ -75,7 +77,7 @@ class Fbank(nn.Module):
         self.frame_length = int(sample_rate * frame_length_ms * 0.001)
         self.frame_shift = int(sample_rate * frame_shift_ms * 0.001)
         if self.frame_length < 2 or self.frame_shift < 1:
-            raise ValueError(f"frame length {frame_length_ms} ms / shift {frame_shift_ms} ms too short")
+            raise UsageError(f"frame length {frame_length_ms} ms / shift {frame_shift_ms} ms too short")
         self.n_fft = 1 << (self.frame_length - 1).bit_length()
         self.dither = float(dither)
         self.preemphasis = float(preemphasis)

@@ -1,4 +1,4 @@
-"""Closed-set identification with the trained classifier head, and TDE alpha chosen on a dev set.
+"""Closed-set identification with the trained classifier head, by shot group.
 
 Held-out utterances of *training* speakers (e.g. VoxCeleb1's iden val/test split, or a long-tail subset's
 held-out dir) are embedded (`spkcausal extract`), then classified by the checkpoint's own head:
@@ -9,101 +9,25 @@ held-out dir) are embedded (`spkcausal extract`), then classified by the checkpo
 Class i of the head is speaker `speakers[i]` of the checkpoint (the sorted training speakers); speed-perturbed
 copies (classes S..3S-1) are ignored. Shot groups come from the training dir's utterance counts, with
 configurable thresholds (`many`, `few`): a small corpus needs smaller ones than ImageNet-LT's 100 / 20.
-
-Alpha is chosen on a dev set, never on the test trials: either identification accuracy (mean per-class) on
-an iden val dir, or EER of TDE'd embeddings on a dev trial list; the whole curve is returned for the record.
+TDE's alpha is chosen on a dev set by `spkcausal.tde_alpha`.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .datadir import read_kv, read_trials
+from .datadir import read_kv
 from .embeddings import EmbeddingStore
 from .longtail import FEW, MANY
-from .utils import DataError, PathLike, get_logger, write_text_atomic
+from .network import TrainedModel, load_trained
+from .utils import DataError, PathLike, get_logger
 
-__all__ = ["split_heldout", "TrainedHead", "load_head", "class_labels", "train_counts", "head_logits", "identify",
-           "choose_alpha", "DEFAULT_ALPHAS"]
+__all__ = ["class_labels", "train_counts", "head_logits", "identify"]
 
-DEFAULT_ALPHAS = tuple(round(0.1 * i, 2) for i in range(21))  # 0.0, 0.1, ..., 2.0
 log = get_logger(__name__)
-
-
-def split_heldout(data: Any, val_per_spk: int, test_per_spk: int, min_train: int = 1,
-                  seed: int = 0) -> tuple[Any, Any, Any]:
-    """(train, val, test) DataDirs: every speaker with at least val+test+min_train utterances gives a seeded
-    random `val_per_spk` to val and `test_per_spk` to test; all other utterances stay in train.
-
-    Unlike `longtail_subset` this keeps the training distribution as it is (minus the held-out utterances):
-    speakers too small to give a held-out set are trained on but not scored."""
-    if val_per_spk < 0 or test_per_spk < 0 or min_train < 0 or val_per_spk + test_per_spk == 0:
-        raise ValueError("val_per_spk, test_per_spk, min_train must be >= 0 and val + test > 0")
-    rng = np.random.default_rng(seed)
-    val: list[str] = []
-    test: list[str] = []
-    need = val_per_spk + test_per_spk + min_train
-    for _spk, utts in sorted(data.spk2utt.items()):
-        if len(utts) < need:
-            continue
-        perm = rng.permutation(len(utts))
-        val += [utts[i] for i in perm[:val_per_spk]]
-        test += [utts[i] for i in perm[val_per_spk:val_per_spk + test_per_spk]]
-    if not test and not val:
-        raise DataError(f"no speaker has the {need} utterances a held-out split needs", data.path)
-    held = set(val) | set(test)
-    return data.subset([u for u in data.utt2spk if u not in held]), data.subset(val), data.subset(test)
-
-
-@dataclass
-class TrainedHead:
-    """A checkpoint's classifier head (eval mode), its training config and its class -> speaker list."""
-
-    head: Any  # torch.nn.Module; typed loosely so importing this module does not import torch
-    config: dict
-    speakers: list[str]
-    path: Path
-
-    @property
-    def is_causal(self) -> bool:
-        """True for Causal Norm heads (they carry x_bar and support TDE)."""
-        return hasattr(self.head, "mean_feature")
-
-
-def load_head(ckpt: PathLike) -> TrainedHead:
-    """The classifier head of a training or averaged checkpoint (weights_only load)."""
-    from .checkpoint import load_checkpoint
-    from .heads import build_head
-    from .train import merge_defaults
-
-    ckpt = Path(ckpt)
-    state = load_checkpoint(ckpt)
-    for key in ("config", "head", "speakers"):
-        if key not in state:
-            raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal train / average-ckpt)", ckpt)
-    cfg = merge_defaults(state["config"])
-    weight = state["head"]["weight"]
-    kwargs = {k: v for k, v in cfg["head"].items() if k != "name"}
-    head = build_head(cfg["head"]["name"], int(weight.shape[1]), int(weight.shape[0]), **kwargs)
-    head.load_state_dict(state["head"])
-    head.eval()
-    return TrainedHead(head, cfg, [str(s) for s in state["speakers"]], ckpt)
-
-
-def _resolve_ckpt(ckpt: PathLike | None, exp_dir: PathLike | None) -> Path:
-    if (ckpt is None) == (exp_dir is None):
-        raise ValueError("give exactly one of ckpt or exp_dir")
-    if ckpt is not None:
-        return Path(ckpt)
-    from .extract import resolve_checkpoint
-
-    return resolve_checkpoint(exp_dir)
 
 
 def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +61,7 @@ def train_counts(train_dir: PathLike, speakers: Sequence[str]) -> np.ndarray:
     return np.array([counts[s] for s in speakers], dtype=np.int64)
 
 
-def head_logits(th: TrainedHead, emb: np.ndarray, tde_alpha: float | None = None,
+def head_logits(th: TrainedModel, emb: np.ndarray, tde_alpha: float | None = None,
                 mean: np.ndarray | None = None) -> np.ndarray:
     """(N, S) logits over the S training speakers: plain head, TDE (alpha), or after mean subtraction."""
     import torch
@@ -149,19 +73,11 @@ def head_logits(th: TrainedHead, emb: np.ndarray, tde_alpha: float | None = None
         x = x - torch.from_numpy(np.asarray(mean, dtype=np.float32))
     with torch.no_grad():
         if tde_alpha is not None:
-            if not th.is_causal:
-                raise DataError(f"TDE needs a Causal Norm head; this checkpoint has {th.config['head']['name']!r}",
-                                th.path)
+            th.require_causal()
             y = tde_logits(th.head, x, alpha=float(tde_alpha))
         else:
             y = th.head(x)
     return y[:, : len(th.speakers)].numpy()
-
-
-def _mean_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    classes, inv = np.unique(y_true, return_inverse=True)
-    hit = np.bincount(inv, weights=(y_true == y_pred).astype(np.float64), minlength=len(classes))
-    return float(np.mean(hit / np.bincount(inv, minlength=len(classes))))
 
 
 def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: PathLike | None = None,
@@ -173,7 +89,7 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
     from .metrics import shot_group_accuracy
     from .scoring import store_mean
 
-    th = load_head(_resolve_ckpt(ckpt, exp_dir))
+    th = load_trained(ckpt, exp_dir, with_model=False)
     store = EmbeddingStore.open(emb)
     x, y = class_labels(store, data_dir, th.speakers)
     counts = train_counts(train_data, th.speakers)
@@ -190,66 +106,3 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
              "overall %.4f", data_dir, len(y), tde_alpha, bool(mean_store), out["many"], out["medium"], out["few"],
              out["overall"])
     return out
-
-
-def _dev_trial_eer(store: EmbeddingStore, trials_path: PathLike, mean_feature: np.ndarray, num_heads: int,
-                   alphas: Sequence[float]) -> list[float]:
-    """EER of cosine scores on TDE'd embeddings of a labelled dev trial list, for each alpha."""
-    from .metrics import compute_eer
-    from .tde import tde_embeddings
-
-    trials = read_trials(trials_path)
-    if not trials.has_labels:
-        raise DataError("dev trial list has no target/nontarget labels", trials_path)
-    keys, inv = np.unique(np.concatenate([trials.enroll, trials.test]), return_inverse=True)
-    raw = store.get([str(k) for k in keys])
-    e_idx, t_idx = inv[: len(trials)], inv[len(trials):]
-    out = []
-    for a in alphas:
-        e = tde_embeddings(raw, mean_feature, float(a), num_heads).astype(np.float64)
-        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        out.append(compute_eer(np.einsum("ij,ij->i", e[e_idx], e[t_idx]), trials.labels == 1))
-    return out
-
-
-def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
-                 data_dir: PathLike | None = None, trials: PathLike | None = None,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, out: PathLike | None = None,
-                 trials_emb: PathLike | None = None) -> dict:
-    """Sweep alpha on a dev set and pick the best: accuracy on an iden val dir (`data_dir`), else EER on a
-    labelled dev trial list (`trials`, embedded in `trials_emb`, default `emb`). With both, accuracy picks and
-    the EER curve is recorded beside it."""
-    from .tde import alpha_heuristic, sweep_alpha
-
-    if data_dir is None and trials is None:
-        raise ValueError("choose alpha on a dev set: give an iden val dir and/or a dev trial list")
-    th = load_head(_resolve_ckpt(ckpt, exp_dir))
-    if not th.is_causal:
-        raise DataError(f"TDE needs a Causal Norm head; this checkpoint has {th.config['head']['name']!r}", th.path)
-    store = EmbeddingStore.open(emb)
-    mean_feature = th.head.mean_feature.detach().numpy()
-    k = int(th.head.num_heads)
-    alphas = [float(a) for a in alphas]
-    result: dict = {"checkpoint": str(th.path), "store": str(emb), "alphas": alphas}
-    if data_dir is not None:
-        x, y = class_labels(store, data_dir, th.speakers)
-        sweep = sweep_alpha(lambda a: _mean_per_class(y, head_logits(th, x, a).argmax(axis=1)), alphas, maximize=True)
-        result.update(criterion="identification accuracy (mean per class)", dev=str(data_dir),
-                      accuracy=sweep.values, alpha=sweep.best_alpha, best_value=sweep.best_value)
-        try:
-            result["heuristic_alpha"] = alpha_heuristic(x, mean_feature, k)
-        except ValueError as e:  # features that do not lean toward x_bar: record why instead of a number
-            result["heuristic_alpha"] = None
-            result["heuristic_note"] = str(e)
-    if trials is not None:
-        tstore = EmbeddingStore.open(trials_emb) if trials_emb else store
-        eers = _dev_trial_eer(tstore, trials, mean_feature, k, alphas)
-        result["dev_trials"] = str(trials)
-        result["eer"] = eers
-        if data_dir is None:
-            best = min(range(len(alphas)), key=lambda i: (eers[i], alphas[i]))
-            result.update(criterion="EER on dev trials", alpha=alphas[best], best_value=eers[best])
-    log.info("TDE alpha %.3f chosen by %s on %s", result["alpha"], result["criterion"], data_dir or trials)
-    if out is not None:
-        write_text_atomic(out, json.dumps(result, indent=1) + "\n")
-    return result

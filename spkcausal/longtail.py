@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .datadir import _WS, DataDir
-from .utils import DataError, PathLike, atomic_path, atomic_write, get_logger
+from .utils import DataError, PathLike, UsageError, atomic_path, atomic_write, get_logger
 
 log = get_logger(__name__)
 
@@ -456,3 +456,28 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     for rank, i in enumerate(ranked):
         train += rest[speakers[i]][: min(int(targets[rank]), int(avail[i]))]
     return data.subset(train), data.subset(heldout)
+
+
+def split_heldout(data: DataDir, val_per_spk: int, test_per_spk: int, min_train: int = 1,
+                  seed: int = 0) -> tuple[DataDir, DataDir, DataDir]:
+    """(train, val, test) DataDirs: every speaker with at least val+test+min_train utterances gives a seeded
+    random `val_per_spk` to val and `test_per_spk` to test; all other utterances stay in train.
+
+    Unlike `longtail_subset` this keeps the training distribution as it is (minus the held-out utterances):
+    speakers too small to give a held-out set are trained on but not scored."""
+    if val_per_spk < 0 or test_per_spk < 0 or min_train < 0 or val_per_spk + test_per_spk == 0:
+        raise UsageError("val_per_spk, test_per_spk, min_train must be >= 0 and val + test > 0")
+    rng = np.random.default_rng(seed)
+    val: list[str] = []
+    test: list[str] = []
+    need = val_per_spk + test_per_spk + min_train
+    for _spk, utts in sorted(data.spk2utt.items()):
+        if len(utts) < need:
+            continue
+        perm = rng.permutation(len(utts))
+        val += [utts[i] for i in perm[:val_per_spk]]
+        test += [utts[i] for i in perm[val_per_spk:val_per_spk + test_per_spk]]
+    if not test and not val:
+        raise DataError(f"no speaker has the {need} utterances a held-out split needs", data.path)
+    held = set(val) | set(test)
+    return data.subset([u for u in data.utt2spk if u not in held]), data.subset(val), data.subset(test)

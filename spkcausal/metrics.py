@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .longtail import FEW, MANY, shot_groups
+from .utils import DataError, UsageError
 
 __all__ = [
     "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
@@ -40,11 +41,11 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if len(scores) != len(labels):
         raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
     if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+        raise DataError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
     if labels.dtype == bool:
         labels = labels.astype(np.int8)
     if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 1 (target) or 0 (non-target)")
+        raise DataError("labels must be 1 (target) or 0 (non-target)")
     return scores, labels.astype(bool)
 
 
@@ -54,7 +55,7 @@ def det_curve(scores: np.ndarray, labels: np.ndarray) -> DetCurve:
     n_tar = int(is_tar.sum())
     n_non = len(is_tar) - n_tar
     if n_tar == 0 or n_non == 0:
-        raise ValueError(f"need both targets and non-targets (got {n_tar} targets, {n_non} non-targets)")
+        raise DataError(f"need both targets and non-targets (got {n_tar} targets, {n_non} non-targets)")
     # Two value sorts (SIMD in numpy) instead of an argsort: targets below each distinct score by searchsorted.
     s = np.sort(scores)
     first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))  # start of each tie group
@@ -90,7 +91,7 @@ def compute_eer(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def _dcf_norm(p_target: float, c_miss: float, c_fa: float) -> float:
     if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+        raise UsageError(f"p_target must be in (0, 1), got {p_target}")
     return min(c_miss * p_target, c_fa * (1.0 - p_target))
 
 
@@ -118,7 +119,7 @@ def actual_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float, p_targe
     """Normalised DCF at a fixed threshold (accept score >= threshold)."""
     scores, is_tar = _check(scores, labels)
     if not is_tar.any() or is_tar.all():
-        raise ValueError("need both targets and non-targets")
+        raise DataError("need both targets and non-targets")
     pmiss = float(np.mean(scores[is_tar] < threshold))
     pfa = float(np.mean(scores[~is_tar] >= threshold))
     return (c_miss * p_target * pmiss + c_fa * (1.0 - p_target) * pfa) / _dcf_norm(p_target, c_miss, c_fa)
@@ -146,6 +147,14 @@ def _per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) 
     hit = np.bincount(y_true[y_true == y_pred], minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return hit / n, n
+
+
+def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over the classes present in `y_true` of their accuracy (equal to top-1 on a balanced set)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    acc, n = _per_class_accuracy(y_true, y_pred, int(max(y_true.max(), y_pred.max())) + 1)
+    return float(acc[n > 0].mean())
 
 
 def shot_group_accuracy(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray, many: int = MANY,
@@ -232,7 +241,10 @@ def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.0
     out = []
     for p in paths:
         scores, labels = read_score_arrays(p)
-        res = verification_summary(scores, labels, p_targets)
+        try:
+            res = verification_summary(scores, labels, p_targets)
+        except DataError as e:  # the arrays do not know their file: name it
+            raise DataError(e.message, p) from None
         res["file"] = str(p)
         out.append(res)
     return out

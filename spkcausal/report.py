@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from .utils import DataError, PathLike, write_text_atomic
+from .utils import DataError, PathLike, UsageError, write_text_atomic
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "system_name", "variant_label", "load_results", "update_results",
            "record_verification", "record_identification", "collect_rows", "format_markdown", "write_report"]
@@ -96,7 +96,7 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
     """Merge `sections` (verification=..., identification=..., tde_alpha=...) into one variant, atomically."""
     exp_dir = Path(exp_dir)
     if not variant or any(c.isspace() for c in variant):
-        raise ValueError(f"variant name {variant!r} is empty or has whitespace")
+        raise UsageError(f"variant name {variant!r} is empty or has whitespace")
     data = load_results(exp_dir)
     row = data["rows"].setdefault(variant, {})
     if label is not None:
@@ -207,7 +207,7 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
                  variants: Sequence[str] | None = None, p_target: float = 0.01) -> tuple[str, Path]:
     """Write `report.md` and `report.json` (rows as collected) into out_dir (default: the first exp's parent)."""
     if not exp_dirs:
-        raise ValueError("no experiment dirs given")
+        raise UsageError("no experiment dirs given")
     rows = collect_rows(exp_dirs, variants)
     if not rows:
         raise DataError("no result rows (check --variants)", exp_dirs[0])

@@ -21,7 +21,7 @@ import numpy as np
 
 from .datadir import Trials, read_list_kv, read_trials, write_scores
 from .embeddings import EmbeddingStore, speaker_means
-from .utils import DataError, PathLike, get_logger, setup_logging
+from .utils import DataError, PathLike, UsageError, get_logger, setup_logging
 
 __all__ = ["Scorer", "store_mean", "speaker_means", "cohort_stats", "score_trials", "score_files", "NORMS"]
 
@@ -45,7 +45,7 @@ def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
         x -= np.asarray(mean, dtype=np.float32)
     norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norm == 0).any():
-        raise ValueError(f"{int((norm == 0).sum())} embeddings have zero norm after mean subtraction")
+        raise DataError(f"{int((norm == 0).sum())} embeddings have zero norm after mean subtraction")
     x /= norm[:, None].astype(np.float32)
     return x
 
@@ -61,7 +61,7 @@ def cohort_stats(emb: np.ndarray, cohort: np.ndarray, top_n: int | None, block: 
     n = len(emb)
     k = None if top_n is None else min(int(top_n), len(cohort))
     if k is not None and k < 2:
-        raise ValueError(f"top-N must be at least 2 (cohort has {len(cohort)} entries)")
+        raise UsageError(f"top-N must be at least 2 (cohort has {len(cohort)} entries)")
     mu = np.empty(n, dtype=np.float64)
     sd = np.empty(n, dtype=np.float64)
     with torch.no_grad():
@@ -88,9 +88,9 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"unknown normalisation {self.norm!r}; expected one of {', '.join(NORMS)}")
+            raise UsageError(f"unknown normalisation {self.norm!r}; expected one of {', '.join(NORMS)}")
         if self.norm != "none" and self.cohort is None:
-            raise ValueError(f"--norm {self.norm} needs a cohort")
+            raise UsageError(f"--norm {self.norm} needs a cohort")
         self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean)
         self._emap = list((self.enroll_map or {}).items())
         # Key -> row: store rows first, then one virtual row per enrol-map entry (it overrides a store key).
@@ -184,7 +184,7 @@ def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLik
     setup_logging(out_dir / "score.log")
     names = [Path(t).name for t in trial_paths]
     if len(set(names)) != len(names):
-        raise ValueError(f"trial lists share a file name, outputs would collide: {names}")
+        raise UsageError(f"trial lists share a file name, outputs would collide: {names}")
     store = EmbeddingStore.open(emb)
     mean = store_mean(EmbeddingStore.open(mean_store)) if mean_store else None
     cohort_emb = None

@@ -9,8 +9,10 @@ gives exactly the TDE logits. Functions accept torch tensors or NumPy arrays and
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .heads import EPS, causal_norm_weight, normalize_heads, split_heads
+from .utils import DataError, PathLike, UsageError
 
 ArrayLike = Tensor | np.ndarray
 
@@ -35,7 +38,7 @@ def head_direction(mean_feature: ArrayLike, num_heads: int) -> Tensor:
     m = m.reshape(-1)
     chunks = split_heads(m, num_heads)
     if any(float(c.norm()) == 0.0 for c in chunks):
-        raise ValueError("mean_feature has an all-zero chunk: x_bar was never updated (train the head first)")
+        raise DataError("mean_feature has an all-zero chunk: x_bar was never updated (train the head first)")
     return normalize_heads(m, num_heads)
 
 
@@ -92,7 +95,7 @@ def alpha_heuristic(features: ArrayLike, mean_feature: ArrayLike, num_heads: int
     """The authors' heuristic alpha = 1 / mean cos(x^k, d^k) over (training) features."""
     c = mean_head_cosine(features, mean_feature, num_heads)
     if c <= 0:
-        raise ValueError(f"mean cosine to the head direction is {c:.4f} <= 0: the heuristic needs features that "
+        raise DataError(f"mean cosine to the head direction is {c:.4f} <= 0: the heuristic needs features that "
                          "lean toward x_bar (check the feature sign, and that x_bar was tracked on these features)")
     return 1.0 / c
 
@@ -107,17 +110,17 @@ class AlphaSweep:
     alphas: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
 
-    def table(self) -> str:
-        """The curve as 'alpha value' lines, the chosen one marked with '*'."""
-        return "\n".join(f"{a:.3f} {v:.6f}{' *' if a == self.best_alpha else ''}"
-                         for a, v in zip(self.alphas, self.values))
+
+def format_alpha_curve(alphas: Sequence[float], values: Sequence[float], best: float) -> str:
+    """An alpha curve as 'alpha value' lines, the chosen alpha marked with '*'."""
+    return "\n".join(f"{a:.3f} {v:.6f}{' *' if a == best else ''}" for a, v in zip(alphas, values))
 
 
 def sweep_alpha(score_fn: Callable[[float], float], alphas: Sequence[float], maximize: bool) -> AlphaSweep:
     """Evaluate `score_fn(alpha)` on a dev set for each alpha; pick the best (ties -> smallest alpha)."""
     alphas = [float(a) for a in alphas]
     if not alphas:
-        raise ValueError("no alpha values to sweep")
+        raise UsageError("no alpha values to sweep")
     values = [float(score_fn(a)) for a in alphas]
     sign = 1.0 if maximize else -1.0
     best = max(range(len(alphas)), key=lambda i: (sign * values[i], -alphas[i]))
@@ -141,3 +144,23 @@ def sweep_alpha_verification(eer_fn: Callable[[ArrayLike], float], features: Arr
     """Pick alpha minimising the EER that `eer_fn(tde_embeddings)` returns on a dev trial list."""
     return sweep_alpha(lambda a: eer_fn(tde_embeddings(features, mean_feature, a, num_heads)), alphas,
                        maximize=False)
+
+
+def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
+    """Apply TDE with `alpha` to a raw store that has mean_feature.npy + extract.json beside it."""
+    from .embeddings import EmbeddingStore, write_store, write_store_meta
+
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    store = EmbeddingStore.open(raw_dir)
+    meta_path, mean_path = raw_dir / "extract.json", raw_dir / "mean_feature.npy"
+    if not mean_path.is_file() or not meta_path.is_file():
+        raise DataError("no mean_feature.npy / extract.json beside the store (extract from a Causal Norm head)",
+                        raw_dir)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("tde_alpha") is not None:
+        raise DataError(f"store already has TDE applied (alpha={meta['tde_alpha']}); use a raw store", raw_dir)
+    mean = np.load(mean_path)
+    emb = tde_embeddings(np.array(store.matrix, dtype=np.float32), mean.astype(np.float32), float(alpha),
+                         int(meta["num_heads"]))
+    write_store_meta(out_dir, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)
+    return write_store(out_dir, store.keys, emb)

@@ -2,14 +2,10 @@
 
 Per step on the device: waves -> [speed perturbation] -> [noise / reverb] -> Fbank -> model -> head -> loss.
 CPU DataLoader workers only read audio (spkcausal.dataset). `train(cfg)` (a `Trainer` per rank) is the library
-entry point; `spkcausal train --config conf.yaml key=value ... [--resume]` is a thin CLI over it. DEFAULTS below
-lists every config key (docs/training.md explains them).
+entry point; `spkcausal train --config conf.yaml key=value ... [--resume]` is a thin CLI over it. The config
+schema is `spkcausal.config.DEFAULTS`; the network comes from `spkcausal.network`, the process group from
+`spkcausal.distributed`, the lr / margin schedules from `spkcausal.schedules`.
 
-Schedules are pure functions of the global step s (0-based, the step about to be taken), with
-S = steps per epoch and T = epochs * S:
-- learning rate: lr(s) = lr * min(1, (s + 1) / (warmup_epochs * S)) * (final_lr / lr) ** (s / T)
-  (linear warm-up times exponential decay from lr towards final_lr, as in wespeaker);
-- margin: 0 before `margin.start_epoch`, rising linearly to the head's `margin` at `margin.end_epoch`.
 Randomness of a step (augmentation draws, fbank dither) comes from a generator re-seeded from
 (seed, rank, step), and chunk offsets from (seed, epoch, rank, position), so a resumed run repeats the
 uninterrupted one exactly; the global RNG states are saved as well for anything else (e.g. dropout).
@@ -19,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Mapping
@@ -44,167 +39,11 @@ from .checkpoint import (
     set_rng_state,
     write_latest,
 )
-from .config import deep_merge, save_config
+from .config import merge_defaults, save_config
+from .distributed import DistInfo, distributed, resolve_device
+from .network import SpeakerNet, build_fbank, build_network, num_classes_for, section_kwargs
+from .schedules import lr_at, margin_at, step_seed
 from .utils import DataError, log_to_file, write_text_atomic
-
-DEFAULTS: dict[str, Any] = {
-    "exp_dir": None,
-    "seed": 42,
-    "data": {"train": None, "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
-             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8},
-    "features": {"n_mels": 80, "dither": 0.0},
-    "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
-                "rir_max_seconds": 2.0},
-    "model": {"name": "ecapa512"},
-    "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
-    "loss": {"name": "ce"},
-    "sampler": {"name": "natural", "num_samples": None},
-    "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
-              "weight_decay": 1.0e-4, "grad_clip": 0.0},
-    "margin": {"start_epoch": 20, "end_epoch": 40},
-    "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
-              "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True},
-}
-
-PRECISIONS = ("bf16", "fp16", "fp32")
-
-
-# Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
-_FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
-
-
-def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """DEFAULTS <- cfg; unknown sections, and unknown keys of fixed sections, are rejected (typos, mostly)."""
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
-    for section in _FIXED_SECTIONS:
-        value = cfg.get(section) or {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"config section {section!r} must be a mapping, got {value!r}")
-        bad = set(value) - set(DEFAULTS[section])
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
-                             f"expected some of {sorted(DEFAULTS[section])}")
-    return deep_merge(DEFAULTS, cfg)
-
-
-# ------------------------------------------------------------------ schedules
-
-
-def lr_at(step: int, steps_per_epoch: int, epochs: int, lr: float, final_lr: float, warmup_epochs: float) -> float:
-    """Learning rate for global step `step` (see the module docstring)."""
-    total = max(1, epochs * steps_per_epoch)
-    warm = warmup_epochs * steps_per_epoch
-    factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-    return lr * factor * math.exp(math.log(final_lr / lr) * min(step, total) / total)
-
-
-def margin_at(step: int, steps_per_epoch: int, final: float, start_epoch: float, end_epoch: float) -> float:
-    """Margin for global step `step`: 0 before start_epoch, linear to `final` at end_epoch, then `final`."""
-    epoch = step / max(1, steps_per_epoch)
-    if epoch < start_epoch:
-        return 0.0
-    if end_epoch <= start_epoch or epoch >= end_epoch:
-        return float(final)
-    return float(final) * (epoch - start_epoch) / (end_epoch - start_epoch)
-
-
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (seed, rank, step, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-# ------------------------------------------------------------------ distributed
-
-
-@dataclass
-class DistInfo:
-    """Rank layout read from torchrun's environment."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    created: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0."""
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK); NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        if device_type == "cuda":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        info.created = True
-    return info
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-# ------------------------------------------------------------------ model assembly
-
-
-class SpeakerNet(nn.Module):
-    """Extractor + classifier head as one module (one DDP wrapper, one state)."""
-
-    def __init__(self, model: nn.Module, head: nn.Module):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(embeddings, logits)."""
-        emb = self.model(feats)
-        return emb, self.head(emb.float(), labels)
-
-
-def _kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in section.items() if k != "name"}
-
-
-def build_network(cfg: Mapping[str, Any], num_classes: int) -> SpeakerNet:
-    """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features."""
-    from .heads import build_head
-    from .models import build_model
-
-    model = build_model(cfg["model"]["name"], n_mels=cfg["features"].get("n_mels", 80), **_kwargs(cfg["model"]))
-    head = build_head(cfg["head"]["name"], model.embed_dim, num_classes, **_kwargs(cfg["head"]))
-    return SpeakerNet(model, head)
-
-
-def num_classes_for(num_speakers: int, cfg: Mapping[str, Any]) -> int:
-    """Speakers, times the number of speed factors when speed perturbation makes new speakers."""
-    from .augment import SPEED_FACTORS
-
-    return num_speakers * (len(SPEED_FACTORS) if cfg["augment"].get("speed_perturb") else 1)
-
-
-def build_fbank(cfg: Mapping[str, Any], training: bool = True) -> nn.Module:
-    """Fbank from `features` at `data.sample_rate`; dither only for training (extraction is deterministic)."""
-    from .features import Fbank
-
-    kwargs = {**cfg["features"], "sample_rate": cfg["data"]["sample_rate"]}
-    if cfg["features"].get("sample_rate", kwargs["sample_rate"]) != kwargs["sample_rate"]:
-        raise ValueError("features.sample_rate differs from data.sample_rate; set data.sample_rate only")
-    if not training:
-        kwargs["dither"] = 0.0
-    return Fbank(**kwargs).train(training)
 
 
 def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, nn.Module | None]:
@@ -313,7 +152,7 @@ class Trainer:
         tcfg, ocfg = cfg["train"], cfg["optim"]
         self.exp_dir = Path(cfg["exp_dir"])
         self.ckpt_dir = self.exp_dir / "checkpoints"
-        self.device = pick_device(tcfg["device"], info.local_rank)
+        self.device = resolve_device(tcfg["device"], info.local_rank)
         self.log = logging.getLogger("spkcausal")  # train() attaches exp_dir/train.log on rank 0
         if info.is_main:
             remove_partial(self.ckpt_dir)
@@ -345,7 +184,8 @@ class Trainer:
 
         self.net = build_network(cfg, num_classes).to(self.device)
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
-        self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts, **_kwargs(cfg["loss"])).to(self.device)
+        self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
+                                  **section_kwargs(cfg["loss"])).to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=float(ocfg["lr"]),
                                          momentum=float(ocfg["momentum"]), nesterov=bool(ocfg["nesterov"]),
                                          weight_decay=float(ocfg["weight_decay"]))
@@ -534,13 +374,6 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
     cfg = merge_defaults(cfg)
     if cfg["exp_dir"] is None:
         raise DataError("config key exp_dir is not set")
-    if cfg["train"]["precision"] not in PRECISIONS:
-        raise ValueError(f"train.precision={cfg['train']['precision']!r}; expected one of {PRECISIONS}")
-    want_cuda = cfg["train"]["device"] in ("auto", "cuda") and torch.cuda.is_available()
-    info = init_distributed("cuda" if want_cuda else "cpu")
-    try:
+    with distributed(cfg["train"]["device"]) as info:
         with log_to_file(Path(cfg["exp_dir"]) / "train.log") if info.is_main else nullcontext():
             return Trainer(cfg, info, resume).run()
-    finally:
-        if info.created and dist.is_initialized():
-            dist.destroy_process_group()

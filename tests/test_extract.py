@@ -13,9 +13,11 @@ from spkcausal.cli import main
 from spkcausal.datadir import DataDir
 from spkcausal.dataset import length_batches, utterance_lengths
 from spkcausal.embeddings import EmbeddingStore
-from spkcausal.extract import embed_utterances, extract, load_for_inference, resolve_checkpoint, tde_store
+from spkcausal.extract import embed_utterances, extract
 from spkcausal.features import Fbank
 from spkcausal.models import build_model
+from spkcausal.network import load_trained, resolve_checkpoint
+from spkcausal.tde import tde_store
 from spkcausal.train import train
 from spkcausal.utils import DataError
 
@@ -53,7 +55,7 @@ def test_alone_and_in_batch_give_the_same_embedding(trained, name):
     data = DataDir.load(data_dir)
     torch.manual_seed(0)
     if name == "resnet_tiny":  # the trained experiment's model
-        model = load_for_inference(resolve_checkpoint(exp))[0]
+        model = load_trained(exp_dir=exp).model
     else:  # speechbrain's ECAPA pads by reflection, so batch padding would show; exact batching must not
         model = _with_trained_bn(build_model(name, n_mels=40))
     fb = Fbank(n_mels=40)
@@ -124,13 +126,13 @@ def test_extract_cli_raw_store_mean_feature_and_tde(trained, tmp_path):
     assert main(["extract", "--exp", str(exp), "--data", str(data_dir), "--out", str(raw), "--num-workers", "0"]) == 0
     store = EmbeddingStore.open(raw)
     assert store.keys == data.utts and store.dim == 16
-    ckpt = load_checkpoint(resolve_checkpoint(exp))
+    ckpt = load_checkpoint(resolve_checkpoint(exp_dir=exp))
     mean = np.load(raw / "mean_feature.npy")
     assert np.array_equal(mean, ckpt["head"]["mean_feature"].numpy()) and np.abs(mean).sum() > 0
     meta = json.loads((raw / "extract.json").read_text())
     assert meta["num_heads"] == 2 and meta["tde_alpha"] is None and meta["head"] == "causal_norm_aam"
     # Raw embeddings equal the model applied directly to each whole utterance.
-    model, _, _ = load_for_inference(resolve_checkpoint(exp))
+    model = load_trained(exp_dir=exp).model
     import soundfile as sf
 
     wave, _ = sf.read(data.wav["spk4-u02"], dtype="float32")
@@ -165,7 +167,7 @@ def test_extract_cli_raw_store_mean_feature_and_tde(trained, tmp_path):
 def test_extract_prefers_averaged_model_and_names_bad_audio(trained, tmp_path):
     data_dir, exp = trained
     assert main(["average-ckpt", "--exp", str(exp), "--num", "2"]) == 0
-    assert resolve_checkpoint(exp).name == "avg_model.pt"
+    assert resolve_checkpoint(exp_dir=exp).name == "avg_model.pt"
     # A corrupt evaluation file is an error naming the file, not a silent gap in the store.
     data = DataDir.load(data_dir)
     bad_dir = tmp_path / "bad"
@@ -203,7 +205,7 @@ def test_rerun_redoes_work_when_the_checkpoint_file_changes(trained, tmp_path):
     shutil.copy(exp / "checkpoints" / "epoch_0002.pt", ck)  # same path, new content (e.g. re-averaged)
     extract(data_dir, out, ckpt=ck, num_workers=0)
     second = np.array(EmbeddingStore.open(out).matrix)
-    model, _, _ = load_for_inference(ck)
+    model = load_trained(ck).model
     data = DataDir.load(data_dir)
     direct = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
     assert np.array_equal(second, direct) and not np.array_equal(first, second)

@@ -23,7 +23,8 @@ from fixtures_voxceleb import make_voxceleb1
 from spkcausal.datadir import DataDir, read_scores, write_kv
 from spkcausal.embeddings import write_store
 from spkcausal.heads import AAMHead, CausalNormAAMHead
-from spkcausal.identify import choose_alpha, identify, split_heldout
+from spkcausal.identify import identify
+from spkcausal.longtail import split_heldout
 from spkcausal.report import (
     collect_rows,
     format_markdown,
@@ -34,6 +35,7 @@ from spkcausal.report import (
     variant_label,
     write_report,
 )
+from spkcausal.tde_alpha import choose_alpha
 from spkcausal.utils import DataError
 
 ROOT = Path(__file__).resolve().parents[1]

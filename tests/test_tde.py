@@ -8,6 +8,7 @@ import torch
 from spkcausal.heads import CausalNormHead
 from spkcausal.tde import (
     alpha_heuristic,
+    format_alpha_curve,
     sweep_alpha,
     sweep_alpha_identification,
     sweep_alpha_verification,
@@ -112,7 +113,7 @@ def test_sweep_picks_best_and_reports_curve():
     curve = {0.0: 5.0, 0.5: 3.0, 1.0: 2.0, 1.5: 2.0, 2.0: 4.0}
     s = sweep_alpha(lambda a: curve[a], list(curve), maximize=False)
     assert s.best_alpha == 1.0 and s.best_value == 2.0 and s.values == list(curve.values())
-    assert "1.000 2.000000 *" in s.table()
+    assert "1.000 2.000000 *" in format_alpha_curve(s.alphas, s.values, s.best_alpha)
     assert sweep_alpha(lambda a: curve[a], list(curve), maximize=True).best_alpha == 0.0
 
 

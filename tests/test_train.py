@@ -26,11 +26,12 @@ from spkcausal.checkpoint import (
     set_rng_state,
     write_latest,
 )
-from spkcausal.config import load_yaml, save_config
+from spkcausal.config import load_yaml, merge_defaults, save_config
 from spkcausal.datadir import DataDir
 from spkcausal.dataset import PositionSampler, TrainChunkDataset, train_loader
 from spkcausal.samplers import build_sampler
-from spkcausal.train import lr_at, margin_at, merge_defaults, train
+from spkcausal.schedules import lr_at, margin_at
+from spkcausal.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,8 +170,9 @@ dist.destroy_process_group()
 
 def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     from spkcausal.embeddings import EmbeddingStore
-    from spkcausal.extract import embed_utterances, load_for_inference
+    from spkcausal.extract import embed_utterances
     from spkcausal.features import Fbank
+    from spkcausal.network import load_trained
 
     data_dir = make_corpus(tmp_path, utts_per_spk=4)
     script = tmp_path / "ddp.py"
@@ -192,7 +194,7 @@ def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     store = EmbeddingStore.open(tmp_path / "emb")
     data = DataDir.load(data_dir)
     assert store.keys == data.utts
-    model, _, _ = load_for_inference(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt")
+    model = load_trained(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt").model
     single = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
     assert np.abs(np.asarray(store.matrix) - single).max() < 1e-4
     assert np.array_equal(np.load(tmp_path / "emb" / "mean_feature.npy"), x0)
@@ -386,7 +388,7 @@ def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_pat
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "conf-common").glob("*.yaml")), ids=lambda p: p.stem)
 def test_example_configs_are_valid_and_build(path):
-    from spkcausal.train import build_network, num_classes_for
+    from spkcausal.network import build_network, num_classes_for
 
     cfg = merge_defaults(load_yaml(path))
     net = build_network(cfg, num_classes_for(4, cfg))
@@ -414,8 +416,9 @@ def test_config_key_typos_are_rejected(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path):
-    from spkcausal.extract import embed_utterances, load_for_inference
+    from spkcausal.extract import embed_utterances
     from spkcausal.features import Fbank
+    from spkcausal.network import load_trained
 
     cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
                       sampler={"num_samples": 64}, data={"num_workers": 2},
@@ -427,8 +430,8 @@ def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path
     ckpt = tmp_path / "exp" / "checkpoints" / "epoch_0002.pt"
     assert len(load_checkpoint(ckpt)["rng"][0]["cuda"]) >= 1
     data = DataDir.load(corpus)
-    model_gpu, _, _ = load_for_inference(ckpt, "cuda")
-    model_cpu, _, _ = load_for_inference(ckpt, "cpu")
+    model_gpu = load_trained(ckpt, device="cuda").model
+    model_cpu = load_trained(ckpt, device="cpu").model
     a = embed_utterances(model_gpu, Fbank(n_mels=40).cuda(), data, data.utts, "cuda", num_workers=0, progress=False)
     b = embed_utterances(model_cpu, Fbank(n_mels=40), data, data.utts, "cpu", num_workers=0, progress=False)
     na = a / np.linalg.norm(a, axis=1, keepdims=True)

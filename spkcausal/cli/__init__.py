@@ -14,6 +14,9 @@ import sys
 
 from ..utils import SpkcausalError
 
+ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "score", "tde", "identify", "report",
+         "model"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Collect every command module's subcommands into one parser."""
@@ -23,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+    names = [m.name for m in pkgutil.iter_modules(__path__)]
+    # in pipeline order, so `spkcausal --help` reads like a recipe; a module not listed goes last
+    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        module = importlib.import_module(f"{__name__}.{name}")
         module.register(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Long-tail commands: profile, plot-longtail, longtail-subset."""
+"""Long-tail commands: profile, plot-longtail, longtail-subset, heldout-split."""
 from __future__ import annotations
 
 import argparse
@@ -18,11 +18,12 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from ..longtail import plot_longtail
+    from ..utils import UsageError
 
     if args.labels is not None and len(args.labels) != len(args.dirs):
-        raise SystemExit(f"spkcausal plot-longtail: {len(args.labels)} labels for {len(args.dirs)} dirs")
+        raise UsageError(f"{len(args.labels)} labels for {len(args.dirs)} dirs")
     if Path(args.out).suffix.lower() not in (".png", ".pdf"):
-        raise SystemExit("spkcausal plot-longtail: --out must end in .png or .pdf")
+        raise UsageError("--out must end in .png or .pdf")
     plot_longtail(args.dirs, args.out, labels=args.labels)
     print(f"wrote {args.out}")
     return 0
@@ -50,8 +51,34 @@ def _subset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(args: argparse.Namespace) -> int:
+    from ..datadir import DataDir
+    from ..longtail import split_heldout
+
+    train, val, test = split_heldout(DataDir.load(args.data_dir), args.val_per_spk, args.test_per_spk,
+                                     args.min_train, args.seed)
+    # train last: a recipe treats an existing train dir as the sign that the split finished
+    for d, out in ((val, args.out_val), (test, args.out_test), (train, args.out_train)):
+        if out and len(d):
+            d.write(out)
+            print(f"{out}: {len(d)} utterances of {len(d.speakers)} speakers")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the long-tail commands."""
+    p = sub.add_parser("heldout-split", help="hold out val/test utterances of training speakers for identification")
+    p.add_argument("data_dir")
+    p.add_argument("--out-train", help="training dir without the held-out utterances")
+    p.add_argument("--out-val", required=True, help="val dir (chooses TDE's alpha)")
+    p.add_argument("--out-test", required=True, help="test dir (identification accuracy)")
+    p.add_argument("--val-per-spk", type=int, default=2, help="val utterances per speaker (default 2)")
+    p.add_argument("--test-per-spk", type=int, default=4, help="test utterances per speaker (default 4)")
+    p.add_argument("--min-train", type=int, default=1,
+                   help="a speaker is held out from only when this many utterances stay for training (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_split)
+
     p = sub.add_parser("profile", help="long-tail profile of a data dir: speakers.tsv, summary.json, table")
     p.add_argument("data_dir")
     p.add_argument("--many", type=int, default=100, help="many-shot: more than this many utterances")

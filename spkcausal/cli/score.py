@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def _score(args: argparse.Namespace) -> int:
     from ..scoring import score_files
-    from ..utils import DataError
+    from ..utils import UsageError
 
-    try:
-        outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
-                           cohort_data=args.cohort_data, norm=args.norm, top_n=args.asnorm_top,
-                           enroll_map=args.enroll_map, allow_missing=args.allow_missing)
-    except DataError:
-        raise
-    except ValueError as e:  # bad options or degenerate embeddings: a message, not a traceback
-        print(f"spkcausal score: error: {e}", file=sys.stderr)
-        return 2
+    norm = args.norm or ("asnorm" if args.cohort else "none")
+    if norm != "none" and not args.cohort:
+        raise UsageError(f"--norm {norm} needs --cohort STORE")
+    outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
+                       cohort_data=args.cohort_data, norm=norm, top_n=args.asnorm_top,
+                       enroll_map=args.enroll_map, allow_missing=args.allow_missing)
     for o in outs:
         print(o)
     return 0
@@ -74,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--enroll-map", help="`enroll utt utt ...` table (enroll2utt): enrol = mean of those utterances")
     p.add_argument("--allow-missing", action="store_true", help="skip trials whose keys have no embedding")
     p.add_argument("--out-dir", required=True, help="writes <out-dir>/<trial file name>.score and score.log")
-    p.set_defaults(func=_score_dispatch)
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("eer", help="EER (%%) and minDCF of labelled score files, as a table")
     p.add_argument("scores", nargs="+", help="score files `enroll test score target|nontarget`")
@@ -99,12 +95,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ark")
     p.add_argument("scp")
     p.set_defaults(func=_export)
-
-
-def _score_dispatch(args: argparse.Namespace) -> int:
-    if args.norm is None:
-        args.norm = "asnorm" if args.cohort else "none"
-    if args.norm != "none" and not args.cohort:
-        print(f"spkcausal score: error: --norm {args.norm} needs --cohort STORE", file=sys.stderr)
-        return 2
-    return _score(args)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def _floats(text: str) -> tuple[float, float]:
@@ -23,6 +22,7 @@ def _ints(text: str) -> tuple[int, int]:
 
 def _synth(args: argparse.Namespace) -> int:
     from ..corpora.synthetic import SynthConfig, make_synthetic_corpus
+    from ..utils import UsageError
 
     cfg = SynthConfig(
         num_speakers=args.speakers, num_test_speakers=args.test_speakers, max_utts=args.max_utts,
@@ -33,9 +33,8 @@ def _synth(args: argparse.Namespace) -> int:
     )
     try:
         cfg.validate()
-    except ValueError as e:
-        print(f"spkcausal synth: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # SynthConfig checks its own fields: a user's option mistake
+        raise UsageError(str(e)) from None
     summary = make_synthetic_corpus(args.out, cfg, nj=args.nj)
     print(json.dumps(summary, indent=1))
     return 0

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from spkcausal.embeddings import EmbeddingStore
-from spkcausal.identify import class_labels, head_logits, load_head, train_counts
+from spkcausal.identify import class_labels, head_logits, train_counts
 from spkcausal.longtail import shot_groups
 from spkcausal.metrics import confusion_summary, shot_group_accuracy
+from spkcausal.network import load_trained
 from spkcausal.tde import mean_head_cosine
 
 MANY, FEW = 30, 10
@@ -32,7 +33,7 @@ def main(out: str, systems: list[str]) -> None:
     train_dir, test_dir = f"{out}/data/vox1_iden_train", f"{out}/data/vox1_iden_test"
     for name in systems:
         e = f"{out}/exp/{name}"
-        th = load_head(f"{e}/avg_model.pt")
+        th = load_trained(f"{e}/avg_model.pt", with_model=False)
         counts = train_counts(train_dir, th.speakers)
         groups = shot_groups(counts, MANY, FEW)
         xt, yt = class_labels(EmbeddingStore.open(f"{e}/emb/vox1_iden_train"), train_dir, th.speakers)

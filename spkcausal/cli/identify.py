@@ -1,0 +1,54 @@
+"""Identification command: identify (closed-set accuracy by shot group with the trained head)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from ..identify import identify
+    from ..report import record_identification
+    from ..utils import UsageError, setup_logging, write_text_atomic
+
+    setup_logging(args.record and f"{args.record}/identify.log")
+    variants = args.variants or ["tde" if args.tde_alpha is not None else "mean_sub" if args.mean_store else "cosine"]
+    if args.label and len(variants) > 1:
+        raise UsageError("--label needs a single variant")
+    results = {}
+    for v in variants:
+        if v not in ("cosine", "mean_sub", "tde"):
+            raise UsageError(f"unknown variant {v!r} (cosine, mean_sub, tde)")
+        if v == "tde" and args.tde_alpha is None or v == "mean_sub" and not args.mean_store:
+            raise UsageError(f"variant {v} needs {'--tde-alpha' if v == 'tde' else '--mean-store'}")
+        res = identify(args.emb, args.data, args.train_data, ckpt=args.ckpt, exp_dir=args.exp,
+                       tde_alpha=args.tde_alpha if v == "tde" else None,
+                       mean_store=args.mean_store if v == "mean_sub" else None, many=args.many, few=args.few)
+        results[v] = res
+        if args.record:
+            record_identification(args.record, v, res, args.label)
+        print(f"{v}: " + " ".join(f"{g} {100 * res[g]:.2f}" if res[g] == res[g] else f"{g} -"
+                                  for g in ("many", "medium", "few", "overall")))
+    if args.out:
+        write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add identify."""
+    p = sub.add_parser("identify", help="closed-set identification accuracy by shot group with the trained head")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--exp", help="experiment dir (avg_model.pt, else the newest checkpoint)")
+    src.add_argument("--ckpt", help="checkpoint file")
+    p.add_argument("--emb", required=True, help="embedding store holding the held-out utterances (raw, not TDE'd)")
+    p.add_argument("--data", required=True, help="held-out data dir of training speakers (e.g. iden test)")
+    p.add_argument("--train-data", required=True, help="the training data dir (its counts define the shot groups)")
+    p.add_argument("--tde-alpha", type=float, help="alpha of the tde variant's TDE logits (Causal Norm heads)")
+    p.add_argument("--mean-store", help="mean_sub variant: subtract this store's mean embedding before the head")
+    p.add_argument("--variants", nargs="+", metavar="V",
+                   help="cosine (plain head), mean_sub, tde; default: the one the options imply")
+    p.add_argument("--many", type=int, default=100, help="Many: more than this many training utterances (100)")
+    p.add_argument("--few", type=int, default=20, help="Few: fewer than this many training utterances (20)")
+    p.add_argument("--out", help="write the results ({variant: result}) as JSON here")
+    p.add_argument("--record", metavar="EXP_DIR", help="store each variant's result in EXP_DIR/results.json")
+    p.add_argument("--label", help="row label (default from the experiment's config; one variant only)")
+    p.set_defaults(func=_identify)
