@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .datadir import read_kv, read_trials
+from .datadir import read_kv
 from .embeddings import EmbeddingStore
 from .longtail import FEW, MANY
+from .trialio import read_trials
 from .utils import DataError, PathLike, get_logger, write_text_atomic
 
 __all__ = ["split_heldout", "TrainedHead", "load_head", "class_labels", "train_counts", "head_logits", "identify",

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .datadir import _WS, DataDir
-from .utils import DataError, PathLike, atomic_path, atomic_write, get_logger
+from .datadir import DataDir
+from .fastread import check_utf8, line_token_counts, read_bytes
+from .utils import DataError, PathLike, UsageError, atomic_path, atomic_write, get_logger
 
 log = get_logger(__name__)
 
@@ -57,7 +58,7 @@ def describe(x: np.ndarray) -> dict[str, float]:
     """min / median / mean / max, imbalance (max/min), Gini and top-20% share of per-speaker amounts."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
-        raise ValueError("no speakers to describe")
+        raise DataError("no speakers to describe")
     lo, hi = float(x.min()), float(x.max())
     return {"min": lo, "median": float(np.median(x)), "mean": float(x.mean()), "max": hi,
             "imbalance": hi / lo if lo > 0 else float("inf"), "gini": gini(x), "top20_share": top_share(x)}
@@ -103,21 +104,6 @@ class Profile:
 # ---------------------------------------------------------------- fast reading of two-column tables
 
 
-def _tokens_per_line(a: np.ndarray) -> np.ndarray:
-    """Token count of every line; O(tokens) int64 memory unlike a per-byte cumsum (VoxCeleb2 scale)."""
-    nl = a == 10
-    nl_pos = np.flatnonzero(nl)
-    sep = _WS[a]
-    sep |= nl
-    starts = ~sep
-    starts[1:] &= sep[:-1]
-    del sep
-    start_pos = np.flatnonzero(starts)
-    del starts
-    n_lines = len(nl_pos) + int(len(a) > 0 and a[-1] != 10)
-    return np.bincount(np.searchsorted(nl_pos, start_pos), minlength=n_lines)[:n_lines]
-
-
 def _check_unique(keys: list[bytes], path: Path) -> None:
     """Raise on the first repeated key; a strictly increasing (Kaldi-sorted) file is checked without hashing."""
     arr = np.array(keys)
@@ -132,16 +118,10 @@ def _check_unique(keys: list[bytes], path: Path) -> None:
 
 def _read_pairs(path: Path, what: str, unique: bool = True) -> tuple[list[bytes], list[bytes]]:
     """Keys and values of a `key value` file, one pair a line; DataError names file and line otherwise."""
-    try:
-        buf = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    try:
-        buf.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = buf.count(b"\n", 0, e.start) + 1
-        raise DataError(f"not UTF-8 text ({e.reason})", path, line) from None
-    counts = _tokens_per_line(np.frombuffer(buf, dtype=np.uint8))
+    buf = read_bytes(path)
+    a = np.frombuffer(buf, dtype=np.uint8)
+    check_utf8(a, path)
+    counts = line_token_counts(a)
     if len(counts) == 0:
         raise DataError(f"file is empty; expected '{what}' lines", path)
     bad = np.flatnonzero(counts != 2)
@@ -315,12 +295,12 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
 
     items = list(profiles_or_dirs)
     if not items:
-        raise ValueError("nothing to plot")
+        raise UsageError("nothing to plot")
     profiles = [_as_profile(x) for x in items]
     if labels is None:
         labels = [_default_label(p, x) for p, x in zip(profiles, items)]
     if len(labels) != len(profiles):
-        raise ValueError(f"{len(labels)} labels for {len(profiles)} corpora")
+        raise UsageError(f"{len(labels)} labels for {len(profiles)} corpora")
     many, few = profiles[0].many, profiles[0].few
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_rank, ax_hist = fig.subplots(1, 2)

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .longtail import FEW, MANY, shot_groups
+from .longtail import FEW, GROUPS, MANY, shot_groups
 
 __all__ = [
     "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
     "actual_dcf", "verification_summary", "shot_group_accuracy", "confusion_summary", "shot_group_verification",
     "enroll_train_counts", "evaluate_score_files", "format_table", "plot_det",
 ]
-
-GROUPS = ("many", "medium", "few")
 
 
 @dataclass
@@ -227,12 +225,12 @@ def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: 
 
 def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05)) -> list[dict]:
     """verification_summary of each labelled score file (`enroll test score label`)."""
-    from .datadir import read_score_arrays
+    from .trialio import read_scores
 
     out = []
     for p in paths:
-        scores, labels = read_score_arrays(p)
-        res = verification_summary(scores, labels, p_targets)
+        table = read_scores(p, need_labels=True)
+        res = verification_summary(table.scores, table.labels, p_targets)
         res["file"] = str(p)
         out.append(res)
     return out
@@ -271,7 +269,7 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    from .datadir import read_score_arrays
+    from .trialio import read_scores
     from .utils import atomic_path
 
     ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99]) / 100
@@ -280,8 +278,8 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     fig, ax = plt.subplots(figsize=(6, 6))
     markers = ["s", "^", "v", "D"]
     for n, path in enumerate(paths):
-        scores, lab = read_score_arrays(path)
-        c = det_curve(scores, lab)
+        table = read_scores(path, need_labels=True)
+        c = det_curve(table.scores, table.labels)
         eer, _ = _eer_from_curve(c)
         eers.append(eer)
         idx = _thin(c.pfa, c.pmiss)

@@ -28,7 +28,8 @@ import logging
 
 import numpy as np
 
-from .datadir import DataDir, Trials
+from .datadir import DataDir
+from .trialio import Trials
 from .utils import DataError
 
 __all__ = ["make_trials", "target_capacity"]

@@ -261,7 +261,8 @@ def test_cli(tmp_path, capsys):
 
 def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
     from spkcausal.corpora.voxceleb import prepare_voxceleb1
-    from spkcausal.datadir import DataDir, read_trials
+    from spkcausal.datadir import DataDir
+    from spkcausal.trialio import read_trials
 
     root, cfg, summary = small
     out = tmp_path / "data"

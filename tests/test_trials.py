@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir, DataError, read_trials, validate_datadir
+from spkcausal.datadir import DataDir
+from spkcausal.trialio import read_trials
 from spkcausal.trials import make_trials, target_capacity
+from spkcausal.utils import DataError
+from spkcausal.validate import validate_datadir
 
 
 def _dir(counts, n_sess=2, with_sess=True):

@@ -26,7 +26,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..audio import read_audio, resample
-from ..datadir import DataDir, Trials, read_list_kv, read_trials, write_list_kv, write_trials
+from ..datadir import DataDir, read_list_kv, write_list_kv
+from ..trialio import Trials, read_trials, write_trials
 from ..utils import DataError, PathLike, atomic_path, log_to_file
 from .common import finalize, log
 
