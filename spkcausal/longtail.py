@@ -345,19 +345,34 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
 # ---------------------------------------------------------------- long-tailed subsets
 
 
-def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "exp",
-                  pareto_alpha: float = 6.0) -> np.ndarray:
-    """Per-rank target counts, rank 0 = n_max, rank C-1 = n_max / imbalance, rounded, at least 1."""
+def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "exp", pareto_alpha: float = 6.0,
+                  exp_power: float = 1.0, rounding: str = "half_up") -> np.ndarray:
+    """Per-rank target counts, rank 0 = n_max, rank C-1 = n_max / imbalance, rounded, at least 1.
+
+    With t = rank / (C-1): `exp` is n_max * imbalance^-(t^exp_power) (CIFAR-LT for exp_power 1), `pareto` the
+    Lomax survival n_max * (1 + t (imbalance^(1/pareto_alpha) - 1))^-pareto_alpha. `rounding` of x = n_max * f:
+    "half_up" (floor(x + 1/2)) is what longtail_subset uses and feasible_n_max's inversion assumes;
+    "half_even" (numpy.round) is what the synthetic corpus was generated with, kept so that a seed still gives
+    the same corpus. They differ only where x is exactly k + 1/2 with k even.
+    """
     if imbalance < 1:
-        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+        raise UsageError(f"imbalance must be >= 1, got {imbalance}")
+    if pareto_alpha <= 0 or exp_power <= 0:
+        raise UsageError(f"pareto_alpha and exp_power must be > 0, got {pareto_alpha} and {exp_power}")
     t = np.arange(n_classes) / max(1, n_classes - 1)
-    if profile == "exp":  # CIFAR-LT: n_max * imbalance^(-i/(C-1))
-        frac = imbalance ** -t
-    elif profile == "pareto":  # Lomax survival (1 + t/lam)^-alpha with lam set so the last rank is 1/imbalance
+    if profile == "exp":
+        frac = imbalance ** -(t ** exp_power)
+    elif profile == "pareto":  # the scale is set so that the last rank is 1/imbalance
         frac = (1 + t * (imbalance ** (1 / pareto_alpha) - 1)) ** -pareto_alpha
     else:
-        raise ValueError(f"unknown profile {profile!r}; expected 'exp' or 'pareto'")
-    return np.maximum(1, np.floor(n_max * frac + 0.5)).astype(np.int64)
+        raise UsageError(f"unknown profile {profile!r}; expected 'exp' or 'pareto'")
+    if rounding == "half_up":
+        x = np.floor(n_max * frac + 0.5)
+    elif rounding == "half_even":
+        x = np.round(n_max * frac)
+    else:
+        raise UsageError(f"unknown rounding {rounding!r}; expected 'half_up' or 'half_even'")
+    return np.maximum(1, x).astype(np.int64)
 
 
 def feasible_n_max(avail: np.ndarray, imbalance: float, profile: str = "exp", pareto_alpha: float = 6.0) -> int:
@@ -404,14 +419,14 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     4. Each speaker's training utterances are its first t_i (capped) in a seeded random order.
     """
     if heldout_per_spk < 0:
-        raise ValueError("heldout_per_spk must be >= 0")
+        raise UsageError("heldout_per_spk must be >= 0")
     if order not in ("random", "size"):
-        raise ValueError(f"unknown order {order!r}; expected 'random' or 'size'")
+        raise UsageError(f"unknown order {order!r}; expected 'random' or 'size'")
     rng = np.random.default_rng(seed)
     spk2utt = data.spk2utt
     speakers = [s for s in sorted(spk2utt) if len(spk2utt[s]) > heldout_per_spk]
     if not speakers:
-        raise ValueError(f"no speaker has more than {heldout_per_spk} utterances")
+        raise DataError(f"no speaker has more than {heldout_per_spk} utterances", data.path)
     heldout: list[str] = []
     rest: dict[str, list[str]] = {}
     for s in speakers:
