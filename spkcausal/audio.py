@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -16,6 +18,28 @@ def audio_info(path: PathLike) -> tuple[int, int, int]:
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise DataError(f"unreadable audio ({e})", path) from None
     return info.frames, info.samplerate, info.channels
+
+
+class AudioProbe(NamedTuple):
+    """What probe_audio found: frames and rate of a usable file, or `problem` (then frames and rate are 0)."""
+
+    frames: int
+    sample_rate: int
+    problem: str | None
+
+
+def probe_audio(path: PathLike, sample_rate: int | None = None) -> AudioProbe:
+    """Header check for data preparation and training: the file exists, is readable, has samples and (when
+    `sample_rate` is given) that rate; a failure is returned as a one-phrase reason, never raised."""
+    try:
+        frames, sr, _ = audio_info(path)
+    except DataError as e:
+        return AudioProbe(0, 0, e.message if Path(path).exists() else "missing file")
+    if sample_rate is not None and sr != sample_rate:
+        return AudioProbe(0, 0, f"sample rate {sr} Hz, expected {sample_rate}")
+    if frames <= 0:
+        return AudioProbe(0, 0, "empty audio (0 samples)")
+    return AudioProbe(frames, sr, None)
 
 
 def _to_mono(x: np.ndarray) -> np.ndarray:

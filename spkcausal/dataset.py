@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import audio_info, read_audio, read_chunk
+from .audio import audio_info, probe_audio, read_audio, read_chunk
 from .datadir import DataDir
 from .utils import DataError, UsageError
 
@@ -47,18 +47,6 @@ class ScanResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _probe(path: str, sample_rate: int) -> tuple[int | None, str | None]:
-    try:
-        frames, sr, _ = audio_info(path)
-    except DataError as e:
-        return None, f"unreadable ({e.message})"
-    if sr != sample_rate:
-        return None, f"sample rate {sr} Hz, expected {sample_rate}"
-    if frames <= 0:
-        return None, "empty (0 samples)"
-    return frames, None
-
-
 def scan_training_audio(data: DataDir, min_seconds: float, sample_rate: int = 16000,
                         num_threads: int = 8) -> ScanResult:
     """Header-probe every utterance; drop unreadable, empty, wrong-rate and shorter-than-`min_seconds` files."""
@@ -71,11 +59,11 @@ def scan_training_audio(data: DataDir, min_seconds: float, sample_rate: int = 16
     ok: dict[str, int] = {}
     skipped: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        results = pool.map(lambda u: _probe(data.wav[u], sample_rate), utts)
-        for utt, (frames, why) in tqdm(zip(utts, results), total=len(utts), desc="scanning training audio",
-                                       mininterval=2, leave=False):
-            if frames is None:
-                skipped[utt] = why or "unreadable"
+        results = pool.map(lambda u: probe_audio(data.wav[u], sample_rate), utts)
+        for utt, (frames, _, why) in tqdm(zip(utts, results), total=len(utts), desc="scanning training audio",
+                                          mininterval=2, leave=False):
+            if why:
+                skipped[utt] = why
             elif frames < min_samples:
                 skipped[utt] = f"too short ({frames / sample_rate:.3f} s < {min_seconds} s)"
             else:

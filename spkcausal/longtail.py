@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datadir import _WS, DataDir
+from .datadir import DataDir
+from .fastread import check_utf8, line_token_counts, read_bytes
 from .utils import DataError, PathLike, UsageError, atomic_path, atomic_write, get_logger
 
 log = get_logger(__name__)
@@ -57,7 +58,7 @@ def describe(x: np.ndarray) -> dict[str, float]:
     """min / median / mean / max, imbalance (max/min), Gini and top-20% share of per-speaker amounts."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
-        raise ValueError("no speakers to describe")
+        raise DataError("no speakers to describe")
     lo, hi = float(x.min()), float(x.max())
     return {"min": lo, "median": float(np.median(x)), "mean": float(x.mean()), "max": hi,
             "imbalance": hi / lo if lo > 0 else float("inf"), "gini": gini(x), "top20_share": top_share(x)}
@@ -103,21 +104,6 @@ class Profile:
 # ---------------------------------------------------------------- fast reading of two-column tables
 
 
-def _tokens_per_line(a: np.ndarray) -> np.ndarray:
-    """Token count of every line; O(tokens) int64 memory unlike a per-byte cumsum (VoxCeleb2 scale)."""
-    nl = a == 10
-    nl_pos = np.flatnonzero(nl)
-    sep = _WS[a]
-    sep |= nl
-    starts = ~sep
-    starts[1:] &= sep[:-1]
-    del sep
-    start_pos = np.flatnonzero(starts)
-    del starts
-    n_lines = len(nl_pos) + int(len(a) > 0 and a[-1] != 10)
-    return np.bincount(np.searchsorted(nl_pos, start_pos), minlength=n_lines)[:n_lines]
-
-
 def _check_unique(keys: list[bytes], path: Path) -> None:
     """Raise on the first repeated key; a strictly increasing (Kaldi-sorted) file is checked without hashing."""
     arr = np.array(keys)
@@ -132,16 +118,10 @@ def _check_unique(keys: list[bytes], path: Path) -> None:
 
 def _read_pairs(path: Path, what: str, unique: bool = True) -> tuple[list[bytes], list[bytes]]:
     """Keys and values of a `key value` file, one pair a line; DataError names file and line otherwise."""
-    try:
-        buf = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    try:
-        buf.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = buf.count(b"\n", 0, e.start) + 1
-        raise DataError(f"not UTF-8 text ({e.reason})", path, line) from None
-    counts = _tokens_per_line(np.frombuffer(buf, dtype=np.uint8))
+    buf = read_bytes(path)
+    a = np.frombuffer(buf, dtype=np.uint8)
+    check_utf8(a, path)
+    counts = line_token_counts(a)
     if len(counts) == 0:
         raise DataError(f"file is empty; expected '{what}' lines", path)
     bad = np.flatnonzero(counts != 2)
@@ -315,12 +295,12 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
 
     items = list(profiles_or_dirs)
     if not items:
-        raise ValueError("nothing to plot")
+        raise UsageError("nothing to plot")
     profiles = [_as_profile(x) for x in items]
     if labels is None:
         labels = [_default_label(p, x) for p, x in zip(profiles, items)]
     if len(labels) != len(profiles):
-        raise ValueError(f"{len(labels)} labels for {len(profiles)} corpora")
+        raise UsageError(f"{len(labels)} labels for {len(profiles)} corpora")
     many, few = profiles[0].many, profiles[0].few
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_rank, ax_hist = fig.subplots(1, 2)
@@ -365,19 +345,34 @@ def plot_longtail(profiles_or_dirs: Sequence[Profile | PathLike], out_path: Path
 # ---------------------------------------------------------------- long-tailed subsets
 
 
-def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "exp",
-                  pareto_alpha: float = 6.0) -> np.ndarray:
-    """Per-rank target counts, rank 0 = n_max, rank C-1 = n_max / imbalance, rounded, at least 1."""
+def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "exp", pareto_alpha: float = 6.0,
+                  exp_power: float = 1.0, rounding: str = "half_up") -> np.ndarray:
+    """Per-rank target counts, rank 0 = n_max, rank C-1 = n_max / imbalance, rounded, at least 1.
+
+    With t = rank / (C-1): `exp` is n_max * imbalance^-(t^exp_power) (CIFAR-LT for exp_power 1), `pareto` the
+    Lomax survival n_max * (1 + t (imbalance^(1/pareto_alpha) - 1))^-pareto_alpha. `rounding` of x = n_max * f:
+    "half_up" (floor(x + 1/2)) is what longtail_subset uses and feasible_n_max's inversion assumes;
+    "half_even" (numpy.round) is what the synthetic corpus was generated with, kept so that a seed still gives
+    the same corpus. They differ only where x is exactly k + 1/2 with k even.
+    """
     if imbalance < 1:
-        raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+        raise UsageError(f"imbalance must be >= 1, got {imbalance}")
+    if pareto_alpha <= 0 or exp_power <= 0:
+        raise UsageError(f"pareto_alpha and exp_power must be > 0, got {pareto_alpha} and {exp_power}")
     t = np.arange(n_classes) / max(1, n_classes - 1)
-    if profile == "exp":  # CIFAR-LT: n_max * imbalance^(-i/(C-1))
-        frac = imbalance ** -t
-    elif profile == "pareto":  # Lomax survival (1 + t/lam)^-alpha with lam set so the last rank is 1/imbalance
+    if profile == "exp":
+        frac = imbalance ** -(t ** exp_power)
+    elif profile == "pareto":  # the scale is set so that the last rank is 1/imbalance
         frac = (1 + t * (imbalance ** (1 / pareto_alpha) - 1)) ** -pareto_alpha
     else:
-        raise ValueError(f"unknown profile {profile!r}; expected 'exp' or 'pareto'")
-    return np.maximum(1, np.floor(n_max * frac + 0.5)).astype(np.int64)
+        raise UsageError(f"unknown profile {profile!r}; expected 'exp' or 'pareto'")
+    if rounding == "half_up":
+        x = np.floor(n_max * frac + 0.5)
+    elif rounding == "half_even":
+        x = np.round(n_max * frac)
+    else:
+        raise UsageError(f"unknown rounding {rounding!r}; expected 'half_up' or 'half_even'")
+    return np.maximum(1, x).astype(np.int64)
 
 
 def feasible_n_max(avail: np.ndarray, imbalance: float, profile: str = "exp", pareto_alpha: float = 6.0) -> int:
@@ -424,14 +419,14 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     4. Each speaker's training utterances are its first t_i (capped) in a seeded random order.
     """
     if heldout_per_spk < 0:
-        raise ValueError("heldout_per_spk must be >= 0")
+        raise UsageError("heldout_per_spk must be >= 0")
     if order not in ("random", "size"):
-        raise ValueError(f"unknown order {order!r}; expected 'random' or 'size'")
+        raise UsageError(f"unknown order {order!r}; expected 'random' or 'size'")
     rng = np.random.default_rng(seed)
     spk2utt = data.spk2utt
     speakers = [s for s in sorted(spk2utt) if len(spk2utt[s]) > heldout_per_spk]
     if not speakers:
-        raise ValueError(f"no speaker has more than {heldout_per_spk} utterances")
+        raise DataError(f"no speaker has more than {heldout_per_spk} utterances", data.path)
     heldout: list[str] = []
     rest: dict[str, list[str]] = {}
     for s in speakers:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .longtail import FEW, MANY, shot_groups
+from .longtail import FEW, GROUPS, MANY, shot_groups
 from .utils import DataError, UsageError
 
 __all__ = [
@@ -20,8 +20,6 @@ __all__ = [
     "actual_dcf", "verification_summary", "shot_group_accuracy", "confusion_summary", "shot_group_verification",
     "enroll_train_counts", "evaluate_score_files", "format_table", "plot_det",
 ]
-
-GROUPS = ("many", "medium", "few")
 
 
 @dataclass
@@ -236,13 +234,13 @@ def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: 
 
 def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05)) -> list[dict]:
     """verification_summary of each labelled score file (`enroll test score label`)."""
-    from .datadir import read_score_arrays
+    from .trialio import read_scores
 
     out = []
     for p in paths:
-        scores, labels = read_score_arrays(p)
+        table = read_scores(p, need_labels=True)
         try:
-            res = verification_summary(scores, labels, p_targets)
+            res = verification_summary(table.scores, table.labels, p_targets)
         except DataError as e:  # the arrays do not know their file: name it
             raise DataError(e.message, p) from None
         res["file"] = str(p)
@@ -283,7 +281,7 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    from .datadir import read_score_arrays
+    from .trialio import read_scores
     from .utils import atomic_path
 
     ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99]) / 100
@@ -292,8 +290,8 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     fig, ax = plt.subplots(figsize=(6, 6))
     markers = ["s", "^", "v", "D"]
     for n, path in enumerate(paths):
-        scores, lab = read_score_arrays(path)
-        c = det_curve(scores, lab)
+        table = read_scores(path, need_labels=True)
+        c = det_curve(table.scores, table.labels)
         eer, _ = _eer_from_curve(c)
         eers.append(eer)
         idx = _thin(c.pfa, c.pmiss)

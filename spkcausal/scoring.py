@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .datadir import Trials, read_list_kv, read_trials, write_scores
+from .datadir import read_list_kv
 from .embeddings import EmbeddingStore, speaker_means
+from .trialio import Trials, read_trials, write_scores
 from .utils import DataError, PathLike, UsageError, get_logger, setup_logging
 
 __all__ = ["Scorer", "store_mean", "speaker_means", "cohort_stats", "score_trials", "score_files", "NORMS"]

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .datadir import read_trials
 from .embeddings import EmbeddingStore
 from .identify import class_labels, head_logits
 from .metrics import compute_eer, mean_per_class_accuracy
 from .network import load_trained
 from .tde import alpha_heuristic, sweep_alpha, tde_embeddings
+from .trialio import read_trials
 from .utils import DataError, PathLike, UsageError, get_logger, write_text_atomic
 
 __all__ = ["ALPHA_GRID", "choose_alpha"]

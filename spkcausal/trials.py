@@ -28,8 +28,9 @@ import logging
 
 import numpy as np
 
-from .datadir import DataDir, Trials
-from .utils import DataError
+from .datadir import DataDir
+from .trialio import Trials
+from .utils import DataError, UsageError
 
 __all__ = ["make_trials", "target_capacity"]
 
@@ -111,9 +112,9 @@ def make_trials(data: DataDir, num_trials: int, seed: int, target_ratio: float =
                 cross_session: bool = True) -> Trials:
     """A reproducible balanced trial list over a data dir (algorithm in the module docstring)."""
     if num_trials <= 0:
-        raise ValueError(f"num_trials must be positive, got {num_trials}")
+        raise UsageError(f"num_trials must be positive, got {num_trials}")
     if not 0.0 <= target_ratio <= 1.0:
-        raise ValueError(f"target_ratio must lie in [0, 1], got {target_ratio}")
+        raise UsageError(f"target_ratio must lie in [0, 1], got {target_ratio}")
     where = data.path if data.path is not None else "data dir"
     n_tgt = int(np.floor(num_trials * target_ratio + 0.5))
     n_non = num_trials - n_tgt

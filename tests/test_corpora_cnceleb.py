@@ -7,7 +7,10 @@ import soundfile as sf
 from fixtures_cnceleb import make_cnceleb
 
 from spkcausal.corpora.cnceleb import combine_segments, prepare_cnceleb
-from spkcausal.datadir import DataDir, DataError, read_list_kv, read_trials, validate_datadir
+from spkcausal.datadir import DataDir, read_list_kv
+from spkcausal.trialio import read_trials
+from spkcausal.utils import DataError
+from spkcausal.validate import validate_datadir
 
 MIN_SEC = 1.0
 

@@ -2,17 +2,10 @@
 import numpy as np
 import pytest
 
-from spkcausal.datadir import (
-    DataDir,
-    DataError,
-    Trials,
-    read_kv,
-    read_scores,
-    read_trials,
-    validate_datadir,
-    write_scores,
-    write_trials,
-)
+from spkcausal.datadir import DataDir, read_kv
+from spkcausal.trialio import Trials, read_scores, read_trials, write_scores, write_trials
+from spkcausal.utils import DataError
+from spkcausal.validate import validate_datadir
 
 
 def _make_dir(tmp_path, n_spk=3, n_utt=2):

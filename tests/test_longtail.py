@@ -22,7 +22,7 @@ from spkcausal.longtail import (
     target_counts,
     write_profile,
 )
-from spkcausal.utils import DataError
+from spkcausal.utils import DataError, UsageError
 
 
 def make_dir(path: Path, counts: dict[str, int], durations: bool = True, seed: int = 0) -> dict[str, float]:
@@ -188,8 +188,21 @@ def test_target_counts_formulas():
     assert p[0] == 400 and p[-1] == 8 and (np.diff(p) <= 0).all()
     e = target_counts(50, 400, 50.0, "exp")
     assert p.sum() < e.sum()  # the Pareto profile puts more classes in the tail
-    with pytest.raises(ValueError):
+    # 16^-(t^2) at t = 0, 1/4, 1/2, 3/4, 1 is 1, 2^-1/4, 1/2, 2^-9/4, 1/16
+    assert target_counts(5, 100, 16.0, exp_power=2.0).tolist() == [100, 84, 50, 21, 6]
+    with pytest.raises(UsageError, match="imbalance"):
         target_counts(5, 10, 0.5)
+    with pytest.raises(UsageError, match="rounding"):
+        target_counts(5, 10, 2.0, rounding="up")
+
+
+def test_target_counts_rounding_of_halves():
+    """longtail_subset rounds x.5 up (feasible_n_max's bound assumes it); the synthetic corpus rounds half to
+    even. 10 * 4^-(0, 1/2, 1) = 10, 5, 2.5; 30 * 4^-(0, 1/2, 1) = 30, 15, 7.5."""
+    assert target_counts(3, 10, 4.0).tolist() == [10, 5, 3]
+    assert target_counts(3, 10, 4.0, rounding="half_even").tolist() == [10, 5, 2]
+    assert target_counts(3, 30, 4.0).tolist() == target_counts(3, 30, 4.0, rounding="half_even").tolist() \
+        == [30, 15, 8]  # 7.5: up and to even agree
 
 
 def _mem_dir(counts: dict[str, int]) -> DataDir:
@@ -236,7 +249,7 @@ def test_longtail_subset_default_head_and_caps():
     train, _ = longtail_subset(data, imbalance=2, max_per_spk=1000, heldout_per_spk=5, seed=0)
     got = {s: len(v) for s, v in train.spk2utt.items()}
     assert all(n == counts[s] - 5 for s, n in got.items())  # every target (>= 500) exceeds what is left
-    with pytest.raises(ValueError, match="more than 500"):
+    with pytest.raises(DataError, match="more than 500"):
         longtail_subset(data, imbalance=2, heldout_per_spk=500)
 
 

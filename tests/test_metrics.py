@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_curve
 
-from spkcausal import datadir
+from spkcausal import fastread, trialio
 from spkcausal.cli import main
-from spkcausal.datadir import read_score_arrays, read_scores
 from spkcausal.metrics import (
     actual_dcf,
     compute_eer,
@@ -23,6 +22,7 @@ from spkcausal.metrics import (
     shot_group_verification,
     verification_summary,
 )
+from spkcausal.trialio import read_scores
 from spkcausal.utils import DataError
 
 
@@ -205,19 +205,34 @@ def _write(p, lines):
     return p
 
 
-def test_read_score_arrays_agrees_with_read_scores(tmp_path):
+def _read_lines(path):
+    """Line-by-line reference reader: (line, enroll, test, score, label) of every non-blank line."""
+    words = {"target": 1, "nontarget": 0, "1": 1, "0": 0}
+    rows = []
+    for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if line.split():  # bytes.split: ASCII whitespace only, as in the file format
+            e, t, sc, lab = (tok.decode() for tok in line.split())
+            rows.append((n, e, t, float(sc), words[lab]))
+    return rows
+
+
+def test_read_scores_agrees_with_a_line_by_line_reader(tmp_path):
     scores, labels = _data(300, 4, ties=True)
     words = ["nontarget", "target", "0", "1"]
     lines = [f"e{i % 7}\tt/{i}-x_y  {s:.6g} {words[(i % 2) * 2 + lab] if i % 3 else words[lab]}"
              for i, (s, lab) in enumerate(zip(scores, labels))]
     lines.insert(5, "")  # blank lines are skipped, line numbers still count them
+    lines[9] = "é\u00a0x t9 0.25 target"  # a no-break space inside a key is part of the key
     p = _write(tmp_path / "s.txt", lines)
-    s, lab = read_score_arrays(p)
-    ref = read_scores(p)
-    assert np.array_equal(s, ref.scores) and np.array_equal(lab, ref.labels)
-    assert np.array_equal(lab, labels)
+    got = read_scores(p, keys=True, need_labels=True)
+    ref = _read_lines(p)
+    assert got.line_no.tolist() == [r[0] for r in ref] and got.enroll.tolist() == [r[1] for r in ref]
+    assert got.test.tolist() == [r[2] for r in ref] and got.scores.tolist() == [r[3] for r in ref]
+    assert got.labels.tolist() == [r[4] for r in ref]
+    fast = read_scores(p)  # without keys: the same numbers
+    assert fast.enroll is None and np.array_equal(fast.scores, got.scores) and np.array_equal(fast.labels, got.labels)
     p.write_text(p.read_text().rstrip("\n"))  # no final newline
-    assert np.array_equal(read_score_arrays(p)[0], s)
+    assert np.array_equal(read_scores(p).scores, got.scores)
 
 
 @pytest.mark.parametrize("bad,line,match", [
@@ -235,56 +250,58 @@ def test_read_score_arrays_agrees_with_read_scores(tmp_path):
 def test_score_file_errors_name_line(tmp_path, bad, line, match):
     p = _write(tmp_path / "s.txt", ["e1 t1 0.5 target", "e1 t2 0.1 nontarget", bad, "e2 t1 0.2 nontarget"])
     with pytest.raises(DataError, match=match) as ei:
-        read_score_arrays(p)
+        read_scores(p)
     assert ei.value.line == line and ei.value.path == str(p)
 
 
 @pytest.mark.parametrize("block", [16, 50, 1 << 20])
 def test_block_reader_across_block_boundaries(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(datadir, "BLOCK_BYTES", block)
+    monkeypatch.setattr(fastread, "BLOCK_BYTES", block)
     scores, labels = _data(200, 6, ties=True)
     lines = [f"enrol{i % 5} {'t' * (i % 40)}{i} {s:.4f} {'target' if lab else 'nontarget'}"
              for i, (s, lab) in enumerate(zip(scores, labels))]
     lines[17:17] = ["", "   "]  # blank lines shift later line numbers
     p = _write(tmp_path / "s.txt", lines)
-    s, lab = read_score_arrays(p)
-    assert np.array_equal(lab, labels) and np.allclose(s, np.round(scores, 4))
+    got = read_scores(p, keys=True)
+    assert np.array_equal(got.labels, labels) and np.allclose(got.scores, np.round(scores, 4))
+    assert got.test.tolist() == [f"{'t' * (i % 40)}{i}" for i in range(200)]
+    assert got.line_no.tolist() == list(range(1, 18)) + list(range(20, 203))
     bad = lines[:150] + [lines[3]] + lines[150:]  # duplicate of data line 4, far from it
     with pytest.raises(DataError, match="first seen at line 4") as ei:
-        read_score_arrays(_write(tmp_path / "d.txt", bad))
+        read_scores(_write(tmp_path / "d.txt", bad))
     assert ei.value.line == 151
     bad = lines[:120] + ["e x 0.1 target extra"] + lines[120:]
     with pytest.raises(DataError, match="5 columns") as ei:
-        read_score_arrays(_write(tmp_path / "c.txt", bad))
+        read_scores(_write(tmp_path / "c.txt", bad))
     assert ei.value.line == 121
     bad = lines[:130] + ["e x 0,5 target"] + lines[130:]
     with pytest.raises(DataError, match="'0,5' is not a finite number") as ei:
-        read_score_arrays(_write(tmp_path / "f.txt", bad))
+        read_scores(_write(tmp_path / "f.txt", bad))
     assert ei.value.line == 131
     raw = ("\n".join(lines[:100]) + "\ne \xff 0.1 target\n").encode("latin-1")
     (tmp_path / "u.txt").write_bytes(raw)
     at = raw.index(b"\xff")
     with pytest.raises(DataError, match=f"not UTF-8.*at byte {at}"):
-        read_score_arrays(tmp_path / "u.txt")
+        read_scores(tmp_path / "u.txt")
 
 
 def test_hash_collisions_are_rechecked_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(datadir, "_pair_hash", lambda a, starts, ends: np.zeros(len(starts), dtype=np.uint64))
+    monkeypatch.setattr(trialio, "pair_hash", lambda a, starts, ends: np.zeros(len(starts), dtype=np.uint64))
     p = _write(tmp_path / "s.txt", ["a b 0.1 target", "a c 0.2 nontarget", "b a 0.3 nontarget"])
-    assert read_score_arrays(p)[0].tolist() == [0.1, 0.2, 0.3]  # every hash equal, no real duplicate
+    assert read_scores(p).scores.tolist() == [0.1, 0.2, 0.3]  # every hash equal, no real duplicate
     p = _write(tmp_path / "d.txt", ["a b 0.1 target", "a c 0.2 nontarget", "a c 0.3 nontarget"])
     with pytest.raises(DataError, match="duplicate trial a c") as ei:
-        read_score_arrays(p)
+        read_scores(p)
     assert ei.value.line == 3
     with pytest.raises(DataError, match="file is empty"):
-        read_score_arrays(_write(tmp_path / "e.txt", ["", ""]))
+        read_scores(_write(tmp_path / "e.txt", ["", ""]))
 
 
 def test_score_file_without_labels(tmp_path):
     p = _write(tmp_path / "s.txt", ["e1 t1 0.5", "e1 t2 0.1"])
     with pytest.raises(DataError, match="no label column"):
-        read_score_arrays(p)
-    assert read_score_arrays(p, need_labels=False)[1].tolist() == [-1, -1]
+        read_scores(p, need_labels=True)
+    assert read_scores(p).labels.tolist() == [-1, -1]
 
 
 def test_eer_cli_table_and_json(tmp_path, capsys):

@@ -20,7 +20,7 @@ from fixtures_cnceleb import make_cnceleb
 from fixtures_librispeech import make_librispeech
 from fixtures_voxceleb import make_voxceleb1
 
-from spkcausal.datadir import DataDir, read_scores, write_kv
+from spkcausal.datadir import DataDir, write_kv
 from spkcausal.embeddings import write_store
 from spkcausal.heads import AAMHead, CausalNormAAMHead
 from spkcausal.identify import identify
@@ -36,6 +36,7 @@ from spkcausal.report import (
     write_report,
 )
 from spkcausal.tde_alpha import choose_alpha
+from spkcausal.trialio import read_scores
 from spkcausal.utils import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,7 +414,7 @@ def test_cnceleb_recipe_end_to_end(tmp_path):
     exp = tmp_path / "exp"
     _check_outputs(exp, ["tiny_cnaam"], "trials_concat")
     # the Avg protocol was scored too, with the enrolment map
-    avg = read_scores(exp / "tiny_cnaam" / "scores" / "cosine" / "trials_avg.score")
+    avg = read_scores(exp / "tiny_cnaam" / "scores" / "cosine" / "trials_avg.score", keys=True)
     assert len(avg) == fx["trials"] and all(e.endswith("-enroll-avg") for e in avg.enroll)
     before = _snapshot(tmp_path / "data", exp)
     _run("cnceleb", tmp_path, *args, "--stage", "5", "--stop_stage", "6")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.datadir import read_scores, read_trials
 from spkcausal.embeddings import EmbeddingStore, write_store
 from spkcausal.scoring import Scorer, cohort_stats, score_files, score_trials, store_mean
+from spkcausal.trialio import read_scores, read_trials
 from spkcausal.utils import DataError
 
 D = 16
@@ -149,7 +149,7 @@ def test_missing_keys_error_or_skip(setup, capsys):
     assert "3 of" in err and "--allow-missing" in err
     assert not (out / "m.lst.score").exists() and not list(out.glob(".m.lst*"))
     assert main(args + ["--allow-missing"]) == 0
-    got = read_scores(out / "m.lst.score")
+    got = read_scores(out / "m.lst.score", keys=True)
     assert len(got) == len(lines) - 3 and "ghost" not in " ".join(got.enroll) + " ".join(got.test)
     assert "3 of" in capsys.readouterr().err + (out / "score.log").read_text()
 

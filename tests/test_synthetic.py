@@ -14,10 +14,11 @@ from spkcausal.corpora.synthetic import (
     SynthConfig,
     _cascade_den,
     _resonator,
-    longtail_counts,
     make_synthetic_corpus,
+    train_counts,
 )
-from spkcausal.utils import DataError
+from spkcausal.longtail import target_counts
+from spkcausal.utils import DataError, UsageError
 
 SMALL = dict(num_speakers=8, num_test_speakers=4, max_utts=12, imbalance=4.0, utt_seconds=(0.6, 1.0),
              sessions=(2, 3), val_per_speaker=2, test_per_speaker=3, veri_utts_per_speaker=5, num_trials=40, seed=7)
@@ -107,16 +108,26 @@ def test_longtail_counts_and_balanced_heldout(small):
     for code, key in iden:
         per.setdefault(key.split("/")[0], [0, 0, 0])[code - 1] += 1
     train = np.array(sorted((v[0] for v in per.values()), reverse=True))
-    assert train.tolist() == longtail_counts(8, 12, 4.0).tolist()
+    assert train.tolist() == train_counts(cfg).tolist() == [12, 10, 8, 7, 5, 4, 4, 3]
     assert train.max() == 12 and train.max() / train.min() == pytest.approx(4.0)
     assert all(v[1] == 2 and v[2] == 3 for v in per.values())  # every training speaker, balanced
     tsv = _speakers(root)
     assert all(int(tsv[s]["train_utts"]) == v[0] for s, v in per.items())
 
 
+def test_train_counts_round_half_to_even():
+    """The corpus's counts round half to even (numpy.round), as generated since the first version: rounding
+    half up like longtail_subset would change the corpus, and with it the demo's table, for such configs."""
+    cfg = SynthConfig(num_speakers=3, max_utts=10, imbalance=4.0)  # 10 * 4^-0.5 = 5 and 10 / 4 = 2.5
+    assert train_counts(cfg).tolist() == [10, 5, 2]
+    assert target_counts(3, 10, 4.0).tolist() == [10, 5, 3]  # longtail_subset's half-up rounding
+    x = 120 * 40.0 ** -(np.arange(200) / 199)  # the default corpus, computed here directly
+    assert train_counts(SynthConfig()).tolist() == np.maximum(1, np.round(x)).astype(int).tolist()
+
+
 @pytest.mark.parametrize("profile,exponent", [("exp", 1.0), ("exp", 0.5), ("pareto", 1.0), ("pareto", 2.0)])
 def test_longtail_profiles(profile, exponent):
-    c = longtail_counts(200, 120, 40.0, profile, exponent)
+    c = train_counts(SynthConfig(num_speakers=200, max_utts=120, imbalance=40.0, profile=profile, exponent=exponent))
     assert c[0] == 120 and c[-1] == 3 and np.all(np.diff(c) <= 0)
     assert abs(c[0] / c[-1] - 40) <= 40 * 0.5 / 3  # ratio exact up to rounding of the tail count
     if profile == "exp" and exponent == 1.0:  # log counts fall linearly with rank: slope -ln(40)/199
@@ -126,7 +137,7 @@ def test_longtail_profiles(profile, exponent):
         k = 40 ** (1 / exponent) - 1
         slope = np.polyfit(np.log1p(k * np.arange(200) / 199), np.log(c), 1)[0]
         assert slope == pytest.approx(-exponent, rel=0.05)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="tail speaker"):
         SynthConfig(max_utts=10, imbalance=40).validate()
 
 
@@ -261,7 +272,8 @@ def test_cli(tmp_path, capsys):
 
 def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
     from spkcausal.corpora.voxceleb import prepare_voxceleb1
-    from spkcausal.datadir import DataDir, read_trials
+    from spkcausal.datadir import DataDir
+    from spkcausal.trialio import read_trials
 
     root, cfg, summary = small
     out = tmp_path / "data"
@@ -269,7 +281,7 @@ def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
     assert s["layout"] == "single" and s["excluded"] == 0
     train = DataDir.load(out / "vox1_iden_train")
     counts = sorted((len(v) for v in train.spk2utt.values()), reverse=True)
-    assert counts == longtail_counts(8, 12, 4.0).tolist()
+    assert counts == train_counts(cfg).tolist()
     assert len(DataDir.load(out / "vox1_iden_test")) == 8 * 3 and len(DataDir.load(out / "vox1_test").speakers) == 4
     assert s["trials"]["veri_test2.txt"]["dir"] == "vox1_test"
     tr = read_trials(out / "trials" / "veri_test2.txt")
@@ -277,12 +289,12 @@ def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
 
 
 def test_trials_capped_when_few_target_pairs():
-    from spkcausal.corpora.synthetic import make_trials, plan_corpus
+    from spkcausal.corpora.synthetic import plan_corpus, veri_test2_trials
 
     cfg = SynthConfig(**{**SMALL, "num_test_speakers": 3, "veri_utts_per_speaker": 2, "sessions": (2, 2),
                          "num_trials": 100})
     _, _, utts = plan_corpus(cfg)
-    trials = make_trials(cfg, utts)
+    trials = veri_test2_trials(cfg, utts)
     # 3 speakers x 1 cross-session pair each: 3 targets, and as many non-targets
     assert [t[0] for t in trials].count(1) == 3 and [t[0] for t in trials].count(0) == 3
     assert len({frozenset(t[1:]) for t in trials}) == 6
@@ -297,3 +309,18 @@ def test_write_wav_without_fsync_same_bytes(tmp_path):
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
     assert np.array_equal(sf.read(str(tmp_path / "b.wav"), dtype="int16")[0], x)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.wav"]  # no temp file left
+
+
+def test_probe_audio_reasons(tmp_path):
+    from spkcausal.audio import probe_audio
+
+    x = np.zeros(3200, dtype=np.int16)
+    sf.write(str(tmp_path / "ok.wav"), x, 16000, subtype="PCM_16")
+    sf.write(str(tmp_path / "empty.wav"), x[:0], 16000, subtype="PCM_16")
+    (tmp_path / "junk.wav").write_bytes(b"not a wav file at all")
+    assert probe_audio(tmp_path / "ok.wav") == (3200, 16000, None)
+    assert probe_audio(tmp_path / "ok.wav", 16000) == (3200, 16000, None)
+    assert probe_audio(tmp_path / "ok.wav", 8000).problem == "sample rate 16000 Hz, expected 8000"
+    assert probe_audio(tmp_path / "empty.wav").problem == "empty audio (0 samples)"
+    assert probe_audio(tmp_path / "junk.wav").problem.startswith("unreadable audio (")
+    assert probe_audio(tmp_path / "gone.wav") == (0, 0, "missing file")

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir, DataError, read_trials, validate_datadir
+from spkcausal.datadir import DataDir
+from spkcausal.trialio import read_trials
 from spkcausal.trials import make_trials, target_capacity
+from spkcausal.utils import DataError, UsageError
+from spkcausal.validate import validate_datadir
 
 
 def _dir(counts, n_sess=2, with_sess=True):
@@ -109,7 +112,7 @@ def test_impossible_requests_raise_clear_errors():
     partial.utt2sess.pop(sorted(partial.utt2sess)[0])
     with pytest.raises(DataError, match="no session"):
         make_trials(partial, 4, seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="num_trials must be positive"):
         make_trials(data, 0, seed=0)
 
 

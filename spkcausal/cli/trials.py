@@ -7,7 +7,8 @@ import argparse
 def _make_trials(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..datadir import DataDir, write_trials
+    from ..datadir import DataDir
+    from ..trialio import write_trials
     from ..trials import make_trials
 
     data = DataDir.load(args.data_dir)

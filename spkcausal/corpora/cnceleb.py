@@ -26,8 +26,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..audio import read_audio, resample
-from ..datadir import DataDir, Trials, read_list_kv, read_trials, write_list_kv, write_trials
-from ..utils import DataError, PathLike, atomic_path, log_to_file
+from ..datadir import DataDir, read_list_kv, write_list_kv
+from ..trialio import Trials, read_trials, write_trials
+from ..utils import DataError, PathLike, UsageError, atomic_path, log_to_file
 from .common import finalize, log
 
 __all__ = ["prepare_cnceleb", "combine_segments", "genre_of"]
@@ -270,9 +271,9 @@ def prepare_cnceleb(root: PathLike, out_dir: PathLike, cn2_root: PathLike | None
     cn1 = Path(root)
     out_dir = Path(out_dir)
     if combined_dir is not None and combine_min_sec is None:
-        raise ValueError("combined_dir is only used with combine_min_sec (e.g. 5.0)")
+        raise UsageError("combined_dir is only used with combine_min_sec (e.g. 5.0)")
     if combine_min_sec is not None and combine_min_sec <= 0:
-        raise ValueError(f"combine_min_sec must be positive, got {combine_min_sec}")
+        raise UsageError(f"combine_min_sec must be positive, got {combine_min_sec}")
     if not (cn1 / "eval" / "lists").is_dir():
         raise DataError("not a CN-Celeb1 root (no eval/lists/); expected CN-Celeb_flac/", cn1)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,21 +8,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..audio import audio_info
+from ..audio import probe_audio
 from ..datadir import DataDir
-from ..utils import DataError, PathLike, atomic_write
+from ..utils import PathLike, atomic_write
 
 log = logging.getLogger("spkcausal.prepare")
-
-
-def _probe(path: str) -> tuple[float | None, str | None]:
-    try:
-        frames, sr, _ = audio_info(path)
-    except DataError as e:
-        return None, e.message if Path(path).exists() else "missing file"
-    if frames <= 0:
-        return None, "empty audio (0 samples)"
-    return frames / sr, None
 
 
 def probe_durations(wav: dict[str, str], nj: int = 8, desc: str = "utt2dur") -> tuple[dict[str, float], dict[str, str]]:
@@ -31,12 +21,12 @@ def probe_durations(wav: dict[str, str], nj: int = 8, desc: str = "utt2dur") -> 
     dur: dict[str, float] = {}
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, nj)) as pool:
-        results = pool.map(_probe, (wav[u] for u in utts), chunksize=256)
-        for utt, (d, why) in tqdm(zip(utts, results), total=len(utts), desc=desc, mininterval=2, leave=False):
-            if d is None:
-                bad[utt] = why or "unreadable"
+        results = pool.map(probe_audio, (wav[u] for u in utts), chunksize=256)
+        for utt, probe in tqdm(zip(utts, results), total=len(utts), desc=desc, mininterval=2, leave=False):
+            if probe.problem:
+                bad[utt] = probe.problem
             else:
-                dur[utt] = d
+                dur[utt] = probe.frames / probe.sample_rate
     return dur, bad
 
 

@@ -42,7 +42,8 @@ from scipy.signal import butter, lfilter, sosfilt
 from tqdm import tqdm
 
 from ..audio import audio_info, write_wav
-from ..utils import DataError, PathLike, log_to_file, write_text_atomic
+from ..longtail import target_counts
+from ..utils import DataError, PathLike, UsageError, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.synth")
 
@@ -98,40 +99,34 @@ class SynthConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent setting."""
+        """Raise UsageError naming the first inconsistent setting."""
         if self.num_speakers < 2 or self.num_test_speakers < 2:
-            raise ValueError("need at least 2 training and 2 verification speakers")
+            raise UsageError("need at least 2 training and 2 verification speakers")
         if self.profile not in ("exp", "pareto"):
-            raise ValueError(f"profile must be 'exp' or 'pareto', got {self.profile!r}")
+            raise UsageError(f"profile must be 'exp' or 'pareto', got {self.profile!r}")
         if self.imbalance < 1 or self.exponent <= 0:
-            raise ValueError("imbalance must be >= 1 and exponent > 0")
+            raise UsageError("imbalance must be >= 1 and exponent > 0")
         if self.max_utts / self.imbalance < 1:
-            raise ValueError(f"max_utts / imbalance = {self.max_utts / self.imbalance:.2f}: the tail speaker "
+            raise UsageError(f"max_utts / imbalance = {self.max_utts / self.imbalance:.2f}: the tail speaker "
                              "would have no utterance (raise max_utts or lower imbalance)")
         if not 0 < self.utt_seconds[0] <= self.utt_seconds[1]:
-            raise ValueError(f"bad utt_seconds range {self.utt_seconds}")
+            raise UsageError(f"bad utt_seconds range {self.utt_seconds}")
         if not 1 <= self.sessions[0] <= self.sessions[1]:
-            raise ValueError(f"bad sessions range {self.sessions}")
+            raise UsageError(f"bad sessions range {self.sessions}")
         if self.val_per_speaker < 0 or self.test_per_speaker < 0 or self.veri_utts_per_speaker < 2:
-            raise ValueError("val/test per speaker must be >= 0 and veri_utts_per_speaker >= 2")
+            raise UsageError("val/test per speaker must be >= 0 and veri_utts_per_speaker >= 2")
         if self.num_trials < 2 or self.snr_db[0] > self.snr_db[1] or self.sample_rate < 8000:
-            raise ValueError("num_trials >= 2, snr_db (low, high) and sample_rate >= 8000 required")
+            raise UsageError("num_trials >= 2, snr_db (low, high) and sample_rate >= 8000 required")
         if FIRST_ID + self.num_speakers + self.num_test_speakers > 99999:
-            raise ValueError("too many speakers for 5-digit VoxCeleb ids")
+            raise UsageError("too many speakers for 5-digit VoxCeleb ids")
 
 
-def longtail_counts(n: int, max_utts: int, imbalance: float, profile: str = "exp",
-                    exponent: float = 1.0) -> np.ndarray:
-    """Training utterances per speaker rank (descending): max_utts for rank 0, max_utts/imbalance for the last."""
-    r = np.arange(n) / max(n - 1, 1)
-    if profile == "exp":
-        frac = imbalance ** -(r ** exponent)
-    elif profile == "pareto":
-        c = imbalance ** (1.0 / exponent) - 1.0
-        frac = (1.0 + c * r) ** -exponent
-    else:
-        raise ValueError(f"unknown profile {profile!r}")
-    return np.maximum(1, np.round(max_utts * frac)).astype(int)
+def train_counts(cfg: SynthConfig) -> np.ndarray:
+    """Training utterances per speaker rank (descending): max_utts for rank 0, max_utts/imbalance for the last.
+
+    Half-even rounding, as the corpus has always been generated (longtail_subset rounds half up)."""
+    shape = {"exp_power": cfg.exponent} if cfg.profile == "exp" else {"pareto_alpha": cfg.exponent}
+    return target_counts(cfg.num_speakers, cfg.max_utts, cfg.imbalance, cfg.profile, rounding="half_even", **shape)
 
 
 def _rng(cfg_seed: int, *key: int) -> np.random.Generator:
@@ -433,7 +428,7 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[str], dict[str, int], list[_Utt]
     g = _rng(cfg.seed, _PLAN)
     train_ids, veri_ids = speaker_ids(cfg)
     ids = train_ids + veri_ids
-    counts = longtail_counts(cfg.num_speakers, cfg.max_utts, cfg.imbalance, cfg.profile, cfg.exponent)
+    counts = train_counts(cfg)
     counts = dict(zip(train_ids, counts[g.permutation(cfg.num_speakers)].tolist()))
     utts: list[_Utt] = []
     for si, spk in enumerate(ids):
@@ -491,8 +486,9 @@ def _render_speaker(job: tuple[SynthConfig, str, list[_Utt]]) -> tuple[int, int]
     return written, skipped
 
 
-def make_trials(cfg: SynthConfig, utts: list[_Utt]) -> list[tuple[int, str, str]]:
-    """Balanced (label, enroll, test) over verification speakers; targets always cross-session, no pair twice."""
+def veri_test2_trials(cfg: SynthConfig, utts: list[_Utt]) -> list[tuple[int, str, str]]:
+    """The corpus's own `veri_test2.txt`: balanced (label, enroll, test) over the verification speakers, targets
+    always cross-session, no pair twice (spkcausal.trials.make_trials samples trials for any data dir instead)."""
     g = _rng(cfg.seed, _TRIALS)
     veri = [u for u in utts if u.split == 0]
     spk = np.array([u.spk_index for u in veri])
@@ -590,7 +586,7 @@ def _make(root: Path, cfg: SynthConfig, nj: int) -> dict:
                 written, skipped = written + w, skipped + s
                 bar.update(len(job[2]))
     bar.close()
-    trials = make_trials(cfg, utts)
+    trials = veri_test2_trials(cfg, utts)
     _write_lists(root, cfg, ids, counts, utts, trials)  # lists last: they only ever point at finished audio
     secs = time.perf_counter() - t0
     summary = {
