@@ -11,17 +11,8 @@ import pytest
 
 from spkcausal.cli import main
 from spkcausal.datadir import DataDir
-from spkcausal.longtail import (
-    feasible_n_max,
-    format_profile,
-    load_profile,
-    longtail_subset,
-    plot_longtail,
-    profile_datadir,
-    shot_groups,
-    target_counts,
-    write_profile,
-)
+from spkcausal.longtail import format_profile, load_profile, plot_longtail, profile_datadir, shot_groups, write_profile
+from spkcausal.subsets import feasible_n_max, longtail_subset, target_counts
 from spkcausal.utils import DataError, UsageError
 
 

@@ -24,7 +24,6 @@ from spkcausal.datadir import DataDir, write_kv
 from spkcausal.embeddings import write_store
 from spkcausal.heads import AAMHead, CausalNormAAMHead
 from spkcausal.identify import identify
-from spkcausal.longtail import split_heldout
 from spkcausal.report import (
     collect_rows,
     format_markdown,
@@ -35,6 +34,7 @@ from spkcausal.report import (
     variant_label,
     write_report,
 )
+from spkcausal.subsets import split_heldout
 from spkcausal.tde_alpha import choose_alpha
 from spkcausal.trialio import read_scores
 from spkcausal.utils import DataError

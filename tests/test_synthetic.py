@@ -10,14 +10,9 @@ from scipy.linalg import solve_toeplitz
 from scipy.signal import butter, lfilter, sos2tf, sosfiltfilt, stft
 
 from spkcausal.cli import main as cli_main
-from spkcausal.corpora.synthetic import (
-    SynthConfig,
-    _cascade_den,
-    _resonator,
-    make_synthetic_corpus,
-    train_counts,
-)
-from spkcausal.longtail import target_counts
+from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus, train_counts
+from spkcausal.corpora.voice import _cascade_den, _resonator
+from spkcausal.subsets import target_counts
 from spkcausal.utils import DataError, UsageError
 
 SMALL = dict(num_speakers=8, num_test_speakers=4, max_utts=12, imbalance=4.0, utt_seconds=(0.6, 1.0),

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spkcausal.corpora.synthetic import (
-    SynthConfig,
-    make_synthetic_corpus,
-    session_channel,
-    speaker_voice,
-    synth_utterance,
-)
+from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus
+from spkcausal.corpora.voice import session_channel, speaker_voice, synth_utterance
 
 
 def per_utterance(runs: int = 5, n_utts: int = 100) -> list[float]:

@@ -33,7 +33,8 @@ def _subset(args: argparse.Namespace) -> int:
     import json
 
     from ..datadir import DataDir
-    from ..longtail import format_profile, longtail_subset, profile_datadir
+    from ..longtail import format_profile, profile_datadir
+    from ..subsets import longtail_subset
     from ..utils import setup_logging, write_text_atomic
 
     log = setup_logging(Path(args.out_train) / "longtail_subset.log")
@@ -53,7 +54,7 @@ def _subset(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     from ..datadir import DataDir
-    from ..longtail import split_heldout
+    from ..subsets import split_heldout
 
     train, val, test = split_heldout(DataDir.load(args.data_dir), args.val_per_spk, args.test_per_spk,
                                      args.min_train, args.seed)
