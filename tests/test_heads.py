@@ -228,3 +228,40 @@ def test_margin_gradient_finite_when_embedding_equals_class_weight(name):
     x = head.weight.detach().clone().requires_grad_(True)
     head(x, torch.tensor([0, 1, 2])).sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+@pytest.mark.parametrize("name", ["cosine", "aam", "causal_norm", "causal_norm_aam"])
+def test_normalised_heads_compute_in_float32_under_bf16_autocast(name):
+    torch.manual_seed(7)
+    kw = {"num_heads": 2} if name.startswith("causal") else {}
+    if name.endswith("aam"):
+        kw["margin"] = 0.2
+    head = build_head(name, 16, 5, **kw).train()
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    x = torch.randn(8, 16)
+    with torch.no_grad():  # target cosines near 1, where bf16 rounds cos to 1 and the margin term is most off
+        x[:5] = head.weight[labels[:5]] * 3.0 + 1e-3 * torch.randn(5, 16)
+
+    def run(autocast: bool):
+        xx = x.clone().requires_grad_(True)
+        head.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = head(xx, labels)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        return y.detach(), xx.grad, head.weight.grad.clone()
+
+    ref, gx_ref, gw_ref = run(False)
+    got, gx, gw = run(True)
+    assert got.dtype == torch.float32
+    # float32 throughout: the same numbers as without autocast, not bf16's ~1e-2 relative error.
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=0, atol=1e-6 * head.scale)
+    np.testing.assert_allclose(gx.numpy(), gx_ref.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gw.numpy(), gw_ref.numpy(), rtol=0, atol=1e-6)
+    # And the float32 logits are the method's logits (NumPy float64 formula), margin included.
+    w = head.weight.detach().numpy()
+    if name.startswith("causal"):
+        want = np_causal_norm_aam(x.numpy(), w, labels.numpy(), 2, head.scale, 1 / 32, kw.get("margin", 0.0), False)
+    else:
+        want = head.scale * np_causal_norm_aam(x.numpy(), w, labels.numpy(), 1, 1.0, 0.0, kw.get("margin", 0.0),
+                                               False)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
