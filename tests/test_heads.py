@@ -77,13 +77,27 @@ def test_causal_norm_init_and_attributes():
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_causal_norm_aam_with_zero_margin_equals_causal_norm(k):
+def test_causal_norm_aam_per_chunk_path_at_zero_margin_equals_causal_norm(k, monkeypatch):
+    # margin == 0 short-circuits to CausalNormHead's own code, so comparing there would prove nothing. A margin
+    # of 1e-9 takes the per-chunk r * cos(theta + m) path while cos(theta + 1e-9) equals cos(theta) to far
+    # below float32 rounding: DESIGN.md's identity "m = 0 gives the Causal Norm logits with tau = s".
+    import spkcausal.heads as heads_mod
+
+    calls = []
+    real = heads_mod._apply_margin
+    monkeypatch.setattr(heads_mod, "_apply_margin", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
-    aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=0.0).train()
+    aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=1e-9).train()
+    with torch.no_grad():  # class weights of very different norms, so r_i^k = ||w|| / (||w|| + gamma) matters
+        aam.weight.mul_(torch.rand(6, 1) * 3 + 0.01)
     cn = CausalNormHead(16, 6, num_heads=k, tau=30.0).train()
     cn.load_state_dict(aam.state_dict())
     x, labels = torch.randn(8, 16), torch.randint(0, 6, (8,))
-    torch.testing.assert_close(aam(x, labels), cn(x, labels), rtol=1e-6, atol=1e-5)
+    got = aam(x, labels).detach()
+    assert len(calls) == k  # one margin application per chunk: the per-chunk path ran
+    torch.testing.assert_close(got, cn(x, labels).detach(), rtol=1e-5, atol=1e-5)
+    want = np_causal_norm(x.numpy(), aam.weight.detach().numpy(), k, 30.0, 1 / 32)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("easy", [False, True])
