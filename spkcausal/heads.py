@@ -24,14 +24,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import Registry
+from .utils import UsageError
+
 EPS = 1e-12
+
+HEADS: Registry[type[nn.Module]] = Registry("head")
 
 
 def split_heads(x: Tensor, num_heads: int) -> tuple[Tensor, ...]:
     """Split the last axis into `num_heads` contiguous equal chunks; the feature size must divide evenly."""
     d = x.shape[-1]
     if num_heads < 1 or d % num_heads:
-        raise ValueError(f"feature size {d} is not divisible by num_heads={num_heads}")
+        raise UsageError(f"feature size {d} is not divisible by num_heads={num_heads}")
     return torch.split(x, d // num_heads, dim=-1)
 
 
@@ -83,6 +88,7 @@ def _apply_margin(cos: Tensor, labels: Tensor, margin: float, easy_margin: bool)
     return torch.where(target, _arc_margin(cos, margin, easy_margin), cos)
 
 
+@HEADS.register("linear")
 class LinearHead(nn.Module):
     """Plain softmax classifier: logits = x W^T (+ b)."""
 
@@ -99,6 +105,7 @@ class LinearHead(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+@HEADS.register("cosine")
 class CosineHead(nn.Module):
     """Normalised softmax: logits = s * cos(x, w_i)."""
 
@@ -120,6 +127,7 @@ class CosineHead(nn.Module):
         return self.scale * self.cosine(x)
 
 
+@HEADS.register("aam")
 class AAMHead(CosineHead):
     """Additive angular margin (ArcFace): the target logit is s * cos(theta + m) during training."""
 
@@ -142,6 +150,7 @@ class AAMHead(CosineHead):
         return self.scale * cos
 
 
+@HEADS.register("causal_norm")
 class CausalNormHead(nn.Module):
     """Multi-head Causal Norm classifier with the moving-average feature x_bar (Tang et al., NeurIPS 2020).
 
@@ -152,7 +161,7 @@ class CausalNormHead(nn.Module):
                  gamma: float = 1.0 / 32, momentum: float = 0.9, sync_mean: bool = True):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
+            raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
         self.embed_dim, self.num_classes = embed_dim, num_classes
         self.num_heads, self.tau, self.gamma = int(num_heads), float(tau), float(gamma)
         self.momentum, self.sync_mean = float(momentum), bool(sync_mean)
@@ -197,6 +206,7 @@ class CausalNormHead(nn.Module):
                 f"tau={self.tau}, gamma={self.gamma}, momentum={self.momentum}")
 
 
+@HEADS.register("causal_norm_aam")
 class CausalNormAAMHead(CausalNormHead):
     """Causal Norm with an additive angular margin per chunk.
 
@@ -232,23 +242,12 @@ class CausalNormAAMHead(CausalNormHead):
         return super().extra_repr() + f", margin={self.margin}, easy_margin={self.easy_margin}"
 
 
-HEADS: dict[str, type[nn.Module]] = {
-    "linear": LinearHead,
-    "cosine": CosineHead,
-    "aam": AAMHead,
-    "causal_norm": CausalNormHead,
-    "causal_norm_aam": CausalNormAAMHead,
-}
-
-
 def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a head by registry name; for Causal Norm heads `scale` is accepted as an alias of `tau`."""
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
-    cls = HEADS[name]
+    cls = HEADS.get(name)
     if issubclass(cls, CausalNormHead) and "scale" in kwargs:
         if "tau" in kwargs and kwargs["tau"] != kwargs["scale"]:
-            raise ValueError("give either tau or scale for a Causal Norm head, not both")
+            raise UsageError("give either tau or scale for a Causal Norm head, not both")
         kwargs["tau"] = kwargs.pop("scale")
     return cls(embed_dim, num_classes, **kwargs)
 
@@ -256,5 +255,5 @@ def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn
 def is_causal(head: nn.Module | str) -> bool:
     """True for a Causal Norm head (an instance or a registry name): it tracks x_bar, so TDE applies to it."""
     if isinstance(head, str):
-        return head in HEADS and issubclass(HEADS[head], CausalNormHead)
+        return head in HEADS and issubclass(HEADS.get(head), CausalNormHead)
     return isinstance(head, CausalNormHead)

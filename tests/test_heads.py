@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from spkcausal.heads import (
+    HEADS,
     AAMHead,
     CausalNormAAMHead,
     CausalNormHead,
     CosineHead,
     LinearHead,
     build_head,
+    is_causal,
 )
+from spkcausal.utils import UsageError
 
 
 def np_causal_norm(x, w, k, tau, gamma):
@@ -179,8 +182,14 @@ def test_build_head_registry_and_scale_alias():
     h = build_head("causal_norm_aam", 8, 4, scale=20.0, num_heads=4, margin=0.1)
     assert isinstance(h, CausalNormAAMHead) and h.tau == 20.0 and h.num_heads == 4 and h.margin == 0.1
     assert isinstance(build_head("aam", 8, 4, scale=32.0), AAMHead)
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(UsageError) as err:
         build_head("softmax2", 8, 4)
+    assert str(err.value) == ("unknown head 'softmax2'; expected one of "
+                              "aam, causal_norm, causal_norm_aam, cosine, linear")
+    with pytest.raises(UsageError, match="either tau or scale"):
+        build_head("causal_norm", 8, 4, scale=20.0, tau=16.0)
+    assert [n for n in HEADS.names() if is_causal(n)] == ["causal_norm", "causal_norm_aam"]
+    assert is_causal(h) and not is_causal(build_head("aam", 8, 4)) and not is_causal("nope")
 
 
 @pytest.mark.parametrize("cls", [CausalNormHead, CausalNormAAMHead])
