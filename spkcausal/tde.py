@@ -122,22 +122,3 @@ def sweep_alpha(score_fn: Callable[[float], float], alphas: Sequence[float], max
     sign = 1.0 if maximize else -1.0
     best = max(range(len(alphas)), key=lambda i: (sign * values[i], -alphas[i]))
     return AlphaSweep(alphas[best], values[best], maximize, alphas, values)
-
-
-def sweep_alpha_identification(head: nn.Module, features: ArrayLike, labels: ArrayLike,
-                               alphas: Sequence[float]) -> AlphaSweep:
-    """Pick alpha maximising dev-set identification accuracy of the TDE logits."""
-    lab, _ = _as_tensor(labels)
-
-    def acc(alpha: float) -> float:
-        y, _ = _as_tensor(tde_logits(head, features, alpha=alpha))
-        return float((y.argmax(-1).cpu() == lab.cpu()).double().mean())
-
-    return sweep_alpha(acc, alphas, maximize=True)
-
-
-def sweep_alpha_verification(eer_fn: Callable[[ArrayLike], float], features: ArrayLike, mean_feature: ArrayLike,
-                             num_heads: int, alphas: Sequence[float]) -> AlphaSweep:
-    """Pick alpha minimising the EER that `eer_fn(tde_embeddings)` returns on a dev trial list."""
-    return sweep_alpha(lambda a: eer_fn(tde_embeddings(features, mean_feature, a, num_heads)), alphas,
-                       maximize=False)
