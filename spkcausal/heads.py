@@ -6,25 +6,37 @@ logits are margin-free. The Causal Norm heads track the moving-average feature `
 registered buffer, updated inside forward in training mode from the detached raw embeddings:
 `x_bar <- mu * x_bar + mean_batch(x)` (no (1 - mu) factor, as in the reference code; both forms give exactly
 the same direction from a zero start, and only the direction is used).
+
+Precision: the cosine, AAM and Causal Norm heads compute their whole logit path (normalisation, the cosine
+matmul, the margin, the scale) in float32 even inside an autocast region: autocast is switched off in their
+methods and bf16/fp16 inputs are cast up (float64 stays float64). In bf16 a cosine near 1 rounds to 1, where
+sin(theta) and with it cos(theta + m) lose all precision. The plain linear head is left to autocast.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import Registry
+from .utils import UsageError
+
 EPS = 1e-12
+
+HEADS: Registry[type[nn.Module]] = Registry("head")
 
 
 def split_heads(x: Tensor, num_heads: int) -> tuple[Tensor, ...]:
     """Split the last axis into `num_heads` contiguous equal chunks; the feature size must divide evenly."""
     d = x.shape[-1]
     if num_heads < 1 or d % num_heads:
-        raise ValueError(f"feature size {d} is not divisible by num_heads={num_heads}")
+        raise UsageError(f"feature size {d} is not divisible by num_heads={num_heads}")
     return torch.split(x, d // num_heads, dim=-1)
 
 
@@ -38,11 +50,28 @@ def causal_norm_weight(weight: Tensor, num_heads: int, gamma: float) -> Tensor:
     return torch.cat([c / (c.norm(dim=-1, keepdim=True) + gamma) for c in split_heads(weight, num_heads)], dim=-1)
 
 
+_F = TypeVar("_F", bound=Callable[..., Tensor])
+
+
+def _float32(t: Tensor) -> Tensor:
+    """t in float32 if it is half precision (bf16 / fp16); float32 and float64 tensors are returned as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _in_float32(method: _F) -> _F:
+    """Run a head method on x (its first argument) with autocast off and x in at least float32 precision."""
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # Autocast would re-cast F.linear's inputs to bf16 even when x is float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(self, _float32(x), *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
     """cos(theta + m) with ArcFace's easy-margin / threshold handling so the target logit stays monotonic."""
-    # float32: in bf16 a cosine near 1 rounds to 1 and sin would lose all precision. At exactly 1 the clamp
-    # masks the (infinite) sqrt gradient to 0 instead of producing NaN, unlike an acos-based formula.
-    cos = cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos
+    # At cos exactly 1 the clamp masks the (infinite) sqrt gradient to 0 instead of producing NaN, unlike an
+    # acos-based formula.
     sin = torch.sqrt((1.0 - cos * cos).clamp_min(0.0))
     phi = cos * math.cos(margin) - sin * math.sin(margin)
     if easy_margin:
@@ -56,10 +85,10 @@ def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
 def _apply_margin(cos: Tensor, labels: Tensor, margin: float, easy_margin: bool) -> Tensor:
     """Replace the target-class cosine of each row by cos(theta + m)."""
     target = F.one_hot(labels.long(), cos.shape[-1]).to(torch.bool)
-    phi = _arc_margin(cos, margin, easy_margin)
-    return torch.where(target, phi, cos.to(phi.dtype))
+    return torch.where(target, _arc_margin(cos, margin, easy_margin), cos)
 
 
+@HEADS.register("linear")
 class LinearHead(nn.Module):
     """Plain softmax classifier: logits = x W^T (+ b)."""
 
@@ -76,6 +105,7 @@ class LinearHead(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+@HEADS.register("cosine")
 class CosineHead(nn.Module):
     """Normalised softmax: logits = s * cos(x, w_i)."""
 
@@ -86,15 +116,18 @@ class CosineHead(nn.Module):
         bound = 1.0 / math.sqrt(embed_dim)
         nn.init.uniform_(self.weight, -bound, bound)
 
+    @_in_float32
     def cosine(self, x: Tensor) -> Tensor:
-        """Plain cosine between every embedding and every class weight, (B, C)."""
-        return F.linear(F.normalize(x, dim=-1, eps=EPS), F.normalize(self.weight, dim=-1, eps=EPS))
+        """Plain cosine between every embedding and every class weight, (B, C), in float32 or float64."""
+        return F.linear(F.normalize(x, dim=-1, eps=EPS), F.normalize(_float32(self.weight), dim=-1, eps=EPS))
 
+    @_in_float32
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B, C)."""
         return self.scale * self.cosine(x)
 
 
+@HEADS.register("aam")
 class AAMHead(CosineHead):
     """Additive angular margin (ArcFace): the target logit is s * cos(theta + m) during training."""
 
@@ -108,6 +141,7 @@ class AAMHead(CosineHead):
         """Set the margin (driven by the trainer's margin schedule)."""
         self.margin = float(m)
 
+    @_in_float32
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B, C); the margin is added only in training mode when labels are given."""
         cos = self.cosine(x)
@@ -116,6 +150,7 @@ class AAMHead(CosineHead):
         return self.scale * cos
 
 
+@HEADS.register("causal_norm")
 class CausalNormHead(nn.Module):
     """Multi-head Causal Norm classifier with the moving-average feature x_bar (Tang et al., NeurIPS 2020).
 
@@ -126,7 +161,7 @@ class CausalNormHead(nn.Module):
                  gamma: float = 1.0 / 32, momentum: float = 0.9, sync_mean: bool = True):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
+            raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
         self.embed_dim, self.num_classes = embed_dim, num_classes
         self.num_heads, self.tau, self.gamma = int(num_heads), float(tau), float(gamma)
         self.momentum, self.sync_mean = float(momentum), bool(sync_mean)
@@ -152,12 +187,14 @@ class CausalNormHead(nn.Module):
 
     def normalized_weight(self) -> Tensor:
         """w_i^k / (||w_i^k|| + gamma), (C, D)."""
-        return causal_norm_weight(self.weight, self.num_heads, self.gamma)
+        return causal_norm_weight(_float32(self.weight), self.num_heads, self.gamma)
 
+    @_in_float32
     def classify_normalized(self, e: Tensor) -> Tensor:
         """The head on features that are already per-chunk normalised (or TDE'd): tau/K * e . w~ (no x norm)."""
         return (self.tau / self.num_heads) * F.linear(e, self.normalized_weight())
 
+    @_in_float32
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B, C); updates x_bar in training mode."""
         if self.training:
@@ -169,6 +206,7 @@ class CausalNormHead(nn.Module):
                 f"tau={self.tau}, gamma={self.gamma}, momentum={self.momentum}")
 
 
+@HEADS.register("causal_norm_aam")
 class CausalNormAAMHead(CausalNormHead):
     """Causal Norm with an additive angular margin per chunk.
 
@@ -186,6 +224,7 @@ class CausalNormAAMHead(CausalNormHead):
         """Set the margin (driven by the trainer's margin schedule)."""
         self.margin = float(m)
 
+    @_in_float32
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B, C); margin only in training mode with labels; updates x_bar in training mode."""
         if self.training:
@@ -193,7 +232,7 @@ class CausalNormAAMHead(CausalNormHead):
         if labels is None or not self.training or self.margin == 0.0:
             return self.classify_normalized(normalize_heads(x, self.num_heads))
         out = 0.0
-        for xk, wk in zip(split_heads(x, self.num_heads), split_heads(self.weight, self.num_heads)):
+        for xk, wk in zip(split_heads(x, self.num_heads), split_heads(_float32(self.weight), self.num_heads)):
             wn = wk.norm(dim=-1)
             cos = F.linear(F.normalize(xk, dim=-1, eps=EPS), wk / wn.clamp_min(EPS).unsqueeze(-1))
             out = out + (wn / (wn + self.gamma)) * _apply_margin(cos, labels, self.margin, self.easy_margin)
@@ -203,23 +242,12 @@ class CausalNormAAMHead(CausalNormHead):
         return super().extra_repr() + f", margin={self.margin}, easy_margin={self.easy_margin}"
 
 
-HEADS: dict[str, type[nn.Module]] = {
-    "linear": LinearHead,
-    "cosine": CosineHead,
-    "aam": AAMHead,
-    "causal_norm": CausalNormHead,
-    "causal_norm_aam": CausalNormAAMHead,
-}
-
-
 def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a head by registry name; for Causal Norm heads `scale` is accepted as an alias of `tau`."""
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
-    cls = HEADS[name]
+    cls = HEADS.get(name)
     if issubclass(cls, CausalNormHead) and "scale" in kwargs:
         if "tau" in kwargs and kwargs["tau"] != kwargs["scale"]:
-            raise ValueError("give either tau or scale for a Causal Norm head, not both")
+            raise UsageError("give either tau or scale for a Causal Norm head, not both")
         kwargs["tau"] = kwargs.pop("scale")
     return cls(embed_dim, num_classes, **kwargs)
 
@@ -227,5 +255,5 @@ def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn
 def is_causal(head: nn.Module | str) -> bool:
     """True for a Causal Norm head (an instance or a registry name): it tracks x_bar, so TDE applies to it."""
     if isinstance(head, str):
-        return head in HEADS and issubclass(HEADS[head], CausalNormHead)
+        return head in HEADS and issubclass(HEADS.get(head), CausalNormHead)
     return isinstance(head, CausalNormHead)

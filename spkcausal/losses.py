@@ -6,12 +6,18 @@ corpus gives weights of 1 and the plain loss.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .registry import Registry
+from .utils import UsageError
+
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
 
 
 def class_weights(class_counts: np.ndarray | Tensor | list, scheme: str, beta: float = 0.9999) -> Tensor:
@@ -25,10 +31,10 @@ def class_weights(class_counts: np.ndarray | Tensor | list, scheme: str, beta: f
         w = 1.0 / n
     elif scheme == "effective_number":
         if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
+            raise UsageError(f"beta must be in [0, 1), got {beta}")
         w = (1.0 - beta) / (1.0 - torch.pow(beta, n))
     else:
-        raise ValueError(f"unknown weighting {scheme!r}; expected 'inverse' or 'effective_number'")
+        raise UsageError(f"unknown weighting {scheme!r}; expected 'inverse' or 'effective_number'")
     return (w * len(n) / w.sum()).float()
 
 
@@ -38,9 +44,9 @@ class WeightedLoss(nn.Module):
     def __init__(self, gamma: float = 0.0, weight: Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+            raise UsageError(f"focal gamma must be >= 0, got {gamma}")
         if label_smoothing and gamma:
-            raise ValueError("label smoothing is only supported with gamma = 0 (cross-entropy)")
+            raise UsageError("label smoothing is only supported with gamma = 0 (cross-entropy)")
         self.gamma, self.label_smoothing = float(gamma), float(label_smoothing)
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
@@ -63,7 +69,44 @@ class WeightedLoss(nn.Module):
         return f"gamma={self.gamma}, weighted={self.weight is not None}, label_smoothing={self.label_smoothing}"
 
 
-LOSSES = ("ce", "focal", "inverse", "effective_number")
+def _weighted_loss(gamma: float, weighting: str | None, class_counts: Any, beta: float,
+                   label_smoothing: float) -> WeightedLoss:
+    """WeightedLoss with class weights from `class_counts` when a weighting scheme is named."""
+    weight = None
+    if weighting is not None:
+        if class_counts is None:
+            raise UsageError(f"weighting {weighting!r} needs class_counts (training utterances per class)")
+        weight = class_weights(class_counts, weighting, beta)
+    return WeightedLoss(gamma=gamma, weight=weight, label_smoothing=label_smoothing)
+
+
+@LOSSES.register("ce")
+def cross_entropy_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
+                       weighting: str | None = None, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy (`gamma` is ignored), class-weighted when `weighting` is set."""
+    return _weighted_loss(0.0, weighting, class_counts, beta, label_smoothing)
+
+
+@LOSSES.register("focal")
+def focal_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999, weighting: str | None = None,
+               label_smoothing: float = 0.0) -> nn.Module:
+    """Focal loss with exponent `gamma`, class-weighted when `weighting` is set."""
+    return _weighted_loss(gamma, weighting, class_counts, beta, label_smoothing)
+
+
+def _reweighted_ce(scheme: str) -> Callable[..., nn.Module]:
+    """Factory of cross-entropy re-weighted by `scheme` ('inverse' or 'effective_number')."""
+    def factory(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999, weighting: str | None = None,
+                label_smoothing: float = 0.0) -> nn.Module:
+        if weighting not in (None, scheme):
+            raise UsageError(f"loss {scheme!r} already sets the weighting; got weighting={weighting!r}")
+        return _weighted_loss(0.0, scheme, class_counts, beta, label_smoothing)
+    factory.__doc__ = f"Cross-entropy with {scheme} class weights (`gamma` is ignored)."
+    return factory
+
+
+for _scheme in ("inverse", "effective_number"):
+    LOSSES.register(_scheme)(_reweighted_ce(_scheme))
 
 
 def build_loss(name: str, class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
@@ -72,15 +115,5 @@ def build_loss(name: str, class_counts: Any = None, gamma: float = 2.0, beta: fl
 
     `weighting` adds class weights to 'ce' or 'focal' (e.g. focal + effective number).
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; expected one of {list(LOSSES)}")
-    if name in ("inverse", "effective_number"):
-        if weighting not in (None, name):
-            raise ValueError(f"loss {name!r} already sets the weighting; got weighting={weighting!r}")
-        weighting = name
-    weight = None
-    if weighting is not None:
-        if class_counts is None:
-            raise ValueError(f"weighting {weighting!r} needs class_counts (training utterances per class)")
-        weight = class_weights(class_counts, weighting, beta)
-    return WeightedLoss(gamma=gamma if name == "focal" else 0.0, weight=weight, label_smoothing=label_smoothing)
+    return LOSSES.build(name, class_counts=class_counts, gamma=gamma, beta=beta, weighting=weighting,
+                        label_smoothing=label_smoothing)

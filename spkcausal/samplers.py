@@ -10,26 +10,39 @@ The order of an epoch is a pure function of (seed, epoch): every rank builds the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-SAMPLERS = ("natural", "class_balanced", "sqrt")
+from .registry import Registry
+
+# Each scheme's unnormalised class-drawing weights from the per-class counts (float64).
+SAMPLERS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("sampler")
+
+
+@SAMPLERS.register("natural")
+def natural_weights(counts: np.ndarray) -> np.ndarray:
+    """n_c: the data's own class frequencies (the epoch itself is a permutation, see global_order)."""
+    return counts
+
+
+@SAMPLERS.register("class_balanced")
+def class_balanced_weights(counts: np.ndarray) -> np.ndarray:
+    """1 for every class with data: classes drawn uniformly."""
+    return (counts > 0).astype(np.float64)
+
+
+@SAMPLERS.register("sqrt")
+def sqrt_weights(counts: np.ndarray) -> np.ndarray:
+    """sqrt(n_c): square-root re-sampling."""
+    return np.sqrt(counts)
 
 
 def class_probabilities(counts: np.ndarray, name: str) -> np.ndarray:
     """Probability of drawing each class under a sampling scheme (classes with no data get 0)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if name == "natural":
-        p = counts
-    elif name == "class_balanced":
-        p = (counts > 0).astype(np.float64)
-    elif name == "sqrt":
-        p = np.sqrt(counts)
-    else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}")
+    p = SAMPLERS.get(name)(np.asarray(counts, dtype=np.float64))
     return p / p.sum()
 
 
@@ -43,8 +56,7 @@ class LongTailSampler(Sampler[int]):
             raise ValueError("labels must be a non-empty 1-D sequence of class indices")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for num_replicas={num_replicas}")
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}")
+        SAMPLERS.get(name)  # an unknown scheme fails here, before any work
         self.labels, self.name, self.seed = labels, name, int(seed)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.total = len(labels) if num_samples is None else int(num_samples)
@@ -112,5 +124,5 @@ class LongTailSampler(Sampler[int]):
 
 def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, num_samples: int | None = None,
                   num_replicas: int = 1, rank: int = 0) -> LongTailSampler:
-    """Build a sampler by name: 'natural', 'class_balanced' or 'sqrt'."""
+    """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced' or 'sqrt'."""
     return LongTailSampler(labels, name, seed, num_samples, num_replicas, rank)

@@ -127,25 +127,6 @@ def sweep_alpha(score_fn: Callable[[float], float], alphas: Sequence[float], max
     return AlphaSweep(alphas[best], values[best], maximize, alphas, values)
 
 
-def sweep_alpha_identification(head: nn.Module, features: ArrayLike, labels: ArrayLike,
-                               alphas: Sequence[float]) -> AlphaSweep:
-    """Pick alpha maximising dev-set identification accuracy of the TDE logits."""
-    lab, _ = _as_tensor(labels)
-
-    def acc(alpha: float) -> float:
-        y, _ = _as_tensor(tde_logits(head, features, alpha=alpha))
-        return float((y.argmax(-1).cpu() == lab.cpu()).double().mean())
-
-    return sweep_alpha(acc, alphas, maximize=True)
-
-
-def sweep_alpha_verification(eer_fn: Callable[[ArrayLike], float], features: ArrayLike, mean_feature: ArrayLike,
-                             num_heads: int, alphas: Sequence[float]) -> AlphaSweep:
-    """Pick alpha minimising the EER that `eer_fn(tde_embeddings)` returns on a dev trial list."""
-    return sweep_alpha(lambda a: eer_fn(tde_embeddings(features, mean_feature, a, num_heads)), alphas,
-                       maximize=False)
-
-
 def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
     """Apply TDE with `alpha` to a raw store that has mean_feature.npy + extract.json beside it."""
     from .embeddings import EmbeddingStore, write_store, write_store_meta

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from spkcausal.heads import (
+    HEADS,
     AAMHead,
     CausalNormAAMHead,
     CausalNormHead,
     CosineHead,
     LinearHead,
     build_head,
+    is_causal,
 )
+from spkcausal.utils import UsageError
 
 
 def np_causal_norm(x, w, k, tau, gamma):
@@ -77,13 +80,27 @@ def test_causal_norm_init_and_attributes():
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_causal_norm_aam_with_zero_margin_equals_causal_norm(k):
+def test_causal_norm_aam_per_chunk_path_at_zero_margin_equals_causal_norm(k, monkeypatch):
+    # margin == 0 short-circuits to CausalNormHead's own code, so comparing there would prove nothing. A margin
+    # of 1e-9 takes the per-chunk r * cos(theta + m) path while cos(theta + 1e-9) equals cos(theta) to far
+    # below float32 rounding: DESIGN.md's identity "m = 0 gives the Causal Norm logits with tau = s".
+    import spkcausal.heads as heads_mod
+
+    calls = []
+    real = heads_mod._apply_margin
+    monkeypatch.setattr(heads_mod, "_apply_margin", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
-    aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=0.0).train()
+    aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=1e-9).train()
+    with torch.no_grad():  # class weights of very different norms, so r_i^k = ||w|| / (||w|| + gamma) matters
+        aam.weight.mul_(torch.rand(6, 1) * 3 + 0.01)
     cn = CausalNormHead(16, 6, num_heads=k, tau=30.0).train()
     cn.load_state_dict(aam.state_dict())
     x, labels = torch.randn(8, 16), torch.randint(0, 6, (8,))
-    torch.testing.assert_close(aam(x, labels), cn(x, labels), rtol=1e-6, atol=1e-5)
+    got = aam(x, labels).detach()
+    assert len(calls) == k  # one margin application per chunk: the per-chunk path ran
+    torch.testing.assert_close(got, cn(x, labels).detach(), rtol=1e-5, atol=1e-5)
+    want = np_causal_norm(x.numpy(), aam.weight.detach().numpy(), k, 30.0, 1 / 32)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("easy", [False, True])
@@ -165,8 +182,14 @@ def test_build_head_registry_and_scale_alias():
     h = build_head("causal_norm_aam", 8, 4, scale=20.0, num_heads=4, margin=0.1)
     assert isinstance(h, CausalNormAAMHead) and h.tau == 20.0 and h.num_heads == 4 and h.margin == 0.1
     assert isinstance(build_head("aam", 8, 4, scale=32.0), AAMHead)
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(UsageError) as err:
         build_head("softmax2", 8, 4)
+    assert str(err.value) == ("unknown head 'softmax2'; expected one of "
+                              "aam, causal_norm, causal_norm_aam, cosine, linear")
+    with pytest.raises(UsageError, match="either tau or scale"):
+        build_head("causal_norm", 8, 4, scale=20.0, tau=16.0)
+    assert [n for n in HEADS.names() if is_causal(n)] == ["causal_norm", "causal_norm_aam"]
+    assert is_causal(h) and not is_causal(build_head("aam", 8, 4)) and not is_causal("nope")
 
 
 @pytest.mark.parametrize("cls", [CausalNormHead, CausalNormAAMHead])
@@ -228,3 +251,40 @@ def test_margin_gradient_finite_when_embedding_equals_class_weight(name):
     x = head.weight.detach().clone().requires_grad_(True)
     head(x, torch.tensor([0, 1, 2])).sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+@pytest.mark.parametrize("name", ["cosine", "aam", "causal_norm", "causal_norm_aam"])
+def test_normalised_heads_compute_in_float32_under_bf16_autocast(name):
+    torch.manual_seed(7)
+    kw = {"num_heads": 2} if name.startswith("causal") else {}
+    if name.endswith("aam"):
+        kw["margin"] = 0.2
+    head = build_head(name, 16, 5, **kw).train()
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    x = torch.randn(8, 16)
+    with torch.no_grad():  # target cosines near 1, where bf16 rounds cos to 1 and the margin term is most off
+        x[:5] = head.weight[labels[:5]] * 3.0 + 1e-3 * torch.randn(5, 16)
+
+    def run(autocast: bool):
+        xx = x.clone().requires_grad_(True)
+        head.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = head(xx, labels)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        return y.detach(), xx.grad, head.weight.grad.clone()
+
+    ref, gx_ref, gw_ref = run(False)
+    got, gx, gw = run(True)
+    assert got.dtype == torch.float32
+    # float32 throughout: the same numbers as without autocast, not bf16's ~1e-2 relative error.
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=0, atol=1e-6 * head.scale)
+    np.testing.assert_allclose(gx.numpy(), gx_ref.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gw.numpy(), gw_ref.numpy(), rtol=0, atol=1e-6)
+    # And the float32 logits are the method's logits (NumPy float64 formula), margin included.
+    w = head.weight.detach().numpy()
+    if name.startswith("causal"):
+        want = np_causal_norm_aam(x.numpy(), w, labels.numpy(), 2, head.scale, 1 / 32, kw.get("margin", 0.0), False)
+    else:
+        want = head.scale * np_causal_norm_aam(x.numpy(), w, labels.numpy(), 1, 1.0, 0.0, kw.get("margin", 0.0),
+                                               False)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)

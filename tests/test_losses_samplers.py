@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from spkcausal.decoupled import retrain_classifier, tau_normalize, tau_normalize_head
 from spkcausal.heads import LinearHead
 from spkcausal.losses import build_loss, class_weights
-from spkcausal.samplers import build_sampler
+from spkcausal.samplers import build_sampler, class_probabilities
+from spkcausal.utils import UsageError
 
 
 def np_log_softmax(z):
@@ -64,10 +65,21 @@ def test_reweighted_losses_match_direct_formula(batch, name, extra):
 
 
 def test_build_loss_errors():
-    with pytest.raises(ValueError, match="needs class_counts"):
+    with pytest.raises(UsageError, match="needs class_counts"):
         build_loss("inverse")
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(UsageError, match="already sets the weighting"):
+        build_loss("inverse", class_counts=[3, 1], weighting="effective_number")
+    with pytest.raises(UsageError) as err:
         build_loss("hinge")
+    assert str(err.value) == "unknown loss 'hinge'; expected one of ce, effective_number, focal, inverse"
+
+
+def test_unknown_sampler_lists_the_schemes():
+    with pytest.raises(UsageError) as err:
+        build_sampler("balanced", LABELS)
+    assert str(err.value) == "unknown sampler 'balanced'; expected one of class_balanced, natural, sqrt"
+    with pytest.raises(UsageError, match="unknown sampler"):
+        class_probabilities(np.array([3, 1]), "balanced")
 
 
 LABELS = np.repeat(np.arange(4), [400, 100, 25, 4])

@@ -1,18 +1,68 @@
-"""Extractor registry: shapes, embedding sizes, parameter counts, batch independence, masked pooling."""
+"""Model registry and the Registry class every kind uses; extractor shapes, sizes, batch independence, pooling."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from spkcausal.models import build_model, count_parameters, list_models
+from spkcausal.models import MODELS, build_model, count_parameters, list_models
 from spkcausal.models.resnet import stats_pool
+from spkcausal.registry import Registry
+from spkcausal.utils import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_registry_names_and_unknown():
     assert {"ecapa512", "ecapa1024", "ecapa_tiny", "resnet34", "resnet_tiny"} <= set(list_models())
-    with pytest.raises(ValueError, match="resnet34"):
+    assert list_models() == MODELS.names() == sorted(list_models())
+    with pytest.raises(UsageError) as err:
         build_model("resnet35")
+    assert str(err.value) == ("unknown model 'resnet35'; expected one of "
+                              "ecapa1024, ecapa512, ecapa_tiny, resnet34, resnet_tiny")
+
+
+def test_registry_register_get_build_and_errors():
+    reg = Registry("widget")
+
+    @reg.register("b")
+    def make_b(x, scale=1):
+        return ("b", x * scale)
+
+    reg.register("a")(dict)
+    assert reg.names() == ["a", "b"] and list(reg) == ["a", "b"] and "b" in reg and "c" not in reg
+    assert reg.get("b") is make_b and reg.build("b", 3, scale=2) == ("b", 6)
+    with pytest.raises(ValueError, match="'b' registered twice"):
+        reg.register("b")(dict)
+    assert reg.get("b") is make_b  # the failed second registration replaced nothing
+    for bad in ("c", None, ["a"]):  # a YAML list or null as a name is a usage error too, not a TypeError
+        assert bad not in reg
+        with pytest.raises(UsageError, match=r"^unknown widget .*; expected one of a, b$"):
+            reg.get(bad)
+
+
+def test_train_with_unknown_model_name_is_one_line_and_exit_2(tmp_path):
+    from fixtures_train import make_corpus, tiny_config
+
+    from spkcausal.config import save_config
+
+    conf = tmp_path / "c.yaml"
+    save_config(tiny_config(make_corpus(tmp_path, utts_per_spk=2), tmp_path / "exp"), conf)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("SPKCAUSAL_DEBUG", None)
+    out = subprocess.run([sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "model.name=nope"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["spkcausal train: error: unknown model 'nope'; expected one of "
+                      + ", ".join(list_models())], out.stderr[-2000:]
+    assert not (tmp_path / "exp" / "checkpoints").exists() or not any((tmp_path / "exp" / "checkpoints").iterdir())
 
 
 @pytest.mark.parametrize("name,dim", [("ecapa_tiny", 32), ("resnet_tiny", 32)])

@@ -1,4 +1,4 @@
-"""TDE on logits and on embeddings: agreement, the NumPy formula, alpha = 0, the heuristic and the sweep."""
+"""TDE on logits and on embeddings: agreement, the NumPy formula, alpha = 0, the heuristic and the alpha sweep."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +10,6 @@ from spkcausal.tde import (
     alpha_heuristic,
     format_alpha_curve,
     sweep_alpha,
-    sweep_alpha_identification,
-    sweep_alpha_verification,
     tde_embeddings,
     tde_logits,
 )
@@ -117,27 +115,40 @@ def test_sweep_picks_best_and_reports_curve():
     assert sweep_alpha(lambda a: curve[a], list(curve), maximize=True).best_alpha == 0.0
 
 
-def test_identification_sweep_values_are_dev_accuracies():
-    head = trained_head(2, seed=4)
-    x = torch.rand(30, 16) + 0.1
-    labels = torch.randint(0, 5, (30,))
-    alphas = [0.0, 1.0, 2.0]
-    s = sweep_alpha_identification(head, x, labels, alphas)
-    for a, v in zip(alphas, s.values):
-        acc = (tde_logits(head, x, alpha=a).argmax(1) == labels).double().mean().item()
-        assert v == pytest.approx(acc)
-    assert s.best_value == max(s.values)
+def _mean_per_class_accuracy(labels, pred):
+    return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
 
 
-def test_verification_sweep_passes_tde_embeddings_to_callback():
-    head = trained_head(2, seed=5)
-    x = torch.randn(4, 16)
-    seen = []
+def test_alpha_sweep_on_a_constructed_dev_set_picks_the_alpha_that_separates_tail_classes():
+    # Per chunk (K = 2, 4 dims each): x_bar points along e0, class 0 (the "head" class) has weight e0, classes
+    # 1..3 have weights e1..e3. Tail samples are 0.6 e_c + e0: cos 0.857 to class 0, 0.514 to their own class.
+    # By hand, TDE logits (up to the common factor tau/K * 1/(1 + gamma)) are, for a tail sample,
+    # class 0: 0.857 (1 - alpha), own class: 0.514, so it is right once alpha > 0.4; for a head sample (e0 plus
+    # small noise) class 0 gets about 1 - alpha against noise, so it is right while alpha < 1.
+    # Mean per-class accuracy: 1/4 at alpha 0, 1 for alpha in (0.4, 1), 3/4 from alpha 1.5 on.
+    rng = np.random.default_rng(0)
+    eye = np.eye(4)
+    head = CausalNormHead(8, 4, num_heads=2).eval()
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(np.hstack([eye, eye])).float())
+        head.mean_feature.copy_(torch.tensor([3.0, 0, 0, 0, 2.0, 0, 0, 0]))
+    labels = np.repeat(np.arange(4), 6)
+    chunk = np.where(labels[:, None] == 0, eye[0], 0.6 * eye[labels] + eye[0])
+    x = np.hstack([chunk, chunk]) + 0.02 * rng.standard_normal((len(labels), 8))
+    alphas = [3.0, 0.6, 1.5, 0.5, 0.0]  # not sorted: the tie (0.5 and 0.6 both give 1.0) goes to the smaller
+    w, xbar = head.weight.detach().numpy(), head.mean_feature.numpy()
 
-    def fake_eer(e):
-        seen.append(e.clone())
-        return float(e.norm())  # smaller norm for larger alpha in this range
+    def score(a):
+        return _mean_per_class_accuracy(labels, tde_logits(head, torch.from_numpy(x), alpha=a).numpy().argmax(1))
 
-    s = sweep_alpha_verification(fake_eer, x, head.mean_feature, 2, [0.0, 1.0])
-    torch.testing.assert_close(seen[1], tde_embeddings(x, head.mean_feature, 1.0, 2))
-    assert s.best_alpha == (0.0 if s.values[0] < s.values[1] else 1.0) and not s.maximize
+    s = sweep_alpha(score, alphas, maximize=True)
+    want = [_mean_per_class_accuracy(labels, np_tde_logits(x, w, xbar, a, 2, 16.0, 1 / 32).argmax(1))
+            for a in alphas]
+    assert s.alphas == alphas and s.values == pytest.approx(want)
+    assert dict(zip(alphas, s.values)) == {3.0: 0.75, 1.5: 0.75, 0.6: 1.0, 0.5: 1.0, 0.0: 0.25}
+    assert (s.best_alpha, s.best_value, s.maximize) == (0.5, 1.0, True)
+    # Minimising the error rate instead picks the same alpha.
+    err = sweep_alpha(lambda a: 1.0 - score(a), alphas, maximize=False)
+    assert (err.best_alpha, err.best_value, err.maximize) == (0.5, 0.0, False)
+    with pytest.raises(ValueError, match="no alpha"):
+        sweep_alpha(score, [], maximize=True)

@@ -437,3 +437,44 @@ def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path
     na = a / np.linalg.norm(a, axis=1, keepdims=True)
     nb = b / np.linalg.norm(b, axis=1, keepdims=True)
     assert np.abs(na - nb).max() < 1e-3
+
+
+def test_mean_feature_is_the_mu_weighted_sum_of_the_raw_embeddings_the_model_produced(corpus, tmp_path):
+    # Record what the extractor itself returned at every training step (a global forward hook, so the test does
+    # not depend on how the trainer assembles the network), then recompute x_bar independently in float64:
+    # x_bar_T = sum_t mu^(T-1-t) * mean_batch(x_t), the no-(1 - mu) form of heads.py, from a zero start.
+    from spkcausal.models.resnet import ResNetSpeaker
+
+    seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+    def record(module, args, output):
+        if isinstance(module, ResNetSpeaker) and module.training:
+            seen.append((module, output.detach().double().clone()))
+
+    mu = 0.8  # not the 0.9 default, so a head ignoring the configured momentum is caught
+    cfg = tiny_config(corpus, tmp_path / "exp", sampler={"num_samples": 32}, train={"epochs": 2, "batch_size": 8},
+                      head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1, "momentum": mu},
+                      margin={"start_epoch": 0, "end_epoch": 1})
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        res = train(cfg)
+    finally:
+        handle.remove()
+    assert res.step == 8 and len(seen) == 8
+    assert all(m is res.net.model for m, _ in seen)
+    steps = [x for _, x in seen]
+    assert all(x.shape == (8, 16) for x in steps)
+
+    def xbar(xs, m):
+        return sum(m ** (len(xs) - 1 - t) * x.mean(0) for t, x in enumerate(xs))
+
+    want = xbar(steps, mu)
+    got = res.net.head.mean_feature.double()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    # What the comparison rules out: normalised features, another mu, or a (1 - mu) factor are all far off.
+    for other in (xbar([x / x.norm(dim=1, keepdim=True) for x in steps], mu), xbar(steps, 0.9),
+                  (1 - mu) * want):
+        assert (other - want).abs().max() > 1e-2 * want.abs().max()
+    # And it is what the last checkpoint holds.
+    last = load_checkpoint(find_resume_checkpoint(tmp_path / "exp" / "checkpoints"))
+    assert torch.equal(last["head"]["mean_feature"], res.net.head.mean_feature)

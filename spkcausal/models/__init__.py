@@ -5,32 +5,26 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..registry import Registry
 from .ecapa import Ecapa
 from .resnet import ResNetSpeaker
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a model factory to the registry under `name`."""
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Registered model names."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Instantiate a registered extractor; kwargs (n_mels, embed_dim, ...) override its defaults."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(list_models())}")
-    return _REGISTRY[name](**kwargs)
+    return MODELS.build(name, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -72,4 +66,4 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
                          n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-__all__ = ["Ecapa", "ResNetSpeaker", "build_model", "count_parameters", "list_models", "register_model"]
+__all__ = ["MODELS", "Ecapa", "ResNetSpeaker", "build_model", "count_parameters", "list_models", "register_model"]
