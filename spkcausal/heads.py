@@ -158,13 +158,17 @@ class CausalNormHead(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 16.0,
-                 gamma: float = 1.0 / 32, momentum: float = 0.9, sync_mean: bool = True):
+                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, sync_mean: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
         self.embed_dim, self.num_classes = embed_dim, num_classes
         self.num_heads, self.tau, self.gamma = int(num_heads), float(tau), float(gamma)
-        self.momentum, self.sync_mean = float(momentum), bool(sync_mean)
+        # "auto": the trainer sets mu at every epoch start from the lr (schedules.momentum_at, the paper's code)
+        self.momentum_auto = momentum == "auto"
+        if not self.momentum_auto and not isinstance(momentum, (int, float)):
+            raise UsageError(f"head momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
+        self.momentum, self.sync_mean = 0.9 if self.momentum_auto else float(momentum), bool(sync_mean)
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         bound = 1.0 / math.sqrt(embed_dim)
         nn.init.uniform_(self.weight, -bound, bound)
@@ -203,7 +207,7 @@ class CausalNormHead(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, num_heads={self.num_heads}, "
-                f"tau={self.tau}, gamma={self.gamma}, momentum={self.momentum}")
+                f"tau={self.tau}, gamma={self.gamma}, momentum={'auto' if self.momentum_auto else self.momentum}")
 
 
 @HEADS.register("causal_norm_aam")
@@ -215,7 +219,7 @@ class CausalNormAAMHead(CausalNormHead):
     """
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 32.0,
-                 gamma: float = 1.0 / 32, momentum: float = 0.9, margin: float = 0.2, easy_margin: bool = False,
+                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, margin: float = 0.2, easy_margin: bool = False,
                  sync_mean: bool = True):
         super().__init__(embed_dim, num_classes, num_heads, tau, gamma, momentum, sync_mean)
         self.margin, self.easy_margin = float(margin), bool(easy_margin)

@@ -3,7 +3,11 @@
 With S = steps per epoch and T = epochs * S, for the step s about to be taken (0-based):
 - learning rate: lr(s) = lr * min(1, (s + 1) / (warmup_epochs * S)) * (final_lr / lr) ** (s / T)
   (linear warm-up times exponential decay from lr towards final_lr, as in wespeaker);
-- margin: 0 before `margin.start_epoch`, rising linearly to the head's `margin` at `margin.end_epoch`.
+- margin: 0 before `margin.start_epoch`, rising linearly to the head's `margin` at `margin.end_epoch`;
+- x_bar momentum with `head.momentum: auto`: mu = 1 - 0.1 * min(50 * lr, 1), from the lr of the epoch's first
+  step, set at every epoch start: the rule of the paper's official code (`classification/run_networks.py` of
+  KaihuaTang/Long-Tailed-Recognition.pytorch, every dataset but CIFAR): 0.9 while lr >= 0.02, then rising
+  toward 1 as the lr decays, so late in training x_bar averages thousands of batches.
 """
 from __future__ import annotations
 
@@ -28,6 +32,11 @@ def margin_at(step: int, steps_per_epoch: int, final: float, start_epoch: float,
     if end_epoch <= start_epoch or epoch >= end_epoch:
         return float(final)
     return float(final) * (epoch - start_epoch) / (end_epoch - start_epoch)
+
+
+def momentum_at(lr: float) -> float:
+    """x_bar momentum for an epoch that starts at learning rate `lr` (`head.momentum: auto`)."""
+    return 1.0 - 0.1 * min(50.0 * float(lr), 1.0)
 
 
 def step_seed(*parts: int) -> int:

@@ -42,7 +42,7 @@ from .checkpoint import (
 from .config import merge_defaults, save_config
 from .distributed import DistInfo, distributed, resolve_device
 from .network import SpeakerNet, build_fbank, build_network, num_classes_for, section_kwargs
-from .schedules import lr_at, margin_at, step_seed
+from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .utils import DataError, log_to_file, write_text_atomic
 
 
@@ -292,6 +292,11 @@ class Trainer:
 
         tcfg, info, dev, spe = self.cfg["train"], self.info, self.device, self.steps_per_epoch
         epoch = self.step // spe
+        if getattr(self.net.head, "momentum_auto", False):
+            self.net.head.momentum = momentum_at(self.lr(epoch * spe))
+            if info.is_main:
+                self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
+                              self.lr(epoch * spe))
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
         ckpt_every, log_every = int(tcfg["ckpt_every_steps"]), max(1, int(tcfg["log_every"]))
@@ -348,6 +353,8 @@ class Trainer:
         loss_sum, correct, n, failed = stats.cpu().tolist()
         entry = {"epoch": self.step // spe, "step": self.step, "loss": loss_sum / max(1, n),
                  "acc": correct / max(1, n)}
+        if hasattr(self.net.head, "momentum_auto"):
+            entry["x_bar_momentum"] = float(self.net.head.momentum)
         self.history.append(entry)
         if info.is_main:
             self.log.info("epoch %d done: loss %.4f acc %.4f (resumed epochs count only the part run here); "

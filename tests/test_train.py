@@ -32,6 +32,7 @@ from spkcausal.dataset import PositionSampler, TrainChunkDataset, train_loader
 from spkcausal.samplers import build_sampler
 from spkcausal.schedules import lr_at, margin_at
 from spkcausal.train import train
+from spkcausal.utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,6 +155,7 @@ from pathlib import Path
 import numpy as np, torch, torch.distributed as dist
 from fixtures_train import tiny_config
 from spkcausal.train import train
+from spkcausal.utils import UsageError
 from spkcausal.extract import extract
 root = Path(sys.argv[1])
 dist.init_process_group("gloo")
@@ -478,3 +480,52 @@ def test_mean_feature_is_the_mu_weighted_sum_of_the_raw_embeddings_the_model_pro
     # And it is what the last checkpoint holds.
     last = load_checkpoint(find_resume_checkpoint(tmp_path / "exp" / "checkpoints"))
     assert torch.equal(last["head"]["mean_feature"], res.net.head.mean_feature)
+
+
+def test_auto_momentum_follows_the_papers_rule_every_epoch(corpus, tmp_path):
+    # head.momentum: auto sets mu = 1 - 0.1 * min(50 * lr, 1) at every epoch start from that epoch's first lr
+    # (the official code's rule); x_bar must then be the recursion with each step's epoch mu, recomputed here.
+    from spkcausal.models.resnet import ResNetSpeaker
+
+    seen: list[torch.Tensor] = []
+
+    def record(module, args, output):
+        if isinstance(module, ResNetSpeaker) and module.training:
+            seen.append(output.detach().double().clone())
+
+    epochs, spe, lr0, lr1 = 4, 4, 0.05, 0.001  # lr crosses 0.02, so mu is 0.9 first and then rises
+    cfg = tiny_config(corpus, tmp_path / "exp", sampler={"num_samples": 32},
+                      train={"epochs": epochs, "batch_size": 8},
+                      optim={"lr": lr0, "final_lr": lr1, "warmup_epochs": 0},
+                      head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1, "momentum": "auto"},
+                      margin={"start_epoch": 0, "end_epoch": 1})
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        res = train(cfg)
+    finally:
+        handle.remove()
+    assert res.step == epochs * spe and len(seen) == epochs * spe
+    total = epochs * spe
+    want_mu = []
+    for e in range(epochs):
+        lr = lr0 * (lr1 / lr0) ** (e * spe / total)  # the lr of the epoch's first step (no warm-up)
+        want_mu.append(1 - 0.1 * min(50 * lr, 1))
+    got_mu = [h["x_bar_momentum"] for h in res.history]
+    assert got_mu == pytest.approx(want_mu, abs=1e-12)
+    assert want_mu[0] == pytest.approx(0.9) and want_mu[-1] > 0.95  # the schedule really moved
+    xbar = torch.zeros_like(seen[0][0])
+    for t, x in enumerate(seen):
+        xbar = want_mu[t // spe] * xbar + x.mean(0)
+    got = res.net.head.mean_feature.double()
+    assert (got - xbar).abs().max() <= 1e-5 * xbar.abs().max()
+    fixed = torch.zeros_like(xbar)
+    for x in seen:
+        fixed = 0.9 * fixed + x.mean(0)
+    assert (fixed - xbar).abs().max() > 1e-2 * xbar.abs().max()  # a fixed 0.9 would be caught
+
+
+def test_head_momentum_must_be_a_number_or_auto():
+    from spkcausal.heads import build_head
+
+    with pytest.raises(UsageError, match="momentum"):
+        build_head("causal_norm", 8, 3, momentum="fast")
