@@ -27,6 +27,7 @@ from spkcausal.heads import build_head
 from spkcausal.longtail import shot_groups
 from spkcausal.losses import build_loss
 from spkcausal.samplers import build_sampler
+from spkcausal.schedules import momentum_at
 from spkcausal.tde import alpha_heuristic, mean_head_cosine, sweep_alpha, tde_logits
 
 MANY, FEW = 40, 10
@@ -83,6 +84,8 @@ def train(train_set, counts, seed: int, head: str = "linear", head_kw: dict | No
     model.train()
     clf.train()
     for ep in range(epochs):
+        if getattr(clf, "momentum_auto", False):  # head momentum "auto": the paper's per-epoch rule
+            clf.momentum = momentum_at(opt.param_groups[0]["lr"])
         samp.set_epoch(ep)
         order = torch.from_numpy(samp.indices())
         for b in range(0, len(order), batch):
@@ -196,6 +199,39 @@ def diagnostics(seed, tr, dv, te, counts, cn_model, cn_head, epochs) -> dict:
     return out
 
 
+def momentum_study(seed: int, imbalance: float, epochs: int) -> dict[str, dict]:
+    """Causal Norm with x_bar momentum fixed at 0.9 vs `auto` (same seed, data and steps), plain and with TDE."""
+    tr, dv, te, counts = make_split(seed, imbalance)
+    out = {}
+    for mu in (0.9, "auto"):
+        hk = {"num_heads": 2, "tau": 16.0, "gamma": 1 / 32, "momentum": mu}
+        m, h = train(tr, counts, seed, head="causal_norm", head_kw=hk, epochs=epochs)
+        dev_emb, te_emb = embed(m, dv[0]), embed(m, te[0])
+        s = sweep_alpha(lambda a, h=h, d=dev_emb: acc_of(tde_logits(h, d, alpha=a), dv[1]), ALPHAS, True)
+        out[f"CN mu={mu}"] = group_acc(h(te_emb).argmax(1).numpy(), te[1], counts)
+        out[f"CN mu={mu} + TDE (alpha on dev)"] = group_acc(
+            tde_logits(h, te_emb, alpha=s.best_alpha).argmax(1).numpy(), te[1], counts)
+        out[f"CN mu={mu} + TDE (alpha on dev)"]["alpha"] = s.best_alpha
+    return out
+
+
+def paired_table(rows: dict[str, list[dict]], pairs: list[tuple[str, str]]) -> str:
+    """Mean difference (a - b) over seeds with a 95% t-interval, per column: significant when it excludes 0."""
+    from scipy import stats
+
+    cols = ("Many", "Medium", "Few", "Overall")
+    lines = ["| Difference | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for a, b in pairs:
+        cells = []
+        for c in cols:
+            d = np.array([x[c] - y[c] for x, y in zip(rows[a], rows[b])])
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            lo, hi = d.mean() - half, d.mean() + half
+            cells.append(f"{d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}]{' *' if lo > 0 or hi < 0 else ''}")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: dict[str, list[dict]]) -> str:
     """Markdown table of mean +- std over seeds."""
     cols = [c for c in ("Many", "Medium", "Few", "Overall", "Few errors -> Many") if c in next(iter(rows.values()))[0]]
@@ -213,9 +249,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--diagnose", action="store_true", help="add TDE ablations (alpha, mu, K, feature sign)")
+    p.add_argument("--momentum-study", action="store_true",
+                   help="only Causal Norm with x_bar momentum 0.9 vs auto, with paired differences over seeds")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
+    if args.momentum_study:
+        rows: dict[str, list[dict]] = {}
+        for seed in range(args.seeds):
+            for k, v in momentum_study(seed, args.imbalance, args.epochs).items():
+                rows.setdefault(k, []).append(v)
+            print(f"seed {seed} done ({time.time() - t0:.0f} s)", file=sys.stderr)
+        print(f"Long-tailed digits, imbalance {args.imbalance:g}, {args.seeds} seeds: x_bar momentum 0.9 vs auto "
+              "(1 - 0.1 min(50 lr, 1) per epoch); accuracy % (mean ± std)\n")
+        print(table(rows))
+        print("\nPaired differences over seeds (mean [95% t-interval]; * = interval excludes 0):\n")
+        print(paired_table(rows, [("CN mu=auto", "CN mu=0.9"),
+                                  ("CN mu=auto + TDE (alpha on dev)", "CN mu=0.9 + TDE (alpha on dev)")]))
+        alphas = {k: [r["alpha"] for r in v] for k, v in rows.items() if "TDE" in k}
+        print("\nalpha chosen on dev per seed: " + "; ".join(f"{k}: {v}" for k, v in alphas.items()))
+        return 0
     rows: dict[str, list[dict]] = {}
     diag_rows: dict[str, list[dict]] = {}
     facts = []
