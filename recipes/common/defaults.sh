@@ -8,7 +8,7 @@ exp=exp
 imbalance=1                      # 1: natural counts; > 1 builds a long-tailed training subset
 val_per_spk=2                    # iden val utterances per training speaker (chooses TDE's alpha)
 test_per_spk=4                   # iden test utterances per training speaker (identification columns)
-conf_dir="$recipe_dir/conf"
+conf_dir="$(cd "$recipe_dir/../conf" && pwd)"   # recipes/conf: one YAML per system, shared by the corpora
 gpus=""                          # GPUs per node for torchrun ("" = CPU / one process)
 nnodes=1
 node_rank=0
