@@ -388,7 +388,7 @@ def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_pat
         train({**cfg, "train": {**cfg["train"], "batch_size": 4}}, resume=True)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "conf-common").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "conf").glob("*.yaml")), ids=lambda p: p.stem)
 def test_example_configs_are_valid_and_build(path):
     from spkcausal.network import build_network, num_classes_for
 
@@ -400,7 +400,7 @@ def test_example_configs_are_valid_and_build(path):
     if head == "cnaam" or path.stem == "tiny_cpu":
         assert hasattr(net.head, "mean_feature") and net.head.num_heads == 2
     else:
-        assert not hasattr(net.head, "mean_feature") and net.head.margin == pytest.approx(0.2)
+        assert not hasattr(net.head, "mean_feature") and net.head.margin == pytest.approx(cfg["head"]["margin"])
 
 
 def test_config_key_typos_are_rejected(tmp_path, capsys):

@@ -11,7 +11,8 @@
 #   3 training (torchrun)                                 7 closed-set identification by shot group
 #   4 checkpoint averaging + embedding extraction         8 report table + DET curves
 # Trials: trials_concat (Concat: the enroll/*.flac file) and trials_avg (Avg: the mean of the enroll.map
-# segments' embeddings, through enroll2utt); the first list in --trials goes in the report.
+# segments' embeddings, through enroll2utt); the first list in --trials goes in the report. Systems are the
+# shared configs in recipes/conf/ (--systems); --train_overrides "key=value ..." changes any config key.
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -21,6 +22,7 @@ cn2_root=""
 combine_min_sec=5.0              # "" keeps the short segments as they are
 systems="resnet34_aam resnet34_cnaam"
 trials="trials_concat trials_avg"   # names under $data/cnceleb_eval/
+corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
 
 . "$recipe_dir/../../tools/parse_options.sh"
 . "$recipe_dir/../common/path.sh"
@@ -30,10 +32,9 @@ if [ -n "$combine_min_sec" ]; then split_src="$data/cnceleb_train_combined"; els
 train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
 eval_dir="$data/cnceleb_eval"
 trials=$(for t in $trials; do echo "$eval_dir/$t"; done)
-score_opts="--enroll-map $eval_dir/enroll2utt"
-dev_trials=""; dev_trials_dir=""
-[ -n "$musan" ] && train_overrides="$train_overrides augment.musan=$musan"
-[ -n "$rirs" ] && train_overrides="$train_overrides augment.rirs=$rirs"
+score_opts="--enroll-map $eval_dir/enroll2utt"   # the Avg list's enrolment = mean of its segments' embeddings
+overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
+set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -41,5 +42,41 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     bash "$recipe_dir/local/prepare_data.sh" "$cn1_root" "$cn2_root" "$combine_min_sec" "$data" "$nj"
     mark_done "$data" 1
   fi
+  stage_finished 1
 fi
-run_common_stages
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  stage_profile --data "$data" --split_src "$split_src" --train_dir "$train_dir" --val_dir "$val_dir" \
+    --test_dir "$test_dir" --imbalance "$imbalance" --val_per_spk "$val_per_spk" --test_per_spk "$test_per_spk" \
+    --seed "$seed" --many "$many" --few "$few"
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
+    --overrides "$overrides"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode "$extract_mode" --workers "$extract_workers"
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --trials "$trials" --asnorm_top "$asnorm_top" --score_opts "$score_opts"
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
+    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --score_opts "$score_opts" \
+    --alphas "$alphas"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
+    --many "$many" --few "$few"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption"
+fi

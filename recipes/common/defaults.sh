@@ -8,7 +8,7 @@ exp=exp
 imbalance=1                      # 1: natural counts; > 1 builds a long-tailed training subset
 val_per_spk=2                    # iden val utterances per training speaker (chooses TDE's alpha)
 test_per_spk=4                   # iden test utterances per training speaker (identification columns)
-conf_dir="$recipe_dir/conf"
+conf_dir="$(cd "$recipe_dir/../conf" && pwd)"   # recipes/conf: one YAML per system, shared by the corpora
 gpus=""                          # GPUs per node for torchrun ("" = CPU / one process)
 nnodes=1
 node_rank=0
@@ -17,7 +17,7 @@ master_port=29500
 num_avg=10                       # last epochs averaged into avg_model.pt
 many=100                         # shot groups: Many > many, Few < few training utterances
 few=20
-alphas="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8,1.9,2.0"
+alphas=""                        # TDE alphas tried in stage 6, e.g. 0,0.5,1 ("": spkcausal tde-alpha's grid)
 asnorm_top=300
 extract_mode=exact
 extract_workers=2
@@ -25,5 +25,5 @@ nj=8
 seed=0
 musan=""                         # MUSAN root (noise / music / babble augmentation)
 rirs=""                          # RIRS_NOISES/simulated_rirs
-train_overrides=""               # extra key=value config overrides for every system
+train_overrides=""               # your key=value config overrides for every system (after the corpus's)
 caption=""

@@ -1,19 +1,19 @@
-# Stages 2-8 shared by every recipe (sourced by recipes/<corpus>/run.sh after its options are parsed).
+# Stage bodies shared by every recipe; sourced by recipes/<corpus>/run.sh, which lists its stages in order and
+# calls one function per stage with every input as a named argument:
 #
-# The recipe sets, before calling these functions:
-#   data exp            data and experiment roots
-#   systems             config names (conf/<name>.yaml) or paths to YAML files; exp dir = $exp/<name>
-#   conf_dir            where config names are looked up
-#   train_dir val_dir test_dir   training dir and held-out val / test dirs of its speakers (identification)
-#   eval_dir trials     data dir holding the trial keys, and the trial lists (the first one goes in the report)
-#   score_opts          extra `spkcausal score` options (e.g. --enroll-map for CN-Celeb's Avg protocol)
-#   gpus nnodes node_rank master_addr master_port   torchrun pass-through ("" gpus: one process, no torchrun)
-#   num_avg many few alphas asnorm_top extract_mode train_overrides caption dev_trials dev_trials_dir
+#   if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+#     stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir"
+#   fi
+#
+# A function reads nothing from run.sh but its arguments, and set_launcher's torchrun settings (stages 3 and 4).
+# A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml) or
+# paths to YAML files; a system's experiment dir is exp/<name>. Lists (systems, trials, dirs) are space-separated.
 #
 # Every stage writes its outputs, then a marker `.done/<stage>` (atomically); a stage whose marker exists is
 # skipped, so any stage can be re-run alone. Delete the marker (or the exp dir) to redo it.
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+die() { echo "$*" >&2; exit 1; }
 
 done_file() { echo "$1/.done/$2"; }
 is_done() { [ -f "$(done_file "$1" "$2")" ]; }
@@ -23,151 +23,238 @@ mark_done() {  # mark_done DIR STAGE [CONTENT]: written last, atomically (temp +
   echo "${3:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}" > "$f.tmp.$$" && mv -f "$f.tmp.$$" "$f"
 }
 skip_msg() { log "stage $1 ($2): done before, skipping (remove $(done_file "$3" "$1") to redo)"; }
+stage_finished() { log "stage $1 finished at ${SECONDS}s"; }
+
+# stage_args FUNC "NAME ... OPTIONAL? ..." "$@": set FUNC's locals from its "--NAME value" arguments (bash's
+# dynamic scope reaches the caller's `local` names); a name ending in "?" may be omitted (it stays "").
+stage_args() {
+  local _fn=$1 _spec=$2 _n _names
+  read -ra _names <<< "$_spec"  # read, not an unquoted expansion: "seed?" must not glob
+  shift 2
+  while [ $# -gt 0 ]; do
+    _n="${1#--}"
+    case "$1 $_spec " in
+      --*" $_n "*|--*" $_n? "*) ;;
+      *) die "$_fn: unknown argument '$1' (takes: $_spec)" ;;
+    esac
+    [ $# -ge 2 ] || die "$_fn: $1 needs a value"
+    printf -v "$_n" '%s' "$2"
+    shift 2
+  done
+  for _n in "${_names[@]}"; do
+    case "$_n" in
+      *\?) ;;
+      *) [ -n "${!_n+set}" ] || die "$_fn: --$_n is required" ;;
+    esac
+  done
+}
 
 sys_name() { basename "$1" .yaml; }
-sys_conf() {
+sys_conf() {  # sys_conf SYSTEM CONF_DIR
   case "$1" in
     *.yaml|*.yml) echo "$1" ;;
-    *) echo "$conf_dir/$1.yaml" ;;
+    *) echo "$2/$1.yaml" ;;
   esac
 }
-num_gpus() { if [ -z "$gpus" ]; then echo 0; else echo "$gpus" | tr ',' '\n' | grep -c .; fi; }
+
+# set_launcher GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT: how stages 3 and 4 start `spkcausal` ("" GPUS:
+# one plain process; else torchrun over the listed GPUs, CUDA_VISIBLE_DEVICES=GPUS).
+_gpus="" _nnodes=1 _node_rank=0 _master_addr=localhost _master_port=29500
+set_launcher() { _gpus=$1 _nnodes=$2 _node_rank=$3 _master_addr=$4 _master_port=$5; }
 
 # Run `spkcausal ARGS...` under torchrun when GPUs are listed, else as one plain process.
 launch() {
-  local n; n=$(num_gpus)
+  local n=0
+  [ -z "$_gpus" ] || n=$(echo "$_gpus" | tr ',' '\n' | grep -c .)
   if [ "$n" -gt 0 ]; then
-    CUDA_VISIBLE_DEVICES="$gpus" "$SPKCAUSAL_PY" -m torch.distributed.run --nnodes="$nnodes" \
-      --node_rank="$node_rank" --nproc_per_node="$n" --master_addr="$master_addr" --master_port="$master_port" \
+    CUDA_VISIBLE_DEVICES="$_gpus" "$SPKCAUSAL_PY" -m torch.distributed.run --nnodes="$_nnodes" \
+      --node_rank="$_node_rank" --nproc_per_node="$n" --master_addr="$_master_addr" --master_port="$_master_port" \
       -m spkcausal "$@"
   else
     spkcausal "$@"
   fi
 }
 
-is_causal() {  # the experiment's merged config has a Causal Norm head (TDE applies)
-  "$SPKCAUSAL_PY" -c 'import sys, yaml; sys.exit(not yaml.safe_load(open(sys.argv[1]))["head"]["name"].startswith("causal_norm"))' \
-    "$1/config.yaml"
+# is_causal EXP_DIR: the experiment has a Causal Norm head (TDE applies); the CLI answers (spkcausal.heads.is_causal),
+# once per experiment and run, as each call starts Python and torch.
+declare -A _IS_CAUSAL=()
+is_causal() {
+  if [ -z "${_IS_CAUSAL[$1]:-}" ]; then
+    _IS_CAUSAL[$1]=$(spkcausal model-info "$1" --get is_causal) || die "is_causal: spkcausal model-info $1 failed"
+  fi
+  case "${_IS_CAUSAL[$1]}" in
+    true) return 0 ;;
+    false) return 1 ;;
+    *) die "is_causal: unexpected answer '${_IS_CAUSAL[$1]}' from spkcausal model-info $1" ;;
+  esac
 }
 
-trial_list() { for t in $trials; do echo "$t"; done; }
-report_trial() { trial_list | head -n 1; }
+# tde_alpha_of EXP_DIR: the alpha stage 6 chose (the last line of `spkcausal tde-alpha`, kept in tde_alpha.txt).
+tde_alpha_of() {
+  local a
+  a=$(awk '$1 == "alpha" {a = $2} END {print a}' "$1/tde_alpha.txt" 2>/dev/null) || true
+  [ -n "$a" ] || die "no chosen alpha in $1/tde_alpha.txt: run stage 6 first (remove $1/.done/6 to redo it)"
+  echo "$a"
+}
+
+first_word() { echo "$1" | awk '{print $1; exit}'; }
 
 # ---------------------------------------------------------------- stage 2: held-out split + long-tail profile
-# split_src (optional): a data dir to split into $train_dir / $val_dir / $test_dir first (imbalance > 1 makes
-# the training part an ImageNet-LT-style long-tailed subset).
+# stage_profile --data D --train_dir T --val_dir V --test_dir E --many N --few N
+#               [--split_src S --imbalance R --val_per_spk N --test_per_spk N --seed N]
+# With --split_src, S is split into T / V / E first (imbalance R > 1 makes T an ImageNet-LT-style long-tailed
+# subset); without it T / V / E exist already. Marker: D/.done/2.
 stage_profile() {
-  if is_done "$data" 2; then skip_msg 2 profile "$data"; return; fi
-  if [ -n "${split_src:-}" ]; then
-    if [ "${imbalance:-1}" != 1 ]; then
-      spkcausal longtail-subset "$split_src" --out-train "$train_dir" --out-heldout "$data/heldout" \
-        --imbalance "$imbalance" --heldout-per-spk $((val_per_spk + test_per_spk)) --seed "$seed"
-      spkcausal heldout-split "$data/heldout" --out-val "$val_dir" --out-test "$test_dir" \
-        --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 0 --seed "$seed"
-    else
-      spkcausal heldout-split "$split_src" --out-train "$train_dir" --out-val "$val_dir" --out-test "$test_dir" \
-        --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 1 --seed "$seed"
-    fi
-  fi
-  spkcausal profile "$train_dir" --many "$many" --few "$few" --out "$data/profile"
-  # the training profile first: the plot shades the shot groups of its thresholds (--many / --few)
-  if [ -n "${split_src:-}" ]; then
-    spkcausal plot-longtail "$data/profile" "$split_src" --labels training "$(basename "$split_src")" \
-      --out "$data/longtail.png"
+  local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_spk="" test_per_spk="" seed=""
+  stage_args stage_profile "data train_dir val_dir test_dir many few split_src? imbalance? val_per_spk? \
+test_per_spk? seed?" "$@"
+  if is_done "$data" 2; then
+    skip_msg 2 profile "$data"
   else
-    spkcausal plot-longtail "$data/profile" --labels training --out "$data/longtail.png"
+    if [ -n "$split_src" ]; then
+      local v
+      for v in imbalance val_per_spk test_per_spk seed; do
+        [ -n "${!v}" ] || die "stage_profile: --split_src needs --$v"
+      done
+      if [ "$imbalance" != 1 ]; then
+        spkcausal longtail-subset "$split_src" --out-train "$train_dir" --out-heldout "$data/heldout" \
+          --imbalance "$imbalance" --heldout-per-spk $((val_per_spk + test_per_spk)) --seed "$seed"
+        spkcausal heldout-split "$data/heldout" --out-val "$val_dir" --out-test "$test_dir" \
+          --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 0 --seed "$seed"
+      else
+        spkcausal heldout-split "$split_src" --out-train "$train_dir" --out-val "$val_dir" --out-test "$test_dir" \
+          --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 1 --seed "$seed"
+      fi
+    fi
+    spkcausal profile "$train_dir" --many "$many" --few "$few" --out "$data/profile"
+    # the training profile first: the plot shades the shot groups of its thresholds (--many / --few)
+    if [ -n "$split_src" ]; then
+      spkcausal plot-longtail "$data/profile" "$split_src" --labels training "$(basename "$split_src")" \
+        --out "$data/longtail.png"
+    else
+      spkcausal plot-longtail "$data/profile" --labels training --out "$data/longtail.png"
+    fi
+    mark_done "$data" 2
   fi
-  mark_done "$data" 2
+  stage_finished 2
 }
 
 # ---------------------------------------------------------------- stage 3: training (torchrun)
+# stage_train --exp X --systems "S ..." --conf_dir C --train_dir T [--overrides "key=value ..."]
+# Trains each system on T; the overrides go after the config (`spkcausal train --config C/S.yaml exp_dir=X/S
+# data.train=T OVERRIDES`), and the merged result is X/S/config.yaml. Marker: X/S/.done/3.
 stage_train() {
-  local s name e
+  local exp systems conf_dir train_dir overrides="" s name e
+  stage_args stage_train "exp systems conf_dir train_dir overrides?" "$@"
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"
     if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
-    log "stage 3: training $name ($(sys_conf "$s")) on $train_dir"
+    log "stage 3: training $name ($(sys_conf "$s" "$conf_dir")) on $train_dir"
     # --resume continues an interrupted run from its newest checkpoint (a fresh start when there is none)
     # shellcheck disable=SC2086
-    launch train --config "$(sys_conf "$s")" --resume exp_dir="$e" data.train="$train_dir" $train_overrides
+    launch train --config "$(sys_conf "$s" "$conf_dir")" --resume exp_dir="$e" data.train="$train_dir" $overrides
     mark_done "$e" 3
   done
+  stage_finished 3
 }
 
 # ---------------------------------------------------------------- stage 4: checkpoint averaging + extraction
+# stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|pad --workers N
+# Averages the last N epoch checkpoints into X/S/avg_model.pt, then writes the raw (not TDE'd) embeddings of
+# every data dir D, in one process, to X/S/emb/<basename D> (TDE is applied from these in stage 6 without
+# running the model again). Marker: X/S/.done/4.
 stage_extract() {
-  local s name e d
+  local exp systems num_avg dirs mode workers s name e
+  stage_args stage_extract "exp systems num_avg dirs mode workers" "$@"
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"
     if is_done "$e" 4; then skip_msg 4 "extract $name" "$e"; continue; fi
     spkcausal average-ckpt --exp "$e" --num "$num_avg"
-    # raw (not TDE'd) embeddings of every dir, in one process (stores: $e/emb/<dir name>); TDE is applied
-    # from these in stage 6 without running the model again
-    launch extract-dirs --exp "$e" --data "$train_dir" "$val_dir" "$test_dir" "$eval_dir" ${dev_trials_dir:+"$dev_trials_dir"} \
-      --out-dir "$e/emb" --mode "$extract_mode" --num-workers "$extract_workers"
+    # shellcheck disable=SC2086
+    launch extract-dirs --exp "$e" --data $dirs --out-dir "$e/emb" --mode "$mode" --num-workers "$workers"
     mark_done "$e" 4
   done
+  stage_finished 4
 }
 
-# score_variants E EMB_PREFIX VARIANT_PREFIX: cosine, mean subtraction and AS-norm scores of every trial list
+# score_variants E EVAL_STORE TRAIN_STORE PREFIX TRAIN_DIR ASNORM_TOP "TRIALS" "SCORE_OPTS": cosine, mean
+# subtraction and AS-norm scores of every trial list, in E/scores/PREFIX{cosine,mean_sub,asnorm}/<list>.score
 score_variants() {
-  local e=$1 ev=$2 tr=$3 p=$4
-  local tl; tl=$(trial_list)
+  local e=$1 ev=$2 tr=$3 p=$4 train_dir=$5 top=$6 trials=$7 score_opts=$8
   # shellcheck disable=SC2086
-  spkcausal score --trials $tl --emb "$ev" --out-dir "$e/scores/${p}cosine" $score_opts
+  spkcausal score --trials $trials --emb "$ev" --out-dir "$e/scores/${p}cosine" $score_opts
   # shellcheck disable=SC2086
-  spkcausal score --trials $tl --emb "$ev" --mean-store "$tr" --out-dir "$e/scores/${p}mean_sub" $score_opts
+  spkcausal score --trials $trials --emb "$ev" --mean-store "$tr" --out-dir "$e/scores/${p}mean_sub" $score_opts
   # shellcheck disable=SC2086
-  spkcausal score --trials $tl --emb "$ev" --mean-store "$tr" --cohort "$tr" --cohort-data "$train_dir" \
-    --norm asnorm --asnorm-top "$asnorm_top" --out-dir "$e/scores/${p}asnorm" $score_opts
+  spkcausal score --trials $trials --emb "$ev" --mean-store "$tr" --cohort "$tr" --cohort-data "$train_dir" \
+    --norm asnorm --asnorm-top "$top" --out-dir "$e/scores/${p}asnorm" $score_opts
 }
 
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
+# stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
+#             [--score_opts "..."]
+# Scores every trial list on the embeddings of D (mean and AS-norm cohort from those of T) and records the first
+# list's figures as rows cosine, mean_sub, asnorm of X/S/results.json. Marker: X/S/.done/5.
 stage_score() {
-  local s name e t ev tr
-  t=$(basename "$(report_trial)")
+  local exp systems eval_dir train_dir trials asnorm_top score_opts="" t s name e ev tr
+  stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts?" "$@"
+  t=$(basename "$(first_word "$trials")")
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"
     if is_done "$e" 5; then skip_msg 5 "score $name" "$e"; continue; fi
     ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
-    score_variants "$e" "$ev" "$tr" ""
+    score_variants "$e" "$ev" "$tr" "" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
     spkcausal record-scores --exp "$e" "cosine=$e/scores/cosine/$t.score" \
       "mean_sub=$e/scores/mean_sub/$t.score" "asnorm=$e/scores/asnorm/$t.score"
     mark_done "$e" 5
   done
+  stage_finished 5
 }
 
-tde_alpha_of() { "$SPKCAUSAL_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["alpha"])' "$1/tde_alpha.json"; }
-
 # ---------------------------------------------------------------- stage 6: TDE alpha on a dev set, TDE scoring
+# stage_tde --exp X --systems "S ..." --val_dir V --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
+#           [--score_opts "..."] [--dev_trials LIST --dev_trials_dir DIR] [--alphas "0,0.1,..."]
+# Causal Norm systems only: alpha chosen on the identification val split V (never on the test trials; the EER
+# curve on a dev trial list is recorded beside it), over --alphas or else the library's grid; then TDE'd stores
+# of D and T and the three scorings again (rows tde, tde_mean_sub, tde_asnorm). Marker: X/S/.done/6.
 stage_tde() {
-  local s name e t ev tr alpha dev
-  t=$(basename "$(report_trial)")
+  local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" dev_trials="" dev_trials_dir="" \
+    alphas="" t s name e ev tr alpha dev grid
+  stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? dev_trials? \
+dev_trials_dir? alphas?" "$@"
+  t=$(basename "$(first_word "$trials")")
+  grid=(); [ -z "$alphas" ] || grid=(--alphas "$alphas")
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"
     if ! is_causal "$e"; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
     if is_done "$e" 6; then skip_msg 6 "TDE $name" "$e"; continue; fi
     dev=()
-    if [ -n "${dev_trials:-}" ]; then
+    if [ -n "$dev_trials" ]; then
       dev=(--trials "$dev_trials" --trials-emb "$e/emb/$(basename "${dev_trials_dir:-$val_dir}")")
     fi
-    # alpha is chosen on the identification val split (never on the test trials); the curve is kept
+    # the printed curve and choice are kept: its last line `alpha A` is what this stage and stage 7 use
     spkcausal tde-alpha --exp "$e" --emb "$e/emb/$(basename "$val_dir")" --data "$val_dir" "${dev[@]}" \
-      --alphas "$alphas" --out "$e/tde_alpha.json"
+      "${grid[@]}" --out "$e/tde_alpha.json" | tee "$e/tde_alpha.txt"
     alpha=$(tde_alpha_of "$e")
     log "stage 6: $name: TDE alpha $alpha (dev curve in $e/tde_alpha.json)"
     ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
     spkcausal tde-apply --alpha "$alpha" "$ev=${ev}_tde" "$tr=${tr}_tde"
-    score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_"
+    score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
     spkcausal record-scores --exp "$e" --tde-alpha "$alpha" "tde=$e/scores/tde_cosine/$t.score" \
       "tde_mean_sub=$e/scores/tde_mean_sub/$t.score" "tde_asnorm=$e/scores/tde_asnorm/$t.score"
     mark_done "$e" 6
   done
+  stage_finished 6
 }
 
 # ---------------------------------------------------------------- stage 7: closed-set identification
+# stage_identify --exp X --systems "S ..." --test_dir E --train_dir T --many N --few N
+# Identification of E's utterances with the trained head: plain logits, after subtracting T's mean embedding,
+# and (Causal Norm systems) TDE logits with stage 6's alpha; shot groups Many > N, Few < N training
+# utterances. Marker: X/S/.done/7.
 stage_identify() {
-  local s name e var tde
+  local exp systems test_dir train_dir many few s name e var tde
+  stage_args stage_identify "exp systems test_dir train_dir many few" "$@"
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"
     if is_done "$e" 7; then skip_msg 7 "identify $name" "$e"; continue; fi
@@ -178,34 +265,28 @@ stage_identify() {
       --many "$many" --few "$few" --variants "${var[@]}" --record "$e" --out "$e/identification.json"
     mark_done "$e" 7
   done
+  stage_finished 7
 }
 
 # ---------------------------------------------------------------- stage 8: report table + DET curves
+# stage_report --exp X --systems "S ..." --trials "LIST ..." [--caption TEXT]
+# X/report.md (printed) and report.json over the systems, DET curves of the first list. The marker X/.done/8
+# records which experiments the table covers: another --systems list makes a new table.
 stage_report() {
-  local s name e t dets=() labels=() exps=()
-  t=$(basename "$(report_trial)")
+  local exp systems trials caption="" t s name e dets=() labels=() exps=()
+  stage_args stage_report "exp systems trials caption?" "$@"
+  t=$(basename "$(first_word "$trials")")
   for s in $systems; do
     name=$(sys_name "$s"); e="$exp/$name"; exps+=("$e")
     dets+=("$e/scores/cosine/$t.score"); labels+=("$name")
     if [ -f "$e/scores/tde_cosine/$t.score" ]; then dets+=("$e/scores/tde_cosine/$t.score"); labels+=("$name+TDE"); fi
   done
-  # the marker records which experiments the table covers: another --systems list makes a new table
   if is_done "$exp" 8 && [ "$(cat "$(done_file "$exp" 8)")" = "${exps[*]}" ]; then
-    skip_msg 8 report "$exp"; cat "$exp/report.md"; return
+    skip_msg 8 report "$exp"; cat "$exp/report.md"
+  else
+    spkcausal plot-det "${dets[@]}" --labels "${labels[@]}" --out "$exp/det_${t%.*}.png"
+    spkcausal report "${exps[@]}" --out "$exp" ${caption:+--caption "$caption"}
+    mark_done "$exp" 8 "${exps[*]}"
   fi
-  spkcausal plot-det "${dets[@]}" --labels "${labels[@]}" --out "$exp/det_${t%.*}.png"
-  spkcausal report "${exps[@]}" --out "$exp" ${caption:+--caption "$caption"} ${report_variants:+--variants $report_variants}
-  mark_done "$exp" 8 "${exps[*]}"
-}
-
-# ---------------------------------------------------------------- stages 2-8 in order, within --stage / --stop_stage
-STAGE_FUNCS=(stage_profile stage_train stage_extract stage_score stage_tde stage_identify stage_report)
-run_common_stages() {
-  local s
-  for s in 2 3 4 5 6 7 8; do
-    if [ "$stage" -le "$s" ] && [ "$stop_stage" -ge "$s" ]; then
-      "${STAGE_FUNCS[$((s - 2))]}"
-      log "stage $s finished at ${SECONDS}s"
-    fi
-  done
+  stage_finished 8
 }

@@ -36,15 +36,13 @@ nnodes=1
 node_rank=0
 master_addr=localhost
 master_port=29500
+num_avg=3                        # last epochs averaged (the configs keep 3)
+asnorm_top=50
 
 . "$root/tools/parse_options.sh"
 
 SECONDS=0
-# A fresh clone has no venv: setup_env.sh makes .venv (about a minute) and prints its python.
-py="$(bash "$root/tools/setup_env.sh")"
-export PATH="$(dirname "$py"):$PATH"
-echo "using $py"
-. "$recipe_dir/../common/path.sh"
+. "$recipe_dir/../common/path.sh"    # a fresh clone has no venv: tools/setup_env.sh makes .venv (about a minute)
 . "$recipe_dir/../common/stages.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$nj}"
 
@@ -53,19 +51,14 @@ if [ "$tiny" = true ]; then
   out="$out-tiny"
 fi
 corpus="$out/corpus"; data="$out/data"; exp="$out/exp"
-conf_dir="$recipe_dir/conf"
+conf_dir="$recipe_dir/conf"      # the demo's own tiny CPU configs (not the corpus recipes' recipes/conf)
 train_dir="$data/vox1_iden_train"; val_dir="$data/vox1_iden_val"; test_dir="$data/vox1_iden_test"
 eval_dir="$data/vox1_test"; trials="$data/trials/veri_test2.txt"
-split_src=""; score_opts=""; dev_trials=""; dev_trials_dir=""
-num_avg=3
-alphas="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8,1.9,2.0"
-asnorm_top=50
-extract_mode=pad                 # neighbours in length share a batch: much faster on CPU than exact lengths
-extract_workers=1
-train_overrides="${epochs:+train.epochs=$epochs}"
 caption="Synthetic corpus: $speakers long-tailed training speakers ($max_utts..$((max_utts / imbalance)) training utterances), $test_speakers held-out verification speakers; tiny ECAPA trained on CPU."
+set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$out" "$data" "$exp"
 
+# synth writes the held-out split itself (iden train / val / test), so stage 2 only profiles it
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   if is_done "$data" 1; then skip_msg 1 "corpus + prepare" "$data"; else
     spkcausal synth --out "$corpus" --speakers "$speakers" --test-speakers "$test_speakers" --max-utts "$max_utts" \
@@ -74,10 +67,42 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     spkcausal prepare voxceleb1 --root "$corpus" --out "$data" --nj "$nj"
     mark_done "$data" 1
   fi
-  log "stage 1 finished at ${SECONDS}s"
+  stage_finished 1
 fi
-run_common_stages
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  stage_profile --data "$data" --train_dir "$train_dir" --val_dir "$val_dir" --test_dir "$test_dir" \
+    --many "$many" --few "$few"
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
+    --overrides "${epochs:+train.epochs=$epochs}"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  # pad: neighbours in length share a batch, much faster on CPU than exact lengths
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 1
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --trials "$trials" --asnorm_top "$asnorm_top"
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
+    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
+    --many "$many" --few "$few"
+fi
+
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption"
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"
   log "demo finished in ${SECONDS}s"
 fi

@@ -12,7 +12,8 @@
 #   3 training (torchrun)                                 7 closed-set identification by shot group
 #   4 checkpoint averaging + embedding extraction         8 report table + DET curves
 # Training set: --train_set vox2_dev (default, needs --vox2_root) or vox1_dev. --imbalance R > 1 trains on an
-# ImageNet-LT-style long-tailed subset (max/min = R) instead of the natural distribution.
+# ImageNet-LT-style long-tailed subset (max/min = R) instead of the natural distribution. Systems are the
+# shared configs in recipes/conf/ (--systems); --train_overrides "key=value ..." changes any config key.
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -23,6 +24,7 @@ train_set=vox2_dev
 systems="ecapa512_aam ecapa512_cnaam"
 trials="veri_test2.txt"          # names under $data/trials/; the first goes in the report
 eval_set=vox1_test               # vox1_all for the E / H lists
+corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
 
 . "$recipe_dir/../../tools/parse_options.sh"
 . "$recipe_dir/../common/path.sh"
@@ -32,10 +34,8 @@ split_src="$data/$train_set"
 train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
 eval_dir="$data/$eval_set"
 trials=$(for t in $trials; do echo "$data/trials/$t"; done)
-[ -n "$musan" ] && train_overrides="$train_overrides augment.musan=$musan"
-[ -n "$rirs" ] && train_overrides="$train_overrides augment.rirs=$rirs"
-score_opts=""
-dev_trials=""; dev_trials_dir=""
+overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
+set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -43,5 +43,40 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     bash "$recipe_dir/local/prepare_data.sh" "$vox1_root" "$vox2_root" "$data" "$nj"
     mark_done "$data" 1
   fi
+  stage_finished 1
 fi
-run_common_stages
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  stage_profile --data "$data" --split_src "$split_src" --train_dir "$train_dir" --val_dir "$val_dir" \
+    --test_dir "$test_dir" --imbalance "$imbalance" --val_per_spk "$val_per_spk" --test_per_spk "$test_per_spk" \
+    --seed "$seed" --many "$many" --few "$few"
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
+    --overrides "$overrides"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode "$extract_mode" --workers "$extract_workers"
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --trials "$trials" --asnorm_top "$asnorm_top"
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
+    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --alphas "$alphas"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
+    --many "$many" --few "$few"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption"
+fi

@@ -21,7 +21,7 @@ def _tde_alpha(args: argparse.Namespace) -> int:
     res = choose_alpha(args.emb, ckpt=args.ckpt, exp_dir=args.exp, data_dir=args.data, trials=args.trials,
                        alphas=args.alphas, out=args.out, trials_emb=args.trials_emb)
     print(format_alpha_curve(res["alphas"], res.get("accuracy") or res.get("eer"), res["alpha"]))
-    print(f"alpha {res['alpha']:g}")
+    print(f"alpha {res['alpha']!r}")  # repr: every digit reaches tde-apply / identify
     return 0
 
 

@@ -1,0 +1,160 @@
+"""Closed-set identification and TDE alpha selection against independent NumPy computations, and the
+held-out split of a data dir."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spkcausal.datadir import DataDir, write_kv
+from spkcausal.embeddings import write_store
+from spkcausal.heads import AAMHead, CausalNormAAMHead
+from spkcausal.identify import identify
+from spkcausal.subsets import split_heldout
+from spkcausal.tde_alpha import choose_alpha
+from spkcausal.utils import DataError
+
+# ---------------------------------------------------------------- held-out split
+
+
+def _datadir(counts: dict[str, int]) -> DataDir:
+    wav, u2s = {}, {}
+    for spk, n in counts.items():
+        for i in range(n):
+            u = f"{spk}-{i:03d}"
+            wav[u], u2s[u] = f"/x/{u}.wav", spk
+    return DataDir(wav=wav, utt2spk=u2s)
+
+
+def test_split_heldout_keeps_small_speakers_in_training_only():
+    data = _datadir({"a": 10, "b": 4, "c": 3, "d": 1})
+    train, val, test = split_heldout(data, val_per_spk=1, test_per_spk=2, min_train=1, seed=5)
+    assert set(train.utt2spk) | set(val.utt2spk) | set(test.utt2spk) == set(data.utt2spk)
+    assert not (set(train.utt2spk) & set(val.utt2spk)) and not (set(val.utt2spk) & set(test.utt2spk))
+    assert not (set(train.utt2spk) & set(test.utt2spk))
+    # a and b have the 1 + 2 + 1 utterances needed; c (3) and d (1) are only trained on
+    assert sorted(val.spk2utt) == ["a", "b"] and all(len(v) == 1 for v in val.spk2utt.values())
+    assert sorted(test.spk2utt) == ["a", "b"] and all(len(v) == 2 for v in test.spk2utt.values())
+    assert {s: len(u) for s, u in train.spk2utt.items()} == {"a": 7, "b": 1, "c": 3, "d": 1}
+    again = split_heldout(data, 1, 2, 1, seed=5)
+    assert again[2].utt2spk == test.utt2spk
+    with pytest.raises(DataError):
+        split_heldout(data, 5, 5, 1)
+
+
+
+# ---------------------------------------------------------------- identification and alpha
+
+
+def _ckpt(path: Path, head, name: str, speakers: list[str], **head_cfg) -> Path:
+    torch.save({"config": {"head": {"name": name, **head_cfg}}, "head": head.state_dict(), "speakers": speakers},
+               path)
+    return path
+
+
+def _np_tde_logits(w, x, xbar, alpha, k, tau, gamma):
+    """Independent float64 loop over classes and chunks of the TDE logit formula (DESIGN.md section 2)."""
+    d = len(xbar) // k
+    out = np.zeros((len(x), len(w)))
+    for n in range(len(x)):
+        for i in range(len(w)):
+            tot = 0.0
+            for c in range(k):
+                sl = slice(c * d, (c + 1) * d)
+                wk, xk, mk = w[i, sl], x[n, sl], xbar[sl]
+                dk = mk / np.linalg.norm(mk)
+                cos_xd = xk @ dk / np.linalg.norm(xk)
+                tot += wk @ xk / ((np.linalg.norm(wk) + gamma) * np.linalg.norm(xk))
+                tot -= alpha * cos_xd * (wk @ dk) / (np.linalg.norm(wk) + gamma)
+            out[n, i] = tau / k * tot
+    return out
+
+
+def _group_acc(y, pred, counts, many, few):
+    acc = {c: np.mean(pred[y == c] == c) for c in np.unique(y)}
+    groups = {"many": [c for c in acc if counts[c] > many], "few": [c for c in acc if counts[c] < few]}
+    groups["medium"] = [c for c in acc if few <= counts[c] <= many]
+    out = {g: float(np.mean([acc[c] for c in cs])) if cs else float("nan") for g, cs in groups.items()}
+    out["overall"] = float(np.mean(list(acc.values())))
+    return out
+
+
+@pytest.fixture
+def iden_setup(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    speakers = ["s0", "s1", "s2", "s3", "s4"]
+    counts = [12, 8, 5, 2, 1]  # many > 6, few < 3 -> s0, s1 many; s2 medium; s3, s4 few
+    head = CausalNormAAMHead(8, 5, num_heads=2, tau=10.0, gamma=0.05)
+    head.mean_feature.copy_(torch.from_numpy(rng.normal(size=8).astype(np.float32)) + 1.0)
+    ckpt = _ckpt(tmp_path / "cn.pt", head, "causal_norm_aam", speakers, num_heads=2, scale=10.0, gamma=0.05)
+    write_kv(tmp_path / "train" / "utt2spk", {f"{s}-t{i:02d}": s for s, n in zip(speakers, counts) for i in range(n)})
+    # held-out embeddings near their class weight plus a shared offset along x_bar (the "head" pull)
+    w = head.weight.detach().numpy().astype(np.float64)
+    keys, emb, u2s = [], [], {}
+    for c, s in enumerate(speakers):
+        for j in range(6):
+            key = f"{s}-h{j}"
+            keys.append(key)
+            emb.append(w[c] / np.linalg.norm(w[c]) + 0.9 * rng.normal(size=8) + 0.6 * head.mean_feature.numpy())
+            u2s[key] = s
+    emb = np.array(emb, dtype=np.float32)
+    write_store(tmp_path / "emb", keys, emb)
+    write_kv(tmp_path / "held" / "utt2spk", u2s)
+    y = np.array([speakers.index(u2s[k]) for k in sorted(u2s)])
+    x = emb[[keys.index(k) for k in sorted(u2s)]].astype(np.float64)
+    return {"tmp": tmp_path, "ckpt": ckpt, "head": head, "w": w, "x": x, "y": y, "counts": np.array(counts)}
+
+
+def test_identify_tde_matches_numpy(iden_setup):
+    s = iden_setup
+    xbar = s["head"].mean_feature.numpy().astype(np.float64)
+    for alpha in (None, 0.0, 0.8):
+        res = identify(s["tmp"] / "emb", s["tmp"] / "held", s["tmp"] / "train", ckpt=s["ckpt"], tde_alpha=alpha,
+                       many=6, few=3)
+        logits = _np_tde_logits(s["w"], s["x"], xbar, alpha or 0.0, 2, 10.0, 0.05)
+        want = _group_acc(s["y"], logits.argmax(1), s["counts"], 6, 3)
+        for g in ("many", "medium", "few", "overall"):
+            assert res[g] == pytest.approx(want[g]), (alpha, g)
+        assert res["n_classes"] == {"many": 2, "medium": 1, "few": 2}
+        assert res["thresholds"] == {"many": 6, "few": 3}
+
+
+def test_identify_mean_subtraction_with_aam_head_matches_numpy(tmp_path, iden_setup):
+    s = iden_setup
+    head = AAMHead(8, 5, scale=16.0, margin=0.2)
+    ckpt = _ckpt(tmp_path / "aam.pt", head, "aam", ["s0", "s1", "s2", "s3", "s4"], scale=16.0, margin=0.2)
+    rng = np.random.default_rng(3)
+    train_emb = rng.normal(size=(20, 8)).astype(np.float32) + 2.0
+    write_store(tmp_path / "train_emb", [f"u{i}" for i in range(20)], train_emb)
+    res = identify(s["tmp"] / "emb", s["tmp"] / "held", s["tmp"] / "train", ckpt=ckpt,
+                   mean_store=tmp_path / "train_emb", many=6, few=3)
+    w = head.weight.detach().numpy().astype(np.float64)
+    xc = s["x"] - train_emb.astype(np.float64).mean(0)
+    cos = (xc / np.linalg.norm(xc, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    want = _group_acc(s["y"], cos.argmax(1), s["counts"], 6, 3)
+    assert res["overall"] == pytest.approx(want["overall"]) and res["few"] == pytest.approx(want["few"])
+    with pytest.raises(DataError, match="Causal Norm"):
+        identify(s["tmp"] / "emb", s["tmp"] / "held", s["tmp"] / "train", ckpt=ckpt, tde_alpha=0.5)
+
+
+def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
+    s = iden_setup
+    xbar = s["head"].mean_feature.numpy().astype(np.float64)
+    alphas = [0.0, 0.4, 0.8, 1.2, 1.6]
+    res = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas,
+                       out=s["tmp"] / "alpha.json")
+    accs = [_group_acc(s["y"], _np_tde_logits(s["w"], s["x"], xbar, a, 2, 10.0, 0.05).argmax(1), s["counts"], 6,
+                       3)["overall"] for a in alphas]
+    assert res["accuracy"] == pytest.approx(accs)
+    best = max(range(len(alphas)), key=lambda i: (accs[i], -alphas[i]))
+    assert res["alpha"] == alphas[best]
+    assert json.loads((s["tmp"] / "alpha.json").read_text())["alpha"] == res["alpha"]
+    # the heuristic 1 / mean cos(x^k, d^k), computed directly
+    d = len(xbar) // 2
+    cos = [s["x"][:, c * d:(c + 1) * d] @ (xbar[c * d:(c + 1) * d] / np.linalg.norm(xbar[c * d:(c + 1) * d]))
+           / np.linalg.norm(s["x"][:, c * d:(c + 1) * d], axis=1) for c in range(2)]
+    assert res["heuristic_alpha"] == pytest.approx(1.0 / np.mean(cos), rel=1e-5)
