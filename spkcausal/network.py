@@ -133,7 +133,7 @@ def load_trained(ckpt: PathLike | None = None, exp_dir: PathLike | None = None, 
     """Load a training or averaged checkpoint (weights_only), or an experiment's, in eval mode on `device`."""
     path = resolve_checkpoint(ckpt, exp_dir)
     state = load_checkpoint(path)
-    for key in ("config", "head", "model", "speakers"):
+    for key in ("config", "head", "speakers") + (("model",) if with_model else ()):
         if key not in state:
             raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal train / average-ckpt)", path)
     cfg = merge_defaults(state["config"])
