@@ -18,6 +18,14 @@ ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "
          "model"]
 
 
+def add_model_source(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """The --exp / --ckpt pair every command that loads a trained model takes (exactly one is required)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--exp", help="experiment dir: avg_model.pt, else the newest complete checkpoint")
+    src.add_argument("--ckpt", help="a checkpoint file")
+    return src
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Collect every command module's subcommands into one parser."""
     parser = argparse.ArgumentParser(

@@ -43,10 +43,10 @@ def _extract_dirs(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add extract and extract-dirs."""
+    from . import add_model_source
+
     p = sub.add_parser("extract", help="embeddings of every utterance of a data dir (torchrun shards it)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exp", help="experiment dir: uses avg_model.pt, else the newest checkpoint")
-    src.add_argument("--ckpt", help="a checkpoint file")
+    src = add_model_source(p)
     src.add_argument("--raw", help="a raw store with mean_feature.npy: only apply TDE (no model run)")
     p.add_argument("--data", help="data dir to embed")
     p.add_argument("--out", required=True, help="output embedding store (directory)")
@@ -62,9 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract-dirs", help="raw embeddings of several data dirs in one process (recipes)",
                        description="Like `spkcausal extract` for each DATA dir in turn, into OUT_DIR/<dir name>; "
                                    "complete stores are skipped. Run under torchrun to shard over GPUs.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exp", help="experiment dir: avg_model.pt, else the newest checkpoint")
-    src.add_argument("--ckpt", help="a checkpoint file")
+    src = add_model_source(p)
     p.add_argument("--data", nargs="+", required=True, help="data dirs to embed")
     p.add_argument("--out-dir", required=True, help="stores go to OUT_DIR/<data dir name>")
     p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")

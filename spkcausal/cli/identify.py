@@ -35,10 +35,10 @@ def _identify(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add identify."""
+    from . import add_model_source
+
     p = sub.add_parser("identify", help="closed-set identification accuracy by shot group with the trained head")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exp", help="experiment dir (avg_model.pt, else the newest checkpoint)")
-    src.add_argument("--ckpt", help="checkpoint file")
+    add_model_source(p)
     p.add_argument("--emb", required=True, help="embedding store holding the held-out utterances (raw, not TDE'd)")
     p.add_argument("--data", required=True, help="held-out data dir of training speakers (e.g. iden test)")
     p.add_argument("--train-data", required=True, help="the training data dir (its counts define the shot groups)")

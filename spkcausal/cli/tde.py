@@ -40,11 +40,10 @@ def _tde_apply(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add tde-alpha and tde-apply."""
     from ..tde_alpha import ALPHA_GRID
+    from . import add_model_source
 
     p = sub.add_parser("tde-alpha", help="choose TDE's alpha on a dev set (iden val dir or dev trials), with curve")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--exp", help="experiment dir")
-    src.add_argument("--ckpt", help="checkpoint file")
+    add_model_source(p)
     p.add_argument("--emb", required=True, help="raw embedding store of the dev utterances")
     p.add_argument("--data", help="dev data dir of training speakers: maximise identification accuracy")
     p.add_argument("--trials", help="labelled dev trial list: minimise EER (recorded beside accuracy if both)")
