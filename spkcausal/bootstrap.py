@@ -257,20 +257,25 @@ def _finish(samples: np.ndarray, bad: np.ndarray) -> np.ndarray:
 def bootstrap_verification(scores: np.ndarray, labels: np.ndarray, groups: Sequence | np.ndarray | None = None,
                            n_boot: int = 1000, level: float = 0.95, p_targets: Sequence[float] = (0.01, 0.05),
                            seed: int = 0, unit: str | None = None, c_miss: float = 1.0, c_fa: float = 1.0,
-                           threads: int | None = None) -> dict:
-    """EER and minDCF with percentile intervals from resampling `groups` (one key per trial; None: trials)."""
+                           threads: int | None = None, samples: bool = False) -> dict:
+    """EER and minDCF with percentile intervals from resampling `groups` (one key per trial; None: trials);
+    `samples` adds the kept resampled values (`eer_samples`, `min_dcf_samples`)."""
     _check_level(level, n_boot)
     scores, is_tar = _check(scores, labels)
     point = verification_summary(scores, is_tar, p_targets, c_miss, c_fa)
     gi = _group_index(groups, len(scores))
     dcf = _dcf_weights(p_targets, c_miss, c_fa)
     eer, min_dcf, bad = _resample([_Sorted(scores, is_tar, gi)], gi, n_boot, seed, dcf, threads)
-    return {"eer": point["eer"], "eer_ci": _interval(_finish(eer[0], bad), level),
-            "min_dcf": dict(point["min_dcf"]),
-            "min_dcf_ci": {p: _interval(_finish(v[0], bad), level) for p, v in min_dcf.items()},
-            "n_target": point["n_target"], "n_nontarget": point["n_nontarget"], "n_groups": int(gi.max()) + 1,
-            "n_boot": int(n_boot), "n_dropped": int(bad.sum()), "level": float(level), "seed": int(seed),
-            "unit": unit or ("trial" if groups is None else "speaker")}
+    out = {"eer": point["eer"], "eer_ci": _interval(_finish(eer[0], bad), level),
+           "min_dcf": dict(point["min_dcf"]),
+           "min_dcf_ci": {p: _interval(_finish(v[0], bad), level) for p, v in min_dcf.items()},
+           "n_target": point["n_target"], "n_nontarget": point["n_nontarget"], "n_groups": int(gi.max()) + 1,
+           "n_boot": int(n_boot), "n_dropped": int(bad.sum()), "level": float(level), "seed": int(seed),
+           "unit": unit or ("trial" if groups is None else "speaker")}
+    if samples:
+        out["eer_samples"] = eer[0][~bad].tolist()
+        out["min_dcf_samples"] = {p: v[0][~bad].tolist() for p, v in min_dcf.items()}
+    return out
 
 
 def paired_bootstrap_verification(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray,
