@@ -22,7 +22,12 @@ def _score(args: argparse.Namespace) -> int:
 
 def _eer(args: argparse.Namespace) -> int:
     from ..metrics import evaluate_score_files, format_table
+    from ..utils import UsageError
 
+    if args.paired or args.ci is not None:
+        return _eer_ci(args)
+    if args.utt2spk or args.bootstrap is not None or args.seed is not None:
+        raise UsageError("--utt2spk, --bootstrap and --seed go with --ci LEVEL (or --paired)")
     results = evaluate_score_files(args.scores, args.p_target)
     if args.json:
         for r in results:  # JSON object keys must be strings
@@ -31,6 +36,121 @@ def _eer(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     else:
         print(format_table(results))
+    return 0
+
+
+def _read_labelled(paths: list[str], utt2spk: str | None) -> tuple[list, dict]:
+    """Trials (with scores and labels) of each score file, and the enrolment-key -> speaker map (empty
+    without --utt2spk)."""
+    # The score / table readers, in one place (they are moving to spkcausal.trialio).
+    from ..datadir import read_kv, read_scores
+    from ..utils import DataError
+
+    out = []
+    for p in paths:
+        t = read_scores(p)
+        if not t.has_labels:
+            raise DataError("score file has no label column (expected 'enroll test score target|nontarget')", p)
+        out.append(t)
+    return out, (read_kv(utt2spk) if utt2spk else {})
+
+
+def _resampling_groups(enroll, u2s: dict):
+    """The bootstrap's unit of each trial: its enrolment key, or that key's speaker when the map has it."""
+    import numpy as np
+
+    keys, inverse = np.unique(enroll, return_inverse=True)
+    return np.array([u2s.get(k, k) for k in keys.tolist()])[inverse.ravel()]
+
+
+def _align(a, b, path_a: str, path_b: str):
+    """Scores of b in a's trial order; DataError naming path_b unless both hold the same labelled trials."""
+    import numpy as np
+
+    from ..utils import DataError
+
+    if len(a) != len(b):
+        raise DataError(f"{len(b)} trials, but {path_a} has {len(a)}: --paired needs the same trials in both", path_b)
+    oa, ob = np.lexsort((a.test, a.enroll)), np.lexsort((b.test, b.enroll))
+    differ = np.flatnonzero((a.enroll[oa] != b.enroll[ob]) | (a.test[oa] != b.test[ob]))
+    if len(differ):
+        k = differ[0]  # in merged sort order the smaller pair of the first mismatch is missing from the other file
+        pa, pb = (a.enroll[oa[k]], a.test[oa[k]]), (b.enroll[ob[k]], b.test[ob[k]])
+        if pa < pb:
+            raise DataError(f"trial '{pa[0]} {pa[1]}' of {path_a} is missing: --paired needs the same trials", path_b)
+        raise DataError(f"trial '{pb[0]} {pb[1]}' is not in {path_a}: --paired needs the same trials", path_b,
+                        int(b.line_no[ob[k]]))
+    wrong = np.flatnonzero(a.labels[oa] != b.labels[ob])
+    if len(wrong):
+        k = ob[wrong[0]]
+        raise DataError(f"trial '{b.enroll[k]} {b.test[k]}' has a different label in {path_a}", path_b,
+                        int(b.line_no[k]))
+    scores_b = np.empty(len(a))
+    scores_b[oa] = b.scores[ob]
+    return scores_b
+
+
+def _ci_text(v: float, ci: list[float], scale: float, fmt: str) -> str:
+    return f"{v * scale:{fmt}} [{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
+
+
+def _eer_ci(args: argparse.Namespace) -> int:
+    from ..bootstrap import bootstrap_verification, paired_bootstrap_verification
+    from ..utils import DataError, UsageError
+
+    level = 0.95 if args.ci is None else args.ci
+    n_boot = 1000 if args.bootstrap is None else args.bootstrap
+    seed = 0 if args.seed is None else args.seed
+    if args.paired and len(args.scores) != 2:
+        raise UsageError(f"--paired compares two score files (system A, system B); got {len(args.scores)}")
+    trials, u2s = _read_labelled(args.scores, args.utt2spk)
+    unit = "speaker" if args.utt2spk else "enroll"
+    opts = {"n_boot": n_boot, "level": level, "p_targets": args.p_target, "seed": seed, "unit": unit}
+    what = f"{n_boot} resamples of {'speakers' if args.utt2spk else 'enrolment keys'}, seed {seed}"
+    if args.paired:
+        path_a, path_b = args.scores
+        scores_b = _align(trials[0], trials[1], path_a, path_b)
+        groups = _resampling_groups(trials[0].enroll, u2s)
+        try:
+            r = paired_bootstrap_verification(trials[0].scores, scores_b, trials[0].labels, groups, **opts)
+        except DataError as e:  # the arrays do not know their files: name them
+            raise DataError(e.message, f"{path_a} / {path_b}") from None
+        r.update(file_a=path_a, file_b=path_b)
+        if args.json:
+            for k in ("min_dcf_diff", "min_dcf_diff_ci"):
+                r[k] = {str(p): v for p, v in r[k].items()}
+            print(json.dumps(r, indent=1))
+            return 0
+        print(f"A: {path_a}  EER {r['eer_a'] * 100:.3f}%\nB: {path_b}  EER {r['eer_b'] * 100:.3f}%")
+        print(f"EER(A) - EER(B) = {_ci_text(r['diff'], r['diff_ci'], 100, '.3f')} %  "
+              f"({'significant' if r['significant'] else 'not significant'}: the interval "
+              f"{'excludes' if r['significant'] else 'includes'} 0)")
+        for p, d in r["min_dcf_diff"].items():
+            print(f"minDCF({p:g})(A) - minDCF({p:g})(B) = {_ci_text(d, r['min_dcf_diff_ci'][p], 1, '.4f')}")
+        print(f"{level:.0%} paired percentile intervals, {what}; {r['n_dropped']} degenerate resamples dropped")
+        return 0
+    results = []
+    for path, t in zip(args.scores, trials):
+        try:
+            r = bootstrap_verification(t.scores, t.labels, _resampling_groups(t.enroll, u2s), **opts)
+        except DataError as e:
+            raise DataError(e.message, path) from None
+        r["file"] = path
+        results.append(r)
+    if args.json:
+        for r in results:
+            r["min_dcf"] = {str(p): v for p, v in r["min_dcf"].items()}
+            r["min_dcf_ci"] = {str(p): v for p, v in r["min_dcf_ci"].items()}
+        print(json.dumps(results, indent=1))
+        return 0
+    head = ["EER(%)"] + [f"minDCF({p:g})" for p in args.p_target] + ["targets", "nontargets", "dropped", "file"]
+    rows = [[_ci_text(r["eer"], r["eer_ci"], 100, ".3f")]
+            + [_ci_text(r["min_dcf"][float(p)], r["min_dcf_ci"][float(p)], 1, ".4f") for p in args.p_target]
+            + [str(r["n_target"]), str(r["n_nontarget"]), str(r["n_dropped"]), r["file"]] for r in results]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    for row in [head, *rows]:
+        print("  ".join(x.rjust(w) if i < len(head) - 1 else x for i, (x, w) in enumerate(zip(row, widths))))
+    print(f"[{level:.0%} percentile interval] from {what}")
     return 0
 
 
@@ -72,10 +192,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", required=True, help="writes <out-dir>/<trial file name>.score and score.log")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("eer", help="EER (%%) and minDCF of labelled score files, as a table")
+    p = sub.add_parser("eer", help="EER (%%) and minDCF of labelled score files, as a table; bootstrap intervals")
     p.add_argument("scores", nargs="+", help="score files `enroll test score target|nontarget`")
     p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ci", type=float, metavar="LEVEL",
+                   help="bootstrap confidence intervals at this level (e.g. 0.95), resampling enrolment speakers")
+    p.add_argument("--utt2spk", help="map enrolment keys to speakers (the resampling unit); keys not listed stay "
+                   "their own unit (default: resample enrolment keys)")
+    p.add_argument("--bootstrap", type=int, metavar="N", help="number of resamples (default 1000)")
+    p.add_argument("--seed", type=int, help="random seed of the resamples (default 0)")
+    p.add_argument("--paired", action="store_true",
+                   help="two score files A B on the same trials: interval of EER(A) - EER(B) (and of the minDCF "
+                   "differences) from shared resamples; implies --ci 0.95 unless given")
     p.set_defaults(func=_eer)
 
     p = sub.add_parser("plot-det", help="DET curves of score files (probit axes)")
