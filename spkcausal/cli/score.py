@@ -42,16 +42,10 @@ def _eer(args: argparse.Namespace) -> int:
 def _read_labelled(paths: list[str], utt2spk: str | None) -> tuple[list, dict]:
     """Trials (with scores and labels) of each score file, and the enrolment-key -> speaker map (empty
     without --utt2spk)."""
-    # The score / table readers, in one place (they are moving to spkcausal.trialio).
-    from ..datadir import read_kv, read_scores
-    from ..utils import DataError
+    from ..datadir import read_kv
+    from ..trialio import read_scores
 
-    out = []
-    for p in paths:
-        t = read_scores(p)
-        if not t.has_labels:
-            raise DataError("score file has no label column (expected 'enroll test score target|nontarget')", p)
-        out.append(t)
+    out = [read_scores(p, keys=True, need_labels=True) for p in paths]
     return out, (read_kv(utt2spk) if utt2spk else {})
 
 
