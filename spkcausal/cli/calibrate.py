@@ -38,8 +38,8 @@ def _qmf(args: argparse.Namespace) -> int:
     common = dict(cohort_data=args.cohort_data, mean_store=args.mean_store, enroll_map=args.enroll_map)
     if _need(args, "qmf", ("out",), ("apply", "out")) == "train":
         m = train_qmf_files(args.dev, args.emb, args.cohort, args.utt2dur, args.out,
-                            top_n=parse_top_n(args.asnorm_top), measures=args.measures, p_target=args.p_target,
-                            **common)
+                            top_n=parse_top_n(args.asnorm_top), p_target=args.p_target,
+                            **({"measures": args.measures} if args.measures else {}), **common)
         print(f"{args.out}: QMF on {', '.join(m.inputs)}; dev Cllr {m.dev['cllr']:.4f}, "
               f"minCllr {m.dev['min_cllr']:.4f}")
     else:
@@ -100,11 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "covering every enrol and test utterance")
     p.add_argument("--asnorm-top", default="300", help="top-N of the cohort-mean measures (count or share; "
                                                        "training only, the model keeps it; default 300)")
-    from ..qmf import DEFAULT_MEASURES, MEASURES
-
-    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), choices=MEASURES, metavar="MEASURE",
-                   help=f"quality measures (training only; default {' '.join(DEFAULT_MEASURES)}; "
-                        f"choices: {' '.join(MEASURES)})")
+    p.add_argument("--measures", nargs="+", metavar="MEASURE",
+                   help="quality measures (training only): Q_min, Q_max, Q_enroll or Q_test with Q one of log_dur, "
+                        "norm, cohort_mean (default: the _min and _max of all three)")
     p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
     p.set_defaults(func=_qmf)
 
