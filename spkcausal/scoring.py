@@ -285,6 +285,8 @@ def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLik
     if len(set(names)) != len(names):
         raise UsageError(f"trial lists share a file name, outputs would collide: {names}")
     scorer = load_scorer(emb, mean_store, cohort, cohort_data, norm, top_n, enroll_map)
+    if scorer.top_k is not None:
+        log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, len(scorer._cohort_n), top_n)
     # Every list is read and scored before any is written: a bad second list leaves no output at all.
     done = []
     for tpath in trial_paths:
