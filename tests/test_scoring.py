@@ -189,3 +189,95 @@ def test_score_files_rejects_colliding_names(setup, tmp_path):
     assert main(["score", "--trials", str(s["path"] / "vox.txt"), str(tmp_path / "x" / "vox.txt"), "--emb",
                  str(s["store"]), "--out-dir", str(tmp_path / "o")]) == 2
     assert not list((tmp_path / "o").glob("*.score"))
+
+
+# ---------------------------------------------------------------- AS-norm sized to its cohort
+
+
+def test_top_n_count_or_share_of_the_cohort():
+    from spkcausal.scoring import parse_top_n, resolve_top_n
+    from spkcausal.utils import UsageError
+
+    assert resolve_top_n(0.1, 756) == 76 and resolve_top_n(300, 756) == 300 and resolve_top_n(1000, 756) == 756
+    assert resolve_top_n(1.0, 756) == 756 and resolve_top_n(0.001, 756) == 2  # never below 2
+    assert parse_top_n("300") == 300 and isinstance(parse_top_n("300"), int) and parse_top_n("0.1") == 0.1
+    for bad in (0.0, 1.5, -3, 1, True):
+        with pytest.raises(UsageError):
+            resolve_top_n(bad, 756)
+    with pytest.raises(UsageError, match="neither a count"):
+        parse_top_n("ten")
+
+
+def test_share_top_n_scores_like_its_count_and_warns_when_large(setup, caplog):
+    s = setup
+    st = EmbeddingStore.open(s["store"])
+    trials = read_trials(s["path"] / "kaldi.lst")
+    cohort = s["train"][:20].astype(np.float64)
+    with caplog.at_level("WARNING"):
+        by_share, _ = score_trials(trials, st, cohort=cohort, norm="asnorm", top_n=0.2)  # 4 of 20: no warning
+    assert "AS-norm top-N" not in caplog.text
+    by_count, _ = score_trials(trials, st, cohort=cohort, norm="asnorm", top_n=4)
+    assert np.array_equal(by_share, by_count)
+    assert np.allclose(by_count, _direct_norm(s, s["pairs"], cohort, 4, np.zeros(D)), atol=1e-4)
+    with caplog.at_level("WARNING"):
+        score_trials(trials, st, cohort=cohort, norm="asnorm", top_n=5)  # 25% of the cohort
+    assert "AS-norm top-N 5 is 25% of the 20-entry cohort" in caplog.text
+
+
+def test_cli_score_accepts_a_share(setup):
+    s = setup
+    common = ["--trials", str(s["path"] / "kaldi.lst"), "--emb", str(s["store"]), "--cohort", str(s["path"] / "train"),
+              "--cohort-data", str(s["data"])]
+    assert main(["score", *common, "--asnorm-top", "0.3", "--out-dir", str(s["path"] / "share")]) == 0
+    assert main(["score", *common, "--asnorm-top", "6", "--out-dir", str(s["path"] / "count")]) == 0
+    a, b = read_scores(s["path"] / "share" / "kaldi.lst.score"), read_scores(s["path"] / "count" / "kaldi.lst.score")
+    assert np.array_equal(a.scores, b.scores)  # 0.3 of 20 speaker means = 6
+    assert main(["score", *common, "--asnorm-top", "2.5", "--out-dir", str(s["path"] / "bad")]) == 2
+
+
+def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
+    """The chooser's curve equals minDCF of `score_trials` at each count, and it picks the lowest (ties: smaller)."""
+    import json
+
+    from spkcausal.metrics import compute_min_dcf
+    from spkcausal.scoring import choose_asnorm_top
+
+    rng = np.random.default_rng(5)
+    spk = rng.normal(size=(30, D))
+    keys = [f"u{i:03d}" for i in range(120)]
+    # utterances of 30 speakers; half the speakers sit near a common direction, so cohort size matters
+    emb = spk[np.arange(120) % 30] + rng.normal(scale=1.2, size=(120, D)) + (np.arange(120) % 2)[:, None] * 1.5
+    store = write_store(tmp_path / "dev_emb", keys, emb.astype(np.float32))
+    cohort = rng.normal(size=(40, D)) + rng.integers(0, 2, (40, 1)) * 1.5
+    lines = [f"{keys[i]} {keys[j]} {'target' if i % 30 == j % 30 else 'nontarget'}\n"
+             for i in range(120) for j in range(i + 1, 120) if (i + j) % 3 == 0 or i % 30 == j % 30]
+    (tmp_path / "dev.lst").write_text("".join(lines))
+    trials = read_trials(tmp_path / "dev.lst")
+    st = EmbeddingStore.open(store)
+    cands = [2, 5, 10, 0.5, 20, 40, 100]
+    res = choose_asnorm_top(Scorer(st, cohort=cohort), trials, cands, p_target=0.05)
+    ks = [r["top_n"] for r in res["curve"]]
+    assert ks == [2, 5, 10, 20, 40] and res["curve"][3]["candidates"] == [0.5, 20]  # 0.5 of 40 = 20; 100 -> 40
+    want = [compute_min_dcf(score_trials(trials, st, cohort=cohort, norm="asnorm", top_n=k)[0], trials.labels, 0.05)
+            for k in ks]
+    assert np.allclose([r["min_dcf"] for r in res["curve"]], want, atol=1e-12)
+    assert len(set(np.round(want, 6))) > 1  # the case is not flat: the choice means something
+    best = min(m for m in want)
+    assert res["best"] == ks[want.index(best)]
+    assert res["curve"][-1]["min_dcf"] == pytest.approx(res["snorm"]["min_dcf"])  # the whole cohort is S-norm
+    out = tmp_path / "curve.json"
+    assert main(["asnorm-top", "--trials", str(tmp_path / "dev.lst"), "--emb", str(store), "--cohort",
+                 str(write_store(tmp_path / "cohort", [f"c{i}" for i in range(40)], cohort.astype(np.float32))),
+                 "--candidates", "2", "5", "10", "0.5", "40", "--p-target", "0.05", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["best"] == res["best"]
+
+
+def test_asnorm_top_ties_go_to_the_smaller_count(setup, monkeypatch):
+    import spkcausal.metrics as metrics
+    from spkcausal.scoring import choose_asnorm_top
+
+    s = setup
+    monkeypatch.setattr(metrics, "compute_min_dcf", lambda *a, **k: 0.5)  # every candidate ties
+    res = choose_asnorm_top(Scorer(EmbeddingStore.open(s["store"]), cohort=s["train"][:20]),
+                            read_trials(s["path"] / "kaldi.lst"), [10, 3, 6])
+    assert res["best"] == 3

@@ -6,14 +6,14 @@ import json
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ..scoring import score_files
+    from ..scoring import parse_top_n, score_files
     from ..utils import UsageError
 
     norm = args.norm or ("asnorm" if args.cohort else "none")
     if norm != "none" and not args.cohort:
         raise UsageError(f"--norm {norm} needs --cohort STORE")
     outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
-                       cohort_data=args.cohort_data, norm=norm, top_n=args.asnorm_top,
+                       cohort_data=args.cohort_data, norm=norm, top_n=parse_top_n(args.asnorm_top),
                        enroll_map=args.enroll_map, allow_missing=args.allow_missing)
     for o in outs:
         print(o)
@@ -180,7 +180,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cohort-data", help="data dir of the cohort store: use its per-speaker mean embeddings")
     p.add_argument("--norm", choices=("none", "snorm", "asnorm"), default=None,
                    help="score normalisation (default: asnorm when --cohort is given, else none)")
-    p.add_argument("--asnorm-top", type=int, default=300, help="top-N cohort scores for AS-norm (default 300)")
+    p.add_argument("--asnorm-top", default="300",
+                   help="AS-norm top-N: a count (300, the default) or a share of the cohort (0.1 = 10%%); "
+                        "above 20%% of the cohort draws a warning; `spkcausal asnorm-top` chooses it on a dev list")
     p.add_argument("--enroll-map", help="`enroll utt utt ...` table (enroll2utt): enrol = mean of those utterances")
     p.add_argument("--allow-missing", action="store_true", help="skip trials whose keys have no embedding")
     p.add_argument("--out-dir", required=True, help="writes <out-dir>/<trial file name>.score and score.log")

@@ -1,0 +1,124 @@
+"""Back-end commands: calibrate (scores -> LLRs), qmf (calibration with quality measures), llr-metrics,
+asnorm-top (AS-norm's top-N chosen on a dev list)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tuple[str, ...]) -> str:
+    """"train" or "apply", from which of --dev / --model was given (exactly one)."""
+    from ..utils import UsageError
+
+    if (args.dev is None) == (args.model is None):
+        raise UsageError(f"{cmd}: give either --dev (train a model) or --model with --apply (apply one)")
+    mode = "train" if args.dev else "apply"
+    missing = [f"--{a.replace('_', '-')}" for a in (train if mode == "train" else apply) if getattr(args, a) is None]
+    if missing:
+        raise UsageError(f"{cmd} --{'dev' if mode == 'train' else 'model'} needs {' '.join(missing)}")
+    return mode
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..calibration import apply_calibration_file, train_calibration_file
+
+    if _need(args, "calibrate", ("out",), ("apply", "out")) == "train":
+        m = train_calibration_file(args.dev, args.out, args.p_target)
+        print(f"{args.out}: llr = {m.weights[0]:.6g} * score + {m.bias:.6g}; dev Cllr {m.dev['cllr']:.4f}, "
+              f"minCllr {m.dev['min_cllr']:.4f}")
+    else:
+        print(apply_calibration_file(args.model, args.apply, args.out))
+    return 0
+
+
+def _qmf(args: argparse.Namespace) -> int:
+    from ..qmf import apply_qmf_files, train_qmf_files
+    from ..scoring import parse_top_n
+
+    common = dict(cohort_data=args.cohort_data, mean_store=args.mean_store, enroll_map=args.enroll_map)
+    if _need(args, "qmf", ("out",), ("apply", "out")) == "train":
+        m = train_qmf_files(args.dev, args.emb, args.cohort, args.utt2dur, args.out,
+                            top_n=parse_top_n(args.asnorm_top), p_target=args.p_target,
+                            **({"measures": args.measures} if args.measures else {}), **common)
+        print(f"{args.out}: QMF on {', '.join(m.inputs)}; dev Cllr {m.dev['cllr']:.4f}, "
+              f"minCllr {m.dev['min_cllr']:.4f}")
+    else:
+        print(apply_qmf_files(args.model, args.apply, args.emb, args.cohort, args.utt2dur, args.out, **common))
+    return 0
+
+
+def _llr_metrics(args: argparse.Namespace) -> int:
+    from ..calibration import evaluate_llr_files, format_llr_table
+
+    results = evaluate_llr_files(args.scores, args.p_target)
+    if args.json:
+        for r in results:  # JSON object keys must be strings
+            r["act_dcf"] = {str(k): v for k, v in r["act_dcf"].items()}
+            r["min_dcf"] = {str(k): v for k, v in r["min_dcf"].items()}
+        print(json.dumps(results, indent=1))
+    else:
+        print(format_llr_table(results))
+    return 0
+
+
+def _asnorm_top(args: argparse.Namespace) -> int:
+    from ..scoring import choose_asnorm_top_files, parse_top_n
+
+    kw = {} if args.candidates is None else {"candidates": [parse_top_n(c) for c in args.candidates]}
+    res = choose_asnorm_top_files(args.trials, args.emb, args.cohort, args.out, cohort_data=args.cohort_data,
+                                  mean_store=args.mean_store, enroll_map=args.enroll_map, p_target=args.p_target,
+                                  allow_missing=args.allow_missing, **kw)
+    print(res["best"])
+    return 0
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--emb", required=True, help="embedding store of the trials' keys (raw vectors, as extracted)")
+    p.add_argument("--cohort", required=True, help="cohort store, as for `spkcausal score --norm asnorm`")
+    p.add_argument("--cohort-data", help="data dir of the cohort store: use its per-speaker mean embeddings")
+    p.add_argument("--mean-store", help="store whose mean is subtracted before scoring against the cohort")
+    p.add_argument("--enroll-map", help="`enroll utt utt ...` table (enroll2utt): enrol = mean of those utterances")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add calibrate, qmf, llr-metrics and asnorm-top."""
+    p = sub.add_parser("calibrate", help="train (--dev) or apply (--model --apply) linear score calibration to LLRs")
+    p.add_argument("--dev", help="labelled score file to train on (`enroll test score target|nontarget`)")
+    p.add_argument("--model", help="calibration model JSON to apply")
+    p.add_argument("--apply", help="score file to calibrate (with --model)")
+    p.add_argument("--out", help="model JSON (with --dev) or calibrated score file `enroll test llr [label]`")
+    p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
+    p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("qmf", help="train (--dev) or apply (--model --apply) calibration with quality measures")
+    p.add_argument("--dev", help="labelled score file to train on; its (enroll, test) pairs are the dev trials")
+    p.add_argument("--model", help="QMF model JSON to apply")
+    p.add_argument("--apply", help="score file to calibrate (with --model); its pairs are the trials")
+    p.add_argument("--out", help="model JSON (with --dev) or calibrated score file `enroll test llr [label]`")
+    _store_options(p)
+    p.add_argument("--utt2dur", nargs="+", help="utt2dur files or data dirs (utt2dur, else audio headers) "
+                                                "covering every enrol and test utterance")
+    p.add_argument("--asnorm-top", default="300", help="top-N of the cohort-mean measures (count or share; "
+                                                       "training only, the model keeps it; default 300)")
+    p.add_argument("--measures", nargs="+", metavar="MEASURE",
+                   help="quality measures (training only): Q_min, Q_max, Q_enroll or Q_test with Q one of log_dur, "
+                        "norm, cohort_mean (default: the _min and _max of all three)")
+    p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
+    p.set_defaults(func=_qmf)
+
+    p = sub.add_parser("llr-metrics", help="Cllr, minCllr, actual DCF and minDCF of labelled LLR score files")
+    p.add_argument("scores", nargs="+", help="score files `enroll test llr target|nontarget`")
+    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="DCF priors (default 0.01 0.05)")
+    p.add_argument("--json", action="store_true", help="print JSON (keys cllr, min_cllr, act_dcf, min_dcf)")
+    p.set_defaults(func=_llr_metrics)
+
+    p = sub.add_parser("asnorm-top", help="choose AS-norm's top-N on a labelled dev trial list by minDCF; "
+                                          "prints the count, writes the curve as JSON")
+    p.add_argument("--trials", required=True, help="labelled dev trial list")
+    _store_options(p)
+    p.add_argument("--candidates", nargs="+", help="counts (300) and/or shares of the cohort (0.1); default "
+                                                   "0.02 0.05 0.1 0.2 0.3 0.5 1.0 50 100 200 300")
+    p.add_argument("--p-target", type=float, default=0.01, help="minDCF prior that decides (default 0.01)")
+    p.add_argument("--allow-missing", action="store_true", help="skip trials whose keys have no embedding")
+    p.add_argument("--out", required=True, help="JSON: best count and minDCF / EER per candidate")
+    p.set_defaults(func=_asnorm_top)
