@@ -148,7 +148,7 @@ def _write_score_file(path, s, lab):
     write_scores(path, trials, s)
 
 
-def test_cli_calibrate_and_llr_metrics(tmp_path, capsys):
+def test_cli_calibrate_and_eer_llr(tmp_path, capsys):
     rng = np.random.default_rng(6)
     dev, dev_lab = _draw(rng, 500, 1500, 1.0, -1.0, 0.5)
     ev, ev_lab = _draw(rng, 300, 900, 1.0, -1.0, 0.5)
@@ -163,13 +163,13 @@ def test_cli_calibrate_and_llr_metrics(tmp_path, capsys):
     assert np.allclose(out.scores, model.apply(read_scores(tmp_path / "eval.score").scores), atol=5e-7)
     assert out.enroll[0] == "e0" and np.array_equal(out.labels, ev_lab)
     capsys.readouterr()
-    assert main(["llr-metrics", str(tmp_path / "eval.llr"), "--p-target", "0.01", "--json"]) == 0
+    assert main(["eer", str(tmp_path / "eval.llr"), "--llr", "--p-target", "0.01", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)[0]
     want = llr_summary(out.scores, out.labels, (0.01,))
     assert got["cllr"] == pytest.approx(want["cllr"]) and got["min_cllr"] == pytest.approx(want["min_cllr"])
     assert got["act_dcf"]["0.01"] == pytest.approx(want["act_dcf"][0.01])
     assert got["min_dcf"]["0.01"] == pytest.approx(want["min_dcf"][0.01])
-    assert main(["llr-metrics", str(tmp_path / "eval.llr")]) == 0
+    assert main(["eer", "--llr", str(tmp_path / "eval.llr")]) == 0
     assert "minCllr" in capsys.readouterr().out
     # one of --dev / --model, not both; --model needs --apply
     assert main(["calibrate", "--dev", str(tmp_path / "dev.score"), "--model", str(tmp_path / "cal.json"),

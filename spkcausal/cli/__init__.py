@@ -14,7 +14,8 @@ import sys
 
 from ..utils import SpkcausalError
 
-ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "score", "tde", "identify", "report",
+ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "score", "calibrate", "tde", "identify",
+         "report",
          "model"]
 
 

@@ -1,9 +1,8 @@
-"""Back-end commands: calibrate (scores -> LLRs), qmf (calibration with quality measures), llr-metrics,
+"""Back-end commands: calibrate (scores -> LLRs), qmf (calibration with quality measures),
 asnorm-top (AS-norm's top-N chosen on a dev list)."""
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tuple[str, ...]) -> str:
@@ -47,20 +46,6 @@ def _qmf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llr_metrics(args: argparse.Namespace) -> int:
-    from ..calibration import evaluate_llr_files, format_llr_table
-
-    results = evaluate_llr_files(args.scores, args.p_target)
-    if args.json:
-        for r in results:  # JSON object keys must be strings
-            r["act_dcf"] = {str(k): v for k, v in r["act_dcf"].items()}
-            r["min_dcf"] = {str(k): v for k, v in r["min_dcf"].items()}
-        print(json.dumps(results, indent=1))
-    else:
-        print(format_llr_table(results))
-    return 0
-
-
 def _asnorm_top(args: argparse.Namespace) -> int:
     from ..scoring import choose_asnorm_top_files, parse_top_n
 
@@ -81,7 +66,7 @@ def _store_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add calibrate, qmf, llr-metrics and asnorm-top."""
+    """Add calibrate, qmf and asnorm-top (LLR metrics: `spkcausal eer --llr`)."""
     p = sub.add_parser("calibrate", help="train (--dev) or apply (--model --apply) linear score calibration to LLRs")
     p.add_argument("--dev", help="labelled score file to train on (`enroll test score target|nontarget`)")
     p.add_argument("--model", help="calibration model JSON to apply")
@@ -105,12 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "norm, cohort_mean (default: the _min and _max of all three)")
     p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
     p.set_defaults(func=_qmf)
-
-    p = sub.add_parser("llr-metrics", help="Cllr, minCllr, actual DCF and minDCF of labelled LLR score files")
-    p.add_argument("scores", nargs="+", help="score files `enroll test llr target|nontarget`")
-    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="DCF priors (default 0.01 0.05)")
-    p.add_argument("--json", action="store_true", help="print JSON (keys cllr, min_cllr, act_dcf, min_dcf)")
-    p.set_defaults(func=_llr_metrics)
 
     p = sub.add_parser("asnorm-top", help="choose AS-norm's top-N on a labelled dev trial list by minDCF; "
                                           "prints the count, writes the curve as JSON")

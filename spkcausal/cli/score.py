@@ -29,13 +29,23 @@ def _eer(args: argparse.Namespace) -> int:
     if args.utt2spk or args.bootstrap is not None or args.seed is not None:
         raise UsageError("--utt2spk, --bootstrap and --seed go with --ci LEVEL (or --paired)")
     results = evaluate_score_files(args.scores, args.p_target)
+    llr = []
+    if args.llr:
+        from ..calibration import evaluate_llr_files, format_llr_table
+
+        llr = evaluate_llr_files(args.scores, args.p_target)
+        for r, extra in zip(results, llr):
+            r.update(cllr=extra["cllr"], min_cllr=extra["min_cllr"], act_dcf=extra["act_dcf"])
     if args.json:
         for r in results:  # JSON object keys must be strings
-            r["min_dcf"] = {str(k): v for k, v in r["min_dcf"].items()}
-            r["min_dcf_threshold"] = {str(k): v for k, v in r["min_dcf_threshold"].items()}
+            for key in ("min_dcf", "min_dcf_threshold", "act_dcf"):
+                if key in r:
+                    r[key] = {str(k): v for k, v in r[key].items()}
         print(json.dumps(results, indent=1))
     else:
         print(format_table(results))
+        if llr:
+            print("\n" + format_llr_table(llr))
     return 0
 
 
@@ -192,6 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scores", nargs="+", help="score files `enroll test score target|nontarget`")
     p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--llr", action="store_true",
+                   help="the scores are log-likelihood ratios: add Cllr, minCllr and actual DCF at the Bayes "
+                   "threshold (JSON keys cllr, min_cllr, act_dcf, min_dcf)")
     p.add_argument("--ci", type=float, metavar="LEVEL",
                    help="bootstrap confidence intervals at this level (e.g. 0.95), resampling enrolment speakers")
     p.add_argument("--utt2spk", help="map enrolment keys to speakers (the resampling unit); keys not listed stay "
