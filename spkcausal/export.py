@@ -134,3 +134,59 @@ def traceable_speechbrain() -> Iterator[None]:
         yield
     finally:
         sb_ecapa.length_to_mask = saved
+
+
+def build_embedder(path: PathLike, with_features: bool = True, tde_alpha: float | str | None = None,
+                   mean_sub: bool = False, mean: Any = None) -> tuple[Embedder, Any]:
+    """The Embedder of a checkpoint / experiment on CPU, and its `api.SpeakerModel` (the reference path)."""
+    from .api import SpeakerModel
+    from .features import Fbank
+
+    sm = SpeakerModel(path, device="cpu", mean=mean)
+    frontend = None
+    if with_features:
+        if not isinstance(sm.fbank, Fbank):
+            raise UsageError("only the Kaldi fbank front-end exports; export this model without --with-features "
+                             "and compute its features outside the graph")
+        frontend = TraceableFbank(sm.fbank)
+    alpha = sm._resolve_alpha(tde_alpha)
+    x_bar = None if alpha is None else torch.from_numpy(sm._x_bar())
+    centre = torch.from_numpy(sm.mean_embedding(alpha).astype(np.float32)) if mean_sub else None
+    emb = Embedder(sm.model, frontend, x_bar, sm._num_heads() if alpha is not None else 1, alpha, centre)
+    return emb.eval(), sm
+
+
+def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_features: bool = True,
+                 tde_alpha: float | str | None = None, mean_sub: bool = False, opset: int = 17) -> Path:
+    """Write a TorchScript (.pt) or ONNX (.onnx) embedder of a checkpoint; see the module docstring."""
+    if fmt not in FORMATS:
+        raise UsageError(f"format {fmt!r}; expected one of {FORMATS}")
+    emb, sm = build_embedder(path, with_features, tde_alpha, mean_sub)
+    # Example with unequal lengths so the traced graph keeps the masking path.
+    if with_features:
+        n = sm.sample_rate
+        example = (torch.randn(2, n) * 0.1, torch.tensor([n, (3 * n) // 4]))
+        names = ["wave", "lengths"]
+    else:
+        example = (torch.randn(2, 200, sm.fbank.n_mels), torch.tensor([200, 150]))
+        names = ["feats", "lengths"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), traceable_speechbrain(), atomic_path(out) as tmp:
+        if fmt == "torchscript":
+            traced = torch.jit.trace(emb, example, check_trace=False)
+            traced.save(str(tmp))
+        else:
+            import warnings
+
+            try:
+                import onnx  # noqa: F401
+            except ImportError:
+                raise UsageError("ONNX export needs the onnx package: pip install 'spkcausal[export]'") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+                torch.onnx.export(emb, example, str(tmp), input_names=names, output_names=["embedding"],
+                                  dynamo=False, opset_version=opset,
+                                  dynamic_axes={names[0]: {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                                "embedding": {0: "batch"}})
+    return out
