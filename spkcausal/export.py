@@ -17,6 +17,7 @@ front-end is not exported: export such a model with `with_features=False` and co
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,11 +158,14 @@ def build_embedder(path: PathLike, with_features: bool = True, tde_alpha: float 
 
 
 def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_features: bool = True,
-                 tde_alpha: float | str | None = None, mean_sub: bool = False, opset: int = 17) -> Path:
-    """Write a TorchScript (.pt) or ONNX (.onnx) embedder of a checkpoint; see the module docstring."""
+                 tde_alpha: float | str | None = None, mean_sub: bool = False, mean: Any = None,
+                 opset: int = 17) -> Path:
+    """Write a TorchScript (.pt) or ONNX (.onnx) embedder of a checkpoint; see the module docstring.
+
+    `mean`: the centring mean (array or store) instead of the experiment's training-set mean."""
     if fmt not in FORMATS:
         raise UsageError(f"format {fmt!r}; expected one of {FORMATS}")
-    emb, sm = build_embedder(path, with_features, tde_alpha, mean_sub)
+    emb, sm = build_embedder(path, with_features, tde_alpha, mean_sub, mean)
     # Example with unequal lengths so the traced graph keeps the masking path.
     if with_features:
         n = sm.sample_rate
@@ -174,11 +178,11 @@ def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_f
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), traceable_speechbrain(), atomic_path(out) as tmp:
         if fmt == "torchscript":
-            traced = torch.jit.trace(emb, example, check_trace=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch 2.14 marks jit.trace deprecated; it works and is tested
+                traced = torch.jit.trace(emb, example, check_trace=False)
             traced.save(str(tmp))
         else:
-            import warnings
-
             try:
                 import onnx  # noqa: F401
             except ImportError:
