@@ -8,6 +8,10 @@ faster on corpora with few repeated lengths but not batch-independent; choose it
 
 Utterances shorter than `min_seconds` (0.5 s) are repeated up to it: the models need a few dozen frames.
 
+One loop for every caller: `embed_source` runs a model over an `AudioSource` (files or in-memory waveforms,
+lengths from the headers); `embed_utterances` (data dirs, the recipes) and `spkcausal.api` (files, waveforms
+at any rate) both build an `AudioSource` and call it, so a file gives the same vector either way.
+
 Output: an embedding store (spkcausal.embeddings) plus, beside it, `mean_feature.npy` (the Causal Norm
 head's x_bar, when the head has one) and `extract.json` (checkpoint, TDE alpha, num_heads). Extract without
 `tde_alpha` once and apply `tde_store` for every alpha of a sweep, without touching the model again.

@@ -125,3 +125,20 @@ def test_set_threshold_and_verify(exp, tmp_path, capsys):
     assert "reject" in capsys.readouterr().out  # a cosine never reaches 2
     (exp_dir / "threshold.json").unlink()
     assert main(["verify", str(exp_dir), a, b, "--device", "cpu"]) == 2  # no stored threshold: one-line error
+
+
+def test_inputs_from_files_directories_and_wav_scp(tmp_path):
+    from spkcausal.api import collect_inputs
+
+    for rel in ("d/s1/a.wav", "d/s1/b.flac", "d/s2/a.wav", "d/notes.txt", "x.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"u1 {tmp_path / 'x.wav'}\n")
+    got = collect_inputs([tmp_path / "d", scp, tmp_path / "x.wav"])
+    assert [k for k, _ in got] == ["s1/a", "s1/b", "s2/a", "u1", "x"]
+    with pytest.raises(DataError, match="key 'x'"):
+        collect_inputs([tmp_path / "x.wav", tmp_path / "x.wav"])
+    scp.write_text("u1 sox in.wav -t wav - |\n")
+    with pytest.raises(DataError, match="pipe"):
+        collect_inputs([scp])
