@@ -22,6 +22,9 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff"]},
+    # export: ONNX files and onnxruntime parity / speed (TorchScript needs nothing extra); the test suite runs
+    # the parity tests, so dev includes it.
+    extras_require={"export": ["onnx", "onnxruntime"],
+                    "dev": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
 )

@@ -8,6 +8,10 @@ faster on corpora with few repeated lengths but not batch-independent; choose it
 
 Utterances shorter than `min_seconds` (0.5 s) are repeated up to it: the models need a few dozen frames.
 
+One loop for every caller: `embed_source` runs a model over an `AudioSource` (files or in-memory waveforms,
+lengths from the headers); `embed_utterances` (data dirs, the recipes) and `spkcausal.api` (files, waveforms
+at any rate) both build an `AudioSource` and call it, so a file gives the same vector either way.
+
 Output: an embedding store (spkcausal.embeddings) plus, beside it, `mean_feature.npy` (the Causal Norm
 head's x_bar, when the head has one) and `extract.json` (checkpoint, TDE alpha, num_heads). Extract without
 `tde_alpha` once and apply `tde_store` for every alpha of a sweep, without touching the model again.
@@ -21,7 +25,9 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +35,89 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
+from .audio import audio_info, read_audio, resample
 from .distributed import rank_and_world, resolve_device
 from .network import resolve_checkpoint
-from .utils import DataError, PathLike, atomic_path, log_to_file, write_text_atomic
+from .utils import DataError, PathLike, UsageError, atomic_path, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.extract")
 
 
+class AudioSource(Dataset):
+    """Whole utterances to embed: audio files (mono-mixed by soundfile reading) or in-memory mono waveforms.
+
+    Exact sample counts (after resampling) are known up front from the headers, so batching never reads audio
+    twice and a bad file fails before any model work, naming the file. Files at another sample rate are
+    resampled (`resample=True`, the API) or rejected (the recipes: a corpus must be at the model's rate). Input
+    shorter than `min_samples` is repeated up to it (`short="repeat"`, the recipes) or rejected ("error")."""
+
+    def __init__(self, items: Sequence[PathLike | np.ndarray], sample_rate: int, min_samples: int = 0,
+                 resample: bool = False, short: str = "repeat", num_threads: int = 8):
+        if short not in ("repeat", "error"):
+            raise UsageError(f"short={short!r}; expected 'repeat' or 'error'")
+        self.items, self.sample_rate, self.min_samples = list(items), int(sample_rate), int(min_samples)
+        self.resample, self.short = resample, short
+        with ThreadPoolExecutor(max(1, num_threads)) as pool:
+            native = list(pool.map(self._native_length, self.items))
+        self.rates = [sr for _, sr in native]
+        self.lengths = np.array([self._checked(i, n, sr) for i, (n, sr) in enumerate(native)], dtype=np.int64)
+
+    def _native_length(self, item: PathLike | np.ndarray) -> tuple[int, int]:
+        if isinstance(item, np.ndarray):
+            return len(item), self.sample_rate
+        frames, sr, _ = audio_info(item)
+        return frames, sr
+
+    def _checked(self, i: int, n: int, sr: int) -> int:
+        """Samples the model gets for item i; raises for empty, wrong-rate or (short='error') too-short input."""
+        where = None if isinstance(self.items[i], np.ndarray) else self.items[i]
+        if n == 0:
+            raise DataError("empty audio file" if where else "empty waveform", where)
+        if sr != self.sample_rate:
+            if not self.resample:
+                raise DataError(f"sample rate {sr} Hz; expected {self.sample_rate}", where)
+            g = gcd(sr, self.sample_rate)
+            n = -(-n * (self.sample_rate // g) // (sr // g))  # resample_poly's output length
+        if n < self.min_samples and self.short == "error":
+            raise DataError(f"audio is {n / self.sample_rate:.3f} s; the model needs at least "
+                            f"{self.min_samples / self.sample_rate:.3f} s", where or f"waveform {i}")
+        return max(n, self.min_samples)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.items[index]
+        if isinstance(item, np.ndarray):
+            x = item
+        else:
+            x, _ = read_audio(item)
+            if self.rates[index] != self.sample_rate:
+                x = resample(x, self.rates[index], self.sample_rate)
+        if len(x) < self.min_samples:
+            x = np.tile(x, -(-self.min_samples // len(x)))[:self.min_samples]
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), index
+
+
 @torch.no_grad()
-def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
-                     device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
-                     mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
-                     progress: bool = True) -> np.ndarray:
-    """(len(utts), D) float32 embeddings of whole utterances, in the order of `utts`."""
+def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device: torch.device | str = "cpu",
+                 batch_seconds: float = 200.0, max_batch: int = 256, mode: str = "exact", num_workers: int = 2,
+                 progress: bool = True) -> np.ndarray:
+    """(len(source), D) float32 embeddings in source order: the one extraction loop (recipes and API)."""
     from tqdm import tqdm
 
-    from .dataset import EvalDataset, eval_loader, length_batches, utterance_lengths
+    from .dataset import eval_loader, length_batches
 
     device = torch.device(device)
     sr = fbank.sample_rate
-    min_samples = int(round(min_seconds * sr))
-    dataset = EvalDataset(data, utts, sample_rate=sr, min_samples=min_samples)
-    lengths = np.maximum(utterance_lengths(data, utts, sr), min_samples)
-    batches = length_batches(lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode)
-    out = np.zeros((len(utts), getattr(model, "embed_dim", 0) or 1), dtype=np.float32)
+    batches = length_batches(source.lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode)
+    out = np.zeros((len(source), getattr(model, "embed_dim", 0) or 1), dtype=np.float32)
     model.eval()
     fbank.eval()
     first = True
-    for waves, lens, index in tqdm(eval_loader(dataset, batches, num_workers=num_workers), total=len(batches),
+    for waves, lens, index in tqdm(eval_loader(source, batches, num_workers=num_workers), total=len(batches),
                                    desc="extracting", disable=not progress, mininterval=2, leave=False):
         waves = waves.to(device, non_blocking=True)
         if mode == "exact":
@@ -67,10 +127,19 @@ def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequen
             emb = model(fbank(waves, lens), fbank.num_frames(lens))
         emb = emb.float().cpu().numpy()
         if first and emb.shape[1] != out.shape[1]:
-            out = np.zeros((len(utts), emb.shape[1]), dtype=np.float32)
+            out = np.zeros((len(source), emb.shape[1]), dtype=np.float32)
         first = False
         out[index.numpy()] = emb
     return out
+
+
+def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
+                     device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
+                     mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
+                     progress: bool = True) -> np.ndarray:
+    """(len(utts), D) float32 embeddings of whole utterances of a data dir, in the order of `utts`."""
+    source = AudioSource([data.wav[u] for u in utts], fbank.sample_rate, int(round(min_seconds * fbank.sample_rate)))
+    return embed_source(model, fbank, source, device, batch_seconds, max_batch, mode, num_workers, progress)
 
 
 def _write_parts(parts_dir: Path, rank: int, keys: Sequence[str], emb: np.ndarray) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .utils import UsageError
 
 _WINDOWS = ("povey", "hanning", "hamming", "rectangular")
+FRONTENDS = ("kaldi", "speechbrain")
 
 
 def _window(kind: str, size: int) -> Tensor:
@@ -198,3 +199,45 @@ class Fbank(nn.Module):
                 f"{self.frame_shift} samples, n_fft={self.n_fft}, dither={self.dither}, cmn={self.cmn}, "
                 f"scale_to_int16={self.scale_to_int16}")
 
+
+
+class SpeechBrainFbank(nn.Module):
+    """SpeechBrain's ECAPA front-end (spkrec-ecapa-voxceleb): `speechbrain.lobes.features.Fbank` (STFT with
+    centred frames, 400-point FFT, hamming window, linear-mel triangular filters from 0 Hz, 10 log10 with an
+    80 dB floor below each utterance's maximum) then sentence mean normalisation (`InputNormalization(
+    norm_type="sentence", std_norm=False)`: each utterance minus its mean over its valid frames).
+
+    Not Kaldi fbank (no int16 scaling, no pre-emphasis or DC removal, other mel scale and log): models trained
+    on one do not work on the other, so it is a separate `features.frontend`. Same interface as `Fbank`."""
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 80, frame_length_ms: float = 25.0,
+                 frame_shift_ms: float = 10.0, n_fft: int = 400, low_freq: float = 0.0, high_freq: float = 0.0,
+                 cmn: bool = True):
+        super().__init__()
+        from speechbrain.lobes.features import Fbank as SBFbank
+
+        self.sample_rate, self.n_mels, self.cmn = sample_rate, n_mels, cmn
+        self.frame_shift = int(round(sample_rate * frame_shift_ms / 1000))  # speechbrain rounds the hop too
+        self.sb = SBFbank(sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, win_length=frame_length_ms,
+                          hop_length=frame_shift_ms, f_min=low_freq, f_max=high_freq or None)
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Centred frames: one per hop plus one."""
+        if isinstance(num_samples, Tensor):
+            return torch.div(num_samples, self.frame_shift, rounding_mode="floor") + 1
+        return num_samples // self.frame_shift + 1
+
+    def forward(self, wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, T) float waveforms [+ valid sample counts] -> (B, frames, n_mels) mean-normalised log-mel."""
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            feats = self.sb(wave.float())
+        if lengths is None:
+            return feats - feats.mean(dim=1, keepdim=True) if self.cmn else feats
+        valid = self.num_frames(lengths.to(wave.device).long()).clamp(max=feats.shape[1])
+        mask = (torch.arange(feats.shape[1], device=wave.device)[None, :] < valid[:, None]).unsqueeze(-1)
+        feats = feats * mask
+        if self.cmn:
+            feats = (feats - feats.sum(dim=1, keepdim=True) / valid.clamp(min=1).view(-1, 1, 1)) * mask
+        return feats

@@ -67,11 +67,17 @@ def num_classes_for(num_speakers: int, cfg: Mapping[str, Any]) -> int:
 
 def build_fbank(cfg: Mapping[str, Any], training: bool = True) -> nn.Module:
     """Fbank from `features` at `data.sample_rate`; dither only for training (extraction is deterministic)."""
-    from .features import Fbank
+    from .features import FRONTENDS, Fbank, SpeechBrainFbank
 
     kwargs = {**cfg["features"], "sample_rate": cfg["data"]["sample_rate"]}
+    frontend = kwargs.pop("frontend", "kaldi")
+    if frontend not in FRONTENDS:
+        raise UsageError(f"features.frontend={frontend!r}; expected one of {FRONTENDS}")
     if cfg["features"].get("sample_rate", kwargs["sample_rate"]) != kwargs["sample_rate"]:
         raise UsageError("features.sample_rate differs from data.sample_rate; set data.sample_rate only")
+    if frontend == "speechbrain":
+        kwargs.pop("dither", None)  # speechbrain's Fbank has none
+        return SpeechBrainFbank(**kwargs).train(training)
     if not training:
         kwargs["dither"] = 0.0
     return Fbank(**kwargs).train(training)
@@ -147,3 +153,19 @@ def load_trained(ckpt: PathLike | None = None, exp_dir: PathLike | None = None, 
         model.to(device).eval()
     head.to(device).eval()
     return TrainedModel(model, head, cfg, [str(s) for s in state["speakers"]], path)
+
+
+def load_inference(ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
+                   device: torch.device | str = "cpu") -> TrainedModel:
+    """Like `load_trained`, but a checkpoint without a head (`import-speechbrain`) loads too, with head None."""
+    path = resolve_checkpoint(ckpt, exp_dir)
+    state = load_checkpoint(path)
+    if state.get("head") is not None:
+        return load_trained(path, device=device)
+    for key in ("config", "model"):
+        if key not in state:
+            raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal)", path)
+    cfg = merge_defaults(state["config"])
+    model = build_extractor(cfg)
+    model.load_state_dict(state["model"])
+    return TrainedModel(model.to(device).eval(), None, cfg, [str(s) for s in state.get("speakers") or []], path)

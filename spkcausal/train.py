@@ -140,6 +140,28 @@ def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) ->
     return dataset, (chunk, skipped)
 
 
+def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict[str, Any], dict | None]:
+    """With `train.init_from`, the model and features sections (architecture, front-end) are the source's and
+    its extractor weights are returned to load; a resumed run takes them from its own checkpoint instead."""
+    src = cfg["train"].get("init_from")
+    if not src:
+        return cfg, None
+    from .checkpoint import load_checkpoint
+    from .network import resolve_checkpoint
+
+    path = resume_ckpt if resume_ckpt is not None else resolve_checkpoint(src)
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise DataError("init_from: not a spkcausal checkpoint (no config / model)", path)
+    scfg = merge_defaults(state["config"])
+    if scfg["data"]["sample_rate"] != cfg["data"]["sample_rate"]:
+        raise DataError(f"init_from: the model runs at {scfg['data']['sample_rate']} Hz, data.sample_rate is "
+                        f"{cfg['data']['sample_rate']}", path)
+    out = {**cfg, "model": scfg["model"],
+           "features": {**scfg["features"], "dither": cfg["features"].get("dither", 0.0)}}
+    return out, None if resume_ckpt is not None else state["model"]
+
+
 class Trainer:
     """One rank's training run: built from a merged config, optionally restored, then `run()` to the end."""
 
@@ -159,6 +181,8 @@ class Trainer:
         ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)
+        cfg, init_state = adopt_init_from(cfg, ckpt_path)
+        self.cfg = cfg
         if info.is_main:
             save_config(cfg, self.exp_dir / "config.yaml")
         self.seed = seed = int(cfg["seed"])
@@ -183,6 +207,9 @@ class Trainer:
         self.total_steps = self.epochs * self.steps_per_epoch
 
         self.net = build_network(cfg, num_classes).to(self.device)
+        if init_state is not None:
+            self.net.model.load_state_dict(init_state)
+            self.log.info("extractor initialised from %s; fresh %s head", tcfg["init_from"], cfg["head"]["name"])
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)

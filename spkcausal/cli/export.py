@@ -1,0 +1,53 @@
+"""Model exchange commands: export (TorchScript / ONNX), import-speechbrain, export-speechbrain."""
+from __future__ import annotations
+
+import argparse
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    alpha = None if args.tde is None else args.tde if args.tde == "stored" else float(args.tde)
+    print(export_model(args.model, args.out, args.format, with_features=args.with_features, tde_alpha=alpha,
+                       mean_sub=args.mean_sub))
+    return 0
+
+
+def _import_sb(args: argparse.Namespace) -> int:
+    from ..speechbrain_io import import_speechbrain
+
+    print(import_speechbrain(args.src, args.out, sample_rate=args.sample_rate))
+    return 0
+
+
+def _export_sb(args: argparse.Namespace) -> int:
+    from ..speechbrain_io import export_speechbrain
+
+    print(export_speechbrain(args.model, args.out))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add export, import-speechbrain and export-speechbrain."""
+    p = sub.add_parser("export", help="TorchScript / ONNX embedder (waveform or fbank in, embedding out)",
+                       description="Inputs: wave (B, T) [or feats (B, F, n_mels)] and lengths (B,) int64; output: "
+                                   "embedding (B, D). Dynamic batch and time axes; see docs/inference.md.")
+    p.add_argument("model", metavar="CKPT_OR_EXP")
+    p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
+    p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
+    p.add_argument("--with-features", action="store_true", help="waveform in (Kaldi fbank in the graph); default: "
+                                                                 "fbank in")
+    p.add_argument("--tde", default=None, metavar="ALPHA|stored", help="fold TDE with this alpha into the graph")
+    p.add_argument("--mean-sub", action="store_true", help="fold the training-set mean subtraction into the graph")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import-speechbrain", help="a SpeechBrain ECAPA-TDNN embedding_model.ckpt -> spkcausal ckpt")
+    p.add_argument("src", metavar="CKPT_OR_DIR", help="embedding_model.ckpt or a directory holding it")
+    p.add_argument("--out", required=True, help="spkcausal checkpoint to write")
+    p.add_argument("--sample-rate", type=int, default=16000, help="the model's sample rate (default 16000)")
+    p.set_defaults(func=_import_sb)
+
+    p = sub.add_parser("export-speechbrain", help="a spkcausal ECAPA -> SpeechBrain embedding_model.ckpt")
+    p.add_argument("model", metavar="CKPT_OR_EXP")
+    p.add_argument("--out", required=True, help="state dict file to write (embedding_model.ckpt)")
+    p.set_defaults(func=_export_sb)

@@ -1,0 +1,77 @@
+"""train.init_from: the extractor starts from the source's weights with a fresh head for the new speakers, the
+source's architecture / front-end are adopted, init_from is recorded, and a resumed fine-tune restores its own
+checkpoint (init_from is not read again). Speakers: two disjoint halves of a synthetic corpus."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fixtures_train import tiny_config
+
+from spkcausal.checkpoint import load_checkpoint
+from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus
+from spkcausal.datadir import DataDir
+from spkcausal.train import train
+
+SYNTH = dict(num_speakers=6, num_test_speakers=2, max_utts=4, imbalance=1.0, utt_seconds=(0.6, 0.8),
+             sessions=(2, 2), val_per_speaker=0, test_per_speaker=0, veri_utts_per_speaker=2, num_trials=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """Two data dirs over disjoint halves of the synthetic training speakers."""
+    root = tmp_path_factory.mktemp("ft")
+    make_synthetic_corpus(root / "corpus", SynthConfig(**SYNTH), nj=1)
+    by_spk: dict[str, list[Path]] = {}
+    for w in sorted((root / "corpus").rglob("*.wav")):
+        by_spk.setdefault(w.relative_to(root / "corpus").parts[-3], []).append(w)
+    spks = sorted(s for s, ws in by_spk.items() if len(ws) >= 4)[:6]
+    dirs = []
+    for name, part in (("a", spks[:3]), ("b", spks[3:])):
+        wav = {f"{s}-{i}": str(w) for s in part for i, w in enumerate(by_spk[s])}
+        DataDir(wav=wav, utt2spk={u: u.split("-")[0] for u in wav}).write(root / name)
+        dirs.append(root / name)
+    return root, dirs
+
+
+def _cfg(data: Path, exp: Path, lr: float = 0.1, **train_kw) -> dict:
+    return tiny_config(data, exp, model={"name": "resnet_tiny", "embed_dim": 16}, sampler={"num_samples": 16},
+                       optim={"lr": lr, "final_lr": lr / 10, "warmup_epochs": 0, "weight_decay": 1e-4},
+                       train={"epochs": 2, "batch_size": 8, **train_kw})
+
+
+def _params(state: dict, net) -> dict:
+    names = {n for n, _ in net.named_parameters()}
+    return {k: v for k, v in state.items() if k in names}
+
+
+def test_init_from_loads_extractor_fresh_head_and_resumes_its_own_checkpoint(halves):
+    root, (a, b) = halves
+    # The source: another architecture width than the fine-tune config asks for, and another speaker set.
+    pre = train(_cfg(a, root / "pre") | {"model": {"name": "resnet_tiny", "embed_dim": 24}})
+    src = load_checkpoint(root / "pre" / "checkpoints" / "epoch_0002.pt")
+    # lr 1e-12: every parameter stays where it started (to 1e-9), so the run shows what it started from.
+    ft = train(_cfg(b, root / "ft", lr=1e-12, init_from=str(root / "pre"), epochs=1))
+    assert ft.net.model.embed_dim == 24  # the source's architecture, not the config's 16
+    for k, v in _params(src["model"], pre.net.model).items():
+        assert torch.allclose(ft.net.model.state_dict()[k], v, rtol=0, atol=1e-9), k
+    scratch = train(_cfg(b, root / "scratch", lr=1e-12, epochs=1) | {"model": {"name": "resnet_tiny",
+                                                                                 "embed_dim": 24}})
+    assert not torch.allclose(scratch.net.model.embedding.weight, ft.net.model.embedding.weight, atol=1e-3)
+    assert ft.net.head.weight.shape[0] == 3 and not torch.equal(ft.net.head.weight, pre.net.head.weight)
+    saved = yaml.safe_load((root / "ft" / "config.yaml").read_text())
+    assert saved["train"]["init_from"] == str(root / "pre") and saved["model"]["embed_dim"] == 24
+
+    # Resume: a fine-tune whose last checkpoint is lost continues from epoch 1's; init_from is gone by then.
+    full = train(_cfg(b, root / "ft_full", init_from=str(root / "pre")))
+    shutil.copytree(root / "ft_full", root / "ft_cut")
+    (root / "ft_cut" / "checkpoints" / "epoch_0002.pt").unlink()
+    for f in (root / "pre" / "checkpoints").glob("*.pt"):
+        f.rename(f.with_suffix(".moved"))
+    resumed = train(_cfg(b, root / "ft_cut", init_from=str(root / "pre")), resume=True)
+    assert resumed.step == full.step
+    for k, v in full.net.model.state_dict().items():
+        assert torch.equal(v, resumed.net.model.state_dict()[k]), k
