@@ -62,10 +62,11 @@ def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None =
                   mean_sub: bool = False) -> dict[str, Any]:
     """Store the EER threshold of a labelled dev score file as `<exp_dir>/threshold.json`, with the scoring
     (TDE alpha, mean subtraction) that produced the scores, so `verify` scores the same way."""
-    from .datadir import read_score_arrays
     from .metrics import eer_with_threshold
+    from .trialio import read_scores
 
-    s, labels = read_score_arrays(scores, need_labels=True)
+    table = read_scores(scores, need_labels=True)
+    s, labels = table.scores, table.labels
     eer, thr = eer_with_threshold(s, labels)
     rec = {"threshold": float(thr), "kind": "eer", "eer": float(eer), "scores": str(Path(scores).resolve()),
            "num_trials": int(len(s)), "tde_alpha": None if tde_alpha is None else float(tde_alpha),

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .longtail import FEW, MANY, shot_groups
-from .metrics import GROUPS, shot_group_accuracy, verification_summary
+from .metrics import GROUPS, check_scores, shot_group_accuracy, verification_summary
 from .utils import DataError, UsageError
 
 __all__ = ["weighted_verification", "bootstrap_verification", "paired_bootstrap_verification",
@@ -52,22 +52,6 @@ class _Sorted:
         tar_only, non_only = n_non_step == 0, n_tar_step == 0
         keep = ~np.append(False, tar_only) & ~np.append(non_only, False)
         self.cand_tar_at, self.cand_non_at = self.tar_at[keep], self.non_at[keep]
-
-
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel()
-    if len(scores) != len(labels):
-        raise UsageError(f"{len(scores)} scores but {len(labels)} labels")
-    if not np.isfinite(scores).all():
-        raise DataError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError("labels must be 1 (target) or 0 (non-target)")
-    is_tar = labels.astype(bool)
-    if is_tar.all() or not is_tar.any():
-        raise DataError(f"need both targets and non-targets (got {int(is_tar.sum())} targets, "
-                        f"{int((~is_tar).sum())} non-targets)")
-    return scores, is_tar
 
 
 def _dcf_weights(p_targets: Sequence[float], c_miss: float, c_fa: float) -> list[tuple[float, float, float, float]]:
@@ -159,7 +143,7 @@ def weighted_verification(scores: np.ndarray, labels: np.ndarray, weights: np.nd
                           c_fa: float = 1.0) -> tuple[np.ndarray, dict]:
     """EER and normalised minDCF per row of integer trial weights (n_trials or rows x n_trials), as if every
     trial were repeated weight times; NaN for a row without target or non-target weight."""
-    scores, is_tar = _check(scores, labels)
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
     w = np.atleast_2d(np.asarray(weights))
     if w.shape[1] != len(scores) or not np.issubdtype(w.dtype, np.integer) or (w < 0).any():
         raise UsageError(f"weights must be non-negative integers of shape (rows, {len(scores)}), got {w.shape}")
@@ -261,7 +245,7 @@ def bootstrap_verification(scores: np.ndarray, labels: np.ndarray, groups: Seque
     """EER and minDCF with percentile intervals from resampling `groups` (one key per trial; None: trials);
     `samples` adds the kept resampled values (`eer_samples`, `min_dcf_samples`)."""
     _check_level(level, n_boot)
-    scores, is_tar = _check(scores, labels)
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
     point = verification_summary(scores, is_tar, p_targets, c_miss, c_fa)
     gi = _group_index(groups, len(scores))
     dcf = _dcf_weights(p_targets, c_miss, c_fa)
@@ -286,8 +270,8 @@ def paired_bootstrap_verification(scores_a: np.ndarray, scores_b: np.ndarray, la
     """Interval of EER(A) - EER(B) (and of the minDCF differences) for two systems scored on the same trials,
     each resample applied to both; `significant` says whether the EER interval excludes 0."""
     _check_level(level, n_boot)
-    scores_a, is_tar = _check(scores_a, labels)
-    scores_b, _ = _check(scores_b, labels)
+    scores_a, is_tar = check_scores(scores_a, labels, both_classes=True)
+    scores_b, _ = check_scores(scores_b, labels, both_classes=True)
     if len(scores_a) != len(scores_b):
         raise UsageError(f"system A has {len(scores_a)} scores, system B {len(scores_b)}: need the same trials")
     pa = verification_summary(scores_a, is_tar, p_targets, c_miss, c_fa)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import actual_dcf, compute_min_dcf
+from .metrics import actual_dcf, check_scores, compute_min_dcf, evaluate_score_files
 from .trialio import Trials, read_scores, write_scores
 from .utils import DataError, PathLike, UsageError, get_logger, write_text_atomic
 
@@ -52,23 +52,9 @@ def bayes_threshold(p_target: float) -> float:
     return -logit(p_target)
 
 
-def _split(llr: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    llr = np.asarray(llr, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel()
-    if len(llr) != len(labels):
-        raise ValueError(f"{len(llr)} scores but {len(labels)} labels")
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError("labels must be 1 (target) or 0 (non-target)")
-    tar = labels.astype(bool)
-    if tar.all() or not tar.any():
-        raise DataError(f"need both targets and non-targets (got {int(tar.sum())} targets, "
-                        f"{int((~tar).sum())} non-targets)")
-    return llr, tar
-
-
 def cllr(llr: np.ndarray, labels: np.ndarray) -> float:
     """Log-likelihood-ratio cost in bits: 0 is perfect, 1 is a system that always says llr = 0."""
-    llr, tar = _split(llr, labels)
+    llr, tar = check_scores(llr, labels, both_classes=True, finite=False)
     return float(0.5 * (np.logaddexp(0.0, -llr[tar]).mean() + np.logaddexp(0.0, llr[~tar]).mean()) / math.log(2))
 
 
@@ -101,7 +87,7 @@ def pav(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 def pav_llr(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The optimal monotone map of scores to LLRs (PAV on labels sorted by score, ties pooled), with the
     list's own prior log(N_tar / N_non) removed; LLRs of pure blocks at the ends are -inf / +inf."""
-    scores, tar = _split(scores, labels)
+    scores, tar = check_scores(scores, labels, both_classes=True, finite=False)
     uniq, inv = np.unique(scores, return_inverse=True)
     n = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
     n_tar = np.bincount(inv, weights=tar, minlength=len(uniq))
@@ -138,7 +124,7 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, p_target: float = 0.01,
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    _, tar = _split(np.zeros(len(x)), labels)
+    _, tar = check_scores(np.zeros(len(x)), labels, both_classes=True)
     if not np.isfinite(x).all():
         raise DataError(f"{int((~np.isfinite(x)).any(axis=1).sum())} trials have a NaN or infinite input")
     mu = x.mean(axis=0)
@@ -280,16 +266,7 @@ def apply_calibration_file(model_path: PathLike, scores_path: PathLike, out: Pat
 
 def evaluate_llr_files(paths: Sequence[PathLike], p_targets: Sequence[float] = (0.01, 0.05)) -> list[dict]:
     """llr_summary of each labelled score file of LLRs, with its file name and trial counts."""
-    out = []
-    for p in paths:
-        table = read_scores(p, need_labels=True)
-        try:
-            res = llr_summary(table.scores, table.labels, p_targets)
-        except DataError as e:  # the arrays do not know their file: name it
-            raise DataError(e.message, p) from None
-        res.update(n_target=int((table.labels == 1).sum()), n_nontarget=int((table.labels == 0).sum()), file=str(p))
-        out.append(res)
-    return out
+    return evaluate_score_files(paths, p_targets, summary=llr_summary)
 
 
 def format_llr_table(results: Sequence[dict]) -> str:

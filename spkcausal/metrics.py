@@ -6,7 +6,7 @@ distinct score value (tied scores form one group, so their order never matters) 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,27 +33,32 @@ class DetCurve:
     n_nontarget: int
 
 
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(scores: np.ndarray, labels: np.ndarray, both_classes: bool = False,
+                 finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(scores as float64, labels as a target mask), checked: equal lengths, 0/1 labels, finite scores unless
+    `finite=False` (LLRs may be infinite), and with `both_classes` at least one target and one non-target."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
     if len(scores) != len(labels):
         raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
-    if not np.isfinite(scores).all():
+    if finite and not np.isfinite(scores).all():
         raise DataError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
     if labels.dtype == bool:
         labels = labels.astype(np.int8)
     if not np.isin(labels, (0, 1)).all():
         raise DataError("labels must be 1 (target) or 0 (non-target)")
-    return scores, labels.astype(bool)
+    is_tar = labels.astype(bool)
+    if both_classes and (is_tar.all() or not is_tar.any()):
+        raise DataError(f"need both targets and non-targets (got {int(is_tar.sum())} targets, "
+                        f"{int((~is_tar).sum())} non-targets)")
+    return scores, is_tar
 
 
 def det_curve(scores: np.ndarray, labels: np.ndarray) -> DetCurve:
     """Pmiss / Pfa at every distinct score threshold (ties grouped) and at +inf; O(N log N), float64."""
-    scores, is_tar = _check(scores, labels)
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
     n_tar = int(is_tar.sum())
     n_non = len(is_tar) - n_tar
-    if n_tar == 0 or n_non == 0:
-        raise DataError(f"need both targets and non-targets (got {n_tar} targets, {n_non} non-targets)")
     # Two value sorts (SIMD in numpy) instead of an argsort: targets below each distinct score by searchsorted.
     s = np.sort(scores)
     first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))  # start of each tie group
@@ -115,9 +120,7 @@ def compute_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float, c_m
 def actual_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float, p_target: float, c_miss: float = 1.0,
                c_fa: float = 1.0) -> float:
     """Normalised DCF at a fixed threshold (accept score >= threshold)."""
-    scores, is_tar = _check(scores, labels)
-    if not is_tar.any() or is_tar.all():
-        raise DataError("need both targets and non-targets")
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
     pmiss = float(np.mean(scores[is_tar] < threshold))
     pfa = float(np.mean(scores[~is_tar] >= threshold))
     return (c_miss * p_target * pmiss + c_fa * (1.0 - p_target) * pfa) / _dcf_norm(p_target, c_miss, c_fa)
@@ -205,7 +208,7 @@ def shot_group_verification(scores: np.ndarray, labels: np.ndarray, enroll_train
                             p_targets: Sequence[float] = (0.01, 0.05), many: int = MANY, few: int = FEW) -> dict:
     """EER / minDCF of seen-speaker trials grouped by the enrolled speaker's training-utterance count
     (a negative count marks an unseen enrolled speaker: that trial is left out)."""
-    scores, is_tar = _check(scores, labels)
+    scores, is_tar = check_scores(scores, labels)
     counts = np.asarray(enroll_train_counts)
     if len(counts) != len(scores):
         raise ValueError(f"{len(counts)} enrol counts for {len(scores)} trials")
@@ -232,17 +235,22 @@ def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: 
 # ---------------------------------------------------------------- files and DET plots
 
 
-def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05)) -> list[dict]:
-    """verification_summary of each labelled score file (`enroll test score label`)."""
+def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05),
+                         summary: Callable[..., dict] | None = None) -> list[dict]:
+    """`summary(scores, labels, p_targets)` (default verification_summary) of each labelled score file
+    (`enroll test score label`), with its file name and trial counts."""
     from .trialio import read_scores
 
+    summary = summary or verification_summary
     out = []
     for p in paths:
         table = read_scores(p, need_labels=True)
         try:
-            res = verification_summary(table.scores, table.labels, p_targets)
+            res = summary(table.scores, table.labels, p_targets)
         except DataError as e:  # the arrays do not know their file: name it
             raise DataError(e.message, p) from None
+        res.setdefault("n_target", int((table.labels == 1).sum()))
+        res.setdefault("n_nontarget", int((table.labels == 0).sum()))
         res["file"] = str(p)
         out.append(res)
     return out

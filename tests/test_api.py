@@ -14,11 +14,12 @@ from scipy.signal import resample_poly
 
 import spkcausal
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir, read_scores
+from spkcausal.datadir import DataDir
 from spkcausal.embeddings import EmbeddingStore
 from spkcausal.extract import extract
 from spkcausal.metrics import eer_with_threshold
 from spkcausal.train import train
+from spkcausal.trialio import read_scores
 from spkcausal.utils import DataError
 
 

@@ -15,8 +15,7 @@ import sys
 from ..utils import SpkcausalError
 
 ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "score", "calibrate", "tde", "identify",
-         "report",
-         "model"]
+         "report", "model", "infer", "export"]
 
 
 def add_model_source(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
