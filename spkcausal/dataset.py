@@ -99,6 +99,11 @@ class TrainChunkDataset(Dataset):
         """Number of distinct speakers (classes before speed perturbation)."""
         return len(self.speakers)
 
+    @property
+    def num_utts(self) -> int:
+        """Number of training utterances."""
+        return len(self.keys)
+
     def class_counts(self) -> np.ndarray:
         """Training utterances per speaker label."""
         return np.bincount(self.labels, minlength=len(self.speakers))
