@@ -16,7 +16,12 @@ Bad audio, two layers (documented choice):
    crashes.
 
 Evaluation (`EvalDataset` + `length_batches`): whole utterances, batched by identical sample count (exact:
-no padding ever touches an embedding) or, with `mode="pad"`, by similar length with zero padding.
+no padding ever touches an embedding), by similar length with zero padding (`mode="pad"`: neighbours in length),
+`mode="bucket"`: utterances whose Fbank frame counts differ by less than `bucket_frames` (default 1: equal frame
+counts; the frames, snip_edges as in Kaldi, then never contain a padded sample, so the embeddings are those of
+exact up to float reduction order, with ~160x fewer distinct groups), or `mode="crop"`: bucketed after cutting
+every utterance longer than `crop_seconds` to its central `crop_seconds` (`EvalDataset(max_samples=...)`).
+Padded modes pass lengths to Fbank and pooling. docs/scale.md has their measured differences from exact.
 """
 from __future__ import annotations
 
@@ -189,22 +194,33 @@ def train_loader(dataset: TrainChunkDataset, sampler: Sampler, batch_size: int, 
 # ------------------------------------------------------------------ evaluation
 
 
+# "crop": utterances longer than this are cut to their central CROP_SECONDS (docs/scale.md).
+CROP_SECONDS = 10.0
+EVAL_MODES = ("exact", "pad", "bucket", "crop")
+
+
 class EvalDataset(Dataset):
     """Whole utterances as float32 waveforms; shorter than `min_samples` -> repeated up to it (models need a few
-    frames); unreadable files raise DataError naming the file."""
+    frames); longer than `max_samples` (> 0) -> the central `max_samples`; unreadable files raise DataError."""
 
     def __init__(self, data: DataDir, utts: Sequence[str] | None = None, sample_rate: int = 16000,
-                 min_samples: int = 0):
+                 min_samples: int = 0, max_samples: int = 0):
         self.keys = list(data.utts if utts is None else utts)
         self.paths = [data.wav[u] for u in self.keys]
         self.sample_rate = sample_rate
         self.min_samples = int(min_samples)
+        self.max_samples = int(max_samples)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, _ = read_audio(self.paths[index], expect_sr=self.sample_rate)
+        start, frames = 0, -1
+        if self.max_samples > 0:
+            total = audio_info(self.paths[index])[0]
+            if total > self.max_samples:  # partial read of the centre: long files are not decoded whole
+                start, frames = (total - self.max_samples) // 2, self.max_samples
+        x, _ = read_audio(self.paths[index], start=start, frames=frames, expect_sr=self.sample_rate)
         if len(x) == 0:
             raise DataError("empty audio file", self.paths[index])
         if len(x) < self.min_samples:
@@ -227,15 +243,17 @@ def utterance_lengths(data: DataDir, utts: Sequence[str], sample_rate: int = 160
         return np.array(list(pool.map(one, utts)), dtype=np.int64)
 
 
-def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 256,
-                   mode: str = "exact") -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 256, mode: str = "exact",
+                   bucket_frames: int = 1, frame_length: int = 400, frame_shift: int = 160) -> list[list[int]]:
     """Index batches of at most `batch_samples` padded samples (and `max_batch` items), longest first.
 
     mode="exact": only utterances with identical sample counts share a batch (bit-for-bit batch independence
     up to float reduction order). mode="pad": neighbours in length order share a batch, padded to the longest.
+    mode="bucket" (and "crop", whose lengths the caller has already capped): frame counts (Kaldi framing,
+    `frame_length` / `frame_shift` samples) within a batch differ by less than `bucket_frames`.
     """
-    if mode not in ("exact", "pad"):
-        raise UsageError(f"unknown batching mode {mode!r}; expected 'exact' or 'pad'")
+    if mode not in EVAL_MODES:
+        raise UsageError(f"unknown batching mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []
@@ -244,7 +262,13 @@ def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 
     for i in order.tolist():
         n = int(lengths[i])
         if cur:
-            same_group = n == cur_len if mode == "exact" else True
+            if mode == "exact":
+                same_group = n == cur_len
+            elif mode == "pad":
+                same_group = True
+            else:
+                same_group = (cur_len - frame_length) // frame_shift - (n - frame_length) // frame_shift \
+                    < bucket_frames
             if not same_group or (len(cur) + 1) * cur_len > batch_samples or len(cur) >= max_batch:
                 batches.append(cur)
                 cur = []

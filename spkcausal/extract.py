@@ -41,18 +41,21 @@ log = logging.getLogger("spkcausal.extract")
 def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
                      device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
                      mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
-                     progress: bool = True) -> np.ndarray:
-    """(len(utts), D) float32 embeddings of whole utterances, in the order of `utts`."""
+                     progress: bool = True, crop_seconds: float | None = None) -> np.ndarray:
+    """(len(utts), D) float32 embeddings of whole utterances (mode "crop": of their central crop_seconds)."""
     from tqdm import tqdm
 
-    from .dataset import EvalDataset, eval_loader, length_batches, utterance_lengths
+    from .dataset import CROP_SECONDS, EvalDataset, eval_loader, length_batches, utterance_lengths
 
     device = torch.device(device)
     sr = fbank.sample_rate
     min_samples = int(round(min_seconds * sr))
-    dataset = EvalDataset(data, utts, sample_rate=sr, min_samples=min_samples)
+    crop = int(round((crop_seconds or CROP_SECONDS) * sr)) if mode == "crop" else 0
+    dataset = EvalDataset(data, utts, sample_rate=sr, min_samples=min_samples, max_samples=crop)
     lengths = np.maximum(utterance_lengths(data, utts, sr), min_samples)
-    batches = length_batches(lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode)
+    lengths = np.minimum(lengths, crop) if crop else lengths
+    batches = length_batches(lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode,
+                             frame_length=fbank.frame_length, frame_shift=fbank.frame_shift)
     out = np.zeros((len(utts), getattr(model, "embed_dim", 0) or 1), dtype=np.float32)
     model.eval()
     fbank.eval()
