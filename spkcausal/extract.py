@@ -63,7 +63,7 @@ def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequen
     for waves, lens, index in tqdm(eval_loader(dataset, batches, num_workers=num_workers), total=len(batches),
                                    desc="extracting", disable=not progress, mininterval=2, leave=False):
         waves = waves.to(device, non_blocking=True)
-        if mode == "exact":
+        if mode != "pad":  # exact, bucket, crop: one frame count per batch, so no padded sample is in a frame
             emb = model(fbank(waves))
         else:
             lens = lens.to(device)
