@@ -15,7 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "exp_dir": None,
     "seed": 42,
     "data": {"train": None, "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
-             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8},
+             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None, "shuffle_buffer": 1000,
+             "shard_streams": None},
     "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
     "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
                 "rir_max_seconds": 2.0},
@@ -28,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "margin": {"start_epoch": 20, "end_epoch": 40},
     "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
               "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True,
-              "init_from": None},
+              "init_from": None, "dist_timeout": 1800},
 }
 
 PRECISIONS = ("bf16", "fp16", "fp32")

@@ -15,8 +15,13 @@ Bad audio, two layers (documented choice):
    utterance when there is one), so the batch size and the label distribution stay constant and no step
    crashes.
 
-Evaluation (`EvalDataset` + `length_batches`): whole utterances, batched by identical sample count (exact:
-no padding ever touches an embedding) or, with `mode="pad"`, by similar length with zero padding.
+Evaluation (`extract.AudioSource` + `length_batches`): whole utterances, batched by identical sample count (exact:
+no padding ever touches an embedding), by similar length with zero padding (`mode="pad"`: neighbours in length),
+`mode="bucket"`: utterances whose Fbank frame counts differ by less than `bucket_frames` (default 1: equal frame
+counts; the frames, snip_edges as in Kaldi, then never contain a padded sample, so the embeddings are those of
+exact up to float reduction order, with ~160x fewer distinct groups), or `mode="crop"`: bucketed after cutting
+every utterance longer than `crop_seconds` to its central `crop_seconds` (`AudioSource(max_samples=...)`).
+Padded modes pass lengths to Fbank and pooling. docs/scale.md has their measured differences from exact.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import audio_info, probe_audio, read_audio, read_chunk
+from .audio import probe_audio, read_chunk
 from .datadir import DataDir
 from .utils import DataError, UsageError
 
@@ -98,6 +103,11 @@ class TrainChunkDataset(Dataset):
     def num_speakers(self) -> int:
         """Number of distinct speakers (classes before speed perturbation)."""
         return len(self.speakers)
+
+    @property
+    def num_utts(self) -> int:
+        """Number of training utterances."""
+        return len(self.keys)
 
     def class_counts(self) -> np.ndarray:
         """Training utterances per speaker label."""
@@ -184,53 +194,22 @@ def train_loader(dataset: TrainChunkDataset, sampler: Sampler, batch_size: int, 
 # ------------------------------------------------------------------ evaluation
 
 
-class EvalDataset(Dataset):
-    """Whole utterances as float32 waveforms; shorter than `min_samples` -> repeated up to it (models need a few
-    frames); unreadable files raise DataError naming the file."""
-
-    def __init__(self, data: DataDir, utts: Sequence[str] | None = None, sample_rate: int = 16000,
-                 min_samples: int = 0):
-        self.keys = list(data.utts if utts is None else utts)
-        self.paths = [data.wav[u] for u in self.keys]
-        self.sample_rate = sample_rate
-        self.min_samples = int(min_samples)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, _ = read_audio(self.paths[index], expect_sr=self.sample_rate)
-        if len(x) == 0:
-            raise DataError("empty audio file", self.paths[index])
-        if len(x) < self.min_samples:
-            x = np.tile(x, -(-self.min_samples // len(x)))[:self.min_samples]
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), index
+# "crop": utterances longer than this are cut to their central CROP_SECONDS (docs/scale.md).
+CROP_SECONDS = 10.0
+EVAL_MODES = ("exact", "pad", "bucket", "crop")
 
 
-def utterance_lengths(data: DataDir, utts: Sequence[str], sample_rate: int = 16000,
-                      num_threads: int = 8) -> np.ndarray:
-    """Exact sample counts from the audio headers (utt2dur is rounded, so it cannot decide exact groups)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(u: str) -> int:
-        frames, sr, _ = audio_info(data.wav[u])
-        if sr != sample_rate:
-            raise DataError(f"sample rate {sr} Hz; expected {sample_rate}", data.wav[u])
-        return frames
-
-    with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        return np.array(list(pool.map(one, utts)), dtype=np.int64)
-
-
-def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 256,
-                   mode: str = "exact") -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 256, mode: str = "exact",
+                   bucket_frames: int = 1, frame_length: int = 400, frame_shift: int = 160) -> list[list[int]]:
     """Index batches of at most `batch_samples` padded samples (and `max_batch` items), longest first.
 
     mode="exact": only utterances with identical sample counts share a batch (bit-for-bit batch independence
     up to float reduction order). mode="pad": neighbours in length order share a batch, padded to the longest.
+    mode="bucket" (and "crop", whose lengths the caller has already capped): frame counts (Kaldi framing,
+    `frame_length` / `frame_shift` samples) within a batch differ by less than `bucket_frames`.
     """
-    if mode not in ("exact", "pad"):
-        raise UsageError(f"unknown batching mode {mode!r}; expected 'exact' or 'pad'")
+    if mode not in EVAL_MODES:
+        raise UsageError(f"unknown batching mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []
@@ -239,7 +218,13 @@ def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 
     for i in order.tolist():
         n = int(lengths[i])
         if cur:
-            same_group = n == cur_len if mode == "exact" else True
+            if mode == "exact":
+                same_group = n == cur_len
+            elif mode == "pad":
+                same_group = True
+            else:
+                same_group = (cur_len - frame_length) // frame_shift - (n - frame_length) // frame_shift \
+                    < bucket_frames
             if not same_group or (len(cur) + 1) * cur_len > batch_samples or len(cur) >= max_batch:
                 batches.append(cur)
                 cur = []
@@ -260,7 +245,7 @@ def collate_eval(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, t
     return waves, lengths, torch.tensor([b[1] for b in batch], dtype=torch.long)
 
 
-def eval_loader(dataset: EvalDataset, batches: list[list[int]], num_workers: int = 2,
+def eval_loader(dataset: Dataset, batches: list[list[int]], num_workers: int = 2,
                 pin_memory: bool = True) -> DataLoader:
     """DataLoader yielding the given index batches of whole utterances."""
     kwargs = {"persistent_workers": False, "prefetch_factor": 2} if num_workers > 0 else {}

@@ -3,6 +3,7 @@ resolves `device="auto"`, for training, extraction and the CLI alike."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .utils import UsageError
+from .utils import SpkcausalError, UsageError
 
 
 @dataclass
@@ -44,8 +45,11 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
         raise UsageError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK); NCCL on CUDA, gloo on CPU."""
+def init_distributed(device: str = "auto", timeout: float | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK); NCCL on CUDA, gloo on CPU.
+
+    `timeout` (seconds) bounds every collective: a rank whose peer died or hangs fails after it instead of
+    waiting for torch's default (30 min for gloo); None keeps the default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -54,7 +58,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dev = resolve_device(device, info.local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        kwargs = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **kwargs)
         info.created = True
     return info
 
@@ -66,13 +71,34 @@ def teardown(info: DistInfo) -> None:
 
 
 @contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[DistInfo]:
+def distributed(device: str = "auto", timeout: float | None = None) -> Iterator[DistInfo]:
     """`with distributed(device) as info:` joins torchrun's group (if any) and always leaves it."""
-    info = init_distributed(device)
+    info = init_distributed(device, timeout)
     try:
         yield info
     finally:
         teardown(info)
+
+
+class PeerLostError(SpkcausalError):
+    """A collective failed or timed out: another rank (node) died, hangs or is unreachable."""
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether an exception is a failed / timed-out collective rather than an error of this rank's own work."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return any(s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe",
+                                   "Timed out", "timed out"))
+
+
+def peer_lost(err: BaseException, rank: int, world: int, timeout: float | None) -> PeerLostError:
+    """The clear message for a failed collective (the backend's own text kept at the end)."""
+    text = " ".join(str(err).split())[:300]
+    bound = f" or did not answer within {timeout:g} s (train.dist_timeout)" if timeout else ""
+    return PeerLostError(f"rank {rank} of {world}: another rank or node died{bound}; restart every node with "
+                         f"--resume to continue from the last checkpoint ({type(err).__name__}: {text})")
 
 
 def rank_and_world() -> tuple[int, int]:

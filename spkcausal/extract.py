@@ -54,15 +54,17 @@ class AudioSource(Dataset):
     shorter than `min_samples` is repeated up to it (`short="repeat"`, the recipes) or rejected ("error")."""
 
     def __init__(self, items: Sequence[PathLike | np.ndarray], sample_rate: int, min_samples: int = 0,
-                 resample: bool = False, short: str = "repeat", num_threads: int = 8):
+                 resample: bool = False, short: str = "repeat", num_threads: int = 8, max_samples: int = 0):
         if short not in ("repeat", "error"):
             raise UsageError(f"short={short!r}; expected 'repeat' or 'error'")
         self.items, self.sample_rate, self.min_samples = list(items), int(sample_rate), int(min_samples)
-        self.resample, self.short = resample, short
+        self.resample, self.short, self.max_samples = resample, short, int(max_samples)
         with ThreadPoolExecutor(max(1, num_threads)) as pool:
             native = list(pool.map(self._native_length, self.items))
         self.rates = [sr for _, sr in native]
         self.lengths = np.array([self._checked(i, n, sr) for i, (n, sr) in enumerate(native)], dtype=np.int64)
+        if self.max_samples > 0:  # mode "crop": the central max_samples of longer input
+            self.lengths = np.minimum(self.lengths, self.max_samples)
 
     def _native_length(self, item: PathLike | np.ndarray) -> tuple[int, int]:
         if isinstance(item, np.ndarray):
@@ -89,13 +91,18 @@ class AudioSource(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        item = self.items[index]
+        item, crop = self.items[index], self.max_samples
         if isinstance(item, np.ndarray):
             x = item
+        elif crop > 0 and self.rates[index] == self.sample_rate:
+            total = audio_info(item)[0]  # partial read of the centre: long files are not decoded whole
+            x, _ = read_audio(item, start=max(0, (total - crop) // 2), frames=min(total, crop))
         else:
             x, _ = read_audio(item)
             if self.rates[index] != self.sample_rate:
                 x = resample(x, self.rates[index], self.sample_rate)
+        if crop > 0 and len(x) > crop:
+            x = x[(len(x) - crop) // 2:][:crop]
         if len(x) < self.min_samples:
             x = np.tile(x, -(-self.min_samples // len(x)))[:self.min_samples]
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), index
@@ -112,7 +119,8 @@ def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device
 
     device = torch.device(device)
     sr = fbank.sample_rate
-    batches = length_batches(source.lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode)
+    batches = length_batches(source.lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode,
+                             frame_length=fbank.frame_length, frame_shift=fbank.frame_shift)
     out = np.zeros((len(source), getattr(model, "embed_dim", 0) or 1), dtype=np.float32)
     model.eval()
     fbank.eval()
@@ -120,7 +128,7 @@ def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device
     for waves, lens, index in tqdm(eval_loader(source, batches, num_workers=num_workers), total=len(batches),
                                    desc="extracting", disable=not progress, mininterval=2, leave=False):
         waves = waves.to(device, non_blocking=True)
-        if mode == "exact":
+        if mode != "pad":  # exact, bucket, crop: one frame count per batch, so no padded sample is in a frame
             emb = model(fbank(waves))
         else:
             lens = lens.to(device)
@@ -136,9 +144,14 @@ def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device
 def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
                      device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
                      mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
-                     progress: bool = True) -> np.ndarray:
-    """(len(utts), D) float32 embeddings of whole utterances of a data dir, in the order of `utts`."""
-    source = AudioSource([data.wav[u] for u in utts], fbank.sample_rate, int(round(min_seconds * fbank.sample_rate)))
+                     progress: bool = True, crop_seconds: float | None = None) -> np.ndarray:
+    """(len(utts), D) float32 embeddings of whole utterances of a data dir, in the order of `utts` (mode
+    "crop": of their central `crop_seconds`, default dataset.CROP_SECONDS)."""
+    from .dataset import CROP_SECONDS
+
+    sr = fbank.sample_rate
+    crop = int(round((crop_seconds or CROP_SECONDS) * sr)) if mode == "crop" else 0
+    source = AudioSource([data.wav[u] for u in utts], sr, int(round(min_seconds * sr)), max_samples=crop)
     return embed_source(model, fbank, source, device, batch_seconds, max_batch, mode, num_workers, progress)
 
 

@@ -40,7 +40,7 @@ from .checkpoint import (
     write_latest,
 )
 from .config import merge_defaults, save_config
-from .distributed import DistInfo, distributed, resolve_device
+from .distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
 from .network import SpeakerNet, build_fbank, build_network, num_classes_for, section_kwargs
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .utils import DataError, log_to_file, write_text_atomic
@@ -108,14 +108,28 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def _read_samples(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(training chunk samples, samples to read per chunk: more with speed perturbation, so every speed fills it)."""
+    chunk = int(round(float(cfg["data"]["chunk_seconds"]) * int(cfg["data"]["sample_rate"])))
+    if cfg["augment"].get("speed_perturb"):
+        from .augment import speed_input_samples
+
+        return chunk, speed_input_samples(chunk)
+    return chunk, chunk
+
+
 def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) -> tuple[Any, Any]:
     """Load the data dir, pre-scan audio on rank 0 (result broadcast), build the training dataset."""
     from .datadir import DataDir
     from .dataset import TrainChunkDataset, scan_training_audio
 
     dcfg = cfg["data"]
+    if dcfg.get("shards"):
+        from .shardstream import prepare_shard_stream
+
+        return prepare_shard_stream(cfg, info.rank, info.world_size, exp_dir, log, *_read_samples(cfg))
     if not dcfg.get("train"):
-        raise DataError("config key data.train (the training data dir) is not set")
+        raise DataError("config key data.train (the training data dir) or data.shards is not set")
     data = DataDir.load(dcfg["train"])
     sr = int(dcfg["sample_rate"])
     payload = [None]
@@ -130,12 +144,7 @@ def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) ->
     if info.world_size > 1:
         dist.broadcast_object_list(payload, src=0)
     utts, skipped = payload[0]
-    chunk = int(round(float(dcfg["chunk_seconds"]) * sr))
-    read = chunk
-    if cfg["augment"].get("speed_perturb"):
-        from .augment import speed_input_samples
-
-        read = speed_input_samples(chunk)
+    chunk, read = _read_samples(cfg)
     dataset = TrainChunkDataset(data, utts, read, seed=int(cfg["seed"]), rank=info.rank, sample_rate=sr)
     return dataset, (chunk, skipped)
 
@@ -196,13 +205,17 @@ class Trainer:
         if info.is_main:
             write_text_atomic(self.exp_dir / "speakers.txt", "".join(s + "\n" for s in self.dataset.speakers))
         self.batch_size = bs = int(tcfg["batch_size"])
-        self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=seed,
-                                     num_samples=cfg["sampler"].get("num_samples"),
-                                     num_replicas=info.world_size, rank=info.rank)
+        self.sharded = bool(cfg["data"].get("shards"))
+        if self.sharded:
+            self.sampler = self.dataset  # the stream plans its own order (spkcausal.shardstream)
+        else:
+            self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=seed,
+                                         num_samples=cfg["sampler"].get("num_samples"),
+                                         num_replicas=info.world_size, rank=info.rank)
         self.steps_per_epoch = self.sampler.epoch_length // bs
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of {bs}",
-                            cfg["data"]["train"])
+                            cfg["data"]["shards"] or cfg["data"]["train"])
         self.epochs = int(tcfg["epochs"])
         self.total_steps = self.epochs * self.steps_per_epoch
 
@@ -233,9 +246,16 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         dcfg = cfg["data"]
-        self.loader = train_loader(self.dataset, self.sampler, bs, num_workers=int(dcfg["num_workers"]),
-                                   pin_memory=bool(dcfg["pin_memory"]), prefetch_factor=int(dcfg["prefetch_factor"]),
-                                   generator_seed=seed)
+        if self.sharded:
+            from .shardstream import shard_loader
+
+            self.loader = shard_loader(self.dataset, num_workers=int(dcfg["num_workers"]),
+                                       pin_memory=bool(dcfg["pin_memory"]),
+                                       prefetch_factor=int(dcfg["prefetch_factor"]), generator_seed=seed)
+        else:
+            self.loader = train_loader(self.dataset, self.sampler, bs, num_workers=int(dcfg["num_workers"]),
+                                       pin_memory=bool(dcfg["pin_memory"]),
+                                       prefetch_factor=int(dcfg["prefetch_factor"]), generator_seed=seed)
         self.writer = None
         if info.is_main and tcfg["tensorboard"]:
             from torch.utils.tensorboard import SummaryWriter
@@ -243,7 +263,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step or None)
         self.log.info("training %s + %s head: %d speakers, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs "
                       "on %s (%s)", cfg["model"]["name"], cfg["head"]["name"], self.num_speakers, num_classes,
-                      len(self.dataset), info.world_size, self.steps_per_epoch, self.epochs, self.device,
+                      self.dataset.num_utts, info.world_size, self.steps_per_epoch, self.epochs, self.device,
                       tcfg["precision"] if use_amp else "fp32")
 
     # ---------------------------------------------------------------- schedules and state
@@ -293,8 +313,7 @@ class Trainer:
             "model": self.net.model.state_dict(), "head": self.net.head.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "step": step, "epoch": step // spe, "steps_per_epoch": spe, "world_size": self.info.world_size,
-            "sampler": {"epoch": step // spe, "start": (step % spe) * self.batch_size, "seed": self.seed,
-                        "name": self.cfg["sampler"]["name"]},
+            "sampler": {**self.sampler.state_dict(), "epoch": step // spe, "start": (step % spe) * self.batch_size},
             "rng": states, "schedule": {"lr": self.lr(step), "margin": self.margin(step)},
             "history": self.history, "num_speakers": self.num_speakers, "speakers": list(self.dataset.speakers),
             "config": copy.deepcopy(self.cfg),
@@ -393,8 +412,14 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until `train.epochs` are done (nothing to do if they already are)."""
         self.net.train()
-        while self.step < self.total_steps:
-            self.run_epoch()
+        try:
+            while self.step < self.total_steps:
+                self.run_epoch()
+        except Exception as e:
+            if self.info.world_size > 1 and is_peer_failure(e):
+                raise peer_lost(e, self.info.rank, self.info.world_size, self.cfg["train"].get("dist_timeout")) \
+                    from None
+            raise
         if self.writer is not None:
             self.writer.close()
         if self.info.world_size > 1:
@@ -408,6 +433,6 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
     cfg = merge_defaults(cfg)
     if cfg["exp_dir"] is None:
         raise DataError("config key exp_dir is not set")
-    with distributed(cfg["train"]["device"]) as info:
+    with distributed(cfg["train"]["device"], cfg["train"].get("dist_timeout")) as info:
         with log_to_file(Path(cfg["exp_dir"]) / "train.log") if info.is_main else nullcontext():
             return Trainer(cfg, info, resume).run()

@@ -11,9 +11,9 @@ from fixtures_train import make_corpus, tiny_config
 from spkcausal.checkpoint import load_checkpoint
 from spkcausal.cli import main
 from spkcausal.datadir import DataDir
-from spkcausal.dataset import length_batches, utterance_lengths
+from spkcausal.dataset import length_batches
 from spkcausal.embeddings import EmbeddingStore
-from spkcausal.extract import embed_utterances, extract
+from spkcausal.extract import AudioSource, embed_utterances, extract
 from spkcausal.features import Fbank
 from spkcausal.models import build_model
 from spkcausal.network import load_trained, resolve_checkpoint
@@ -61,7 +61,7 @@ def test_alone_and_in_batch_give_the_same_embedding(trained, name):
     fb = Fbank(n_mels=40)
     pairs = [("spk1-u00", "spk1-u01"), ("spk3-u00", "spk3-u01")]
     utts = [u for p in pairs for u in p] + ["spk2-u02"]
-    lengths = utterance_lengths(data, utts)
+    lengths = AudioSource([data.wav[u] for u in utts], 16000).lengths
     assert lengths[0] == lengths[1] and lengths[2] == lengths[3] and lengths[0] != lengths[2]
     # All in one call: the equal-length pairs share batches (checked through length_batches).
     groups = length_batches(lengths, batch_samples=10 ** 7, mode="exact")
@@ -81,7 +81,7 @@ def test_pad_mode_longest_item_matches_alone(trained):
     model = _with_trained_bn(build_model("resnet_tiny", n_mels=40))
     fb = Fbank(n_mels=40)
     utts = ["spk1-u00", "spk2-u02", "spk4-u02"]
-    lengths = utterance_lengths(data, utts)
+    lengths = AudioSource([data.wav[u] for u in utts], 16000).lengths
     batched = embed_utterances(model, fb, data, utts, mode="pad", num_workers=0, progress=False)
     longest = int(np.argmax(lengths))
     alone = embed_utterances(model, fb, data, [utts[longest]], num_workers=0, progress=False)

@@ -14,7 +14,7 @@ import sys
 
 from ..utils import SpkcausalError
 
-ORDER = ["synth", "prepare", "data", "trials", "longtail", "train", "extract", "score", "calibrate", "tde", "identify",
+ORDER = ["synth", "prepare", "data", "trials", "longtail", "shards", "train", "extract", "score", "calibrate", "tde", "identify",
          "report", "model", "infer", "export"]
 
 

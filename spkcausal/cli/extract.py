@@ -52,8 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output embedding store (directory)")
     p.add_argument("--tde-alpha", type=float, default=None, help="apply TDE with this alpha (Causal Norm heads)")
     p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")
-    p.add_argument("--mode", choices=("exact", "pad"), default="exact",
-                   help="exact: batch only equal-length utterances (batch-independent); pad: zero-pad neighbours")
+    p.add_argument("--mode", choices=("exact", "pad", "bucket", "crop"), default="exact",
+                   help="exact: batch only equal-length utterances (batch-independent); bucket: equal Fbank frame "
+                        "counts (same embeddings as exact, more batching); pad: zero-pad neighbours; crop: central "
+                        "10 s of longer utterances, then bucket (docs/scale.md has the measured differences)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading audio (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--force", action="store_true", help="redo even if the store is complete")
@@ -66,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", required=True, help="data dirs to embed")
     p.add_argument("--out-dir", required=True, help="stores go to OUT_DIR/<data dir name>")
     p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")
-    p.add_argument("--mode", choices=("exact", "pad"), default="exact", help="batching, as for `extract`")
+    p.add_argument("--mode", choices=("exact", "pad", "bucket", "crop"), default="exact",
+                   help="batching, as for `extract`")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading audio (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.set_defaults(func=_extract_dirs)
