@@ -36,7 +36,7 @@ from spkcausal.dataset import TrainChunkDataset, train_loader  # noqa: E402
 from spkcausal.features import Fbank  # noqa: E402
 from spkcausal.network import SpeakerNet  # noqa: E402
 from spkcausal.samplers import build_sampler  # noqa: E402
-from spkcausal.train import device_batch, train_step  # noqa: E402
+from spkcausal.steps import device_batch, train_step  # noqa: E402
 
 SR = 16000
 
