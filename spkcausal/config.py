@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "margin": {"start_epoch": 20, "end_epoch": 40},
     "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
               "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True,
-              "init_from": None, "dist_timeout": 1800},
+              "init_from": None, "init_head": False, "dist_timeout": 1800},
 }
 
 PRECISIONS = ("bf16", "fp16", "fp32")

@@ -44,7 +44,7 @@ from .distributed import DistInfo, distributed, is_peer_failure, peer_lost, reso
 from .network import SpeakerNet, build_network, num_classes_for, section_kwargs
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .steps import build_feature_pipeline, device_batch, train_step
-from .utils import DataError, log_to_file, write_text_atomic
+from .utils import DataError, UsageError, log_to_file, write_text_atomic
 
 # ------------------------------------------------------------------ training
 
@@ -102,10 +102,13 @@ def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) ->
 
 
 def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict[str, Any], dict | None]:
-    """With `train.init_from`, the model and features sections (architecture, front-end) are the source's and
-    its extractor weights are returned to load; a resumed run takes them from its own checkpoint instead."""
+    """With `train.init_from`, the model and features sections (architecture, front-end) are the source's. Returns
+    the merged config and the checkpoint state to start from, flagged `resuming` when it is the run's own newest
+    checkpoint (then only its shapes are used: restore() loads everything); None without init_from."""
     src = cfg["train"].get("init_from")
     if not src:
+        if cfg["train"].get("init_head"):
+            raise UsageError("train.init_head needs train.init_from")
         return cfg, None
     from .checkpoint import load_checkpoint
     from .network import resolve_checkpoint
@@ -118,9 +121,13 @@ def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict
     if scfg["data"]["sample_rate"] != cfg["data"]["sample_rate"]:
         raise DataError(f"init_from: the model runs at {scfg['data']['sample_rate']} Hz, data.sample_rate is "
                         f"{cfg['data']['sample_rate']}", path)
+    if cfg["train"].get("init_head") and (state.get("head") is None
+                                          or scfg["head"]["name"] != cfg["head"]["name"]):
+        raise DataError(f"init_head: the checkpoint's head is {scfg['head']['name']!r}, this config's "
+                        f"{cfg['head']['name']!r}: a kept head needs the same kind", path)
     out = {**cfg, "model": scfg["model"],
            "features": {**scfg["features"], "dither": cfg["features"].get("dither", 0.0)}}
-    return out, None if resume_ckpt is not None else state["model"]
+    return out, {**state, "resuming": resume_ckpt is not None}
 
 
 class Trainer:
@@ -154,6 +161,12 @@ class Trainer:
         self.dataset, (self.chunk_samples, self.skipped) = _prepare_data(cfg, info, self.exp_dir, self.log)
         self.num_speakers = self.dataset.num_speakers
         num_classes = num_classes_for(self.num_speakers, cfg)
+        keep_head = bool(tcfg.get("init_head")) and init_state is not None
+        if keep_head:  # large-margin fine-tuning: the same speakers, the head (and x_bar) carried on
+            if list(init_state.get("speakers", [])) != list(self.dataset.speakers):
+                raise DataError("init_head: the checkpoint was trained on other speakers (or another order); a kept "
+                                "head needs the same training set", tcfg["init_from"])
+            num_classes = int(init_state["head"]["weight"].shape[0])  # e.g. speed-perturbed classes, now unused
         if info.is_main:
             write_text_atomic(self.exp_dir / "speakers.txt", "".join(s + "\n" for s in self.dataset.speakers))
         self.batch_size = bs = int(tcfg["batch_size"])
@@ -172,9 +185,11 @@ class Trainer:
         self.total_steps = self.epochs * self.steps_per_epoch
 
         self.net = build_network(cfg, num_classes).to(self.device)
-        if init_state is not None:
-            self.net.model.load_state_dict(init_state)
-            self.log.info("extractor initialised from %s; fresh %s head", tcfg["init_from"], cfg["head"]["name"])
+        if init_state is not None and not init_state["resuming"]:
+            self.net.model.load_state_dict(init_state["model"])
+            if keep_head:
+                self.net.head.load_state_dict(init_state["head"])
+            self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "", tcfg["init_from"])
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)

@@ -75,3 +75,42 @@ def test_init_from_loads_extractor_fresh_head_and_resumes_its_own_checkpoint(hal
     assert resumed.step == full.step
     for k, v in full.net.model.state_dict().items():
         assert torch.equal(v, resumed.net.model.state_dict()[k]), k
+
+
+def test_large_margin_fine_tuning_keeps_the_head_and_resumes_exactly(halves):
+    # LM fine-tuning (train.init_head): the same speakers, the source's head and x_bar carried on with a larger
+    # margin and longer chunks; a run resumed from its mid-run checkpoint ends with the uninterrupted weights.
+    root, (a, _) = halves
+    head = {"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1}
+    train(_cfg(a, root / "lm_src") | {"head": head})
+    src = load_checkpoint(root / "lm_src" / "checkpoints" / "epoch_0002.pt")
+    lm = _cfg(a, root / "lm", lr=0.01, init_from=str(root / "lm_src"), init_head=True) | {
+        "head": {**head, "margin": 0.3}, "margin": {"start_epoch": 0, "end_epoch": 0}}
+    lm["data"] = {**lm["data"], "chunk_seconds": 0.6}
+    full = train(lm)
+    assert full.net.head.margin == pytest.approx(0.3)
+    # x_bar kept tracking from the source's value: not reset (a reset run would differ from this recursion)
+    assert not torch.equal(full.net.head.mean_feature, src["head"]["mean_feature"])
+    saved = yaml.safe_load((root / "lm" / "config.yaml").read_text())
+    assert saved["train"]["init_head"] is True and saved["train"]["init_from"] == str(root / "lm_src")
+    # a run that stopped after epoch 1 (its epoch-1 checkpoint, nothing later) continues to the same end
+    ckpt_dir = root / "lm_resumed" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    shutil.copy(root / "lm" / "checkpoints" / "epoch_0001.pt", ckpt_dir / "epoch_0001.pt")
+    resumed = train(dict(lm, exp_dir=str(root / "lm_resumed")), resume=True)
+    assert (ckpt_dir / "epoch_0002.pt").is_file()
+    for k, v in full.net.state_dict().items():
+        assert torch.allclose(resumed.net.state_dict()[k], v, rtol=0, atol=1e-6), k
+    # the head started from the source's weights, not from a fresh initialisation
+    fresh = train(_cfg(a, root / "lm_fresh", lr=1e-12, init_from=str(root / "lm_src"), init_head=True, epochs=1)
+                  | {"head": head})
+    assert torch.allclose(fresh.net.head.weight, src["head"]["weight"], atol=1e-8)
+
+
+def test_init_head_refuses_other_speakers(halves):
+    root, (a, b) = halves
+    train(_cfg(a, root / "src_a"))
+    from spkcausal.utils import DataError
+
+    with pytest.raises(DataError, match="other speakers"):
+        train(_cfg(b, root / "lm_b", init_from=str(root / "src_a"), init_head=True))

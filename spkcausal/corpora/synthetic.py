@@ -56,6 +56,8 @@ GENERATOR_VERSION = 2  # bump when the audio for a given config changes, so stal
 FIRST_ID = 10001
 VERI_FIRST_ID = 10270  # VoxCeleb1's test speakers are id10270-id10309
 _NATIONALITIES = ["USA", "UK", "India", "Canada", "Australia", "Ireland", "Germany", "Norway", "Mexico", "Italy"]
+
+
 @dataclass
 class SynthConfig:
     """Everything that defines a synthetic corpus; the seed makes it reproducible."""
