@@ -59,9 +59,12 @@ def read_threshold(exp_dir: PathLike) -> dict[str, Any] | None:
 
 
 def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None = None,
-                  mean_sub: bool = False) -> dict[str, Any]:
-    """Store the EER threshold of a labelled dev score file as `<exp_dir>/threshold.json`, with the scoring
-    (TDE alpha, mean subtraction) that produced the scores, so `verify` scores the same way."""
+                  mean_sub: bool = False, calibration: PathLike | None = None,
+                  p_target: float | None = None) -> dict[str, Any]:
+    """Store the accept / reject threshold of an experiment as `<exp_dir>/threshold.json`, with the scoring
+    (TDE alpha, mean subtraction) that produced the scores, so `verify` scores the same way: the EER threshold
+    of a labelled dev score file, or with `calibration` (a linear model of `spkcausal calibrate` trained on those
+    scores) the raw score at which the calibrated LLR meets the Bayes threshold -logit(p_target)."""
     from .metrics import eer_with_threshold
     from .trialio import read_scores
 
@@ -71,6 +74,16 @@ def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None =
     rec = {"threshold": float(thr), "kind": "eer", "eer": float(eer), "scores": str(Path(scores).resolve()),
            "num_trials": int(len(s)), "tde_alpha": None if tde_alpha is None else float(tde_alpha),
            "mean_sub": bool(mean_sub)}
+    if calibration is not None:
+        from .calibration import CalibrationModel, bayes_threshold
+
+        model = CalibrationModel.load(calibration)
+        if model.kind != "linear" or model.weights[0] <= 0:
+            raise DataError("a verify threshold needs a linear calibration (score -> llr) with a positive slope; "
+                            "QMF depends on quality measures per trial", calibration)
+        p = float(model.p_target if p_target is None else p_target)
+        rec.update(kind="calibrated", p_target=p, calibration=str(Path(calibration).resolve()),
+                   threshold=float((bayes_threshold(p) - model.bias) / model.weights[0]))
     write_text_atomic(Path(exp_dir) / THRESHOLD_FILE, json.dumps(rec, indent=1) + "\n")
     return rec
 

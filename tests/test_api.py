@@ -124,6 +124,17 @@ def test_set_threshold_and_verify(exp, tmp_path, capsys):
     assert f"score {score:.4f}  {decision}" in line and "threshold.json" in line and "mean subtraction" in line
     assert main(["verify", str(exp_dir), a, b, "--threshold", "2.0", "--device", "cpu"]) == 0
     assert "reject" in capsys.readouterr().out  # a cosine never reaches 2
+    # a calibrated threshold: the raw score whose calibrated LLR is the Bayes threshold -logit(p)
+    assert main(["calibrate", "--dev", str(dev), "--out", str(tmp_path / "cal.json")]) == 0
+    assert main(["set-threshold", str(exp_dir), "--scores", str(dev), "--mean-sub",
+                 "--calibration", str(tmp_path / "cal.json"), "--p-target", "0.05"]) == 0
+    rec = json.loads((exp_dir / "threshold.json").read_text())
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    llr_at = cal["weights"][0] * rec["threshold"] + cal["bias"]
+    assert rec["kind"] == "calibrated" and abs(llr_at - np.log(0.95 / 0.05)) < 1e-9
+    capsys.readouterr()
+    assert main(["verify", str(exp_dir), a, b, "--device", "cpu"]) == 0
+    assert "calibrated threshold" in capsys.readouterr().out
     (exp_dir / "threshold.json").unlink()
     assert main(["verify", str(exp_dir), a, b, "--device", "cpu"]) == 2  # no stored threshold: one-line error
 

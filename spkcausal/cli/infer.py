@@ -44,7 +44,8 @@ def _set_threshold(args: argparse.Namespace) -> int:
 
     from ..api import set_threshold
 
-    rec = set_threshold(args.exp, args.scores, tde_alpha=args.tde_alpha, mean_sub=args.mean_sub)
+    rec = set_threshold(args.exp, args.scores, tde_alpha=args.tde_alpha, mean_sub=args.mean_sub,
+                        calibration=args.calibration, p_target=args.p_target)
     print(json.dumps(rec, indent=1))
     return 0
 
@@ -88,11 +89,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _scoring_args(p)
     p.set_defaults(func=_verify)
 
-    p = sub.add_parser("set-threshold", help="store the EER threshold of a dev score file with an experiment",
+    p = sub.add_parser("set-threshold", help="store the EER (or calibrated Bayes) threshold of dev scores with a model",
                        description="Writes EXP/threshold.json (threshold at the EER of the labelled dev scores, "
                                    "and the scoring they were made with) for `verify` and the Python API.")
     p.add_argument("exp", metavar="EXP_DIR")
     p.add_argument("--scores", required=True, help="labelled dev score file (enroll test score target|nontarget)")
     p.add_argument("--tde-alpha", type=float, default=None, help="the scores are TDE'd with this alpha")
     p.add_argument("--mean-sub", action="store_true", help="the scores use mean subtraction")
+    p.add_argument("--calibration", metavar="MODEL.json",
+                   help="a linear calibration of these scores (spkcausal calibrate): store the raw score at which "
+                   "the calibrated LLR reaches the Bayes threshold -logit(p_target) instead of the EER threshold")
+    p.add_argument("--p-target", type=float, help="target prior of that decision (default: the calibration's)")
     p.set_defaults(func=_set_threshold)
