@@ -44,10 +44,18 @@ def _key(p: float | str) -> str:
     return f"{float(p):g}"
 
 
-@lru_cache(maxsize=64)
 def _scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(enroll, test, scores, labels) of a labelled score file, sorted by (enroll, test) so that two files of
-    the same trials line up."""
+    the same trials line up; cached per (path, modification time)."""
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # let the reader name the missing file
+    return _read_sorted(str(path), mtime)
+
+
+@lru_cache(maxsize=64)
+def _read_sorted(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from .trialio import read_scores
 
     s = read_scores(path, keys=True, need_labels=True)
@@ -146,6 +154,8 @@ def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float |
 
 def _aligned(path_a: str, path_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(enroll, scores A, scores B, labels) when both files hold the same labelled trials, else None."""
+    if not (Path(path_a).is_file() and Path(path_b).is_file()):
+        return None
     ea, ta, sa, la = _scores(path_a)
     eb, tb, sb, lb = _scores(path_b)
     if len(ea) != len(eb) or (ea != eb).any() or (ta != tb).any() or (la != lb).any():

@@ -166,8 +166,8 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
             label = _label(rs, len(labels[rs[0]["label"]]) > 1)
             body.append([label] + [_cell([f[c] for f in figs], c) for c in cols])
             if per_seed and len(rs) > 1:
-                body += [[f"  {label.split(' (')[0]} [seed {r['seed']}]"] + [_cell([f[c]], c) for c in cols]
-                         for r, f in zip(rs, figs)]
+                body += [[_label([r], False).replace(r["label"], f"{r['label']} [seed {r['seed']}]", 1)]
+                         + [_cell([f[c]], c) for c in cols] for r, f in zip(rs, figs)]
         if body:
             hdr = [_HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in cols]
             out_lines += ["", f"**{title}**", ""] + _markdown(["System"] + hdr, body)

@@ -212,7 +212,7 @@ def test_choose_alpha_by_dev_trial_eer_matches_numpy(iden_setup):
     xbar = s["head"].mean_feature.numpy().astype(np.float64)
     want = []
     for a in alphas:
-        def tde(x):
+        def tde(x, a=a):
             parts = []
             for c in range(2):
                 xk = x[c * 4:(c + 1) * 4] / np.linalg.norm(x[c * 4:(c + 1) * 4])
