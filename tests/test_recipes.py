@@ -203,6 +203,8 @@ def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) ->
     train = set(DataDir.load(data / "train").utt2spk)
     counts = _train_counts(data)
     for lst, split in (("seen_test", "iden_test"), ("seen_dev", "iden_val")):
+        if lst == "seen_dev" and not (data / "trials" / lst).exists():
+            continue  # one val utterance per speaker: no target pair, no dev list (stage 2 says so)
         enroll, test, _, is_target = _score_file(data / "trials" / lst)
         u2s = DataDir.load(data / split).utt2spk
         assert is_target.any() and (~is_target).any()
@@ -259,7 +261,8 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
         assert alpha["grid"] == alphas and set(alphas) <= set(alpha["alphas"])
         assert len(alpha["accuracy"]) == len(alpha["alphas"]) and len(alpha["alphas"]) <= len(alphas) + 1
         assert alpha["heuristic_from"].startswith("training embeddings") and alpha["criterion_name"] == "iden_val"
-        assert alpha["dev_lists"][0]["trials"].endswith("seen_dev")  # the seen-speaker dev list's curves
+        if (exp.parent / "data" / "trials" / "seen_dev").exists():  # the seen-speaker dev list's curves
+            assert alpha["dev_lists"][0]["trials"].endswith("seen_dev")
         assert (e / "tde_alpha.txt").read_text().splitlines()[-1] == f"alpha {alpha['alpha']:g}"
         for v in ("tde", "tde_mean_sub", "tde_asnorm"):
             assert res["rows"][v]["tde_alpha"] == alpha["alpha"]
@@ -350,29 +353,52 @@ def test_cnceleb_recipe_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_librispeech_recipe_end_to_end(tmp_path):
+    """Two training seeds (exp/tiny_cnaam_seed<k>), the seen-speaker dev list choosing alpha by EER, the report's
+    mean ± std over seeds against numpy, and a re-run with one more seed that trains only that seed."""
     make_librispeech(tmp_path / "ls")
+    common = list(COMMON)
+    common[common.index("--val_per_spk") + 1] = "2"  # two val utterances per reader: the seen dev list has targets
     args = ["--libri_root", str(tmp_path / "ls"), "--eval_set", "dev-clean", "--num_trials", "20",
             "--num_dev_trials", "20", "--systems", "tiny_cnaam", "--many", "3", "--few", "3", "--train_overrides",
-            "data.min_seconds=0.3 data.chunk_seconds=0.3", *COMMON]
+            "data.min_seconds=0.3 data.chunk_seconds=0.3", "--alpha_on", "dev_eer", *common]
     _run("librispeech", tmp_path, *args, "--stop_stage", "1")
     trials = (tmp_path / "data" / "trials" / "dev-clean").read_text().split("\n")
     assert len([t for t in trials if t]) == 20
-    _run("librispeech", tmp_path, *args, "--stage", "2")
+    _run("librispeech", tmp_path, *args, "--stage", "2", "--seeds", "1 2")
     exp = tmp_path / "exp"
+    names = ["tiny_cnaam_seed1", "tiny_cnaam_seed2"]
+    assert [yaml.safe_load((exp / n / "config.yaml").read_text())["seed"] for n in names] == [1, 2]
     # no --alphas: stage 6 sweeps the library's grid
-    _check_outputs(exp, ["tiny_cnaam"], "dev-clean", "dev-clean", [float(a) for a in ALPHA_GRID])
-    # the dev-trial EER curve recorded beside the choice, recomputed from the dev readers' raw embeddings
-    alpha = json.loads((exp / "tiny_cnaam" / "tde_alpha.json").read_text())
-    store = _store(exp / "tiny_cnaam" / "emb" / "dev-clean")
-    xbar = np.load(exp / "tiny_cnaam" / "emb" / "dev-clean" / "mean_feature.npy").astype(np.float64)
+    _check_outputs(exp, names, "dev-clean", "dev-clean", [float(a) for a in ALPHA_GRID])
+    _check_seen(tmp_path / "data", exp, names, 3, 3)
+    # alpha by EER on the seen-speaker dev list (ties: the smaller alpha); the dev-clean curve recorded beside it,
+    # recomputed from the dev readers' raw embeddings
+    alpha = json.loads((exp / names[0] / "tde_alpha.json").read_text())
+    seen_dev, clean = alpha["dev_lists"]
+    assert seen_dev["trials"].endswith("seen_dev") and clean["trials"].endswith("dev-clean")
+    best = min(range(len(alpha["alphas"])), key=lambda i: (seen_dev["eer"][i], alpha["alphas"][i]))
+    assert alpha["alpha"] == alpha["alphas"][best] and alpha["criterion_name"] == "dev_eer"
+    store = _store(exp / names[0] / "emb" / "dev-clean")
+    xbar = np.load(exp / names[0] / "emb" / "dev-clean" / "mean_feature.npy").astype(np.float64)
     enroll, test, _, is_target = _score_file(tmp_path / "data" / "trials" / "dev-clean")
-    for a, recorded in zip(alpha["alphas"], alpha["eer"]):
+    for a, recorded in zip(alpha["alphas"], clean["eer"]):
         s = [_cos(_tde(store[x], xbar, a), _tde(store[y], xbar, a)) for x, y in zip(enroll, test)]
         assert recorded == pytest.approx(_sklearn_eer_min_dcf(np.array(s), is_target)[0], abs=1e-9), a
+    # the report: mean ± std over the two seeds of every recorded figure
+    ver = _tables((exp / "report.md").read_text())["Verification"][1]
+    eers = [json.loads((exp / n / "results.json").read_text())["rows"]["cosine"]["verification"]["eer"]
+            for n in names]
+    cell = next(v for k, v in ver.items() if k.startswith("De-confound (Causal Norm AAM)") and "seed" in k)[0]
+    assert cell == f"{100 * np.mean(eers):.2f} ± {100 * np.std(eers, ddof=1):.2f}"
     before = _snapshot(tmp_path / "data", exp)
-    _run("librispeech", tmp_path, *args, "--stage", "1", "--stop_stage", "1")
-    _run("librispeech", tmp_path, *args, "--stage", "8")
+    _run("librispeech", tmp_path, *args, "--stage", "1", "--stop_stage", "1", "--seeds", "1 2")
+    _run("librispeech", tmp_path, *args, "--stage", "8", "--seeds", "1 2")
     assert _snapshot(tmp_path / "data", exp) == before
+    # one more seed: only it is trained
+    _run("librispeech", tmp_path, *args, "--stage", "3", "--stop_stage", "3", "--seeds", "1 2 3")
+    assert (exp / "tiny_cnaam_seed3" / ".done" / "3").is_file()
+    assert {k: v for k, v in _snapshot(exp).items() if "_seed3" not in k} == \
+        {k: v for k, v in before.items() if k.startswith(str(exp))}
 
 
 def test_ablation_configs_differ_from_the_causal_norm_system_only_in_k_and_gamma():

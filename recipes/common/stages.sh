@@ -160,9 +160,15 @@ same_session_ok?" "$@"
   mkdir -p "$data/trials"
   for d in "seen_test:$test_dir" "seen_dev:$val_dir"; do
     name=${d%%:*}
-    spkcausal make-trials "${d#*:}" --out "$data/trials/$name" --num-trials "$num_trials" --fit \
+    if ! spkcausal make-trials "${d#*:}" --out "$data/trials/$name" --num-trials "$num_trials" --fit \
       --target-ratio "$target_ratio" --seed "$seed" "${same[@]}" --by-group "$train_dir" "$many" "$few" \
-      | tee "$data/trials/$name.counts"
+      > "$data/trials/$name.counts"; then
+      # one held-out val utterance per speaker (--val_per_spk 1) has no target pair: no dev list, no dev criterion
+      [ "$name" = seen_dev ] || die "stage_seen_trials: cannot build $name from ${d#*:}"
+      log "stage 2: no seen-speaker dev list (see the error above); stage 6 chooses alpha on iden val accuracy"
+      rm -f "$data/trials/$name.counts"; continue
+    fi
+    cat "$data/trials/$name.counts"
   done
   mark_done "$data" seen_trials
 }
@@ -336,7 +342,7 @@ seen_dir? many? few?" "$@"
 stage_tde() {
   local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
     dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" t st r name e ev tr \
-    sv alpha grid dev dd i
+    sv alpha grid dev dd i d lists stores
   stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
 dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
   t=$(basename "$(first_word "$trials")")
@@ -349,11 +355,12 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
     name=$(run_name "$r"); e="$exp/$name"
     if ! is_causal "$e"; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
     if is_done "$e" 6; then skip_msg 6 "TDE $name" "$e"; continue; fi
-    dev=()
-    if [ -n "$dev_trials" ]; then
-      dev=(--trials $dev_trials --trials-emb); i=0
-      for d in $dev_trials; do dev+=("$e/emb/$(basename "${dd[$i]:-$val_dir}")"); i=$((i + 1)); done
-    fi
+    dev=(); lists=(); stores=(); i=0
+    for d in $dev_trials; do  # a dev list stage 2 could not build (e.g. one val utterance per speaker) is left out
+      if [ -f "$d" ]; then lists+=("$d"); stores+=("$e/emb/$(basename "${dd[$i]:-$val_dir}")"); fi
+      i=$((i + 1))
+    done
+    [ ${#lists[@]} -gt 0 ] && dev=(--trials "${lists[@]}" --trials-emb "${stores[@]}")
     # the printed curve and choice are kept: its last line `alpha A` is what this stage and stage 7 use
     spkcausal tde-alpha --exp "$e" --emb "$e/emb/$(basename "$val_dir")" --data "$val_dir" "${dev[@]}" \
       --criterion "$alpha_on" --heuristic-emb "$e/emb/$(basename "$train_dir")" "${grid[@]}" \
