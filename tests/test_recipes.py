@@ -240,7 +240,8 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
             for v, row in res["rows"].items():
                 assert row["verification"] == base[v]["verification"] and row["seen"] == base[v]["seen"]
                 assert row["label"].startswith(("cRT (on Baseline", "tau-norm (tau="))
-                assert row["identification"]["checkpoint"] == str(e / "avg_model.pt")
+                ckpt = exp.parent / row["identification"]["checkpoint"]  # relative to the recipe's cwd
+                assert ckpt.resolve() == (e / "avg_model.pt").resolve()
             continue
         assert (e / "avg_model.pt").is_file() and (e / "checkpoints" / "epoch_0002.pt").is_file()
         for variant in ("cosine", "mean_sub", "asnorm"):
