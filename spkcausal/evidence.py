@@ -35,8 +35,8 @@ N_BOOT = 1000
 LEVEL = 0.95
 # (key, header, scale): EER and accuracies in percent, minDCF as is
 COLUMNS = ([("eer", "EER (%)", 100.0), ("min_dcf", "minDCF", 1.0)]
-           + [(f"seen_eer_{g}", f"{g.capitalize()} EER (%)", 100.0) for g in GROUPS]
-           + [(f"seen_dcf_{g}", f"{g.capitalize()} minDCF", 1.0) for g in GROUPS]
+           + [(f"seen_eer_{g}", f"Seen {g.capitalize()} EER (%)", 100.0) for g in GROUPS]
+           + [(f"seen_dcf_{g}", f"Seen {g.capitalize()} minDCF", 1.0) for g in GROUPS]
            + [(f"acc_{g}", g.capitalize(), 100.0) for g in (*GROUPS, "overall")])
 
 

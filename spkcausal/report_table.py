@@ -192,8 +192,6 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
                     + [_diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
     if body:
         hdr = ["System", "vs"] + ["Δ " + _HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in DIFF_COLUMNS]
-        hdr = [h.replace("Δ Many EER", "Δ seen Many EER").replace("Δ Medium EER", "Δ seen Medium EER")
-               .replace("Δ Few EER", "Δ seen Few EER") for h in hdr]
         out_lines += ["", "**Differences from the reference** (A - B; * = the 95% interval excludes 0)", ""]
         out_lines += _markdown(hdr, body)
     return out_lines, summary
