@@ -157,33 +157,43 @@ def _point(cell: str) -> float | None:
 
 
 def _check_table(exp: Path, names: list[str]) -> None:
-    """Every figure of report.md is the one recorded in the experiments' results.json, and its interval holds
-    the point estimate."""
+    """Every figure of report.md is the one recorded in the experiments' results.json (the mean over the seeds
+    of a system run with several), and each run's interval holds its point estimate."""
     tables = _tables((exp / "report.md").read_text())
-    want = {}
+    runs: dict[tuple[str, str], list[dict]] = {}
     for name in names:
-        for row in json.loads((exp / name / "results.json").read_text())["rows"].values():
-            alpha = f" (alpha={row['tde_alpha']:g})" if row.get("tde_alpha") is not None else ""
-            want[row["label"] + alpha] = row
+        for v, row in json.loads((exp / name / "results.json").read_text())["rows"].items():
+            runs.setdefault((re.sub(r"_seed\d+$", "", name), v), []).append(row)
+    want = {}
+    for rows in runs.values():
+        alphas = sorted({r["tde_alpha"] for r in rows if r.get("tde_alpha") is not None})
+        label = rows[0]["label"] + (f" (alpha={alphas[0]:g})" if len(alphas) == 1 else
+                                    f" (alpha {alphas[0]:g}-{alphas[-1]:g})" if alphas else "")
+        want[label + (f" ({len(rows)} seeds)" if len(rows) > 1 else "")] = rows
     ver_head, ver = tables["Verification"]
     assert ver_head[:3] == ["System", "EER (%)", "minDCF (0.01)"]
-    iden_head, iden = tables["Closed-set identification accuracy"]
+    _, iden = tables["Closed-set identification accuracy"]
     assert sorted(set(ver) | set(iden)) == sorted(want)
-    for label, row in want.items():
-        v, seen, i = row.get("verification") or {}, row.get("seen") or {}, row.get("identification") or {}
-        if v:
-            assert _point(ver[label][0]) == pytest.approx(100 * v["eer"], abs=0.006)
-            assert _point(ver[label][1]) == pytest.approx(v["min_dcf"]["0.01"], abs=6e-5)
-            assert v["eer_ci"][0] - 1e-12 <= v["eer"] <= v["eer_ci"][1] + 1e-12
+
+    def mean(values: list) -> float | None:
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    for label, rows in want.items():
+        vs = [r.get("verification") or {} for r in rows]
+        if vs[0]:
+            assert _point(ver[label][0]) == pytest.approx(100 * mean([v["eer"] for v in vs]), abs=0.006)
+            assert _point(ver[label][1]) == pytest.approx(mean([v["min_dcf"]["0.01"] for v in vs]), abs=6e-5)
+            assert all(v["eer_ci"][0] - 1e-12 <= v["eer"] <= v["eer_ci"][1] + 1e-12 for v in vs)
         for k, g in enumerate(("many", "medium", "few")):
-            grp = (seen.get("groups") or {}).get(g)
-            if grp and "eer" in grp:
-                assert _point(ver[label][2 + k]) == pytest.approx(100 * grp["eer"], abs=0.006)
-                assert grp["eer_ci"][0] - 1e-12 <= grp["eer"] <= grp["eer_ci"][1] + 1e-12
+            grps = [((r.get("seen") or {}).get("groups") or {}).get(g) for r in rows]
+            if all(x and "eer" in x for x in grps):
+                assert _point(ver[label][2 + k]) == pytest.approx(100 * mean([x["eer"] for x in grps]), abs=0.006)
+                assert all(x["eer_ci"][0] - 1e-12 <= x["eer"] <= x["eer_ci"][1] + 1e-12 for x in grps)
         for k, g in enumerate(("many", "medium", "few", "overall")):
-            if i.get(g) is not None and not math.isnan(i[g]):
-                assert _point(iden[label][k]) == pytest.approx(100 * i[g], abs=0.006)
-                assert i[f"{g}_ci"][0] - 1e-12 <= i[g] <= i[f"{g}_ci"][1] + 1e-12
+            ids = [r.get("identification") or {} for r in rows]
+            if all(i.get(g) is not None and not math.isnan(i[g]) for i in ids):
+                assert _point(iden[label][k]) == pytest.approx(100 * mean([i[g] for i in ids]), abs=0.006)
+                assert all(i[f"{g}_ci"][0] - 1e-12 <= i[g] <= i[f"{g}_ci"][1] + 1e-12 for i in ids)
 
 
 def _train_counts(data: Path) -> dict[str, int]:
