@@ -61,3 +61,85 @@ def retrain_classifier(features: Tensor | np.ndarray, labels: Tensor | np.ndarra
             opt.step()
             sched.step()
     return clf.eval()
+
+
+# ---------------------------------------------------------------- decoupled systems of the recipes
+
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
+DECOUPLE_METHODS = ("crt", "tau_norm")
+
+
+def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
+                  seed: int) -> nn.Module:
+    """A linear classifier (no bias) on unit-length features. argmax_i w_i . x does not depend on the length
+    of x, so the head classifies raw embeddings exactly as it classifies the normalised ones it was trained on."""
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return retrain_classifier(xn.astype(np.float32), y, n, head="linear", sampler=sampler, epochs=epochs,
+                              batch_size=batch_size, lr=lr, seed=seed, device=dev).cpu()
+
+
+def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_data: Any, val_emb: Any = None,
+             val_data: Any = None, epochs: int = 30, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
+             taus: tuple[float, ...] = TAU_GRID) -> dict:
+    """A decoupled system built on a trained experiment's frozen embeddings (Kang et al., ICLR 2020), written
+    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that load_trained loads:
+
+    - `crt`: a linear classifier re-trained with class-balanced sampling;
+    - `tau_norm`: a linear classifier trained with natural (instance-balanced) sampling, its weights then
+      tau-normalised, tau chosen on the iden val split (`val_emb`, `val_data`) by mean per-class accuracy
+      (ties: the smaller tau). The base heads here are cosine-based, whose logits ignore weight norms, so
+      tau-normalising them would change nothing: hence the linear classifier.
+
+    `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
+    records the method, the base and its config (for the report's system name), and the tau curve."""
+    import json
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .embeddings import EmbeddingStore
+    from .identify import class_labels
+    from .metrics import mean_per_class_accuracy
+    from .network import resolve_checkpoint
+    from .utils import UsageError, write_text_atomic
+
+    if method not in DECOUPLE_METHODS:
+        raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
+    if method == "tau_norm" and (val_emb is None or val_data is None):
+        raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    base_exp, out_exp = Path(base_exp), Path(out_exp)
+    ckpt = resolve_checkpoint(exp_dir=base_exp)
+    state = load_checkpoint(ckpt)
+    speakers = [str(s) for s in state["speakers"]]
+    x, y = class_labels(EmbeddingStore.open(train_emb), train_data, speakers)
+    sampler = "class_balanced" if method == "crt" else "natural"
+    head = _linear_probe(np.asarray(x, np.float64), y, len(speakers), sampler, epochs, batch_size, lr, seed)
+    info: dict = {"method": method, "base": str(base_exp.resolve()), "base_checkpoint": str(ckpt),
+                  "base_config": state["config"], "classifier": "linear, no bias, on unit-length embeddings",
+                  "sampler": sampler, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "n_train": int(len(y))}
+    if method == "tau_norm":
+        vx, vy = class_labels(EmbeddingStore.open(val_emb), val_data, speakers)
+        w0 = head.weight.detach().clone()
+        xt = torch.from_numpy(np.asarray(vx, np.float32))
+        accs = [mean_per_class_accuracy(vy, (xt @ tau_normalize(w0, t).T).argmax(1).numpy()) for t in taus]
+        best = max(range(len(taus)), key=lambda i: (accs[i], -taus[i]))
+        tau_normalize_head(head, taus[best])
+        info.update(tau=float(taus[best]), taus=[float(t) for t in taus], val_accuracy=accs, val=str(val_data))
+    cfg = {**state["config"], "head": {"name": "linear", "bias": False}}
+    new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
+    if "model" in state:
+        new["model"] = state["model"]
+    out_exp.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(new, out_exp / "avg_model.pt")
+    write_text_atomic(out_exp / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    link = out_exp / "emb"
+    if link.is_symlink() or not link.exists():
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(os.path.relpath(base_exp.resolve() / "emb", out_exp.resolve()), link)
+    write_text_atomic(out_exp / "decoupled.json", json.dumps(info, indent=1) + "\n")
+    return info

@@ -9,7 +9,9 @@ held-out dir) are embedded (`spkcausal extract`), then classified by the checkpo
 Class i of the head is speaker `speakers[i]` of the checkpoint (the sorted training speakers); speed-perturbed
 copies (classes S..3S-1) are ignored. Shot groups come from the training dir's utterance counts, with
 configurable thresholds (`many`, `few`): a small corpus needs smaller ones than ImageNet-LT's 100 / 20.
-TDE's alpha is chosen on a dev set by `spkcausal.tde_alpha`.
+TDE's alpha is chosen on a dev set by `spkcausal.tde_alpha`. Every accuracy carries a 95% per-speaker
+bootstrap interval (`<group>_ci`), and the per-utterance predictions can be kept (`predictions`, an .npz of
+utts, y_true, y_pred, train_counts, speakers) so that the report pairs two systems on the same utterances.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .longtail import FEW, MANY
 from .network import TrainedModel, load_trained
 from .utils import DataError, PathLike, get_logger
 
-__all__ = ["class_labels", "train_counts", "head_logits", "identify"]
+__all__ = ["class_labels", "labelled_utts", "train_counts", "head_logits", "identify", "save_predictions"]
 
 log = get_logger(__name__)
 
@@ -35,6 +37,12 @@ def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[s
 
     Speakers the checkpoint does not know (e.g. the trainer dropped all their audio as too short) are left out
     with a warning; a dir with none of the training speakers is an error."""
+    utts, y = labelled_utts(data_dir, speakers)
+    return store.get(utts), y
+
+
+def labelled_utts(data_dir: PathLike, speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(utterances, class indices) of `data_dir` whose speaker is a class of the checkpoint (class_labels)."""
     path = Path(data_dir) / "utt2spk"
     utt2spk = read_kv(path)
     index = {s: i for i, s in enumerate(speakers)}
@@ -46,8 +54,7 @@ def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[s
     if unknown:
         log.warning("%s: %d speakers are not classes of the checkpoint and are left out (first: %s)", path,
                     len(unknown), ", ".join(unknown[:5]))
-    emb = store.get(utts)
-    return emb, np.array([index[utt2spk[u]] for u in utts], dtype=np.int64)
+    return utts, np.array([index[utt2spk[u]] for u in utts], dtype=np.int64)
 
 
 def train_counts(train_dir: PathLike, speakers: Sequence[str]) -> np.ndarray:
@@ -80,28 +87,48 @@ def head_logits(th: TrainedModel, emb: np.ndarray, tde_alpha: float | None = Non
     return y[:, : len(th.speakers)].numpy()
 
 
+def save_predictions(path: PathLike, utts: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray,
+                     counts: np.ndarray, speakers: Sequence[str]) -> Path:
+    """Per-utterance predictions as an .npz (string arrays, no pickle), written atomically."""
+    from .utils import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, utts=np.array(utts, dtype=str), y_true=y_true, y_pred=y_pred, train_counts=counts,
+                 speakers=np.array(speakers, dtype=str))
+    return path
+
+
 def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: PathLike | None = None,
              exp_dir: PathLike | None = None, tde_alpha: float | None = None, mean_store: PathLike | None = None,
-             many: int = MANY, few: int = FEW) -> dict:
-    """Closed-set accuracy on `data_dir` (embedded in store `emb`): Many / Medium / Few / Overall and top-1.
+             many: int = MANY, few: int = FEW, predictions: PathLike | None = None, n_boot: int = 1000,
+             boot_seed: int = 0) -> dict:
+    """Closed-set accuracy on `data_dir` (embedded in store `emb`): Many / Medium / Few / Overall and top-1, each
+    with a per-speaker bootstrap interval (`<key>_ci`); `predictions` keeps the per-utterance predictions.
 
     Overall is the mean of per-class accuracies (equal to top-1 on a balanced held-out set)."""
-    from .metrics import shot_group_accuracy
+    from .bootstrap import bootstrap_accuracy
     from .scoring import store_mean
 
     th = load_trained(ckpt, exp_dir, with_model=False)
     store = EmbeddingStore.open(emb)
-    x, y = class_labels(store, data_dir, th.speakers)
+    utts, y = labelled_utts(data_dir, th.speakers)
+    x = store.get(utts)
     counts = train_counts(train_data, th.speakers)
     mean = store_mean(EmbeddingStore.open(mean_store)) if mean_store else None
     pred = head_logits(th, x, tde_alpha, mean).argmax(axis=1)
-    acc = shot_group_accuracy(y, pred, counts, many=many, few=few)
+    acc = bootstrap_accuracy(y, pred, counts, n_boot=n_boot, seed=boot_seed, many=many, few=few)
     out = {"many": acc["many"], "medium": acc["medium"], "few": acc["few"], "overall": acc["mean_per_class"],
-           "top1": acc["top1"], "n_utts": int(len(y)),
+           "top1": acc["top1"], "many_ci": acc["many_ci"], "medium_ci": acc["medium_ci"], "few_ci": acc["few_ci"],
+           "overall_ci": acc["mean_per_class_ci"], "top1_ci": acc["top1_ci"], "n_boot": n_boot,
+           "n_utts": int(len(y)),
            "n_classes": {g: acc[f"n_{g}_classes"] for g in ("many", "medium", "few")},
            "thresholds": {"many": int(many), "few": int(few)}, "tde_alpha": tde_alpha,
            "mean_subtraction": bool(mean_store), "checkpoint": str(th.path), "data": str(data_dir),
-           "train_data": str(train_data)}
+           "train_data": str(train_data),
+           "predictions": str(save_predictions(predictions, utts, y, pred, counts, th.speakers).resolve())
+           if predictions else None}
     log.info("identification on %s (%d utts, alpha=%s, mean subtraction=%s): many %.4f medium %.4f few %.4f "
              "overall %.4f", data_dir, len(y), tde_alpha, bool(mean_store), out["many"], out["medium"], out["few"],
              out["overall"])

@@ -5,10 +5,19 @@
     {"format": "spkcausal-results", "version": 1, "exp": "<exp dir>",
      "rows": {"<variant>": {"label": "Baseline (AAM)",
                             "verification": {"scores": "<score file>", "eer": 0.051 (a fraction),
-                                             "min_dcf": {"0.01": ..., "0.05": ...}, "n_target": ..., ...},
-                            "identification": {"many": ..., "medium": ..., "few": ..., "overall": ..., "top1": ...,
+                                             "eer_ci": [lo, hi], "min_dcf": {"0.01": ..., "0.05": ...},
+                                             "min_dcf_ci": {"0.01": [lo, hi], ...}, "n_target": ...,
+                                             "utt2spk": "<eval dir>/utt2spk" (resampling unit), ...},
+                            "seen": {"scores": "<seen list score file>", "utt2spk": ..., "train_data": ...,
+                                     "thresholds": {"many": 100, "few": 20},
+                                     "groups": {"many": {"eer": ..., "eer_ci": ..., "min_dcf": ..., ...}, ...}},
+                            "identification": {"many": ..., "many_ci": [lo, hi], "medium": ..., "few": ...,
+                                               "overall": ..., "top1": ..., "predictions": "<npz>",
                                                "thresholds": {"many": 100, "few": 20}, ...},
                             "tde_alpha": 0.7}}}
+
+Every EER / minDCF / accuracy carries a 95% bootstrap interval (spkcausal.evidence: enrolment speakers
+resampled for verification, test speakers within each shot group for identification).
 
 A variant is one way of using the same trained model: `cosine` (plain scoring / plain head), `mean_sub`
 (training-set mean subtracted), `asnorm`, `tde` (TDE'd embeddings / TDE logits), `tde_mean_sub`,
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +39,14 @@ import yaml
 from .utils import DataError, PathLike, UsageError, write_text_atomic
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "system_name", "variant_label", "load_results", "update_results",
-           "record_verification", "record_identification", "collect_rows", "format_markdown", "write_report"]
+           "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
+           "format_markdown", "write_report"]
 
 RESULTS_FILE = "results.json"
 VARIANTS = ("cosine", "mean_sub", "asnorm", "tde", "tde_mean_sub", "tde_asnorm")
 _SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm"}
+DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
+_REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32}  # the reference Causal Norm head; other values are labelled
 
 
 def system_name(cfg: Mapping[str, Any]) -> str:
@@ -55,7 +68,21 @@ def system_name(cfg: Mapping[str, Any]) -> str:
         name = f"Baseline ({head_txt})"
     if head.startswith("causal_norm") and (sampler != "natural" or loss != "ce"):
         name += f" + {sampler if sampler != 'natural' else loss}"
+    if head.startswith("causal_norm"):
+        h = cfg.get("head", {})
+        k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
+        if k != _REF_HEAD["num_heads"] or g != _REF_HEAD["gamma"]:
+            gtxt = "0" if g == 0 else f"1/{1 / g:g}" if (1 / g).is_integer() else f"{g:g}"
+            name = name.replace(")", f", K={k}, gamma={gtxt})", 1)
     return name
+
+
+def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
+    """'cRT (on Baseline (AAM))' / 'tau-norm (tau=0.6, on ...)' for an experiment written by spkcausal decouple."""
+    base = system_name(base_cfg)
+    if info.get("method") == "tau_norm":
+        return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
+    return f"cRT (on {base})"
 
 
 def variant_label(system: str, variant: str) -> str:
@@ -74,6 +101,15 @@ def _exp_config(exp_dir: Path) -> dict:
         return {}
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}
+
+
+def _exp_system(exp_dir: Path) -> str:
+    """System name of an experiment: decoupled ones from decoupled.json, the others from config.yaml."""
+    info_path = exp_dir / DECOUPLED_FILE
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        return decoupled_name(info, info.get("base_config") or {})
+    return system_name(_exp_config(exp_dir))
 
 
 def load_results(exp_dir: PathLike) -> dict:
@@ -102,7 +138,7 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
     if label is not None:
         row["label"] = label
     elif "label" not in row:
-        row["label"] = variant_label(system_name(_exp_config(exp_dir)), variant)
+        row["label"] = variant_label(_exp_system(exp_dir), variant)
     for key, value in sections.items():
         if value is not None:
             row[key] = value
@@ -112,15 +148,28 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
 
 
 def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
-                        p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None) -> dict:
-    """EER / minDCF of a labelled score file, stored as the variant's verification result."""
-    from .metrics import evaluate_score_files
+                        p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None,
+                        utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """EER / minDCF of a labelled score file with 95% intervals from resampling enrolment speakers (`utt2spk`
+    of the eval dir; without it, enrolment keys), stored as the variant's verification result."""
+    from .evidence import verification_with_ci
 
-    res = evaluate_score_files([str(score_file)], p_targets)[0]
-    ver = {"scores": str(Path(score_file).resolve()), "eer": res["eer"],
-           "min_dcf": {f"{p:g}": v for p, v in res["min_dcf"].items()}, "n_target": res["n_target"],
-           "n_nontarget": res["n_nontarget"]}
+    res = verification_with_ci(str(Path(score_file).resolve()), str(utt2spk) if utt2spk else None, p_targets,
+                               n_boot, seed=seed)
+    ver = {"scores": str(Path(score_file).resolve()), **res}
     return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
+
+
+def record_seen(exp_dir: PathLike, variant: str, score_file: PathLike, utt2spk: PathLike, train_data: PathLike,
+                many: int, few: int, label: str | None = None, p_targets: Sequence[float] = (0.01, 0.05),
+                tde_alpha: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """EER / minDCF of a seen-speaker list by shot group of the enrolment speaker (training counts of
+    `train_data`), with intervals, stored as the variant's `seen` result."""
+    from .evidence import seen_verification
+
+    res = seen_verification(str(Path(score_file).resolve()), str(utt2spk), str(train_data), many, few, p_targets,
+                            n_boot, seed=seed)
+    return update_results(exp_dir, variant, label, seen=res, tde_alpha=tde_alpha)
 
 
 def record_identification(exp_dir: PathLike, variant: str, result: Mapping[str, Any],
@@ -134,8 +183,16 @@ def _variant_key(v: str) -> tuple[int, str]:
     return (VARIANTS.index(v), v) if v in VARIANTS else (len(VARIANTS), v)
 
 
+def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
+    """(system key, seed) of an experiment dir: `<dir>/<name>_seed<k>` is run k of system `<dir>/<name>`."""
+    p = Path(exp_dir)
+    m = re.fullmatch(r"(.+)_seed(\d+)", p.name)
+    return (str(p.parent / m.group(1)), int(m.group(2))) if m else (str(p), None)
+
+
 def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
-    """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order."""
+    """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
+    and `seed` say which training runs are seeds of one system (split_seed)."""
     rows = []
     for exp in exp_dirs:
         exp = Path(exp)
@@ -146,76 +203,91 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
             if variants is not None and v not in variants:
                 continue
             r = data["rows"][v]
-            rows.append({"exp": str(exp), "variant": v, "label": r.get("label", v),
-                         "verification": r.get("verification"), "identification": r.get("identification"),
-                         "tde_alpha": r.get("tde_alpha")})
+            system, seed = split_seed(exp)
+            rows.append({"exp": str(exp), "system": system, "seed": seed, "variant": v, "label": r.get("label", v),
+                         "verification": r.get("verification"), "seen": r.get("seen"),
+                         "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
 def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:
-    found = {(r["identification"]["thresholds"]["many"], r["identification"]["thresholds"]["few"])
-             for r in rows if r.get("identification") and "thresholds" in r["identification"]}
+    found = {(sec["thresholds"]["many"], sec["thresholds"]["few"])
+             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and "thresholds" in sec}
     if len(found) > 1:
         raise DataError(f"experiments use different shot-group thresholds {sorted(found)}: not one table")
     return next(iter(found)) if found else None
 
 
-def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str | None = None) -> str:
-    """Markdown table: System | EER (%) | minDCF | Many | Medium | Few | Overall (accuracy %), plus a caption."""
+def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_seeds: bool) -> list[str]:
     key = f"{p_target:g}"
-    head = ["System", "EER (%)", f"minDCF ({key})", "Many", "Medium", "Few", "Overall"]
-    body = []
-    seen: dict[str, set[str]] = {}
-    for r in rows:
-        seen.setdefault(r["label"], set()).add(r["exp"])
-    for r in rows:
-        ver, iden = r.get("verification") or {}, r.get("identification") or {}
-        label = r["label"] + (f" [{Path(r['exp']).name}]" if len(seen[r["label"]]) > 1 else "")  # same system twice
-        label += f" (alpha={r['tde_alpha']:g})" if r.get("tde_alpha") is not None else ""
-        dcf = (ver.get("min_dcf") or {}).get(key)
-        body.append([label, _pct(ver.get("eer")), "-" if dcf is None else f"{dcf:.4f}",
-                     _pct(iden.get("many")), _pct(iden.get("medium")), _pct(iden.get("few")),
-                     _pct(iden.get("overall"))])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = [lambda s, w: s.ljust(w)] + [lambda s, w: s.rjust(w)] * (len(head) - 1)
-    lines = ["| " + " | ".join(f(c, w) for f, c, w in zip(fmt, row, widths)) + " |" for row in [head]]
-    lines.append("|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|")
-    lines += ["| " + " | ".join(f(c, w) for f, c, w in zip(fmt, row, widths)) + " |" for row in body]
-    thr = _thresholds(rows)
-    notes = []
-    if caption:
-        notes.append(caption)
+    notes = [caption] if caption else []
     trials = sorted({Path(r["verification"]["scores"]).name.removesuffix(".score") for r in rows
                      if r.get("verification")})
+    seen = sorted({Path(r["seen"]["scores"]).name.removesuffix(".score") for r in rows if r.get("seen")})
     if trials:
-        notes.append(f"EER / minDCF (p_target={key}, normalised) on {', '.join(trials)}.")
+        notes.append(f"Held-out speakers: EER / minDCF (p_target={key}, normalised) on {', '.join(trials)}.")
+    thr = _thresholds(rows)
+    if seen:
+        notes.append(f"Seen speakers: the same on {', '.join(seen)}, a list on held-out utterances of the training "
+                     "speakers, by shot group of the enrolment speaker.")
     if thr:
         many, few = thr
-        notes.append(f"Closed-set identification accuracy (%) on held-out utterances of the training speakers, mean "
-                     f"of per-speaker accuracies; shot groups by training utterances: Many > {many}, Medium "
+        notes.append(f"Identification: closed-set accuracy on held-out utterances of the training speakers, mean of "
+                     f"per-speaker accuracies. Shot groups by training utterances: Many > {many}, Medium "
                      f"{few}-{many}, Few < {few}.")
+    if several_seeds:
+        notes.append("Rows over several training seeds: mean ± std over seeds; differences: mean of the per-seed "
+                     "differences with a 95% Student-t interval over seeds.")
+    if not all(len({x['seed'] for x in rows if x['system'] == r['system']}) > 1 for r in rows):
+        notes.append("One training run: [95% interval] from a bootstrap over enrolment speakers (verification) or "
+                     "test speakers within each group (identification); differences from a paired bootstrap "
+                     "(same trials / utterances, shared resamples).")
+    notes.append("Reference of a difference: a TDE row against the same system without TDE; any other row "
+                 "against the baseline system's row of the same scoring.")
     if any(r.get("tde_alpha") is not None for r in rows):
         notes.append("TDE alpha chosen on a dev set (never on the test trials).")
-    return "\n".join(lines) + ("\n\n" + " ".join(notes) if notes else "") + "\n"
+    if any((Path(r["exp"]) / DECOUPLED_FILE).is_file() for r in rows):
+        notes.append("cRT and tau-norm re-train / re-scale only the classifier: their embeddings, hence their "
+                     "verification figures, are those of the system they were built on; they change "
+                     "identification only.")
+    notes.append("(-: not measured; identification is not defined for a score normalisation such as AS-norm.)")
+    return notes
+
+
+def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str | None = None,
+                    baseline: str | None = None, per_seed: bool = False, n_boot: int = 1000) -> str:
+    """The report: figure tables (verification held-out / seen by shot group, identification) with intervals or
+    mean ± std over seeds, then the differences from each row's reference (report_table), and the notes."""
+    return _render(rows, p_target, caption, baseline, per_seed, n_boot)[0]
+
+
+def _render(rows: Sequence[dict], p_target: float, caption: str | None, baseline: str | None, per_seed: bool,
+            n_boot: int) -> tuple[str, dict]:
+    from .report_table import build_tables
+
+    lines, summary = build_tables(rows, p_target, baseline, per_seed, n_boot)
+    several = any(len({x["seed"] for x in rows if x["system"] == r["system"]}) > 1 for r in rows)
+    text = "\n".join(lines).lstrip("\n") + "\n\n" + " ".join(_notes(rows, p_target, caption, several)) + "\n"
+    return text, summary
 
 
 def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, caption: str | None = None,
-                 variants: Sequence[str] | None = None, p_target: float = 0.01) -> tuple[str, Path]:
-    """Write `report.md` and `report.json` (rows as collected) into out_dir (default: the first exp's parent)."""
+                 variants: Sequence[str] | None = None, p_target: float = 0.01, baseline: str | None = None,
+                 per_seed: bool = False, n_boot: int = 1000) -> tuple[str, Path]:
+    """Write `report.md` and `report.json` (rows, per-run figures, differences) into out_dir (default: the first
+    exp's parent)."""
     if not exp_dirs:
         raise UsageError("no experiment dirs given")
     rows = collect_rows(exp_dirs, variants)
     if not rows:
         raise DataError("no result rows (check --variants)", exp_dirs[0])
-    text = format_markdown(rows, p_target, caption)
+    text, summary = _render(rows, p_target, caption, baseline, per_seed, n_boot)
     out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     # report.json first: report.md, the file people look at, appears only when both are complete.
-    write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": rows},
-                                                      indent=1) + "\n")
+    write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": rows,
+                                                       **summary}, indent=1) + "\n")
     write_text_atomic(out / "report.md", text)
     return text, out

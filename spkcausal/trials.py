@@ -20,7 +20,14 @@ and by key-sorted inputs, so a seed gives the same list on every run of a given 
 
 Consequences: no self-pairs, no trial twice (neither as (a, b) twice nor as (a, b) and (b, a)),
 target pairs from different sessions when the dir knows them. A request that the dir cannot
-satisfy raises DataError saying how many trials it can give.
+satisfy raises DataError saying how many trials it can give, unless `fit` lowers it first
+(`fit_num_trials`: targets down to the dir's capacity, non-targets in the same proportion).
+
+Seen-speaker lists (the recipes' `seen_test` / `seen_dev`, on the held-out utterances of the *training*
+speakers): every speaker of such a dir holds the same number of held-out utterances, so the water filling
+gives every speaker about the same number of targets, and the uniformly drawn non-targets put a speaker in
+the enrolment seat about equally often too. Each shot group of the enrolment speaker therefore gets targets
+and non-targets in proportion to its number of speakers, at the list's overall target ratio.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from .datadir import DataDir
 from .trialio import Trials
 from .utils import DataError, UsageError
 
-__all__ = ["make_trials", "target_capacity"]
+__all__ = ["make_trials", "target_capacity", "fit_num_trials"]
 
 log = logging.getLogger("spkcausal.trials")
 
@@ -108,9 +115,26 @@ def _water_fill(caps: np.ndarray, want: int, rng: np.random.Generator) -> np.nda
     return quota
 
 
+def fit_num_trials(data: DataDir, num_trials: int, target_ratio: float = 0.5, cross_session: bool = True) -> int:
+    """`num_trials`, or fewer when the dir has fewer distinct target pairs than `num_trials * target_ratio`:
+    then every target pair and non-targets at the same ratio."""
+    n_tgt = int(np.floor(num_trials * target_ratio + 0.5))
+    cap = target_capacity(data, cross_session)
+    if n_tgt <= cap or target_ratio <= 0.0:
+        return num_trials
+    if cap == 0:
+        where = data.path if data.path is not None else "data dir"
+        raise DataError("no target pair: every speaker has a single utterance (or a single session); hold out "
+                        "more utterances per speaker or allow same-session targets", where)
+    return max(1, int(np.floor(cap / target_ratio)))
+
+
 def make_trials(data: DataDir, num_trials: int, seed: int, target_ratio: float = 0.5,
-                cross_session: bool = True) -> Trials:
-    """A reproducible balanced trial list over a data dir (algorithm in the module docstring)."""
+                cross_session: bool = True, fit: bool = False) -> Trials:
+    """A reproducible balanced trial list over a data dir (algorithm in the module docstring); `fit` lowers
+    `num_trials` to what the dir allows (fit_num_trials)."""
+    if fit and num_trials > 0 and 0.0 <= target_ratio <= 1.0:
+        num_trials = fit_num_trials(data, num_trials, target_ratio, cross_session)
     if num_trials <= 0:
         raise UsageError(f"num_trials must be positive, got {num_trials}")
     if not 0.0 <= target_ratio <= 1.0:

@@ -146,7 +146,8 @@ def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
     xbar = s["head"].mean_feature.numpy().astype(np.float64)
     alphas = [0.0, 0.4, 0.8, 1.2, 1.6]
     res = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas,
-                       out=s["tmp"] / "alpha.json")
+                       out=s["tmp"] / "alpha.json", heuristic=False)
+    assert res["alphas"] == alphas and res["alpha_source"] == "grid"
     accs = [_group_acc(s["y"], _np_tde_logits(s["w"], s["x"], xbar, a, 2, 10.0, 0.05).argmax(1), s["counts"], 6,
                        3)["overall"] for a in alphas]
     assert res["accuracy"] == pytest.approx(accs)
@@ -157,4 +158,90 @@ def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
     d = len(xbar) // 2
     cos = [s["x"][:, c * d:(c + 1) * d] @ (xbar[c * d:(c + 1) * d] / np.linalg.norm(xbar[c * d:(c + 1) * d]))
            / np.linalg.norm(s["x"][:, c * d:(c + 1) * d], axis=1) for c in range(2)]
-    assert res["heuristic_alpha"] == pytest.approx(1.0 / np.mean(cos), rel=1e-5)
+    with_h = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas)
+    h = 1.0 / np.mean(cos)
+    assert with_h["heuristic_alpha"] == pytest.approx(h, rel=1e-5) and "dev embeddings" in with_h["heuristic_from"]
+    # the heuristic is one more candidate, in order, with its own accuracy
+    assert with_h["alphas"] == sorted(alphas + [with_h["heuristic_alpha"]])
+    i = with_h["alphas"].index(with_h["heuristic_alpha"])
+    acc_h = _group_acc(s["y"], _np_tde_logits(s["w"], s["x"], xbar, with_h["heuristic_alpha"], 2, 10.0, 0.05).argmax(1),
+                       s["counts"], 6, 3)["overall"]
+    assert with_h["accuracy"][i] == pytest.approx(acc_h)
+    assert with_h["alpha_source"] == ("heuristic" if acc_h > max(accs) else "grid")
+    # computed on a training store when one is given, and said so
+    write_store(s["tmp"] / "train_emb", [f"t{i}" for i in range(len(s["x"]))], s["x"][::-1].astype(np.float32))
+    on_train = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas,
+                            heuristic_emb=s["tmp"] / "train_emb")
+    assert on_train["heuristic_alpha"] == pytest.approx(h, rel=1e-5)
+    assert on_train["heuristic_from"].startswith("training embeddings")
+
+
+def test_alpha_grid_reaches_three_in_quarter_steps():
+    from spkcausal.tde_alpha import ALPHA_GRID
+
+    assert ALPHA_GRID[0] == 0.0 and ALPHA_GRID[-1] == 3.0 and np.allclose(np.diff(ALPHA_GRID), 0.25)
+
+
+def _eer(scores, labels):
+    """EER by brute force over thresholds: the crossing of Pmiss and Pfa (interpolated)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    d = (1 - tpr) - fpr
+    j = int(np.argmax(d <= 0))
+    w = d[j - 1] / (d[j - 1] - d[j])
+    return float(fpr[j - 1] + w * (fpr[j] - fpr[j - 1]))
+
+
+def test_choose_alpha_by_dev_trial_eer_matches_numpy(iden_setup):
+    s = iden_setup
+    keys = sorted((s["tmp"] / "emb" / "keys.txt").read_text().split())
+    spk = {k: k.split("-")[0] for k in keys}
+    lines, pairs = [], []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            lab = spk[a] == spk[b]
+            lines.append(f"{a} {b} {'target' if lab else 'nontarget'}\n")
+            pairs.append((a, b, lab))
+    (s["tmp"] / "dev_trials").write_text("".join(lines))
+    alphas = [0.0, 0.5, 1.0, 2.0]
+    res = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", trials=s["tmp"] / "dev_trials",
+                       alphas=alphas, criterion="dev_eer", heuristic=False)
+    emb = dict(zip((s["tmp"] / "emb" / "keys.txt").read_text().split(),
+                   np.load(s["tmp"] / "emb" / "embeddings.npy").astype(np.float64)))
+    xbar = s["head"].mean_feature.numpy().astype(np.float64)
+    want = []
+    for a in alphas:
+        def tde(x, a=a):
+            parts = []
+            for c in range(2):
+                xk = x[c * 4:(c + 1) * 4] / np.linalg.norm(x[c * 4:(c + 1) * 4])
+                dk = xbar[c * 4:(c + 1) * 4] / np.linalg.norm(xbar[c * 4:(c + 1) * 4])
+                parts.append(xk - a * (xk @ dk) * dk)
+            return np.concatenate(parts)
+        sc = [tde(emb[x]) @ tde(emb[y]) / np.linalg.norm(tde(emb[x])) / np.linalg.norm(tde(emb[y]))
+              for x, y, _ in pairs]
+        want.append(_eer(np.array(sc), np.array([p[2] for p in pairs])))
+    assert res["eer"] == pytest.approx(want, abs=1e-9)
+    best = min(range(len(alphas)), key=lambda i: (want[i], alphas[i]))  # ties: the smaller alpha
+    assert res["alpha"] == alphas[best] and res["criterion_name"] == "dev_eer"
+    assert len(res["accuracy"]) == len(alphas)  # the accuracy curve is still recorded beside it
+    with pytest.raises(ValueError, match="needs a labelled dev trial list"):
+        choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", criterion="dev_min_dcf")
+
+
+def test_identify_keeps_predictions_and_intervals(iden_setup):
+    s = iden_setup
+    res = identify(s["tmp"] / "emb", s["tmp"] / "held", s["tmp"] / "train", ckpt=s["ckpt"], many=6, few=3,
+                   predictions=s["tmp"] / "pred" / "cosine.npz", n_boot=300)
+    saved = np.load(res["predictions"])
+    held = dict(line.split() for line in (s["tmp"] / "held" / "utt2spk").read_text().splitlines())
+    assert sorted(saved["utts"].tolist()) == sorted(held)
+    assert [saved["speakers"][y] for y in saved["y_true"]] == [held[u] for u in saved["utts"]]
+    # the saved predictions give the recorded accuracies again
+    again = _group_acc(saved["y_true"], saved["y_pred"], saved["train_counts"], 6, 3)
+    for g in ("many", "medium", "few", "overall"):
+        assert res[g] == pytest.approx(again[g])
+        lo, hi = res[f"{g}_ci"]
+        assert lo - 1e-12 <= res[g] <= hi + 1e-12
+    assert saved["speakers"].tolist() == ["s0", "s1", "s2", "s3", "s4"]

@@ -90,8 +90,10 @@ def _snapshot(*dirs: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
-COMMON = ["--val_per_spk", "1", "--test_per_spk", "1", "--num_avg", "2", "--asnorm_top", "3", "--nj", "1",
-          "--extract_workers", "0"]
+# two held-out test utterances per speaker: the seen-speaker list needs target pairs; the fixtures' few
+# utterances per speaker rarely give two sessions, so same-session targets are allowed here
+COMMON = ["--val_per_spk", "1", "--test_per_spk", "2", "--num_avg", "2", "--asnorm_top", "3", "--nj", "1",
+          "--extract_workers", "0", "--seen_same_session_ok", "true"]
 ALPHAS = ["--alphas", "0,0.5,1,1.5"]  # a user's grid; without --alphas the recipe uses the library's
 
 
@@ -134,38 +136,125 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def _check_table(exp: Path, systems: list[str]) -> None:
-    """Every figure of report.md is the one recorded in the systems' results.json."""
-    lines = [ln for ln in (exp / "report.md").read_text().splitlines() if ln.startswith("| ")][1:]
-    table = {}
-    for ln in lines:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        m = re.fullmatch(r"(.*?)(?: \(alpha=([-\d.e]+)\))?", cells[0])
-        table[m.group(1)] = (m.group(2), cells[1:])
+def _tables(text: str) -> dict[str, tuple[list[str], dict[str, list[str]]]]:
+    """Every markdown table of a report under its bold title: (header, {row label: cells})."""
+    out, lines = {}, text.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("**") and i + 2 < len(lines) and lines[i + 2].startswith("| "):
+            head = [c.strip() for c in lines[i + 2].strip("|").split("|")]
+            rows = {}
+            for row in lines[i + 4:]:
+                if not row.startswith("| "):
+                    break
+                cells = [c.strip() for c in row.strip("|").split("|")]
+                rows[cells[0]] = cells[1:]
+            out[ln.strip("*").split(" (")[0].split(":")[0]] = (head, rows)
+    return out
+
+
+def _point(cell: str) -> float | None:
+    return None if cell == "-" else float(cell.split()[0])
+
+
+def _check_table(exp: Path, names: list[str]) -> None:
+    """Every figure of report.md is the one recorded in the experiments' results.json (the mean over the seeds
+    of a system run with several), and each run's interval holds its point estimate."""
+    tables = _tables((exp / "report.md").read_text())
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for name in names:
+        for v, row in json.loads((exp / name / "results.json").read_text())["rows"].items():
+            runs.setdefault((re.sub(r"_seed\d+$", "", name), v), []).append(row)
     want = {}
-    for name in systems:
-        for row in json.loads((exp / name / "results.json").read_text())["rows"].values():
-            want[row["label"]] = row
-    assert sorted(table) == sorted(want)
-    for label, (alpha, cells) in table.items():
-        row = want[label]
-        assert (alpha is None) == (row.get("tde_alpha") is None)
-        if alpha is not None:
-            assert float(alpha) == pytest.approx(row["tde_alpha"], abs=1e-6)
-        ver, iden = row.get("verification") or {}, row.get("identification") or {}
-        figures = [100 * ver["eer"] if ver else None, ver["min_dcf"]["0.01"] if ver else None]
-        # an empty shot group is NaN in memory and null in JSON: "-" in the table
-        figures += [None if iden.get(g) is None or math.isnan(iden[g]) else 100 * iden[g]
-                    for g in ("many", "medium", "few", "overall")]
-        for cell, fig in zip(cells, figures):
-            assert cell == "-" if fig is None else float(cell) == pytest.approx(fig, abs=0.006), (label, cells)
+    for rows in runs.values():
+        alphas = sorted({r["tde_alpha"] for r in rows if r.get("tde_alpha") is not None})
+        label = rows[0]["label"] + (f" (alpha={alphas[0]:g})" if len(alphas) == 1 else
+                                    f" (alpha {alphas[0]:g}-{alphas[-1]:g})" if alphas else "")
+        want[label + (f" ({len(rows)} seeds)" if len(rows) > 1 else "")] = rows
+    ver_head, ver = tables["Verification"]
+    assert ver_head[:3] == ["System", "EER (%)", "minDCF (0.01)"]
+    _, iden = tables["Closed-set identification accuracy"]
+    assert sorted(set(ver) | set(iden)) == sorted(want)
+
+    def mean(values: list) -> float | None:
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    for label, rows in want.items():
+        vs = [r.get("verification") or {} for r in rows]
+        if vs[0]:
+            assert _point(ver[label][0]) == pytest.approx(100 * mean([v["eer"] for v in vs]), abs=0.006)
+            assert _point(ver[label][1]) == pytest.approx(mean([v["min_dcf"]["0.01"] for v in vs]), abs=6e-5)
+            assert all(v["eer_ci"][0] - 1e-12 <= v["eer"] <= v["eer_ci"][1] + 1e-12 for v in vs)
+        for k, g in enumerate(("many", "medium", "few")):
+            grps = [((r.get("seen") or {}).get("groups") or {}).get(g) for r in rows]
+            if all(x and "eer" in x for x in grps):
+                assert _point(ver[label][2 + k]) == pytest.approx(100 * mean([x["eer"] for x in grps]), abs=0.006)
+                assert all(x["eer_ci"][0] - 1e-12 <= x["eer"] <= x["eer_ci"][1] + 1e-12 for x in grps)
+        for k, g in enumerate(("many", "medium", "few", "overall")):
+            ids = [r.get("identification") or {} for r in rows]
+            if all(i.get(g) is not None and not math.isnan(i[g]) for i in ids):
+                assert _point(iden[label][k]) == pytest.approx(100 * mean([i[g] for i in ids]), abs=0.006)
+                assert all(i[f"{g}_ci"][0] - 1e-12 <= i[g] <= i[f"{g}_ci"][1] + 1e-12 for i in ids)
+
+
+def _train_counts(data: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in (data / "train" / "utt2spk").read_text().splitlines():
+        counts[line.split()[1]] = counts.get(line.split()[1], 0) + 1
+    return counts
+
+
+def _group(n: int, many: int, few: int) -> str:
+    return "many" if n > many else "few" if n < few else "medium"
+
+
+def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) -> None:
+    """The seen-speaker lists: held-out utterances of training speakers only, never a training utterance; the
+    recorded per-group EERs are sklearn's on the trials of that group of the enrolment speaker."""
+    train = set(DataDir.load(data / "train").utt2spk)
+    counts = _train_counts(data)
+    for lst, split in (("seen_test", "iden_test"), ("seen_dev", "iden_val")):
+        if lst == "seen_dev" and not (data / "trials" / lst).exists():
+            continue  # one val utterance per speaker: no target pair, no dev list (stage 2 says so)
+        enroll, test, _, is_target = _score_file(data / "trials" / lst)
+        u2s = DataDir.load(data / split).utt2spk
+        assert is_target.any() and (~is_target).any()
+        assert not (set(enroll) | set(test)) & train  # no utterance that training saw
+        assert set(enroll) | set(test) <= set(u2s) and {u2s[e] for e in enroll} <= set(counts)
+    u2s = DataDir.load(data / "iden_test").utt2spk
+    for name in names:
+        rows = json.loads((exp / name / "results.json").read_text())["rows"]
+        for variant, row in rows.items():
+            seen = row["seen"]
+            enroll, _, scores, is_target = _score_file(seen["scores"])
+            grp = np.array([_group(counts[u2s[e]], many, few) for e in enroll])
+            for g, rec in seen["groups"].items():
+                sel = grp == g
+                if rec is None or "eer" not in rec:
+                    assert not sel.any() or is_target[sel].all() or not is_target[sel].any()
+                    continue
+                assert (rec["n_target"], rec["n_nontarget"]) == (int(is_target[sel].sum()),
+                                                                 int((~is_target[sel]).sum()))
+                eer, dcf = _sklearn_eer_min_dcf(scores[sel], is_target[sel])
+                assert rec["eer"] == pytest.approx(eer, abs=1e-9), (name, variant, g)
+                assert rec["min_dcf"]["0.01"] == pytest.approx(dcf, abs=1e-9)
 
 
 def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, alphas: list[float]) -> None:
     for name in systems:
         e = exp / name
-        assert (e / "avg_model.pt").is_file() and (e / "checkpoints" / "epoch_0002.pt").is_file()
         res = json.loads((e / "results.json").read_text())
+        if (e / "decoupled.json").is_file():  # cRT / tau-norm: the base's embeddings and verification rows
+            info = json.loads((e / "decoupled.json").read_text())
+            base = json.loads((Path(info["base"]) / "results.json").read_text())["rows"]
+            assert (e / "emb").resolve() == (Path(info["base"]) / "emb").resolve()
+            for v, row in res["rows"].items():
+                assert row["verification"] == base[v]["verification"] and row["seen"] == base[v]["seen"]
+                assert row["label"].startswith(("cRT (on Baseline", "tau-norm (tau="))
+                if v in ("cosine", "mean_sub"):  # identification with the new head (not with a score normalisation)
+                    ckpt = exp.parent / row["identification"]["checkpoint"]  # relative to the recipe's cwd
+                    assert ckpt.resolve() == (e / "avg_model.pt").resolve()
+            continue
+        assert (e / "avg_model.pt").is_file() and (e / "checkpoints" / "epoch_0002.pt").is_file()
         for variant in ("cosine", "mean_sub", "asnorm"):
             ver = res["rows"][variant]["verification"]
             assert Path(ver["scores"]) == e / "scores" / variant / f"{trial}.score"
@@ -181,8 +270,13 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
             assert not any(v.startswith("tde") for v in res["rows"]) and not (e / "tde_alpha.json").exists()
             continue
         alpha = json.loads((e / "tde_alpha.json").read_text())
-        assert alpha["alphas"] == alphas and len(alpha["accuracy"]) == len(alphas)
-        assert (e / "tde_alpha.txt").read_text().splitlines()[-1] == f"alpha {alpha['alpha']:g}"
+        assert alpha["grid"] == alphas and set(alphas) <= set(alpha["alphas"])
+        assert len(alpha["accuracy"]) == len(alpha["alphas"]) and len(alpha["alphas"]) <= len(alphas) + 1
+        assert alpha["heuristic_from"].startswith("training embeddings")
+        if (exp.parent / "data" / "trials" / "seen_dev").exists():  # the seen-speaker dev list's curves
+            assert alpha["dev_lists"][0]["trials"].endswith("seen_dev")
+        last = (e / "tde_alpha.txt").read_text().splitlines()[-1].split()
+        assert last[0] == "alpha" and float(last[1]) == alpha["alpha"]
         for v in ("tde", "tde_mean_sub", "tde_asnorm"):
             assert res["rows"][v]["tde_alpha"] == alpha["alpha"]
         assert res["rows"]["tde"]["identification"]["tde_alpha"] == alpha["alpha"]
@@ -201,8 +295,8 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
 @pytest.mark.slow
 def test_voxceleb_recipe_stage_by_stage(tmp_path):
     make_voxceleb1(tmp_path / "vox1")
-    args = ["--vox1_root", str(tmp_path / "vox1"), "--train_set", "vox1_dev", "--systems", "tiny_aam tiny_cnaam",
-            "--many", "2", "--few", "2", *COMMON, *ALPHAS]
+    args = ["--vox1_root", str(tmp_path / "vox1"), "--train_set", "vox1_dev", "--systems",
+            "tiny_aam tiny_cnaam tiny_aam+crt", "--many", "2", "--few", "2", *COMMON, *ALPHAS]
     _run("voxceleb", tmp_path, *args, "--stop_stage", "2")
     assert (tmp_path / "data" / "vox1_dev" / "wav.scp").is_file() and (tmp_path / "data" / "longtail.png").is_file()
     held = set(DataDir.load(tmp_path / "data" / "iden_test").utt2spk)
@@ -216,11 +310,14 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     assert cfg["model"] == shared["model"] and cfg["head"] == shared["head"] and cfg["seed"] == shared["seed"]
     assert tmp_path / cfg["data"]["train"] == tmp_path / "data" / "train"  # --data is relative to the cwd here
     _run("voxceleb", tmp_path, *args, "--stage", "4")
-    _check_outputs(tmp_path / "exp", ["tiny_aam", "tiny_cnaam"], "vox1_test", "veri_test2.txt", [0.0, 0.5, 1.0, 1.5])
+    names = ["tiny_aam", "tiny_cnaam", "tiny_aam_crt"]
+    _check_outputs(tmp_path / "exp", names, "vox1_test", "veri_test2.txt", [0.0, 0.5, 1.0, 1.5])
+    _check_seen(tmp_path / "data", tmp_path / "exp", names, 2, 2)
     before = _snapshot(tmp_path / "data", tmp_path / "exp")
     log = _run("voxceleb", tmp_path, *args)  # every stage again: all finished, nothing may change
     assert _snapshot(tmp_path / "data", tmp_path / "exp") == before
-    assert log.count("skipping") == 3 + 4 * 2 + 1  # stages 1, 2, 8; 3, 4, 5, 7 per system; 6 (TDE) for cnaam
+    # stages 1, 2, seen lists, 8; 3, 4, 5, 7 per trained system; 6 (TDE) for cnaam; 4, 5, 7 for the cRT system
+    assert log.count("skipping") == 4 + 4 * 2 + 1 + 3
     assert [int(s) for s in re.findall(r"stage (\d) finished", log)] == list(range(1, 9))
 
     # --gpus passes through to torchrun: without CUDA the two ranks train and extract on CPU over gloo
@@ -269,26 +366,68 @@ def test_cnceleb_recipe_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_librispeech_recipe_end_to_end(tmp_path):
+    """Two training seeds (exp/tiny_cnaam_seed<k>), the seen-speaker dev list choosing alpha by EER, the report's
+    mean ± std over seeds against numpy, and a re-run with one more seed that trains only that seed."""
     make_librispeech(tmp_path / "ls")
+    common = list(COMMON)
+    common[common.index("--val_per_spk") + 1] = "2"  # two val utterances per reader: the seen dev list has targets
     args = ["--libri_root", str(tmp_path / "ls"), "--eval_set", "dev-clean", "--num_trials", "20",
             "--num_dev_trials", "20", "--systems", "tiny_cnaam", "--many", "3", "--few", "3", "--train_overrides",
-            "data.min_seconds=0.3 data.chunk_seconds=0.3", *COMMON]
+            "data.min_seconds=0.3 data.chunk_seconds=0.3", "--alpha_on", "dev_eer", *common]
     _run("librispeech", tmp_path, *args, "--stop_stage", "1")
     trials = (tmp_path / "data" / "trials" / "dev-clean").read_text().split("\n")
     assert len([t for t in trials if t]) == 20
-    _run("librispeech", tmp_path, *args, "--stage", "2")
+    _run("librispeech", tmp_path, *args, "--stage", "2", "--seeds", "1 2")
     exp = tmp_path / "exp"
+    names = ["tiny_cnaam_seed1", "tiny_cnaam_seed2"]
+    assert [yaml.safe_load((exp / n / "config.yaml").read_text())["seed"] for n in names] == [1, 2]
     # no --alphas: stage 6 sweeps the library's grid
-    _check_outputs(exp, ["tiny_cnaam"], "dev-clean", "dev-clean", [float(a) for a in ALPHA_GRID])
-    # the dev-trial EER curve recorded beside the choice, recomputed from the dev readers' raw embeddings
-    alpha = json.loads((exp / "tiny_cnaam" / "tde_alpha.json").read_text())
-    store = _store(exp / "tiny_cnaam" / "emb" / "dev-clean")
-    xbar = np.load(exp / "tiny_cnaam" / "emb" / "dev-clean" / "mean_feature.npy").astype(np.float64)
+    _check_outputs(exp, names, "dev-clean", "dev-clean", [float(a) for a in ALPHA_GRID])
+    _check_seen(tmp_path / "data", exp, names, 3, 3)
+    # alpha by EER on the seen-speaker dev list (ties: the smaller alpha); the dev-clean curve recorded beside it,
+    # recomputed from the dev readers' raw embeddings
+    alpha = json.loads((exp / names[0] / "tde_alpha.json").read_text())
+    seen_dev, clean = alpha["dev_lists"]
+    assert seen_dev["trials"].endswith("seen_dev") and clean["trials"].endswith("dev-clean")
+    best = min(range(len(alpha["alphas"])), key=lambda i: (seen_dev["eer"][i], alpha["alphas"][i]))
+    assert alpha["alpha"] == alpha["alphas"][best] and alpha["criterion_name"] == "dev_eer"
+    store = _store(exp / names[0] / "emb" / "dev-clean")
+    xbar = np.load(exp / names[0] / "emb" / "dev-clean" / "mean_feature.npy").astype(np.float64)
     enroll, test, _, is_target = _score_file(tmp_path / "data" / "trials" / "dev-clean")
-    for a, recorded in zip(alpha["alphas"], alpha["eer"]):
+    for a, recorded in zip(alpha["alphas"], clean["eer"]):
         s = [_cos(_tde(store[x], xbar, a), _tde(store[y], xbar, a)) for x, y in zip(enroll, test)]
         assert recorded == pytest.approx(_sklearn_eer_min_dcf(np.array(s), is_target)[0], abs=1e-9), a
+    # the report: mean ± std over the two seeds of every recorded figure
+    ver = _tables((exp / "report.md").read_text())["Verification"][1]
+    eers = [json.loads((exp / n / "results.json").read_text())["rows"]["cosine"]["verification"]["eer"]
+            for n in names]
+    cell = next(v for k, v in ver.items() if k.startswith("De-confound (Causal Norm AAM)") and "seed" in k)[0]
+    assert cell == f"{100 * np.mean(eers):.2f} ± {100 * np.std(eers, ddof=1):.2f}"
     before = _snapshot(tmp_path / "data", exp)
-    _run("librispeech", tmp_path, *args, "--stage", "1", "--stop_stage", "1")
-    _run("librispeech", tmp_path, *args, "--stage", "8")
+    _run("librispeech", tmp_path, *args, "--stage", "1", "--stop_stage", "1", "--seeds", "1 2")
+    _run("librispeech", tmp_path, *args, "--stage", "8", "--seeds", "1 2")
     assert _snapshot(tmp_path / "data", exp) == before
+    # one more seed: only it is trained
+    _run("librispeech", tmp_path, *args, "--stage", "3", "--stop_stage", "3", "--seeds", "1 2 3")
+    assert (exp / "tiny_cnaam_seed3" / ".done" / "3").is_file()
+    assert {k: v for k, v in _snapshot(exp).items() if "_seed3" not in k} == \
+        {k: v for k, v in before.items() if k.startswith(str(exp))}
+
+
+def test_ablation_configs_differ_from_the_causal_norm_system_only_in_k_and_gamma():
+    """The grid K=1 gamma=0 (plain AAM through the Causal Norm AAM head), K=2 gamma=0, K=4 gamma=1/32 at the
+    same scale, margin and training as the K=2 gamma=1/32 system, for the corpus recipes and the demo."""
+    want = {"cn_k1_g0": (1, 0.0), "cn_k2_g0": (2, 0.0), "cn_k4_g1_32": (4, 1 / 32)}
+    for conf_dir, base_name, prefix in ((ROOT / "recipes" / "conf", "ecapa512_cnaam", "ecapa512_"),
+                                        (ROOT / "recipes" / "mini" / "conf", "cnaam", "")):
+        base = yaml.safe_load((conf_dir / f"{base_name}.yaml").read_text())
+        assert (base["head"]["num_heads"], base["head"]["gamma"]) == (2, 1 / 32)
+        found = sorted(p.stem for p in (conf_dir / "ablation").glob("*.yaml"))
+        assert found == sorted(prefix + k for k in want)
+        for name, (k, gamma) in want.items():
+            cfg = yaml.safe_load((conf_dir / "ablation" / f"{prefix}{name}.yaml").read_text())
+            assert (cfg["head"].pop("num_heads"), cfg["head"].pop("gamma")) == (k, gamma)
+            cfg.pop("exp_dir", None)
+            ref = yaml.safe_load((conf_dir / f"{base_name}.yaml").read_text())
+            ref["head"].pop("num_heads"), ref["head"].pop("gamma"), ref.pop("exp_dir", None)
+            assert cfg == ref, name

@@ -47,12 +47,25 @@ def test_system_names_follow_the_paper():
     assert variant_label("Baseline (AAM)", "mean_sub") == "Baseline (AAM) + mean subtraction"
 
 
+def _table(text: str, title: str) -> dict[str, list[str]]:
+    """Rows (label -> cells) of the markdown table under the bold title that starts with `title`."""
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith(f"**{title}"))
+    rows = {}
+    for ln in lines[i + 4:]:
+        if not ln.startswith("| "):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
 def test_report_table_from_known_results(tmp_path):
     base = _exp(tmp_path / "exp", "aam", "aam")
     cn = _exp(tmp_path / "exp", "cnaam", "causal_norm_aam")
-    update_results(base, "cosine", verification={"scores": "s/veri.txt.score", "eer": 0.0512,
+    update_results(base, "cosine", verification={"scores": "s/veri.txt.score", "eer": 0.0512, "eer_ci": [0.04, 0.06],
                                                  "min_dcf": {"0.01": 0.4321, "0.05": 0.3}},
-                   identification=_iden(0.9, 0.6, 0.125, 0.5))
+                   identification={**_iden(0.9, 0.6, 0.125, 0.5), "few_ci": [0.05, 0.2]})
     update_results(base, "mean_sub", verification={"scores": "m/veri.txt.score", "eer": 0.049,
                                                    "min_dcf": {"0.01": 0.41}})
     update_results(cn, "tde", tde_alpha=0.7, identification=_iden(0.85, 0.7, 0.3333, 0.61))
@@ -62,24 +75,23 @@ def test_report_table_from_known_results(tmp_path):
 
     text, out = write_report([base, cn])
     assert out == (tmp_path / "exp").resolve()
-    lines = text.splitlines()
-    assert set(lines[1].replace("|", "").replace(":", "")) == {"-"}  # markdown separator row
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["System", "EER (%)", "minDCF (0.01)", "Many", "Medium", "Few", "Overall"]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:6]]
-    assert rows[0] == ["Baseline (AAM)", "5.12", "0.4321", "90.00", "60.00", "12.50", "50.00"]
-    assert rows[1] == ["Baseline (AAM) + mean subtraction", "4.90", "0.4100", "88.00", "61.00", "-", "50.00"]
-    assert rows[2] == ["De-confound (Causal Norm AAM)", "6.00", "0.5000", "91.00", "62.00", "20.00", "55.00"]
-    assert rows[3] == ["De-confound-TDE (Causal Norm AAM) (alpha=0.7)", "-", "-", "85.00", "70.00", "33.33",
-                       "61.00"]
+    ver = _table(text, "Verification: held-out")
+    assert ver["Baseline (AAM)"][:2] == ["5.12 [4.0, 6.0]", "0.4321"]
+    assert ver["Baseline (AAM) + mean subtraction"][:2] == ["4.90", "0.4100"]
+    assert ver["De-confound (Causal Norm AAM)"][:2] == ["6.00", "0.5000"]
+    assert "De-confound-TDE (Causal Norm AAM) (alpha=0.7)" not in ver  # no verification figure: no row
+    iden = _table(text, "Closed-set identification")
+    assert iden["Baseline (AAM)"] == ["90.00", "60.00", "12.50 [5.0, 20.0]", "50.00"]
+    assert iden["Baseline (AAM) + mean subtraction"] == ["88.00", "61.00", "-", "50.00"]
+    assert iden["De-confound-TDE (Causal Norm AAM) (alpha=0.7)"] == ["85.00", "70.00", "33.33", "61.00"]
     assert "Many > 30, Medium 10-30, Few < 10" in text and "on veri.txt." in text
     assert (out / "report.md").read_text() == text
     saved = json.loads((out / "report.json").read_text())
-    assert [r["label"] for r in saved["rows"]] == [r[0].split(" (alpha")[0] for r in rows]
+    assert saved["baseline"] == str(base) and len(saved["rows"]) == 4
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temp files
     # a filter and a caption
     only = format_markdown(collect_rows([base, cn], variants=["tde"]), caption="Demo.")
-    assert only.count("\n|") == 2 and "Demo." in only
+    assert list(_table(only, "Closed-set")) == ["De-confound-TDE (Causal Norm AAM) (alpha=0.7)"] and "Demo." in only
     # two experiments of the same system are told apart by their directory names
     twin = _exp(tmp_path / "exp", "aam_s8", "aam")
     update_results(twin, "cosine", identification=_iden(0.8, 0.5, 0.2, 0.45))
@@ -91,6 +103,85 @@ def test_report_table_from_known_results(tmp_path):
         write_report([base, cn])
     with pytest.raises(DataError, match="no results.json"):
         write_report([tmp_path / "nothing"])
+
+
+def test_ablation_and_decoupled_systems_are_named_apart():
+    cn = {"head": {"name": "causal_norm_aam", "num_heads": 2, "gamma": 1 / 32}}
+    assert system_name(cn) == "De-confound (Causal Norm AAM)"
+    assert system_name({"head": {"name": "causal_norm_aam", "num_heads": 1, "gamma": 0.0}}) == \
+        "De-confound (Causal Norm AAM, K=1, gamma=0)"
+    assert system_name({"head": {"name": "causal_norm_aam", "num_heads": 4, "gamma": 1 / 32}}) == \
+        "De-confound (Causal Norm AAM, K=4, gamma=1/32)"
+    from spkcausal.report import decoupled_name
+
+    assert decoupled_name({"method": "crt"}, {"head": {"name": "aam"}}) == "cRT (on Baseline (AAM))"
+    assert decoupled_name({"method": "tau_norm", "tau": 0.6}, {"head": {"name": "aam"}}).startswith("tau-norm (tau=0.6")
+
+
+def _scores(path: Path, enroll, test, scores, labels) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{e} {t} {s:.6f} {'target' if lab else 'nontarget'}\n"
+                            for e, t, s, lab in zip(enroll, test, scores, labels)))
+    return path
+
+
+def test_seeds_give_mean_std_and_t_intervals_of_paired_differences(tmp_path):
+    """Three seeds of two systems: every cell is the numpy mean / std over seeds, every difference the mean of
+    the per-seed differences with its Student-t interval; --per-seed adds the seeds' own rows."""
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    eers = {"aam": [0.10, 0.12, 0.11], "cnaam": [0.08, 0.09, 0.095]}
+    few = {"aam": [0.20, 0.25, 0.22], "cnaam": [0.30, 0.28, 0.33]}
+    exps = []
+    for name, head in (("aam", "aam"), ("cnaam", "causal_norm_aam")):
+        for k in range(3):
+            e = _exp(tmp_path / "exp", f"{name}_seed{k}", head)
+            update_results(e, "cosine", verification={"scores": f"x/{k}.score", "eer": eers[name][k],
+                                                      "min_dcf": {"0.01": float(rng.random())}},
+                           identification=_iden(0.9, 0.5, few[name][k], 0.5))
+            exps.append(e)
+    rows = collect_rows(exps)
+    assert {(r["system"], r["seed"]) for r in rows} == {(str(tmp_path / "exp" / n), k) for n in ("aam", "cnaam")
+                                                        for k in range(3)}
+    text = format_markdown(rows, per_seed=True)
+    ver = _table(text, "Verification: held-out")
+    cell = ver["De-confound (Causal Norm AAM) (3 seeds)"][0]
+    assert cell == f"{100 * np.mean(eers['cnaam']):.2f} ± {100 * np.std(eers['cnaam'], ddof=1):.2f}"
+    assert ver["De-confound (Causal Norm AAM) [seed 1]"][0] == "9.00"  # the per-seed rows
+    diff = _table(text, "Differences")["De-confound (Causal Norm AAM) (3 seeds)"]
+    d = np.array(few["cnaam"]) - np.array(few["aam"])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    want = f"{100 * d.mean():+.2f} [{100 * (d.mean() - half):+.2f}, {100 * (d.mean() + half):+.2f}]"
+    few_cell = diff[1 + 7]  # vs, EER, minDCF, 3 seen EERs, Many, Medium, Few
+    assert few_cell.startswith(want)
+    assert few_cell.endswith("*") == bool(d.mean() - half > 0)
+    assert "mean ± std over seeds" in text
+
+
+def test_paired_difference_of_a_system_with_itself_is_zero_and_baseline_is_chosen(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    enroll = [f"spk{i % 15}-u{i}" for i in range(n)]
+    test = [f"t{i}" for i in range(n)]
+    labels = rng.random(n) < 0.3
+    s_a = rng.normal(size=n) + 2 * labels
+    s_b = s_a + rng.normal(scale=0.5, size=n)
+    u2s = tmp_path / "utt2spk"
+    u2s.write_text("".join(f"{e} {e.split('-')[0]}\n" for e in enroll))
+    a, b, c = (_exp(tmp_path / "exp", name, head) for name, head in
+               (("a", "aam"), ("b", "causal_norm_aam"), ("c", "aam")))
+    for e, sc in ((a, s_a), (b, s_b), (c, s_a)):
+        record_verification(e, "cosine", _scores(e / "list.score", enroll, test, sc, labels), utt2spk=u2s,
+                            n_boot=200)
+    ver = json.loads((a / "results.json").read_text())["rows"]["cosine"]["verification"]
+    assert ver["eer_ci"][0] <= ver["eer"] <= ver["eer_ci"][1] and ver["n_speakers"] == 15
+    text = format_markdown(collect_rows([a, b, c]), baseline="c")
+    diffs = _table(text, "Differences")
+    assert list(diffs) == ["Baseline (AAM) [a]", "De-confound (Causal Norm AAM)"]  # c, the baseline, has none
+    assert diffs["Baseline (AAM) [a]"][1].startswith("+0.00 [+0.00, +0.00]")  # a == c: zero, interval [0, 0]
+    with pytest.raises(ValueError, match="names none of the systems"):
+        format_markdown(collect_rows([a, b]), baseline="zzz")
 
 
 def test_record_verification_matches_a_brute_force_eer(tmp_path):

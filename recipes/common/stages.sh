@@ -6,8 +6,10 @@
 #   fi
 #
 # A function reads nothing from run.sh but its arguments, and set_launcher's torchrun settings (stages 3 and 4).
-# A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml) or
-# paths to YAML files; a system's experiment dir is exp/<name>. Lists (systems, trials, dirs) are space-separated.
+# A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml),
+# paths to YAML files, or BASE+crt / BASE+tau_norm (decoupled classifiers on BASE's embeddings); a system's
+# experiment dir is exp/<name> (exp/<name>_seed<k> for each of --seeds). Lists (systems, seeds, trials, dirs) are
+# space-separated.
 #
 # Every stage writes its outputs, then a marker `.done/<stage>` (atomically); a stage whose marker exists is
 # skipped, so any stage can be re-run alone. Delete the marker (or the exp dir) to redo it.
@@ -139,20 +141,81 @@ test_per_spk? seed?" "$@"
   stage_finished 2
 }
 
+# ---------------------------------------------------------------- seen-speaker trial lists (stage 2)
+# stage_seen_trials --data D --test_dir E --val_dir V --train_dir T --many N --few N --num_trials N
+#                   --target_ratio R --seed S [--same_session_ok true|false]
+# Trial lists on held-out utterances of the *training* speakers: D/trials/seen_test on the iden test split E
+# (reported by shot group of the enrolment speaker) and D/trials/seen_dev on the iden val split V (a dev list
+# for choosing TDE's alpha). spkcausal make-trials --fit: seeded, targets from different sessions where the dir
+# has utt2sess (unless --same_session_ok true), spread evenly over speakers, non-targets drawn uniformly, so
+# each shot group gets trials in proportion to its speakers; at most N trials, fewer when the split has fewer
+# target pairs (then all of them, non-targets at ratio R). The counts per group are printed and kept in
+# D/trials/seen_{test,dev}.counts. Marker: D/.done/seen_trials.
+stage_seen_trials() {
+  local data test_dir val_dir train_dir many few num_trials target_ratio seed same_session_ok=false d name same=()
+  stage_args stage_seen_trials "data test_dir val_dir train_dir many few num_trials target_ratio seed \
+same_session_ok?" "$@"
+  if is_done "$data" seen_trials; then skip_msg seen_trials "seen-speaker trials" "$data"; return 0; fi
+  [ "$same_session_ok" = true ] && same=(--same-session-ok)
+  mkdir -p "$data/trials"
+  for d in "seen_test:$test_dir" "seen_dev:$val_dir"; do
+    name=${d%%:*}
+    if ! spkcausal make-trials "${d#*:}" --out "$data/trials/$name" --num-trials "$num_trials" --fit \
+      --target-ratio "$target_ratio" --seed "$seed" "${same[@]}" --by-group "$train_dir" "$many" "$few" \
+      > "$data/trials/$name.counts"; then
+      # one held-out val utterance per speaker (--val_per_spk 1) has no target pair: no dev list, no dev criterion
+      [ "$name" = seen_dev ] || die "stage_seen_trials: cannot build $name from ${d#*:}"
+      log "stage 2: no seen-speaker dev list (see the error above); stage 6 chooses alpha on iden val accuracy"
+      rm -f "$data/trials/$name.counts"; continue
+    fi
+    cat "$data/trials/$name.counts"
+  done
+  mark_done "$data" seen_trials
+}
+
+# ---------------------------------------------------------------- training runs: systems x seeds
+# A system is a config (name in conf_dir or YAML path), or BASE+METHOD (METHOD crt | tau_norm): a decoupled
+# classifier built in stage 4 on the embeddings of system BASE (spkcausal decouple). With --seeds "0 1 2"
+# every system is trained once per seed, in exp/<name>_seed<k> with the override seed=<k>; without it, once
+# in exp/<name> with the config's seed. system_runs prints one SYSTEM@SEED word per run (SEED empty).
+system_runs() {
+  local s k
+  for s in $1; do
+    if [ -z "$2" ]; then echo "$s@"; else for k in $2; do echo "$s@$k"; done; fi
+  done
+}
+run_system() { echo "${1%@*}"; }
+run_seed() { echo "${1##*@}"; }
+is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm) return 0 ;; *) return 1 ;; esac; }
+run_name() {  # run_name SYSTEM@SEED: the experiment dir name
+  local s k; s=$(run_system "$1"); k=$(run_seed "$1")
+  case "$s" in
+    *+crt|*+tau_norm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
+    *) echo "$(sys_name "$s")${k:+_seed$k}" ;;
+  esac
+}
+run_base() {  # run_base BASE+METHOD@SEED: the base system's experiment dir name
+  local s k; s=$(run_system "$1"); k=$(run_seed "$1")
+  echo "$(sys_name "${s%+*}")${k:+_seed$k}"
+}
+
 # ---------------------------------------------------------------- stage 3: training (torchrun)
-# stage_train --exp X --systems "S ..." --conf_dir C --train_dir T [--overrides "key=value ..."]
-# Trains each system on T; the overrides go after the config (`spkcausal train --config C/S.yaml exp_dir=X/S
-# data.train=T OVERRIDES`), and the merged result is X/S/config.yaml. Marker: X/S/.done/3.
+# stage_train --exp X --systems "S ..." --conf_dir C --train_dir T [--overrides "key=value ..."] [--seeds "K ..."]
+# Trains each system (once per seed) on T; the overrides go after the config (`spkcausal train --config
+# C/S.yaml exp_dir=X/S data.train=T OVERRIDES [seed=K]`), and the merged result is X/S/config.yaml. Decoupled
+# systems (BASE+METHOD) are built in stage 4. Marker: X/S/.done/3.
 stage_train() {
-  local exp systems conf_dir train_dir overrides="" s name e
-  stage_args stage_train "exp systems conf_dir train_dir overrides?" "$@"
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"
+  local exp systems conf_dir train_dir overrides="" seeds="" r s k name e
+  stage_args stage_train "exp systems conf_dir train_dir overrides? seeds?" "$@"
+  for r in $(system_runs "$systems" "$seeds"); do
+    is_decoupled "$r" && continue
+    s=$(run_system "$r"); k=$(run_seed "$r"); name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
     log "stage 3: training $name ($(sys_conf "$s" "$conf_dir")) on $train_dir"
     # --resume continues an interrupted run from its newest checkpoint (a fresh start when there is none)
     # shellcheck disable=SC2086
-    launch train --config "$(sys_conf "$s" "$conf_dir")" --resume exp_dir="$e" data.train="$train_dir" $overrides
+    launch train --config "$(sys_conf "$s" "$conf_dir")" --resume exp_dir="$e" data.train="$train_dir" $overrides \
+      ${k:+seed=$k}
     mark_done "$e" 3
   done
   stage_finished 3
@@ -160,18 +223,34 @@ stage_train() {
 
 # ---------------------------------------------------------------- stage 4: checkpoint averaging + extraction
 # stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|pad --workers N
+#               [--seeds "K ..."] [--train_dir T --val_dir V]
 # Averages the last N epoch checkpoints into X/S/avg_model.pt, then writes the raw (not TDE'd) embeddings of
 # every data dir D, in one process, to X/S/emb/<basename D> (TDE is applied from these in stage 6 without
-# running the model again). Marker: X/S/.done/4.
+# running the model again). Then the decoupled systems BASE+METHOD (needs T and V): `spkcausal decouple` on
+# the base's training embeddings (tau_norm: tau chosen on V), X/BASE_METHOD/emb linking to the base's
+# stores. Marker: X/S/.done/4.
 stage_extract() {
-  local exp systems num_avg dirs mode workers s name e
-  stage_args stage_extract "exp systems num_avg dirs mode workers" "$@"
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"
+  local exp systems num_avg dirs mode workers seeds="" train_dir="" val_dir="" r name e b k
+  stage_args stage_extract "exp systems num_avg dirs mode workers seeds? train_dir? val_dir?" "$@"
+  for r in $(system_runs "$systems" "$seeds"); do
+    is_decoupled "$r" && continue
+    name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 4; then skip_msg 4 "extract $name" "$e"; continue; fi
     spkcausal average-ckpt --exp "$e" --num "$num_avg"
     # shellcheck disable=SC2086
     launch extract-dirs --exp "$e" --data $dirs --out-dir "$e/emb" --mode "$mode" --num-workers "$workers"
+    mark_done "$e" 4
+  done
+  for r in $(system_runs "$systems" "$seeds"); do
+    is_decoupled "$r" || continue
+    name=$(run_name "$r"); e="$exp/$name"; b="$exp/$(run_base "$r")"
+    if is_done "$e" 4; then skip_msg 4 "decouple $name" "$e"; continue; fi
+    [ -n "$train_dir" ] && [ -n "$val_dir" ] || die "stage_extract: decoupled system $name needs --train_dir and --val_dir"
+    is_done "$b" 4 || die "stage_extract: $name is built on $b, which has no embeddings (add its system to --systems)"
+    k=$(run_seed "$r")
+    spkcausal decouple --exp "$b" --method "$(run_system "$r" | sed 's/.*+//')" --out "$e" \
+      --train-emb "$b/emb/$(basename "$train_dir")" --train-data "$train_dir" \
+      --val-emb "$b/emb/$(basename "$val_dir")" --val-data "$val_dir" --seed "${k:-0}"
     mark_done "$e" 4
   done
   stage_finished 4
@@ -190,22 +269,61 @@ score_variants() {
     --norm asnorm --asnorm-top "$top" --out-dir "$e/scores/${p}asnorm" $score_opts
 }
 
+# record_variants E SCORE_E PREFIX LIST UTT2SPK [--seen TRAIN_DIR MANY FEW] [--tde-alpha A]: the rows
+# {PREFIX}{cosine,mean_sub,asnorm} of E/results.json from SCORE_E's score files of LIST (bootstrap intervals
+# over the enrolment speakers of UTT2SPK); --seen records them by shot group of the enrolment speaker.
+record_variants() {
+  local e=$1 se=$2 p=$3 t=$4 u2s=$5 opts=() row
+  shift 5
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --seen) opts+=(--seen --train-data "$2" --many "$3" --few "$4"); shift 4 ;;
+      --tde-alpha) opts+=(--tde-alpha "$2"); shift 2 ;;
+      *) die "record_variants: unknown argument $1" ;;
+    esac
+  done
+  local pairs=() v
+  for row in cosine mean_sub asnorm; do
+    v="$p$row"; [ "$v" = tde_cosine ] && v=tde  # row names: cosine, mean_sub, asnorm, tde, tde_mean_sub, ...
+    pairs+=("$v=$se/scores/$p$row/$t.score")
+  done
+  spkcausal record-scores --exp "$e" --utt2spk "$u2s" "${opts[@]}" "${pairs[@]}"
+}
+
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
 # stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
-#             [--score_opts "..."]
+#             [--score_opts "..."] [--seeds "K ..."] [--seen_trials LIST --seen_dir E --many N --few N]
 # Scores every trial list on the embeddings of D (mean and AS-norm cohort from those of T) and records the first
-# list's figures as rows cosine, mean_sub, asnorm of X/S/results.json. Marker: X/S/.done/5.
+# list's figures (95% intervals over D's enrolment speakers) as rows cosine, mean_sub, asnorm of
+# X/S/results.json; with --seen_trials, the seen-speaker list on E's embeddings too, recorded by shot group of
+# the enrolment speaker (T's counts). A decoupled system has its base's embeddings: it records the base's score
+# files, scoring nothing again. Marker: X/S/.done/5.
 stage_score() {
-  local exp systems eval_dir train_dir trials asnorm_top score_opts="" t s name e ev tr
-  stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts?" "$@"
+  local exp systems eval_dir train_dir trials asnorm_top score_opts="" seeds="" seen_trials="" seen_dir="" many="" \
+    few="" t st r name e se ev tr
+  stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts? seeds? seen_trials? \
+seen_dir? many? few?" "$@"
   t=$(basename "$(first_word "$trials")")
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"
+  [ -z "$seen_trials" ] || [ -n "$seen_dir$many$few" ] || die "stage_score: --seen_trials needs --seen_dir --many --few"
+  for r in $(system_runs "$systems" "$seeds"); do
+    name=$(run_name "$r"); e="$exp/$name"; se="$e"
+    is_decoupled "$r" && se="$exp/$(run_base "$r")"
     if is_done "$e" 5; then skip_msg 5 "score $name" "$e"; continue; fi
-    ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
-    score_variants "$e" "$ev" "$tr" "" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
-    spkcausal record-scores --exp "$e" "cosine=$e/scores/cosine/$t.score" \
-      "mean_sub=$e/scores/mean_sub/$t.score" "asnorm=$e/scores/asnorm/$t.score"
+    if [ "$se" = "$e" ]; then
+      ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
+      score_variants "$e" "$ev" "$tr" "" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
+      if [ -n "$seen_trials" ]; then
+        score_variants "$e" "$e/emb/$(basename "$seen_dir")" "$tr" "" "$train_dir" "$asnorm_top" "$seen_trials" ""
+      fi
+    else
+      is_done "$se" 5 || die "stage_score: $name reuses the scores of $se: score that system first"
+      log "stage 5: $name has the embeddings of $(basename "$se"): its verification rows are that system's"
+    fi
+    record_variants "$e" "$se" "" "$t" "$eval_dir/utt2spk"
+    if [ -n "$seen_trials" ]; then
+      st=$(basename "$seen_trials")
+      record_variants "$e" "$se" "" "$st" "$seen_dir/utt2spk" --seen "$train_dir" "$many" "$few"
+    fi
     mark_done "$e" 5
   done
   stage_finished 5
@@ -213,50 +331,69 @@ stage_score() {
 
 # ---------------------------------------------------------------- stage 6: TDE alpha on a dev set, TDE scoring
 # stage_tde --exp X --systems "S ..." --val_dir V --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
-#           [--score_opts "..."] [--dev_trials LIST --dev_trials_dir DIR] [--alphas "0,0.1,..."]
-# Causal Norm systems only: alpha chosen on the identification val split V (never on the test trials; the EER
-# curve on a dev trial list is recorded beside it), over --alphas or else the library's grid; then TDE'd stores
-# of D and T and the three scorings again (rows tde, tde_mean_sub, tde_asnorm). Marker: X/S/.done/6.
+#           [--score_opts "..."] [--seeds "K ..."] [--alphas "0,0.25,..."] [--alpha_on iden_val|dev_eer|dev_min_dcf]
+#           [--dev_trials "LIST ..." --dev_trials_dirs "DIR ..."] [--seen_trials LIST --seen_dir E --many N --few N]
+# Causal Norm systems only: alpha chosen on a dev set, never on the test trials: by default (--alpha_on
+# iden_val) identification accuracy on the iden val split V; dev_eer / dev_min_dcf: EER / minDCF(0.01) on the
+# first dev trial list (e.g. the seen-speaker dev list on V), whose keys are in the store of the matching dir of
+# --dev_trials_dirs (default V). The grid is --alphas or else the library's (0 to 3 by 0.25), plus the
+# 1/mean-cos heuristic on T's embeddings; every dev list's EER / minDCF curve is recorded. Then TDE'd stores of
+# D, T (and E) and the three scorings again (rows tde, tde_mean_sub, tde_asnorm). Marker: X/S/.done/6.
 stage_tde() {
-  local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" dev_trials="" dev_trials_dir="" \
-    alphas="" t s name e ev tr alpha dev grid
-  stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? dev_trials? \
-dev_trials_dir? alphas?" "$@"
+  local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
+    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" t st r name e ev tr \
+    sv alpha grid dev dd i d lists stores
+  stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
+dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
   t=$(basename "$(first_word "$trials")")
   grid=(); [ -z "$alphas" ] || grid=(--alphas "$alphas")
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"
+  case "$alpha_on" in iden_val|dev_eer|dev_min_dcf) ;; *) die "stage_tde: --alpha_on $alpha_on (iden_val, dev_eer, dev_min_dcf)" ;; esac
+  [ "$alpha_on" = iden_val ] || [ -n "$dev_trials" ] || die "stage_tde: --alpha_on $alpha_on needs --dev_trials"
+  read -ra dd <<< "$dev_trials_dirs"
+  for r in $(system_runs "$systems" "$seeds"); do
+    is_decoupled "$r" && continue
+    name=$(run_name "$r"); e="$exp/$name"
     if ! is_causal "$e"; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
     if is_done "$e" 6; then skip_msg 6 "TDE $name" "$e"; continue; fi
-    dev=()
-    if [ -n "$dev_trials" ]; then
-      dev=(--trials "$dev_trials" --trials-emb "$e/emb/$(basename "${dev_trials_dir:-$val_dir}")")
-    fi
+    dev=(); lists=(); stores=(); i=0
+    for d in $dev_trials; do  # a dev list stage 2 could not build (e.g. one val utterance per speaker) is left out
+      if [ -f "$d" ]; then lists+=("$d"); stores+=("$e/emb/$(basename "${dd[$i]:-$val_dir}")"); fi
+      i=$((i + 1))
+    done
+    [ ${#lists[@]} -gt 0 ] && dev=(--trials "${lists[@]}" --trials-emb "${stores[@]}")
     # the printed curve and choice are kept: its last line `alpha A` is what this stage and stage 7 use
     spkcausal tde-alpha --exp "$e" --emb "$e/emb/$(basename "$val_dir")" --data "$val_dir" "${dev[@]}" \
-      "${grid[@]}" --out "$e/tde_alpha.json" | tee "$e/tde_alpha.txt"
+      --criterion "$alpha_on" --heuristic-emb "$e/emb/$(basename "$train_dir")" "${grid[@]}" \
+      --out "$e/tde_alpha.json" | tee "$e/tde_alpha.txt"
     alpha=$(tde_alpha_of "$e")
-    log "stage 6: $name: TDE alpha $alpha (dev curve in $e/tde_alpha.json)"
+    log "stage 6: $name: TDE alpha $alpha (by $alpha_on; dev curves in $e/tde_alpha.json)"
     ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
-    spkcausal tde-apply --alpha "$alpha" "$ev=${ev}_tde" "$tr=${tr}_tde"
+    sv=(); [ -z "$seen_trials" ] || sv=("$e/emb/$(basename "$seen_dir")=$e/emb/$(basename "$seen_dir")_tde")
+    spkcausal tde-apply --alpha "$alpha" "$ev=${ev}_tde" "$tr=${tr}_tde" "${sv[@]}"
     score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
-    spkcausal record-scores --exp "$e" --tde-alpha "$alpha" "tde=$e/scores/tde_cosine/$t.score" \
-      "tde_mean_sub=$e/scores/tde_mean_sub/$t.score" "tde_asnorm=$e/scores/tde_asnorm/$t.score"
+    record_variants "$e" "$e" tde_ "$t" "$eval_dir/utt2spk" --tde-alpha "$alpha"
+    if [ -n "$seen_trials" ]; then
+      st=$(basename "$seen_trials")
+      score_variants "$e" "$e/emb/$(basename "$seen_dir")_tde" "${tr}_tde" "tde_" "$train_dir" "$asnorm_top" \
+        "$seen_trials" ""
+      record_variants "$e" "$e" tde_ "$st" "$seen_dir/utt2spk" --seen "$train_dir" "$many" "$few" --tde-alpha "$alpha"
+    fi
     mark_done "$e" 6
   done
   stage_finished 6
 }
 
 # ---------------------------------------------------------------- stage 7: closed-set identification
-# stage_identify --exp X --systems "S ..." --test_dir E --train_dir T --many N --few N
+# stage_identify --exp X --systems "S ..." --test_dir E --train_dir T --many N --few N [--seeds "K ..."]
 # Identification of E's utterances with the trained head: plain logits, after subtracting T's mean embedding,
 # and (Causal Norm systems) TDE logits with stage 6's alpha; shot groups Many > N, Few < N training
-# utterances. Marker: X/S/.done/7.
+# utterances; per-speaker 95% intervals, per-utterance predictions kept in X/S/predictions/ (the report pairs
+# systems on them). Marker: X/S/.done/7.
 stage_identify() {
-  local exp systems test_dir train_dir many few s name e var tde
-  stage_args stage_identify "exp systems test_dir train_dir many few" "$@"
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"
+  local exp systems test_dir train_dir many few seeds="" r name e var tde
+  stage_args stage_identify "exp systems test_dir train_dir many few seeds?" "$@"
+  for r in $(system_runs "$systems" "$seeds"); do
+    name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 7; then skip_msg 7 "identify $name" "$e"; continue; fi
     var=(cosine mean_sub); tde=()
     if is_causal "$e"; then var+=(tde); tde=(--tde-alpha "$(tde_alpha_of "$e")"); fi
@@ -268,25 +405,34 @@ stage_identify() {
   stage_finished 7
 }
 
-# ---------------------------------------------------------------- stage 8: report table + DET curves
-# stage_report --exp X --systems "S ..." --trials "LIST ..." [--caption TEXT]
-# X/report.md (printed) and report.json over the systems, DET curves of the first list. The marker X/.done/8
-# records which experiments the table covers: another --systems list makes a new table.
+# ---------------------------------------------------------------- stage 8: report tables + DET curves
+# stage_report --exp X --systems "S ..." --trials "LIST ..." [--caption TEXT] [--seeds "K ..."]
+#              [--baseline SYSTEM] [--per_seed true|false]
+# X/report.md (printed) and report.json over the systems: figures with 95% intervals (one seed) or mean ± std
+# (several), and the differences of every system from its reference (the baseline, default the first system;
+# a TDE row: the same system without TDE) with paired intervals. DET curves of the first list (first seed).
+# The marker X/.done/8 records which experiments the table covers: another --systems list makes a new table.
 stage_report() {
-  local exp systems trials caption="" t s name e dets=() labels=() exps=()
-  stage_args stage_report "exp systems trials caption?" "$@"
+  local exp systems trials caption="" seeds="" baseline="" per_seed=false t r name e dets=() labels=() exps=() \
+    first opts=()
+  stage_args stage_report "exp systems trials caption? seeds? baseline? per_seed?" "$@"
   t=$(basename "$(first_word "$trials")")
-  for s in $systems; do
-    name=$(sys_name "$s"); e="$exp/$name"; exps+=("$e")
+  first=$(first_word "$seeds")
+  for r in $(system_runs "$systems" "$seeds"); do
+    name=$(run_name "$r"); e="$exp/$name"; exps+=("$e")
+    [ "$(run_seed "$r")" = "$first" ] || continue
+    is_decoupled "$r" && continue  # the base's embeddings: the same curve
     dets+=("$e/scores/cosine/$t.score"); labels+=("$name")
     if [ -f "$e/scores/tde_cosine/$t.score" ]; then dets+=("$e/scores/tde_cosine/$t.score"); labels+=("$name+TDE"); fi
   done
-  if is_done "$exp" 8 && [ "$(cat "$(done_file "$exp" 8)")" = "${exps[*]}" ]; then
+  [ -z "$baseline" ] || opts+=(--baseline "$baseline")
+  [ "$per_seed" != true ] || opts+=(--per-seed)
+  if is_done "$exp" 8 && [ "$(cat "$(done_file "$exp" 8)")" = "${exps[*]} ${opts[*]}" ]; then
     skip_msg 8 report "$exp"; cat "$exp/report.md"
   else
     spkcausal plot-det "${dets[@]}" --labels "${labels[@]}" --out "$exp/det_${t%.*}.png"
-    spkcausal report "${exps[@]}" --out "$exp" ${caption:+--caption "$caption"}
-    mark_done "$exp" 8 "${exps[*]}"
+    spkcausal report "${exps[@]}" --out "$exp" ${caption:+--caption "$caption"} "${opts[@]}"
+    mark_done "$exp" 8 "${exps[*]} ${opts[*]}"
   fi
   stage_finished 8
 }

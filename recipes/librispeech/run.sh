@@ -6,7 +6,7 @@
 #   bash run.sh --gpus 0,1,2,3 [--nnodes 2 --node_rank R --master_addr HOST] ...   (torchrun, as in voxceleb)
 # Stages (each skips work it finished before; see docs/recipes.md):
 #   1 prepare subsets + trial lists                      5 scoring: cosine, mean subtraction, AS-norm
-#   2 held-out split of the training set, long-tail profile + plots
+#   2 held-out split of the training set, long-tail profile + plots, seen-speaker trial lists
 #                                                         6 TDE: alpha chosen on the iden val split (the EER
 #   3 training (torchrun)                                   curve on the dev-clean trials is recorded beside it)
 #   4 checkpoint averaging + embedding extraction         7 closed-set identification by shot group
@@ -24,7 +24,7 @@ eval_set=test-clean
 dev_set=dev-clean
 num_trials=40000
 num_dev_trials=10000
-systems="resnet34_aam resnet34_cnaam"
+systems="resnet34_aam resnet34_cnaam resnet34_aam+crt resnet34_aam+tau_norm"
 corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
 
 . "$recipe_dir/../../tools/parse_options.sh"
@@ -33,6 +33,7 @@ corpus_overrides=""              # key=value changes this corpus makes to the sh
 
 split_src="$data/$train_set"
 train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
+seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"   # seen-speaker lists (stage 2)
 eval_dir="$data/$eval_set"
 trials="$data/trials/$eval_set"
 dev_trials="$data/trials/$dev_set"; dev_trials_dir="$data/$dev_set"
@@ -53,36 +54,43 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   stage_profile --data "$data" --split_src "$split_src" --train_dir "$train_dir" --val_dir "$val_dir" \
     --test_dir "$test_dir" --imbalance "$imbalance" --val_per_spk "$val_per_spk" --test_per_spk "$test_per_spk" \
     --seed "$seed" --many "$many" --few "$few"
+  stage_seen_trials --data "$data" --test_dir "$test_dir" --val_dir "$val_dir" --train_dir "$train_dir" \
+    --many "$many" --few "$few" --num_trials "$seen_trials" --target_ratio "$seen_target_ratio" --seed "$seed" \
+    --same_session_ok "$seen_same_session_ok"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "$overrides"
+    --overrides "$overrides" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # the dev readers' embeddings too: stage 6 records the EER-vs-alpha curve on their trials
   stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir $dev_trials_dir" --mode "$extract_mode" \
-    --workers "$extract_workers"
+    --workers "$extract_workers" --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
-    --trials "$trials" --asnorm_top "$asnorm_top"
+    --trials "$trials" --asnorm_top "$asnorm_top" \
+    --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
-    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --dev_trials "$dev_trials" \
-    --dev_trials_dir "$dev_trials_dir" --alphas "$alphas"
+    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --alphas "$alphas" \
+    --dev_trials "$seen_dev $dev_trials" --dev_trials_dirs "$val_dir $dev_trials_dir" --alpha_on "$alpha_on" \
+    --seeds "$seeds" \
+    --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
-    --many "$many" --few "$few"
+    --many "$many" --few "$few" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption"
+  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption" --seeds "$seeds" \
+    --baseline "$baseline" --per_seed "$per_seed"
 fi

@@ -3,14 +3,21 @@
 #
 #   bash recipes/mini/run.sh                 from a fresh clone (creates .venv first), outputs under demo/
 #   bash recipes/mini/run.sh --tiny true     a much smaller corpus and a 2-epoch training, to check the plumbing
+#   bash recipes/mini/run.sh --seeds "0 1 2" every system trained once per seed (demo/exp/<system>_seed<k>); the
+#                                            table gives mean ± std over seeds (tools/bench_seeds.sh: 5 seeds)
 #
 # Builds the corpus (spkcausal synth, VoxCeleb1 layout), prepares it like VoxCeleb1, profiles and plots its long
-# tail, trains three systems (Baseline AAM, class-balanced re-sampling AAM, de-confounded Causal Norm AAM; the
-# same tiny ECAPA, data, steps and scale), extracts embeddings, scores the held-out-speaker trial list (cosine,
-# mean subtraction, AS-norm; TDE with alpha chosen on the identification val split), measures closed-set
-# identification by shot group on held-out utterances of the training speakers, and prints the table
-# (demo/exp/report.md) with the long-tail plot (demo/data/longtail.png) and DET curves (demo/exp/det_*.png).
-# Stages: 1 corpus + prepare, 2 profile, 3 train, 4 average + extract, 5 score, 6 TDE, 7 identify, 8 report.
+# tail, builds seen-speaker trial lists on the held-out utterances of the training speakers, trains three
+# systems (Baseline AAM, class-balanced re-sampling AAM, de-confounded Causal Norm AAM; the same tiny ECAPA,
+# data, steps and scale) and two decoupled classifiers on the baseline's embeddings (cRT, tau-norm), extracts
+# embeddings, scores the held-out-speaker list and the seen-speaker list (cosine, mean subtraction, AS-norm;
+# TDE with alpha chosen on the identification val split, or with --alpha_on dev_eer|dev_min_dcf on the
+# seen-speaker dev list), measures closed-set identification by shot group, and prints the tables with 95%
+# intervals and the differences from the baseline (demo/exp/report.md) with the long-tail plot
+# (demo/data/longtail.png) and DET curves (demo/exp/det_*.png). The ablation grid of docs/demo.md is opt-in:
+#   bash recipes/mini/run.sh --systems "aam $(ls recipes/mini/conf/ablation/*.yaml | tr '\n' ' ')"
+# Stages: 1 corpus + prepare, 2 profile + seen-speaker lists, 3 train, 4 average + extract (+ cRT / tau-norm),
+# 5 score, 6 TDE, 7 identify, 8 report.
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$recipe_dir/../.." && pwd)"
@@ -19,7 +26,13 @@ stage=1
 stop_stage=8
 out="$root/demo"
 tiny=false
-systems="aam resample cnaam"
+systems="aam resample cnaam aam+crt aam+tau_norm"   # BASE+crt / BASE+tau_norm: decoupled classifiers on BASE
+seeds=""                         # e.g. "0 1 2": one training run per seed (exp/<system>_seed<k>, override seed=k)
+baseline=""                      # the system the report compares the others with ("": the first)
+per_seed=false                   # the report also lists every seed's rows
+alpha_on=iden_val                # TDE alpha by: iden_val (accuracy), dev_eer / dev_min_dcf (seen-speaker dev list)
+seen_trials=6000                 # at most this many seen-speaker trials (all target pairs the split has) ...
+seen_target_ratio=0.25           # ... with 3 non-targets per target
 speakers=100                     # training speakers (long-tailed: max_utts ... max_utts / imbalance)
 test_speakers=30                 # held-out verification speakers
 max_utts=60
@@ -54,6 +67,7 @@ corpus="$out/corpus"; data="$out/data"; exp="$out/exp"
 conf_dir="$recipe_dir/conf"      # the demo's own tiny CPU configs (not the corpus recipes' recipes/conf)
 train_dir="$data/vox1_iden_train"; val_dir="$data/vox1_iden_val"; test_dir="$data/vox1_iden_test"
 eval_dir="$data/vox1_test"; trials="$data/trials/veri_test2.txt"
+seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"
 caption="Synthetic corpus: $speakers long-tailed training speakers ($max_utts..$((max_utts / imbalance)) training utterances), $test_speakers held-out verification speakers; tiny ECAPA trained on CPU."
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$out" "$data" "$exp"
@@ -73,36 +87,43 @@ fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   stage_profile --data "$data" --train_dir "$train_dir" --val_dir "$val_dir" --test_dir "$test_dir" \
     --many "$many" --few "$few"
+  stage_seen_trials --data "$data" --test_dir "$test_dir" --val_dir "$val_dir" --train_dir "$train_dir" \
+    --many "$many" --few "$few" --num_trials "$seen_trials" --target_ratio "$seen_target_ratio" --seed "$seed"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "${epochs:+train.epochs=$epochs}"
+    --overrides "${epochs:+train.epochs=$epochs}" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # pad: neighbours in length share a batch, much faster on CPU than exact lengths
   stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
-    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 1
+    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 1 --seeds "$seeds" \
+    --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
-    --trials "$trials" --asnorm_top "$asnorm_top"
+    --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" --seen_trials "$seen_test" \
+    --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
-    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top"
+    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" \
+    --alpha_on "$alpha_on" --dev_trials "$seen_dev" --dev_trials_dirs "$val_dir" --seen_trials "$seen_test" \
+    --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
-    --many "$many" --few "$few"
+    --many "$many" --few "$few" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption"
+  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption" --seeds "$seeds" \
+    --baseline "$baseline" --per_seed "$per_seed"
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"
   log "demo finished in ${SECONDS}s"
 fi

@@ -15,6 +15,7 @@ def _identify(args: argparse.Namespace) -> int:
     if args.label and len(variants) > 1:
         raise UsageError("--label needs a single variant")
     results = {}
+    pred_dir = args.predictions or (f"{args.record}/predictions" if args.record else None)
     for v in variants:
         if v not in ("cosine", "mean_sub", "tde"):
             raise UsageError(f"unknown variant {v!r} (cosine, mean_sub, tde)")
@@ -22,12 +23,14 @@ def _identify(args: argparse.Namespace) -> int:
             raise UsageError(f"variant {v} needs {'--tde-alpha' if v == 'tde' else '--mean-store'}")
         res = identify(args.emb, args.data, args.train_data, ckpt=args.ckpt, exp_dir=args.exp,
                        tde_alpha=args.tde_alpha if v == "tde" else None,
-                       mean_store=args.mean_store if v == "mean_sub" else None, many=args.many, few=args.few)
+                       mean_store=args.mean_store if v == "mean_sub" else None, many=args.many, few=args.few,
+                       predictions=f"{pred_dir}/{v}.npz" if pred_dir else None, n_boot=args.bootstrap)
         results[v] = res
         if args.record:
             record_identification(args.record, v, res, args.label)
-        print(f"{v}: " + " ".join(f"{g} {100 * res[g]:.2f}" if res[g] == res[g] else f"{g} -"
-                                  for g in ("many", "medium", "few", "overall")))
+        print(f"{v}: " + "  ".join(f"{g} {100 * res[g]:.2f} [{100 * res[g + '_ci'][0]:.1f}, "
+                                   f"{100 * res[g + '_ci'][1]:.1f}]" if res[g] == res[g] else f"{g} -"
+                                   for g in ("many", "medium", "few", "overall")))
     if args.out:
         write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
     return 0
@@ -51,4 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the results ({variant: result}) as JSON here")
     p.add_argument("--record", metavar="EXP_DIR", help="store each variant's result in EXP_DIR/results.json")
     p.add_argument("--label", help="row label (default from the experiment's config; one variant only)")
+    p.add_argument("--predictions", metavar="DIR",
+                   help="keep per-utterance predictions as DIR/<variant>.npz (default with --record: "
+                        "EXP_DIR/predictions; the report pairs systems on them)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the per-speaker intervals (1000)")
     p.set_defaults(func=_identify)

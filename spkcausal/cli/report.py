@@ -1,11 +1,16 @@
-"""Results commands: record-scores (EER / minDCF rows of an experiment), report (the table over experiments)."""
+"""Results commands: record-scores (EER / minDCF rows of an experiment, with intervals), report (the tables
+over experiments, with differences from the baseline)."""
 from __future__ import annotations
 
 import argparse
 
 
+def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
+    return f"{scale * v:.{digits}f}" + (f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]" if ci else "")
+
+
 def _record(args: argparse.Namespace) -> int:
-    from ..report import record_verification
+    from ..report import record_seen, record_verification
     from ..utils import UsageError
 
     pairs = []
@@ -16,19 +21,31 @@ def _record(args: argparse.Namespace) -> int:
         pairs.append((variant, path))
     if args.label and len(pairs) > 1:
         raise UsageError("--label needs a single VARIANT=SCORE_FILE")
+    if args.seen and not (args.utt2spk and args.train_data and args.many is not None and args.few is not None):
+        raise UsageError("--seen needs --utt2spk (of the seen list's dir), --train-data, --many and --few")
     for variant, path in pairs:
         alpha = args.tde_alpha if variant.startswith("tde") else None
-        data = record_verification(args.exp, variant, path, args.label, args.p_target, alpha)
+        if args.seen:
+            data = record_seen(args.exp, variant, path, args.utt2spk, args.train_data, args.many, args.few,
+                               args.label, args.p_target, alpha, args.bootstrap, args.seed)
+            groups = data["rows"][variant]["seen"]["groups"]
+            print(f"{data['rows'][variant]['label']} (seen speakers): " + "  ".join(
+                f"{g} EER {_ci(v['eer'], v['eer_ci'], 100, 2)}%" if v and "eer" in v else f"{g} -"
+                for g, v in groups.items()))
+            continue
+        data = record_verification(args.exp, variant, path, args.label, args.p_target, alpha, args.utt2spk,
+                                   args.bootstrap, args.seed)
         v = data["rows"][variant]["verification"]
-        print(f"{data['rows'][variant]['label']}: EER {100 * v['eer']:.3f}% "
-              + " ".join(f"minDCF({p}) {x:.4f}" for p, x in v["min_dcf"].items()))
+        print(f"{data['rows'][variant]['label']}: EER {_ci(v['eer'], v['eer_ci'], 100, 3)}% "
+              + " ".join(f"minDCF({p}) {_ci(x, v['min_dcf_ci'][p], 1, 4)}" for p, x in v["min_dcf"].items()))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    text, out = write_report(args.exps, args.out, args.caption, args.variants, args.p_target)
+    text, out = write_report(args.exps, args.out, args.caption, args.variants, args.p_target, args.baseline,
+                             args.per_seed, args.bootstrap)
     print(text, end="")
     print(f"\nwrote {out / 'report.md'} and {out / 'report.json'}")
     return 0
@@ -36,19 +53,35 @@ def _report(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add record-scores and report."""
-    p = sub.add_parser("record-scores", help="EER / minDCF of score files into EXP_DIR/results.json rows")
+    p = sub.add_parser("record-scores", help="EER / minDCF (95%% bootstrap intervals) of score files into "
+                                             "EXP_DIR/results.json rows")
     p.add_argument("--exp", required=True, help="experiment dir")
     p.add_argument("--label", help="row label (default from the experiment's config; one score file only)")
     p.add_argument("--tde-alpha", type=float, help="alpha the tde* variants used (shown in the table)")
     p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
+    p.add_argument("--utt2spk", help="enrolment key -> speaker (the eval dir's utt2spk): the bootstrap resamples "
+                                     "speakers (default: enrolment keys)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seen", action="store_true",
+                   help="a seen-speaker list: EER / minDCF by shot group of the enrolment speaker (row part 'seen')")
+    p.add_argument("--train-data", help="--seen: the training dir (its counts define the shot groups)")
+    p.add_argument("--many", type=int, help="--seen: Many = more than this many training utterances")
+    p.add_argument("--few", type=int, help="--seen: Few = fewer than this many training utterances")
     p.add_argument("scores", nargs="+", metavar="VARIANT=SCORE_FILE",
                    help="row (cosine, mean_sub, asnorm, tde, tde_mean_sub, tde_asnorm) = labelled score file")
     p.set_defaults(func=_record)
 
-    p = sub.add_parser("report", help="paper-style table (EER, minDCF, Many/Medium/Few/Overall) over experiments")
-    p.add_argument("exps", nargs="+", metavar="EXP_DIR", help="experiment dirs holding results.json")
+    p = sub.add_parser("report", help="tables (EER, minDCF, seen-speaker EER by shot group, Many/Medium/Few/Overall "
+                                      "accuracy) with intervals and differences from the baseline")
+    p.add_argument("exps", nargs="+", metavar="EXP_DIR",
+                   help="experiment dirs holding results.json (<name>_seed<k> dirs are seeds of system <name>)")
     p.add_argument("--out", help="dir for report.md and report.json (default: the first EXP_DIR's parent)")
-    p.add_argument("--caption", help="text put under the table")
+    p.add_argument("--caption", help="text put under the tables")
     p.add_argument("--variants", nargs="+", help="only these rows of each experiment (default: all)")
     p.add_argument("--p-target", type=float, default=0.01, help="minDCF column's prior (default 0.01)")
+    p.add_argument("--baseline", help="the system the others are compared with: an EXP_DIR (or its name without "
+                                      "_seed<k>) or a row label (default: the first system)")
+    p.add_argument("--per-seed", action="store_true", help="also list every seed's rows under the mean ± std rows")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the paired intervals (default 1000)")
     p.set_defaults(func=_report)

@@ -19,8 +19,14 @@ def _tde_alpha(args: argparse.Namespace) -> int:
 
     setup_logging(args.out and Path(args.out).with_suffix(".log"))
     res = choose_alpha(args.emb, ckpt=args.ckpt, exp_dir=args.exp, data_dir=args.data, trials=args.trials,
-                       alphas=args.alphas, out=args.out, trials_emb=args.trials_emb)
-    print(format_alpha_curve(res["alphas"], res.get("accuracy") or res.get("eer"), res["alpha"]))
+                       alphas=args.alphas, out=args.out, trials_emb=args.trials_emb, criterion=args.criterion,
+                       heuristic_emb=args.heuristic_emb, heuristic=not args.no_heuristic)
+    curve = {"iden_val": "accuracy", "dev_eer": "eer", "dev_min_dcf": "min_dcf"}[res["criterion_name"]]
+    print(f"# {res['criterion']}; heuristic 1/mean cos: "
+          + (f"{res['heuristic_alpha']:.3f}" if res["heuristic_alpha"] is not None else "-")
+          + f" ({res['heuristic_from']})")
+    print(format_alpha_curve(res["alphas"], res[curve], res["alpha"]))
+    print(f"# chosen from the {res['alpha_source']}")
     print(f"alpha {res['alpha']!r}")  # repr: every digit reaches tde-apply / identify
     return 0
 
@@ -39,16 +45,22 @@ def _tde_apply(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add tde-alpha and tde-apply."""
-    from ..tde_alpha import ALPHA_GRID
+    from ..tde_alpha import ALPHA_GRID, CRITERIA
     from . import add_model_source
 
     p = sub.add_parser("tde-alpha", help="choose TDE's alpha on a dev set (iden val dir or dev trials), with curve")
     add_model_source(p)
     p.add_argument("--emb", required=True, help="raw embedding store of the dev utterances")
     p.add_argument("--data", help="dev data dir of training speakers: maximise identification accuracy")
-    p.add_argument("--trials", help="labelled dev trial list: minimise EER (recorded beside accuracy if both)")
-    p.add_argument("--trials-emb", help="raw store holding the dev trial keys (default: --emb)")
-    p.add_argument("--alphas", type=_floats, default=list(ALPHA_GRID), help="values to try (0,0.1,...,2)")
+    p.add_argument("--trials", nargs="+", help="labelled dev trial lists: EER / minDCF curves recorded; the first "
+                                               "one chooses with --criterion dev_eer / dev_min_dcf")
+    p.add_argument("--trials-emb", nargs="+", help="raw store of each dev trial list's keys (default: --emb)")
+    p.add_argument("--criterion", choices=CRITERIA,
+                   help="iden_val: accuracy on --data (default when given); dev_eer / dev_min_dcf: the first --trials")
+    p.add_argument("--alphas", type=_floats, default=list(ALPHA_GRID), help="grid to try (default 0,0.25,...,3)")
+    p.add_argument("--heuristic-emb", help="raw store of the training embeddings: the 1/mean-cos heuristic, an "
+                                           "extra candidate, is computed on them (default: on the dev utterances)")
+    p.add_argument("--no-heuristic", action="store_true", help="do not add the heuristic value as a candidate")
     p.add_argument("--out", help="write the sweep (alpha, criterion, curve) as JSON here")
     p.set_defaults(func=_tde_alpha)
 

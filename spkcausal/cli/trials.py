@@ -13,11 +13,13 @@ def _make_trials(args: argparse.Namespace) -> int:
 
     data = DataDir.load(args.data_dir)
     trials = make_trials(data, args.num_trials, args.seed, target_ratio=args.target_ratio,
-                         cross_session=not args.same_session_ok)
+                         cross_session=not args.same_session_ok, fit=args.fit)
     write_trials(args.out, trials, fmt=args.format)
     n_tgt = int(np.sum(trials.labels == 1))
     print(f"{args.out}: {len(trials)} trials ({n_tgt} target, {len(trials) - n_tgt} non-target) "
           f"from {len(data.speakers)} speakers, seed {args.seed}")
+    if args.by_group:
+        print(group_counts_text(trials, data, args.by_group[0], int(args.by_group[1]), int(args.by_group[2])))
     return 0
 
 
@@ -35,4 +37,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="kaldi: 'enroll test target|nontarget'; voxceleb: '1|0 enroll test' (default kaldi)")
     p.add_argument("--same-session-ok", action="store_true",
                    help="allow target pairs from the same session even when the dir has utt2sess")
+    p.add_argument("--fit", action="store_true",
+                   help="lower --num-trials when the dir has fewer target pairs (all of them, non-targets in ratio)")
+    p.add_argument("--by-group", nargs=3, metavar=("TRAIN_DIR", "MANY", "FEW"),
+                   help="also print the trial counts per shot group of the enrolment speaker (training counts)")
     p.set_defaults(func=_make_trials)
+
+
+def group_counts_text(trials, data, train_dir: str, many: int, few: int) -> str:
+    """Targets / non-targets / enrolment speakers per shot group of the enrolment speaker, one line each."""
+    from collections import Counter
+
+    import numpy as np
+
+    from ..datadir import read_kv
+    from ..longtail import shot_groups
+    from ..metrics import GROUPS
+
+    counts = Counter(read_kv(f"{train_dir}/utt2spk").values())
+    spk = np.array([data.utt2spk[e] for e in trials.enroll.tolist()], dtype=object)
+    grp = shot_groups(np.array([counts.get(s, 0) for s in spk]), many, few)
+    lines = []
+    for g in GROUPS:
+        sel = grp == g
+        n_t = int(np.sum(trials.labels[sel] == 1))
+        lines.append(f"  {g}: {n_t} target, {int(sel.sum()) - n_t} non-target, {len(set(spk[sel]))} enrolment "
+                     "speakers")
+    return "\n".join(lines)

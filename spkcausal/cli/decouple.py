@@ -1,0 +1,37 @@
+"""Decoupled baselines as systems: decouple (cRT or tau-norm classifier on a trained experiment's embeddings)."""
+from __future__ import annotations
+
+import argparse
+
+
+def _decouple(args: argparse.Namespace) -> int:
+    from ..decoupled import decouple
+    from ..utils import setup_logging
+
+    setup_logging(f"{args.out}/decouple.log")
+    info = decouple(args.exp, args.method, args.out, args.train_emb, args.train_data, args.val_emb, args.val_data,
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    extra = f", tau {info['tau']:g} chosen on {info['val']}" if args.method == "tau_norm" else ""
+    print(f"{args.out}: {args.method} on {args.exp} ({info['n_train']} training embeddings{extra})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add decouple."""
+    from ..decoupled import DECOUPLE_METHODS
+
+    p = sub.add_parser("decouple", help="cRT / tau-norm: a new classifier on a trained experiment's frozen "
+                                        "embeddings, written as a new experiment (identification only changes)")
+    p.add_argument("--exp", required=True, help="the trained base experiment (its avg_model.pt and emb/)")
+    p.add_argument("--method", required=True, choices=DECOUPLE_METHODS,
+                   help="crt: class-balanced re-training; tau_norm: tau-normalised weights, tau chosen on val")
+    p.add_argument("--out", required=True, help="new experiment dir (avg_model.pt, decoupled.json, emb -> base's)")
+    p.add_argument("--train-emb", required=True, help="raw store of the base's training embeddings")
+    p.add_argument("--train-data", required=True, help="the training data dir (labels)")
+    p.add_argument("--val-emb", help="tau_norm: raw store of the iden val split")
+    p.add_argument("--val-data", help="tau_norm: the iden val data dir")
+    p.add_argument("--epochs", type=int, default=30, help="classifier epochs (default 30)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--lr", type=float, default=0.5, help="SGD learning rate, cosine decay (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and sampler (default 0)")
+    p.set_defaults(func=_decouple)
