@@ -222,7 +222,7 @@ stage_train() {
 }
 
 # ---------------------------------------------------------------- stage 4: checkpoint averaging + extraction
-# stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|pad --workers N
+# stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|bucket|pad|crop --workers N
 #               [--seeds "K ..."] [--train_dir T --val_dir V]
 # Averages the last N epoch checkpoints into X/S/avg_model.pt, then writes the raw (not TDE'd) embeddings of
 # every data dir D, in one process, to X/S/emb/<basename D> (TDE is applied from these in stage 6 without
