@@ -218,6 +218,9 @@ class SpeechBrainFbank(nn.Module):
 
         self.sample_rate, self.n_mels, self.cmn = sample_rate, n_mels, cmn
         self.frame_shift = int(round(sample_rate * frame_shift_ms / 1000))  # speechbrain rounds the hop too
+        # Centred frames: the count is n // frame_shift + 1, i.e. Fbank's (n - frame_length) // shift + 1 with a
+        # zero length, which is what length_batches' bucket rule reads.
+        self.frame_length = 0
         self.sb = SBFbank(sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, win_length=frame_length_ms,
                           hop_length=frame_shift_ms, f_min=low_freq, f_max=high_freq or None)
 
