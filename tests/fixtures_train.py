@@ -1,6 +1,8 @@
 """A tiny speaker-distinct corpus for trainer / extraction tests: per-speaker harmonic tones plus noise."""
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,17 @@ def make_aug_banks(root: Path, seed: int = 1) -> tuple[Path, Path]:
         h[0] = 3.0
         sf.write(str(p), (0.3 * h / np.abs(h).max()).astype(np.float32), SR, subtype="PCM_16")
     return musan, root / "RIRS_NOISES"
+
+
+def kill_after_checkpoint(cmd: list[str], env: dict[str, str], step: int = 5) -> None:
+    """Run a training command and SIGKILL it right after it logs the checkpoint of `step` (exact-resume tests)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "saved checkpoint" in line and f"step_{step:08d}.pt" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import make_corpus, tiny_config
+from fixtures_train import kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.config import save_config
@@ -225,16 +224,7 @@ def test_sharded_run_killed_mid_epoch_resumes_to_identical_weights(corpus, tmp_p
     save_config(_shard_config(shards, exp), conf)
     # One DataLoader worker (one stream, like the in-process reference); SIGKILL after the step-5 checkpoint.
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "saved checkpoint" in line and "step_00000005.pt" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    kill_after_checkpoint(cmd, _env(), step=5)
     ckpt = load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))
     assert 0 < ckpt["step"] % 12 and ckpt["step"] < 24  # mid-epoch
     assert ckpt["sampler"]["source"] == "shards" and ckpt["sampler"]["streams"] == 1

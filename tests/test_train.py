@@ -5,7 +5,6 @@ import ast
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import make_aug_banks, make_corpus, tiny_config
+from fixtures_train import kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config
 
 from spkcausal.checkpoint import (
     average_checkpoints,
@@ -112,16 +111,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(corpus, tmp_path):
     conf = tmp_path / "conf.yaml"
     save_config(_resume_config(corpus, exp, musan, rirs), conf)
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "saved checkpoint" in line and "step_00000005.pt" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    kill_after_checkpoint(cmd, _env(), step=5)
     resume_from = find_resume_checkpoint(exp / "checkpoints")
     ckpt = load_checkpoint(resume_from)
     assert resume_from.name.startswith("step_") and 0 < ckpt["step"] % 20  # mid-epoch
