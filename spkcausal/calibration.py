@@ -33,7 +33,7 @@ from .utils import DataError, PathLike, UsageError, get_logger, write_text_atomi
 
 __all__ = ["CalibrationModel", "logit", "bayes_threshold", "cllr", "pav", "pav_llr", "min_cllr", "act_dcf",
            "llr_summary", "evaluate_llr_files", "format_llr_table", "fit_logistic", "train_calibration",
-           "train_calibration_file", "apply_calibration_file", "read_labelled", "MODEL_FORMAT"]
+           "train_calibration_file", "apply_calibration_file", "read_labelled", "llr_bootstrap", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "spkcausal-calibration"
 RIDGE = 1e-6
@@ -113,6 +113,61 @@ def llr_summary(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[floa
     return {"cllr": cllr(scores, labels), "min_cllr": min_cllr(scores, labels),
             "act_dcf": {float(p): act_dcf(scores, labels, p) for p in p_targets},
             "min_dcf": {float(p): compute_min_dcf(scores, labels, p) for p in p_targets}}
+
+
+def _llr_trial_costs(llr: np.ndarray, tar: np.ndarray, p_targets: Sequence[float]) -> np.ndarray:
+    """Per-trial additive parts of Cllr and actDCF: (n_trials, 4 + 2P) columns target?, non-target?, target
+    cost log2(1 + e^-llr), non-target cost log2(1 + e^llr), then per p_target a miss and a false alarm."""
+    cols = [tar, ~tar, np.where(tar, np.logaddexp(0.0, -llr), 0.0) / math.log(2),
+            np.where(tar, 0.0, np.logaddexp(0.0, llr)) / math.log(2)]
+    for p in p_targets:
+        thr = bayes_threshold(p)
+        cols += [tar & (llr < thr), ~tar & (llr >= thr)]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+
+def llr_bootstrap(llrs: Sequence[np.ndarray], labels: np.ndarray, groups: Sequence | np.ndarray | None = None,
+                  n_boot: int = 1000, p_targets: Sequence[float] = (0.01, 0.05), seed: int = 0) -> dict:
+    """Resampled Cllr and actDCF of one or more LLR score vectors on the same trials, the same resamples of
+    `groups` (one key per trial; None: trials) for all: {"cllr": (systems, kept), "act_dcf": {p: (systems,
+    kept)}, "n_dropped": resamples without targets or non-targets}. Both figures are sums over trials, so a
+    resample is a count vector over groups times the per-group sums (exact, no re-sorting)."""
+    _, tar = check_scores(np.zeros(len(labels)), labels, both_classes=True)
+    gi = (np.arange(len(tar)) if groups is None
+          else np.unique(np.asarray(groups), return_inverse=True)[1].ravel())
+    n_groups = int(gi.max()) + 1
+    per_group = []
+    for llr in llrs:
+        llr = np.asarray(llr, dtype=np.float64)
+        if llr.shape != tar.shape:
+            raise UsageError(f"{len(llr)} LLRs for {len(tar)} trials: need the same trials")
+        costs = _llr_trial_costs(llr, tar, p_targets)
+        per_group.append(np.stack([np.bincount(gi, weights=costs[:, j], minlength=n_groups)
+                                   for j in range(costs.shape[1])], axis=1))
+    rng = np.random.default_rng(seed)
+    cllr_s = np.empty((len(llrs), n_boot))
+    dcf_s = {float(p): np.empty((len(llrs), n_boot)) for p in p_targets}
+    bad = np.zeros(n_boot, dtype=bool)
+    block = max(1, min(n_boot, (1 << 20) // n_groups))
+    for s0 in range(0, n_boot, block):
+        b = min(block, n_boot - s0)
+        drawn = rng.integers(0, n_groups, size=(b, n_groups))
+        counts = np.bincount((drawn + (np.arange(b) * n_groups)[:, None]).ravel(), minlength=b * n_groups)
+        counts = counts.reshape(b, n_groups).astype(np.float64)
+        for j, g in enumerate(per_group):
+            tot = counts @ g  # (b, columns)
+            nt, nn = tot[:, 0], tot[:, 1]
+            ok = (nt > 0) & (nn > 0)
+            bad[s0:s0 + b] |= ~ok
+            nt, nn = np.where(ok, nt, 1.0), np.where(ok, nn, 1.0)
+            cllr_s[j, s0:s0 + b] = 0.5 * (tot[:, 2] / nt + tot[:, 3] / nn)
+            for i, p in enumerate(dcf_s):
+                pm, pf = tot[:, 4 + 2 * i] / nt, tot[:, 5 + 2 * i] / nn
+                dcf_s[p][j, s0:s0 + b] = (p * pm + (1.0 - p) * pf) / min(p, 1.0 - p)
+    if bad.all():
+        raise DataError(f"all {n_boot} bootstrap resamples lack targets or non-targets")
+    return {"cllr": cllr_s[:, ~bad], "act_dcf": {p: v[:, ~bad] for p, v in dcf_s.items()},
+            "n_dropped": int(bad.sum())}
 
 
 def fit_logistic(x: np.ndarray, labels: np.ndarray, p_target: float = 0.01,

@@ -28,7 +28,7 @@ from .longtail import shot_groups
 from .metrics import GROUPS, shot_group_verification
 from .utils import DataError
 
-__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
+__all__ = ["COLUMNS", "LLR_COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
            "seed_summary", "t_interval", "N_BOOT", "LEVEL"]
 
 N_BOOT = 1000
@@ -37,7 +37,9 @@ LEVEL = 0.95
 COLUMNS = ([("eer", "EER (%)", 100.0), ("min_dcf", "minDCF", 1.0)]
            + [(f"seen_eer_{g}", f"Seen {g.capitalize()} EER (%)", 100.0) for g in GROUPS]
            + [(f"seen_dcf_{g}", f"Seen {g.capitalize()} minDCF", 1.0) for g in GROUPS]
-           + [(f"acc_{g}", g.capitalize(), 100.0) for g in (*GROUPS, "overall")])
+           + [(f"acc_{g}", g.capitalize(), 100.0) for g in (*GROUPS, "overall")]
+           + [("cllr", "Cllr", 1.0), ("min_cllr", "minCllr", 1.0), ("act_dcf", "actDCF", 1.0)])
+LLR_COLUMNS = ("cllr", "min_cllr", "act_dcf")
 
 
 def _key(p: float | str) -> str:
@@ -80,14 +82,36 @@ def _ci_dict(res: Mapping, p_targets: Sequence[float]) -> dict:
             "n_nontarget": res["n_nontarget"], "n_speakers": res["n_groups"]}
 
 
+def _pct(values: np.ndarray, level: float) -> list[float]:
+    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return [float(lo), float(hi)]
+
+
+def _llr_figures(scores: np.ndarray, labels: np.ndarray, spk: np.ndarray, p_targets: Sequence[float], n_boot: int,
+                 level: float, seed: int) -> dict:
+    """Cllr, minCllr and actDCF of LLR scores; Cllr and actDCF with intervals over the same units."""
+    from .calibration import llr_bootstrap, llr_summary
+
+    s = llr_summary(scores, labels, p_targets)
+    bs = llr_bootstrap([scores], labels, spk, n_boot, p_targets, seed)
+    return {"llr": True, "cllr": s["cllr"], "cllr_ci": _pct(bs["cllr"][0], level), "min_cllr": s["min_cllr"],
+            "act_dcf": {_key(p): s["act_dcf"][float(p)] for p in p_targets},
+            "act_dcf_ci": {_key(p): _pct(bs["act_dcf"][float(p)][0], level) for p in p_targets}}
+
+
 def verification_with_ci(score_file: str, utt2spk: str | None = None, p_targets: Sequence[float] = (0.01, 0.05),
-                         n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+                         n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0, llr: bool = False) -> dict:
     """EER / minDCF of a labelled score file with intervals from resampling enrolment speakers (`utt2spk`
-    maps enrolment keys to speakers; a key it lacks is its own unit)."""
+    maps enrolment keys to speakers; a key it lacks is its own unit); `llr`: the scores are calibrated
+    log-likelihood ratios, and Cllr, minCllr and actDCF are added."""
     enroll, _, scores, labels = _scores(str(score_file))
-    res = bootstrap_verification(scores, labels, _enroll_speakers(enroll, utt2spk), n_boot, level, p_targets, seed)
-    return {**_ci_dict(res, p_targets), "utt2spk": str(utt2spk) if utt2spk else None, "n_boot": n_boot,
-            "level": level, "bootstrap_seed": seed, "unit": "enrolment speaker" if utt2spk else "enrolment key"}
+    spk = _enroll_speakers(enroll, utt2spk)
+    res = bootstrap_verification(scores, labels, spk, n_boot, level, p_targets, seed)
+    out = {**_ci_dict(res, p_targets), "utt2spk": str(utt2spk) if utt2spk else None, "n_boot": n_boot,
+           "level": level, "bootstrap_seed": seed, "unit": "enrolment speaker" if utt2spk else "enrolment key"}
+    if llr:
+        out.update(_llr_figures(scores, labels, spk, p_targets, n_boot, level, seed))
+    return out
 
 
 def _train_counts(train_data: str) -> Counter:
@@ -139,6 +163,10 @@ def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float |
     if ver:
         out["eer"] = (ver.get("eer"), ver.get("eer_ci"))
         out["min_dcf"] = ((ver.get("min_dcf") or {}).get(key), (ver.get("min_dcf_ci") or {}).get(key))
+        if ver.get("llr"):
+            out["cllr"] = (ver.get("cllr"), ver.get("cllr_ci"))
+            out["min_cllr"] = (ver.get("min_cllr"), None)
+            out["act_dcf"] = ((ver.get("act_dcf") or {}).get(key), (ver.get("act_dcf_ci") or {}).get(key))
     for g, v in ((row.get("seen") or {}).get("groups") or {}).items():
         if v and "eer" in v:
             out[f"seen_eer_{g}"] = (v["eer"], v.get("eer_ci"))
@@ -181,6 +209,9 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
                                                 level, (p_target,), seed)
             out["eer"] = _diff_entry(res["diff"], res["diff_ci"])
             out["min_dcf"] = _diff_entry(res["min_dcf_diff"][p_target], res["min_dcf_diff_ci"][p_target])
+            if va.get("llr") and vb.get("llr"):
+                out.update(_paired_llr(sa, sb, lab, _enroll_speakers(enroll, va.get("utt2spk")), p_target, n_boot,
+                                       level, seed))
     sa_, sb_ = row.get("seen") or {}, ref.get("seen") or {}
     if sa_.get("scores") and sb_.get("scores"):
         al = _aligned(sa_["scores"], sb_["scores"])
@@ -210,6 +241,18 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
                 if res["diff_ci"][k] is not None:
                     out[f"acc_{g}"] = _diff_entry(res["diff"][k], res["diff_ci"][k])
     return out
+
+
+def _paired_llr(sa: np.ndarray, sb: np.ndarray, lab: np.ndarray, spk: np.ndarray, p_target: float, n_boot: int,
+                level: float, seed: int) -> dict[str, dict]:
+    """Cllr and actDCF differences of two LLR score vectors on the same trials, shared resamples."""
+    from .calibration import act_dcf, cllr, llr_bootstrap
+
+    bs = llr_bootstrap([sa, sb], lab, spk, n_boot, (p_target,), seed)
+    d_dcf = act_dcf(sa, lab, p_target) - act_dcf(sb, lab, p_target)
+    return {"cllr": _diff_entry(cllr(sa, lab) - cllr(sb, lab), _pct(bs["cllr"][0] - bs["cllr"][1], level)),
+            "act_dcf": _diff_entry(d_dcf, _pct(bs["act_dcf"][float(p_target)][0] - bs["act_dcf"][float(p_target)][1],
+                                               level))}
 
 
 def seed_summary(values: Sequence[float]) -> tuple[float, float, int]:

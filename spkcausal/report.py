@@ -38,13 +38,17 @@ import yaml
 
 from .utils import DataError, PathLike, UsageError, write_text_atomic
 
-__all__ = ["RESULTS_FILE", "VARIANTS", "system_name", "variant_label", "load_results", "update_results",
+__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
+           "system_name", "variant_label", "load_results", "update_results",
            "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
            "format_markdown", "write_report"]
 
 RESULTS_FILE = "results.json"
-VARIANTS = ("cosine", "mean_sub", "asnorm", "tde", "tde_mean_sub", "tde_asnorm")
-_SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm"}
+VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
+            "tde_asnorm_cal", "tde_asnorm_qmf")
+LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
+_SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
+           "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
 DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
 _REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32}  # the reference Causal Norm head; other values are labelled
 
@@ -68,6 +72,8 @@ def system_name(cfg: Mapping[str, Any]) -> str:
         name = f"Baseline ({head_txt})"
     if head.startswith("causal_norm") and (sampler != "natural" or loss != "ce"):
         name += f" + {sampler if sampler != 'natural' else loss}"
+    if (cfg.get("train") or {}).get("init_from"):
+        name += " + LM"  # a fine-tuning run (the recipes' large-margin stage starts from the averaged model)
     if head.startswith("causal_norm"):
         h = cfg.get("head", {})
         k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
@@ -149,13 +155,16 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
 
 def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
                         p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None,
-                        utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+                        utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0,
+                        llr: bool | None = None) -> dict:
     """EER / minDCF of a labelled score file with 95% intervals from resampling enrolment speakers (`utt2spk`
-    of the eval dir; without it, enrolment keys), stored as the variant's verification result."""
+    of the eval dir; without it, enrolment keys), stored as the variant's verification result; LLR scores
+    (`llr`, by default the variants of LLR_VARIANTS) also get Cllr, minCllr and actDCF."""
     from .evidence import verification_with_ci
 
+    llr = variant in LLR_VARIANTS if llr is None else llr
     res = verification_with_ci(str(Path(score_file).resolve()), str(utt2spk) if utt2spk else None, p_targets,
-                               n_boot, seed=seed)
+                               n_boot, seed=seed, llr=llr)
     ver = {"scores": str(Path(score_file).resolve()), **res}
     return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
 
@@ -190,6 +199,20 @@ def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
     return (str(p.parent / m.group(1)), int(m.group(2))) if m else (str(p), None)
 
 
+def parent_system(exp_dir: PathLike) -> str | None:
+    """System key of the run a fine-tuning experiment started from (its config's train.init_from: a
+    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir), else None."""
+    src = (_exp_config(Path(exp_dir)).get("train") or {}).get("init_from")
+    if not src:
+        return None
+    p = Path(str(src))
+    if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
+        p = p.parent
+        if p.name == "checkpoints":
+            p = p.parent
+    return split_seed(p)[0]
+
+
 def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
     """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
     and `seed` say which training runs are seeds of one system (split_seed)."""
@@ -204,7 +227,8 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
                 continue
             r = data["rows"][v]
             system, seed = split_seed(exp)
-            rows.append({"exp": str(exp), "system": system, "seed": seed, "variant": v, "label": r.get("label", v),
+            rows.append({"exp": str(exp), "system": system, "seed": seed, "parent": parent_system(exp),
+                         "variant": v, "label": r.get("label", v),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
@@ -244,8 +268,14 @@ def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_s
         notes.append("One training run: [95% interval] from a bootstrap over enrolment speakers (verification) or "
                      "test speakers within each group (identification); differences from a paired bootstrap "
                      "(same trials / utterances, shared resamples).")
-    notes.append("Reference of a difference: a TDE row against the same system without TDE; any other row "
-                 "against the baseline system's row of the same scoring.")
+    notes.append("Reference of a difference: a TDE row against the same system without TDE; a QMF row against "
+                 "the same system's plainly calibrated AS-norm scores; a +LM system against the system it was "
+                 "fine-tuned from; any other row against the baseline system's row of the same scoring (a +LM "
+                 "system: the baseline's +LM run).")
+    if any(r.get("verification", {}) and (r["verification"] or {}).get("llr") for r in rows):
+        notes.append("Calibrated rows: scores mapped to log-likelihood ratios on the seen-speaker dev list "
+                     "(calibration: score only; QMF: score plus quality measures); Cllr in bits, actual DCF at "
+                     "the Bayes threshold -logit(p_target).")
     if any(r.get("tde_alpha") is not None for r in rows):
         notes.append("TDE alpha chosen on a dev set (never on the test trials).")
     if any((Path(r["exp"]) / DECOUPLED_FILE).is_file() for r in rows):

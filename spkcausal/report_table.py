@@ -2,16 +2,21 @@
 differences of every system from its reference with paired intervals.
 
 Rows are grouped into *runs*: the result rows of one system and variant over its seeds (experiment dirs
-`<name>_seed<k>`, spkcausal.report.split_seed). The reference of a run (`reference_of`):
-- a TDE variant (tde, tde_mean_sub, tde_asnorm): the same system without TDE (cosine, mean_sub, asnorm), so
-  the row answers "what does TDE add";
-- any other variant of a system that is not the baseline: the baseline system's row of the same variant;
+`<name>_seed<k>`, spkcausal.report.split_seed). The references of a run (`references_of`), in this order:
+- a TDE variant (tde, tde_mean_sub, tde_asnorm, ...): the same system without TDE, so the row answers
+  "what does TDE add";
+- a QMF variant: the same system's plainly calibrated scores ("what do the quality measures add");
+- a fine-tuned system (config train.init_from, the "+LM" systems): the system it started from, same variant
+  ("what does large-margin fine-tuning add");
+- any other variant of a system that is not the baseline: the baseline system's row of the same variant (for
+  a fine-tuned system, the baseline's fine-tuned run when there is one: "does it still help after LM");
 - the baseline system's own rows: none.
 One run each: the paired bootstrap (same trials, same test utterances, shared resamples) gives the interval
 of the difference. Several seeds: the per-seed differences are averaged, with a Student-t interval over the
 seeds that both systems have (the training noise). A difference is significant (*) only when its interval
-excludes 0. The differences table lists the plain rows (cosine scoring / plain head, and TDE); those of the
-score normalisations (mean_sub, asnorm, ...) are in report.json, to keep the table readable.
+excludes 0. The differences table lists the plain rows (cosine scoring / plain head, TDE, and the full
+back-end AS-norm + QMF); those of the other score normalisations are in report.json, to keep the table
+readable.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from pathlib import Path
 from .evidence import COLUMNS, LEVEL, N_BOOT, paired_differences, row_figures, seed_summary, t_interval
 from .utils import UsageError
 
-__all__ = ["group_runs", "reference_of", "resolve_baseline", "build_tables"]
+__all__ = ["group_runs", "references_of", "resolve_baseline", "build_tables"]
 
-_TDE_BASE = {"tde": "cosine", "tde_mean_sub": "mean_sub", "tde_asnorm": "asnorm"}
+_TDE_BASE = {"tde": "cosine", "tde_mean_sub": "mean_sub", "tde_asnorm": "asnorm", "tde_asnorm_cal": "asnorm_cal",
+             "tde_asnorm_qmf": "asnorm_qmf"}
+_QMF_BASE = {"asnorm_qmf": "asnorm_cal"}
 _SCALE = {c: s for c, _, s in COLUMNS}
 _HEAD = {c: h for c, h, _ in COLUMNS}
 TABLES = [("Verification: held-out speakers (EER, minDCF) and seen speakers by shot group of the enrolment "
@@ -31,10 +38,13 @@ TABLES = [("Verification: held-out speakers (EER, minDCF) and seen speakers by s
           ("Verification, seen speakers: minDCF by shot group of the enrolment speaker",
            ["seen_dcf_many", "seen_dcf_medium", "seen_dcf_few"]),
           ("Closed-set identification accuracy (%) by shot group", ["acc_many", "acc_medium", "acc_few",
-                                                                   "acc_overall"])]
-TABLE_DIFF_VARIANTS = ("cosine", "tde")
+                                                                   "acc_overall"]),
+          ("Calibrated scores (LLRs), held-out speakers: Cllr, minCllr, actual DCF at the Bayes threshold and "
+           "minDCF", ["cllr", "min_cllr", "act_dcf", "min_dcf"])]
+_NEEDS = {"cllr"}  # a table with one of these columns lists only the rows that have it
+TABLE_DIFF_VARIANTS = ("cosine", "tde", "asnorm_qmf")
 DIFF_COLUMNS = ["eer", "min_dcf", "seen_eer_many", "seen_eer_medium", "seen_eer_few", "acc_many", "acc_medium",
-                "acc_few", "acc_overall"]
+                "acc_few", "acc_overall", "cllr", "act_dcf"]
 
 
 def group_runs(rows: Sequence[Mapping]) -> dict[tuple[str, str], list[Mapping]]:
@@ -62,16 +72,25 @@ def resolve_baseline(rows: Sequence[Mapping], baseline: str | None) -> str:
     raise UsageError(f"--baseline {baseline!r} names none of the systems ({', '.join(Path(s).name for s in systems)})")
 
 
-def reference_of(key: tuple[str, str], runs: Mapping, baseline: str) -> tuple[str, str] | None:
-    """The run a run is compared with (module docstring), when it exists."""
+def references_of(key: tuple[str, str], runs: Mapping, baseline: str,
+                  parents: Mapping[str, str | None] | None = None) -> list[tuple[str, str]]:
+    """The runs a run is compared with (module docstring), those that exist, in order."""
     system, variant = key
+    parents = parents or {}
     if variant in _TDE_BASE:
-        ref = (system, _TDE_BASE[variant])
-    elif system != baseline:
-        ref = (baseline, variant)
+        refs = [(system, _TDE_BASE[variant])]
     else:
-        return None
-    return ref if ref in runs else None
+        refs = [(system, _QMF_BASE[variant])] if variant in _QMF_BASE else []
+        parent = parents.get(system)
+        if parent is not None:
+            refs.append((parent, variant))
+        if system != baseline:
+            peer = baseline
+            if parent is not None:  # a fine-tuned system: against the baseline's fine-tuned run, if any
+                peer = next((s for s, p in parents.items() if p == baseline), None) or baseline
+            if peer != system:
+                refs.append((peer, variant))
+    return [r for r in dict.fromkeys(refs) if r in runs]
 
 
 def _num(v: float, col: str, digits: int | None = None) -> str:
@@ -159,9 +178,10 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
     summary: dict = {"baseline": base, "runs": [], "differences": []}
     for title, cols in TABLES:
         body = []
+        need = [c for c in cols if c in _NEEDS] or cols
         for rs in runs.values():
             figs = [row_figures(r, p_target) for r in rs]
-            if not any(f[c][0] is not None for f in figs for c in cols):
+            if not any(f[c][0] is not None for f in figs for c in need):
                 continue
             label = _label(rs, len(labels[rs[0]["label"]]) > 1)
             body.append([label] + [_cell([f[c] for f in figs], c) for c in cols])
@@ -177,19 +197,20 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
                                 "seeds": [r["seed"] for r in rs],
                                 "figures": {c: [f[c][0] for f in figs] for c, _, _ in COLUMNS}})
     body = []
+    by_path = {str(Path(s).resolve()): s for s, _ in runs}  # init_from may spell the dir differently
+    parents = {r["system"]: by_path.get(str(Path(r["parent"]).resolve())) if r.get("parent") else None
+               for r in rows}
     for key, rs in runs.items():
-        ref = reference_of(key, runs, base)
-        if ref is None:
-            continue
-        diffs = _run_diffs(rs, runs[ref], p_target, n_boot, level)
-        if not diffs:
-            continue
-        summary["differences"].append({"system": key[0], "variant": key[1], "reference": list(ref),
-                                       "differences": diffs})
-        if key[1] not in TABLE_DIFF_VARIANTS:
-            continue
-        body.append([_label(rs, len(labels[rs[0]["label"]]) > 1), _label(runs[ref], False)]
-                    + [_diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
+        for ref in references_of(key, runs, base, parents):
+            diffs = _run_diffs(rs, runs[ref], p_target, n_boot, level)
+            if not diffs:
+                continue
+            summary["differences"].append({"system": key[0], "variant": key[1], "reference": list(ref),
+                                           "differences": diffs})
+            if key[1] not in TABLE_DIFF_VARIANTS:
+                continue
+            body.append([_label(rs, len(labels[rs[0]["label"]]) > 1), _label(runs[ref], False)]
+                        + [_diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
     if body:
         hdr = ["System", "vs"] + ["Δ " + _HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in DIFF_COLUMNS]
         out_lines += ["", "**Differences from the reference** (A - B; * = the 95% interval excludes 0)", ""]

@@ -22,6 +22,11 @@ from spkcausal.report import (
 from spkcausal.utils import DataError
 
 
+def read_scores_file(path: Path) -> np.ndarray:
+    """The score column of a score file."""
+    return np.array([float(ln.split()[2]) for ln in Path(path).read_text().splitlines()])
+
+
 def _exp(tmp: Path, name: str, head: str, sampler: str = "natural") -> Path:
     e = tmp / name
     e.mkdir(parents=True)
@@ -205,3 +210,53 @@ def test_record_verification_matches_a_brute_force_eer(tmp_path):
     dcf = np.min(0.01 * pmiss + 0.99 * pfa) / 0.01
     assert ver["min_dcf"]["0.01"] == pytest.approx(min(dcf, 1.0), abs=1e-9)
     assert data["rows"]["cosine"]["label"] == "Baseline (AAM)"
+
+
+def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
+    """Calibrated rows get Cllr / actDCF with intervals (equal to the direct formulas), listed in their own table;
+    a +LM system is compared with the system it was fine-tuned from and, when it is not the baseline's, with the
+    baseline's +LM run; a QMF row with the same system's calibrated row."""
+    from spkcausal.calibration import act_dcf, cllr, min_cllr
+
+    rng = np.random.default_rng(5)
+    n = 400
+    enroll = [f"spk{i % 20}-u{i}" for i in range(n)]
+    test = [f"t{i}" for i in range(n)]
+    labels = rng.random(n) < 0.3
+    u2s = tmp_path / "utt2spk"
+    u2s.write_text("".join(f"{e} {e.split('-')[0]}\n" for e in enroll))
+    exps = {}
+    for name, head, parent in (("aam", "aam", None), ("cnaam", "causal_norm_aam", None),
+                               ("aam_lm", "aam", "aam"), ("cnaam_lm", "causal_norm_aam", "cnaam")):
+        e = _exp(tmp_path / "exp", name, head)
+        if parent:
+            cfg = yaml.safe_load((e / "config.yaml").read_text())
+            cfg["train"] = {"init_from": str(tmp_path / "exp" / parent / "avg_model.pt")}
+            (e / "config.yaml").write_text(yaml.safe_dump(cfg))
+        for variant in ("cosine", "asnorm_cal", "asnorm_qmf"):
+            s = rng.normal(size=n) * 2 + 4 * labels - 3
+            record_verification(e, variant, _scores(e / variant / "list.score", enroll, test, s, labels),
+                                utt2spk=u2s, n_boot=100)
+        exps[name] = e
+    ver = json.loads((exps["aam"] / "results.json").read_text())["rows"]
+    assert "cllr" not in ver["cosine"]["verification"]  # raw cosine scores are no LLRs
+    cal = ver["asnorm_cal"]["verification"]
+    s = read_scores_file(exps["aam"] / "asnorm_cal" / "list.score")
+    assert cal["cllr"] == pytest.approx(cllr(s, labels)) and cal["min_cllr"] == pytest.approx(min_cllr(s, labels))
+    assert cal["act_dcf"]["0.01"] == pytest.approx(act_dcf(s, labels, 0.01))
+    assert cal["cllr_ci"][0] <= cal["cllr"] <= cal["cllr_ci"][1]
+
+    text = format_markdown(collect_rows(list(exps.values())), n_boot=100)
+    llr_table = _table(text, "Calibrated scores")
+    assert set(llr_table) == {f"{sys}{lm} + AS-norm + {k}" for lm in ("", " + LM") for k in ("calibration", "QMF")
+                              for sys in ("Baseline (AAM)", "De-confound (Causal Norm AAM)")}
+    assert llr_table["Baseline (AAM) + AS-norm + calibration"][0].startswith(f"{cal['cllr']:.4f} [")
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("**Differences"))
+    pairs = [tuple(c.strip() for c in ln.strip("|").split("|")[:2]) for ln in lines[i + 4:] if ln.startswith("| ")]
+    assert ("Baseline (AAM) + LM", "Baseline (AAM)") in pairs  # what LM adds
+    assert ("De-confound (Causal Norm AAM) + LM", "De-confound (Causal Norm AAM)") in pairs
+    assert ("De-confound (Causal Norm AAM) + LM", "Baseline (AAM) + LM") in pairs  # de-confounding after LM
+    assert ("De-confound (Causal Norm AAM) + LM", "Baseline (AAM)") not in pairs
+    assert ("Baseline (AAM) + AS-norm + QMF", "Baseline (AAM) + AS-norm + calibration") in pairs
+    assert ("De-confound (Causal Norm AAM) + AS-norm + QMF", "Baseline (AAM) + AS-norm + QMF") in pairs

@@ -34,10 +34,13 @@ def _record(args: argparse.Namespace) -> int:
                 for g, v in groups.items()))
             continue
         data = record_verification(args.exp, variant, path, args.label, args.p_target, alpha, args.utt2spk,
-                                   args.bootstrap, args.seed)
+                                   args.bootstrap, args.seed, llr=True if args.llr else None)
         v = data["rows"][variant]["verification"]
+        llr = (f" Cllr {_ci(v['cllr'], v['cllr_ci'], 1, 4)} minCllr {v['min_cllr']:.4f} "
+               + " ".join(f"actDCF({p}) {_ci(x, v['act_dcf_ci'][p], 1, 4)}" for p, x in v["act_dcf"].items())
+               if v.get("llr") else "")
         print(f"{data['rows'][variant]['label']}: EER {_ci(v['eer'], v['eer_ci'], 100, 3)}% "
-              + " ".join(f"minDCF({p}) {_ci(x, v['min_dcf_ci'][p], 1, 4)}" for p, x in v["min_dcf"].items()))
+              + " ".join(f"minDCF({p}) {_ci(x, v['min_dcf_ci'][p], 1, 4)}" for p, x in v["min_dcf"].items()) + llr)
     return 0
 
 
@@ -63,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "speakers (default: enrolment keys)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--llr", action="store_true", help="the scores are calibrated LLRs: also Cllr, minCllr, actDCF "
+                                                       "(default for the variants *_cal and *_qmf)")
     p.add_argument("--seen", action="store_true",
                    help="a seen-speaker list: EER / minDCF by shot group of the enrolment speaker (row part 'seen')")
     p.add_argument("--train-data", help="--seen: the training dir (its counts define the shot groups)")
