@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +110,19 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     return out
 
 
-def load_config(path: PathLike | None, overrides: Iterable[str] = (),
+def _paths(path: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
+    if path is None:
+        return []
+    return [path] if isinstance(path, (str, Path)) else list(path)
+
+
+def load_config(path: PathLike | Sequence[PathLike] | None, overrides: Iterable[str] = (),
                 defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """defaults <- YAML file <- overrides, in that order."""
+    """defaults <- YAML file(s), each over the one before (a base config, then e.g. a fine-tuning overlay)
+    <- overrides, in that order."""
     cfg = dict(defaults or {})
-    if path is not None:
-        cfg = deep_merge(cfg, load_yaml(path))
+    for p in _paths(path):
+        cfg = deep_merge(cfg, load_yaml(p))
     return apply_overrides(cfg, overrides)
 
 
@@ -126,13 +133,14 @@ def save_config(cfg: Mapping[str, Any], path: PathLike) -> Path:
     return path
 
 
-def load_train_config(path: PathLike | None, overrides: Iterable[str] = (), exp_dir: PathLike | None = None
-                      ) -> dict[str, Any]:
-    """DEFAULTS <- YAML <- overrides (<- exp_dir), checked; a mistake is a DataError naming the config file."""
+def load_train_config(path: PathLike | Sequence[PathLike] | None, overrides: Iterable[str] = (),
+                      exp_dir: PathLike | None = None) -> dict[str, Any]:
+    """DEFAULTS <- YAML(s) <- overrides (<- exp_dir), checked; a mistake is a DataError naming the config
+    file(s)."""
     try:
         cfg = load_config(path, overrides)
         if exp_dir:
             cfg["exp_dir"] = str(exp_dir)
         return merge_defaults(cfg)
     except UsageError as e:
-        raise DataError(str(e), path) from None
+        raise DataError(str(e), " + ".join(str(p) for p in _paths(path)) or None) from None

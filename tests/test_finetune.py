@@ -114,3 +114,28 @@ def test_init_head_refuses_other_speakers(halves):
 
     with pytest.raises(DataError, match="other speakers"):
         train(_cfg(b, root / "lm_b", init_from=str(root / "src_a"), init_head=True))
+
+
+def test_lm_overlays_merge_over_each_system_config(tmp_path):
+    """Both LM overlays (corpus and demo) load over every system config of their recipe: each key they set wins,
+    every other key is the system's, so an AAM and a Causal Norm AAM system fine-tune on the same path."""
+    from spkcausal.config import load_train_config
+
+    root = Path(__file__).resolve().parents[1]
+    for conf_dir, systems in ((root / "recipes/conf", ["ecapa512_aam", "ecapa512_cnaam", "resnet34_cnaam"]),
+                              (root / "recipes/mini/conf", ["aam", "cnaam"])):
+        overlay = yaml.safe_load((conf_dir / "lm.yaml").read_text())
+        for name in systems:
+            base = load_train_config(conf_dir / f"{name}.yaml")
+            cfg = load_train_config([conf_dir / f"{name}.yaml", conf_dir / "lm.yaml"], ["train.init_head=true"])
+            for section, values in overlay.items():
+                for key, value in values.items():
+                    assert cfg[section][key] == value, (conf_dir, name, section, key)
+            assert cfg["head"]["name"] == base["head"]["name"] and cfg["model"] == base["model"]
+            assert cfg["head"]["margin"] == 0.5 > base["head"]["margin"]
+            assert cfg["data"]["chunk_seconds"] >= 2 * base["data"]["chunk_seconds"]
+            assert not cfg["augment"]["speed_perturb"] and cfg["train"]["init_head"] is True
+    with pytest.raises(Exception, match="lm.yaml"):  # a typo in the overlay names the file
+        bad = tmp_path / "lm.yaml"
+        bad.write_text("train: {epoch: 3}\n")
+        load_train_config([root / "recipes/mini/conf/aam.yaml", bad])

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a speaker-embedding extractor (run under torchrun for several GPUs)",
                        description="Merged config (defaults <- --config <- key=value overrides) is written to "
                                    "<exp_dir>/config.yaml; checkpoints go to <exp_dir>/checkpoints/.")
-    p.add_argument("--config", required=True, help="YAML config (see docs/training.md)")
+    p.add_argument("--config", required=True, action="append", metavar="YAML",
+                   help="YAML config (see docs/training.md); repeat it to merge several, each over the one before, "
+                        "e.g. a system's config then a fine-tuning overlay (recipes/conf/lm.yaml)")
     p.add_argument("--exp-dir", help="override exp_dir")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint (a fresh start if there is none)")
