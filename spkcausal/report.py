@@ -50,7 +50,8 @@ LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf") 
 _SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
            "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
 DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
-_REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32}  # the reference Causal Norm head; other values are labelled
+# the reference Causal Norm head; other values are labelled
+_REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
 
 
 def system_name(cfg: Mapping[str, Any]) -> str:
@@ -80,6 +81,9 @@ def system_name(cfg: Mapping[str, Any]) -> str:
         if k != _REF_HEAD["num_heads"] or g != _REF_HEAD["gamma"]:
             gtxt = "0" if g == 0 else f"1/{1 / g:g}" if (1 / g).is_integer() else f"{g:g}"
             name = name.replace(")", f", K={k}, gamma={gtxt})", 1)
+        mu = h.get("momentum", _REF_HEAD["momentum"])
+        if mu != _REF_HEAD["momentum"]:
+            name = name.replace(")", f", mu={mu})", 1)
     return name
 
 

@@ -19,10 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .embeddings import EmbeddingStore
-from .identify import class_labels, head_logits
 from .metrics import compute_eer, compute_min_dcf, mean_per_class_accuracy
-from .network import load_trained
-from .tde import alpha_heuristic, sweep_alpha, tde_embeddings
 from .trialio import read_trials
 from .utils import DataError, PathLike, UsageError, get_logger, write_text_atomic
 
@@ -37,6 +34,8 @@ log = get_logger(__name__)
 def _dev_trial_curves(store: EmbeddingStore, trials_path: PathLike, mean_feature: np.ndarray, num_heads: int,
                       alphas: Sequence[float]) -> tuple[list[float], list[float]]:
     """EER and minDCF(0.01) of cosine scores on TDE'd embeddings of a labelled dev trial list, per alpha."""
+    from .tde import tde_embeddings
+
     trials = read_trials(trials_path)
     if not trials.has_labels:
         raise DataError("dev trial list has no target/nontarget labels", trials_path)
@@ -56,6 +55,8 @@ def _dev_trial_curves(store: EmbeddingStore, trials_path: PathLike, mean_feature
 def _heuristic(heuristic_emb: PathLike | None, dev_x: np.ndarray | None, mean_feature: np.ndarray,
                k: int) -> tuple[float | None, str]:
     """(1 / mean cos, where it was computed) or (None, why not)."""
+    from .tde import alpha_heuristic
+
     if heuristic_emb is not None:
         store = EmbeddingStore.open(heuristic_emb)
         keys = list(store.keys)
@@ -94,6 +95,10 @@ def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike 
         raise UsageError("criterion iden_val needs an iden val dir (--data)")
     if criterion != "iden_val" and not lists:
         raise UsageError(f"criterion {criterion} needs a labelled dev trial list (--trials)")
+    from .identify import class_labels, head_logits  # torch: imported when used, so the CLI starts fast
+    from .network import load_trained
+    from .tde import sweep_alpha
+
     th = load_trained(ckpt, exp_dir, with_model=False)
     th.require_causal()
     store = EmbeddingStore.open(emb)

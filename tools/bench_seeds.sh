@@ -5,17 +5,21 @@
 #   bash tools/bench_seeds.sh                                  5 seeds, outputs under demo/ (about 5x the demo)
 #   bash tools/bench_seeds.sh --seeds "0 1" --tiny true --out /tmp/b    a quick check of the plumbing
 #
-# Runs recipes/mini/run.sh --seeds SEEDS (every other option passes through; seeds already trained are kept,
-# so a re-run adds only the missing ones), then `spkcausal report` over Baseline (aam) and De-confound (cnaam),
-# plain and TDE rows, into OUT/exp/bench_seeds/report.md: every figure as mean ± std over the seeds, and the
-# differences De-confound - Baseline and De-confound-TDE - De-confound (held-out-speaker EER, seen-speaker
-# EER by shot group, accuracy by shot group) as the mean of the per-seed differences with a 95% Student-t
-# interval over seeds; * marks an interval that excludes 0.
+# Runs recipes/mini/run.sh --seeds SEEDS (every other option passes through, --systems too; seeds already
+# trained are kept, so a re-run adds only the missing ones), then `spkcausal report` over the trained systems
+# (default: the demo's Baseline aam, De-confound cnaam and their +LM runs; decoupled ones are left out: their
+# verification rows are their base's), rows cosine and TDE, and the full back-end (AS-norm + calibration,
+# AS-norm + QMF), into OUT/exp/bench_seeds/report.md: every figure as mean ± std over the seeds, and the
+# differences De-confound - Baseline, De-confound-TDE - De-confound, +LM - its base, QMF - calibration
+# (held-out-speaker EER, seen-speaker EER by shot group, accuracy by shot group, Cllr / actDCF) as the mean of
+# the per-seed differences with a 95% Student-t interval over seeds; * marks an interval that excludes 0.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+first_word() { echo "$1" | awk '{print $1; exit}'; }
 seeds="0 1 2 3 4"
 out="$root/demo"
 tiny=false
+systems="aam cnaam aam+lm cnaam+lm"
 pass=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,6 +29,8 @@ while [ $# -gt 0 ]; do
     --out=*) out=${1#*=}; pass+=("$1"); shift ;;
     --tiny) tiny=$2; pass+=("$1" "$2"); shift 2 ;;
     --tiny=*) tiny=${1#*=}; pass+=("$1"); shift ;;
+    --systems) systems=$2; shift 2 ;;
+    --systems=*) systems=${1#*=}; shift ;;
     *) pass+=("$1"); shift ;;
   esac
 done
@@ -32,10 +38,15 @@ done
 [ "$tiny" = true ] && out="$out-tiny"   # as recipes/mini/run.sh names it
 
 SECONDS=0
-bash "$root/recipes/mini/run.sh" --seeds "$seeds" "${pass[@]}"
+bash "$root/recipes/mini/run.sh" --seeds "$seeds" --systems "$systems" "${pass[@]}"
 . "$root/recipes/common/path.sh" > /dev/null
 exps=()
-for s in aam cnaam; do for k in $seeds; do exps+=("$out/exp/${s}_seed$k"); done; done
-spkcausal report "${exps[@]}" --variants cosine tde --baseline aam --out "$out/exp/bench_seeds" \
+for s in $systems; do
+  case "$s" in *+crt|*+tau_norm) continue ;; esac
+  s=$(basename "$s" .yaml); s=${s/+lm/_lm}
+  for k in $seeds; do exps+=("$out/exp/${s}_seed$k"); done
+done
+spkcausal report "${exps[@]}" --variants cosine tde asnorm_cal asnorm_qmf tde_asnorm_cal tde_asnorm_qmf \
+  --baseline "$(basename "$(first_word "$systems")" .yaml)" --out "$out/exp/bench_seeds" \
   --caption "The demo over training seeds $seeds (corpus fixed: synth seed 0)."
 echo "bench_seeds.sh: $(echo "$seeds" | wc -w) seeds in ${SECONDS}s; table: $out/exp/bench_seeds/report.md"

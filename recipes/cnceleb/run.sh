@@ -5,10 +5,11 @@
 #   bash run.sh --cn1_root /data/CN-Celeb_flac --cn2_root /data/CN-Celeb2_flac [--stage N] [--stop_stage M]
 #   bash run.sh --gpus 0,1,2,3 [--nnodes 2 --node_rank R --master_addr HOST] ...   (torchrun, as in voxceleb)
 # Stages (each skips work it finished before; see docs/recipes.md):
-#   1 prepare CN-Celeb (+ combine short segments)        5 scoring: cosine, mean subtraction, AS-norm
+#   1 prepare CN-Celeb (+ combine short segments)        5 scoring: cosine, mean sub., AS-norm; AS-norm top-N,
+#                                                         calibration, QMF, verify threshold on the seen dev list
 #   2 held-out split of the training set, long-tail profile + plots, seen-speaker trial lists
 #                                                         6 TDE: alpha chosen on the iden val split, TDE scoring
-#   3 training (torchrun)                                 7 closed-set identification by shot group
+#   3 training, +lm fine-tune                             7 closed-set identification by shot group
 #   4 checkpoint averaging + embedding extraction         8 report table + DET curves
 # Trials: trials_concat (Concat: the enroll/*.flac file) and trials_avg (Avg: the mean of the enroll.map
 # segments' embeddings, through enroll2utt); the first list in --trials goes in the report. Systems are the
@@ -20,7 +21,7 @@ recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cn1_root=""
 cn2_root=""
 combine_min_sec=5.0              # "" keeps the short segments as they are
-systems="resnet34_aam resnet34_cnaam resnet34_aam+crt resnet34_aam+tau_norm"
+systems="resnet34_aam resnet34_cnaam resnet34_aam+crt resnet34_aam+tau_norm resnet34_aam+lm resnet34_cnaam+lm"
 trials="trials_concat trials_avg"   # names under $data/cnceleb_eval/
 corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
 
@@ -57,17 +58,18 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "$overrides" --seeds "$seeds"
+    --overrides "$overrides" --seeds "$seeds" --lm_conf "$lm_conf" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode "$extract_mode" --workers "$extract_workers" \
     --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --dev_trials "$seen_dev" --dev_dir "$val_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" --score_opts "$score_opts" \
     --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi

@@ -25,7 +25,10 @@ seen_same_session_ok=false       # true: seen-speaker targets may come from one 
 seeds=""                         # e.g. "0 1 2": each system trained once per seed, in exp/<system>_seed<k>
 baseline=""                      # the system the report compares the others with ("": the first of --systems)
 per_seed=false                   # the report also lists every seed's rows
-asnorm_top=300
+asnorm_top=dev                   # AS-norm cohort top-N: a count, a share of the cohort (0.1), or dev: chosen by
+                                 # minDCF on the seen-speaker dev list (a large share can raise minDCF)
+lm_conf="$conf_dir/lm.yaml"      # large-margin fine-tuning overlay of the BASE+lm systems (stage 3)
+lm_num_avg=3                     # last LM epochs averaged into the +lm avg_model.pt
 extract_mode=bucket              # equal-fbank-length batches: exact's embeddings (1 - cos < 3e-7, EER unchanged;
                                  # docs/scale.md) much faster on GPU; --extract_mode exact reproduces bit for bit
 extract_workers=2

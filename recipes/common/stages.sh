@@ -174,8 +174,9 @@ same_session_ok?" "$@"
 }
 
 # ---------------------------------------------------------------- training runs: systems x seeds
-# A system is a config (name in conf_dir or YAML path), or BASE+METHOD (METHOD crt | tau_norm): a decoupled
-# classifier built in stage 4 on the embeddings of system BASE (spkcausal decouple). With --seeds "0 1 2"
+# A system is a config (name in conf_dir or YAML path), BASE+METHOD (METHOD crt | tau_norm): a decoupled
+# classifier built in stage 4 on the embeddings of system BASE (spkcausal decouple), or BASE+lm: large-margin
+# fine-tuning of BASE's averaged model (stage 3, after BASE; exp/<base>_lm), then a system like any other. With --seeds "0 1 2"
 # every system is trained once per seed, in exp/<name>_seed<k> with the override seed=<k>; without it, once
 # in exp/<name> with the config's seed. system_runs prints one SYSTEM@SEED word per run (SEED empty).
 system_runs() {
@@ -187,10 +188,11 @@ system_runs() {
 run_system() { echo "${1%@*}"; }
 run_seed() { echo "${1##*@}"; }
 is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm) return 0 ;; *) return 1 ;; esac; }
+is_lm() { case "$(run_system "$1")" in *+lm) return 0 ;; *) return 1 ;; esac; }
 run_name() {  # run_name SYSTEM@SEED: the experiment dir name
   local s k; s=$(run_system "$1"); k=$(run_seed "$1")
   case "$s" in
-    *+crt|*+tau_norm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
+    *+crt|*+tau_norm|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
     *) echo "$(sys_name "$s")${k:+_seed$k}" ;;
   esac
 }
@@ -201,14 +203,20 @@ run_base() {  # run_base BASE+METHOD@SEED: the base system's experiment dir name
 
 # ---------------------------------------------------------------- stage 3: training (torchrun)
 # stage_train --exp X --systems "S ..." --conf_dir C --train_dir T [--overrides "key=value ..."] [--seeds "K ..."]
+#             [--lm_conf FILE --num_avg N]
 # Trains each system (once per seed) on T; the overrides go after the config (`spkcausal train --config
 # C/S.yaml exp_dir=X/S data.train=T OVERRIDES [seed=K]`), and the merged result is X/S/config.yaml. Decoupled
-# systems (BASE+METHOD) are built in stage 4. Marker: X/S/.done/3.
+# systems (BASE+METHOD) are built in stage 4. Then the BASE+lm systems: BASE's last N epochs averaged
+# (X/BASE/avg_model.pt), and a fine-tuning run from it in X/BASE_lm with BASE's config, then the LM overlay
+# (--lm_conf: longer chunks, the larger margin from the first step, a small lr, no speed perturbation), then
+# the overrides, with train.init_from=X/BASE/avg_model.pt train.init_head=true (the classifier too, and for
+# Causal Norm heads x_bar, which keeps tracking). Marker: X/S/.done/3.
 stage_train() {
-  local exp systems conf_dir train_dir overrides="" seeds="" r s k name e
-  stage_args stage_train "exp systems conf_dir train_dir overrides? seeds?" "$@"
+  local exp systems conf_dir train_dir overrides="" seeds="" lm_conf="" num_avg="" r s k name e b
+  stage_args stage_train "exp systems conf_dir train_dir overrides? seeds? lm_conf? num_avg?" "$@"
   for r in $(system_runs "$systems" "$seeds"); do
     is_decoupled "$r" && continue
+    is_lm "$r" && continue
     s=$(run_system "$r"); k=$(run_seed "$r"); name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
     log "stage 3: training $name ($(sys_conf "$s" "$conf_dir")) on $train_dir"
@@ -218,25 +226,40 @@ stage_train() {
       ${k:+seed=$k}
     mark_done "$e" 3
   done
+  for r in $(system_runs "$systems" "$seeds"); do
+    is_lm "$r" || continue
+    s=$(run_system "$r"); s=${s%+lm}; k=$(run_seed "$r"); name=$(run_name "$r"); e="$exp/$name"
+    b="$exp/$(run_base "$r")"
+    if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
+    [ -n "$lm_conf" ] && [ -n "$num_avg" ] || die "stage_train: $name needs --lm_conf and --num_avg"
+    is_done "$b" 3 || die "stage_train: $name fine-tunes $b, which is not trained (add its system to --systems)"
+    spkcausal average-ckpt --exp "$b" --num "$num_avg" > /dev/null
+    log "stage 3: large-margin fine-tuning $name from $b/avg_model.pt ($lm_conf)"
+    # shellcheck disable=SC2086
+    launch train --config "$(sys_conf "$s" "$conf_dir")" --config "$lm_conf" --resume exp_dir="$e" \
+      data.train="$train_dir" $overrides ${k:+seed=$k} train.init_from="$b/avg_model.pt" train.init_head=true
+    mark_done "$e" 3
+  done
   stage_finished 3
 }
 
 # ---------------------------------------------------------------- stage 4: checkpoint averaging + extraction
 # stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|bucket|pad|crop --workers N
-#               [--seeds "K ..."] [--train_dir T --val_dir V]
-# Averages the last N epoch checkpoints into X/S/avg_model.pt, then writes the raw (not TDE'd) embeddings of
+#               [--seeds "K ..."] [--train_dir T --val_dir V] [--lm_num_avg M]
+# Averages the last N epoch checkpoints (M for the BASE+lm systems; default N) into X/S/avg_model.pt, then writes the raw (not TDE'd) embeddings of
 # every data dir D, in one process, to X/S/emb/<basename D> (TDE is applied from these in stage 6 without
 # running the model again). Then the decoupled systems BASE+METHOD (needs T and V): `spkcausal decouple` on
 # the base's training embeddings (tau_norm: tau chosen on V), X/BASE_METHOD/emb linking to the base's
 # stores. Marker: X/S/.done/4.
 stage_extract() {
-  local exp systems num_avg dirs mode workers seeds="" train_dir="" val_dir="" r name e b k
-  stage_args stage_extract "exp systems num_avg dirs mode workers seeds? train_dir? val_dir?" "$@"
+  local exp systems num_avg dirs mode workers seeds="" train_dir="" val_dir="" lm_num_avg="" r name e b k n
+  stage_args stage_extract "exp systems num_avg dirs mode workers seeds? train_dir? val_dir? lm_num_avg?" "$@"
   for r in $(system_runs "$systems" "$seeds"); do
     is_decoupled "$r" && continue
     name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 4; then skip_msg 4 "extract $name" "$e"; continue; fi
-    spkcausal average-ckpt --exp "$e" --num "$num_avg"
+    n=$num_avg; is_lm "$r" && n=${lm_num_avg:-$num_avg}
+    spkcausal average-ckpt --exp "$e" --num "$n"
     # shellcheck disable=SC2086
     launch extract-dirs --exp "$e" --data $dirs --out-dir "$e/emb" --mode "$mode" --num-workers "$workers"
     mark_done "$e" 4
@@ -271,9 +294,10 @@ score_variants() {
 
 # record_variants E SCORE_E PREFIX LIST UTT2SPK [--seen TRAIN_DIR MANY FEW] [--tde-alpha A]: the rows
 # {PREFIX}{cosine,mean_sub,asnorm} of E/results.json from SCORE_E's score files of LIST (bootstrap intervals
-# over the enrolment speakers of UTT2SPK); --seen records them by shot group of the enrolment speaker.
+# over the enrolment speakers of UTT2SPK), and {PREFIX}asnorm_{cal,qmf} (LLRs: Cllr, actDCF too) where the
+# back-end wrote them; --seen records them by shot group of the enrolment speaker.
 record_variants() {
-  local e=$1 se=$2 p=$3 t=$4 u2s=$5 opts=() row
+  local e=$1 se=$2 p=$3 t=$4 u2s=$5 opts=() row rows=(cosine mean_sub asnorm)
   shift 5
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -282,38 +306,104 @@ record_variants() {
       *) die "record_variants: unknown argument $1" ;;
     esac
   done
+  for row in asnorm_cal asnorm_qmf; do [ -f "$se/scores/$p$row/$t.score" ] && rows+=("$row"); done
   local pairs=() v
-  for row in cosine mean_sub asnorm; do
+  for row in "${rows[@]}"; do
     v="$p$row"; [ "$v" = tde_cosine ] && v=tde  # row names: cosine, mean_sub, asnorm, tde, tde_mean_sub, ...
     pairs+=("$v=$se/scores/$p$row/$t.score")
   done
   spkcausal record-scores --exp "$e" --utt2spk "$u2s" "${opts[@]}" "${pairs[@]}"
 }
 
+# asnorm_top_of E TOP [DEV_LIST DEV_STORE TRAIN_STORE TRAIN_DIR]: TOP, or with TOP=dev the cohort size that
+# `spkcausal asnorm-top` chooses by minDCF(0.01) on the dev list (counts and cohort shares tried; the curve is
+# kept in E/asnorm_top.json and reused by stage 6).
+asnorm_top_of() {
+  local e=$1 top=$2 dev=${3:-} ds=${4:-} tr=${5:-} train_dir=${6:-}
+  if [ "$top" != dev ]; then echo "$top"; return 0; fi
+  if [ ! -f "$e/asnorm_top.json" ]; then
+    [ -n "$dev" ] && [ -f "$dev" ] || die "--asnorm_top dev needs the seen-speaker dev list (stage 2: seen_dev)"
+    spkcausal asnorm-top --trials "$dev" --emb "$ds" --cohort "$tr" --cohort-data "$train_dir" --mean-store "$tr" \
+      --out "$e/asnorm_top.json" > /dev/null
+  fi
+  "$SPKCAUSAL_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$e/asnorm_top.json"
+}
+
+# backend_variants E PREFIX DEV DEV_STORE DEV_DIR TRAIN_STORE TRAIN_DIR TOP LIST:STORE:DIR ...: the calibrated
+# back-end of the AS-norm scores. The dev list is scored like the others (PREFIXasnorm); on its scores a linear
+# calibration (score -> LLR) and QMF (score + durations, embedding norms and AS-norm cohort means of both sides
+# -> LLR) are trained (E/backend/PREFIXasnorm_{cal,qmf}.json) and applied to each LIST's AS-norm scores (its
+# embeddings in STORE, its durations from data dir DIR): E/scores/PREFIX{asnorm_cal,asnorm_qmf}/LIST.score.
+backend_variants() {
+  local e=$1 p=$2 dev=$3 ds=$4 dd=$5 tr=$6 train_dir=$7 top=$8 item l st dir dn norm
+  shift 8
+  dn=$(basename "$dev")
+  norm=(--cohort "$tr" --cohort-data "$train_dir" --mean-store "$tr")
+  spkcausal score --trials "$dev" --emb "$ds" "${norm[@]}" --norm asnorm --asnorm-top "$top" \
+    --out-dir "$e/scores/${p}asnorm" > /dev/null
+  spkcausal calibrate --dev "$e/scores/${p}asnorm/$dn.score" --out "$e/backend/${p}asnorm_cal.json"
+  spkcausal qmf --dev "$e/scores/${p}asnorm/$dn.score" --emb "$ds" "${norm[@]}" --utt2dur "$dd" \
+    --asnorm-top "$top" --out "$e/backend/${p}asnorm_qmf.json"
+  for item in "$@"; do
+    IFS=: read -r l st dir <<< "$item"
+    spkcausal calibrate --model "$e/backend/${p}asnorm_cal.json" --apply "$e/scores/${p}asnorm/$l.score" \
+      --out "$e/scores/${p}asnorm_cal/$l.score" > /dev/null
+    spkcausal qmf --model "$e/backend/${p}asnorm_qmf.json" --apply "$e/scores/${p}asnorm/$l.score" --emb "$st" \
+      "${norm[@]}" --utt2dur "$dir" --out "$e/scores/${p}asnorm_qmf/$l.score" > /dev/null
+  done
+}
+
+# verify_threshold E DEV DEV_STORE: the threshold `spkcausal verify` uses with this experiment: plain cosine
+# scores of the dev list, a linear calibration of them (E/backend/cosine_cal.json) and the raw score at which its
+# LLR meets the Bayes threshold for p_target 0.01 (E/threshold.json, spkcausal set-threshold).
+verify_threshold() {
+  local e=$1 dev=$2 ds=$3 dn
+  dn=$(basename "$dev")
+  spkcausal score --trials "$dev" --emb "$ds" --out-dir "$e/scores/cosine" > /dev/null
+  spkcausal calibrate --dev "$e/scores/cosine/$dn.score" --out "$e/backend/cosine_cal.json" > /dev/null
+  spkcausal set-threshold "$e" --scores "$e/scores/cosine/$dn.score" --calibration "$e/backend/cosine_cal.json" \
+    --p-target 0.01 > /dev/null
+  log "stage 5: $(basename "$e"): verify threshold in $e/threshold.json (calibrated on $dn, p_target 0.01)"
+}
+
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
-# stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
+# stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N|SHARE|dev
 #             [--score_opts "..."] [--seeds "K ..."] [--seen_trials LIST --seen_dir E --many N --few N]
+#             [--dev_trials LIST --dev_dir V]
 # Scores every trial list on the embeddings of D (mean and AS-norm cohort from those of T) and records the first
 # list's figures (95% intervals over D's enrolment speakers) as rows cosine, mean_sub, asnorm of
 # X/S/results.json; with --seen_trials, the seen-speaker list on E's embeddings too, recorded by shot group of
-# the enrolment speaker (T's counts). A decoupled system has its base's embeddings: it records the base's score
-# files, scoring nothing again. Marker: X/S/.done/5.
+# the enrolment speaker (T's counts). With --dev_trials (the seen-speaker dev list on V's embeddings: no
+# evaluation speaker), the back-end: AS-norm's top-N chosen on it when --asnorm_top is dev, calibration and QMF
+# trained on it (rows asnorm_cal, asnorm_qmf: LLRs, with Cllr and actual DCF), and the calibrated threshold of
+# `spkcausal verify`. A decoupled system has its base's embeddings: it records the base's score files, scoring
+# nothing again. Marker: X/S/.done/5.
 stage_score() {
   local exp systems eval_dir train_dir trials asnorm_top score_opts="" seeds="" seen_trials="" seen_dir="" many="" \
-    few="" t st r name e se ev tr
+    few="" dev_trials="" dev_dir="" t st r name e se ev tr top ds items
   stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts? seeds? seen_trials? \
-seen_dir? many? few?" "$@"
+seen_dir? many? few? dev_trials? dev_dir?" "$@"
   t=$(basename "$(first_word "$trials")")
   [ -z "$seen_trials" ] || [ -n "$seen_dir$many$few" ] || die "stage_score: --seen_trials needs --seen_dir --many --few"
+  [ -z "$dev_trials" ] || [ -n "$dev_dir" ] || die "stage_score: --dev_trials needs --dev_dir"
+  [ -f "$dev_trials" ] || dev_trials=""  # stage 2 could not build it (one val utterance per speaker): no back-end
   for r in $(system_runs "$systems" "$seeds"); do
     name=$(run_name "$r"); e="$exp/$name"; se="$e"
     is_decoupled "$r" && se="$exp/$(run_base "$r")"
     if is_done "$e" 5; then skip_msg 5 "score $name" "$e"; continue; fi
     if [ "$se" = "$e" ]; then
       ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
-      score_variants "$e" "$ev" "$tr" "" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
+      ds=""; [ -z "$dev_trials" ] || ds="$e/emb/$(basename "$dev_dir")"
+      top=$(asnorm_top_of "$e" "$asnorm_top" "$dev_trials" "$ds" "$tr" "$train_dir")
+      score_variants "$e" "$ev" "$tr" "" "$train_dir" "$top" "$trials" "$score_opts"
+      items=(); for st in $trials; do items+=("$(basename "$st"):$ev:$eval_dir"); done
       if [ -n "$seen_trials" ]; then
-        score_variants "$e" "$e/emb/$(basename "$seen_dir")" "$tr" "" "$train_dir" "$asnorm_top" "$seen_trials" ""
+        score_variants "$e" "$e/emb/$(basename "$seen_dir")" "$tr" "" "$train_dir" "$top" "$seen_trials" ""
+        items+=("$(basename "$seen_trials"):$e/emb/$(basename "$seen_dir"):$seen_dir")
+      fi
+      if [ -n "$dev_trials" ]; then
+        backend_variants "$e" "" "$dev_trials" "$ds" "$dev_dir" "$tr" "$train_dir" "$top" "${items[@]}"
+        verify_threshold "$e" "$dev_trials" "$ds"
       fi
     else
       is_done "$se" 5 || die "stage_score: $name reuses the scores of $se: score that system first"
@@ -338,11 +428,13 @@ seen_dir? many? few?" "$@"
 # first dev trial list (e.g. the seen-speaker dev list on V), whose keys are in the store of the matching dir of
 # --dev_trials_dirs (default V). The grid is --alphas or else the library's (0 to 3 by 0.25), plus the
 # 1/mean-cos heuristic on T's embeddings; every dev list's EER / minDCF curve is recorded. Then TDE'd stores of
-# D, T (and E) and the three scorings again (rows tde, tde_mean_sub, tde_asnorm). Marker: X/S/.done/6.
+# D, T (and E) and the three scorings again (rows tde, tde_mean_sub, tde_asnorm), and with a dev list stage 5's
+# back-end on the TDE'd AS-norm scores (rows tde_asnorm_cal, tde_asnorm_qmf). --asnorm_top dev reuses stage 5's
+# choice (X/S/asnorm_top.json). Marker: X/S/.done/6.
 stage_tde() {
   local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
     dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" t st r name e ev tr \
-    sv alpha grid dev dd i d lists stores
+    sv alpha grid dev dd i d lists stores dirs top items
   stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
 dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
   t=$(basename "$(first_word "$trials")")
@@ -355,9 +447,11 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
     name=$(run_name "$r"); e="$exp/$name"
     if ! is_causal "$e"; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
     if is_done "$e" 6; then skip_msg 6 "TDE $name" "$e"; continue; fi
-    dev=(); lists=(); stores=(); i=0
+    dev=(); lists=(); stores=(); dirs=(); i=0
     for d in $dev_trials; do  # a dev list stage 2 could not build (e.g. one val utterance per speaker) is left out
-      if [ -f "$d" ]; then lists+=("$d"); stores+=("$e/emb/$(basename "${dd[$i]:-$val_dir}")"); fi
+      if [ -f "$d" ]; then
+        lists+=("$d"); dirs+=("${dd[$i]:-$val_dir}"); stores+=("$e/emb/$(basename "${dd[$i]:-$val_dir}")")
+      fi
       i=$((i + 1))
     done
     [ ${#lists[@]} -gt 0 ] && dev=(--trials "${lists[@]}" --trials-emb "${stores[@]}")
@@ -369,13 +463,23 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
     log "stage 6: $name: TDE alpha $alpha (by $alpha_on; dev curves in $e/tde_alpha.json)"
     ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
     sv=(); [ -z "$seen_trials" ] || sv=("$e/emb/$(basename "$seen_dir")=$e/emb/$(basename "$seen_dir")_tde")
+    [ ${#lists[@]} -eq 0 ] || sv+=("${stores[0]}=${stores[0]}_tde")  # the back-end's dev list
     spkcausal tde-apply --alpha "$alpha" "$ev=${ev}_tde" "$tr=${tr}_tde" "${sv[@]}"
-    score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_" "$train_dir" "$asnorm_top" "$trials" "$score_opts"
+    top=$(asnorm_top_of "$e" "$asnorm_top" "${lists[0]:-}" "${stores[0]:-}" "$tr" "$train_dir")
+    score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_" "$train_dir" "$top" "$trials" "$score_opts"
+    items=(); for st in $trials; do items+=("$(basename "$st"):${ev}_tde:$eval_dir"); done
+    if [ -n "$seen_trials" ]; then
+      score_variants "$e" "$e/emb/$(basename "$seen_dir")_tde" "${tr}_tde" "tde_" "$train_dir" "$top" \
+        "$seen_trials" ""
+      items+=("$(basename "$seen_trials"):$e/emb/$(basename "$seen_dir")_tde:$seen_dir")
+    fi
+    if [ ${#lists[@]} -gt 0 ]; then
+      backend_variants "$e" tde_ "${lists[0]}" "${stores[0]}_tde" "${dirs[0]}" "${tr}_tde" "$train_dir" "$top" \
+        "${items[@]}"
+    fi
     record_variants "$e" "$e" tde_ "$t" "$eval_dir/utt2spk" --tde-alpha "$alpha"
     if [ -n "$seen_trials" ]; then
       st=$(basename "$seen_trials")
-      score_variants "$e" "$e/emb/$(basename "$seen_dir")_tde" "${tr}_tde" "tde_" "$train_dir" "$asnorm_top" \
-        "$seen_trials" ""
       record_variants "$e" "$e" tde_ "$st" "$seen_dir/utt2spk" --seen "$train_dir" "$many" "$few" --tde-alpha "$alpha"
     fi
     mark_done "$e" 6

@@ -5,10 +5,11 @@
 #   bash run.sh --libri_root /data/LibriSpeech [--stage N] [--stop_stage M]
 #   bash run.sh --gpus 0,1,2,3 [--nnodes 2 --node_rank R --master_addr HOST] ...   (torchrun, as in voxceleb)
 # Stages (each skips work it finished before; see docs/recipes.md):
-#   1 prepare subsets + trial lists                      5 scoring: cosine, mean subtraction, AS-norm
+#   1 prepare subsets + trial lists                      5 scoring: cosine, mean sub., AS-norm; AS-norm top-N,
+#                                                         calibration, QMF, verify threshold on the seen dev list
 #   2 held-out split of the training set, long-tail profile + plots, seen-speaker trial lists
 #                                                         6 TDE: alpha chosen on the iden val split (the EER
-#   3 training (torchrun)                                   curve on the dev-clean trials is recorded beside it)
+#   3 training, +lm fine-tune                               curve on the dev-clean trials is recorded beside it)
 #   4 checkpoint averaging + embedding extraction         7 closed-set identification by shot group
 #                                                         8 report table + DET curves
 # Systems are the shared configs in recipes/conf/ (--systems); --train_overrides "key=value ..." changes any
@@ -24,7 +25,7 @@ eval_set=test-clean
 dev_set=dev-clean
 num_trials=40000
 num_dev_trials=10000
-systems="resnet34_aam resnet34_cnaam resnet34_aam+crt resnet34_aam+tau_norm"
+systems="resnet34_aam resnet34_cnaam resnet34_aam+crt resnet34_aam+tau_norm resnet34_aam+lm resnet34_cnaam+lm"
 corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
 
 . "$recipe_dir/../../tools/parse_options.sh"
@@ -61,18 +62,19 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "$overrides" --seeds "$seeds"
+    --overrides "$overrides" --seeds "$seeds" --lm_conf "$lm_conf" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # the dev readers' embeddings too: stage 6 records the EER-vs-alpha curve on their trials
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir $dev_trials_dir" --mode "$extract_mode" \
     --workers "$extract_workers" --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --dev_trials "$seen_dev" --dev_dir "$val_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" \
     --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi

@@ -9,15 +9,17 @@
 # Builds the corpus (spkcausal synth, VoxCeleb1 layout), prepares it like VoxCeleb1, profiles and plots its long
 # tail, builds seen-speaker trial lists on the held-out utterances of the training speakers, trains three
 # systems (Baseline AAM, class-balanced re-sampling AAM, de-confounded Causal Norm AAM; the same tiny ECAPA,
-# data, steps and scale) and two decoupled classifiers on the baseline's embeddings (cRT, tau-norm), extracts
-# embeddings, scores the held-out-speaker list and the seen-speaker list (cosine, mean subtraction, AS-norm;
-# TDE with alpha chosen on the identification val split, or with --alpha_on dev_eer|dev_min_dcf on the
-# seen-speaker dev list), measures closed-set identification by shot group, and prints the tables with 95%
-# intervals and the differences from the baseline (demo/exp/report.md) with the long-tail plot
-# (demo/data/longtail.png) and DET curves (demo/exp/det_*.png). The ablation grid of docs/demo.md is opt-in:
+# data, steps and scale), fine-tunes the baseline and the de-confounded one with a large margin (+LM), builds
+# two decoupled classifiers on the baseline's embeddings (cRT, tau-norm), extracts embeddings, scores the
+# held-out-speaker list and the seen-speaker list (cosine, mean subtraction, AS-norm with its top-N chosen on the
+# seen-speaker dev list, then calibration and QMF trained on that dev list: LLRs with Cllr and actual DCF; TDE
+# with alpha chosen on the identification val split, or with --alpha_on dev_eer|dev_min_dcf on the seen-speaker
+# dev list), measures closed-set identification by shot group, and prints the tables with 95% intervals and the
+# differences from the baseline (demo/exp/report.md) with the long-tail plot (demo/data/longtail.png) and DET
+# curves (demo/exp/det_*.png). The ablation grid of docs/demo.md is opt-in:
 #   bash recipes/mini/run.sh --systems "aam $(ls recipes/mini/conf/ablation/*.yaml | tr '\n' ' ')"
-# Stages: 1 corpus + prepare, 2 profile + seen-speaker lists, 3 train, 4 average + extract (+ cRT / tau-norm),
-# 5 score, 6 TDE, 7 identify, 8 report.
+# Stages: 1 corpus + prepare, 2 profile + seen-speaker lists, 3 train (+LM), 4 average + extract (+ cRT /
+# tau-norm), 5 score + back-end (AS-norm top-N, calibration, QMF, verify threshold), 6 TDE, 7 identify, 8 report.
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$recipe_dir/../.." && pwd)"
@@ -26,7 +28,9 @@ stage=1
 stop_stage=8
 out="$root/demo"
 tiny=false
-systems="aam resample cnaam aam+crt aam+tau_norm"   # BASE+crt / BASE+tau_norm: decoupled classifiers on BASE
+systems="aam resample cnaam aam+crt aam+tau_norm aam+lm cnaam+lm"
+                                 # BASE+crt / BASE+tau_norm: decoupled classifiers on BASE's embeddings;
+                                 # BASE+lm: large-margin fine-tuning of BASE (conf/lm.yaml)
 seeds=""                         # e.g. "0 1 2": one training run per seed (exp/<system>_seed<k>, override seed=k)
 baseline=""                      # the system the report compares the others with ("": the first)
 per_seed=false                   # the report also lists every seed's rows
@@ -50,7 +54,8 @@ node_rank=0
 master_addr=localhost
 master_port=29500
 num_avg=3                        # last epochs averaged (the configs keep 3)
-asnorm_top=50
+lm_num_avg=2                     # last LM epochs averaged (conf/lm.yaml: 2 epochs)
+asnorm_top=dev                   # AS-norm top-N: a count, a share of the cohort (0.2), or chosen on the seen dev list
 
 . "$root/tools/parse_options.sh"
 
@@ -93,12 +98,12 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "${epochs:+train.epochs=$epochs}" --seeds "$seeds"
+    --overrides "${epochs:+train.epochs=$epochs}" --seeds "$seeds" --lm_conf "$conf_dir/lm.yaml" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # pad: neighbours in length share a batch, much faster on CPU than exact lengths
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 1 --seeds "$seeds" \
     --train_dir "$train_dir" --val_dir "$val_dir"
 fi
@@ -106,7 +111,7 @@ fi
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" --seen_trials "$seen_test" \
-    --seen_dir "$test_dir" --many "$many" --few "$few"
+    --seen_dir "$test_dir" --many "$many" --few "$few" --dev_trials "$seen_dev" --dev_dir "$val_dir"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then

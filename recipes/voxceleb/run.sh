@@ -6,10 +6,11 @@
 #   bash run.sh --gpus 0,1,2,3 --nnodes 2 --node_rank R --master_addr HOST --stage 3 --stop_stage 3
 #                                                        stage 3 on every node, other stages on node 0
 # Stages (each skips work it finished before; see docs/recipes.md for the files each writes):
-#   1 prepare VoxCeleb1 (+ decode VoxCeleb2 m4a -> wav)   5 scoring: cosine, mean subtraction, AS-norm
+#   1 prepare VoxCeleb1 (+ decode VoxCeleb2 m4a -> wav)   5 scoring: cosine, mean sub., AS-norm; AS-norm top-N,
+#                                                          calibration, QMF, verify threshold on the seen dev list
 #   2 held-out split of the training set, long-tail profile + plots, seen-speaker trial lists
 #                                                         6 TDE: alpha chosen on the iden val split, TDE scoring
-#   3 training (torchrun)                                 7 closed-set identification by shot group
+#   3 training, +lm fine-tune                             7 closed-set identification by shot group
 #   4 checkpoint averaging + embedding extraction         8 report table + DET curves
 # Training set: --train_set vox2_dev (default, needs --vox2_root) or vox1_dev. --imbalance R > 1 trains on an
 # ImageNet-LT-style long-tailed subset (max/min = R) instead of the natural distribution. Systems are the
@@ -21,7 +22,7 @@ recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 vox1_root=""
 vox2_root=""
 train_set=vox2_dev
-systems="ecapa512_aam ecapa512_cnaam ecapa512_aam+crt ecapa512_aam+tau_norm"
+systems="ecapa512_aam ecapa512_cnaam ecapa512_aam+crt ecapa512_aam+tau_norm ecapa512_aam+lm ecapa512_cnaam+lm"
 trials="veri_test2.txt"          # names under $data/trials/; the first goes in the report
 eval_set=vox1_test               # vox1_all for the E / H lists
 corpus_overrides=""              # key=value changes this corpus makes to the shared configs (none today)
@@ -58,17 +59,18 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "$overrides" --seeds "$seeds"
+    --overrides "$overrides" --seeds "$seeds" --lm_conf "$lm_conf" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" \
+  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode "$extract_mode" --workers "$extract_workers" \
     --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+    --dev_trials "$seen_dev" --dev_dir "$val_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" \
     --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
