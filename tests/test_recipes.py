@@ -296,7 +296,8 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
 def test_voxceleb_recipe_stage_by_stage(tmp_path):
     make_voxceleb1(tmp_path / "vox1")
     args = ["--vox1_root", str(tmp_path / "vox1"), "--train_set", "vox1_dev", "--systems",
-            "tiny_aam tiny_cnaam tiny_aam+crt", "--many", "2", "--few", "2", *COMMON, *ALPHAS]
+            "tiny_aam tiny_cnaam tiny_aam+crt tiny_cnaam+lm", "--many", "2", "--few", "2", "--lm_conf",
+            str(ROOT / "recipes" / "conf" / "tiny_lm.yaml"), "--lm_num_avg", "2", *COMMON, *ALPHAS]
     _run("voxceleb", tmp_path, *args, "--stop_stage", "2")
     assert (tmp_path / "data" / "vox1_dev" / "wav.scp").is_file() and (tmp_path / "data" / "longtail.png").is_file()
     held = set(DataDir.load(tmp_path / "data" / "iden_test").utt2spk)
@@ -309,15 +310,29 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     shared = yaml.safe_load((ROOT / "recipes" / "conf" / "tiny_aam.yaml").read_text())
     assert cfg["model"] == shared["model"] and cfg["head"] == shared["head"] and cfg["seed"] == shared["seed"]
     assert tmp_path / cfg["data"]["train"] == tmp_path / "data" / "train"  # --data is relative to the cwd here
+    # +lm: the base's config, then the overlay, from the base's averaged model (network, head and x_bar)
+    lm = yaml.safe_load((tmp_path / "exp" / "tiny_cnaam_lm" / "config.yaml").read_text())
+    base = yaml.safe_load((tmp_path / "exp" / "tiny_cnaam" / "config.yaml").read_text())
+    assert tmp_path / lm["train"]["init_from"] == tmp_path / "exp" / "tiny_cnaam" / "avg_model.pt"
+    assert lm["train"]["init_head"] is True and (lm["head"]["margin"], lm["data"]["chunk_seconds"]) == (0.3, 1.0)
+    assert {k: v for k, v in lm["head"].items() if k != "margin"} == \
+        {k: v for k, v in base["head"].items() if k != "margin"}
     _run("voxceleb", tmp_path, *args, "--stage", "4")
-    names = ["tiny_aam", "tiny_cnaam", "tiny_aam_crt"]
+    names = ["tiny_aam", "tiny_cnaam", "tiny_aam_crt", "tiny_cnaam_lm"]
     _check_outputs(tmp_path / "exp", names, "vox1_test", "veri_test2.txt", [0.0, 0.5, 1.0, 1.5])
     _check_seen(tmp_path / "data", tmp_path / "exp", names, 2, 2)
     before = _snapshot(tmp_path / "data", tmp_path / "exp")
     log = _run("voxceleb", tmp_path, *args)  # every stage again: all finished, nothing may change
     assert _snapshot(tmp_path / "data", tmp_path / "exp") == before
-    # stages 1, 2, seen lists, 8; 3, 4, 5, 7 per trained system; 6 (TDE) for cnaam; 4, 5, 7 for the cRT system
-    assert log.count("skipping") == 4 + 4 * 2 + 1 + 3
+    # stages 1, 2, seen lists, 8; 3, 4, 5, 7 per trained system (+lm too); 6 (TDE) for the two Causal Norm
+    # systems; 4, 5, 7 for the cRT system
+    assert log.count("skipping") == 4 + 4 * 3 + 2 + 3
+    res = json.loads((tmp_path / "exp" / "tiny_cnaam_lm" / "results.json").read_text())
+    assert res["rows"]["cosine"]["label"] == "De-confound (Causal Norm AAM) + LM"
+    diffs = json.loads((tmp_path / "exp" / "report.json").read_text())["differences"]
+    refs = {Path(d["reference"][0]).name for d in diffs if Path(d["system"]).name == "tiny_cnaam_lm"
+            and d["variant"] == "cosine"}
+    assert refs == {"tiny_cnaam", "tiny_aam"}  # what LM adds; against the baseline (it has no +lm run here)
     assert [int(s) for s in re.findall(r"stage (\d) finished", log)] == list(range(1, 9))
 
     # --gpus passes through to torchrun: without CUDA the two ranks train and extract on CPU over gloo
@@ -384,6 +399,26 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     # no --alphas: stage 6 sweeps the library's grid
     _check_outputs(exp, names, "dev-clean", "dev-clean", [float(a) for a in ALPHA_GRID])
     _check_seen(tmp_path / "data", exp, names, 3, 3)
+    # the back-end on the seen-speaker dev list: AS-norm top-N chosen there, calibration and QMF trained on its
+    # AS-norm scores and applied to the evaluation list (LLR rows), the calibrated threshold of `verify`
+    e = exp / names[0]
+    top = json.loads((e / "asnorm_top.json").read_text())
+    assert top["trials"].endswith("seen_dev") and top["best"] in [c["top_n"] for c in top["curve"]]
+    cal = json.loads((e / "backend" / "asnorm_cal.json").read_text())
+    _, _, raw, _ = _score_file(e / "scores" / "asnorm" / "dev-clean.score")
+    _, _, llr, is_t = _score_file(e / "scores" / "asnorm_cal" / "dev-clean.score")
+    assert np.allclose(llr, cal["weights"][0] * raw + cal["bias"], atol=2e-6)
+    res = json.loads((e / "results.json").read_text())["rows"]
+    ver = res["asnorm_cal"]["verification"]
+    direct = 0.5 * (np.log2(1 + np.exp(-llr[is_t])).mean() + np.log2(1 + np.exp(llr[~is_t])).mean())
+    assert ver["llr"] and ver["cllr"] == pytest.approx(direct, rel=1e-9)
+    for v in ("asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf"):
+        ver = res[v]["verification"]
+        assert ver["llr"] and ver["cllr_ci"][0] <= ver["cllr"] <= ver["cllr_ci"][1], v
+    qmf = json.loads((e / "backend" / "asnorm_qmf.json").read_text())
+    assert qmf["kind"] == "qmf" and qmf["inputs"][0] == "score" and len(qmf["inputs"]) > 1
+    thr = json.loads((e / "threshold.json").read_text())
+    assert thr["kind"] == "calibrated" and thr["scores"].endswith("seen_dev.score")
     # alpha by EER on the seen-speaker dev list (ties: the smaller alpha); the dev-clean curve recorded beside it,
     # recomputed from the dev readers' raw embeddings
     alpha = json.loads((exp / names[0] / "tde_alpha.json").read_text())
