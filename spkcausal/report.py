@@ -232,7 +232,7 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
             r = data["rows"][v]
             system, seed = split_seed(exp)
             rows.append({"exp": str(exp), "system": system, "seed": seed, "parent": parent_system(exp),
-                         "variant": v, "label": r.get("label", v),
+                         "decoupled": (exp / DECOUPLED_FILE).is_file(), "variant": v, "label": r.get("label", v),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
@@ -284,8 +284,8 @@ def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_s
         notes.append("TDE alpha chosen on a dev set (never on the test trials).")
     if any((Path(r["exp"]) / DECOUPLED_FILE).is_file() for r in rows):
         notes.append("cRT and tau-norm re-train / re-scale only the classifier: their embeddings, hence their "
-                     "verification figures, are those of the system they were built on; they change "
-                     "identification only.")
+                     "verification figures, are those of the system they were built on, so they appear in the "
+                     "identification table only.")
     notes.append("(-: not measured; identification is not defined for a score normalisation such as AS-norm.)")
     return notes
 

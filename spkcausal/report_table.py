@@ -179,7 +179,10 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
     for title, cols in TABLES:
         body = []
         need = [c for c in cols if c in _NEEDS] or cols
+        iden = all(c.startswith("acc_") for c in cols)
         for rs in runs.values():
+            if rs[0].get("decoupled") and not iden:  # the base's embeddings: its verification rows, repeated
+                continue
             figs = [row_figures(r, p_target) for r in rs]
             if not any(f[c][0] is not None for f in figs for c in need):
                 continue
