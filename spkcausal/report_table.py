@@ -210,8 +210,8 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
                 continue
             summary["differences"].append({"system": key[0], "variant": key[1], "reference": list(ref),
                                            "differences": diffs})
-            if key[1] not in TABLE_DIFF_VARIANTS:
-                continue
+            if key[1] not in TABLE_DIFF_VARIANTS or (rs[0].get("decoupled") and key[1] != "cosine"):
+                continue  # a decoupled system differs from its base in identification only
             body.append([_label(rs, len(labels[rs[0]["label"]]) > 1), _label(runs[ref], False)]
                         + [_diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
     if body:

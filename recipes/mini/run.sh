@@ -104,7 +104,7 @@ fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # pad: neighbours in length share a batch, much faster on CPU than exact lengths
   stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
-    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 1 --seeds "$seeds" \
+    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 0 --seeds "$seeds" \
     --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 

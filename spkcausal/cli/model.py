@@ -9,7 +9,7 @@ from pathlib import Path
 def model_info(path: str) -> dict:
     """Head name, whether it is a Causal Norm head, model name and config source of an experiment or checkpoint."""
     from ..config import load_yaml
-    from ..heads import is_causal
+    from ..registry import BUILTIN_HEADS
 
     p = Path(path)
     if p.is_dir():
@@ -23,8 +23,14 @@ def model_info(path: str) -> dict:
             raise DataError("checkpoint carries no config (not written by spkcausal train / average-ckpt)", p)
         cfg, source = ckpt["config"], p
     head = (cfg.get("head") or {}).get("name", "aam")
+    if head in BUILTIN_HEADS:
+        causal = BUILTIN_HEADS[head]
+    else:  # a head registered elsewhere: ask its class (imports torch)
+        from ..heads import is_causal
+
+        causal = is_causal(head)
     return {"source": str(source), "model": (cfg.get("model") or {}).get("name"), "head": head,
-            "is_causal": is_causal(head)}
+            "is_causal": causal}
 
 
 def _info(args: argparse.Namespace) -> int:
