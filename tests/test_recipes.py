@@ -308,7 +308,8 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     assert held and not held & set(DataDir.load(tmp_path / "data" / "train").utt2spk)
     _run("voxceleb", tmp_path, *args, "--stage", "3", "--stop_stage", "3")
     assert (tmp_path / "exp" / "tiny_cnaam" / "checkpoints" / "epoch_0002.pt").is_file()
-    assert not (tmp_path / "exp" / "tiny_cnaam" / "avg_model.pt").exists()
+    assert not (tmp_path / "exp" / "tiny_aam" / "avg_model.pt").exists()  # averaging is stage 4's ...
+    assert (tmp_path / "exp" / "tiny_cnaam" / "avg_model.pt").is_file()  # ... except for a base of a +lm run
     # the merged config: the one shared recipes/conf/tiny_aam.yaml plus what run.sh added
     cfg = yaml.safe_load((tmp_path / "exp" / "tiny_aam" / "config.yaml").read_text())
     shared = yaml.safe_load((ROOT / "recipes" / "conf" / "tiny_aam.yaml").read_text())
@@ -390,6 +391,7 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     make_librispeech(tmp_path / "ls")
     common = list(COMMON)
     common[common.index("--val_per_spk") + 1] = "2"  # two val utterances per reader: the seen dev list has targets
+    common[common.index("--asnorm_top") + 1] = "dev"  # the recipes' default: top-N chosen on that dev list
     args = ["--libri_root", str(tmp_path / "ls"), "--eval_set", "dev-clean", "--num_trials", "20",
             "--num_dev_trials", "20", "--systems", "tiny_cnaam", "--many", "3", "--few", "3", "--train_overrides",
             "data.min_seconds=0.3 data.chunk_seconds=0.3", "--alpha_on", "dev_eer", *common]
@@ -422,7 +424,9 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     qmf = json.loads((e / "backend" / "asnorm_qmf.json").read_text())
     assert qmf["kind"] == "qmf" and qmf["inputs"][0] == "score" and len(qmf["inputs"]) > 1
     thr = json.loads((e / "threshold.json").read_text())
-    assert thr["kind"] == "calibrated" and thr["scores"].endswith("seen_dev.score")
+    slope = json.loads((e / "backend" / "cosine_cal.json").read_text())["weights"][0]
+    # calibrated where the dev list's calibration rises with the score, else its EER threshold (a tiny list)
+    assert thr["kind"] == ("calibrated" if slope > 0 else "eer") and thr["scores"].endswith("seen_dev.score")
     # alpha by EER on the seen-speaker dev list (ties: the smaller alpha); the dev-clean curve recorded beside it,
     # recomputed from the dev readers' raw embeddings
     alpha = json.loads((exp / names[0] / "tde_alpha.json").read_text())

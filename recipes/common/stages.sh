@@ -355,15 +355,20 @@ backend_variants() {
 
 # verify_threshold E DEV DEV_STORE: the threshold `spkcausal verify` uses with this experiment: plain cosine
 # scores of the dev list, a linear calibration of them (E/backend/cosine_cal.json) and the raw score at which its
-# LLR meets the Bayes threshold for p_target 0.01 (E/threshold.json, spkcausal set-threshold).
+# LLR meets the Bayes threshold for p_target 0.01 (E/threshold.json, spkcausal set-threshold); the dev list's
+# EER threshold when the calibration does not rise with the score (a tiny or useless dev list).
 verify_threshold() {
   local e=$1 dev=$2 ds=$3 dn
   dn=$(basename "$dev")
   spkcausal score --trials "$dev" --emb "$ds" --out-dir "$e/scores/cosine" > /dev/null
   spkcausal calibrate --dev "$e/scores/cosine/$dn.score" --out "$e/backend/cosine_cal.json" > /dev/null
-  spkcausal set-threshold "$e" --scores "$e/scores/cosine/$dn.score" --calibration "$e/backend/cosine_cal.json" \
-    --p-target 0.01 > /dev/null
-  log "stage 5: $(basename "$e"): verify threshold in $e/threshold.json (calibrated on $dn, p_target 0.01)"
+  if spkcausal set-threshold "$e" --scores "$e/scores/cosine/$dn.score" \
+    --calibration "$e/backend/cosine_cal.json" --p-target 0.01 > /dev/null; then
+    log "stage 5: $(basename "$e"): verify threshold in $e/threshold.json (calibrated on $dn, p_target 0.01)"
+  else  # a dev list too small or too poor for a rising calibration (the error above says so)
+    spkcausal set-threshold "$e" --scores "$e/scores/cosine/$dn.score" > /dev/null
+    log "stage 5: $(basename "$e"): no usable calibration on $dn: verify threshold = its EER threshold"
+  fi
 }
 
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
