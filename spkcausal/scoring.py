@@ -35,6 +35,9 @@ __all__ = ["Scorer", "TrialSides", "store_mean", "speaker_means", "cohort_stats"
 
 NORMS = ("none", "snorm", "asnorm")
 TOP_SHARE_WARN = 0.2  # AS-norm top-N above this share of the cohort draws a warning
+# minDCF(p) decides the top-N only when one false alarm moves it by at most this much (normalised): on a dev list
+# with fewer non-targets, minDCF at p = 0.01 jumps by whole tenths per trial, and the choice is noise.
+MIN_DCF_STEP = 0.05
 BLOCK = 1 << 16  # trials per block: bounds temporary memory at a few tens of MB
 log = get_logger(__name__)
 
@@ -307,9 +310,11 @@ def choose_asnorm_top(scorer: Scorer, trials: Trials, candidates: Sequence[int |
                       p_target: float = 0.01, allow_missing: bool = False, source: PathLike | None = None) -> dict:
     """AS-norm top-N chosen on a labelled list: minDCF(p_target) and EER at each candidate (counts, or shares
     of the cohort; several resolving to one count are evaluated once); best = lowest minDCF, ties -> smaller N.
+    When the list is too small for minDCF(p_target) to resolve anything (one false alarm moves it by more than
+    MIN_DCF_STEP), the lowest EER decides instead, and the result says so (`criterion`, `why`).
 
-    Returns {"best": count, "p_target", "cohort_size", "cosine": {...}, "snorm": {...}, "curve": [{"top_n",
-    "candidates", "share", "min_dcf", "eer"}, ...]} with the curve in increasing N."""
+    Returns {"best": count, "criterion": "min_dcf" | "eer", "why", "p_target", "cohort_size", "cosine": {...},
+    "snorm": {...}, "curve": [{"top_n", "candidates", "share", "min_dcf", "eer"}, ...]} (curve in increasing N)."""
     from .metrics import compute_min_dcf, eer_with_threshold
 
     if scorer._cohort_n is None:
@@ -328,11 +333,21 @@ def choose_asnorm_top(scorer: Scorer, trials: Trials, candidates: Sequence[int |
 
     curve = [{"top_n": k, "candidates": by_k[k], "share": k / size, **point(scorer.normalised(sides, "asnorm", k))}
              for k in sorted(by_k)]
-    best = min(curve, key=lambda r: (r["min_dcf"], r["top_n"]))  # ties go to the smaller N
-    log.info("AS-norm top-N on %d dev trials (cohort %d): %s -> best %d", len(labels), size,
-             ", ".join(f"{r['top_n']}: {r['min_dcf']:.4f}" for r in curve), best["top_n"])
-    return {"best": best["top_n"], "p_target": p_target, "cohort_size": size, "n_trials": int(len(labels)),
-            "cosine": point(sides.cosine), "snorm": point(scorer.normalised(sides, "snorm")), "curve": curve}
+    n_non = int((~labels.astype(bool)).sum())
+    fa_step = (1.0 - p_target) / (max(n_non, 1) * min(p_target, 1.0 - p_target))  # normalised DCF of one FA
+    criterion, why = "min_dcf", f"one false alarm moves minDCF({p_target:g}) by {fa_step:.3f}"
+    if fa_step > MIN_DCF_STEP:
+        criterion = "eer"
+        why += (f" (> {MIN_DCF_STEP}: {n_non} non-targets are too few for p_target {p_target:g}; "
+                f"at least {int(np.ceil((1.0 - p_target) / (MIN_DCF_STEP * min(p_target, 1.0 - p_target))))} "
+                "needed), so EER decides")
+        log.warning("AS-norm top-N: %s", why)
+    best = min(curve, key=lambda r: (r[criterion], r["top_n"]))  # ties go to the smaller N
+    log.info("AS-norm top-N on %d dev trials (cohort %d) by %s: %s -> best %d", len(labels), size, criterion,
+             ", ".join(f"{r['top_n']}: {r[criterion]:.4f}" for r in curve), best["top_n"])
+    return {"best": best["top_n"], "criterion": criterion, "why": why, "p_target": p_target, "cohort_size": size,
+            "n_trials": int(len(labels)), "cosine": point(sides.cosine),
+            "snorm": point(scorer.normalised(sides, "snorm")), "curve": curve}
 
 
 def choose_asnorm_top_files(trials: PathLike, emb: PathLike, cohort: PathLike, out: PathLike,

@@ -265,6 +265,7 @@ def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
     best = min(m for m in want)
     assert res["best"] == ks[want.index(best)]
     assert res["curve"][-1]["min_dcf"] == pytest.approx(res["snorm"]["min_dcf"])  # the whole cohort is S-norm
+    assert res["criterion"] == "min_dcf"  # 2,000+ non-targets: minDCF(0.05) resolves the choice
     out = tmp_path / "curve.json"
     assert main(["asnorm-top", "--trials", str(tmp_path / "dev.lst"), "--emb", str(store), "--cohort",
                  str(write_store(tmp_path / "cohort", [f"c{i}" for i in range(40)], cohort.astype(np.float32))),
@@ -277,7 +278,26 @@ def test_asnorm_top_ties_go_to_the_smaller_count(setup, monkeypatch):
     from spkcausal.scoring import choose_asnorm_top
 
     s = setup
-    monkeypatch.setattr(metrics, "compute_min_dcf", lambda *a, **k: 0.5)  # every candidate ties
+    monkeypatch.setattr(metrics, "compute_min_dcf", lambda *a, **k: 0.5)  # every candidate ties, by either
+    monkeypatch.setattr(metrics, "eer_with_threshold", lambda *a, **k: (0.1, 0.0))  # criterion
     res = choose_asnorm_top(Scorer(EmbeddingStore.open(s["store"]), cohort=s["train"][:20]),
                             read_trials(s["path"] / "kaldi.lst"), [10, 3, 6])
     assert res["best"] == 3
+
+
+def test_asnorm_top_is_chosen_by_eer_on_a_dev_list_too_small_for_min_dcf(setup):
+    """minDCF(0.01) decides only when one false alarm moves it by at most 0.05 (1,980 non-targets); on a
+    smaller list the lowest EER does, and the result says why."""
+    from spkcausal.scoring import MIN_DCF_STEP, choose_asnorm_top
+
+    s = setup
+    trials = read_trials(s["path"] / "kaldi.lst")
+    n_non = int((~trials.labels.astype(bool)).sum())
+    assert 0.99 / (0.01 * n_non) > MIN_DCF_STEP  # the fixture list is such a list
+    res = choose_asnorm_top(Scorer(EmbeddingStore.open(s["store"]), cohort=s["train"][:20]), trials, [2, 5, 10, 20])
+    assert res["criterion"] == "eer" and f"{n_non} non-targets" in res["why"] and "1980 needed" in res["why"]
+    best = min(res["curve"], key=lambda r: (r["eer"], r["top_n"]))
+    assert res["best"] == best["top_n"]
+    res = choose_asnorm_top(Scorer(EmbeddingStore.open(s["store"]), cohort=s["train"][:20]), trials, [2, 5, 10, 20],
+                            p_target=0.5)  # one false alarm costs 1 / n_non there: fine enough
+    assert res["criterion"] == "min_dcf"
