@@ -24,7 +24,8 @@ from .longtail import FEW, MANY, shot_groups
 from .metrics import GROUPS, check_scores, shot_group_accuracy, verification_summary
 from .utils import DataError, UsageError
 
-__all__ = ["weighted_verification", "bootstrap_verification", "paired_bootstrap_verification",
+__all__ = ["weighted_verification", "bootstrap_verification", "paired_bootstrap_verification", "draw_counts",
+           "group_index", "percentile_interval",
            "bootstrap_accuracy", "paired_bootstrap_accuracy"]
 
 _BLOCK_ELEMENTS = 1 << 18  # resamples x trials per block: buffers of a few MB, reused block after block
@@ -154,13 +155,22 @@ def weighted_verification(scores: np.ndarray, labels: np.ndarray, weights: np.nd
     return eer, min_dcf
 
 
-def _group_index(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
+def group_index(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
+    """0-based group number of each of n trials (its own number each when groups is None)."""
     if groups is None:
         return np.arange(n)
     groups = np.asarray(groups)
     if groups.shape != (n,):
         raise UsageError(f"{len(groups)} group keys for {n} trials")
     return np.unique(groups, return_inverse=True)[1].ravel()
+
+
+def draw_counts(rng: np.random.Generator, n_boot: int, n_groups: int) -> np.ndarray:
+    """(n_boot, n_groups) counts of how often each group is drawn when n_groups draws are made with replacement,
+    one row per resample."""
+    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    counts = np.bincount((drawn + (np.arange(n_boot) * n_groups)[:, None]).ravel(), minlength=n_boot * n_groups)
+    return counts.reshape(n_boot, n_groups)
 
 
 def _max_total(group_idx: np.ndarray) -> int:
@@ -200,9 +210,7 @@ def _resample(systems: Sequence[_Sorted], gi: np.ndarray, n_boot: int, seed: int
         for k in range(first, len(starts), n_threads):
             s0 = starts[k]
             b = min(block, n_boot - s0)
-            drawn = np.random.default_rng(seeds[k]).integers(0, n_groups, size=(b, n_groups))
-            counts = np.bincount((drawn + (np.arange(b) * n_groups)[:, None]).ravel(), minlength=b * n_groups)
-            counts = counts.reshape(b, n_groups)
+            counts = draw_counts(np.random.default_rng(seeds[k]), b, n_groups)
             for j, srt in enumerate(systems):
                 e, d, bd = _curve_stats(srt, counts, dcf, ws)
                 eer[j, s0:s0 + b] = e
@@ -218,7 +226,8 @@ def _resample(systems: Sequence[_Sorted], gi: np.ndarray, n_boot: int, seed: int
     return eer, min_dcf, bad
 
 
-def _interval(values: np.ndarray, level: float) -> list[float]:
+def percentile_interval(values: np.ndarray, level: float) -> list[float]:
+    """[lo, hi] percentiles of resampled values holding `level` of them in the middle."""
     lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return [float(lo), float(hi)]
 
@@ -247,12 +256,12 @@ def bootstrap_verification(scores: np.ndarray, labels: np.ndarray, groups: Seque
     _check_level(level, n_boot)
     scores, is_tar = check_scores(scores, labels, both_classes=True)
     point = verification_summary(scores, is_tar, p_targets, c_miss, c_fa)
-    gi = _group_index(groups, len(scores))
+    gi = group_index(groups, len(scores))
     dcf = _dcf_weights(p_targets, c_miss, c_fa)
     eer, min_dcf, bad = _resample([_Sorted(scores, is_tar, gi)], gi, n_boot, seed, dcf, threads)
-    out = {"eer": point["eer"], "eer_ci": _interval(_finish(eer[0], bad), level),
+    out = {"eer": point["eer"], "eer_ci": percentile_interval(_finish(eer[0], bad), level),
            "min_dcf": dict(point["min_dcf"]),
-           "min_dcf_ci": {p: _interval(_finish(v[0], bad), level) for p, v in min_dcf.items()},
+           "min_dcf_ci": {p: percentile_interval(_finish(v[0], bad), level) for p, v in min_dcf.items()},
            "n_target": point["n_target"], "n_nontarget": point["n_nontarget"], "n_groups": int(gi.max()) + 1,
            "n_boot": int(n_boot), "n_dropped": int(bad.sum()), "level": float(level), "seed": int(seed),
            "unit": unit or ("trial" if groups is None else "speaker")}
@@ -276,15 +285,15 @@ def paired_bootstrap_verification(scores_a: np.ndarray, scores_b: np.ndarray, la
         raise UsageError(f"system A has {len(scores_a)} scores, system B {len(scores_b)}: need the same trials")
     pa = verification_summary(scores_a, is_tar, p_targets, c_miss, c_fa)
     pb = verification_summary(scores_b, is_tar, p_targets, c_miss, c_fa)
-    gi = _group_index(groups, len(scores_a))
+    gi = group_index(groups, len(scores_a))
     dcf = _dcf_weights(p_targets, c_miss, c_fa)
     eer, min_dcf, bad = _resample([_Sorted(scores_a, is_tar, gi), _Sorted(scores_b, is_tar, gi)], gi, n_boot,
                                   seed, dcf, threads)
-    diff_ci = _interval(_finish(eer[0] - eer[1], bad), level)
+    diff_ci = percentile_interval(_finish(eer[0] - eer[1], bad), level)
     return {"diff": pa["eer"] - pb["eer"], "diff_ci": diff_ci, "eer_a": pa["eer"], "eer_b": pb["eer"],
             "significant": bool(diff_ci[0] > 0 or diff_ci[1] < 0),
             "min_dcf_diff": {p: pa["min_dcf"][p] - pb["min_dcf"][p] for p in pa["min_dcf"]},
-            "min_dcf_diff_ci": {p: _interval(_finish(v[0] - v[1], bad), level) for p, v in min_dcf.items()},
+            "min_dcf_diff_ci": {p: percentile_interval(_finish(v[0] - v[1], bad), level) for p, v in min_dcf.items()},
             "n_target": pa["n_target"], "n_nontarget": pa["n_nontarget"], "n_groups": int(gi.max()) + 1,
             "n_boot": int(n_boot), "n_dropped": int(bad.sum()), "level": float(level), "seed": int(seed),
             "unit": unit or ("trial" if groups is None else "speaker")}
@@ -348,7 +357,7 @@ def bootstrap_accuracy(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.
     samples = _accuracy_samples(y_true, preds, np.asarray(train_counts), n_boot, seed, many, few)[0]
     out = dict(points[0])
     for k in _ACC_KEYS:
-        out[f"{k}_ci"] = None if samples[k] is None else _interval(samples[k], level)
+        out[f"{k}_ci"] = None if samples[k] is None else percentile_interval(samples[k], level)
     out.update(n_boot=int(n_boot), level=float(level), seed=int(seed), unit="class")
     return out
 
@@ -364,7 +373,7 @@ def paired_bootstrap_accuracy(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np
     diff, diff_ci, sig = {}, {}, {}
     for k in _ACC_KEYS:
         diff[k] = pa[k] - pb[k]
-        diff_ci[k] = None if sa[k] is None else _interval(sa[k] - sb[k], level)
+        diff_ci[k] = None if sa[k] is None else percentile_interval(sa[k] - sb[k], level)
         sig[k] = None if diff_ci[k] is None else bool(diff_ci[k][0] > 0 or diff_ci[k][1] < 0)
     return {"diff": diff, "diff_ci": diff_ci, "significant": sig, "a": pa, "b": pb, "n_boot": int(n_boot),
             "level": float(level), "seed": int(seed), "unit": "class"}

@@ -132,9 +132,10 @@ def llr_bootstrap(llrs: Sequence[np.ndarray], labels: np.ndarray, groups: Sequen
     `groups` (one key per trial; None: trials) for all: {"cllr": (systems, kept), "act_dcf": {p: (systems,
     kept)}, "n_dropped": resamples without targets or non-targets}. Both figures are sums over trials, so a
     resample is a count vector over groups times the per-group sums (exact, no re-sorting)."""
+    from .bootstrap import draw_counts, group_index
+
     _, tar = check_scores(np.zeros(len(labels)), labels, both_classes=True)
-    gi = (np.arange(len(tar)) if groups is None
-          else np.unique(np.asarray(groups), return_inverse=True)[1].ravel())
+    gi = group_index(groups, len(tar))
     n_groups = int(gi.max()) + 1
     per_group = []
     for llr in llrs:
@@ -151,9 +152,7 @@ def llr_bootstrap(llrs: Sequence[np.ndarray], labels: np.ndarray, groups: Sequen
     block = max(1, min(n_boot, (1 << 20) // n_groups))
     for s0 in range(0, n_boot, block):
         b = min(block, n_boot - s0)
-        drawn = rng.integers(0, n_groups, size=(b, n_groups))
-        counts = np.bincount((drawn + (np.arange(b) * n_groups)[:, None]).ravel(), minlength=b * n_groups)
-        counts = counts.reshape(b, n_groups).astype(np.float64)
+        counts = draw_counts(rng, b, n_groups).astype(np.float64)
         for j, g in enumerate(per_group):
             tot = counts @ g  # (b, columns)
             nt, nn = tot[:, 0], tot[:, 1]

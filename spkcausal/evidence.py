@@ -22,13 +22,14 @@ from .bootstrap import (
     bootstrap_verification,
     paired_bootstrap_accuracy,
     paired_bootstrap_verification,
+    percentile_interval,
 )
 from .datadir import read_kv
 from .longtail import shot_groups
 from .metrics import GROUPS, shot_group_verification
 from .utils import DataError
 
-__all__ = ["COLUMNS", "LLR_COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
+__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
            "seed_summary", "t_interval", "N_BOOT", "LEVEL"]
 
 N_BOOT = 1000
@@ -39,7 +40,6 @@ COLUMNS = ([("eer", "EER (%)", 100.0), ("min_dcf", "minDCF", 1.0)]
            + [(f"seen_dcf_{g}", f"Seen {g.capitalize()} minDCF", 1.0) for g in GROUPS]
            + [(f"acc_{g}", g.capitalize(), 100.0) for g in (*GROUPS, "overall")]
            + [("cllr", "Cllr", 1.0), ("min_cllr", "minCllr", 1.0), ("act_dcf", "actDCF", 1.0)])
-LLR_COLUMNS = ("cllr", "min_cllr", "act_dcf")
 
 
 def _key(p: float | str) -> str:
@@ -82,11 +82,6 @@ def _ci_dict(res: Mapping, p_targets: Sequence[float]) -> dict:
             "n_nontarget": res["n_nontarget"], "n_speakers": res["n_groups"]}
 
 
-def _pct(values: np.ndarray, level: float) -> list[float]:
-    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return [float(lo), float(hi)]
-
-
 def _llr_figures(scores: np.ndarray, labels: np.ndarray, spk: np.ndarray, p_targets: Sequence[float], n_boot: int,
                  level: float, seed: int) -> dict:
     """Cllr, minCllr and actDCF of LLR scores; Cllr and actDCF with intervals over the same units."""
@@ -94,9 +89,10 @@ def _llr_figures(scores: np.ndarray, labels: np.ndarray, spk: np.ndarray, p_targ
 
     s = llr_summary(scores, labels, p_targets)
     bs = llr_bootstrap([scores], labels, spk, n_boot, p_targets, seed)
-    return {"llr": True, "cllr": s["cllr"], "cllr_ci": _pct(bs["cllr"][0], level), "min_cllr": s["min_cllr"],
+    cllr_ci = percentile_interval(bs["cllr"][0], level)
+    return {"llr": True, "cllr": s["cllr"], "cllr_ci": cllr_ci, "min_cllr": s["min_cllr"],
             "act_dcf": {_key(p): s["act_dcf"][float(p)] for p in p_targets},
-            "act_dcf_ci": {_key(p): _pct(bs["act_dcf"][float(p)][0], level) for p in p_targets}}
+            "act_dcf_ci": {_key(p): percentile_interval(bs["act_dcf"][float(p)][0], level) for p in p_targets}}
 
 
 def verification_with_ci(score_file: str, utt2spk: str | None = None, p_targets: Sequence[float] = (0.01, 0.05),
@@ -250,9 +246,10 @@ def _paired_llr(sa: np.ndarray, sb: np.ndarray, lab: np.ndarray, spk: np.ndarray
 
     bs = llr_bootstrap([sa, sb], lab, spk, n_boot, (p_target,), seed)
     d_dcf = act_dcf(sa, lab, p_target) - act_dcf(sb, lab, p_target)
-    return {"cllr": _diff_entry(cllr(sa, lab) - cllr(sb, lab), _pct(bs["cllr"][0] - bs["cllr"][1], level)),
-            "act_dcf": _diff_entry(d_dcf, _pct(bs["act_dcf"][float(p_target)][0] - bs["act_dcf"][float(p_target)][1],
-                                               level))}
+    d_cllr = bs["cllr"][0] - bs["cllr"][1]
+    d_act = bs["act_dcf"][float(p_target)][0] - bs["act_dcf"][float(p_target)][1]
+    return {"cllr": _diff_entry(cllr(sa, lab) - cllr(sb, lab), percentile_interval(d_cllr, level)),
+            "act_dcf": _diff_entry(d_dcf, percentile_interval(d_act, level))}
 
 
 def seed_summary(values: Sequence[float]) -> tuple[float, float, int]:
