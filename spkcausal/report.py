@@ -226,13 +226,14 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
         if not (exp / RESULTS_FILE).is_file():
             raise DataError(f"no {RESULTS_FILE}: run the scoring / identification stages first", exp)
         data = load_results(exp)
+        # per experiment, not per variant: the parent comes from reading config.yaml
+        run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
+               "decoupled": (exp / DECOUPLED_FILE).is_file()}
         for v in sorted(data["rows"], key=_variant_key):
             if variants is not None and v not in variants:
                 continue
             r = data["rows"][v]
-            system, seed = split_seed(exp)
-            rows.append({"exp": str(exp), "system": system, "seed": seed, "parent": parent_system(exp),
-                         "decoupled": (exp / DECOUPLED_FILE).is_file(), "variant": v, "label": r.get("label", v),
+            rows.append({**run, "variant": v, "label": r.get("label", v),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
