@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from spkcausal.datadir import DataDir
+from spkcausal.data.datadir import DataDir
 
 SR = 16000
 F0 = {"spk1": 110.0, "spk2": 170.0, "spk3": 260.0, "spk4": 390.0}

@@ -14,12 +14,12 @@ from scipy.signal import resample_poly
 
 import spkcausal
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir
-from spkcausal.embeddings import EmbeddingStore
-from spkcausal.extract import extract
-from spkcausal.metrics import eer_with_threshold
-from spkcausal.train import train
-from spkcausal.trialio import read_scores
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.embeddings import EmbeddingStore
+from spkcausal.data.trialio import read_scores
+from spkcausal.inference.extract import extract
+from spkcausal.scoring.metrics import eer_with_threshold
+from spkcausal.train.trainer import train
 from spkcausal.utils import DataError
 
 
@@ -140,7 +140,7 @@ def test_set_threshold_and_verify(exp, tmp_path, capsys):
 
 
 def test_inputs_from_files_directories_and_wav_scp(tmp_path):
-    from spkcausal.api import collect_inputs
+    from spkcausal.inference.api import collect_inputs
 
     for rel in ("d/s1/a.wav", "d/s1/b.flac", "d/s2/a.wav", "d/notes.txt", "x.wav"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from scipy.signal import fftconvolve
 
-from spkcausal.augment import (
+from spkcausal.nn.augment import (
     SNR_RANGES,
     SPEED_FACTORS,
     Augmenter,
@@ -210,7 +210,7 @@ def test_cuda_matches_cpu_with_cpu_generator():
 
 
 def test_fft_size_is_smallest_5_smooth_number():
-    from spkcausal.augment import _fft_size
+    from spkcausal.nn.augment import _fft_size
 
     def smooth(m: int) -> bool:
         for p in (2, 3, 5):

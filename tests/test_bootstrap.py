@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from spkcausal.bootstrap import (
+from spkcausal.cli import main
+from spkcausal.scoring.bootstrap import (
     bootstrap_accuracy,
     bootstrap_verification,
     paired_bootstrap_accuracy,
     paired_bootstrap_verification,
     weighted_verification,
 )
-from spkcausal.cli import main
-from spkcausal.metrics import compute_eer, compute_min_dcf, shot_group_accuracy
+from spkcausal.scoring.metrics import compute_eer, compute_min_dcf, shot_group_accuracy
 
 
 def _trials(n: int, seed: int, decimals: int | None) -> tuple[np.ndarray, np.ndarray]:

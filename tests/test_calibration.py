@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from spkcausal.calibration import (
+from spkcausal.cli import main
+from spkcausal.data.embeddings import write_store
+from spkcausal.data.trialio import Trials, read_scores, read_trials, write_scores
+from spkcausal.scoring.calibration import (
     CalibrationModel,
     act_dcf,
     cllr,
@@ -19,10 +22,7 @@ from spkcausal.calibration import (
     pav_llr,
     train_calibration,
 )
-from spkcausal.cli import main
-from spkcausal.embeddings import write_store
-from spkcausal.metrics import compute_min_dcf
-from spkcausal.trialio import Trials, read_scores, read_trials, write_scores
+from spkcausal.scoring.metrics import compute_min_dcf
 from spkcausal.utils import DataError, UsageError
 
 LN2 = math.log(2)
@@ -201,7 +201,7 @@ def qmf_setup(tmp_path):
 
 
 def test_quality_measures_against_direct_computation(qmf_setup):
-    from spkcausal.qmf import quality_measures, read_durations
+    from spkcausal.scoring.qmf import quality_measures, read_durations
 
     s = qmf_setup
     p = s["path"]
@@ -238,7 +238,7 @@ def test_cli_qmf_train_and_apply(qmf_setup, capsys):
                                                         "cohort_mean_min", "cohort_mean_max"]
     assert model.quality["top_k"] == 4 and model.quality["centred"] is False
     assert main(["qmf", "--model", str(p / "qmf.json"), "--apply", dev, *stores, "--out", str(p / "dev.llr")]) == 0
-    from spkcausal.qmf import quality_measures, read_durations
+    from spkcausal.scoring.qmf import quality_measures, read_durations
 
     table = read_scores(dev, keys=True)
     trials = Trials(enroll=table.enroll, test=table.test, labels=table.labels)

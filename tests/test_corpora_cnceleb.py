@@ -7,10 +7,10 @@ import soundfile as sf
 from fixtures_cnceleb import make_cnceleb
 
 from spkcausal.corpora.cnceleb import combine_segments, prepare_cnceleb
-from spkcausal.datadir import DataDir, read_list_kv
-from spkcausal.trialio import read_trials
+from spkcausal.data.datadir import DataDir, read_list_kv
+from spkcausal.data.trialio import read_trials
+from spkcausal.data.validate import validate_datadir
 from spkcausal.utils import DataError
-from spkcausal.validate import validate_datadir
 
 MIN_SEC = 1.0
 

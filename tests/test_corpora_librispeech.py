@@ -5,11 +5,11 @@ import pytest
 from fixtures_librispeech import make_librispeech
 
 from spkcausal.corpora.librispeech import prepare_librispeech, read_speakers_txt
-from spkcausal.datadir import DataDir
-from spkcausal.trialio import write_trials
-from spkcausal.trials import make_trials
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.trialio import write_trials
+from spkcausal.data.trials import make_trials
+from spkcausal.data.validate import validate_datadir
 from spkcausal.utils import DataError
-from spkcausal.validate import validate_datadir
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from fixtures_voxceleb import VOX1_CORRUPT, VOX1_MISSING, VOX2_BROKEN, VOX2_ODD,
 
 from spkcausal.cli import main
 from spkcausal.corpora.voxceleb import prepare_voxceleb1, prepare_voxceleb2, read_vox2_meta
-from spkcausal.datadir import DataDir, read_kv
-from spkcausal.trialio import read_trials
+from spkcausal.data.datadir import DataDir, read_kv
+from spkcausal.data.trialio import read_trials
+from spkcausal.data.validate import validate_datadir
 from spkcausal.utils import DataError
-from spkcausal.validate import validate_datadir
 
 
 def _snapshot(top: Path) -> dict[str, bytes]:

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from spkcausal.datadir import DataDir, read_kv
-from spkcausal.trialio import Trials, read_scores, read_trials, write_scores, write_trials
+from spkcausal.data.datadir import DataDir, read_kv
+from spkcausal.data.trialio import Trials, read_scores, read_trials, write_scores, write_trials
+from spkcausal.data.validate import validate_datadir
 from spkcausal.utils import DataError
-from spkcausal.validate import validate_datadir
 
 
 def _make_dir(tmp_path, n_spk=3, n_utt=2):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spkcausal import embeddings
 from spkcausal.cli import main
-from spkcausal.embeddings import EmbeddingStore, export_kaldi, import_kaldi, speaker_means, write_store
+from spkcausal.data import embeddings
+from spkcausal.data.embeddings import EmbeddingStore, export_kaldi, import_kaldi, speaker_means, write_store
 from spkcausal.utils import DataError
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spkcausal.datadir import DataDir, write_kv
-from spkcausal.evidence import seed_summary, seen_verification, t_interval
-from spkcausal.metrics import compute_eer, compute_min_dcf
-from spkcausal.trials import fit_num_trials, make_trials, target_capacity
+from spkcausal.data.datadir import DataDir, write_kv
+from spkcausal.data.trials import fit_num_trials, make_trials, target_capacity
+from spkcausal.report.evidence import seed_summary, seen_verification, t_interval
+from spkcausal.scoring.metrics import compute_eer, compute_min_dcf
 from spkcausal.utils import DataError
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from spkcausal.api import load_model
-from spkcausal.checkpoint import save_checkpoint
-from spkcausal.config import merge_defaults
-from spkcausal.export import TraceableFbank, export_model
-from spkcausal.extract import AudioSource, embed_source
-from spkcausal.features import Fbank
-from spkcausal.network import build_network
+from spkcausal.inference.api import load_model
+from spkcausal.inference.export import TraceableFbank, export_model
+from spkcausal.inference.extract import AudioSource, embed_source
+from spkcausal.nn.checkpoint import save_checkpoint
+from spkcausal.nn.config import merge_defaults
+from spkcausal.nn.features import Fbank
+from spkcausal.nn.network import build_network
 
 LENGTHS = (9600, 20800, 32000)  # 0.6, 1.3, 2.0 s
 

@@ -8,17 +8,17 @@ import pytest
 import torch
 from fixtures_train import make_corpus, tiny_config
 
-from spkcausal.checkpoint import load_checkpoint
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir
-from spkcausal.dataset import length_batches
-from spkcausal.embeddings import EmbeddingStore
-from spkcausal.extract import AudioSource, embed_utterances, extract
-from spkcausal.features import Fbank
-from spkcausal.models import build_model
-from spkcausal.network import load_trained, resolve_checkpoint
-from spkcausal.tde import tde_store
-from spkcausal.train import train
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.dataset import length_batches
+from spkcausal.data.embeddings import EmbeddingStore
+from spkcausal.inference.extract import AudioSource, embed_utterances, extract
+from spkcausal.inference.tde import tde_store
+from spkcausal.nn.checkpoint import load_checkpoint
+from spkcausal.nn.features import Fbank
+from spkcausal.nn.models import build_model
+from spkcausal.nn.network import load_trained, resolve_checkpoint
+from spkcausal.train.trainer import train
 from spkcausal.utils import DataError
 
 

@@ -7,12 +7,12 @@ import soundfile as sf
 import torch
 from fixtures_train import make_corpus
 
-from spkcausal.config import merge_defaults
-from spkcausal.datadir import DataDir
-from spkcausal.dataset import length_batches
-from spkcausal.extract import embed_utterances
-from spkcausal.features import Fbank
-from spkcausal.network import build_extractor
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.dataset import length_batches
+from spkcausal.inference.extract import embed_utterances
+from spkcausal.nn.config import merge_defaults
+from spkcausal.nn.features import Fbank
+from spkcausal.nn.network import build_extractor
 from spkcausal.utils import UsageError
 
 

@@ -7,7 +7,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from scipy.signal import lfilter
 
-from spkcausal.features import Fbank
+from spkcausal.nn.features import Fbank
 
 TOL = 1e-3
 

@@ -11,10 +11,10 @@ import torch
 import yaml
 from fixtures_train import tiny_config
 
-from spkcausal.checkpoint import load_checkpoint
 from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus
-from spkcausal.datadir import DataDir
-from spkcausal.train import train
+from spkcausal.data.datadir import DataDir
+from spkcausal.nn.checkpoint import load_checkpoint
+from spkcausal.train.trainer import train
 
 SYNTH = dict(num_speakers=6, num_test_speakers=2, max_utts=4, imbalance=1.0, utt_seconds=(0.6, 0.8),
              sessions=(2, 2), val_per_speaker=0, test_per_speaker=0, veri_utts_per_speaker=2, num_trials=2, seed=3)
@@ -119,7 +119,7 @@ def test_init_head_refuses_other_speakers(halves):
 def test_lm_overlays_merge_over_each_system_config(tmp_path):
     """Both LM overlays (corpus and demo) load over every system config of their recipe: each key they set wins,
     every other key is the system's, so an AAM and a Causal Norm AAM system fine-tune on the same path."""
-    from spkcausal.config import load_train_config
+    from spkcausal.nn.config import load_train_config
 
     root = Path(__file__).resolve().parents[1]
     for conf_dir, systems in ((root / "recipes/conf", ["ecapa512_aam", "ecapa512_cnaam", "resnet34_cnaam"]),

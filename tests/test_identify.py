@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from spkcausal.datadir import DataDir, write_kv
-from spkcausal.embeddings import write_store
-from spkcausal.heads import AAMHead, CausalNormAAMHead
-from spkcausal.identify import identify
-from spkcausal.subsets import split_heldout
-from spkcausal.tde_alpha import choose_alpha
+from spkcausal.data.datadir import DataDir, write_kv
+from spkcausal.data.embeddings import write_store
+from spkcausal.data.subsets import split_heldout
+from spkcausal.inference.identify import identify
+from spkcausal.inference.tde_alpha import choose_alpha
+from spkcausal.nn.heads import AAMHead, CausalNormAAMHead
 from spkcausal.utils import DataError
 
 # ---------------------------------------------------------------- held-out split
@@ -177,7 +177,7 @@ def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
 
 
 def test_alpha_grid_reaches_three_in_quarter_steps():
-    from spkcausal.tde_alpha import ALPHA_GRID
+    from spkcausal.inference.tde_alpha import ALPHA_GRID
 
     assert ALPHA_GRID[0] == 0.0 and ALPHA_GRID[-1] == 3.0 and np.allclose(np.diff(ALPHA_GRID), 0.25)
 

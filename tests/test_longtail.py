@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir
-from spkcausal.longtail import format_profile, load_profile, plot_longtail, profile_datadir, shot_groups, write_profile
-from spkcausal.subsets import feasible_n_max, longtail_subset, target_counts
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.longtail import (
+    format_profile,
+    load_profile,
+    plot_longtail,
+    profile_datadir,
+    shot_groups,
+    write_profile,
+)
+from spkcausal.data.subsets import feasible_n_max, longtail_subset, target_counts
 from spkcausal.utils import DataError, UsageError
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spkcausal.decoupled import retrain_classifier, tau_normalize, tau_normalize_head
-from spkcausal.heads import LinearHead
-from spkcausal.losses import build_loss, class_weights
-from spkcausal.samplers import build_sampler, class_probabilities
+from spkcausal.data.samplers import build_sampler, class_probabilities
+from spkcausal.inference.decoupled import retrain_classifier, tau_normalize, tau_normalize_head
+from spkcausal.nn.heads import LinearHead
+from spkcausal.nn.losses import build_loss, class_weights
 from spkcausal.utils import UsageError
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_curve
 
-from spkcausal import fastread, trialio
 from spkcausal.cli import main
-from spkcausal.metrics import (
+from spkcausal.data import fastread, trialio
+from spkcausal.data.trialio import read_scores
+from spkcausal.scoring.metrics import (
     actual_dcf,
     compute_eer,
     compute_min_dcf,
@@ -22,7 +23,6 @@ from spkcausal.metrics import (
     shot_group_verification,
     verification_summary,
 )
-from spkcausal.trialio import read_scores
 from spkcausal.utils import DataError
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from spkcausal.models import MODELS, build_model, count_parameters, list_models
-from spkcausal.models.resnet import stats_pool
+from spkcausal.nn.models import MODELS, build_model, count_parameters, list_models
+from spkcausal.nn.models.resnet import stats_pool
 from spkcausal.registry import Registry
 from spkcausal.utils import UsageError
 
@@ -49,7 +49,7 @@ def test_registry_register_get_build_and_errors():
 def test_train_with_unknown_model_name_is_one_line_and_exit_2(tmp_path):
     from fixtures_train import make_corpus, tiny_config
 
-    from spkcausal.config import save_config
+    from spkcausal.nn.config import save_config
 
     conf = tmp_path / "c.yaml"
     save_config(tiny_config(make_corpus(tmp_path, utts_per_spk=2), tmp_path / "exp"), conf)

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from fixtures_train import make_corpus, tiny_config
 
-from spkcausal.config import save_config
-from spkcausal.shards import make_shards
+from spkcausal.data.shards import make_shards
+from spkcausal.nn.config import save_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[3])
 from test_multinode import run_config
-from spkcausal.train import train
+from spkcausal.train.trainer import train
 root, tag = Path(sys.argv[1]), sys.argv[2]
 dist.init_process_group("gloo")  # one group for both runs; train() uses it as it is
 for source in ("files", "shards"):
@@ -107,7 +107,7 @@ def _two_nodes(args: list[str], timeout: float = 180) -> list[str]:
 
 
 def _weights(ckpt: Path) -> np.ndarray:
-    from spkcausal.checkpoint import load_checkpoint
+    from spkcausal.nn.checkpoint import load_checkpoint
 
     c = load_checkpoint(ckpt)
     return np.concatenate([t.double().flatten().numpy() for part in ("model", "head") for t in c[part].values()

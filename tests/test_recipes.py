@@ -22,8 +22,8 @@ from fixtures_librispeech import make_librispeech
 from fixtures_voxceleb import make_voxceleb1
 from sklearn.metrics import roc_curve
 
-from spkcausal.datadir import DataDir
-from spkcausal.tde_alpha import ALPHA_GRID
+from spkcausal.data.datadir import DataDir
+from spkcausal.inference.tde_alpha import ALPHA_GRID
 
 ROOT = Path(__file__).resolve().parents[1]
 

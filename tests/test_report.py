@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from spkcausal.report import (
+from spkcausal.report.results import (
     collect_rows,
     format_markdown,
     record_identification,
@@ -117,7 +117,7 @@ def test_ablation_and_decoupled_systems_are_named_apart():
         "De-confound (Causal Norm AAM, K=1, gamma=0)"
     assert system_name({"head": {"name": "causal_norm_aam", "num_heads": 4, "gamma": 1 / 32}}) == \
         "De-confound (Causal Norm AAM, K=4, gamma=1/32)"
-    from spkcausal.report import decoupled_name
+    from spkcausal.report.results import decoupled_name
 
     assert decoupled_name({"method": "crt"}, {"head": {"name": "aam"}}) == "cRT (on Baseline (AAM))"
     assert decoupled_name({"method": "tau_norm", "tau": 0.6}, {"head": {"name": "aam"}}).startswith("tau-norm (tau=0.6")
@@ -216,7 +216,7 @@ def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
     """Calibrated rows get Cllr / actDCF with intervals (equal to the direct formulas), listed in their own table;
     a +LM system is compared with the system it was fine-tuned from and, when it is not the baseline's, with the
     baseline's +LM run; a QMF row with the same system's calibrated row."""
-    from spkcausal.calibration import act_dcf, cllr, min_cllr
+    from spkcausal.scoring.calibration import act_dcf, cllr, min_cllr
 
     rng = np.random.default_rng(5)
     n = 400

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.embeddings import EmbeddingStore, write_store
-from spkcausal.scoring import Scorer, cohort_stats, score_files, score_trials, store_mean
-from spkcausal.trialio import read_scores, read_trials
+from spkcausal.data.embeddings import EmbeddingStore, write_store
+from spkcausal.data.trialio import read_scores, read_trials
+from spkcausal.scoring.cosine import Scorer, cohort_stats, score_files, score_trials, store_mean
 from spkcausal.utils import DataError
 
 D = 16
@@ -195,7 +195,7 @@ def test_score_files_rejects_colliding_names(setup, tmp_path):
 
 
 def test_top_n_count_or_share_of_the_cohort():
-    from spkcausal.scoring import parse_top_n, resolve_top_n
+    from spkcausal.scoring.cosine import parse_top_n, resolve_top_n
     from spkcausal.utils import UsageError
 
     assert resolve_top_n(0.1, 756) == 76 and resolve_top_n(300, 756) == 300 and resolve_top_n(1000, 756) == 756
@@ -239,8 +239,8 @@ def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
     """The chooser's curve equals minDCF of `score_trials` at each count, and it picks the lowest (ties: smaller)."""
     import json
 
-    from spkcausal.metrics import compute_min_dcf
-    from spkcausal.scoring import choose_asnorm_top
+    from spkcausal.scoring.cosine import choose_asnorm_top
+    from spkcausal.scoring.metrics import compute_min_dcf
 
     rng = np.random.default_rng(5)
     spk = rng.normal(size=(30, D))
@@ -274,8 +274,8 @@ def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
 
 
 def test_asnorm_top_ties_go_to_the_smaller_count(setup, monkeypatch):
-    import spkcausal.metrics as metrics
-    from spkcausal.scoring import choose_asnorm_top
+    import spkcausal.scoring.metrics as metrics
+    from spkcausal.scoring.cosine import choose_asnorm_top
 
     s = setup
     monkeypatch.setattr(metrics, "compute_min_dcf", lambda *a, **k: 0.5)  # every candidate ties, by either
@@ -288,7 +288,7 @@ def test_asnorm_top_ties_go_to_the_smaller_count(setup, monkeypatch):
 def test_asnorm_top_is_chosen_by_eer_on_a_dev_list_too_small_for_min_dcf(setup):
     """minDCF(0.01) decides only when one false alarm moves it by at most 0.05 (1,980 non-targets); on a
     smaller list the lowest EER does, and the result says why."""
-    from spkcausal.scoring import MIN_DCF_STEP, choose_asnorm_top
+    from spkcausal.scoring.cosine import MIN_DCF_STEP, choose_asnorm_top
 
     s = setup
     trials = read_trials(s["path"] / "kaldi.lst")

@@ -15,13 +15,13 @@ import pytest
 import torch
 from fixtures_train import kill_after_checkpoint, make_corpus, tiny_config
 
-from spkcausal.checkpoint import find_resume_checkpoint, load_checkpoint
-from spkcausal.config import save_config
-from spkcausal.datadir import DataDir
-from spkcausal.samplers import class_probabilities
-from spkcausal.shards import ShardIndex, load_shards, make_shards, shard_key, utt_from_key, verify_shards
-from spkcausal.shardstream import ShardTrainStream, shard_loader
-from spkcausal.train import train
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.samplers import class_probabilities
+from spkcausal.data.shards import ShardIndex, load_shards, make_shards, shard_key, utt_from_key, verify_shards
+from spkcausal.data.shardstream import ShardTrainStream, shard_loader
+from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
+from spkcausal.nn.config import save_config
+from spkcausal.train.trainer import train
 from spkcausal.utils import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from spkcausal.api import load_model
 from spkcausal.cli import main
-from spkcausal.speechbrain_io import ecapa_arch, export_speechbrain, import_speechbrain
+from spkcausal.inference.api import load_model
+from spkcausal.inference.speechbrain_io import ecapa_arch, export_speechbrain, import_speechbrain
 
 ARCH = dict(channels=[16, 16, 16, 16, 48], kernel_sizes=[5, 3, 3, 3, 1], attention_channels=8, se_channels=8,
             res2net_scale=4, lin_neurons=24)

@@ -12,7 +12,7 @@ from scipy.signal import butter, lfilter, sos2tf, sosfiltfilt, stft
 from spkcausal.cli import main as cli_main
 from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus, train_counts
 from spkcausal.corpora.voice import _cascade_den, _resonator
-from spkcausal.subsets import target_counts
+from spkcausal.data.subsets import target_counts
 from spkcausal.utils import DataError, UsageError
 
 SMALL = dict(num_speakers=8, num_test_speakers=4, max_utts=12, imbalance=4.0, utt_seconds=(0.6, 1.0),
@@ -267,8 +267,8 @@ def test_cli(tmp_path, capsys):
 
 def test_voxceleb1_preparer_reads_the_tree(small, tmp_path):
     from spkcausal.corpora.voxceleb import prepare_voxceleb1
-    from spkcausal.datadir import DataDir
-    from spkcausal.trialio import read_trials
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.trialio import read_trials
 
     root, cfg, summary = small
     out = tmp_path / "data"
@@ -296,7 +296,7 @@ def test_trials_capped_when_few_target_pairs():
 
 
 def test_write_wav_without_fsync_same_bytes(tmp_path):
-    from spkcausal.audio import write_wav
+    from spkcausal.data.audio import write_wav
 
     x = np.random.default_rng(0).integers(-30000, 30000, 4000).astype(np.int16)
     write_wav(tmp_path / "a.wav", x, 16000)
@@ -307,7 +307,7 @@ def test_write_wav_without_fsync_same_bytes(tmp_path):
 
 
 def test_probe_audio_reasons(tmp_path):
-    from spkcausal.audio import probe_audio
+    from spkcausal.data.audio import probe_audio
 
     x = np.zeros(3200, dtype=np.int16)
     sf.write(str(tmp_path / "ok.wav"), x, 16000, subtype="PCM_16")

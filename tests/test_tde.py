@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from spkcausal.heads import CausalNormHead
-from spkcausal.tde import (
+from spkcausal.inference.tde import (
     alpha_heuristic,
     format_alpha_curve,
     sweep_alpha,
     tde_embeddings,
     tde_logits,
 )
+from spkcausal.nn.heads import CausalNormHead
 
 
 def np_tde_logits(x, w, xbar, alpha, k, tau, gamma):

@@ -14,7 +14,10 @@ import pytest
 import torch
 from fixtures_train import kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config
 
-from spkcausal.checkpoint import (
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.dataset import PositionSampler, TrainChunkDataset, train_loader
+from spkcausal.data.samplers import build_sampler
+from spkcausal.nn.checkpoint import (
     average_checkpoints,
     find_resume_checkpoint,
     list_checkpoints,
@@ -25,12 +28,9 @@ from spkcausal.checkpoint import (
     set_rng_state,
     write_latest,
 )
-from spkcausal.config import load_yaml, merge_defaults, save_config
-from spkcausal.datadir import DataDir
-from spkcausal.dataset import PositionSampler, TrainChunkDataset, train_loader
-from spkcausal.samplers import build_sampler
-from spkcausal.schedules import lr_at, margin_at
-from spkcausal.train import train
+from spkcausal.nn.config import load_yaml, merge_defaults, save_config
+from spkcausal.train.schedules import lr_at, margin_at
+from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +48,8 @@ def corpus(tmp_path_factory):
 
 def _eval_accuracy(net, data_dir: Path) -> float:
     """Margin-free identification accuracy of the head over whole training utterances."""
-    from spkcausal.extract import embed_utterances
-    from spkcausal.features import Fbank
+    from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.features import Fbank
 
     data = DataDir.load(data_dir)
     emb = embed_utterances(net.model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
@@ -144,9 +144,9 @@ import sys
 from pathlib import Path
 import numpy as np, torch, torch.distributed as dist
 from fixtures_train import tiny_config
-from spkcausal.train import train
+from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError
-from spkcausal.extract import extract
+from spkcausal.inference.extract import extract
 root = Path(sys.argv[1])
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -161,10 +161,10 @@ dist.destroy_process_group()
 
 
 def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
-    from spkcausal.embeddings import EmbeddingStore
-    from spkcausal.extract import embed_utterances
-    from spkcausal.features import Fbank
-    from spkcausal.network import load_trained
+    from spkcausal.data.embeddings import EmbeddingStore
+    from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.features import Fbank
+    from spkcausal.nn.network import load_trained
 
     data_dir = make_corpus(tmp_path, utts_per_spk=4)
     script = tmp_path / "ddp.py"
@@ -385,7 +385,7 @@ SYSTEM_CONFIGS = sorted(p for p in (REPO / "recipes" / "conf").glob("*.yaml") if
 
 @pytest.mark.parametrize("path", SYSTEM_CONFIGS, ids=lambda p: p.stem)
 def test_example_configs_are_valid_and_build(path):
-    from spkcausal.network import build_network, num_classes_for
+    from spkcausal.nn.network import build_network, num_classes_for
 
     cfg = merge_defaults(load_yaml(path))
     net = build_network(cfg, num_classes_for(4, cfg))
@@ -413,9 +413,9 @@ def test_config_key_typos_are_rejected(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path):
-    from spkcausal.extract import embed_utterances
-    from spkcausal.features import Fbank
-    from spkcausal.network import load_trained
+    from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.features import Fbank
+    from spkcausal.nn.network import load_trained
 
     cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
                       sampler={"num_samples": 64}, data={"num_workers": 2},
@@ -440,7 +440,7 @@ def test_mean_feature_is_the_mu_weighted_sum_of_the_raw_embeddings_the_model_pro
     # Record what the extractor itself returned at every training step (a global forward hook, so the test does
     # not depend on how the trainer assembles the network), then recompute x_bar independently in float64:
     # x_bar_T = sum_t mu^(T-1-t) * mean_batch(x_t), the no-(1 - mu) form of heads.py, from a zero start.
-    from spkcausal.models.resnet import ResNetSpeaker
+    from spkcausal.nn.models.resnet import ResNetSpeaker
 
     seen: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
@@ -480,7 +480,7 @@ def test_mean_feature_is_the_mu_weighted_sum_of_the_raw_embeddings_the_model_pro
 def test_auto_momentum_follows_the_papers_rule_every_epoch(corpus, tmp_path):
     # head.momentum: auto sets mu = 1 - 0.1 * min(50 * lr, 1) at every epoch start from that epoch's first lr
     # (the official code's rule); x_bar must then be the recursion with each step's epoch mu, recomputed here.
-    from spkcausal.models.resnet import ResNetSpeaker
+    from spkcausal.nn.models.resnet import ResNetSpeaker
 
     seen: list[torch.Tensor] = []
 
@@ -520,7 +520,7 @@ def test_auto_momentum_follows_the_papers_rule_every_epoch(corpus, tmp_path):
 
 
 def test_head_momentum_must_be_a_number_or_auto():
-    from spkcausal.heads import build_head
+    from spkcausal.nn.heads import build_head
 
     with pytest.raises(UsageError, match="momentum"):
         build_head("causal_norm", 8, 3, momentum="fast")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from spkcausal.cli import main
-from spkcausal.datadir import DataDir
-from spkcausal.trialio import read_trials
-from spkcausal.trials import make_trials, target_capacity
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.trialio import read_trials
+from spkcausal.data.trials import make_trials, target_capacity
+from spkcausal.data.validate import validate_datadir
 from spkcausal.utils import DataError, UsageError
-from spkcausal.validate import validate_datadir
 
 
 def _dir(counts, n_sess=2, with_sess=True):

@@ -2,7 +2,7 @@
 """Benchmark the speaker-level bootstrap at Vox1-E size (run by hand; prints medians of several runs).
 
 1,000 resamples of EER and minDCF (p = 0.01, 0.05) on 579,818 synthetic trials over 1,251 enrolment speakers
-(half targets, a random offset per speaker), through spkcausal.bootstrap.bootstrap_verification; target:
+(half targets, a random offset per speaker), through spkcausal.scoring.bootstrap.bootstrap_verification; target:
 under 30 s on 2 cores. `--paired` also times the paired bootstrap of two systems on the same trials.
 
 The synthetic EER (`--eer`, default 5%) matters: minDCF is evaluated only at points where targets and
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from spkcausal.bootstrap import bootstrap_verification, paired_bootstrap_verification
+from spkcausal.scoring.bootstrap import bootstrap_verification, paired_bootstrap_verification
 
 TARGET_S = 30.0
 

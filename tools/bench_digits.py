@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from spkcausal.decoupled import retrain_classifier, tau_normalize
-from spkcausal.heads import build_head
-from spkcausal.longtail import shot_groups
-from spkcausal.losses import build_loss
-from spkcausal.samplers import build_sampler
-from spkcausal.schedules import momentum_at
-from spkcausal.tde import alpha_heuristic, mean_head_cosine, sweep_alpha, tde_logits
+from spkcausal.data.longtail import shot_groups
+from spkcausal.data.samplers import build_sampler
+from spkcausal.inference.decoupled import retrain_classifier, tau_normalize
+from spkcausal.inference.tde import alpha_heuristic, mean_head_cosine, sweep_alpha, tde_logits
+from spkcausal.nn.heads import build_head
+from spkcausal.nn.losses import build_loss
+from spkcausal.train.schedules import momentum_at
 
 MANY, FEW = 40, 10
 ALPHAS = [round(a, 2) for a in np.arange(0.0, 3.01, 0.25)]

@@ -28,7 +28,7 @@ def embed(trained, data, utts, mode: str, device: str, crop: float | None, batch
     """(embeddings, seconds) of one extraction pass."""
     import torch
 
-    from spkcausal.extract import embed_utterances
+    from spkcausal.inference.extract import embed_utterances
 
     fbank = trained.fbank(torch.device(device))
     t0 = time.perf_counter()
@@ -44,7 +44,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def trial_eer(emb: np.ndarray, utts: list[str], trials) -> float:
     """EER (%) of cosine scoring on the trial list."""
-    from spkcausal.metrics import compute_eer
+    from spkcausal.scoring.metrics import compute_eer
 
     pos = {u: i for i, u in enumerate(utts)}
     n = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -57,9 +57,9 @@ def tolerance_table(ckpt: str, data_dir: str, trials_path: str, crops: list[floa
                     batch_seconds: float = 200.0, modes: tuple[str, ...] = ("exact", "pad", "bucket", "crop")
                     ) -> list[dict]:
     """One row per mode (crop once per crop length): speed and agreement with exact."""
-    from spkcausal.datadir import DataDir
-    from spkcausal.network import load_trained
-    from spkcausal.trialio import read_trials
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.trialio import read_trials
+    from spkcausal.nn.network import load_trained
 
     trained = load_trained(ckpt, device=device)
     data = DataDir.load(data_dir)

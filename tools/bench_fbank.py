@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: batched Fbank (spkcausal.features) vs torchaudio's Kaldi fbank one utterance at a time.
+"""Benchmark: batched Fbank (spkcausal.nn.features) vs torchaudio's Kaldi fbank one utterance at a time.
 
 Also times the on-device augmentation chain (speed perturbation + noise/reverb at p=0.6) on the same batch,
 so the cost of features + augmentation per training batch is visible next to the fbank figures.
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from spkcausal.augment import Augmenter, NoiseBank, RirBank, draw_speed, speed_input_samples, speed_perturb
-from spkcausal.features import Fbank
+from spkcausal.nn.augment import Augmenter, NoiseBank, RirBank, draw_speed, speed_input_samples, speed_perturb
+from spkcausal.nn.features import Fbank
 
 
 def timed(fns: list[Callable[[], object]], device: torch.device, runs: int) -> list[float]:

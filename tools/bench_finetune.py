@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkcausal.bootstrap import bootstrap_verification, paired_bootstrap_verification
-from spkcausal.config import load_yaml
 from spkcausal.corpora.synthetic import SynthConfig, make_synthetic_corpus
 from spkcausal.corpora.voxceleb import prepare_voxceleb1
-from spkcausal.datadir import DataDir
-from spkcausal.embeddings import EmbeddingStore
-from spkcausal.extract import extract
-from spkcausal.scoring import score_trials
-from spkcausal.train import train
-from spkcausal.trialio import read_trials
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.embeddings import EmbeddingStore
+from spkcausal.data.trialio import read_trials
+from spkcausal.inference.extract import extract
+from spkcausal.nn.config import load_yaml
+from spkcausal.scoring.bootstrap import bootstrap_verification, paired_bootstrap_verification
+from spkcausal.scoring.cosine import score_trials
+from spkcausal.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

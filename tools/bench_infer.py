@@ -34,11 +34,11 @@ def _bench_model(name: str, tmp: Path, wave, args: argparse.Namespace) -> list[t
     import numpy as np
     import torch
 
-    from spkcausal.api import load_model
-    from spkcausal.checkpoint import save_checkpoint
-    from spkcausal.config import merge_defaults
-    from spkcausal.export import export_model
-    from spkcausal.network import build_network
+    from spkcausal.inference.api import load_model
+    from spkcausal.inference.export import export_model
+    from spkcausal.nn.checkpoint import save_checkpoint
+    from spkcausal.nn.config import merge_defaults
+    from spkcausal.nn.network import build_network
 
     cfg = merge_defaults({"model": {"name": name}})
     net = build_network(cfg, 10)

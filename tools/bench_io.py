@@ -51,7 +51,7 @@ def _write_files(args: tuple[str, int, int, float, int]) -> list[tuple[str, str,
 
 def make_corpus(root: Path, files: int, seconds: float, speakers: int, jobs: int) -> Path:
     """Write the flac files and a data dir; returns the data dir."""
-    from spkcausal.datadir import DataDir
+    from spkcausal.data.datadir import DataDir
 
     step = -(-files // (jobs * 8))
     parts = [(str(root / "audio"), lo, min(files, lo + step), seconds, speakers) for lo in range(0, files, step)]
@@ -74,11 +74,11 @@ def drop_caches() -> bool:
 
 def loader_rate(kind: str, data_dir: Path, shard_dir: Path, workers: int, batch: int, chunk: int) -> float:
     """Examples/s of one epoch of the training loader (files or shards)."""
-    from spkcausal.datadir import DataDir
-    from spkcausal.dataset import TrainChunkDataset, train_loader
-    from spkcausal.samplers import build_sampler
-    from spkcausal.shards import load_shards
-    from spkcausal.shardstream import ShardTrainStream, shard_loader
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.dataset import TrainChunkDataset, train_loader
+    from spkcausal.data.samplers import build_sampler
+    from spkcausal.data.shards import load_shards
+    from spkcausal.data.shardstream import ShardTrainStream, shard_loader
 
     t0 = time.perf_counter()
     n = 0
@@ -100,11 +100,11 @@ def extraction_rates(root: Path, utts: int, repeats: int, ckpt: str | None) -> d
     import soundfile as sf
     import torch
 
-    from spkcausal.config import merge_defaults
-    from spkcausal.datadir import DataDir
-    from spkcausal.extract import embed_utterances
-    from spkcausal.features import Fbank
-    from spkcausal.network import build_extractor, load_trained
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.config import merge_defaults
+    from spkcausal.nn.features import Fbank
+    from spkcausal.nn.network import build_extractor, load_trained
 
     rng = np.random.default_rng(1)
     wav, utt2spk = {}, {}
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data_dir / "wav.scp").is_file():
             make_corpus(root, args.files, args.seconds, args.speakers, args.jobs)
         t1 = time.perf_counter()
-        from spkcausal.shards import make_shards
+        from spkcausal.data.shards import make_shards
 
         shard_dir = root / "shards"
         make_shards(data_dir, shard_dir, utts_per_shard=args.utts_per_shard, seed=0)

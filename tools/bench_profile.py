@@ -24,7 +24,7 @@ import numpy as np
 LIB = r"""
 import json, resource, sys, time
 t = time.perf_counter()
-from spkcausal.longtail import profile_datadir, write_profile
+from spkcausal.data.longtail import profile_datadir, write_profile
 p = profile_datadir(sys.argv[1])
 write_profile(p, sys.argv[2])
 dt = time.perf_counter() - t

@@ -111,7 +111,7 @@ def bench_eer(work: Path, runs: int) -> dict:
 def make_vox1e(work: Path, n_emb: int = 145_160, n_trials: int = 579_818, dim: int = 256, cohort: int = 5_994,
                seed: int = 0) -> None:
     """Store of n_emb random embeddings, a VoxCeleb-format trial list over them, a cohort store."""
-    from spkcausal.embeddings import write_store
+    from spkcausal.data.embeddings import write_store
 
     rng = np.random.default_rng(seed)
     keys = [f"id{10270 + i // 3700:05d}/{i:011d}/{i % 1000:05d}.wav" for i in range(n_emb)]

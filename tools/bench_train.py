@@ -31,12 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fbank import synthetic_augmenter, timed, torchaudio_loop  # noqa: E402
 
-from spkcausal.datadir import DataDir  # noqa: E402
-from spkcausal.dataset import TrainChunkDataset, train_loader  # noqa: E402
-from spkcausal.features import Fbank  # noqa: E402
-from spkcausal.network import SpeakerNet  # noqa: E402
-from spkcausal.samplers import build_sampler  # noqa: E402
-from spkcausal.steps import device_batch, train_step  # noqa: E402
+from spkcausal.data.datadir import DataDir  # noqa: E402
+from spkcausal.data.dataset import TrainChunkDataset, train_loader  # noqa: E402
+from spkcausal.data.samplers import build_sampler  # noqa: E402
+from spkcausal.nn.features import Fbank  # noqa: E402
+from spkcausal.nn.network import SpeakerNet  # noqa: E402
+from spkcausal.train.steps import device_batch, train_step  # noqa: E402
 
 SR = 16000
 
@@ -80,10 +80,10 @@ def windows_rate(step_fn, batch: int, steps: int, warmup: int, device: torch.dev
 
 def bench_model(args: argparse.Namespace, model_name: str, device: torch.device, data_dir: Path) -> None:
     """Print (a), (b) and (b)/(a) for one extractor."""
-    from spkcausal.augment import speed_input_samples
-    from spkcausal.heads import build_head
-    from spkcausal.losses import build_loss
-    from spkcausal.models import build_model
+    from spkcausal.nn.augment import speed_input_samples
+    from spkcausal.nn.heads import build_head
+    from spkcausal.nn.losses import build_loss
+    from spkcausal.nn.models import build_model
 
     torch.manual_seed(0)
     amp = torch.bfloat16 if (args.bf16 and device.type == "cuda") else None

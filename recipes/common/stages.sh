@@ -77,7 +77,7 @@ launch() {
   fi
 }
 
-# is_causal EXP_DIR: the experiment has a Causal Norm head (TDE applies); the CLI answers (spkcausal.heads.is_causal),
+# is_causal EXP_DIR: the experiment has a Causal Norm head (TDE applies); the CLI answers (spkcausal.nn.heads.is_causal),
 # once per experiment and run, as each call starts Python and torch.
 declare -A _IS_CAUSAL=()
 is_causal() {

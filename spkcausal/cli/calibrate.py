@@ -19,7 +19,7 @@ def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tup
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..calibration import apply_calibration_file, train_calibration_file
+    from ..scoring.calibration import apply_calibration_file, train_calibration_file
 
     if _need(args, "calibrate", ("out",), ("apply", "out")) == "train":
         m = train_calibration_file(args.dev, args.out, args.p_target)
@@ -31,8 +31,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _qmf(args: argparse.Namespace) -> int:
-    from ..qmf import apply_qmf_files, train_qmf_files
-    from ..scoring import parse_top_n
+    from ..scoring.cosine import parse_top_n
+    from ..scoring.qmf import apply_qmf_files, train_qmf_files
 
     common = dict(cohort_data=args.cohort_data, mean_store=args.mean_store, enroll_map=args.enroll_map)
     if _need(args, "qmf", ("out",), ("apply", "out")) == "train":
@@ -47,7 +47,7 @@ def _qmf(args: argparse.Namespace) -> int:
 
 
 def _asnorm_top(args: argparse.Namespace) -> int:
-    from ..scoring import choose_asnorm_top_files, parse_top_n
+    from ..scoring.cosine import choose_asnorm_top_files, parse_top_n
 
     kw = {} if args.candidates is None else {"candidates": [parse_top_n(c) for c in args.candidates]}
     res = choose_asnorm_top_files(args.trials, args.emb, args.cohort, args.out, cohort_data=args.cohort_data,

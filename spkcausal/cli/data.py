@@ -5,7 +5,7 @@ import argparse
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..validate import validate_datadir
+    from ..data.validate import validate_datadir
 
     problems = validate_datadir(args.dir, trials=args.trials, check_audio=not args.no_audio_check)
     for p in problems:

@@ -5,7 +5,7 @@ import argparse
 
 
 def _decouple(args: argparse.Namespace) -> int:
-    from ..decoupled import decouple
+    from ..inference.decoupled import decouple
     from ..utils import setup_logging
 
     setup_logging(f"{args.out}/decouple.log")

@@ -5,7 +5,7 @@ import argparse
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import export_model
+    from ..inference.export import export_model
 
     alpha = None if args.tde is None else args.tde if args.tde == "stored" else float(args.tde)
     print(export_model(args.model, args.out, args.format, with_features=args.with_features, tde_alpha=alpha,
@@ -14,14 +14,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import_sb(args: argparse.Namespace) -> int:
-    from ..speechbrain_io import import_speechbrain
+    from ..inference.speechbrain_io import import_speechbrain
 
     print(import_speechbrain(args.src, args.out, sample_rate=args.sample_rate))
     return 0
 
 
 def _export_sb(args: argparse.Namespace) -> int:
-    from ..speechbrain_io import export_speechbrain
+    from ..inference.speechbrain_io import export_speechbrain
 
     print(export_speechbrain(args.model, args.out))
     return 0

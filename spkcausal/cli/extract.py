@@ -6,9 +6,9 @@ from pathlib import Path
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from ..distributed import distributed
-    from ..extract import extract
-    from ..tde import tde_store
+    from ..inference.extract import extract
+    from ..inference.tde import tde_store
+    from ..nn.distributed import distributed
     from ..utils import UsageError
 
     if args.raw:
@@ -28,8 +28,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _extract_dirs(args: argparse.Namespace) -> int:
-    from ..distributed import distributed
-    from ..extract import extract
+    from ..inference.extract import extract
+    from ..nn.distributed import distributed
 
     with distributed(args.device) as info:
         for d in args.data:

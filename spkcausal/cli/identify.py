@@ -6,8 +6,8 @@ import json
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from ..identify import identify
-    from ..report import record_identification
+    from ..inference.identify import identify
+    from ..report.results import record_identification
     from ..utils import UsageError, setup_logging, write_text_atomic
 
     setup_logging(args.record and f"{args.record}/identify.log")

@@ -9,7 +9,7 @@ def _alpha(value: str | None) -> float | str | None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..api import embed_to_store
+    from ..inference.api import embed_to_store
 
     print(embed_to_store(args.model, args.inputs, args.out, tde_alpha=_alpha(args.tde_alpha), mean_sub=args.mean_sub,
                          ark=args.ark, device=args.device, batch_seconds=args.batch_seconds,
@@ -18,7 +18,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..api import THRESHOLD_FILE, load_model
+    from ..inference.api import THRESHOLD_FILE, load_model
     from ..utils import UsageError
 
     m = load_model(args.model, device=args.device)
@@ -42,7 +42,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _set_threshold(args: argparse.Namespace) -> int:
     import json
 
-    from ..api import set_threshold
+    from ..inference.api import set_threshold
 
     rec = set_threshold(args.exp, args.scores, tde_alpha=args.tde_alpha, mean_sub=args.mean_sub,
                         calibration=args.calibration, p_target=args.p_target)

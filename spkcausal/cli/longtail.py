@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from ..longtail import format_profile, profile_datadir, write_profile
+    from ..data.longtail import format_profile, profile_datadir, write_profile
 
     prof = profile_datadir(args.data_dir, many=args.many, few=args.few)
     out = Path(args.out) if args.out else Path(args.data_dir) / "profile"
@@ -17,7 +17,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ..longtail import plot_longtail
+    from ..data.longtail import plot_longtail
     from ..utils import UsageError
 
     if args.labels is not None and len(args.labels) != len(args.dirs):
@@ -32,9 +32,9 @@ def _plot(args: argparse.Namespace) -> int:
 def _subset(args: argparse.Namespace) -> int:
     import json
 
-    from ..datadir import DataDir
-    from ..longtail import format_profile, profile_datadir
-    from ..subsets import longtail_subset
+    from ..data.datadir import DataDir
+    from ..data.longtail import format_profile, profile_datadir
+    from ..data.subsets import longtail_subset
     from ..utils import setup_logging, write_text_atomic
 
     log = setup_logging(Path(args.out_train) / "longtail_subset.log")
@@ -53,8 +53,8 @@ def _subset(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from ..datadir import DataDir
-    from ..subsets import split_heldout
+    from ..data.datadir import DataDir
+    from ..data.subsets import split_heldout
 
     train, val, test = split_heldout(DataDir.load(args.data_dir), args.val_per_spk, args.test_per_spk,
                                      args.min_train, args.seed)

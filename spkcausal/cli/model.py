@@ -8,14 +8,14 @@ from pathlib import Path
 
 def model_info(path: str) -> dict:
     """Head name, whether it is a Causal Norm head, model name and config source of an experiment or checkpoint."""
-    from ..config import load_yaml
+    from ..nn.config import load_yaml
     from ..registry import BUILTIN_HEADS
 
     p = Path(path)
     if p.is_dir():
         cfg, source = load_yaml(p / "config.yaml"), p / "config.yaml"
     else:
-        from ..checkpoint import load_checkpoint
+        from ..nn.checkpoint import load_checkpoint
         from ..utils import DataError
 
         ckpt = load_checkpoint(p)
@@ -26,7 +26,7 @@ def model_info(path: str) -> dict:
     if head in BUILTIN_HEADS:
         causal = BUILTIN_HEADS[head]
     else:  # a head registered elsewhere: ask its class (imports torch)
-        from ..heads import is_causal
+        from ..nn.heads import is_causal
 
         causal = is_causal(head)
     return {"source": str(source), "model": (cfg.get("model") or {}).get("name"), "head": head,

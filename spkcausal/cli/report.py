@@ -10,7 +10,7 @@ def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from ..report import record_seen, record_verification
+    from ..report.results import record_seen, record_verification
     from ..utils import UsageError
 
     pairs = []
@@ -45,7 +45,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..report.results import write_report
 
     text, out = write_report(args.exps, args.out, args.caption, args.variants, args.p_target, args.baseline,
                              args.per_seed, args.bootstrap)

@@ -6,7 +6,7 @@ import json
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ..scoring import parse_top_n, score_files
+    from ..scoring.cosine import parse_top_n, score_files
     from ..utils import UsageError
 
     norm = args.norm or ("asnorm" if args.cohort else "none")
@@ -21,7 +21,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eer(args: argparse.Namespace) -> int:
-    from ..metrics import evaluate_score_files, format_table
+    from ..scoring.metrics import evaluate_score_files, format_table
     from ..utils import UsageError
 
     if args.paired or args.ci is not None:
@@ -31,7 +31,7 @@ def _eer(args: argparse.Namespace) -> int:
     results = evaluate_score_files(args.scores, args.p_target)
     llr = []
     if args.llr:
-        from ..calibration import evaluate_llr_files, format_llr_table
+        from ..scoring.calibration import evaluate_llr_files, format_llr_table
 
         llr = evaluate_llr_files(args.scores, args.p_target)
         for r, extra in zip(results, llr):
@@ -52,8 +52,8 @@ def _eer(args: argparse.Namespace) -> int:
 def _read_labelled(paths: list[str], utt2spk: str | None) -> tuple[list, dict]:
     """Trials (with scores and labels) of each score file, and the enrolment-key -> speaker map (empty
     without --utt2spk)."""
-    from ..datadir import read_kv
-    from ..trialio import read_scores
+    from ..data.datadir import read_kv
+    from ..data.trialio import read_scores
 
     out = [read_scores(p, keys=True, need_labels=True) for p in paths]
     return out, (read_kv(utt2spk) if utt2spk else {})
@@ -99,7 +99,7 @@ def _ci_text(v: float, ci: list[float], scale: float, fmt: str) -> str:
 
 
 def _eer_ci(args: argparse.Namespace) -> int:
-    from ..bootstrap import bootstrap_verification, paired_bootstrap_verification
+    from ..scoring.bootstrap import bootstrap_verification, paired_bootstrap_verification
     from ..utils import DataError, UsageError
 
     level = 0.95 if args.ci is None else args.ci
@@ -159,7 +159,7 @@ def _eer_ci(args: argparse.Namespace) -> int:
 
 
 def _plot_det(args: argparse.Namespace) -> int:
-    from ..metrics import plot_det
+    from ..scoring.metrics import plot_det
 
     plot_det(args.scores, args.out, args.p_target, args.labels)
     print(args.out)
@@ -167,14 +167,14 @@ def _plot_det(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..embeddings import import_kaldi
+    from ..data.embeddings import import_kaldi
 
     print(import_kaldi(args.src, args.out_dir))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..embeddings import EmbeddingStore, export_kaldi
+    from ..data.embeddings import EmbeddingStore, export_kaldi
 
     export_kaldi(EmbeddingStore.open(args.store), args.ark, args.scp)
     return 0

@@ -5,7 +5,7 @@ import argparse
 
 
 def _make_shards(args: argparse.Namespace) -> int:
-    from ..shards import make_shards
+    from ..data.shards import make_shards
     from ..utils import setup_logging
 
     setup_logging()

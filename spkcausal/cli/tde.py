@@ -13,8 +13,8 @@ def _floats(text: str) -> list[float]:
 
 
 def _tde_alpha(args: argparse.Namespace) -> int:
-    from ..tde import format_alpha_curve
-    from ..tde_alpha import choose_alpha
+    from ..inference.tde import format_alpha_curve
+    from ..inference.tde_alpha import choose_alpha
     from ..utils import setup_logging
 
     setup_logging(args.out and Path(args.out).with_suffix(".log"))
@@ -32,7 +32,7 @@ def _tde_alpha(args: argparse.Namespace) -> int:
 
 
 def _tde_apply(args: argparse.Namespace) -> int:
-    from ..tde import tde_store
+    from ..inference.tde import tde_store
     from ..utils import UsageError
 
     for item in args.pairs:
@@ -45,7 +45,7 @@ def _tde_apply(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add tde-alpha and tde-apply."""
-    from ..tde_alpha import ALPHA_GRID, CRITERIA
+    from ..inference.tde_alpha import ALPHA_GRID, CRITERIA
     from . import add_model_source
 
     p = sub.add_parser("tde-alpha", help="choose TDE's alpha on a dev set (iden val dir or dev trials), with curve")

@@ -6,8 +6,8 @@ import os
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..config import load_train_config
-    from ..train import train
+    from ..nn.config import load_train_config
+    from ..train.trainer import train
 
     cfg = load_train_config(args.config, args.overrides, args.exp_dir)
     result = train(cfg, resume=args.resume)
@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _average(args: argparse.Namespace) -> int:
-    from ..checkpoint import average_experiment
+    from ..nn.checkpoint import average_experiment
     from ..utils import setup_logging
 
     setup_logging()

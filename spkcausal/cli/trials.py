@@ -7,9 +7,9 @@ import argparse
 def _make_trials(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..datadir import DataDir
-    from ..trialio import write_trials
-    from ..trials import make_trials
+    from ..data.datadir import DataDir
+    from ..data.trialio import write_trials
+    from ..data.trials import make_trials
 
     data = DataDir.load(args.data_dir)
     trials = make_trials(data, args.num_trials, args.seed, target_ratio=args.target_ratio,
@@ -50,9 +50,9 @@ def group_counts_text(trials, data, train_dir: str, many: int, few: int) -> str:
 
     import numpy as np
 
-    from ..datadir import read_kv
-    from ..longtail import shot_groups
-    from ..metrics import GROUPS
+    from ..data.datadir import read_kv
+    from ..data.longtail import shot_groups
+    from ..scoring.metrics import GROUPS
 
     counts = Counter(read_kv(f"{train_dir}/utt2spk").values())
     spk = np.array([data.utt2spk[e] for e in trials.enroll.tolist()], dtype=object)

@@ -25,9 +25,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ..audio import read_audio, resample
-from ..datadir import DataDir, read_list_kv, write_list_kv
-from ..trialio import Trials, read_trials, write_trials
+from ..data.audio import read_audio, resample
+from ..data.datadir import DataDir, read_list_kv, write_list_kv
+from ..data.trialio import Trials, read_trials, write_trials
 from ..utils import DataError, PathLike, UsageError, atomic_path, log_to_file
 from .common import finalize, log
 

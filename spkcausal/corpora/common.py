@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..audio import probe_audio
-from ..datadir import DataDir
+from ..data.audio import probe_audio
+from ..data.datadir import DataDir
 from ..utils import PathLike, atomic_write
 
 log = logging.getLogger("spkcausal.prepare")

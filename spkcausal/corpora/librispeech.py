@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..datadir import DataDir
+from ..data.datadir import DataDir
 from ..utils import DataError, PathLike, atomic_write, log_to_file
 from .common import finalize, log
 

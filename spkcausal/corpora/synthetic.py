@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..audio import audio_info, write_wav
-from ..subsets import target_counts
+from ..data.audio import audio_info, write_wav
+from ..data.subsets import target_counts
 from ..utils import DataError, PathLike, UsageError, log_to_file, write_text_atomic
 from .voice import (
     PLAN,
@@ -201,7 +201,7 @@ def _render_speaker(job: tuple[SynthConfig, str, list[_Utt]]) -> tuple[int, int]
 
 def veri_test2_trials(cfg: SynthConfig, utts: list[_Utt]) -> list[tuple[int, str, str]]:
     """The corpus's own `veri_test2.txt`: balanced (label, enroll, test) over the verification speakers, targets
-    always cross-session, no pair twice (spkcausal.trials.make_trials samples trials for any data dir instead)."""
+    always cross-session, no pair twice (spkcausal.data.trials.make_trials samples trials for any data dir instead)."""
     g = stream_rng(cfg.seed, TRIALS)
     veri = [u for u in utts if u.split == 0]
     spk = np.array([u.spk_index for u in veri])

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..audio import write_wav
-from ..datadir import DataDir
-from ..trialio import Trials, read_trials, write_trials
+from ..data.audio import write_wav
+from ..data.datadir import DataDir
+from ..data.trialio import Trials, read_trials, write_trials
 from ..utils import DataError, PathLike, atomic_write, log_to_file
 from .common import finalize, probe_durations
 

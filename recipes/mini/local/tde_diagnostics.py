@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import torch
 
-from spkcausal.embeddings import EmbeddingStore
-from spkcausal.identify import class_labels, head_logits, train_counts
-from spkcausal.longtail import shot_groups
-from spkcausal.metrics import confusion_summary, shot_group_accuracy
-from spkcausal.network import load_trained
-from spkcausal.tde import mean_head_cosine
+from spkcausal.data.embeddings import EmbeddingStore
+from spkcausal.inference.identify import class_labels, head_logits, train_counts
+from spkcausal.data.longtail import shot_groups
+from spkcausal.scoring.metrics import confusion_summary, shot_group_accuracy
+from spkcausal.nn.network import load_trained
+from spkcausal.inference.tde import mean_head_cosine
 
 MANY, FEW = 30, 10
 ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)

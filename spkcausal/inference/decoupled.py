@@ -1,0 +1,145 @@
+"""Decoupled two-stage baselines (Kang et al., ICLR 2020): cRT and tau-normalisation of classifier weights."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.samplers import build_sampler
+from ..nn.heads import build_head
+from ..nn.losses import build_loss
+
+
+def tau_normalize(weight: Tensor, tau: float) -> Tensor:
+    """w_i / ||w_i||^tau per class row; tau = 0 leaves W unchanged, tau = 1 makes every row unit-norm."""
+    norms = weight.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weight / norms.pow(tau)
+
+
+@torch.no_grad()
+def tau_normalize_head(head: nn.Module, tau: float) -> nn.Module:
+    """Replace a head's class weights by their tau-normalised version, in place; returns the head."""
+    head.weight.copy_(tau_normalize(head.weight, tau))
+    return head
+
+
+def retrain_classifier(features: Tensor | np.ndarray, labels: Tensor | np.ndarray, num_classes: int,
+                       head: str = "linear", head_kwargs: dict[str, Any] | None = None,
+                       sampler: str = "class_balanced", loss: str = "ce", epochs: int = 10, batch_size: int = 128,
+                       lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+                       device: str | torch.device = "cpu") -> nn.Module:
+    """cRT: train a freshly initialised head on frozen features with re-sampling; SGD momentum, cosine LR."""
+    x = torch.as_tensor(np.asarray(features) if isinstance(features, np.ndarray) else features).float().to(device)
+    y = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels).long().to(device)
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"features must be (N, D) with one label each; got {tuple(x.shape)} and {len(y)} labels")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        clf = build_head(head, x.shape[1], num_classes, **(head_kwargs or {})).to(device)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    counts = np.bincount(y.cpu().numpy(), minlength=num_classes)
+    criterion = build_loss(loss, class_counts=np.maximum(counts, 1))
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    samp = build_sampler(sampler, y.cpu().numpy(), seed=seed)
+    steps = max(1, epochs * math.ceil(len(samp) / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    clf.train()
+    for epoch in range(epochs):
+        samp.set_epoch(epoch)
+        order = torch.as_tensor(samp.indices(), device=device)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            out = clf(x[idx], y[idx])
+            step_loss = criterion(out, y[idx])
+            opt.zero_grad(set_to_none=True)
+            step_loss.backward()
+            opt.step()
+            sched.step()
+    return clf.eval()
+
+
+# ---------------------------------------------------------------- decoupled systems of the recipes
+
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
+DECOUPLE_METHODS = ("crt", "tau_norm")
+
+
+def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
+                  seed: int) -> nn.Module:
+    """A linear classifier (no bias) on unit-length features. argmax_i w_i . x does not depend on the length
+    of x, so the head classifies raw embeddings exactly as it classifies the normalised ones it was trained on."""
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return retrain_classifier(xn.astype(np.float32), y, n, head="linear", sampler=sampler, epochs=epochs,
+                              batch_size=batch_size, lr=lr, seed=seed, device=dev).cpu()
+
+
+def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_data: Any, val_emb: Any = None,
+             val_data: Any = None, epochs: int = 30, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
+             taus: tuple[float, ...] = TAU_GRID) -> dict:
+    """A decoupled system built on a trained experiment's frozen embeddings (Kang et al., ICLR 2020), written
+    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that load_trained loads:
+
+    - `crt`: a linear classifier re-trained with class-balanced sampling;
+    - `tau_norm`: a linear classifier trained with natural (instance-balanced) sampling, its weights then
+      tau-normalised, tau chosen on the iden val split (`val_emb`, `val_data`) by mean per-class accuracy
+      (ties: the smaller tau). The base heads here are cosine-based, whose logits ignore weight norms, so
+      tau-normalising them would change nothing: hence the linear classifier.
+
+    `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
+    records the method, the base and its config (for the report's system name), and the tau curve."""
+    import json
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from ..data.embeddings import EmbeddingStore
+    from ..nn.checkpoint import load_checkpoint, save_checkpoint
+    from ..nn.network import resolve_checkpoint
+    from ..scoring.metrics import mean_per_class_accuracy
+    from ..utils import UsageError, write_text_atomic
+    from .identify import class_labels
+
+    if method not in DECOUPLE_METHODS:
+        raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
+    if method == "tau_norm" and (val_emb is None or val_data is None):
+        raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    base_exp, out_exp = Path(base_exp), Path(out_exp)
+    ckpt = resolve_checkpoint(exp_dir=base_exp)
+    state = load_checkpoint(ckpt)
+    speakers = [str(s) for s in state["speakers"]]
+    x, y = class_labels(EmbeddingStore.open(train_emb), train_data, speakers)
+    sampler = "class_balanced" if method == "crt" else "natural"
+    head = _linear_probe(np.asarray(x, np.float64), y, len(speakers), sampler, epochs, batch_size, lr, seed)
+    info: dict = {"method": method, "base": str(base_exp.resolve()), "base_checkpoint": str(ckpt),
+                  "base_config": state["config"], "classifier": "linear, no bias, on unit-length embeddings",
+                  "sampler": sampler, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "n_train": int(len(y))}
+    if method == "tau_norm":
+        vx, vy = class_labels(EmbeddingStore.open(val_emb), val_data, speakers)
+        w0 = head.weight.detach().clone()
+        xt = torch.from_numpy(np.asarray(vx, np.float32))
+        accs = [mean_per_class_accuracy(vy, (xt @ tau_normalize(w0, t).T).argmax(1).numpy()) for t in taus]
+        best = max(range(len(taus)), key=lambda i: (accs[i], -taus[i]))
+        tau_normalize_head(head, taus[best])
+        info.update(tau=float(taus[best]), taus=[float(t) for t in taus], val_accuracy=accs, val=str(val_data))
+    cfg = {**state["config"], "head": {"name": "linear", "bias": False}}
+    new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
+    if "model" in state:
+        new["model"] = state["model"]
+    out_exp.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(new, out_exp / "avg_model.pt")
+    write_text_atomic(out_exp / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    link = out_exp / "emb"
+    if link.is_symlink() or not link.exists():
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(os.path.relpath(base_exp.resolve() / "emb", out_exp.resolve()), link)
+    write_text_atomic(out_exp / "decoupled.json", json.dumps(info, indent=1) + "\n")
+    return info

@@ -1,0 +1,146 @@
+"""Training configs: the schema (DEFAULTS, every key; docs/training.md explains them), YAML loading and
+`key.sub=value` command-line overrides. The merged config is saved with every experiment."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils import DataError, PathLike, UsageError, write_text_atomic
+
+DEFAULTS: dict[str, Any] = {
+    "exp_dir": None,
+    "seed": 42,
+    "data": {"train": None, "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
+             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None, "shuffle_buffer": 1000,
+             "shard_streams": None},
+    "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
+    "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
+                "rir_max_seconds": 2.0},
+    "model": {"name": "ecapa512"},
+    "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
+    "loss": {"name": "ce"},
+    "sampler": {"name": "natural", "num_samples": None},
+    "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
+              "weight_decay": 1.0e-4, "grad_clip": 0.0},
+    "margin": {"start_epoch": 20, "end_epoch": 40},
+    "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
+              "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True,
+              "init_from": None, "init_head": False, "dist_timeout": 1800},
+}
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+# Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
+_FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
+
+
+def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """DEFAULTS <- cfg; unknown sections, and unknown keys of fixed sections, are rejected (typos, mostly)."""
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    for section in _FIXED_SECTIONS:
+        value = cfg.get(section) or {}
+        if not isinstance(value, Mapping):
+            raise UsageError(f"config section {section!r} must be a mapping, got {value!r}")
+        bad = set(value) - set(DEFAULTS[section])
+        if bad:
+            raise UsageError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
+                             f"expected some of {sorted(DEFAULTS[section])}")
+    out = deep_merge(DEFAULTS, cfg)
+    if out["train"]["precision"] not in PRECISIONS:
+        raise UsageError(f"train.precision={out['train']['precision']!r}; expected one of {PRECISIONS}")
+    return out
+
+
+def load_yaml(path: PathLike) -> dict[str, Any]:
+    """Load a YAML mapping; errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise DataError("config file not found", path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(f"invalid YAML: {getattr(e, 'problem', e)}", path,
+                        None if mark is None else mark.line + 1) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DataError(f"expected a mapping at top level, got {type(data).__name__}", path, 1)
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge `update` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (`lr=0.1`, `dims=[1,2]`, `name=x`)."""
+    out = copy.deepcopy(dict(cfg))
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise UsageError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise UsageError(f"override {item!r}: value is not valid YAML ({e})") from None
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def _paths(path: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
+    if path is None:
+        return []
+    return [path] if isinstance(path, (str, Path)) else list(path)
+
+
+def load_config(path: PathLike | Sequence[PathLike] | None, overrides: Iterable[str] = (),
+                defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """defaults <- YAML file(s), each over the one before (a base config, then e.g. a fine-tuning overlay)
+    <- overrides, in that order."""
+    cfg = dict(defaults or {})
+    for p in _paths(path):
+        cfg = deep_merge(cfg, load_yaml(p))
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: Mapping[str, Any], path: PathLike) -> Path:
+    """Write the merged config as YAML, atomically."""
+    path = Path(path)
+    write_text_atomic(path, yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None))
+    return path
+
+
+def load_train_config(path: PathLike | Sequence[PathLike] | None, overrides: Iterable[str] = (),
+                      exp_dir: PathLike | None = None) -> dict[str, Any]:
+    """DEFAULTS <- YAML(s) <- overrides (<- exp_dir), checked; a mistake is a DataError naming the config
+    file(s)."""
+    try:
+        cfg = load_config(path, overrides)
+        if exp_dir:
+            cfg["exp_dir"] = str(exp_dir)
+        return merge_defaults(cfg)
+    except UsageError as e:
+        raise DataError(str(e), " + ".join(str(p) for p in _paths(path)) or None) from None

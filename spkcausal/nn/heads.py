@@ -1,0 +1,263 @@
+"""Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (DESIGN.md section 2).
+
+Every head maps (embeddings (B, D), labels (B,) or None) to logits (B, C) and keeps its class weights in
+`.weight` (C, D). Margins are applied only in training mode and only when labels are given, so eval-time
+logits are margin-free. The Causal Norm heads track the moving-average feature `mean_feature` (x_bar) as a
+registered buffer, updated inside forward in training mode from the detached raw embeddings:
+`x_bar <- mu * x_bar + mean_batch(x)` (no (1 - mu) factor, as in the reference code; both forms give exactly
+the same direction from a zero start, and only the direction is used).
+
+Precision: the cosine, AAM and Causal Norm heads compute their whole logit path (normalisation, the cosine
+matmul, the margin, the scale) in float32 even inside an autocast region: autocast is switched off in their
+methods and bf16/fp16 inputs are cast up (float64 stays float64). In bf16 a cosine near 1 rounds to 1, where
+sin(theta) and with it cos(theta + m) lose all precision. The plain linear head is left to autocast.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import Registry
+from ..utils import UsageError
+
+EPS = 1e-12
+
+HEADS: Registry[type[nn.Module]] = Registry("head")
+
+
+def split_heads(x: Tensor, num_heads: int) -> tuple[Tensor, ...]:
+    """Split the last axis into `num_heads` contiguous equal chunks; the feature size must divide evenly."""
+    d = x.shape[-1]
+    if num_heads < 1 or d % num_heads:
+        raise UsageError(f"feature size {d} is not divisible by num_heads={num_heads}")
+    return torch.split(x, d // num_heads, dim=-1)
+
+
+def normalize_heads(x: Tensor, num_heads: int) -> Tensor:
+    """x^k / ||x^k|| for every chunk k, concatenated back to the full width."""
+    return torch.cat([F.normalize(c, dim=-1, eps=EPS) for c in split_heads(x, num_heads)], dim=-1)
+
+
+def causal_norm_weight(weight: Tensor, num_heads: int, gamma: float) -> Tensor:
+    """w_i^k / (||w_i^k|| + gamma) for every class i and chunk k, concatenated back to (C, D)."""
+    return torch.cat([c / (c.norm(dim=-1, keepdim=True) + gamma) for c in split_heads(weight, num_heads)], dim=-1)
+
+
+_F = TypeVar("_F", bound=Callable[..., Tensor])
+
+
+def _float32(t: Tensor) -> Tensor:
+    """t in float32 if it is half precision (bf16 / fp16); float32 and float64 tensors are returned as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _in_float32(method: _F) -> _F:
+    """Run a head method on x (its first argument) with autocast off and x in at least float32 precision."""
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # Autocast would re-cast F.linear's inputs to bf16 even when x is float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return method(self, _float32(x), *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
+    """cos(theta + m) with ArcFace's easy-margin / threshold handling so the target logit stays monotonic."""
+    # At cos exactly 1 the clamp masks the (infinite) sqrt gradient to 0 instead of producing NaN, unlike an
+    # acos-based formula.
+    sin = torch.sqrt((1.0 - cos * cos).clamp_min(0.0))
+    phi = cos * math.cos(margin) - sin * math.sin(margin)
+    if easy_margin:
+        return torch.where(cos > 0, phi, cos)
+    # Beyond theta = pi - m, cos(theta + m) would increase again; ArcFace substitutes a linear penalty.
+    th = math.cos(math.pi - margin)
+    mm = math.sin(math.pi - margin) * margin
+    return torch.where(cos > th, phi, cos - mm)
+
+
+def _apply_margin(cos: Tensor, labels: Tensor, margin: float, easy_margin: bool) -> Tensor:
+    """Replace the target-class cosine of each row by cos(theta + m)."""
+    target = F.one_hot(labels.long(), cos.shape[-1]).to(torch.bool)
+    return torch.where(target, _arc_margin(cos, margin, easy_margin), cos)
+
+
+@HEADS.register("linear")
+class LinearHead(nn.Module):
+    """Plain softmax classifier: logits = x W^T (+ b)."""
+
+    def __init__(self, embed_dim: int, num_classes: int, bias: bool = False):
+        super().__init__()
+        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits (B, C); labels are accepted for a uniform interface and ignored."""
+        return F.linear(x, self.weight, self.bias)
+
+
+@HEADS.register("cosine")
+class CosineHead(nn.Module):
+    """Normalised softmax: logits = s * cos(x, w_i)."""
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0):
+        super().__init__()
+        self.embed_dim, self.num_classes, self.scale = embed_dim, num_classes, float(scale)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    @_in_float32
+    def cosine(self, x: Tensor) -> Tensor:
+        """Plain cosine between every embedding and every class weight, (B, C), in float32 or float64."""
+        return F.linear(F.normalize(x, dim=-1, eps=EPS), F.normalize(_float32(self.weight), dim=-1, eps=EPS))
+
+    @_in_float32
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits (B, C)."""
+        return self.scale * self.cosine(x)
+
+
+@HEADS.register("aam")
+class AAMHead(CosineHead):
+    """Additive angular margin (ArcFace): the target logit is s * cos(theta + m) during training."""
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 32.0, margin: float = 0.2,
+                 easy_margin: bool = False):
+        super().__init__(embed_dim, num_classes, scale)
+        self.easy_margin = bool(easy_margin)
+        self.margin = float(margin)
+
+    def set_margin(self, m: float) -> None:
+        """Set the margin (driven by the trainer's margin schedule)."""
+        self.margin = float(m)
+
+    @_in_float32
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits (B, C); the margin is added only in training mode when labels are given."""
+        cos = self.cosine(x)
+        if labels is not None and self.training and self.margin != 0.0:
+            cos = _apply_margin(cos, labels, self.margin, self.easy_margin)
+        return self.scale * cos
+
+
+@HEADS.register("causal_norm")
+class CausalNormHead(nn.Module):
+    """Multi-head Causal Norm classifier with the moving-average feature x_bar (Tang et al., NeurIPS 2020).
+
+    y_i = tau/K * sum_k (w_i^k . x^k) / ((||w_i^k|| + gamma) * ||x^k||).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 16.0,
+                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, sync_mean: bool = True):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
+        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.num_heads, self.tau, self.gamma = int(num_heads), float(tau), float(gamma)
+        # "auto": the trainer sets mu at every epoch start from the lr (schedules.momentum_at, the paper's code)
+        self.momentum_auto = momentum == "auto"
+        if not self.momentum_auto and not isinstance(momentum, (int, float)):
+            raise UsageError(f"head momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
+        self.momentum, self.sync_mean = 0.9 if self.momentum_auto else float(momentum), bool(sync_mean)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.register_buffer("mean_feature", torch.zeros(embed_dim))
+
+    @property
+    def scale(self) -> float:
+        """Alias of tau (the logit scale s)."""
+        return self.tau
+
+    @torch.no_grad()
+    def update_mean(self, x: Tensor) -> None:
+        """x_bar <- mu * x_bar + mean over the batch (summed over all ranks when torch.distributed is up)."""
+        x = x.detach().to(self.mean_feature.dtype)
+        stats = torch.cat([x.sum(dim=0), x.new_tensor([x.shape[0]])])
+        if self.sync_mean and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        n = stats[-1].clamp_min(1.0)
+        self.mean_feature.mul_(self.momentum).add_(stats[:-1] / n)
+
+    def normalized_weight(self) -> Tensor:
+        """w_i^k / (||w_i^k|| + gamma), (C, D)."""
+        return causal_norm_weight(_float32(self.weight), self.num_heads, self.gamma)
+
+    @_in_float32
+    def classify_normalized(self, e: Tensor) -> Tensor:
+        """The head on features that are already per-chunk normalised (or TDE'd): tau/K * e . w~ (no x norm)."""
+        return (self.tau / self.num_heads) * F.linear(e, self.normalized_weight())
+
+    @_in_float32
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits (B, C); updates x_bar in training mode."""
+        if self.training:
+            self.update_mean(x)
+        return self.classify_normalized(normalize_heads(x, self.num_heads))
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, num_heads={self.num_heads}, "
+                f"tau={self.tau}, gamma={self.gamma}, momentum={'auto' if self.momentum_auto else self.momentum}")
+
+
+@HEADS.register("causal_norm_aam")
+class CausalNormAAMHead(CausalNormHead):
+    """Causal Norm with an additive angular margin per chunk.
+
+    y_i = s/K * sum_k r_i^k * cos(theta_i^k + m [i == label]),  r_i^k = ||w_i^k|| / (||w_i^k|| + gamma).
+    With m = 0 this is exactly CausalNormHead with tau = s.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 32.0,
+                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, margin: float = 0.2, easy_margin: bool = False,
+                 sync_mean: bool = True):
+        super().__init__(embed_dim, num_classes, num_heads, tau, gamma, momentum, sync_mean)
+        self.margin, self.easy_margin = float(margin), bool(easy_margin)
+
+    def set_margin(self, m: float) -> None:
+        """Set the margin (driven by the trainer's margin schedule)."""
+        self.margin = float(m)
+
+    @_in_float32
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits (B, C); margin only in training mode with labels; updates x_bar in training mode."""
+        if self.training:
+            self.update_mean(x)
+        if labels is None or not self.training or self.margin == 0.0:
+            return self.classify_normalized(normalize_heads(x, self.num_heads))
+        out = 0.0
+        for xk, wk in zip(split_heads(x, self.num_heads), split_heads(_float32(self.weight), self.num_heads)):
+            wn = wk.norm(dim=-1)
+            cos = F.linear(F.normalize(xk, dim=-1, eps=EPS), wk / wn.clamp_min(EPS).unsqueeze(-1))
+            out = out + (wn / (wn + self.gamma)) * _apply_margin(cos, labels, self.margin, self.easy_margin)
+        return (self.tau / self.num_heads) * out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", margin={self.margin}, easy_margin={self.easy_margin}"
+
+
+def build_head(name: str, embed_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a head by registry name; for Causal Norm heads `scale` is accepted as an alias of `tau`."""
+    cls = HEADS.get(name)
+    if issubclass(cls, CausalNormHead) and "scale" in kwargs:
+        if "tau" in kwargs and kwargs["tau"] != kwargs["scale"]:
+            raise UsageError("give either tau or scale for a Causal Norm head, not both")
+        kwargs["tau"] = kwargs.pop("scale")
+    return cls(embed_dim, num_classes, **kwargs)
+
+
+def is_causal(head: nn.Module | str) -> bool:
+    """True for a Causal Norm head (an instance or a registry name): it tracks x_bar, so TDE applies to it."""
+    if isinstance(head, str):
+        return head in HEADS and issubclass(HEADS.get(head), CausalNormHead)
+    return isinstance(head, CausalNormHead)

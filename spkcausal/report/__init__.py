@@ -1,0 +1,1 @@
+"""Report layer: per-experiment results stores, evidence with intervals, and the tables over experiments."""

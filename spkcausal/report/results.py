@@ -1,0 +1,328 @@
+"""Per-experiment results (`<exp>/results.json`) and the paper-style table over experiments (`spkcausal report`).
+
+`results.json` layout (format "spkcausal-results", version 1), filled stage by stage:
+
+    {"format": "spkcausal-results", "version": 1, "exp": "<exp dir>",
+     "rows": {"<variant>": {"label": "Baseline (AAM)",
+                            "verification": {"scores": "<score file>", "eer": 0.051 (a fraction),
+                                             "eer_ci": [lo, hi], "min_dcf": {"0.01": ..., "0.05": ...},
+                                             "min_dcf_ci": {"0.01": [lo, hi], ...}, "n_target": ...,
+                                             "utt2spk": "<eval dir>/utt2spk" (resampling unit), ...},
+                            "seen": {"scores": "<seen list score file>", "utt2spk": ..., "train_data": ...,
+                                     "thresholds": {"many": 100, "few": 20},
+                                     "groups": {"many": {"eer": ..., "eer_ci": ..., "min_dcf": ..., ...}, ...}},
+                            "identification": {"many": ..., "many_ci": [lo, hi], "medium": ..., "few": ...,
+                                               "overall": ..., "top1": ..., "predictions": "<npz>",
+                                               "thresholds": {"many": 100, "few": 20}, ...},
+                            "tde_alpha": 0.7}}}
+
+Every EER / minDCF / accuracy carries a 95% bootstrap interval (spkcausal.report.evidence: enrolment speakers
+resampled for verification, test speakers within each shot group for identification).
+
+A variant is one way of using the same trained model: `cosine` (plain scoring / plain head), `mean_sub`
+(training-set mean subtracted), `asnorm`, `tde` (TDE'd embeddings / TDE logits), `tde_mean_sub`,
+`tde_asnorm`. Scoring writes the `verification` part of a variant, identification its `identification`
+part; each write re-reads the file and replaces it atomically. Labels default to the system name derived
+from the experiment's `config.yaml` (head, sampler, loss) plus the variant.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils import DataError, PathLike, UsageError, write_text_atomic
+
+__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
+           "system_name", "variant_label", "load_results", "update_results",
+           "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
+           "format_markdown", "write_report"]
+
+RESULTS_FILE = "results.json"
+VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
+            "tde_asnorm_cal", "tde_asnorm_qmf")
+LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
+_SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
+           "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
+DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
+# the reference Causal Norm head; other values are labelled
+_REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
+
+
+def system_name(cfg: Mapping[str, Any]) -> str:
+    """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, ..."""
+    head = str(cfg.get("head", {}).get("name", "aam"))
+    sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
+    loss = str((cfg.get("loss") or {}).get("name", "ce"))
+    head_txt = {"aam": "AAM", "cosine": "cosine", "linear": "softmax", "causal_norm": "Causal Norm",
+                "causal_norm_aam": "Causal Norm AAM"}.get(head, head)
+    if head.startswith("causal_norm"):
+        name = f"De-confound ({head_txt})"
+    elif sampler in ("class_balanced", "sqrt"):
+        name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"
+    elif loss in ("inverse", "effective_number"):
+        name = f"Re-weighting ({head_txt}, {loss.replace('_', ' ')})"
+    elif loss == "focal":
+        name = f"Focal loss ({head_txt})"
+    else:
+        name = f"Baseline ({head_txt})"
+    if head.startswith("causal_norm") and (sampler != "natural" or loss != "ce"):
+        name += f" + {sampler if sampler != 'natural' else loss}"
+    if (cfg.get("train") or {}).get("init_from"):
+        name += " + LM"  # a fine-tuning run (the recipes' large-margin stage starts from the averaged model)
+    if head.startswith("causal_norm"):
+        h = cfg.get("head", {})
+        k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
+        if k != _REF_HEAD["num_heads"] or g != _REF_HEAD["gamma"]:
+            gtxt = "0" if g == 0 else f"1/{1 / g:g}" if (1 / g).is_integer() else f"{g:g}"
+            name = name.replace(")", f", K={k}, gamma={gtxt})", 1)
+        mu = h.get("momentum", _REF_HEAD["momentum"])
+        if mu != _REF_HEAD["momentum"]:
+            name = name.replace(")", f", mu={mu})", 1)
+    return name
+
+
+def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
+    """'cRT (on Baseline (AAM))' / 'tau-norm (tau=0.6, on ...)' for an experiment written by spkcausal decouple."""
+    base = system_name(base_cfg)
+    if info.get("method") == "tau_norm":
+        return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
+    return f"cRT (on {base})"
+
+
+def variant_label(system: str, variant: str) -> str:
+    """Row label of a variant: De-confound + TDE reads 'De-confound-TDE (...)', as in the paper."""
+    if variant.startswith("tde"):
+        rest = variant[len("tde"):].lstrip("_")
+        base = system.replace("De-confound", "De-confound-TDE", 1) if system.startswith("De-confound") \
+            else f"{system} + TDE"
+        return base + _SUFFIX.get(rest or "cosine", f" + {rest}")
+    return system + _SUFFIX.get(variant, f" + {variant}")
+
+
+def _exp_config(exp_dir: Path) -> dict:
+    path = exp_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _exp_system(exp_dir: Path) -> str:
+    """System name of an experiment: decoupled ones from decoupled.json, the others from config.yaml."""
+    info_path = exp_dir / DECOUPLED_FILE
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        return decoupled_name(info, info.get("base_config") or {})
+    return system_name(_exp_config(exp_dir))
+
+
+def load_results(exp_dir: PathLike) -> dict:
+    """`<exp>/results.json`, or an empty results object when there is none yet."""
+    exp_dir = Path(exp_dir)
+    path = exp_dir / RESULTS_FILE
+    if not path.is_file():
+        return {"format": "spkcausal-results", "version": 1, "exp": str(exp_dir), "rows": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(f"not valid JSON ({e})", path) from None
+    if not isinstance(data, dict) or data.get("format") != "spkcausal-results" or not isinstance(data.get("rows"),
+                                                                                                 dict):
+        raise DataError('expected a JSON object with "format": "spkcausal-results" and a "rows" object', path)
+    return data
+
+
+def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **sections: Any) -> dict:
+    """Merge `sections` (verification=..., identification=..., tde_alpha=...) into one variant, atomically."""
+    exp_dir = Path(exp_dir)
+    if not variant or any(c.isspace() for c in variant):
+        raise UsageError(f"variant name {variant!r} is empty or has whitespace")
+    data = load_results(exp_dir)
+    row = data["rows"].setdefault(variant, {})
+    if label is not None:
+        row["label"] = label
+    elif "label" not in row:
+        row["label"] = variant_label(_exp_system(exp_dir), variant)
+    for key, value in sections.items():
+        if value is not None:
+            row[key] = value
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(exp_dir / RESULTS_FILE, json.dumps(data, indent=1, sort_keys=False) + "\n")
+    return data
+
+
+def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
+                        p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None,
+                        utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0,
+                        llr: bool | None = None) -> dict:
+    """EER / minDCF of a labelled score file with 95% intervals from resampling enrolment speakers (`utt2spk`
+    of the eval dir; without it, enrolment keys), stored as the variant's verification result; LLR scores
+    (`llr`, by default the variants of LLR_VARIANTS) also get Cllr, minCllr and actDCF."""
+    from .evidence import verification_with_ci
+
+    llr = variant in LLR_VARIANTS if llr is None else llr
+    res = verification_with_ci(str(Path(score_file).resolve()), str(utt2spk) if utt2spk else None, p_targets,
+                               n_boot, seed=seed, llr=llr)
+    ver = {"scores": str(Path(score_file).resolve()), **res}
+    return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
+
+
+def record_seen(exp_dir: PathLike, variant: str, score_file: PathLike, utt2spk: PathLike, train_data: PathLike,
+                many: int, few: int, label: str | None = None, p_targets: Sequence[float] = (0.01, 0.05),
+                tde_alpha: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """EER / minDCF of a seen-speaker list by shot group of the enrolment speaker (training counts of
+    `train_data`), with intervals, stored as the variant's `seen` result."""
+    from .evidence import seen_verification
+
+    res = seen_verification(str(Path(score_file).resolve()), str(utt2spk), str(train_data), many, few, p_targets,
+                            n_boot, seed=seed)
+    return update_results(exp_dir, variant, label, seen=res, tde_alpha=tde_alpha)
+
+
+def record_identification(exp_dir: PathLike, variant: str, result: Mapping[str, Any],
+                          label: str | None = None) -> dict:
+    """Store an `identify` result as the variant's identification result."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}  # strict JSON
+    return update_results(exp_dir, variant, label, identification=clean, tde_alpha=result.get("tde_alpha"))
+
+
+def _variant_key(v: str) -> tuple[int, str]:
+    return (VARIANTS.index(v), v) if v in VARIANTS else (len(VARIANTS), v)
+
+
+def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
+    """(system key, seed) of an experiment dir: `<dir>/<name>_seed<k>` is run k of system `<dir>/<name>`."""
+    p = Path(exp_dir)
+    m = re.fullmatch(r"(.+)_seed(\d+)", p.name)
+    return (str(p.parent / m.group(1)), int(m.group(2))) if m else (str(p), None)
+
+
+def parent_system(exp_dir: PathLike) -> str | None:
+    """System key of the run a fine-tuning experiment started from (its config's train.init_from: a
+    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir), else None."""
+    src = (_exp_config(Path(exp_dir)).get("train") or {}).get("init_from")
+    if not src:
+        return None
+    p = Path(str(src))
+    if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
+        p = p.parent
+        if p.name == "checkpoints":
+            p = p.parent
+    return split_seed(p)[0]
+
+
+def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
+    """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
+    and `seed` say which training runs are seeds of one system (split_seed)."""
+    rows = []
+    for exp in exp_dirs:
+        exp = Path(exp)
+        if not (exp / RESULTS_FILE).is_file():
+            raise DataError(f"no {RESULTS_FILE}: run the scoring / identification stages first", exp)
+        data = load_results(exp)
+        # per experiment, not per variant: the parent comes from reading config.yaml
+        run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
+               "decoupled": (exp / DECOUPLED_FILE).is_file()}
+        for v in sorted(data["rows"], key=_variant_key):
+            if variants is not None and v not in variants:
+                continue
+            r = data["rows"][v]
+            rows.append({**run, "variant": v, "label": r.get("label", v),
+                         "verification": r.get("verification"), "seen": r.get("seen"),
+                         "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
+    return rows
+
+
+
+
+def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:
+    found = {(sec["thresholds"]["many"], sec["thresholds"]["few"])
+             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and "thresholds" in sec}
+    if len(found) > 1:
+        raise DataError(f"experiments use different shot-group thresholds {sorted(found)}: not one table")
+    return next(iter(found)) if found else None
+
+
+def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_seeds: bool) -> list[str]:
+    key = f"{p_target:g}"
+    notes = [caption] if caption else []
+    trials = sorted({Path(r["verification"]["scores"]).name.removesuffix(".score") for r in rows
+                     if r.get("verification")})
+    seen = sorted({Path(r["seen"]["scores"]).name.removesuffix(".score") for r in rows if r.get("seen")})
+    if trials:
+        notes.append(f"Held-out speakers: EER / minDCF (p_target={key}, normalised) on {', '.join(trials)}.")
+    thr = _thresholds(rows)
+    if seen:
+        notes.append(f"Seen speakers: the same on {', '.join(seen)}, a list on held-out utterances of the training "
+                     "speakers, by shot group of the enrolment speaker.")
+    if thr:
+        many, few = thr
+        notes.append(f"Identification: closed-set accuracy on held-out utterances of the training speakers, mean of "
+                     f"per-speaker accuracies. Shot groups by training utterances: Many > {many}, Medium "
+                     f"{few}-{many}, Few < {few}.")
+    if several_seeds:
+        notes.append("Rows over several training seeds: mean ± std over seeds; differences: mean of the per-seed "
+                     "differences with a 95% Student-t interval over seeds.")
+    if not all(len({x['seed'] for x in rows if x['system'] == r['system']}) > 1 for r in rows):
+        notes.append("One training run: [95% interval] from a bootstrap over enrolment speakers (verification) or "
+                     "test speakers within each group (identification); differences from a paired bootstrap "
+                     "(same trials / utterances, shared resamples).")
+    notes.append("Reference of a difference: a TDE row against the same system without TDE; a QMF row against "
+                 "the same system's plainly calibrated AS-norm scores; a +LM system against the system it was "
+                 "fine-tuned from; any other row against the baseline system's row of the same scoring (a +LM "
+                 "system: the baseline's +LM run).")
+    if any(r.get("verification", {}) and (r["verification"] or {}).get("llr") for r in rows):
+        notes.append("Calibrated rows: scores mapped to log-likelihood ratios on the seen-speaker dev list "
+                     "(calibration: score only; QMF: score plus quality measures); Cllr in bits, actual DCF at "
+                     "the Bayes threshold -logit(p_target).")
+    if any(r.get("tde_alpha") is not None for r in rows):
+        notes.append("TDE alpha chosen on a dev set (never on the test trials).")
+    if any((Path(r["exp"]) / DECOUPLED_FILE).is_file() for r in rows):
+        notes.append("cRT and tau-norm re-train / re-scale only the classifier: their embeddings, hence their "
+                     "verification figures, are those of the system they were built on, so they appear in the "
+                     "identification table only.")
+    notes.append("(-: not measured; identification is not defined for a score normalisation such as AS-norm.)")
+    return notes
+
+
+def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str | None = None,
+                    baseline: str | None = None, per_seed: bool = False, n_boot: int = 1000) -> str:
+    """The report: figure tables (verification held-out / seen by shot group, identification) with intervals or
+    mean ± std over seeds, then the differences from each row's reference (report_table), and the notes."""
+    return _render(rows, p_target, caption, baseline, per_seed, n_boot)[0]
+
+
+def _render(rows: Sequence[dict], p_target: float, caption: str | None, baseline: str | None, per_seed: bool,
+            n_boot: int) -> tuple[str, dict]:
+    from .tables import build_tables
+
+    lines, summary = build_tables(rows, p_target, baseline, per_seed, n_boot)
+    several = any(len({x["seed"] for x in rows if x["system"] == r["system"]}) > 1 for r in rows)
+    text = "\n".join(lines).lstrip("\n") + "\n\n" + " ".join(_notes(rows, p_target, caption, several)) + "\n"
+    return text, summary
+
+
+def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, caption: str | None = None,
+                 variants: Sequence[str] | None = None, p_target: float = 0.01, baseline: str | None = None,
+                 per_seed: bool = False, n_boot: int = 1000) -> tuple[str, Path]:
+    """Write `report.md` and `report.json` (rows, per-run figures, differences) into out_dir (default: the first
+    exp's parent)."""
+    if not exp_dirs:
+        raise UsageError("no experiment dirs given")
+    rows = collect_rows(exp_dirs, variants)
+    if not rows:
+        raise DataError("no result rows (check --variants)", exp_dirs[0])
+    text, summary = _render(rows, p_target, caption, baseline, per_seed, n_boot)
+    out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    # report.json first: report.md, the file people look at, appears only when both are complete.
+    write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": rows,
+                                                       **summary}, indent=1) + "\n")
+    write_text_atomic(out / "report.md", text)
+    return text, out

@@ -1,0 +1,336 @@
+"""Verification metrics (EER, minDCF, actual DCF, DET) in O(N log N), and identification metrics by shot group.
+
+Scores: higher means more likely the same speaker; a trial is accepted at threshold t when score >= t.
+Pmiss(t) = share of targets below t, Pfa(t) = share of non-targets at or above t. Every operating point is a
+distinct score value (tied scores form one group, so their order never matters) plus t = +inf (reject all).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.longtail import FEW, GROUPS, MANY, shot_groups
+from ..utils import DataError, UsageError
+
+__all__ = [
+    "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
+    "actual_dcf", "verification_summary", "shot_group_accuracy", "confusion_summary", "shot_group_verification",
+    "enroll_train_counts", "evaluate_score_files", "format_table", "plot_det",
+]
+
+
+@dataclass
+class DetCurve:
+    """Every operating point: thresholds ascending (last is +inf), Pmiss non-decreasing, Pfa non-increasing."""
+
+    thresholds: np.ndarray
+    pmiss: np.ndarray
+    pfa: np.ndarray
+    n_target: int
+    n_nontarget: int
+
+
+def check_scores(scores: np.ndarray, labels: np.ndarray, both_classes: bool = False,
+                 finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(scores as float64, labels as a target mask), checked: equal lengths, 0/1 labels, finite scores unless
+    `finite=False` (LLRs may be infinite), and with `both_classes` at least one target and one non-target."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
+    if finite and not np.isfinite(scores).all():
+        raise DataError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    if labels.dtype == bool:
+        labels = labels.astype(np.int8)
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError("labels must be 1 (target) or 0 (non-target)")
+    is_tar = labels.astype(bool)
+    if both_classes and (is_tar.all() or not is_tar.any()):
+        raise DataError(f"need both targets and non-targets (got {int(is_tar.sum())} targets, "
+                        f"{int((~is_tar).sum())} non-targets)")
+    return scores, is_tar
+
+
+def det_curve(scores: np.ndarray, labels: np.ndarray) -> DetCurve:
+    """Pmiss / Pfa at every distinct score threshold (ties grouped) and at +inf; O(N log N), float64."""
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
+    n_tar = int(is_tar.sum())
+    n_non = len(is_tar) - n_tar
+    # Two value sorts (SIMD in numpy) instead of an argsort: targets below each distinct score by searchsorted.
+    s = np.sort(scores)
+    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))  # start of each tie group
+    tar_below = np.searchsorted(np.sort(scores[is_tar]), s[first], side="left").astype(np.int64)
+    below = first.astype(np.int64)
+    non_below = below - tar_below
+    tar_below = np.append(tar_below, n_tar)
+    non_below = np.append(non_below, n_non)
+    return DetCurve(thresholds=np.append(s[first], np.inf), pmiss=tar_below / n_tar,
+                    pfa=(n_non - non_below) / n_non, n_target=n_tar, n_nontarget=n_non)
+
+
+def _eer_from_curve(c: DetCurve) -> tuple[float, float]:
+    d = c.pmiss - c.pfa  # -1 at the lowest threshold, +1 at +inf, non-decreasing in between
+    i = int(np.argmax(d >= 0))
+    d0, d1 = d[i - 1], d[i]
+    w = d0 / (d0 - d1)  # where the segment between the two neighbouring points meets Pmiss = Pfa
+    eer = c.pmiss[i - 1] + w * (c.pmiss[i] - c.pmiss[i - 1])
+    t0, t1 = c.thresholds[i - 1], c.thresholds[i]
+    thr = t0 + w * (t1 - t0) if np.isfinite(t1) else t0
+    return float(eer), float(thr)
+
+
+def eer_with_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(EER as a fraction, threshold at the EER, interpolated like the EER itself)."""
+    return _eer_from_curve(det_curve(scores, labels))
+
+
+def compute_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Equal error rate (fraction): Pmiss = Pfa, linearly interpolated between neighbouring thresholds."""
+    return eer_with_threshold(scores, labels)[0]
+
+
+def _dcf_norm(p_target: float, c_miss: float, c_fa: float) -> float:
+    if not 0.0 < p_target < 1.0:
+        raise UsageError(f"p_target must be in (0, 1), got {p_target}")
+    return min(c_miss * p_target, c_fa * (1.0 - p_target))
+
+
+def _min_dcf_from_curve(c: DetCurve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    norm = _dcf_norm(p_target, c_miss, c_fa)
+    dcf = c_miss * p_target * c.pmiss + c_fa * (1.0 - p_target) * c.pfa
+    i = int(np.argmin(dcf))
+    return float(dcf[i] / norm), float(c.thresholds[i])
+
+
+def min_dcf_with_threshold(scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0,
+                           c_fa: float = 1.0) -> tuple[float, float]:
+    """(normalised minDCF, threshold that attains it)."""
+    return _min_dcf_from_curve(det_curve(scores, labels), p_target, c_miss, c_fa)
+
+
+def compute_min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0,
+                    c_fa: float = 1.0) -> float:
+    """Normalised minimum detection cost: min_t DCF(t) / min(c_miss*p, c_fa*(1-p)) (NIST / Kaldi / wespeaker)."""
+    return min_dcf_with_threshold(scores, labels, p_target, c_miss, c_fa)[0]
+
+
+def actual_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float, p_target: float, c_miss: float = 1.0,
+               c_fa: float = 1.0) -> float:
+    """Normalised DCF at a fixed threshold (accept score >= threshold)."""
+    scores, is_tar = check_scores(scores, labels, both_classes=True)
+    pmiss = float(np.mean(scores[is_tar] < threshold))
+    pfa = float(np.mean(scores[~is_tar] >= threshold))
+    return (c_miss * p_target * pmiss + c_fa * (1.0 - p_target) * pfa) / _dcf_norm(p_target, c_miss, c_fa)
+
+
+def verification_summary(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05),
+                         c_miss: float = 1.0, c_fa: float = 1.0) -> dict:
+    """EER, minDCF per p_target and their thresholds from one DET curve."""
+    c = det_curve(scores, labels)
+    eer, eer_thr = _eer_from_curve(c)
+    out: dict = {"n_target": c.n_target, "n_nontarget": c.n_nontarget, "eer": eer, "eer_threshold": eer_thr,
+                 "min_dcf": {}, "min_dcf_threshold": {}}
+    for p in p_targets:
+        v, t = _min_dcf_from_curve(c, p, c_miss, c_fa)
+        out["min_dcf"][float(p)] = v
+        out["min_dcf_threshold"][float(p)] = t
+    return out
+
+
+# ---------------------------------------------------------------- identification, by shot group
+
+
+def _per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    n = np.bincount(y_true, minlength=n_classes)
+    hit = np.bincount(y_true[y_true == y_pred], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hit / n, n
+
+
+def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over the classes present in `y_true` of their accuracy (equal to top-1 on a balanced set)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    acc, n = _per_class_accuracy(y_true, y_pred, int(max(y_true.max(), y_pred.max())) + 1)
+    return float(acc[n > 0].mean())
+
+
+def shot_group_accuracy(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray, many: int = MANY,
+                        few: int = FEW) -> dict:
+    """Top-1 accuracy, mean per-class accuracy overall and within the Many / Medium / Few groups.
+
+    Classes are indices into `train_counts` (training utterances per class); only classes with test
+    samples enter a group mean; an empty group gives NaN."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    counts = np.asarray(train_counts)
+    if len(y_true) != len(y_pred) or len(y_true) == 0:
+        raise ValueError(f"{len(y_true)} labels and {len(y_pred)} predictions; need equal, non-zero lengths")
+    if y_true.min() < 0 or max(y_true.max(), y_pred.max()) >= len(counts):
+        raise ValueError(f"class index outside [0, {len(counts)})")
+    acc, n = _per_class_accuracy(y_true, y_pred, len(counts))
+    present = n > 0
+    groups = shot_groups(counts, many, few)
+    out: dict = {"top1": float(np.mean(y_true == y_pred)), "mean_per_class": float(acc[present].mean())}
+    for g in GROUPS:
+        sel = present & (groups == g)
+        out[g] = float(acc[sel].mean()) if sel.any() else float("nan")
+        out[f"n_{g}_classes"] = int(sel.sum())
+    return out
+
+
+def confusion_summary(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray, many: int = MANY,
+                      few: int = FEW) -> dict:
+    """For each true shot group: share of its test samples predicted correctly, or as a class of each group.
+
+    `out["few"]["many"]` is how often a tail (Few) speaker is taken for some head (Many) speaker (wrong
+    predictions only; the `correct` entry holds the rest)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    groups = shot_groups(np.asarray(train_counts), many, few)
+    g_true, g_pred = groups[y_true], groups[y_pred]
+    wrong = y_true != y_pred
+    out: dict = {}
+    for g in GROUPS:
+        sel = g_true == g
+        n = int(sel.sum())
+        row: dict = {"n": n, "correct": float(np.mean(~wrong[sel])) if n else float("nan")}
+        for h in GROUPS:
+            row[h] = float(np.mean(wrong[sel] & (g_pred[sel] == h))) if n else float("nan")
+        out[g] = row
+    return out
+
+
+def shot_group_verification(scores: np.ndarray, labels: np.ndarray, enroll_train_counts: np.ndarray,
+                            p_targets: Sequence[float] = (0.01, 0.05), many: int = MANY, few: int = FEW) -> dict:
+    """EER / minDCF of seen-speaker trials grouped by the enrolled speaker's training-utterance count
+    (a negative count marks an unseen enrolled speaker: that trial is left out)."""
+    scores, is_tar = check_scores(scores, labels)
+    counts = np.asarray(enroll_train_counts)
+    if len(counts) != len(scores):
+        raise ValueError(f"{len(counts)} enrol counts for {len(scores)} trials")
+    groups = np.where(counts < 0, "unseen", shot_groups(counts, many, few))
+    out: dict = {}
+    for g in GROUPS:
+        sel = groups == g
+        if is_tar[sel].any() and (~is_tar[sel]).any():
+            out[g] = verification_summary(scores[sel], is_tar[sel], p_targets)
+        else:
+            out[g] = None  # a group without both kinds of trial has no error rate
+    return out
+
+
+def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: Sequence[int],
+                        utt2spk: Mapping[str, str] | None = None) -> np.ndarray:
+    """Training-utterance count of each trial's enrolled speaker, -1 when unseen. Pass a training profile's
+    `speakers` / `utterances` (spkcausal.data.longtail.profile_datadir) and, for utterance keys, the eval utt2spk."""
+    table = dict(zip([str(x) for x in speakers], np.asarray(counts).tolist()))
+    u2s = utt2spk or {}
+    return np.fromiter((table.get(u2s.get(k, k), -1) for k in enroll), dtype=np.int64, count=len(enroll))
+
+
+# ---------------------------------------------------------------- files and DET plots
+
+
+def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05),
+                         summary: Callable[..., dict] | None = None) -> list[dict]:
+    """`summary(scores, labels, p_targets)` (default verification_summary) of each labelled score file
+    (`enroll test score label`), with its file name and trial counts."""
+    from ..data.trialio import read_scores
+
+    summary = summary or verification_summary
+    out = []
+    for p in paths:
+        table = read_scores(p, need_labels=True)
+        try:
+            res = summary(table.scores, table.labels, p_targets)
+        except DataError as e:  # the arrays do not know their file: name it
+            raise DataError(e.message, p) from None
+        res.setdefault("n_target", int((table.labels == 1).sum()))
+        res.setdefault("n_nontarget", int((table.labels == 0).sum()))
+        res["file"] = str(p)
+        out.append(res)
+    return out
+
+
+def format_table(results: Sequence[dict]) -> str:
+    """Plain-text table: EER in percent, minDCF per p_target, trial counts."""
+    ps = list(results[0]["min_dcf"]) if results else []
+    head = ["EER(%)"] + [f"minDCF({p:g})" for p in ps] + ["targets", "nontargets", "file"]
+    rows = [[f"{r['eer'] * 100:.3f}"] + [f"{r['min_dcf'][p]:.4f}" for p in ps]
+            + [str(r["n_target"]), str(r["n_nontarget"]), r["file"]] for r in results]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(x.rjust(w) if i < len(head) - 1 else x for i, (x, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
+
+
+def _thin(pfa: np.ndarray, pmiss: np.ndarray, n_max: int = 4000) -> np.ndarray:
+    """Indices of at most ~n_max curve points, evenly spread along the curve's length in probit space."""
+    from scipy.stats import norm
+
+    if len(pfa) <= n_max:
+        return np.arange(len(pfa))
+    x = norm.ppf(np.clip(pfa, 1e-6, 1 - 1e-6))
+    y = norm.ppf(np.clip(pmiss, 1e-6, 1 - 1e-6))
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    keep = np.unique(np.searchsorted(arc, np.linspace(0, arc[-1], n_max)))
+    return np.unique(np.concatenate([[0], np.minimum(keep, len(pfa) - 1), [len(pfa) - 1]]))
+
+
+def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01, 0.05),
+             labels: Sequence[str] | None = None) -> None:
+    """DET curves (probit axes) of score files, EER and minDCF points marked, one legend entry per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    from ..data.trialio import read_scores
+    from ..utils import atomic_path
+
+    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99]) / 100
+    lo = 1e-5
+    eers = []
+    fig, ax = plt.subplots(figsize=(6, 6))
+    markers = ["s", "^", "v", "D"]
+    for n, path in enumerate(paths):
+        table = read_scores(path, need_labels=True)
+        c = det_curve(table.scores, table.labels)
+        eer, _ = _eer_from_curve(c)
+        eers.append(eer)
+        idx = _thin(c.pfa, c.pmiss)
+        name = labels[n] if labels else Path(path).name
+        (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
+                          label=f"{name} (EER {eer * 100:.2f}%)")
+        ax.plot(norm.ppf(eer), norm.ppf(eer), "o", color=line.get_color())
+        for m, p in enumerate(p_targets):
+            dcf = p * c.pmiss + (1 - p) * c.pfa
+            i = int(np.argmin(dcf))
+            ax.plot(norm.ppf(np.clip(c.pfa[i], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[i], lo, 1 - lo)),
+                    markers[m % len(markers)], color=line.get_color(), mfc="none",
+                    label=f"  minDCF({p:g}) {dcf[i] / min(p, 1 - p):.3f}")
+    ax.plot(norm.ppf([lo, 1 - lo]), norm.ppf([lo, 1 - lo]), ":", color="grey", lw=0.8)
+    # Axes follow the systems: from well below the best EER to well above the worst, snapped to ticks,
+    # so a 0.8 % system and an 18 % system are both drawn where their curves are.
+    low = ticks[max(0, np.searchsorted(ticks, max(min(eers, default=0.01) / 20, ticks[0]), side="right") - 1)]
+    high = ticks[min(len(ticks) - 1, np.searchsorted(ticks, min(max(max(eers, default=0.01) * 3, 0.4), 0.99)))]
+    shown = ticks[(ticks >= low) & (ticks <= high)]
+    pt = norm.ppf(shown)
+    names = [f"{t * 100:g}" for t in shown]
+    ax.set_xticks(pt, names, rotation=45)
+    ax.set_yticks(pt, names)
+    ax.set_xlim(norm.ppf(low), norm.ppf(high))
+    ax.set_ylim(norm.ppf(low), norm.ppf(high))
+    ax.set_xlabel("False alarm probability (%)")
+    ax.set_ylabel("Miss probability (%)")
+    ax.grid(True, lw=0.3)
+    ax.legend(fontsize=8, loc="lower left")  # DET curves run from upper left to lower right: this corner is free
+    ax.set_title("DET")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150)
+    plt.close(fig)

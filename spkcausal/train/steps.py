@@ -1,0 +1,60 @@
+"""One training step on the device: the batch pipeline (speed perturbation -> noise / reverb -> Fbank, all
+batched on the training device) and one optimisation step of a SpeakerNet (autocast, grad scaler, clipping)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.network import build_fbank
+
+
+def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, nn.Module | None]:
+    """(Fbank in training mode, Augmenter or None) on `device`."""
+    aug_cfg = cfg["augment"]
+    fbank = build_fbank(cfg, training=True).to(device)
+    augmenter = None
+    if aug_cfg.get("musan") or aug_cfg.get("rirs"):
+        from ..nn.augment import Augmenter, NoiseBank, RirBank
+
+        sr = cfg["data"]["sample_rate"]
+        noise = NoiseBank.from_dir(aug_cfg["musan"], sr, aug_cfg["musan_max_seconds"]) if aug_cfg.get("musan") else None
+        rirs = RirBank.from_dir(aug_cfg["rirs"], sr, aug_cfg["rir_max_seconds"]) if aug_cfg.get("rirs") else None
+        augmenter = Augmenter(noise, rirs, prob=aug_cfg["prob"]).to(device)
+    return fbank, augmenter
+
+
+def device_batch(waves: Tensor, labels: Tensor, cfg: Mapping[str, Any], chunk_samples: int, num_speakers: int,
+                 fbank: nn.Module, augmenter: nn.Module | None, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Waves on the device -> (features, labels): speed perturbation, augmentation, fbank (all batched)."""
+    if cfg["augment"].get("speed_perturb"):
+        from ..nn.augment import SPEED_FACTORS, draw_speed, speed_labels, speed_perturb
+
+        k = draw_speed(waves.shape[0], generator, waves.device)
+        factors = torch.tensor(SPEED_FACTORS, dtype=torch.float64)[k.cpu()]
+        waves = speed_perturb(waves, factors, out_len=chunk_samples)
+        labels = speed_labels(labels, k, num_speakers)
+    if augmenter is not None:
+        waves = augmenter(waves, generator)
+    return fbank(waves, generator=generator), labels
+
+
+def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, feats: Tensor, labels: Tensor, amp_dtype: torch.dtype | None = None,
+               clip: float = 0.0) -> tuple[Tensor, Tensor]:
+    """One optimisation step of a SpeakerNet (or its DDP wrapper) on device features; returns (loss, logits)."""
+    ctx = torch.autocast(feats.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with ctx:
+        _, logits = model(feats, labels)
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
