@@ -15,7 +15,7 @@ import sys
 from ..utils import SpkcausalError
 
 ORDER = ["synth", "prepare", "data", "trials", "longtail", "shards", "train", "extract", "score", "calibrate",
-         "tde", "identify", "report", "model", "infer", "export"]
+         "tde", "identify", "geometry", "report", "model", "infer", "export"]
 
 
 def add_model_source(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
