@@ -180,3 +180,36 @@ def test_recommendation_follows_an_edited_table_and_profile_prints_it(tmp_path, 
     assert main(["profile", str(tmp_path / "d"), "--many", "30", "--few", "10"]) == 0
     out = capsys.readouterr().out
     assert "recommendation (imbalance 10, Few speakers 33.3%)" in out and "docs/demo.md#long-tail-benchmark" in out
+
+
+# ---------------------------------------------------------------- recipe plumbing (bash only, no training)
+
+
+def test_with_control_reruns_a_stage_for_the_control_with_its_dirs(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    script = f"""set -euo pipefail
+. {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh
+stage_score() {{ echo "CALL $*"; }}
+stage_extract() {{ echo "CALL $*"; }}
+protocol_setup lt 30 {tmp_path}/exp "aam cnaam aam+lm" {root}/recipes/mini/conf {tmp_path}/ctl
+with_control stage_extract --exp X --systems "aam cnaam" --dirs "{tmp_path}/lt V E" --train_dir {tmp_path}/lt
+with_control stage_score --exp X --systems "aam cnaam" --train_dir {tmp_path}/lt --many 30
+"""
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    calls = [ln[5:] for ln in r.stdout.splitlines() if ln.startswith("CALL ")]
+    ctl_sys = f"{tmp_path}/exp/protocol/aam_control.yaml"
+    assert calls == [f"--exp X --systems aam cnaam --dirs {tmp_path}/lt V E --train_dir {tmp_path}/lt",
+                     f"--exp X --systems {ctl_sys} --dirs {tmp_path}/ctl V E --train_dir {tmp_path}/ctl",
+                     f"--exp X --systems aam cnaam --train_dir {tmp_path}/lt --many 30",
+                     f"--exp X --systems {ctl_sys} --train_dir {tmp_path}/ctl --many 30 --group_dir {tmp_path}/lt"]
+    assert Path(ctl_sys).read_text() == (root / "recipes/mini/conf/aam.yaml").read_text()
+    off = subprocess.run(["bash", "-c", f". {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh; "
+                          'protocol_setup "" 30 x aam c d; with_control echo once'], capture_output=True, text=True)
+    assert off.stdout == "once\n"
+    bad = subprocess.run(["bash", "-c", f". {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh; "
+                          f"protocol_setup lt 1 {tmp_path}/e aam {root}/recipes/mini/conf d"], capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "needs --imbalance R > 1" in bad.stderr
