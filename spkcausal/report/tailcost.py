@@ -141,9 +141,12 @@ def _cost_cell(d: Mapping | None) -> str:
 def _share_cell(d: Mapping | None) -> str:
     if not d or not math.isfinite(d["share"]):
         return "-"
-    txt = f"{100 * d['share']:.0f}%"
+    def pct(x: float) -> str:
+        return f"{int(round(100 * x))}%"  # int: no "-0%"
+
+    txt = pct(d["share"])
     if d.get("ci"):
-        txt += f" [{100 * d['ci'][0]:.0f}%, {100 * d['ci'][1]:.0f}%]"
+        txt += f" [{pct(d['ci'][0])}, {pct(d['ci'][1])}]"
     elif d.get("bounded") is False:
         txt += " [unbounded]"
     return txt + (" *" if d.get("significant") else "")
