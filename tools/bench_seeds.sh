@@ -13,6 +13,8 @@
 # differences De-confound - Baseline, De-confound-TDE - De-confound, +LM - its base, QMF - calibration
 # (held-out-speaker EER, seen-speaker EER by shot group, accuracy by shot group, Cllr / actDCF) as the mean of
 # the per-seed differences with a 95% Student-t interval over seeds; * marks an interval that excludes 0.
+# --protocol lt [--imbalance R]: the long-tail protocol (docs/recipes.md); the baseline's balanced-control runs
+# join the report, which then adds the "Tail cost" table.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 first_word() { echo "$1" | awk '{print $1; exit}'; }
@@ -20,6 +22,8 @@ seeds="0 1 2 3 4"
 out="$root/demo"
 tiny=false
 systems="aam cnaam aam+lm cnaam+lm"
+protocol=""
+imbalance=""
 pass=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,11 +35,15 @@ while [ $# -gt 0 ]; do
     --tiny=*) tiny=${1#*=}; pass+=("$1"); shift ;;
     --systems) systems=$2; shift 2 ;;
     --systems=*) systems=${1#*=}; shift ;;
+    --protocol) protocol=$2; pass+=("$1" "$2"); shift 2 ;;   # lt: also the baseline's balanced control
+    --imbalance) imbalance=$2; pass+=("$1" "$2"); shift 2 ;;
     *) pass+=("$1"); shift ;;
   esac
 done
 [ "$(echo "$seeds" | wc -w)" -ge 2 ] || { echo "bench_seeds.sh: give at least two seeds" >&2; exit 1; }
 [ "$tiny" = true ] && out="$out-tiny"   # as recipes/mini/run.sh names it
+if [ "$tiny" = true ]; then imbalance=8; fi  # --tiny sets its own imbalance, as in run.sh
+[ -z "$protocol" ] || out="$out-lt${imbalance:-30}"
 
 SECONDS=0
 bash "$root/recipes/mini/run.sh" --seeds "$seeds" --systems "$systems" "${pass[@]}"
@@ -46,7 +54,9 @@ for s in $systems; do
   s=$(basename "$s" .yaml); s=${s/+lm/_lm}
   for k in $seeds; do exps+=("$out/exp/${s}_seed$k"); done
 done
+base=$(basename "$(first_word "$systems")" .yaml)
+if [ -n "$protocol" ]; then for k in $seeds; do exps+=("$out/exp/${base}_control_seed$k"); done; fi
 spkcausal report "${exps[@]}" --variants cosine tde asnorm_cal asnorm_qmf tde_asnorm_cal tde_asnorm_qmf \
-  --baseline "$(basename "$(first_word "$systems")" .yaml)" --out "$out/exp/bench_seeds" \
+  --baseline "$base" --out "$out/exp/bench_seeds" \
   --caption "The demo over training seeds $seeds (corpus fixed: synth seed 0)."
 echo "bench_seeds.sh: $(echo "$seeds" | wc -w) seeds in ${SECONDS}s; table: $out/exp/bench_seeds/report.md"

@@ -103,13 +103,15 @@ first_word() { echo "$1" | awk '{print $1; exit}'; }
 
 # ---------------------------------------------------------------- stage 2: held-out split + long-tail profile
 # stage_profile --data D --train_dir T --val_dir V --test_dir E --many N --few N
-#               [--split_src S --imbalance R --val_per_spk N --test_per_spk N --seed N]
+#               [--split_src S --imbalance R --val_per_spk N --test_per_spk N --seed N] [--control_dir C]
 # With --split_src, S is split into T / V / E first (imbalance R > 1 makes T an ImageNet-LT-style long-tailed
-# subset); without it T / V / E exist already. Marker: D/.done/2.
+# subset; --control_dir also writes its balanced control C, the long-tail protocol of recipes/common/protocol.sh);
+# without it T / V / E exist already. Marker: D/.done/2.
 stage_profile() {
-  local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_spk="" test_per_spk="" seed=""
+  local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_spk="" test_per_spk="" seed="" \
+    control_dir="" ctl=()
   stage_args stage_profile "data train_dir val_dir test_dir many few split_src? imbalance? val_per_spk? \
-test_per_spk? seed?" "$@"
+test_per_spk? seed? control_dir?" "$@"
   if is_done "$data" 2; then
     skip_msg 2 profile "$data"
   else
@@ -118,9 +120,11 @@ test_per_spk? seed?" "$@"
       for v in imbalance val_per_spk test_per_spk seed; do
         [ -n "${!v}" ] || die "stage_profile: --split_src needs --$v"
       done
+      [ -z "$control_dir" ] || [ "$imbalance" != 1 ] || die "stage_profile: --control_dir needs --imbalance > 1"
+      [ -z "$control_dir" ] || ctl=(--control "$control_dir")
       if [ "$imbalance" != 1 ]; then
         spkcausal longtail-subset "$split_src" --out-train "$train_dir" --out-heldout "$data/heldout" \
-          --imbalance "$imbalance" --heldout-per-spk $((val_per_spk + test_per_spk)) --seed "$seed"
+          --imbalance "$imbalance" --heldout-per-spk $((val_per_spk + test_per_spk)) --seed "$seed" "${ctl[@]}"
         spkcausal heldout-split "$data/heldout" --out-val "$val_dir" --out-test "$test_dir" \
           --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 0 --seed "$seed"
       else
@@ -374,20 +378,21 @@ verify_threshold() {
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
 # stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N|SHARE|dev
 #             [--score_opts "..."] [--seeds "K ..."] [--seen_trials LIST --seen_dir E --many N --few N]
-#             [--dev_trials LIST --dev_dir V]
+#             [--dev_trials LIST --dev_dir V] [--group_dir G]
 # Scores every trial list on the embeddings of D (mean and AS-norm cohort from those of T) and records the first
 # list's figures (95% intervals over D's enrolment speakers) as rows cosine, mean_sub, asnorm of
 # X/S/results.json; with --seen_trials, the seen-speaker list on E's embeddings too, recorded by shot group of
-# the enrolment speaker (T's counts). With --dev_trials (the seen-speaker dev list on V's embeddings: no
+# the enrolment speaker (T's counts, or G's: the long-tail protocol's control groups by the long-tailed
+# set's). With --dev_trials (the seen-speaker dev list on V's embeddings: no
 # evaluation speaker), the back-end: AS-norm's top-N chosen on it when --asnorm_top is dev, calibration and QMF
 # trained on it (rows asnorm_cal, asnorm_qmf: LLRs, with Cllr and actual DCF), and the calibrated threshold of
 # `spkcausal verify`. A decoupled system has its base's embeddings: it records the base's score files, scoring
 # nothing again. Marker: X/S/.done/5.
 stage_score() {
   local exp systems eval_dir train_dir trials asnorm_top score_opts="" seeds="" seen_trials="" seen_dir="" many="" \
-    few="" dev_trials="" dev_dir="" t st r name e se ev tr top ds items
+    few="" dev_trials="" dev_dir="" group_dir="" t st r name e se ev tr top ds items
   stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts? seeds? seen_trials? \
-seen_dir? many? few? dev_trials? dev_dir?" "$@"
+seen_dir? many? few? dev_trials? dev_dir? group_dir?" "$@"
   t=$(basename "$(first_word "$trials")")
   [ -z "$seen_trials" ] || [ -n "$seen_dir$many$few" ] || die "stage_score: --seen_trials needs --seen_dir --many --few"
   [ -z "$dev_trials" ] || [ -n "$dev_dir" ] || die "stage_score: --dev_trials needs --dev_dir"
@@ -417,7 +422,7 @@ seen_dir? many? few? dev_trials? dev_dir?" "$@"
     record_variants "$e" "$se" "" "$t" "$eval_dir/utt2spk"
     if [ -n "$seen_trials" ]; then
       st=$(basename "$seen_trials")
-      record_variants "$e" "$se" "" "$st" "$seen_dir/utt2spk" --seen "$train_dir" "$many" "$few"
+      record_variants "$e" "$se" "" "$st" "$seen_dir/utt2spk" --seen "${group_dir:-$train_dir}" "$many" "$few"
     fi
     mark_done "$e" 5
   done
@@ -428,6 +433,7 @@ seen_dir? many? few? dev_trials? dev_dir?" "$@"
 # stage_tde --exp X --systems "S ..." --val_dir V --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N
 #           [--score_opts "..."] [--seeds "K ..."] [--alphas "0,0.25,..."] [--alpha_on iden_val|dev_eer|dev_min_dcf]
 #           [--dev_trials "LIST ..." --dev_trials_dirs "DIR ..."] [--seen_trials LIST --seen_dir E --many N --few N]
+#           [--group_dir G]   (shot groups of the seen rows by G's counts instead of T's, as in stage_score)
 # Causal Norm systems only: alpha chosen on a dev set, never on the test trials: by default (--alpha_on
 # iden_val) identification accuracy on the iden val split V; dev_eer / dev_min_dcf: EER / minDCF(0.01) on the
 # first dev trial list (e.g. the seen-speaker dev list on V), whose keys are in the store of the matching dir of
@@ -438,10 +444,10 @@ seen_dir? many? few? dev_trials? dev_dir?" "$@"
 # choice (X/S/asnorm_top.json). Marker: X/S/.done/6.
 stage_tde() {
   local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
-    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" t st r name e ev tr \
-    sv alpha grid dev dd i d lists stores dirs top items
+    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" group_dir="" t st r \
+    name e ev tr sv alpha grid dev dd i d lists stores dirs top items
   stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
-dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
+dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few? group_dir?" "$@"
   t=$(basename "$(first_word "$trials")")
   grid=(); [ -z "$alphas" ] || grid=(--alphas "$alphas")
   case "$alpha_on" in iden_val|dev_eer|dev_min_dcf) ;; *) die "stage_tde: --alpha_on $alpha_on (iden_val, dev_eer, dev_min_dcf)" ;; esac
@@ -485,7 +491,8 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
     record_variants "$e" "$e" tde_ "$t" "$eval_dir/utt2spk" --tde-alpha "$alpha"
     if [ -n "$seen_trials" ]; then
       st=$(basename "$seen_trials")
-      record_variants "$e" "$e" tde_ "$st" "$seen_dir/utt2spk" --seen "$train_dir" "$many" "$few" --tde-alpha "$alpha"
+      record_variants "$e" "$e" tde_ "$st" "$seen_dir/utt2spk" --seen "${group_dir:-$train_dir}" "$many" "$few" \
+        --tde-alpha "$alpha"
     fi
     mark_done "$e" 6
   done
@@ -494,20 +501,21 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few?" "$@"
 
 # ---------------------------------------------------------------- stage 7: closed-set identification
 # stage_identify --exp X --systems "S ..." --test_dir E --train_dir T --many N --few N [--seeds "K ..."]
+#                [--group_dir G]   (shot groups by G's counts instead of T's, as in stage_score)
 # Identification of E's utterances with the trained head: plain logits, after subtracting T's mean embedding,
 # and (Causal Norm systems) TDE logits with stage 6's alpha; shot groups Many > N, Few < N training
 # utterances; per-speaker 95% intervals, per-utterance predictions kept in X/S/predictions/ (the report pairs
 # systems on them). Marker: X/S/.done/7.
 stage_identify() {
-  local exp systems test_dir train_dir many few seeds="" r name e var tde
-  stage_args stage_identify "exp systems test_dir train_dir many few seeds?" "$@"
+  local exp systems test_dir train_dir many few seeds="" group_dir="" r name e var tde
+  stage_args stage_identify "exp systems test_dir train_dir many few seeds? group_dir?" "$@"
   for r in $(system_runs "$systems" "$seeds"); do
     name=$(run_name "$r"); e="$exp/$name"
     if is_done "$e" 7; then skip_msg 7 "identify $name" "$e"; continue; fi
     var=(cosine mean_sub); tde=()
     if is_causal "$e"; then var+=(tde); tde=(--tde-alpha "$(tde_alpha_of "$e")"); fi
     spkcausal identify --exp "$e" --emb "$e/emb/$(basename "$test_dir")" --data "$test_dir" \
-      --train-data "$train_dir" --mean-store "$e/emb/$(basename "$train_dir")" "${tde[@]}" \
+      --train-data "${group_dir:-$train_dir}" --mean-store "$e/emb/$(basename "$train_dir")" "${tde[@]}" \
       --many "$many" --few "$few" --variants "${var[@]}" --record "$e" --out "$e/identification.json"
     mark_done "$e" 7
   done

@@ -14,6 +14,8 @@
 #                                                         8 report table + DET curves
 # Systems are the shared configs in recipes/conf/ (--systems); --train_overrides "key=value ..." changes any
 # config key.
+# --protocol lt --imbalance R: the long-tail protocol, the cost of the tail: training on the long-tailed subset
+# at R, the baseline also on its balanced control, and the report's "Tail cost" table (docs/recipes.md).
 set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -31,6 +33,7 @@ corpus_overrides=""              # key=value changes this corpus makes to the sh
 . "$recipe_dir/../../tools/parse_options.sh"
 . "$recipe_dir/../common/path.sh"
 . "$recipe_dir/../common/stages.sh"
+. "$recipe_dir/../common/protocol.sh"   # --protocol lt: the balanced control and the tail cost
 
 split_src="$data/$train_set"
 train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
@@ -41,6 +44,7 @@ dev_trials="$data/trials/$dev_set"; dev_trials_dir="$data/$dev_set"
 overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
+protocol_setup "$protocol" "$imbalance" "$exp" "$systems" "$conf_dir" "$data/train_control"
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   if is_done "$data" 1; then skip_msg 1 prepare "$data"; else
@@ -54,33 +58,33 @@ fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   stage_profile --data "$data" --split_src "$split_src" --train_dir "$train_dir" --val_dir "$val_dir" \
     --test_dir "$test_dir" --imbalance "$imbalance" --val_per_spk "$val_per_spk" --test_per_spk "$test_per_spk" \
-    --seed "$seed" --many "$many" --few "$few"
+    --seed "$seed" --many "$many" --few "$few" "${PROTOCOL_PROFILE_ARGS[@]}"
   stage_seen_trials --data "$data" --test_dir "$test_dir" --val_dir "$val_dir" --train_dir "$train_dir" \
     --many "$many" --few "$few" --num_trials "$seen_trials" --target_ratio "$seen_target_ratio" --seed "$seed" \
     --same_session_ok "$seen_same_session_ok"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
+  with_control stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
     --overrides "$overrides" --seeds "$seeds" --lm_conf "$lm_conf" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # the dev readers' embeddings too: stage 6 records the EER-vs-alpha curve on their trials
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
+  with_control stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir $dev_trials_dir" --mode "$extract_mode" \
     --workers "$extract_workers" --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+  with_control stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
     --dev_trials "$seen_dev" --dev_dir "$val_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" \
     --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
+  with_control stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
     --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --alphas "$alphas" \
     --dev_trials "$seen_dev $dev_trials" --dev_trials_dirs "$val_dir $dev_trials_dir" --alpha_on "$alpha_on" \
     --seeds "$seeds" \
@@ -88,11 +92,11 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
+  with_control stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
     --many "$many" --few "$few" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption" --seeds "$seeds" \
-    --baseline "$baseline" --per_seed "$per_seed"
+  stage_report --exp "$exp" --systems "$systems${PROTOCOL_CONTROL_SYS:+ $PROTOCOL_CONTROL_SYS}" --trials "$trials" \
+    --caption "$caption" --seeds "$seeds" --baseline "$baseline" --per_seed "$per_seed"
 fi

@@ -5,6 +5,11 @@
 #   bash recipes/mini/run.sh --tiny true     a much smaller corpus and a 2-epoch training, to check the plumbing
 #   bash recipes/mini/run.sh --seeds "0 1 2" every system trained once per seed (demo/exp/<system>_seed<k>); the
 #                                            table gives mean ± std over seeds (tools/bench_seeds.sh: 5 seeds)
+#   bash recipes/mini/run.sh --protocol lt --imbalance 30 --seeds "0 1 2"
+#                                            the long-tail protocol (outputs under demo-lt30/): a balanced pool
+#                                            (every speaker max_utts), the long-tailed subset at R drawn from it
+#                                            as ImageNet-LT from ImageNet, its balanced control, the baseline
+#                                            trained on both, and the report's "Tail cost" table
 #
 # Builds the corpus (spkcausal synth, VoxCeleb1 layout), prepares it like VoxCeleb1, profiles and plots its long
 # tail, builds seen-speaker trial lists on the held-out utterances of the training speakers, trains three
@@ -56,32 +61,38 @@ master_port=29500
 num_avg=3                        # last epochs averaged (the configs keep 3)
 lm_num_avg=2                     # last LM epochs averaged (conf/lm.yaml: 2 epochs)
 asnorm_top=dev                   # AS-norm top-N: a count, a share of the cohort (0.2), or chosen on the seen dev list
+protocol=""                      # lt: the long-tail protocol (recipes/common/protocol.sh)
 
 . "$root/tools/parse_options.sh"
 
 SECONDS=0
 . "$recipe_dir/../common/path.sh"    # a fresh clone has no venv: tools/setup_env.sh makes .venv (about a minute)
 . "$recipe_dir/../common/stages.sh"
+. "$recipe_dir/../common/protocol.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$nj}"
 
 if [ "$tiny" = true ]; then
   speakers=20; test_speakers=8; max_utts=16; imbalance=8; many=8; few=4; epochs=${epochs:-2}
   out="$out-tiny"
 fi
+[ -z "$protocol" ] || out="$out-lt$imbalance"
 corpus="$out/corpus"; data="$out/data"; exp="$out/exp"
 conf_dir="$recipe_dir/conf"      # the demo's own tiny CPU configs (not the corpus recipes' recipes/conf)
 train_dir="$data/vox1_iden_train"; val_dir="$data/vox1_iden_val"; test_dir="$data/vox1_iden_test"
 eval_dir="$data/vox1_test"; trials="$data/trials/veri_test2.txt"
 seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"
+pool_dir=$train_dir; synth_imbalance=$imbalance  # the protocol: a balanced pool, the long tail drawn from it
+[ -z "$protocol" ] || { train_dir="$data/lt_train"; synth_imbalance=1; }
 caption="Synthetic corpus: $speakers long-tailed training speakers ($max_utts..$((max_utts / imbalance)) training utterances), $test_speakers held-out verification speakers; tiny ECAPA trained on CPU."
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$out" "$data" "$exp"
+protocol_setup "$protocol" "$imbalance" "$exp" "$systems" "$conf_dir" "$data/lt_control"
 
 # synth writes the held-out split itself (iden train / val / test), so stage 2 only profiles it
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   if is_done "$data" 1; then skip_msg 1 "corpus + prepare" "$data"; else
     spkcausal synth --out "$corpus" --speakers "$speakers" --test-speakers "$test_speakers" --max-utts "$max_utts" \
-      --imbalance "$imbalance" --utt-seconds 1.0,2.0 --val-per-speaker "$val_per_speaker" \
+      --imbalance "$synth_imbalance" --utt-seconds 1.0,2.0 --val-per-speaker "$val_per_speaker" \
       --test-per-speaker "$test_per_speaker" --veri-utts 10 --trials 3000 --nj "$nj" --seed "$seed" > /dev/null
     spkcausal prepare voxceleb1 --root "$corpus" --out "$data" --nj "$nj"
     mark_done "$data" 1
@@ -90,6 +101,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  protocol_subset "$data" "$pool_dir" "$train_dir" "$imbalance" "$seed"
   stage_profile --data "$data" --train_dir "$train_dir" --val_dir "$val_dir" --test_dir "$test_dir" \
     --many "$many" --few "$few"
   stage_seen_trials --data "$data" --test_dir "$test_dir" --val_dir "$val_dir" --train_dir "$train_dir" \
@@ -97,38 +109,38 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
+  with_control stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
     --overrides "${epochs:+train.epochs=$epochs}" --seeds "$seeds" --lm_conf "$conf_dir/lm.yaml" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   # pad: neighbours in length share a batch, much faster on CPU than exact lengths
-  stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
+  with_control stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
     --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 0 --seeds "$seeds" \
     --train_dir "$train_dir" --val_dir "$val_dir"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
+  with_control stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
     --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" --seen_trials "$seen_test" \
     --seen_dir "$test_dir" --many "$many" --few "$few" --dev_trials "$seen_dev" --dev_dir "$val_dir"
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
+  with_control stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
     --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" \
     --alpha_on "$alpha_on" --dev_trials "$seen_dev" --dev_trials_dirs "$val_dir" --seen_trials "$seen_test" \
     --seen_dir "$test_dir" --many "$many" --few "$few"
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
+  with_control stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
     --many "$many" --few "$few" --seeds "$seeds"
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems" --trials "$trials" --caption "$caption" --seeds "$seeds" \
-    --baseline "$baseline" --per_seed "$per_seed"
+  stage_report --exp "$exp" --systems "$systems${PROTOCOL_CONTROL_SYS:+ $PROTOCOL_CONTROL_SYS}" --trials "$trials" \
+    --caption "$caption" --seeds "$seeds" --baseline "$baseline" --per_seed "$per_seed"
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"
   log "demo finished in ${SECONDS}s"
 fi

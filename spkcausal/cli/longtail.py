@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from ..data.advice import format_recommendation, recommend
     from ..data.longtail import format_profile, profile_datadir, write_profile
 
     prof = profile_datadir(args.data_dir, many=args.many, few=args.few)
@@ -13,6 +14,7 @@ def _profile(args: argparse.Namespace) -> int:
     write_profile(prof, out)
     print(format_profile(prof))
     print(f"\nwrote {out / 'speakers.tsv'} and {out / 'summary.json'}")
+    print("\n" + format_recommendation(recommend(prof.summary)))
     return 0
 
 
@@ -34,17 +36,34 @@ def _subset(args: argparse.Namespace) -> int:
 
     from ..data.datadir import DataDir
     from ..data.longtail import format_profile, profile_datadir
-    from ..data.subsets import longtail_subset
+    from ..data.subsets import balanced_control, longtail_subset
     from ..utils import setup_logging, write_text_atomic
 
     log = setup_logging(Path(args.out_train) / "longtail_subset.log")
     data = DataDir.load(args.data_dir)
     train, held = longtail_subset(data, args.imbalance, profile=args.profile, max_per_spk=args.max_per_spk,
                                   heldout_per_spk=args.heldout_per_spk, seed=args.seed, order=args.order)
-    train.write(args.out_train)
-    held.write(args.out_heldout)
+    control = None
+    if args.control:  # drawn before anything is written: a failed match leaves no half-made dirs
+        control, info = balanced_control(data, train, seed=args.seed, exclude=set(held.utt2spk),
+                                         tolerance=args.hours_tolerance)
+    if len(held):
+        held.write(args.out_heldout)
+    else:
+        log.info("longtail-subset: --heldout-per-spk 0, no held-out dir written")
     params = {k: getattr(args, k) for k in ("data_dir", "imbalance", "profile", "max_per_spk", "heldout_per_spk",
-                                            "seed", "order")}
+                                            "seed", "order", "control")}
+    if control is not None:
+        control.write(args.control)
+        write_text_atomic(Path(args.control) / "balanced_control.json",
+                          json.dumps({**params, "longtail": args.out_train, **info}, indent=1) + "\n")
+        ratio = info["hours_ratio"]
+        print(f"balanced control {args.control}: {info['utterances']} utterances of {info['speakers']} speakers, "
+              f"level {info['level']} per speaker ({info['at_level_plus_one']} at level + 1, "
+              f"{info['capped_below_level']} with fewer), hours ratio control / long-tailed "
+              + ("- (no utt2dur)" if ratio is None else f"{ratio:.4f}"))
+    # train last: a recipe treats an existing train dir as the sign that the subset finished
+    train.write(args.out_train)
     write_text_atomic(Path(args.out_train) / "longtail_subset.json", json.dumps(params, indent=1) + "\n")
     log.info("longtail-subset %s: train %d utts / %d spk -> %s, held-out %d utts -> %s", params, len(train),
              len(train.speakers), args.out_train, len(held), args.out_heldout)
@@ -103,5 +122,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-per-spk", type=int, default=10)
     p.add_argument("--order", choices=("random", "size"), default="random",
                    help="speaker ranking: seeded random (CIFAR/ImageNet-LT) or by available utterances")
+    p.add_argument("--control", metavar="DIR",
+                   help="also write a balanced control: the same speakers and utterance count, spread evenly "
+                        "(water-filling), hours within --hours-tolerance (docs/recipes.md, long-tail protocol)")
+    p.add_argument("--hours-tolerance", type=float, default=0.05,
+                   help="--control: largest relative difference of total duration (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_subset)

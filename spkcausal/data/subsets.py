@@ -141,3 +141,106 @@ def split_heldout(data: DataDir, val_per_spk: int, test_per_spk: int, min_train:
         raise DataError(f"no speaker has the {need} utterances a held-out split needs", data.path)
     held = set(val) | set(test)
     return data.subset([u for u in data.utt2spk if u not in held]), data.subset(val), data.subset(test)
+
+
+def water_fill(avail: np.ndarray, total: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Per-speaker counts min(avail, L) summing to `total`, plus one more for a seeded random choice of the
+    speakers that have more than L: the balanced counts of `total` utterances under the caps `avail`; returns
+    (counts, L)."""
+    avail = np.asarray(avail, dtype=np.int64)
+    if total > int(avail.sum()):
+        raise DataError(f"{total} utterances asked for, the speakers have only {int(avail.sum())}")
+    # sum_s min(avail_s, L) grows with L: the largest L with a sum <= total, by bisection
+    lo, hi = 0, int(avail.max(initial=0))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if int(np.minimum(avail, mid).sum()) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    counts = np.minimum(avail, lo)
+    rest = total - int(counts.sum())
+    if rest:  # fewer than the speakers above the level, else L + 1 would fit
+        counts[rng.choice(np.flatnonzero(avail > lo), size=rest, replace=False)] += 1
+    return counts, lo
+
+
+def _match_duration(durs: list[np.ndarray], picks: list[np.ndarray], target: float, tol: float) -> int:
+    """Swap picked and unpicked utterances within speakers (greedy, largest useful change first) until the
+    picked total is within tol * target of target; the number of swaps, or -1 when no swap helps any more."""
+    swaps = 0
+    chosen = [np.zeros(len(d), dtype=bool) for d in durs]
+    for c, p in zip(chosen, picks):
+        c[p] = True
+    total = float(sum(d[c].sum() for d, c in zip(durs, chosen)))
+    while abs(total - target) > tol * target:
+        need = target - total
+        best, best_gap = None, abs(need)
+        for s, (d, c) in enumerate(zip(durs, chosen)):
+            if c.all() or not c.any():
+                continue
+            # the extreme swap of this speaker: its most useful change in the direction of `need`
+            i = np.flatnonzero(c)[np.argmin(d[c])] if need > 0 else np.flatnonzero(c)[np.argmax(d[c])]
+            j = np.flatnonzero(~c)[np.argmax(d[~c])] if need > 0 else np.flatnonzero(~c)[np.argmin(d[~c])]
+            gap = abs(need - (d[j] - d[i]))
+            if gap < best_gap - 1e-12:
+                best, best_gap = (s, i, j), gap
+        if best is None:
+            return -1
+        s, i, j = best
+        chosen[s][i], chosen[s][j] = False, True
+        total += float(durs[s][j] - durs[s][i])
+        swaps += 1
+    for k, c in enumerate(chosen):
+        picks[k] = np.flatnonzero(c)
+    return swaps
+
+
+def balanced_control(data: DataDir, lt_subset: DataDir, seed: int = 0, exclude: set[str] | frozenset = frozenset(),
+                     tolerance: float = 0.05) -> tuple[DataDir, dict]:
+    """A balanced control of a long-tailed subset: the same speakers and number of utterances, drawn from `data`
+    (less `exclude`, e.g. the held-out utterances), as evenly over speakers as their utterances allow.
+
+    Counts by water-filling (`water_fill`): every speaker gets min(available, L), L the level that makes the
+    total equal to the subset's, the remainder one each to random speakers above the level. Utterances are a
+    seeded random draw within each speaker; when both dirs have durations, draws are then swapped within
+    speakers until the total duration is within `tolerance` of the subset's (DataError when no swap gets
+    there). Returns the control and a summary (level, achieved hours ratio, swaps)."""
+    if not 0 <= tolerance < 1:
+        raise UsageError(f"tolerance must be in [0, 1), got {tolerance}")
+    rng = np.random.default_rng(seed)
+    lt_spk = lt_subset.spk2utt
+    missing = sorted(set(lt_subset.utt2spk) - set(data.utt2spk))
+    if missing:
+        raise DataError(f"{len(missing)} utterances of the long-tailed subset are not in the source dir "
+                        f"(first: {missing[0]}): not a subset of it", data.path)
+    pool = data.subset(u for u in data.utt2spk if u not in exclude).spk2utt
+    speakers = sorted(lt_spk)
+    short = [s for s in speakers if s not in pool]
+    if short:
+        raise DataError(f"speaker {short[0]} of the long-tailed subset has no utterance left in the source dir")
+    avail = np.array([len(pool[s]) for s in speakers])
+    counts, level = water_fill(avail, len(lt_subset), rng)
+    picks = [rng.permutation(a)[:c] for a, c in zip(avail, counts)]
+    has_dur = bool(lt_subset.utt2dur) and all(u in data.utt2dur for s in speakers for u in pool[s])
+    info: dict = {"speakers": len(speakers), "utterances": int(counts.sum()), "level": int(level),
+                  "at_level_plus_one": int((counts > level).sum()), "capped_below_level": int((avail < level).sum()),
+                  "seed": seed, "tolerance": tolerance, "hours_longtail": None, "hours_control": None,
+                  "hours_ratio": None, "swaps": 0}
+    if has_dur:
+        durs = [np.array([data.utt2dur[u] for u in pool[s]]) for s in speakers]
+        target = float(sum(lt_subset.utt2dur[u] for u in lt_subset.utt2spk))
+        swaps = _match_duration(durs, picks, target, tolerance)
+        got = float(sum(d[p].sum() for d, p in zip(durs, picks)))
+        if swaps < 0:
+            raise DataError(f"cannot match the long-tailed subset's {target / 3600:.3f} h within "
+                            f"{100 * tolerance:g}% with the same speakers and counts: best {got / 3600:.3f} h "
+                            f"(ratio {got / target:.4f})", data.path)
+        info.update(hours_longtail=target / 3600, hours_control=got / 3600, hours_ratio=got / target, swaps=swaps)
+    else:
+        log.warning("balanced control: no utt2dur in both dirs, durations not matched")
+    utts = [pool[s][i] for s, p in zip(speakers, picks) for i in p]
+    log.info("balanced control: %d speakers, %d utterances, level %d (%d at level + 1, %d below), hours ratio %s",
+             len(speakers), len(utts), level, info["at_level_plus_one"], info["capped_below_level"],
+             "-" if info["hours_ratio"] is None else f"{info['hours_ratio']:.4f}")
+    return data.subset(utts), info

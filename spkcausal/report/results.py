@@ -49,6 +49,7 @@ VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "
 LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
 _SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
            "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
+CONTROL_SUFFIX = "_control"  # <baseline>_control[_seed<k>]: the baseline trained on the balanced control
 DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
 # the reference Causal Norm head; other values are labelled
 _REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
@@ -119,7 +120,10 @@ def _exp_system(exp_dir: Path) -> str:
     if info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
         return decoupled_name(info, info.get("base_config") or {})
-    return system_name(_exp_config(exp_dir))
+    name = system_name(_exp_config(exp_dir))
+    if split_seed(exp_dir)[0].endswith(CONTROL_SUFFIX):  # the long-tail protocol's control (report.tailcost)
+        name = name.replace(")", ", balanced control)", 1) if ")" in name else name + " (balanced control)"
+    return name
 
 
 def load_results(exp_dir: PathLike) -> dict:

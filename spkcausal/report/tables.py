@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..utils import UsageError
 from .evidence import COLUMNS, LEVEL, N_BOOT, paired_differences, row_figures, seed_summary, t_interval
+from .tailcost import tail_cost, tail_cost_lines
 
 __all__ = ["group_runs", "references_of", "resolve_baseline", "build_tables"]
 
@@ -218,4 +219,10 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
         hdr = ["System", "vs"] + ["Δ " + _HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in DIFF_COLUMNS]
         out_lines += ["", "**Differences from the reference** (A - B; * = the 95% interval excludes 0)", ""]
         out_lines += _markdown(hdr, body)
+    # the long-tail protocol: only when the baseline has a balanced control (<baseline>_control)
+    tail = tail_cost(runs, base, p_target, level, _TDE_BASE, n_boot)
+    if tail is not None:
+        summary["tail_cost"] = tail
+        out_lines += tail_cost_lines(tail, runs, lambda rs: _label(rs, len(labels[rs[0]["label"]]) > 1),
+                                     TABLE_DIFF_VARIANTS)
     return out_lines, summary

@@ -1,0 +1,74 @@
+# The long-tail protocol (`--protocol lt --imbalance R`): what the long tail costs, as ImageNet-LT measures it.
+# Sourced by the recipes after stages.sh. The training dir becomes the long-tailed subset at imbalance R
+# (spkcausal longtail-subset), and a balanced control is drawn beside it: the same speakers and number of
+# utterances, spread evenly over the speakers (water-filling), total hours within 5% (docs/recipes.md). Every
+# system trains on the long-tailed subset as usual; the baseline (the first system) trains on the control too,
+# as system <baseline>_control (exp/<baseline>_control[_seed<k>]; that name is what the report looks for), and
+# the report adds the table "Tail cost": baseline minus control, and the share of it each method recovers.
+#
+#   protocol_setup PROTOCOL IMBALANCE EXP SYSTEMS CONF_DIR CONTROL_DIR
+#       "" (off) or lt. Sets PROTOCOL_CONTROL_DIR, PROTOCOL_CONTROL_SYS (a copy of the baseline's config,
+#       EXP/protocol/<baseline>_control.yaml, so that stages.sh names its runs <baseline>_control) and
+#       PROTOCOL_PROFILE_ARGS (stage_profile's --control_dir); all empty when off.
+#   with_control STAGE_FUNC ARGS...
+#       STAGE_FUNC ARGS, then, with the protocol on, once more for the control system: --systems becomes
+#       PROTOCOL_CONTROL_SYS, --train_dir (and its word in --dirs) the control dir, and the shot groups of the
+#       seen-speaker and identification rows stay those of the long-tailed dir (--group_dir), so that "Few"
+#       means the same speakers for both.
+#   protocol_subset DATA POOL TRAIN_DIR IMBALANCE SEED
+#       the demo's stage 2 (its synthetic pool has the held-out split already): TRAIN_DIR = the long-tailed
+#       subset of POOL (no utterance held out), PROTOCOL_CONTROL_DIR its control. Marker: DATA/.done/protocol.
+
+PROTOCOL_CONTROL_DIR="" PROTOCOL_CONTROL_SYS="" PROTOCOL_PROFILE_ARGS=()
+
+protocol_setup() {
+  local protocol=$1 imbalance=$2 exp=$3 systems=$4 conf_dir=$5 control_dir=$6 base src
+  case "$protocol" in
+    "") return 0 ;;
+    lt) ;;
+    *) die "--protocol $protocol: expected lt (or nothing)" ;;
+  esac
+  awk -v r="$imbalance" 'BEGIN {exit !(r > 1)}' || die "--protocol lt needs --imbalance R > 1, got $imbalance"
+  base=$(first_word "$systems")
+  case "$base" in *+*) die "--protocol lt: the first system ($base) must be a trained config, the baseline" ;; esac
+  src=$(sys_conf "$base" "$conf_dir")
+  [ -f "$src" ] || die "--protocol lt: no config $src for the baseline $base"
+  mkdir -p "$exp/protocol"
+  PROTOCOL_CONTROL_SYS="$exp/protocol/$(sys_name "$base")_control.yaml"
+  cmp -s "$src" "$PROTOCOL_CONTROL_SYS" || cp "$src" "$PROTOCOL_CONTROL_SYS"
+  PROTOCOL_CONTROL_DIR=$control_dir
+  PROTOCOL_PROFILE_ARGS=(--control_dir "$control_dir")
+  log "protocol lt: imbalance $imbalance; $(sys_name "$base") also trains on the balanced control $control_dir"
+}
+
+with_control() {
+  local fn=$1 i train="" w d args=()
+  shift
+  "$fn" "$@"
+  [ -n "$PROTOCOL_CONTROL_SYS" ] || return 0
+  local argv=("$@")
+  for ((i = 0; i + 1 < ${#argv[@]}; i += 2)); do [ "${argv[i]}" != --train_dir ] || train=${argv[i + 1]}; done
+  [ -n "$train" ] || die "with_control $fn: no --train_dir to replace by the control"
+  for ((i = 0; i + 1 < ${#argv[@]}; i += 2)); do
+    case "${argv[i]}" in
+      --systems) args+=(--systems "$PROTOCOL_CONTROL_SYS") ;;
+      --train_dir) args+=(--train_dir "$PROTOCOL_CONTROL_DIR") ;;
+      --dirs)
+        d=""; for w in ${argv[i + 1]}; do [ "$w" != "$train" ] || w=$PROTOCOL_CONTROL_DIR; d+="${d:+ }$w"; done
+        args+=(--dirs "$d") ;;
+      *) args+=("${argv[i]}" "${argv[i + 1]}") ;;
+    esac
+  done
+  case "$fn" in stage_score|stage_tde|stage_identify) args+=(--group_dir "$train") ;; esac
+  log "protocol lt: $fn for the balanced control ($(sys_name "$PROTOCOL_CONTROL_SYS") on $PROTOCOL_CONTROL_DIR)"
+  "$fn" "${args[@]}"
+}
+
+protocol_subset() {
+  local data=$1 pool=$2 train_dir=$3 imbalance=$4 seed=$5
+  [ -n "$PROTOCOL_CONTROL_DIR" ] || return 0
+  if is_done "$data" protocol; then skip_msg protocol "long-tailed subset + control" "$data"; return 0; fi
+  spkcausal longtail-subset "$pool" --out-train "$train_dir" --out-heldout "$data/protocol_heldout" \
+    --imbalance "$imbalance" --heldout-per-spk 0 --seed "$seed" --control "$PROTOCOL_CONTROL_DIR" > /dev/null
+  mark_done "$data" protocol
+}

@@ -1,0 +1,180 @@
+"""The cost of the long tail, and the share of it each method recovers (the long-tail protocol, docs/recipes.md).
+
+The protocol trains the baseline system twice per seed: on a long-tailed subset (system `<baseline>`) and on
+its balanced control, the same speakers and utterance count spread evenly (system `<baseline>_control`: the
+experiment dirs `<baseline>_control` or `<baseline>_control_seed<k>`; that name is what marks a control).
+For a figure x where lower is better (held-out EER, seen-speaker Few EER, Few = by the long-tailed counts):
+
+    tail cost        c_k = x(baseline, seed k) - x(control, seed k)
+    recovered share  r   = mean_k (x(baseline, k) - x(method, k)) / mean_k c_k      (seeds all three have)
+
+The tail cost is the mean of the per-seed c_k with a Student-t interval over seeds (one seed each: the paired
+bootstrap of evidence.paired_differences). The share is a ratio of means of paired per-seed values; its
+interval is Fieller's: the set of r for which the per-seed values a_k - r c_k (a_k = the numerator's) have a
+mean that a Student-t test at the level does not reject as 0. It accounts for the uncertainty of the tail cost
+as well as of the gain, and is unbounded (reported as such) when the tail cost itself is not significantly
+non-zero. One seed: the point value only. 100% = the method closes the whole gap to the balanced control.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .evidence import LEVEL, paired_differences, row_figures, t_interval
+from .results import CONTROL_SUFFIX
+
+__all__ = ["CONTROL_SUFFIX", "TAIL_COLUMNS", "control_system", "fieller_ratio", "tail_cost", "tail_cost_lines"]
+
+TAIL_COLUMNS = (("eer", "Held-out EER"), ("seen_eer_few", "Seen Few EER"))
+
+
+def control_system(baseline: str, systems: Sequence[str]) -> str | None:
+    """The balanced control of the baseline system key (`<baseline>_control`) when it is among `systems`."""
+    key = baseline + CONTROL_SUFFIX
+    return key if key in systems else None
+
+
+def fieller_ratio(num: Sequence[float], den: Sequence[float], level: float = LEVEL) -> dict:
+    """mean(num) / mean(den) of paired per-seed values with Fieller's interval (None, bounded False, when the
+    denominator's mean is not significantly non-zero; None with fewer than two seeds)."""
+    from scipy.stats import t
+
+    a, d = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if len(a) != len(d) or len(a) == 0:
+        raise ValueError(f"need as many numerators as denominators, got {len(a)} and {len(d)}")
+    ratio = float(a.mean() / d.mean()) if d.mean() != 0 else math.nan
+    n = len(a)
+    if n < 2:
+        return {"ratio": ratio, "ci": None, "bounded": None, "n_seeds": n}
+    cov = np.cov(np.stack([a, d]), ddof=1)
+    q = float(t.ppf((1.0 + level) / 2.0, n - 1)) ** 2 / n
+    # (abar - r dbar)^2 <= q Var_k(a_k - r d_k): a quadratic A r^2 - 2 B r + C <= 0
+    qa = d.mean() ** 2 - q * cov[1, 1]
+    qb = a.mean() * d.mean() - q * cov[0, 1]
+    qc = a.mean() ** 2 - q * cov[0, 0]
+    if qa <= 0:
+        return {"ratio": ratio, "ci": None, "bounded": False, "n_seeds": n}
+    root = math.sqrt(max(0.0, qb * qb - qa * qc))
+    return {"ratio": ratio, "ci": [float((qb - root) / qa), float((qb + root) / qa)], "bounded": True, "n_seeds": n}
+
+
+def _by_seed(rs: Sequence[Mapping]) -> dict:
+    return {r["seed"]: r for r in rs}
+
+
+def _values(rows: Mapping, seeds: Sequence, col: str, p_target: float) -> list[float | None]:
+    return [row_figures(rows[k], p_target)[col][0] for k in seeds]
+
+
+def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, p_target: float = 0.01,
+              level: float = LEVEL, tde_base: Mapping[str, str] | None = None, n_boot: int = 1000) -> dict | None:
+    """Tail cost per scoring variant and every other long-tailed system's recovered share (module docstring);
+    None without a control system. A method's variant is paired with the baseline's same variant, or for a TDE
+    variant the baseline has not, with its plain one (`tde_base`)."""
+    systems = list(dict.fromkeys(s for s, _ in runs))
+    control = control_system(baseline, systems)
+    if control is None:
+        return None
+    tde_base = tde_base or {}
+    costs: dict[str, dict] = {}
+    for (s, v), rs in runs.items():
+        if s != baseline or (control, v) not in runs:
+            continue
+        b, c = _by_seed(rs), _by_seed(runs[(control, v)])
+        seeds = [k for k in b if k in c]
+        cols: dict[str, dict] = {}
+        for col, _ in TAIL_COLUMNS:
+            xb, xc = _values(b, seeds, col, p_target), _values(c, seeds, col, p_target)
+            keep = [(k, p, q) for k, p, q in zip(seeds, xb, xc) if p is not None and q is not None]
+            if not keep:
+                continue
+            per = [p - q for _, p, q in keep]
+            mean, ci = t_interval(per, level)
+            if len(per) == 1:  # one run each: the paired bootstrap over speakers, when the score files line up
+                ci = (paired_differences(b[keep[0][0]], c[keep[0][0]], p_target, n_boot, level).get(col) or {}).get(
+                    "ci")
+            cols[col] = {"cost": mean, "ci": ci, "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
+                         "seeds": [k for k, _, _ in keep], "per_seed": per}
+        if cols:
+            costs[v] = cols
+    shares = []
+    for (s, w), rs in runs.items():
+        if s in (baseline, control) or rs[0].get("decoupled"):
+            continue  # a decoupled classifier has its base's embeddings: no verification of its own
+        v = w if w in costs else tde_base.get(w)
+        if v not in costs:
+            continue
+        m, b = _by_seed(rs), _by_seed(runs[(baseline, v)])
+        cols = {}
+        for col, cost in costs[v].items():
+            trip = [(k, b[k], m[k]) for k in cost["seeds"] if k in m]
+            gains, dens = [], []
+            for k, rb, rm in trip:
+                xb, xm = row_figures(rb, p_target)[col][0], row_figures(rm, p_target)[col][0]
+                if xm is not None:
+                    gains.append(xb - xm)
+                    dens.append(cost["per_seed"][cost["seeds"].index(k)])
+            if gains:
+                fr = fieller_ratio(gains, dens, level)
+                ci = fr["ci"]
+                cols[col] = {"share": fr["ratio"], "ci": ci, "bounded": fr["bounded"], "n_seeds": fr["n_seeds"],
+                             "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
+                             "per_seed_gain": gains, "per_seed_cost": dens}
+        if cols:
+            shares.append({"system": s, "variant": w, "reference_variant": v, "columns": cols})
+    return {"control": control, "baseline": baseline, "costs": costs, "shares": shares,
+            "method": "tail cost: mean of per-seed differences, Student-t interval; share: ratio of means, "
+                      "Fieller interval over seeds"}
+
+
+def _cost_cell(d: Mapping | None) -> str:
+    if not d:
+        return "-"
+    txt = f"{100 * d['cost']:+.2f}"
+    if d.get("ci"):
+        txt += f" [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]"
+    return txt + (" *" if d.get("significant") else "")
+
+
+def _share_cell(d: Mapping | None) -> str:
+    if not d or not math.isfinite(d["share"]):
+        return "-"
+    def pct(x: float) -> str:
+        return f"{int(round(100 * x))}%"  # int: no "-0%"
+
+    txt = pct(d["share"])
+    if d.get("ci"):
+        txt += f" [{pct(d['ci'][0])}, {pct(d['ci'][1])}]"
+    elif d.get("bounded") is False:
+        txt += " [unbounded]"
+    return txt + (" *" if d.get("significant") else "")
+
+
+def tail_cost_lines(result: Mapping | None, runs: Mapping, label: Callable[[Sequence[Mapping]], str],
+                    variants: Sequence[str]) -> list[str]:
+    """Markdown lines of the "Tail cost" table (the listed reference variants only); none without a control."""
+    if not result:
+        return []
+    from .tables import _markdown
+
+    body = []
+    base, control = result["baseline"], result["control"]
+    for v, cols in result["costs"].items():
+        if v not in variants:
+            continue
+        body.append([f"Tail cost: {label(runs[(base, v)])}", label(runs[(control, v)])]
+                    + [_cost_cell(cols.get(c)) for c, _ in TAIL_COLUMNS])
+        for sh in result["shares"]:
+            if sh["reference_variant"] == v:
+                body.append([f"Share recovered: {label(runs[(sh['system'], sh['variant'])])}", label(runs[(base, v)])]
+                            + [_share_cell(sh["columns"].get(c)) for c, _ in TAIL_COLUMNS])
+    if not body:
+        return []
+    return (["", "**Tail cost**: the baseline on the long-tailed set minus the same on its balanced control (same "
+                 "speakers and utterances, spread evenly), in EER points; the share of it a method recovers, "
+                 "(baseline - method) / tail cost (100% closes the gap). Tail cost: mean over seeds with a 95% "
+                 "Student-t interval; share: ratio of means with Fieller's 95% interval over seeds; * = the "
+                 "interval excludes 0. Few = fewer training utterances in the long-tailed set.", ""]
+            + _markdown(["System", "vs"] + [f"{h} (%)" for _, h in TAIL_COLUMNS], body))
