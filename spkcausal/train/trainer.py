@@ -176,7 +176,7 @@ class Trainer:
         else:
             self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=seed,
                                          num_samples=cfg["sampler"].get("num_samples"),
-                                         num_replicas=info.world_size, rank=info.rank)
+                                         num_replicas=info.world_size, rank=info.rank, epochs=int(tcfg["epochs"]))
         self.steps_per_epoch = self.sampler.epoch_length // bs
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of {bs}",
@@ -312,6 +312,8 @@ class Trainer:
                               self.lr(epoch * spe))
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
+        if hasattr(self.loss_fn, "set_epoch"):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
+            self.loss_fn.set_epoch(epoch)
         ckpt_every, log_every = int(tcfg["ckpt_every_steps"]), max(1, int(tcfg["log_every"]))
         clip = float(self.cfg["optim"].get("grad_clip") or 0.0)
         # Loss and correct-count sums stay on the device (epoch and log window) so steps never wait for the GPU;
