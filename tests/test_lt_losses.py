@@ -310,3 +310,27 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(lt_corpus, tmp_path
     diff = max((p.detach().double() - q.detach().double()).abs().max().item()
                for p, q in zip(ref.net.parameters(), plain.net.parameters()))
     assert diff > 1e-4
+
+
+# ------------------------------------------------------------------ demo configs
+
+LT_CONFS = ["balanced_softmax", "drw", "focal", "progressive", "reweight"]
+
+
+def test_lt_demo_configs_differ_from_the_baseline_only_in_loss_or_sampler():
+    import yaml
+
+    conf = REPO / "recipes" / "mini" / "conf"
+    base = yaml.safe_load((conf / "aam.yaml").read_text())
+    assert sorted(p.stem for p in (conf / "lt").glob("*.yaml")) == LT_CONFS
+    labels = np.repeat(np.arange(4), [40, 10, 3, 1])
+    for name in LT_CONFS:
+        cfg = merge_defaults(yaml.safe_load((conf / "lt" / f"{name}.yaml").read_text()))
+        assert {k: v for k, v in cfg.items() if k not in ("loss", "sampler")} == \
+            {k: v for k, v in merge_defaults(base).items() if k not in ("loss", "sampler")}, name
+        assert (cfg["loss"], cfg["sampler"]) != (base["loss"], base["sampler"])
+        kwargs = {k: v for k, v in cfg["loss"].items() if k != "name"}
+        assert isinstance(build_loss(cfg["loss"]["name"], class_counts=np.bincount(labels), **kwargs), WeightedLoss)
+        build_sampler(cfg["sampler"]["name"], labels, epochs=cfg["train"]["epochs"])
+    drw = yaml.safe_load((conf / "lt" / "drw.yaml").read_text())
+    assert drw["loss"]["drw_epoch"] == 12 and drw["train"]["epochs"] == 16
