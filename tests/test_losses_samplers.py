@@ -71,13 +71,14 @@ def test_build_loss_errors():
         build_loss("inverse", class_counts=[3, 1], weighting="effective_number")
     with pytest.raises(UsageError) as err:
         build_loss("hinge")
-    assert str(err.value) == "unknown loss 'hinge'; expected one of ce, effective_number, focal, inverse"
+    assert str(err.value) == ("unknown loss 'hinge'; expected one of balanced_softmax, ce, effective_number, focal, "
+                              "inverse")
 
 
 def test_unknown_sampler_lists_the_schemes():
     with pytest.raises(UsageError) as err:
         build_sampler("balanced", LABELS)
-    assert str(err.value) == "unknown sampler 'balanced'; expected one of class_balanced, natural, sqrt"
+    assert str(err.value) == "unknown sampler 'balanced'; expected one of class_balanced, natural, progressive, sqrt"
     with pytest.raises(UsageError, match="unknown sampler"):
         class_probabilities(np.array([3, 1]), "balanced")
 

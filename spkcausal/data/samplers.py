@@ -6,6 +6,8 @@ The order of an epoch is a pure function of (seed, epoch): every rank builds the
 - natural: a random permutation of the data (each utterance once per epoch).
 - class_balanced: each draw picks a class uniformly, then an utterance of it uniformly (with replacement).
 - sqrt: like class_balanced but a class is picked with probability proportional to sqrt(n_c).
+- progressive (Kang et al., ICLR 2020): like class_balanced with p_c(t) = (1 - t/T) n_c/N + (t/T) / C at the
+  0-based epoch t of T (`epochs`): natural frequencies in the first epoch, moving linearly towards uniform.
 """
 from __future__ import annotations
 
@@ -18,31 +20,51 @@ from torch.utils.data import Sampler
 
 from ..registry import Registry
 
-# Each scheme's unnormalised class-drawing weights from the per-class counts (float64).
-SAMPLERS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("sampler")
+# Each scheme's unnormalised class-drawing weights from the per-class counts (float64) and the training
+# progress t/T in [0, 1) of the epoch (only epoch-aware schemes such as 'progressive' look at it).
+SAMPLERS: Registry[Callable[[np.ndarray, float], np.ndarray]] = Registry("sampler")
+# Schemes whose epoch order is a permutation of the data (each utterance once), not class draws.
+PERMUTATION_SCHEMES = ("natural",)
+# Schemes whose class probabilities do not depend on the epoch.
+STATIC_SCHEMES = ("natural", "class_balanced", "sqrt")
 
 
 @SAMPLERS.register("natural")
-def natural_weights(counts: np.ndarray) -> np.ndarray:
+def natural_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
     """n_c: the data's own class frequencies (the epoch itself is a permutation, see global_order)."""
     return counts
 
 
 @SAMPLERS.register("class_balanced")
-def class_balanced_weights(counts: np.ndarray) -> np.ndarray:
+def class_balanced_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
     """1 for every class with data: classes drawn uniformly."""
     return (counts > 0).astype(np.float64)
 
 
 @SAMPLERS.register("sqrt")
-def sqrt_weights(counts: np.ndarray) -> np.ndarray:
+def sqrt_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
     """sqrt(n_c): square-root re-sampling."""
     return np.sqrt(counts)
 
 
-def class_probabilities(counts: np.ndarray, name: str) -> np.ndarray:
-    """Probability of drawing each class under a sampling scheme (classes with no data get 0)."""
-    p = SAMPLERS.get(name)(np.asarray(counts, dtype=np.float64))
+@SAMPLERS.register("progressive")
+def progressive_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
+    """(1 - t/T) n_c / N + (t/T) / C over the classes with data (Kang et al.'s progressively balanced)."""
+    has = (counts > 0).astype(np.float64)
+    return (1.0 - progress) * counts / counts.sum() + progress * has / has.sum()
+
+
+def epoch_progress(epoch: int, epochs: int) -> float:
+    """t/T of a 0-based epoch t of T (clipped to [0, 1] for epochs past T, e.g. a longer resumed run)."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return min(1.0, max(0.0, epoch / epochs))
+
+
+def class_probabilities(counts: np.ndarray, name: str, epoch: int = 0, epochs: int = 1) -> np.ndarray:
+    """Probability of drawing each class under a sampling scheme at a 0-based epoch of `epochs` (classes with
+    no data get 0)."""
+    p = SAMPLERS.get(name)(np.asarray(counts, dtype=np.float64), epoch_progress(epoch, epochs))
     return p / p.sum()
 
 
@@ -50,7 +72,7 @@ class LongTailSampler(Sampler[int]):
     """Deterministic, resumable, rank-sharded sampler; see the module docstring for the schemes."""
 
     def __init__(self, labels: Sequence[int] | np.ndarray, name: str = "natural", seed: int = 0,
-                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0):
+                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1):
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError("labels must be a non-empty 1-D sequence of class indices")
@@ -58,7 +80,7 @@ class LongTailSampler(Sampler[int]):
             raise ValueError(f"rank {rank} out of range for num_replicas={num_replicas}")
         SAMPLERS.get(name)  # an unknown scheme fails here, before any work
         self.labels, self.name, self.seed = labels, name, int(seed)
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.num_replicas, self.rank, self.epochs = int(num_replicas), int(rank), int(epochs)
         self.total = len(labels) if num_samples is None else int(num_samples)
         # Per-rank length is fixed for every epoch so the trainer's step arithmetic never changes.
         self.epoch_length = math.ceil(self.total / self.num_replicas)
@@ -69,8 +91,16 @@ class LongTailSampler(Sampler[int]):
         self._by_class = np.argsort(inverse, kind="stable")
         self._counts = np.bincount(inverse, minlength=len(classes))
         self._offsets = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
-        counts = self._counts
-        self.class_probs = class_probabilities(counts, name)
+        self.class_probs_at(0)  # a bad `epochs` fails here
+
+    def class_probs_at(self, epoch: int) -> np.ndarray:
+        """Class-drawing probabilities of an epoch (the same every epoch except for epoch-aware schemes)."""
+        return class_probabilities(self._counts, self.name, epoch, self.epochs)
+
+    @property
+    def class_probs(self) -> np.ndarray:
+        """Class-drawing probabilities of the current epoch."""
+        return self.class_probs_at(self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (its order depends on (seed, epoch)); resets the start position to 0."""
@@ -84,13 +114,18 @@ class LongTailSampler(Sampler[int]):
 
     def state_dict(self) -> dict[str, Any]:
         """Position to save in a checkpoint."""
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "name": self.name}
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "name": self.name,
+                "epochs": self.epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a saved position (the seed and scheme must match, or the order would differ)."""
+        """Restore a saved position (the seed and scheme must match, or the order would differ; for an
+        epoch-aware scheme the number of epochs too)."""
         if state.get("seed", self.seed) != self.seed or state.get("name", self.name) != self.name:
             raise ValueError(f"sampler state is for seed={state.get('seed')} name={state.get('name')!r}, "
                              f"this sampler is seed={self.seed} name={self.name!r}")
+        if self.name not in STATIC_SCHEMES and state.get("epochs", self.epochs) != self.epochs:
+            raise ValueError(f"sampler state is for epochs={state.get('epochs')}, this run has epochs={self.epochs} "
+                             f"(the {self.name!r} schedule depends on train.epochs)")
         self.epoch = int(state["epoch"])
         self.set_start(int(state["start"]))
 
@@ -98,7 +133,7 @@ class LongTailSampler(Sampler[int]):
         """The whole epoch's order over all ranks, padded to epoch_length * num_replicas."""
         rng = np.random.default_rng([self.seed, self.epoch])
         n = len(self.labels)
-        if self.name == "natural":
+        if self.name in PERMUTATION_SCHEMES:
             reps = math.ceil(self.total / n)
             order = np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.total]
         else:
@@ -123,6 +158,7 @@ class LongTailSampler(Sampler[int]):
 
 
 def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, num_samples: int | None = None,
-                  num_replicas: int = 1, rank: int = 0) -> LongTailSampler:
-    """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced' or 'sqrt'."""
-    return LongTailSampler(labels, name, seed, num_samples, num_replicas, rank)
+                  num_replicas: int = 1, rank: int = 0, epochs: int = 1) -> LongTailSampler:
+    """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced', 'sqrt' or 'progressive'
+    (which needs `epochs`, the run's train.epochs)."""
+    return LongTailSampler(labels, name, seed, num_samples, num_replicas, rank, epochs)

@@ -13,8 +13,9 @@ Layout of an epoch (documented rules; docs/scale.md explains them for users):
   when they hold fewer examples than its share of batches, goes through them again (a rank with more examples
   than its share leaves the rest for later epochs, which deal the shards differently).
 - Second level, a shuffle buffer of `data.shuffle_buffer` examples per stream. natural: draw a buffer slot
-  uniformly, emit it, refill from the stream (each example once per pass). class_balanced / sqrt: sampling
-  weights at the buffer. The buffer is a FIFO window; each draw picks a slot with probability proportional to
+  uniformly, emit it, refill from the stream (each example once per pass). class_balanced / sqrt / progressive:
+  sampling weights at the buffer (progressive: the epoch's p_c(t), so the weights are planned per epoch).
+  The buffer is a FIFO window; each draw picks a slot with probability proportional to
   `p_c / n_c` (p_c the scheme's class probability, spkcausal.data.samplers.class_probabilities; n_c the class's
   utterance count), emits it *with replacement*, then the oldest entry leaves and the next example enters.
   Every example stays in the window for the same number of draws, so it is emitted `K w_i / sum_window w` times
@@ -41,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..utils import DataError, UsageError
-from .samplers import SAMPLERS, class_probabilities
+from .samplers import PERMUTATION_SCHEMES, SAMPLERS, STATIC_SCHEMES, class_probabilities
 from .shards import ShardIndex
 
 log = logging.getLogger("spkcausal.data.shardstream")
@@ -80,8 +81,9 @@ class ShardTrainStream(IterableDataset):
 
     def __init__(self, index: ShardIndex, chunk_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
                  world: int = 1, name: str = "natural", num_samples: int | None = None, min_samples: int = 0,
-                 sample_rate: int = 16000, streams: int = 1, buffer_size: int = 1000):
+                 sample_rate: int = 16000, streams: int = 1, buffer_size: int = 1000, epochs: int = 1):
         SAMPLERS.get(name)
+        self.epochs = int(epochs)
         self.index, self.chunk_samples, self.batch_size = index, int(chunk_samples), int(batch_size)
         self.seed, self.rank, self.world, self.name = int(seed), int(rank), int(world), name
         self.streams, self.buffer_size = max(1, int(streams)), max(1, int(buffer_size))
@@ -106,14 +108,21 @@ class ShardTrainStream(IterableDataset):
             raise UsageError(f"{len(self._shards)} shards with usable audio cannot feed {self.world} ranks x "
                              f"{self.streams} streams (data.shard_streams / data.num_workers): write more, smaller "
                              "shards (make-shards --utts-per-shard) or use fewer workers")
-        counts = self.class_counts()
-        self._weight = np.zeros(len(index))
-        self._weight[ids] = (class_probabilities(counts, name) / np.maximum(counts, 1))[self.labels[ids]]
+        self._ids = ids
+        self.example_weights(0)  # a bad `epochs` fails here
         total = self.num_utts if num_samples is None else int(num_samples)
         self.epoch_length = math.ceil(total / self.world)
         self.steps = self.epoch_length // self.batch_size
         self.epoch, self.start = 0, 0
         self.failures = 0
+
+    def example_weights(self, epoch: int) -> np.ndarray:
+        """Buffer weight p_c(epoch) / n_c of every index row (0 for unusable ones)."""
+        counts = self.class_counts()
+        p = class_probabilities(counts, self.name, epoch, self.epochs)
+        w = np.zeros(len(self.index))
+        w[self._ids] = (p / np.maximum(counts, 1))[self.labels[self._ids]]
+        return w
 
     # ---------------------------------------------------------------- sampler interface (as LongTailSampler)
 
@@ -140,16 +149,20 @@ class ShardTrainStream(IterableDataset):
         """Position and everything the order depends on, for the checkpoint."""
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "name": self.name,
                 "source": "shards", "streams": self.streams, "buffer": self.buffer_size,
-                "index_sha256": self.index.manifest.get("index_sha256")}
+                "index_sha256": self.index.manifest.get("index_sha256"), "epochs": self.epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; a checkpoint of another order (seed, scheme, streams, buffer, shards) is refused."""
         mine = self.state_dict()
-        for key in ("seed", "name", "source", "streams", "buffer", "index_sha256"):
+        keys = ("seed", "name", "source", "streams", "buffer", "index_sha256")
+        if self.name not in STATIC_SCHEMES:
+            keys += ("epochs",)  # the epoch-aware schedule depends on train.epochs
+        for key in keys:
             if state.get(key) != mine[key]:
                 raise ValueError(f"sampler state has {key}={state.get(key)!r}, this run has {key}={mine[key]!r} "
-                                 "(seed, sampler, data.shard_streams / data.num_workers, data.shuffle_buffer and "
-                                 "the shards must stay the same for an exact resume)")
+                                 "(seed, sampler, data.shard_streams / data.num_workers, data.shuffle_buffer, "
+                                 "the shards and, for progressive, train.epochs must stay the same for an exact "
+                                 "resume)")
         self.epoch = int(state["epoch"])
         self.set_start(int(state["start"]))
 
@@ -172,7 +185,7 @@ class ShardTrainStream(IterableDataset):
         k = min(self.buffer_size, len(one_pass))
         rng = np.random.default_rng([self.seed, epoch, self.rank, stream, _BUFFER])
         emits = np.empty(quota, dtype=np.int64)
-        if self.name == "natural":
+        if self.name in PERMUTATION_SCHEMES:
             passes = max(1, math.ceil(quota / len(one_pass)))
             reads = np.tile(one_pass, passes)
             buf = list(range(min(k, len(reads))))
@@ -190,7 +203,7 @@ class ShardTrainStream(IterableDataset):
         # Weighted FIFO window: one read per draw after the initial fill.
         need = k + quota
         reads = np.tile(one_pass, math.ceil(need / len(one_pass)))[:need]
-        w = self._weight[reads]
+        w = self.example_weights(epoch)[reads]
         u = rng.random(quota)
         for e in range(quota):
             c = np.cumsum(w[e:e + k])
@@ -324,7 +337,8 @@ def prepare_shard_stream(cfg: dict[str, Any], rank: int, world: int, exp_dir: An
                               seed=int(cfg["seed"]), rank=rank, world=world, name=cfg["sampler"]["name"],
                               num_samples=cfg["sampler"].get("num_samples"),
                               min_samples=int(round(float(dcfg["min_seconds"]) * sr)), sample_rate=sr,
-                              streams=int(streams), buffer_size=int(dcfg["shuffle_buffer"]))
+                              streams=int(streams), buffer_size=int(dcfg["shuffle_buffer"]),
+                              epochs=int(cfg["train"]["epochs"]))
     if rank == 0:
         write_text_atomic(Path(exp_dir) / "skipped_utts.txt",
                           "".join(f"{u} {why}\n" for u, why in sorted(stream.skipped.items())))

@@ -1,9 +1,13 @@
-"""Training configs: the schema (DEFAULTS, every key; docs/training.md explains them), YAML loading and
-`key.sub=value` command-line overrides. The merged config is saved with every experiment."""
+"""Training configs: the schema (DEFAULTS, every key, and TYPES, what each key of the fixed sections holds;
+docs/training.md explains them), YAML loading and `key.sub=value` command-line overrides. `merge_defaults` types
+every fixed key once, so readers take `cfg[...]` as it is. The merged config is saved with every experiment."""
 from __future__ import annotations
 
 import copy
+import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +39,114 @@ DEFAULTS: dict[str, Any] = {
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
+@dataclass(frozen=True)
+class Key:
+    """What one config key holds: kind 'int' | 'float' | 'bool' | 'str', an optional lower bound (`gt`: strict),
+    upper bound and set of choices, and whether null is allowed."""
+
+    kind: str
+    minimum: float | None = None
+    gt: bool = False
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    def describe(self) -> str:
+        """The expectation in words, for error messages."""
+        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[self.kind]
+        if self.choices:
+            what = f"one of {', '.join(self.choices)}"
+        if self.minimum is not None:
+            what += f" {'>' if self.gt else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            what += f" <= {self.maximum:g}"
+        return what + (" or null" if self.optional else "")
+
+    def coerce(self, value: Any, key: str) -> Any:
+        """`value` typed (numeric strings such as YAML's '1e-4' become numbers), or a UsageError naming `key`."""
+        if value is None and self.optional:
+            return None
+        out = _COERCE[self.kind](value)
+        ok = out is not None and (not self.choices or out in self.choices)
+        if ok and self.minimum is not None:
+            ok = out > self.minimum if self.gt else out >= self.minimum
+        if ok and self.maximum is not None:
+            ok = out <= self.maximum
+        if not ok:
+            raise UsageError(f"config key {key}: expected {self.describe()}, got {value!r}")
+        return out
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    f = _as_float(v)
+    return int(f) if f is not None and f.is_integer() else None
+
+
+def _as_float(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v) if isinstance(v, (int, float, str)) else None
+    except ValueError:
+        return None
+    return f if f is not None and math.isfinite(f) else None
+
+
+def _as_bool(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def _as_str(v: Any) -> str | None:
+    return str(v) if isinstance(v, (str, os.PathLike)) else None
+
+
+_COERCE = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str}
+_PATH = Key("str", optional=True)
+_POS, _COUNT = Key("float", 0, gt=True), Key("int", 0)
+
+TYPES: dict[str, Any] = {
+    "exp_dir": _PATH,
+    "seed": Key("int"),
+    "data": {"train": _PATH, "sample_rate": Key("int", 1), "chunk_seconds": _POS, "min_seconds": Key("float", 0),
+             "num_workers": _COUNT, "prefetch_factor": Key("int", 1), "pin_memory": Key("bool"),
+             "scan_threads": Key("int", 1), "shards": _PATH, "shuffle_buffer": Key("int", 1),
+             "shard_streams": Key("int", 1, optional=True)},
+    "augment": {"speed_perturb": Key("bool"), "musan": _PATH, "rirs": _PATH, "prob": Key("float", 0, maximum=1),
+                "musan_max_seconds": _POS, "rir_max_seconds": _POS},
+    "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True)},
+    "optim": {"lr": _POS, "final_lr": _POS, "warmup_epochs": Key("float", 0), "momentum": Key("float", 0),
+              "nesterov": Key("bool"), "weight_decay": Key("float", 0), "grad_clip": Key("float", 0, optional=True)},
+    "margin": {"start_epoch": Key("float", 0), "end_epoch": Key("float", 0)},
+    "train": {"epochs": Key("int", 1), "batch_size": Key("int", 1), "precision": Key("str", choices=PRECISIONS),
+              "device": Key("str"), "ckpt_every_steps": _COUNT, "keep_last": _COUNT, "keep_epochs": _COUNT,
+              "log_every": _COUNT, "tensorboard": Key("bool"), "progress": Key("bool"), "init_from": _PATH,
+              "init_head": Key("bool"), "dist_timeout": Key("float", 0, gt=True, optional=True)},
+}
+
+
+def typed(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Type every key of TYPES in a merged config in place (and return it); a wrong value is a UsageError."""
+    for name, spec in TYPES.items():
+        if isinstance(spec, Key):
+            cfg[name] = spec.coerce(cfg[name], name)
+        else:
+            section = cfg[name]
+            for key, kspec in spec.items():
+                section[key] = kspec.coerce(section[key], f"{name}.{key}")
+    return cfg
+
+
 # Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
 _FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
 
 
 def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """DEFAULTS <- cfg; unknown sections, and unknown keys of fixed sections, are rejected (typos, mostly)."""
+    """DEFAULTS <- cfg, typed by TYPES; unknown sections, unknown keys of fixed sections (typos, mostly) and values
+    of the wrong type or range are rejected."""
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise UsageError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
@@ -52,10 +158,7 @@ def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if bad:
             raise UsageError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
                              f"expected some of {sorted(DEFAULTS[section])}")
-    out = deep_merge(DEFAULTS, cfg)
-    if out["train"]["precision"] not in PRECISIONS:
-        raise UsageError(f"train.precision={out['train']['precision']!r}; expected one of {PRECISIONS}")
-    return out
+    return typed(deep_merge(DEFAULTS, cfg))
 
 
 def load_yaml(path: PathLike) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Per step on the device: waves -> [speed perturbation] -> [noise / reverb] -> Fbank -> model -> head -> loss.
 CPU DataLoader workers only read audio (spkcausal.data.dataset). `train(cfg)` (a `Trainer` per rank) is the library
 entry point; `spkcausal train --config conf.yaml key=value ... [--resume]` is a thin CLI over it. The config
-schema is `spkcausal.nn.config.DEFAULTS`; the network comes from `spkcausal.nn.network`, the process group from
-`spkcausal.nn.distributed`, the lr / margin schedules from `spkcausal.train.schedules`.
+schema is `spkcausal.nn.config.DEFAULTS` (typed by its TYPES on merge, so values are read as they are); the data
+source and init_from come from `spkcausal.train.setup`, the network from `spkcausal.nn.network`, the process
+group from `spkcausal.nn.distributed`, the lr / margin schedules from `spkcausal.train.schedules`.
 
 Randomness of a step (augmentation draws, fbank dither) comes from a generator re-seeded from
 (seed, rank, step), and chunk offsets from (seed, epoch, rank, position), so a resumed run repeats the
@@ -42,8 +43,9 @@ from ..nn.checkpoint import (
 from ..nn.config import merge_defaults, save_config
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
 from ..nn.network import SpeakerNet, build_network, num_classes_for, section_kwargs
-from ..utils import DataError, UsageError, log_to_file, write_text_atomic
+from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
+from .setup import adopt_init_from, prepare_data
 from .steps import build_feature_pipeline, device_batch, train_step
 
 # ------------------------------------------------------------------ training
@@ -60,148 +62,35 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _read_samples(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """(training chunk samples, samples to read per chunk: more with speed perturbation, so every speed fills it)."""
-    chunk = int(round(float(cfg["data"]["chunk_seconds"]) * int(cfg["data"]["sample_rate"])))
-    if cfg["augment"].get("speed_perturb"):
-        from ..nn.augment import speed_input_samples
-
-        return chunk, speed_input_samples(chunk)
-    return chunk, chunk
-
-
-def _prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log) -> tuple[Any, Any]:
-    """Load the data dir, pre-scan audio on rank 0 (result broadcast), build the training dataset."""
-    from ..data.datadir import DataDir
-    from ..data.dataset import TrainChunkDataset, scan_training_audio
-
-    dcfg = cfg["data"]
-    if dcfg.get("shards"):
-        from ..data.shardstream import prepare_shard_stream
-
-        return prepare_shard_stream(cfg, info.rank, info.world_size, exp_dir, log, *_read_samples(cfg))
-    if not dcfg.get("train"):
-        raise DataError("config key data.train (the training data dir) or data.shards is not set")
-    data = DataDir.load(dcfg["train"])
-    sr = int(dcfg["sample_rate"])
-    payload = [None]
-    if info.is_main:
-        scan = scan_training_audio(data, float(dcfg["min_seconds"]), sr, int(dcfg["scan_threads"]))
-        payload = [(scan.utts, scan.skipped)]
-        write_text_atomic(exp_dir / "skipped_utts.txt",
-                          "".join(f"{u} {why}\n" for u, why in sorted(scan.skipped.items())))
-        log.info("training audio: %d usable utterances, %d skipped (unreadable, empty or shorter than %.2f s)%s",
-                 len(scan.utts), len(scan.skipped), float(dcfg["min_seconds"]),
-                 "" if not scan.skipped else "; first: " + ", ".join(sorted(scan.skipped)[:5]))
-    if info.world_size > 1:
-        dist.broadcast_object_list(payload, src=0)
-    utts, skipped = payload[0]
-    chunk, read = _read_samples(cfg)
-    dataset = TrainChunkDataset(data, utts, read, seed=int(cfg["seed"]), rank=info.rank, sample_rate=sr)
-    return dataset, (chunk, skipped)
-
-
-def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict[str, Any], dict | None]:
-    """With `train.init_from`, the model and features sections (architecture, front-end) are the source's. Returns
-    the merged config and the checkpoint state to start from, flagged `resuming` when it is the run's own newest
-    checkpoint (then only its shapes are used: restore() loads everything); None without init_from."""
-    src = cfg["train"].get("init_from")
-    if not src:
-        if cfg["train"].get("init_head"):
-            raise UsageError("train.init_head needs train.init_from")
-        return cfg, None
-    from ..nn.checkpoint import load_checkpoint
-    from ..nn.network import resolve_checkpoint
-
-    path = resume_ckpt if resume_ckpt is not None else resolve_checkpoint(src)
-    state = load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise DataError("init_from: not a spkcausal checkpoint (no config / model)", path)
-    scfg = merge_defaults(state["config"])
-    if scfg["data"]["sample_rate"] != cfg["data"]["sample_rate"]:
-        raise DataError(f"init_from: the model runs at {scfg['data']['sample_rate']} Hz, data.sample_rate is "
-                        f"{cfg['data']['sample_rate']}", path)
-    if cfg["train"].get("init_head") and (state.get("head") is None
-                                          or scfg["head"]["name"] != cfg["head"]["name"]):
-        raise DataError(f"init_head: the checkpoint's head is {scfg['head']['name']!r}, this config's "
-                        f"{cfg['head']['name']!r}: a kept head needs the same kind", path)
-    out = {**cfg, "model": scfg["model"],
-           "features": {**scfg["features"], "dither": cfg["features"].get("dither", 0.0)}}
-    return out, {**state, "resuming": resume_ckpt is not None}
-
-
 class Trainer:
-    """One rank's training run: built from a merged config, optionally restored, then `run()` to the end."""
+    """One rank's training run: built from a merged, typed config (merge_defaults), optionally restored, then
+    `run()` to the end."""
 
     def __init__(self, cfg: dict[str, Any], info: DistInfo, resume: bool = False):
-        from ..data.dataset import train_loader
-        from ..data.samplers import build_sampler
-        from ..nn.losses import build_loss
-
-        self.cfg, self.info = cfg, info
-        tcfg, ocfg = cfg["train"], cfg["optim"]
+        self.info = info
         self.exp_dir = Path(cfg["exp_dir"])
         self.ckpt_dir = self.exp_dir / "checkpoints"
-        self.device = resolve_device(tcfg["device"], info.local_rank)
+        self.device = resolve_device(cfg["train"]["device"], info.local_rank)
         self.log = logging.getLogger("spkcausal")  # train() attaches exp_dir/train.log on rank 0
         if info.is_main:
             remove_partial(self.ckpt_dir)
         ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)
-        cfg, init_state = adopt_init_from(cfg, ckpt_path)
-        self.cfg = cfg
+        self.cfg, init_state = adopt_init_from(cfg, ckpt_path)
         if info.is_main:
-            save_config(cfg, self.exp_dir / "config.yaml")
-        self.seed = seed = int(cfg["seed"])
-        torch.manual_seed(step_seed(seed, info.rank, 1))
-        np.random.seed(step_seed(seed, info.rank, 2) % 2 ** 32)
-        random.seed(step_seed(seed, info.rank, 3))
+            save_config(self.cfg, self.exp_dir / "config.yaml")
+        self.seed = self.cfg["seed"]
+        torch.manual_seed(step_seed(self.seed, info.rank, 1))
+        np.random.seed(step_seed(self.seed, info.rank, 2) % 2 ** 32)
+        random.seed(step_seed(self.seed, info.rank, 3))
 
-        self.dataset, (self.chunk_samples, self.skipped) = _prepare_data(cfg, info, self.exp_dir, self.log)
-        self.num_speakers = self.dataset.num_speakers
-        num_classes = num_classes_for(self.num_speakers, cfg)
-        keep_head = bool(tcfg.get("init_head")) and init_state is not None
-        if keep_head:  # large-margin fine-tuning: the same speakers, the head (and x_bar) carried on
-            if list(init_state.get("speakers", [])) != list(self.dataset.speakers):
-                raise DataError("init_head: the checkpoint was trained on other speakers (or another order); a kept "
-                                "head needs the same training set", tcfg["init_from"])
-            num_classes = int(init_state["head"]["weight"].shape[0])  # e.g. speed-perturbed classes, now unused
-        if info.is_main:
-            write_text_atomic(self.exp_dir / "speakers.txt", "".join(s + "\n" for s in self.dataset.speakers))
-        self.batch_size = bs = int(tcfg["batch_size"])
-        self.sharded = bool(cfg["data"].get("shards"))
-        if self.sharded:
-            self.sampler = self.dataset  # the stream plans its own order (spkcausal.data.shardstream)
-        else:
-            self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=seed,
-                                         num_samples=cfg["sampler"].get("num_samples"),
-                                         num_replicas=info.world_size, rank=info.rank)
-        self.steps_per_epoch = self.sampler.epoch_length // bs
-        if self.steps_per_epoch == 0:
-            raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of {bs}",
-                            cfg["data"]["shards"] or cfg["data"]["train"])
-        self.epochs = int(tcfg["epochs"])
-        self.total_steps = self.epochs * self.steps_per_epoch
-
-        self.net = build_network(cfg, num_classes).to(self.device)
-        if init_state is not None and not init_state["resuming"]:
-            self.net.model.load_state_dict(init_state["model"])
-            if keep_head:
-                self.net.head.load_state_dict(init_state["head"])
-            self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "", tcfg["init_from"])
-        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
-        self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
-                                  **section_kwargs(cfg["loss"])).to(self.device)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=float(ocfg["lr"]),
-                                         momentum=float(ocfg["momentum"]), nesterov=bool(ocfg["nesterov"]),
-                                         weight_decay=float(ocfg["weight_decay"]))
-        use_amp = self.device.type == "cuda" and tcfg["precision"] != "fp32"
-        self.amp_dtype = (torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16) if use_amp else None
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and tcfg["precision"] == "fp16")
-        self.fbank, self.augmenter = build_feature_pipeline(cfg, self.device)
+        num_classes, keep_head = self._build_data(init_state)
+        self._build_sampler()
+        self._build_model_and_loss(num_classes, init_state, keep_head)
+        self._build_optimiser()
+        self.fbank, self.augmenter = build_feature_pipeline(self.cfg, self.device)
         self.gen = torch.Generator(device=self.device)
-        self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
 
         self.step, self.history, self.read_failures = 0, [], 0
         if ckpt_path is not None:
@@ -212,39 +101,104 @@ class Trainer:
         if info.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        dcfg = cfg["data"]
-        if self.sharded:
-            from ..data.shardstream import shard_loader
-
-            self.loader = shard_loader(self.dataset, num_workers=int(dcfg["num_workers"]),
-                                       pin_memory=bool(dcfg["pin_memory"]),
-                                       prefetch_factor=int(dcfg["prefetch_factor"]), generator_seed=seed)
-        else:
-            self.loader = train_loader(self.dataset, self.sampler, bs, num_workers=int(dcfg["num_workers"]),
-                                       pin_memory=bool(dcfg["pin_memory"]),
-                                       prefetch_factor=int(dcfg["prefetch_factor"]), generator_seed=seed)
+        self.loader = self._build_loader()
         self.writer = None
-        if info.is_main and tcfg["tensorboard"]:
+        if info.is_main and self.cfg["train"]["tensorboard"]:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step or None)
         self.log.info("training %s + %s head: %d speakers, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs "
-                      "on %s (%s)", cfg["model"]["name"], cfg["head"]["name"], self.num_speakers, num_classes,
-                      self.dataset.num_utts, info.world_size, self.steps_per_epoch, self.epochs, self.device,
-                      tcfg["precision"] if use_amp else "fp32")
+                      "on %s (%s)", self.cfg["model"]["name"], self.cfg["head"]["name"], self.num_speakers,
+                      num_classes, self.dataset.num_utts, info.world_size, self.steps_per_epoch, self.epochs,
+                      self.device, self.cfg["train"]["precision"] if self.amp_dtype is not None else "fp32")
+
+    # ---------------------------------------------------------------- builders (called once, in this order)
+
+    def _build_data(self, init_state: dict | None) -> tuple[int, bool]:
+        """The training dataset (files or shards) and speakers.txt; returns (head classes, keep the init head)."""
+        tcfg = self.cfg["train"]
+        self.dataset, (self.chunk_samples, self.skipped) = prepare_data(self.cfg, self.info, self.exp_dir, self.log)
+        self.num_speakers = self.dataset.num_speakers
+        num_classes = num_classes_for(self.num_speakers, self.cfg)
+        keep_head = bool(tcfg.get("init_head")) and init_state is not None
+        if keep_head:  # large-margin fine-tuning: the same speakers, the head (and x_bar) carried on
+            if list(init_state.get("speakers", [])) != list(self.dataset.speakers):
+                raise DataError("init_head: the checkpoint was trained on other speakers (or another order); a kept "
+                                "head needs the same training set", tcfg["init_from"])
+            num_classes = int(init_state["head"]["weight"].shape[0])  # e.g. speed-perturbed classes, now unused
+        if self.info.is_main:
+            write_text_atomic(self.exp_dir / "speakers.txt", "".join(s + "\n" for s in self.dataset.speakers))
+        return num_classes, keep_head
+
+    def _build_sampler(self) -> None:
+        """The epoch order (a LongTailSampler, or the shard stream itself) and the step counts it implies."""
+        from ..data.samplers import build_sampler
+
+        cfg, info = self.cfg, self.info
+        self.batch_size, self.epochs = cfg["train"]["batch_size"], cfg["train"]["epochs"]
+        self.sharded = bool(cfg["data"].get("shards"))
+        if self.sharded:
+            self.sampler = self.dataset  # the stream plans its own order (spkcausal.data.shardstream)
+        else:
+            self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=self.seed,
+                                         num_samples=cfg["sampler"].get("num_samples"),
+                                         num_replicas=info.world_size, rank=info.rank, epochs=self.epochs)
+        self.steps_per_epoch = self.sampler.epoch_length // self.batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of "
+                            f"{self.batch_size}", cfg["data"]["shards"] or cfg["data"]["train"])
+        self.total_steps = self.epochs * self.steps_per_epoch
+
+    def _build_model_and_loss(self, num_classes: int, init_state: dict | None, keep_head: bool) -> None:
+        """Network (initialised from train.init_from when set) and the loss with the training class counts."""
+        from ..nn.losses import build_loss
+
+        cfg = self.cfg
+        self.net = build_network(cfg, num_classes).to(self.device)
+        if init_state is not None and not init_state["resuming"]:
+            self.net.model.load_state_dict(init_state["model"])
+            if keep_head:
+                self.net.head.load_state_dict(init_state["head"])
+            self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "",
+                          cfg["train"]["init_from"])
+        self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
+        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
+        self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
+                                  **section_kwargs(cfg["loss"])).to(self.device)
+
+    def _build_optimiser(self) -> None:
+        """SGD over the network, the autocast dtype and the gradient scaler of train.precision."""
+        ocfg, precision = self.cfg["optim"], self.cfg["train"]["precision"]
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=ocfg["lr"], momentum=ocfg["momentum"],
+                                         nesterov=ocfg["nesterov"], weight_decay=ocfg["weight_decay"])
+        use_amp = self.device.type == "cuda" and precision != "fp32"
+        self.amp_dtype = (torch.bfloat16 if precision == "bf16" else torch.float16) if use_amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and precision == "fp16")
+
+    def _build_loader(self) -> Any:
+        """The DataLoader of the sampler (files) or of the shard stream's whole batches."""
+        dcfg = self.cfg["data"]
+        kwargs = {"num_workers": dcfg["num_workers"], "pin_memory": dcfg["pin_memory"],
+                  "prefetch_factor": dcfg["prefetch_factor"], "generator_seed": self.seed}
+        if self.sharded:
+            from ..data.shardstream import shard_loader
+
+            return shard_loader(self.dataset, **kwargs)
+        from ..data.dataset import train_loader
+
+        return train_loader(self.dataset, self.sampler, self.batch_size, **kwargs)
 
     # ---------------------------------------------------------------- schedules and state
 
     def lr(self, step: int) -> float:
         """Learning rate of a global step."""
         o = self.cfg["optim"]
-        return lr_at(step, self.steps_per_epoch, self.epochs, float(o["lr"]), float(o["final_lr"]),
-                     float(o["warmup_epochs"]))
+        return lr_at(step, self.steps_per_epoch, self.epochs, o["lr"], o["final_lr"], o["warmup_epochs"])
 
     def margin(self, step: int) -> float:
         """Margin of a global step."""
         m = self.cfg["margin"]
-        return margin_at(step, self.steps_per_epoch, self.final_margin, float(m["start_epoch"]), float(m["end_epoch"]))
+        return margin_at(step, self.steps_per_epoch, self.final_margin, m["start_epoch"], m["end_epoch"])
 
     def restore(self, path: Path) -> None:
         """Load everything a checkpoint holds; refuse one that cannot continue this exact run."""
@@ -289,7 +243,7 @@ class Trainer:
         save_checkpoint(state, self.ckpt_dir / name)
         write_latest(self.ckpt_dir, name)
         tcfg = self.cfg["train"]
-        prune_checkpoints(self.ckpt_dir, int(tcfg["keep_last"]), int(tcfg["keep_epochs"]))
+        prune_checkpoints(self.ckpt_dir, tcfg["keep_last"], tcfg["keep_epochs"])
         self.log.info("saved checkpoint %s (step %d)", self.ckpt_dir / name, step)
 
     # ---------------------------------------------------------------- loop
@@ -303,64 +257,86 @@ class Trainer:
         """Train from the current step to the end of its epoch, then checkpoint."""
         from tqdm import tqdm
 
-        tcfg, info, dev, spe = self.cfg["train"], self.info, self.device, self.steps_per_epoch
-        epoch = self.step // spe
-        if getattr(self.net.head, "momentum_auto", False):
-            self.net.head.momentum = momentum_at(self.lr(epoch * spe))
-            if info.is_main:
-                self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
-                              self.lr(epoch * spe))
-        self.sampler.set_epoch(epoch)
-        self.sampler.set_start((self.step % spe) * self.batch_size)
-        ckpt_every, log_every = int(tcfg["ckpt_every_steps"]), max(1, int(tcfg["log_every"]))
-        clip = float(self.cfg["optim"].get("grad_clip") or 0.0)
+        tcfg, spe = self.cfg["train"], self.steps_per_epoch
+        epoch = self._start_epoch()
+        ckpt_every, log_every = tcfg["ckpt_every_steps"], max(1, tcfg["log_every"])
         # Loss and correct-count sums stay on the device (epoch and log window) so steps never wait for the GPU;
         # they are read, and the loss checked for NaN/inf, only at log steps and at the epoch end.
-        ep_sums = torch.zeros(2, dtype=torch.float64, device=dev)
-        win_sums = torch.zeros(2, dtype=torch.float64, device=dev)
+        ep_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        win_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         ep_n = win_n = 0
         t0 = time.time()
         bar = tqdm(total=spe, initial=self.step % spe, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not (info.is_main and tcfg["progress"]), mininterval=1.0)
+                   disable=not (self.info.is_main and tcfg["progress"]), mininterval=1.0)
         for waves, labels, _, failures in self.loader:
             self.read_failures += int(failures)
-            lr, margin = self.lr(self.step), self.margin(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if hasattr(self.net.head, "set_margin"):
-                self.net.head.set_margin(margin)
-            self.gen.manual_seed(step_seed(self.seed, info.rank, self.step, 4))
-            waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            feats, labels = device_batch(waves, labels, self.cfg, self.chunk_samples, self.num_speakers, self.fbank,
-                                         self.augmenter, self.gen)
-            loss, logits = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, feats, labels,
-                                      self.amp_dtype, clip)
-            self.step += 1
-            batch_sums = torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double()])
+            batch_sums, n = self._train_batch(waves, labels)
             ep_sums += batch_sums
             win_sums += batch_sums
-            ep_n += len(labels)
-            win_n += len(labels)
+            ep_n += n
+            win_n += n
             bar.update(1)
             if self.step % log_every == 0 or self.step % spe == 0:
-                (w_loss, w_correct), w_n = win_sums.tolist(), max(1, win_n)
-                if not math.isfinite(w_loss):
-                    raise FloatingPointError(f"non-finite loss before step {self.step}: lower optim.lr or set "
-                                             "optim.grad_clip (the last complete checkpoint is still usable)")
-                if info.is_main and self.step % log_every == 0:
-                    rate = w_n * info.world_size / max(1e-9, time.time() - t0)
-                    self.log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
-                                  epoch + 1, self.step, self.total_steps, w_loss / w_n, w_correct / w_n, lr, margin,
-                                  rate)
-                    self._scalars("train", {"loss": w_loss / w_n, "acc": w_correct / w_n, "lr": lr,
-                                            "margin": margin, "samples_per_s": rate})
+                self._log_window(epoch, win_sums, win_n, t0, log_every)
                 win_sums.zero_()
                 win_n, t0 = 0, time.time()
             if ckpt_every > 0 and self.step % ckpt_every == 0 and self.step % spe != 0:
                 self.save(None)
         bar.close()
+        self._finish_epoch(ep_sums, ep_n)
+
+    def _start_epoch(self) -> int:
+        """Point the sampler, the loss and the x_bar momentum at the epoch of the current step (also mid-epoch,
+        after a resume); returns the 0-based epoch."""
+        spe = self.steps_per_epoch
+        epoch = self.step // spe
+        if getattr(self.net.head, "momentum_auto", False):
+            self.net.head.momentum = momentum_at(self.lr(epoch * spe))
+            if self.info.is_main:
+                self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
+                              self.lr(epoch * spe))
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start((self.step % spe) * self.batch_size)
+        if hasattr(self.loss_fn, "set_epoch"):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
+            self.loss_fn.set_epoch(epoch)
+        return epoch
+
+    def _train_batch(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One optimisation step at the schedules' lr and margin; returns ([loss sum, correct] on the device, n)."""
+        dev = self.device
+        self._lr, self._margin = lr, margin = self.lr(self.step), self.margin(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if hasattr(self.net.head, "set_margin"):
+            self.net.head.set_margin(margin)
+        self.gen.manual_seed(step_seed(self.seed, self.info.rank, self.step, 4))
+        waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        feats, labels = device_batch(waves, labels, self.cfg, self.chunk_samples, self.num_speakers, self.fbank,
+                                     self.augmenter, self.gen)
+        loss, logits = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, feats, labels,
+                                  self.amp_dtype, self.cfg["optim"].get("grad_clip") or 0.0)
+        self.step += 1
+        return torch.stack([loss.double() * len(labels), (logits.argmax(-1) == labels).sum().double()]), len(labels)
+
+    def _log_window(self, epoch: int, win_sums: torch.Tensor, win_n: int, t0: float, log_every: int) -> None:
+        """Check the window's loss for NaN / inf and, at log steps, log and plot its means."""
+        (w_loss, w_correct), w_n = win_sums.tolist(), max(1, win_n)
+        if not math.isfinite(w_loss):
+            raise FloatingPointError(f"non-finite loss before step {self.step}: lower optim.lr or set "
+                                     "optim.grad_clip (the last complete checkpoint is still usable)")
+        if self.info.is_main and self.step % log_every == 0:
+            lr, margin = self._lr, self._margin
+            rate = w_n * self.info.world_size / max(1e-9, time.time() - t0)
+            self.log.info("epoch %d step %d/%d loss %.4f acc %.3f lr %.3g margin %.3f %.0f samples/s",
+                          epoch + 1, self.step, self.total_steps, w_loss / w_n, w_correct / w_n, lr, margin, rate)
+            self._scalars("train", {"loss": w_loss / w_n, "acc": w_correct / w_n, "lr": lr, "margin": margin,
+                                    "samples_per_s": rate})
+
+    def _finish_epoch(self, ep_sums: torch.Tensor, ep_n: int) -> None:
+        """Reduce the epoch's sums over the ranks, record and log the history entry, checkpoint."""
+        info, spe = self.info, self.steps_per_epoch
         stats = torch.cat([ep_sums, torch.tensor([float(ep_n), float(self.read_failures)], dtype=torch.float64,
-                                                 device=dev)])
+                                                 device=self.device)])
         if info.world_size > 1:
             dist.all_reduce(stats)  # on the device: NCCL reduces CUDA tensors only
         loss_sum, correct, n, failed = stats.cpu().tolist()
