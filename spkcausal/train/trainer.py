@@ -184,13 +184,13 @@ class Trainer:
         self.epochs = int(tcfg["epochs"])
         self.total_steps = self.epochs * self.steps_per_epoch
 
-        self.net = build_network(cfg, num_classes).to(self.device)
+        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
+        self.net = build_network(cfg, num_classes, class_counts=counts).to(self.device)
         if init_state is not None and not init_state["resuming"]:
             self.net.model.load_state_dict(init_state["model"])
             if keep_head:
                 self.net.head.load_state_dict(init_state["head"])
             self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "", tcfg["init_from"])
-        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=float(ocfg["lr"]),
