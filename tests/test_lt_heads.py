@@ -16,7 +16,7 @@ from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde import tde_embeddings, tde_logits
 from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import load_yaml, merge_defaults, save_config
-from spkcausal.nn.heads import build_head, normalize_heads
+from spkcausal.nn.heads import build_head
 from spkcausal.nn.network import build_network, load_trained
 from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError

@@ -1,11 +1,12 @@
 """Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (DESIGN.md section 2).
 
 Every head maps (embeddings (B, D), labels (B,) or None) to logits (B, C) and keeps its class weights in
-`.weight` (C, D), or (C, K, D) for K sub-centres per class (`subcenters`, AAM and Causal Norm AAM). Margins are applied only in training mode and only when labels are given, so eval-time
-logits are margin-free. The Causal Norm heads track the moving-average feature `mean_feature` (x_bar) as a
-registered buffer, updated inside forward in training mode from the detached raw embeddings:
-`x_bar <- mu * x_bar + mean_batch(x)` (no (1 - mu) factor, as in the reference code; both forms give exactly
-the same direction from a zero start, and only the direction is used).
+`.weight` (C, D), or (C, K, D) for K sub-centres per class (`subcenters`, AAM and Causal Norm AAM). Margins are
+applied only in training mode and only when labels are given, so eval-time logits are margin-free. The Causal
+Norm heads track the moving-average feature `mean_feature` (x_bar) as a registered buffer, updated inside
+forward in training mode from the detached raw embeddings: `x_bar <- mu * x_bar + mean_batch(x)` (no (1 - mu)
+factor, as in the reference code; both forms give exactly the same direction from a zero start, and only the
+direction is used).
 
 Precision: the cosine, AAM and Causal Norm heads compute their whole logit path (normalisation, the cosine
 matmul, the margin, the scale) in float32 even inside an autocast region: autocast is switched off in their
