@@ -222,9 +222,9 @@ def lt_corpus(tmp_path_factory):
     return root / "lt"
 
 
-def _lt_config(data: Path, exp: Path, method: str, head: str = "aam", **sections) -> dict:
+def _lt_config(data_dir: Path, exp: Path, method: str, head: str = "aam", **sections) -> dict:
     extra = {"num_heads": 2} if head == "causal_norm_aam" else {}
-    return tiny_config(data, exp, sampler={"num_samples": 40},
+    return tiny_config(data_dir, exp, sampler={"num_samples": 40},
                        head={"name": head, "scale": 16.0, "margin": 0.2, **extra, **METHODS[method]},
                        margin={"start_epoch": 0, "end_epoch": 1.5},
                        train={"epochs": 2, "batch_size": 8, "ckpt_every_steps": 3, "keep_last": 10}, **sections)
