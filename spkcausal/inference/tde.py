@@ -57,7 +57,9 @@ def tde_embeddings(x: ArrayLike, mean_feature: ArrayLike, alpha: float, num_head
 def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature: ArrayLike | None = None,
                alpha: float = 0.0, num_heads: int | None = None, tau: float | None = None,
                gamma: float | None = None) -> ArrayLike:
-    """TDE logits (B, C) from the logit formula; head attributes fill in num_heads / tau / gamma / x_bar."""
+    """TDE logits (B, C) from the logit formula; head attributes fill in num_heads / tau / gamma / x_bar.
+
+    Sub-centre weights (C, S, D): the TDE logit of every sub-centre, then the best per class (as the head)."""
     if isinstance(head_or_weight, nn.Module):
         h = head_or_weight
         weight = h.weight.detach()
@@ -72,13 +74,16 @@ def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature
     xt, was_np = _as_tensor(x)
     weight = weight.to(device=xt.device, dtype=xt.dtype)
     d = head_direction(mean_feature, num_heads).to(device=xt.device, dtype=xt.dtype)
-    wn = causal_norm_weight(weight, num_heads, gamma)
+    shape = weight.shape
+    wn = causal_norm_weight(weight.reshape(-1, shape[-1]), num_heads, gamma)
     y = 0.0
     for xk, wk, dk in zip(split_heads(xt, num_heads), split_heads(wn, num_heads), split_heads(d, num_heads)):
         xhat = F.normalize(xk, dim=-1, eps=EPS)
         cos_xd = xhat @ dk  # (B,) since ||d^k|| = 1
         y = y + xhat @ wk.T - alpha * cos_xd.unsqueeze(-1) * (wk @ dk).unsqueeze(0)
     y = (tau / num_heads) * y
+    if len(shape) == 3:
+        y = y.view(y.shape[0], shape[0], shape[1]).amax(dim=-1)
     return y.numpy() if was_np else y
 
 

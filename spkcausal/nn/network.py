@@ -38,10 +38,11 @@ def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "name"}
 
 
-def build_network(cfg: Mapping[str, Any], num_classes: int) -> SpeakerNet:
-    """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features."""
+def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:
+    """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features;
+    `class_counts` (utterances per class) go to a head that uses them (LDAM margins, feature transfer)."""
     model = build_extractor(cfg)
-    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes))
+    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes, class_counts))
 
 
 def build_extractor(cfg: Mapping[str, Any]) -> nn.Module:
@@ -51,11 +52,12 @@ def build_extractor(cfg: Mapping[str, Any]) -> nn.Module:
     return build_model(cfg["model"]["name"], n_mels=cfg["features"].get("n_mels", 80), **section_kwargs(cfg["model"]))
 
 
-def build_head_for(cfg: Mapping[str, Any], embed_dim: int, num_classes: int) -> nn.Module:
-    """The classifier head of `cfg['head']`."""
+def build_head_for(cfg: Mapping[str, Any], embed_dim: int, num_classes: int, class_counts: Any = None) -> nn.Module:
+    """The classifier head of `cfg['head']` (class counts: see `build_network`)."""
     from .heads import build_head
 
-    return build_head(cfg["head"]["name"], embed_dim, num_classes, **section_kwargs(cfg["head"]))
+    return build_head(cfg["head"]["name"], embed_dim, num_classes, class_counts=class_counts,
+                      **section_kwargs(cfg["head"]))
 
 
 def num_classes_for(num_speakers: int, cfg: Mapping[str, Any]) -> int:
@@ -143,8 +145,8 @@ def load_trained(ckpt: PathLike | None = None, exp_dir: PathLike | None = None, 
         if key not in state:
             raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal train / average-ckpt)", path)
     cfg = merge_defaults(state["config"])
-    weight = state["head"]["weight"]
-    head = build_head_for(cfg, int(weight.shape[1]), int(weight.shape[0]))
+    weight = state["head"]["weight"]  # (C, D), or (C, K, D) with sub-centres
+    head = build_head_for(cfg, int(weight.shape[-1]), int(weight.shape[0]))
     head.load_state_dict(state["head"])
     model = None
     if with_model:

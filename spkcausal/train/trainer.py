@@ -154,7 +154,8 @@ class Trainer:
         from ..nn.losses import build_loss
 
         cfg = self.cfg
-        self.net = build_network(cfg, num_classes).to(self.device)
+        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
+        self.net = build_network(cfg, num_classes, class_counts=counts).to(self.device)
         if init_state is not None and not init_state["resuming"]:
             self.net.model.load_state_dict(init_state["model"])
             if keep_head:
@@ -162,7 +163,6 @@ class Trainer:
             self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "",
                           cfg["train"]["init_from"])
         self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
-        counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)
 
