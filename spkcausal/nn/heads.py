@@ -1,4 +1,4 @@
-"""Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (DESIGN.md section 2).
+"""Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (docs/design.md section 2).
 
 Every head maps (embeddings (B, D), labels (B,) or None) to logits (B, C) and keeps its class weights in
 `.weight` (C, D). Margins are applied only in training mode and only when labels are given, so eval-time
