@@ -83,7 +83,7 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
              val_data: Any = None, epochs: int = 30, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
              taus: tuple[float, ...] = TAU_GRID) -> dict:
     """A decoupled system built on a trained experiment's frozen embeddings (Kang et al., ICLR 2020), written
-    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that load_trained loads:
+    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that nn.assemble.assemble loads:
 
     - `crt`: a linear classifier re-trained with class-balanced sampling;
     - `tau_norm`: a linear classifier trained with natural (instance-balanced) sampling, its weights then
@@ -99,12 +99,11 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
 
     import yaml
 
-    from ..data.embeddings import EmbeddingStore
+    from ..data.embeddings import EmbeddingStore, class_labels
     from ..nn.checkpoint import load_checkpoint, save_checkpoint
     from ..nn.network import resolve_checkpoint
     from ..scoring.metrics import mean_per_class_accuracy
     from ..utils import UsageError, write_text_atomic
-    from .identify import class_labels
 
     if method not in DECOUPLE_METHODS:
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")

@@ -186,7 +186,7 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
              batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
     from ..data.datadir import DataDir
     from ..data.embeddings import EmbeddingStore, write_store, write_store_meta
-    from ..nn.network import load_trained
+    from ..nn.assemble import assemble
     from .tde import tde_embeddings
 
     data = DataDir.load(data_dir)
@@ -205,10 +205,10 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         except (DataError, ValueError):
             pass
     dev = resolve_device(device)
-    trained = load_trained(ckpt_path, device=dev)
+    trained = assemble(ckpt_path, device=dev)
     if tde_alpha is not None:
         trained.require_causal()
-    model, head, cfg, fbank = trained.model, trained.head, trained.config, trained.fbank(dev)
+    model, head, cfg, fbank = trained.model, trained.head, trained.config, trained.frontend
     # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
     tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
     parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"

@@ -95,27 +95,27 @@ def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike 
         raise UsageError("criterion iden_val needs an iden val dir (--data)")
     if criterion != "iden_val" and not lists:
         raise UsageError(f"criterion {criterion} needs a labelled dev trial list (--trials)")
-    from ..nn.network import load_trained
-    from .identify import class_labels, head_logits  # torch: imported when used, so the CLI starts fast
+    from ..data.embeddings import class_labels
+    from ..nn.assemble import assemble, head_logits  # torch: imported when used, so the CLI starts fast
     from .tde import sweep_alpha
 
-    th = load_trained(ckpt, exp_dir, with_model=False)
-    th.require_causal()
+    trained = assemble(ckpt, exp_dir, with_model=False)
+    trained.require_causal()
     store = EmbeddingStore.open(emb)
-    mean_feature = th.head.mean_feature.detach().numpy()
-    k = int(th.head.num_heads)
+    mean_feature = trained.head.mean_feature.detach().numpy()
+    k = trained.num_heads
     grid = [float(a) for a in alphas]
     if not grid:
         raise UsageError("no alpha values to sweep")
     x = y = None
     if data_dir is not None:
-        x, y = class_labels(store, data_dir, th.speakers)
+        x, y = class_labels(store, data_dir, trained.speakers)
     h, where = _heuristic(heuristic_emb, x, mean_feature, k) if heuristic else (None, "not asked for")
     cands = sorted(set(grid) | ({h} if h is not None else set()))
-    result: dict = {"checkpoint": str(th.path), "store": str(emb), "grid": grid, "alphas": cands,
+    result: dict = {"checkpoint": str(trained.path), "store": str(emb), "grid": grid, "alphas": cands,
                     "heuristic_alpha": h, "heuristic_from": where, "criterion_name": criterion}
     if data_dir is not None:
-        sweep = sweep_alpha(lambda a: mean_per_class_accuracy(y, head_logits(th, x, a).argmax(axis=1)), cands,
+        sweep = sweep_alpha(lambda a: mean_per_class_accuracy(y, head_logits(trained, x, a).argmax(axis=1)), cands,
                             maximize=True)
         result.update(dev=str(data_dir), accuracy=sweep.values)
         if criterion == "iden_val":
