@@ -27,6 +27,7 @@ from ..scoring.bootstrap import (
     percentile_interval,
 )
 from ..scoring.metrics import GROUPS, shot_group_verification
+from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 
 __all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
@@ -71,9 +72,7 @@ def _kv(path: str) -> dict:
 
 
 def _enroll_speakers(enroll: np.ndarray, utt2spk: str | None) -> np.ndarray:
-    u2s = _kv(utt2spk) if utt2spk else {}
-    keys, inv = np.unique(enroll, return_inverse=True)
-    return np.array([u2s.get(k, k) for k in keys.tolist()], dtype=object)[inv.ravel()]
+    return resampling_groups(enroll, _kv(utt2spk) if utt2spk else {})
 
 
 def _ci_dict(res: Mapping, p_targets: Sequence[float]) -> dict:
