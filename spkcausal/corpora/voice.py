@@ -127,9 +127,9 @@ def _resonator(freq: float, bw: float, sr: int, peak_norm: bool = False) -> np.n
     """Two-pole resonator as one sos row, unit gain at DC (cascade formant) or at its peak (frication)."""
     freq = min(freq, 0.46 * sr)
     r = np.exp(-np.pi * bw / sr)
-    th = 2 * np.pi * freq / sr
-    a = np.array([1.0, -2 * r * np.cos(th), r * r])
-    z = np.exp(-1j * th) if peak_norm else 1.0
+    theta = 2 * np.pi * freq / sr
+    a = np.array([1.0, -2 * r * np.cos(theta), r * r])
+    z = np.exp(-1j * theta) if peak_norm else 1.0
     gain = abs(a[0] + a[1] * z + a[2] * z * z)
     return np.array([gain, 0.0, 0.0, *a])
 

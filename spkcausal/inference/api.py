@@ -101,7 +101,10 @@ def _as_mono(x: Any) -> np.ndarray:
 
 
 class SpeakerModel:
-    """A loaded extractor (eval mode) with its front-end, head (for x_bar) and what its experiment stores."""
+    """User-facing API over a TrainedModel: embed / score / verify audio with what its experiment stores.
+
+    Holds the loaded extractor (eval mode), its front-end, head (for x_bar), and the experiment's stored TDE
+    alpha, training-set mean and calibrated threshold."""
 
     def __init__(self, path: PathLike, device: str = "cpu", tde_alpha: float | None = None,
                  mean: np.ndarray | PathLike | None = None, threshold: float | None = None,

@@ -230,7 +230,7 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         if world > 1:
             full = None
             for r in range(world):
-                keys_r, emb_r = _read_part(parts_dir, r)
+                _, emb_r = _read_part(parts_dir, r)
                 full = np.zeros((len(utts), emb_r.shape[1]), np.float32) if full is None else full
                 full[r::world] = emb_r
             emb = full

@@ -24,9 +24,11 @@ __all__ = ["TrainedModel", "assemble", "head_logits"]
 
 @dataclass
 class TrainedModel:
-    """A model loaded back from a checkpoint for inference: extractor (None when only the head was asked for),
-    front-end, head (None for an imported extractor) in eval mode, with the config and the speaker of every
-    class (class i is `speakers[i]`; speed-perturbed copies follow as extra classes)."""
+    """Inference-time parts of one loaded checkpoint (what `assemble` returns; api.SpeakerModel wraps it).
+
+    Extractor (None when only the head was asked for), front-end, head (None for an imported extractor) in eval
+    mode, with the config and the speaker of every class (class i is `speakers[i]`; speed-perturbed copies
+    follow as extra classes)."""
 
     model: nn.Module | None
     head: nn.Module | None

@@ -77,9 +77,9 @@ def _arc_margin(cos: Tensor, margin: float, easy_margin: bool) -> Tensor:
     if easy_margin:
         return torch.where(cos > 0, phi, cos)
     # Beyond theta = pi - m, cos(theta + m) would increase again; ArcFace substitutes a linear penalty.
-    th = math.cos(math.pi - margin)
+    cos_threshold = math.cos(math.pi - margin)
     mm = math.sin(math.pi - margin) * margin
-    return torch.where(cos > th, phi, cos - mm)
+    return torch.where(cos > cos_threshold, phi, cos - mm)
 
 
 def _apply_margin(cos: Tensor, labels: Tensor, margin: float, easy_margin: bool) -> Tensor:

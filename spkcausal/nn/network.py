@@ -19,7 +19,7 @@ from .checkpoint import find_resume_checkpoint
 
 
 class SpeakerNet(nn.Module):
-    """The training-time module: extractor + classifier head as one nn.Module (one DDP wrapper, one state)."""
+    """Training-time nn.Module: extractor + head as one module (what DDP wraps); inference uses TrainedModel."""
 
     def __init__(self, model: nn.Module, head: nn.Module):
         super().__init__()

@@ -212,8 +212,8 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
         al = _aligned(sa_["scores"], sb_["scores"])
         if al is not None:
             enroll, sa, sb, lab = al
-            th = sa_["thresholds"]
-            spk, grp = _seen_groups(enroll, sa_["utt2spk"], sa_["train_data"], th["many"], th["few"])
+            shot = sa_["thresholds"]
+            spk, grp = _seen_groups(enroll, sa_["utt2spk"], sa_["train_data"], shot["many"], shot["few"])
             for g in GROUPS:
                 sel = grp == g
                 if not (lab[sel] == 1).any() or not (lab[sel] == 0).any():
@@ -228,9 +228,9 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
         a, b = np.load(pa), np.load(pb)
         if (a["utts"].shape == b["utts"].shape and (a["utts"] == b["utts"]).all()
                 and (a["speakers"].shape == b["speakers"].shape) and (a["speakers"] == b["speakers"]).all()):
-            th = ia["thresholds"]
+            shot = ia["thresholds"]
             res = paired_bootstrap_accuracy(a["y_true"], a["y_pred"], b["y_pred"], a["train_counts"], n_boot, level,
-                                            seed, th["many"], th["few"])
+                                            seed, shot["many"], shot["few"])
             for g in (*GROUPS, "overall"):
                 k = "mean_per_class" if g == "overall" else g
                 if res["diff_ci"][k] is not None:

@@ -181,11 +181,6 @@ class Scorer:
                 x[j] = np.asarray(self.store.matrix[np.sort(seg)], dtype=np.float64).mean(axis=0)
         return x, ok
 
-    def embed_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Centred, normalised float32 embeddings of sorted unique rows, and the mask of rows that have one."""
-        x, ok = self.raw_rows(rows)
-        return _normalise(x, self.mean), ok
-
     def sides(self, trials: Trials, allow_missing: bool = False, source: PathLike | None = None) -> TrialSides:
         """Per unique key and per kept trial, what scoring a list needs (missing keys raise unless allow_missing)."""
         n = len(trials)
