@@ -1,4 +1,4 @@
-"""Tiny CN-Celeb1 (`CN-Celeb_flac/`) and CN-Celeb2 (`CN-Celeb2_flac/`) trees as DESIGN.md section 3 lays them out.
+"""Tiny CN-Celeb1 (`CN-Celeb_flac/`) and CN-Celeb2 (`CN-Celeb2_flac/`) trees as docs/design.md section 3 lays them out.
 
 CN-Celeb_flac: `data/idNNNNN/<genre>-NN-NNN.flac` for dev speakers id00000.. and eval speakers id00800..
 (eval speakers' files sit in data/ too), `dev/dev.lst`, `eval/enroll/id00800-enroll.flac`,

@@ -1,4 +1,4 @@
-"""A tiny LibriSpeech tree laid out as DESIGN.md section 3 says, for the corpus and recipe tests.
+"""A tiny LibriSpeech tree laid out as docs/design.md section 3 says, for the corpus and recipe tests.
 
 `make_librispeech(root)` writes `<root>/LibriSpeech/<subset>/<reader>/<chapter>/<reader>-<chapter>-NNNN.flac`
 plus `<reader>-<chapter>.trans.txt` and a `SPEAKERS.TXT` with `;` comment lines and a NAME containing `|`.

@@ -1,4 +1,4 @@
-"""Tiny VoxCeleb1 / VoxCeleb2 trees laid out as DESIGN.md section 3 says, with the traps it names.
+"""Tiny VoxCeleb1 / VoxCeleb2 trees laid out as docs/design.md section 3 says, with the traps it names.
 
 `make_voxceleb1` / `make_voxceleb2` build a tree under `root` and return what a correct preparation must
 produce (keys, counts, durations, genders, trial counts), computed here from the fixture's own structures.

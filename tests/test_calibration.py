@@ -201,14 +201,15 @@ def qmf_setup(tmp_path):
 
 
 def test_quality_measures_against_direct_computation(qmf_setup):
+    from spkcausal.scoring.cosine import ScorerInputs
     from spkcausal.scoring.qmf import quality_measures, read_durations
 
     s = qmf_setup
     p = s["path"]
     trials = read_trials(p / "dev.lst")
     measures = ["log_dur_min", "log_dur_max", "norm_enroll", "norm_test", "cohort_mean_min", "cohort_mean_max"]
-    q = quality_measures(trials, p / "emb", read_durations([p / "utt2dur"]), p / "cohort", measures, top_n=4,
-                         enroll_map=p / "enroll2utt")
+    inputs = ScorerInputs(p / "emb", cohort=p / "cohort", top_n=4, enroll_map=p / "enroll2utt")
+    q = quality_measures(trials, inputs, read_durations([p / "utt2dur"]), measures)
     raw = dict(zip(s["keys"], s["emb"]))
     raw["avg-a"] = (s["emb"][0] + s["emb"][10]) / 2
     dur = dict(s["dur"], **{"avg-a": s["dur"][s["keys"][0]] + s["dur"][s["keys"][10]]})
@@ -238,12 +239,13 @@ def test_cli_qmf_train_and_apply(qmf_setup, capsys):
                                                         "cohort_mean_min", "cohort_mean_max"]
     assert model.quality["top_k"] == 4 and model.quality["centred"] is False
     assert main(["qmf", "--model", str(p / "qmf.json"), "--apply", dev, *stores, "--out", str(p / "dev.llr")]) == 0
+    from spkcausal.scoring.cosine import ScorerInputs
     from spkcausal.scoring.qmf import quality_measures, read_durations
 
     table = read_scores(dev, keys=True)
     trials = Trials(enroll=table.enroll, test=table.test, labels=table.labels)
-    q = quality_measures(trials, p / "emb", read_durations([p / "utt2dur"]), p / "cohort", model.inputs[1:],
-                         top_n=4, enroll_map=p / "enroll2utt")
+    inputs = ScorerInputs(p / "emb", cohort=p / "cohort", top_n=4, enroll_map=p / "enroll2utt")
+    q = quality_measures(trials, inputs, read_durations([p / "utt2dur"]), model.inputs[1:])
     out = read_scores(p / "dev.llr", need_labels=True)
     assert np.allclose(out.scores, model.apply(table.scores, q), atol=5e-7)
     assert cllr(out.scores, out.labels) == pytest.approx(model.dev["cllr"], abs=1e-4)

@@ -14,10 +14,11 @@ from spkcausal.data.dataset import length_batches
 from spkcausal.data.embeddings import EmbeddingStore
 from spkcausal.inference.extract import AudioSource, embed_utterances, extract
 from spkcausal.inference.tde import tde_store
+from spkcausal.nn.assemble import assemble
 from spkcausal.nn.checkpoint import load_checkpoint
 from spkcausal.nn.features import Fbank
 from spkcausal.nn.models import build_model
-from spkcausal.nn.network import load_trained, resolve_checkpoint
+from spkcausal.nn.network import resolve_checkpoint
 from spkcausal.train.trainer import train
 from spkcausal.utils import DataError
 
@@ -55,7 +56,7 @@ def test_alone_and_in_batch_give_the_same_embedding(trained, name):
     data = DataDir.load(data_dir)
     torch.manual_seed(0)
     if name == "resnet_tiny":  # the trained experiment's model
-        model = load_trained(exp_dir=exp).model
+        model = assemble(exp_dir=exp).model
     else:  # speechbrain's ECAPA pads by reflection, so batch padding would show; exact batching must not
         model = _with_trained_bn(build_model(name, n_mels=40))
     fb = Fbank(n_mels=40)
@@ -132,7 +133,7 @@ def test_extract_cli_raw_store_mean_feature_and_tde(trained, tmp_path):
     meta = json.loads((raw / "extract.json").read_text())
     assert meta["num_heads"] == 2 and meta["tde_alpha"] is None and meta["head"] == "causal_norm_aam"
     # Raw embeddings equal the model applied directly to each whole utterance.
-    model = load_trained(exp_dir=exp).model
+    model = assemble(exp_dir=exp).model
     import soundfile as sf
 
     wave, _ = sf.read(data.wav["spk4-u02"], dtype="float32")
@@ -205,7 +206,7 @@ def test_rerun_redoes_work_when_the_checkpoint_file_changes(trained, tmp_path):
     shutil.copy(exp / "checkpoints" / "epoch_0002.pt", ck)  # same path, new content (e.g. re-averaged)
     extract(data_dir, out, ckpt=ck, num_workers=0)
     second = np.array(EmbeddingStore.open(out).matrix)
-    model = load_trained(ck).model
+    model = assemble(ck).model
     data = DataDir.load(data_dir)
     direct = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
     assert np.array_equal(second, direct) and not np.array_equal(first, second)

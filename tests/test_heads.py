@@ -83,7 +83,7 @@ def test_causal_norm_init_and_attributes():
 def test_causal_norm_aam_per_chunk_path_at_zero_margin_equals_causal_norm(k, monkeypatch):
     # margin == 0 short-circuits to CausalNormHead's own code, so comparing there would prove nothing. A margin
     # of 1e-9 takes the per-chunk r * cos(theta + m) path while cos(theta + 1e-9) equals cos(theta) to far
-    # below float32 rounding: DESIGN.md's identity "m = 0 gives the Causal Norm logits with tau = s".
+    # below float32 rounding: docs/design.md's identity "m = 0 gives the Causal Norm logits with tau = s".
     import spkcausal.nn.heads as heads_mod
 
     calls = []

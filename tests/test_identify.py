@@ -56,7 +56,7 @@ def _ckpt(path: Path, head, name: str, speakers: list[str], **head_cfg) -> Path:
 
 
 def _np_tde_logits(w, x, xbar, alpha, k, tau, gamma):
-    """Independent float64 loop over classes and chunks of the TDE logit formula (DESIGN.md section 2)."""
+    """Independent float64 loop over classes and chunks of the TDE logit formula (docs/design.md section 2)."""
     d = len(xbar) // k
     out = np.zeros((len(x), len(w)))
     for n in range(len(x)):

@@ -14,10 +14,11 @@ from fixtures_train import kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde import tde_embeddings, tde_logits
+from spkcausal.nn.assemble import assemble
 from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import load_yaml, merge_defaults, save_config
 from spkcausal.nn.heads import build_head
-from spkcausal.nn.network import build_network, load_trained
+from spkcausal.nn.network import build_network
 from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError
 
@@ -262,7 +263,7 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     _assert_same_final(tmp_path / "killed", tmp_path / "ref")
 
     # Loading for inference rebuilds the head without counts; its buffers come back from the checkpoint.
-    tm = load_trained(exp_dir=tmp_path / "ref")
+    tm = assemble(exp_dir=tmp_path / "ref")
     counts = np.array([6, 3, 2, 1])
     if method == "ldam":
         np.testing.assert_allclose(tm.head.margin_scale.numpy(), (1 / counts) ** 0.25, rtol=1e-6)

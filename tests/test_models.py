@@ -90,7 +90,7 @@ def test_tiny_models_train_and_other_feature_sizes():
 
 
 def test_full_size_parameter_counts():
-    """DESIGN.md section 6: ECAPA C=1024 is 20.8M, C=512 6.2M; the wespeaker-style ResNet34 is ~6.6M."""
+    """docs/design.md section 6: ECAPA C=1024 is 20.8M, C=512 6.2M; the wespeaker-style ResNet34 is ~6.6M."""
     counts = {name: count_parameters(build_model(name)) for name in ("ecapa1024", "ecapa512", "resnet34")}
     print(counts)
     assert abs(counts["ecapa1024"] - 20.8e6) < 0.1e6

@@ -122,7 +122,7 @@ def _store(path: Path) -> dict[str, np.ndarray]:
 
 
 def _tde(x: np.ndarray, xbar: np.ndarray, alpha: float, k: int = 2) -> np.ndarray:
-    """Per chunk: x^k/|x^k| - alpha (x^k/|x^k| . d^k) d^k with d^k = xbar^k/|xbar^k| (DESIGN.md section 2)."""
+    """Per chunk: x^k/|x^k| - alpha (x^k/|x^k| . d^k) d^k with d^k = xbar^k/|xbar^k| (docs/design.md section 2)."""
     d = len(xbar) // k
     parts = []
     for c in range(k):

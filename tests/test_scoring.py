@@ -8,7 +8,7 @@ import pytest
 from spkcausal.cli import main
 from spkcausal.data.embeddings import EmbeddingStore, write_store
 from spkcausal.data.trialio import read_scores, read_trials
-from spkcausal.scoring.cosine import Scorer, cohort_stats, score_files, score_trials, store_mean
+from spkcausal.scoring.cosine import Scorer, ScorerInputs, cohort_stats, score_files, score_trials, store_mean
 from spkcausal.utils import DataError
 
 D = 16
@@ -185,7 +185,7 @@ def test_score_files_rejects_colliding_names(setup, tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "vox.txt").write_text((s["path"] / "vox.txt").read_text())
     with pytest.raises(ValueError, match="collide"):
-        score_files([s["path"] / "vox.txt", tmp_path / "x" / "vox.txt"], s["store"], tmp_path / "o")
+        score_files([s["path"] / "vox.txt", tmp_path / "x" / "vox.txt"], ScorerInputs(s["store"]), tmp_path / "o")
     assert main(["score", "--trials", str(s["path"] / "vox.txt"), str(tmp_path / "x" / "vox.txt"), "--emb",
                  str(s["store"]), "--out-dir", str(tmp_path / "o")]) == 2
     assert not list((tmp_path / "o").glob("*.score"))

@@ -16,7 +16,7 @@ from spkcausal.nn.heads import CausalNormHead
 
 
 def np_tde_logits(x, w, xbar, alpha, k, tau, gamma):
-    """DESIGN.md's TDE logit formula, written independently in float64 loops."""
+    """docs/design.md's TDE logit formula, written independently in float64 loops."""
     x, w, xbar = (np.asarray(a, np.float64) for a in (x, w, xbar))
     d = x.shape[1] // k
     y = np.zeros((x.shape[0], w.shape[0]))

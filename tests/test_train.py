@@ -163,8 +163,8 @@ dist.destroy_process_group()
 def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     from spkcausal.data.embeddings import EmbeddingStore
     from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.assemble import assemble
     from spkcausal.nn.features import Fbank
-    from spkcausal.nn.network import load_trained
 
     data_dir = make_corpus(tmp_path, utts_per_spk=4)
     script = tmp_path / "ddp.py"
@@ -186,7 +186,7 @@ def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     store = EmbeddingStore.open(tmp_path / "emb")
     data = DataDir.load(data_dir)
     assert store.keys == data.utts
-    model = load_trained(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt").model
+    model = assemble(tmp_path / "exp" / "checkpoints" / "epoch_0002.pt").model
     single = embed_utterances(model, Fbank(n_mels=40), data, data.utts, num_workers=0, progress=False)
     assert np.abs(np.asarray(store.matrix) - single).max() < 1e-4
     assert np.array_equal(np.load(tmp_path / "emb" / "mean_feature.npy"), x0)
@@ -414,8 +414,8 @@ def test_config_key_typos_are_rejected(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path):
     from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.assemble import assemble
     from spkcausal.nn.features import Fbank
-    from spkcausal.nn.network import load_trained
 
     cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
                       sampler={"num_samples": 64}, data={"num_workers": 2},
@@ -427,8 +427,8 @@ def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path
     ckpt = tmp_path / "exp" / "checkpoints" / "epoch_0002.pt"
     assert len(load_checkpoint(ckpt)["rng"][0]["cuda"]) >= 1
     data = DataDir.load(corpus)
-    model_gpu = load_trained(ckpt, device="cuda").model
-    model_cpu = load_trained(ckpt, device="cpu").model
+    model_gpu = assemble(ckpt, device="cuda").model
+    model_cpu = assemble(ckpt, device="cpu").model
     a = embed_utterances(model_gpu, Fbank(n_mels=40).cuda(), data, data.utts, "cuda", num_workers=0, progress=False)
     b = embed_utterances(model_cpu, Fbank(n_mels=40), data, data.utts, "cpu", num_workers=0, progress=False)
     na = a / np.linalg.norm(a, axis=1, keepdims=True)

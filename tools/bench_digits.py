@@ -5,7 +5,7 @@ scikit-learn's bundled digits (1,797 8x8 images, 10 classes, no download). Per s
 (50 per class) and a balanced dev set (20 per class, used only to choose TDE's alpha and tau-norm's tau);
 the training set keeps n_c = round(n_max * imbalance^(-r/9)) images of the class ranked r (a random class
 order per seed), n_max = 100, so imbalance 50 gives 100 65 42 27 18 11 7 5 3 2. Shot groups by training
-count: Many > 40, Medium 10-40, Few < 10 (the 100/20 thresholds of DESIGN.md do not fit 10 classes of at
+count: Many > 40, Medium 10-40, Few < 10 (the 100/20 thresholds of docs/design.md do not fit 10 classes of at
 most 100 images). A 64-128-64 ReLU MLP is trained with SGD momentum 0.9 and a cosine schedule; every
 method uses the same network, data and step count. Prints a markdown table of per-class-mean accuracy (%)
 mean +- std over seeds; `--diagnose` adds TDE ablations (alpha curve, mu, K, feature sign).

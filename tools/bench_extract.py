@@ -30,7 +30,7 @@ def embed(trained, data, utts, mode: str, device: str, crop: float | None, batch
 
     from spkcausal.inference.extract import embed_utterances
 
-    fbank = trained.fbank(torch.device(device))
+    fbank = trained.frontend.to(torch.device(device))
     t0 = time.perf_counter()
     emb = embed_utterances(trained.model, fbank, data, utts, device, batch_seconds, mode=mode, num_workers=0,
                            progress=False, crop_seconds=crop)
@@ -59,9 +59,9 @@ def tolerance_table(ckpt: str, data_dir: str, trials_path: str, crops: list[floa
     """One row per mode (crop once per crop length): speed and agreement with exact."""
     from spkcausal.data.datadir import DataDir
     from spkcausal.data.trialio import read_trials
-    from spkcausal.nn.network import load_trained
+    from spkcausal.nn.assemble import assemble
 
-    trained = load_trained(ckpt, device=device)
+    trained = assemble(ckpt, device=device)
     data = DataDir.load(data_dir)
     utts = data.utts
     trials = read_trials(trials_path)

@@ -102,9 +102,10 @@ def extraction_rates(root: Path, utts: int, repeats: int, ckpt: str | None) -> d
 
     from spkcausal.data.datadir import DataDir
     from spkcausal.inference.extract import embed_utterances
+    from spkcausal.nn.assemble import assemble
     from spkcausal.nn.config import merge_defaults
     from spkcausal.nn.features import Fbank
-    from spkcausal.nn.network import build_extractor, load_trained
+    from spkcausal.nn.network import build_extractor
 
     rng = np.random.default_rng(1)
     wav, utt2spk = {}, {}
@@ -116,8 +117,8 @@ def extraction_rates(root: Path, utts: int, repeats: int, ckpt: str | None) -> d
         wav[f"e{i:05d}"], utt2spk[f"e{i:05d}"] = str(p), f"s{i % 50}"
     data = DataDir(wav=wav, utt2spk=utt2spk)
     if ckpt:
-        trained = load_trained(ckpt)
-        model, fbank = trained.model, trained.fbank(torch.device("cpu"))
+        trained = assemble(ckpt)
+        model, fbank = trained.model, trained.frontend
     else:
         torch.manual_seed(0)
         model = build_extractor(merge_defaults({"model": {"name": "ecapa_tiny", "embed_dim": 64}})).eval()

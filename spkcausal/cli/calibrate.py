@@ -18,6 +18,14 @@ def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tup
     return mode
 
 
+def _inputs(args: argparse.Namespace):  # noqa: ANN202 (ScorerInputs; the import stays lazy)
+    """The scorer stores of a back-end command (`--emb`, `--cohort`, ...)."""
+    from ..scoring.cosine import ScorerInputs
+
+    return ScorerInputs(args.emb, mean_store=args.mean_store, cohort=args.cohort, cohort_data=args.cohort_data,
+                        enroll_map=args.enroll_map)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from ..scoring.calibration import apply_calibration_file, train_calibration_file
 
@@ -34,15 +42,14 @@ def _qmf(args: argparse.Namespace) -> int:
     from ..scoring.cosine import parse_top_n
     from ..scoring.qmf import apply_qmf_files, train_qmf_files
 
-    common = dict(cohort_data=args.cohort_data, mean_store=args.mean_store, enroll_map=args.enroll_map)
+    inputs = _inputs(args)
     if _need(args, "qmf", ("out",), ("apply", "out")) == "train":
-        m = train_qmf_files(args.dev, args.emb, args.cohort, args.utt2dur, args.out,
-                            top_n=parse_top_n(args.asnorm_top), p_target=args.p_target,
-                            **({"measures": args.measures} if args.measures else {}), **common)
+        m = train_qmf_files(args.dev, inputs.with_(top_n=parse_top_n(args.asnorm_top)), args.utt2dur, args.out,
+                            p_target=args.p_target, **({"measures": args.measures} if args.measures else {}))
         print(f"{args.out}: QMF on {', '.join(m.inputs)}; dev Cllr {m.dev['cllr']:.4f}, "
               f"minCllr {m.dev['min_cllr']:.4f}")
     else:
-        print(apply_qmf_files(args.model, args.apply, args.emb, args.cohort, args.utt2dur, args.out, **common))
+        print(apply_qmf_files(args.model, args.apply, inputs, args.utt2dur, args.out))
     return 0
 
 
@@ -50,8 +57,7 @@ def _asnorm_top(args: argparse.Namespace) -> int:
     from ..scoring.cosine import choose_asnorm_top_files, parse_top_n
 
     kw = {} if args.candidates is None else {"candidates": [parse_top_n(c) for c in args.candidates]}
-    res = choose_asnorm_top_files(args.trials, args.emb, args.cohort, args.out, cohort_data=args.cohort_data,
-                                  mean_store=args.mean_store, enroll_map=args.enroll_map, p_target=args.p_target,
+    res = choose_asnorm_top_files(args.trials, _inputs(args), args.out, p_target=args.p_target,
                                   allow_missing=args.allow_missing, **kw)
     print(res["best"])
     return 0

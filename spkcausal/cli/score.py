@@ -6,15 +6,15 @@ import json
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ..scoring.cosine import parse_top_n, score_files
+    from ..scoring.cosine import ScorerInputs, parse_top_n, score_files
     from ..utils import UsageError
 
     norm = args.norm or ("asnorm" if args.cohort else "none")
     if norm != "none" and not args.cohort:
         raise UsageError(f"--norm {norm} needs --cohort STORE")
-    outs = score_files(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
-                       cohort_data=args.cohort_data, norm=norm, top_n=parse_top_n(args.asnorm_top),
-                       enroll_map=args.enroll_map, allow_missing=args.allow_missing)
+    inputs = ScorerInputs(args.emb, mean_store=args.mean_store, cohort=args.cohort, cohort_data=args.cohort_data,
+                          norm=norm, top_n=parse_top_n(args.asnorm_top), enroll_map=args.enroll_map)
+    outs = score_files(args.trials, inputs, args.out_dir, allow_missing=args.allow_missing)
     for o in outs:
         print(o)
     return 0
@@ -59,47 +59,13 @@ def _read_labelled(paths: list[str], utt2spk: str | None) -> tuple[list, dict]:
     return out, (read_kv(utt2spk) if utt2spk else {})
 
 
-def _resampling_groups(enroll, u2s: dict):
-    """The bootstrap's unit of each trial: its enrolment key, or that key's speaker when the map has it."""
-    import numpy as np
-
-    keys, inverse = np.unique(enroll, return_inverse=True)
-    return np.array([u2s.get(k, k) for k in keys.tolist()])[inverse.ravel()]
-
-
-def _align(a, b, path_a: str, path_b: str):
-    """Scores of b in a's trial order; DataError naming path_b unless both hold the same labelled trials."""
-    import numpy as np
-
-    from ..utils import DataError
-
-    if len(a) != len(b):
-        raise DataError(f"{len(b)} trials, but {path_a} has {len(a)}: --paired needs the same trials in both", path_b)
-    oa, ob = np.lexsort((a.test, a.enroll)), np.lexsort((b.test, b.enroll))
-    differ = np.flatnonzero((a.enroll[oa] != b.enroll[ob]) | (a.test[oa] != b.test[ob]))
-    if len(differ):
-        k = differ[0]  # in merged sort order the smaller pair of the first mismatch is missing from the other file
-        pa, pb = (a.enroll[oa[k]], a.test[oa[k]]), (b.enroll[ob[k]], b.test[ob[k]])
-        if pa < pb:
-            raise DataError(f"trial '{pa[0]} {pa[1]}' of {path_a} is missing: --paired needs the same trials", path_b)
-        raise DataError(f"trial '{pb[0]} {pb[1]}' is not in {path_a}: --paired needs the same trials", path_b,
-                        int(b.line_no[ob[k]]))
-    wrong = np.flatnonzero(a.labels[oa] != b.labels[ob])
-    if len(wrong):
-        k = ob[wrong[0]]
-        raise DataError(f"trial '{b.enroll[k]} {b.test[k]}' has a different label in {path_a}", path_b,
-                        int(b.line_no[k]))
-    scores_b = np.empty(len(a))
-    scores_b[oa] = b.scores[ob]
-    return scores_b
-
-
 def _ci_text(v: float, ci: list[float], scale: float, fmt: str) -> str:
     return f"{v * scale:{fmt}} [{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
 
 
 def _eer_ci(args: argparse.Namespace) -> int:
     from ..scoring.bootstrap import bootstrap_verification, paired_bootstrap_verification
+    from ..scoring.pairing import align_scores, resampling_groups
     from ..utils import DataError, UsageError
 
     level = 0.95 if args.ci is None else args.ci
@@ -113,8 +79,8 @@ def _eer_ci(args: argparse.Namespace) -> int:
     what = f"{n_boot} resamples of {'speakers' if args.utt2spk else 'enrolment keys'}, seed {seed}"
     if args.paired:
         path_a, path_b = args.scores
-        scores_b = _align(trials[0], trials[1], path_a, path_b)
-        groups = _resampling_groups(trials[0].enroll, u2s)
+        scores_b = align_scores(trials[0], trials[1], path_a, path_b)
+        groups = resampling_groups(trials[0].enroll, u2s)
         try:
             r = paired_bootstrap_verification(trials[0].scores, scores_b, trials[0].labels, groups, **opts)
         except DataError as e:  # the arrays do not know their files: name them
@@ -136,7 +102,7 @@ def _eer_ci(args: argparse.Namespace) -> int:
     results = []
     for path, t in zip(args.scores, trials):
         try:
-            r = bootstrap_verification(t.scores, t.labels, _resampling_groups(t.enroll, u2s), **opts)
+            r = bootstrap_verification(t.scores, t.labels, resampling_groups(t.enroll, u2s), **opts)
         except DataError as e:
             raise DataError(e.message, path) from None
         r["file"] = path

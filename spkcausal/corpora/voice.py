@@ -127,9 +127,9 @@ def _resonator(freq: float, bw: float, sr: int, peak_norm: bool = False) -> np.n
     """Two-pole resonator as one sos row, unit gain at DC (cascade formant) or at its peak (frication)."""
     freq = min(freq, 0.46 * sr)
     r = np.exp(-np.pi * bw / sr)
-    th = 2 * np.pi * freq / sr
-    a = np.array([1.0, -2 * r * np.cos(th), r * r])
-    z = np.exp(-1j * th) if peak_norm else 1.0
+    theta = 2 * np.pi * freq / sr
+    a = np.array([1.0, -2 * r * np.cos(theta), r * r])
+    z = np.exp(-1j * theta) if peak_norm else 1.0
     gain = abs(a[0] + a[1] * z + a[2] * z * z)
     return np.array([gain, 0.0, 0.0, *a])
 
@@ -193,64 +193,75 @@ def _phones(g: np.random.Generator, total_s: float, rate: float, prior: np.ndarr
     return out
 
 
-def synth_utterance(spk: Speaker, sess: Session, g: np.random.Generator, n: int, sr: int,
-                    snr_db: tuple[float, float]) -> np.ndarray:
-    """One utterance of `n` samples, float in [-1, 1]: glottal source -> formant cascade -> channel + noise."""
-    rate = spk.rate * g.uniform(0.9, 1.1)
-    phones = _phones(g, n / sr + 0.05, rate, spk.vowel_prior)
-    scale = 17.5 / spk.vtl_cm * spk.formant_warp
-    bws = _BW * spk.bw_scale
+_Segments = list[tuple[int, int, np.ndarray]]  # (start, stop, F1..F5) voiced-tract segments
+_Fric = list[tuple[int, int, float, float]]  # start, stop, centre, amplitude
 
-    # per-sample envelopes and the list of (start, stop, F1..F5) voiced-tract segments
+
+def _articulation(spk: Speaker, phones: list, scale: np.ndarray, sr: int
+                  ) -> tuple[np.ndarray, _Segments, _Fric, np.ndarray, np.ndarray]:
+    """Per-phone sample lengths, tract segments, frication bursts and voicing / aspiration levels."""
     lens = np.maximum(1, np.round(np.array([d for _, d in phones]) * sr).astype(int))
     starts = np.concatenate([[0], np.cumsum(lens)])
-    total = int(starts[-1])
     voice = np.zeros(len(phones))
     asp = np.zeros(len(phones))
-    segs: list[tuple[int, int, np.ndarray]] = []
-    fric: list[tuple[int, int, float, float]] = []  # start, stop, centre, amplitude
+    segs: _Segments = []
+    fric: _Fric = []
     prev = np.array([500.0, 1500.0, 2500.0, *_F45])
     for i, (p, _) in enumerate(phones):
         s0, s1 = int(starts[i]), int(starts[i + 1])
         if p == "#":  # silent source, but the tract keeps ringing: no click at the pause
             segs.append((s0, s1, prev))
             continue
-        if p in VOWELS:
-            kind, loc, fc = "vowel", VOWELS[p], 0.0
-            loc = (loc[0] * spk.vowel_shift[_VOWEL_INDEX[p], 0], loc[1] * spk.vowel_shift[_VOWEL_INDEX[p], 1], loc[2])
-        else:
-            kind, loc, fc = CONSONANTS[p]
-        target = np.array([*loc, *_F45]) * scale
-        # formant transition from the previous target over the first 30 ms, in 10 ms steps
-        n_tr = min(3, (s1 - s0) // int(0.01 * sr))
-        step = max(1, int(0.01 * sr))
-        for k in range(n_tr):
-            w = (k + 1) / (n_tr + 1)
-            segs.append((s0 + k * step, s0 + (k + 1) * step, (1 - w) * prev + w * target))
-        segs.append((s0 + n_tr * step, s1, target))
+        kind, target, fc = _phone_target(spk, p, scale)
+        segs.extend(_transition(prev, target, s0, s1, sr))
         prev = target
-        if kind in ("vowel", "approx"):
-            voice[i] = 1.0 if kind == "vowel" else 0.6
-        elif kind == "nasal":
-            voice[i] = 0.35
-        elif kind == "vfric":
-            voice[i] = 0.4
-            fric.append((s0, s1, fc * scale[1], 0.15))
-        elif kind == "fric":
-            fric.append((s0, s1, fc * scale[1], 0.3))
-        elif kind == "aspir":
-            asp[i] = 0.25
-        else:  # stops: closure (a weak voice bar if voiced), burst, aspiration if voiceless
-            burst = s0 + int(0.6 * (s1 - s0))
-            voice[i] = 0.08 if kind == "vstop" else 0.0
-            fric.append((burst, min(s1, burst + int(0.015 * sr)), fc * scale[1], 0.5))
-            if kind == "stop":
-                asp[i] = 0.15
-    w = int(0.008 * sr)
-    v_env = _smooth(np.repeat(voice, lens), w)
-    a_env = _smooth(np.repeat(asp, lens), w)
+        voice[i], asp[i], burst = _source_levels(kind, s0, s1, fc * scale[1], sr)
+        fric.extend(burst)
+    return lens, segs, fric, voice, asp
 
-    # intonation: declination + a few accents + optional final rise, clipped to the speaker's range
+
+def _phone_target(spk: Speaker, p: str, scale: np.ndarray) -> tuple[str, np.ndarray, float]:
+    """(kind, F1..F5 target in Hz for this speaker, frication centre before scaling) of phone `p`."""
+    if p in VOWELS:
+        kind, loc, fc = "vowel", VOWELS[p], 0.0
+        loc = (loc[0] * spk.vowel_shift[_VOWEL_INDEX[p], 0], loc[1] * spk.vowel_shift[_VOWEL_INDEX[p], 1], loc[2])
+    else:
+        kind, loc, fc = CONSONANTS[p]
+    return kind, np.array([*loc, *_F45]) * scale, fc
+
+
+def _transition(prev: np.ndarray, target: np.ndarray, s0: int, s1: int, sr: int) -> _Segments:
+    """Formant transition from the previous target over the first 30 ms in 10 ms steps, then the target."""
+    n_tr = min(3, (s1 - s0) // int(0.01 * sr))
+    step = max(1, int(0.01 * sr))
+    segs = []
+    for k in range(n_tr):
+        w = (k + 1) / (n_tr + 1)
+        segs.append((s0 + k * step, s0 + (k + 1) * step, (1 - w) * prev + w * target))
+    segs.append((s0 + n_tr * step, s1, target))
+    return segs
+
+
+def _source_levels(kind: str, s0: int, s1: int, fc: float, sr: int) -> tuple[float, float, _Fric]:
+    """(voicing, aspiration, frication bursts) of one phone of `kind` spanning samples s0..s1."""
+    if kind in ("vowel", "approx"):
+        return (1.0 if kind == "vowel" else 0.6), 0.0, []
+    if kind == "nasal":
+        return 0.35, 0.0, []
+    if kind == "vfric":
+        return 0.4, 0.0, [(s0, s1, fc, 0.15)]
+    if kind == "fric":
+        return 0.0, 0.0, [(s0, s1, fc, 0.3)]
+    if kind == "aspir":
+        return 0.0, 0.25, []
+    # stops: closure (a weak voice bar if voiced), burst, aspiration if voiceless
+    burst = s0 + int(0.6 * (s1 - s0))
+    return (0.08 if kind == "vstop" else 0.0), (0.15 if kind == "stop" else 0.0), \
+        [(burst, min(s1, burst + int(0.015 * sr)), fc, 0.5)]
+
+
+def _f0_contour(spk: Speaker, g: np.random.Generator, total: int, sr: int) -> np.ndarray:
+    """Intonation: declination + a few accents + optional final rise, clipped to the speaker's range; jitter."""
     t = np.arange(total) / sr
     dur = total / sr
     semis = g.uniform(-1.5, 1.5) + g.uniform(1, 3) * (1 - 2 * t / dur)
@@ -263,38 +274,49 @@ def synth_utterance(spk: Speaker, sess: Session, g: np.random.Generator, n: int,
     centre = np.sqrt(spk.f0_lo * spk.f0_hi)
     f0 = np.clip(centre * 2 ** (semis / 12), spk.f0_lo, spk.f0_hi)
     blk = max(1, sr // 200)  # jitter: 5 ms blocks of random period perturbation
-    f0 = f0 * (1 + spk.jitter * np.repeat(g.standard_normal(total // blk + 1), blk)[:total])
+    return f0 * (1 + spk.jitter * np.repeat(g.standard_normal(total // blk + 1), blk)[:total])
 
-    # glottal source: Rosenberg flow pulse from the accumulated phase, differentiated (lip radiation)
+
+def _glottal_source(spk: Speaker, g: np.random.Generator, f0: np.ndarray, v_env: np.ndarray,
+                    a_env: np.ndarray, sr: int) -> np.ndarray:
+    """Rosenberg flow pulse from the accumulated phase, differentiated (lip radiation), plus breath noise."""
     phase = np.cumsum(f0 / sr)
     frac = phase - np.floor(phase)
     flow = _rosenberg(spk.open_quotient)[(frac * _PULSE_TABLE).astype(int)]
     periods = phase.astype(int)
     amp = 1 + spk.shimmer * g.standard_normal(periods[-1] + 2)
     pulse = np.diff(flow, prepend=0.0) * amp[periods]
-    noise = g.standard_normal(total)
+    noise = g.standard_normal(len(f0))
     src = v_env * (pulse + spk.breath * 0.05 * noise * (0.3 + flow)) + a_env * 0.05 * noise
-    src = lfilter([1 - spk.tilt], [1, -spk.tilt], src)
+    return lfilter([1 - spk.tilt], [1, -spk.tilt], src)
 
-    # vocal tract: 5-formant cascade (as one all-pole filter per segment), state carried across segments
+
+def _vocal_tract(src: np.ndarray, segs: _Segments, bws: np.ndarray, sr: int) -> np.ndarray:
+    """5-formant cascade (as one all-pole filter per segment), state carried across segments."""
     seg_f = np.array([f for _, _, f in segs])
     den = _cascade_den(np.minimum(seg_f, 0.46 * sr), np.broadcast_to(bws, seg_f.shape), sr)
     gain = den.sum(axis=1)  # unit gain at DC
-    out = np.zeros(total)
+    out = np.zeros(len(src))
     zi = np.zeros(den.shape[1] - 1)
     for (s0, s1, _), a, b0 in zip(segs, den, gain):
         if s1 > s0:
             out[s0:s1], zi = lfilter([b0], a, src[s0:s1], zi=zi)
-    # frication and bursts: noise through a peak-normalised resonance, with ramps against clicks
+    return out
+
+
+def _add_frication(out: np.ndarray, fric: _Fric, g: np.random.Generator, sr: int) -> None:
+    """Frication and bursts: noise through a peak-normalised resonance, with ramps against clicks (in place)."""
     for s0, s1, fc, a in fric:
         if s1 - s0 < 8:
             continue
         sos = np.vstack([_resonator(fc, fc / 3, sr, True), _resonator(1.5 * fc, fc / 2, sr, True)])
         ramp = np.hanning(s1 - s0)
         out[s0:s1] += a * 0.1 * sosfilt(sos, g.standard_normal(s1 - s0)) * ramp
-    out = out[:n] if total >= n else np.pad(out, (0, n - total))
 
-    # channel: environmental noise at the drawn SNR (against the active speech), then the session's filter
+
+def _channel(out: np.ndarray, sess: Session, g: np.random.Generator, snr_db: tuple[float, float]) -> np.ndarray:
+    """Environmental noise at the drawn SNR (against the active speech), then the session's filter and level."""
+    n = len(out)
     p_speech = np.mean(out[np.abs(out) > 0.05 * np.abs(out).max()] ** 2) if np.any(out) else 1.0
     bg = lfilter([1.0], [1, -sess.noise_pole], g.standard_normal(n))
     snr = g.uniform(*snr_db)
@@ -303,6 +325,27 @@ def synth_utterance(spk: Speaker, sess: Session, g: np.random.Generator, n: int,
     level = sess.level_db + g.uniform(-2, 2)
     y *= 10 ** (level / 20) / (np.sqrt(np.mean(y ** 2)) + 1e-12)
     return np.clip(y, -0.99, 0.99)
+
+
+def synth_utterance(spk: Speaker, sess: Session, g: np.random.Generator, n: int, sr: int,
+                    snr_db: tuple[float, float]) -> np.ndarray:
+    """One utterance of `n` samples, float in [-1, 1]: glottal source -> formant cascade -> channel + noise.
+
+    The draws from `g` happen in one fixed order (phones, intonation, jitter, shimmer, source noise,
+    frication, background, SNR, level): the corpus is a function of its seed."""
+    rate = spk.rate * g.uniform(0.9, 1.1)
+    phones = _phones(g, n / sr + 0.05, rate, spk.vowel_prior)
+    scale = 17.5 / spk.vtl_cm * spk.formant_warp
+    lens, segs, fric, voice, asp = _articulation(spk, phones, scale, sr)
+    w = int(0.008 * sr)
+    v_env = _smooth(np.repeat(voice, lens), w)
+    a_env = _smooth(np.repeat(asp, lens), w)
+    f0 = _f0_contour(spk, g, int(lens.sum()), sr)
+    src = _glottal_source(spk, g, f0, v_env, a_env, sr)
+    out = _vocal_tract(src, segs, _BW * spk.bw_scale, sr)
+    _add_frication(out, fric, g, sr)
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return _channel(out, sess, g, snr_db)
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:

@@ -9,15 +9,17 @@ enrols it, CN-Celeb's Avg protocol). Keys never contain whitespace; every file i
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..utils import DataError, PathLike, atomic_write
+from ..utils import DataError, PathLike, atomic_write, get_logger
 
 __all__ = [
+    "labelled_utts", "train_counts",
     "KV_FILES", "GENDERS", "DataDir", "read_lines", "read_kv", "read_list_kv", "write_kv", "write_list_kv",
     "utt2spk_to_spk2utt",
 ]
@@ -189,3 +191,35 @@ class DataDir:
             utt2sess={u: s for u, s in self.utt2sess.items() if u in u2s},
             spk2nat={s: g for s, g in self.spk2nat.items() if s in spks},
         )
+
+
+_log = get_logger(__name__)
+
+
+def labelled_utts(data_dir: PathLike, speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(utterances, class indices) of `data_dir` whose speaker is a class of a checkpoint (`speakers[i]` is
+    class i). Speakers the checkpoint does not know (e.g. the trainer dropped all their audio as too short) are
+    left out with a warning; a dir with none of the training speakers is an error."""
+    path = Path(data_dir) / "utt2spk"
+    utt2spk = read_kv(path)
+    index = {s: i for i, s in enumerate(speakers)}
+    unknown = sorted({s for s in utt2spk.values() if s not in index})
+    utts = [u for u, s in utt2spk.items() if s in index]
+    if not utts:
+        raise DataError(f"none of the {len(set(utt2spk.values()))} speakers is a training speaker of the checkpoint; "
+                        "closed-set identification needs held-out utterances of training speakers", path)
+    if unknown:
+        _log.warning("%s: %d speakers are not classes of the checkpoint and are left out (first: %s)", path,
+                     len(unknown), ", ".join(unknown[:5]))
+    return utts, np.array([index[utt2spk[u]] for u in utts], dtype=np.int64)
+
+
+def train_counts(train_dir: PathLike, speakers: Sequence[str]) -> np.ndarray:
+    """Training utterances per class (the checkpoint's speaker order) from the training dir's utt2spk."""
+    path = Path(train_dir) / "utt2spk"
+    counts = Counter(read_kv(path).values())
+    missing = [s for s in speakers if s not in counts]
+    if missing:
+        raise DataError(f"{len(missing)} of the checkpoint's speakers have no utterance here (first: {missing[0]}): "
+                        "is this the dir the model was trained on?", path)
+    return np.array([counts[s] for s in speakers], dtype=np.int64)

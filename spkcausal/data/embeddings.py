@@ -15,7 +15,8 @@ import numpy as np
 
 from ..utils import DataError, PathLike, atomic_path, get_logger, write_text_atomic
 
-__all__ = ["EmbeddingStore", "write_store", "write_store_meta", "import_kaldi", "export_kaldi", "speaker_means"]
+__all__ = ["class_labels", "EmbeddingStore", "write_store", "write_store_meta", "import_kaldi", "export_kaldi",
+           "speaker_means"]
 
 EMB_FILE, KEYS_FILE, META_FILE = "embeddings.npy", "keys.txt", "store.json"
 FORMAT_VERSION = 1
@@ -209,3 +210,12 @@ def write_store_meta(out_dir: PathLike, meta: Mapping[str, Any], mean: np.ndarra
         with atomic_path(out_dir / "mean_feature.npy") as tmp:
             np.save(tmp, mean.astype(np.float32))
     write_text_atomic(out_dir / "extract.json", json.dumps(dict(meta), indent=1) + "\n")
+
+
+def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, class indices) of the utterances of `data_dir` whose speaker is a class of the checkpoint
+    (`datadir.labelled_utts`: unknown speakers left out with a warning)."""
+    from .datadir import labelled_utts
+
+    utts, y = labelled_utts(data_dir, speakers)
+    return store.get(utts), y

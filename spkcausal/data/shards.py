@@ -28,6 +28,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,18 +128,12 @@ def _read_index(path: Path) -> tuple[list[list[str]], str]:
     return rows, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 1000, seed: int = 0,
-                num_threads: int = 8) -> Path:
-    """Write the shards, index and manifest of a data dir (resumable); returns the manifest path."""
+def _plan_shards(data: Any, data_dir: PathLike, out: Path, utts_per_shard: int, seed: int,
+                 num_threads: int) -> tuple[list[list[str]], dict[str, str]]:
+    """(index rows, skipped files): the plan found in `out` for these inputs, else a new one written there
+    (stale shards removed, audio probed, utterances shuffled with `seed` and cut into shards)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .datadir import DataDir
-
-    if utts_per_shard < 1:
-        raise UsageError(f"--utts-per-shard must be >= 1, got {utts_per_shard}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = DataDir.load(data_dir)
     # The plan depends on exactly these inputs; a resumed run with other ones starts over.
     scp = "".join(f"{u} {data.wav[u]} {data.utt2spk[u]}\n" for u in data.utts)
     plan_id = {"data": hashlib.sha256(scp.encode("utf-8")).hexdigest(), "seed": int(seed),
@@ -147,62 +142,83 @@ def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 100
     old_plan = json.loads(plan_path.read_text()) if plan_path.is_file() and index_path.is_file() else None
     if old_plan is not None and old_plan.get("id") == plan_id:
         rows, _ = _read_index(index_path)
-        skipped = old_plan["skipped"]
         log.info("resuming shards in %s: plan found (%d utterances)", out, len(rows))
-    else:
-        for stale in list(out.glob("shard-*.tar")) + list(out.glob(".shard-*.sha256")) + [out / MANIFEST]:
-            stale.unlink(missing_ok=True)
-        utts = data.utts
-        with ThreadPoolExecutor(max(1, num_threads)) as pool:
-            probes = list(pool.map(lambda u: _probe(data.wav[u]), utts))
-        skipped = {u: p[3] for u, p in zip(utts, probes) if p[3]}
-        ok = [i for i, p in enumerate(probes) if not p[3]]
-        if not ok:
-            raise DataError("no readable audio in the data dir", data_dir)
-        order = [ok[j] for j in np.random.default_rng(int(seed)).permutation(len(ok))]
-        shard_of = [j // utts_per_shard for j in range(len(order))]
-        text = _index_lines(shard_of, [utts[i] for i in order], [data.utt2spk[utts[i]] for i in order],
-                            [probes[i][0] for i in order], [probes[i][1] for i in order],
-                            [probes[i][2] for i in order])
-        write_text_atomic(index_path, text)
-        write_text_atomic(plan_path, json.dumps({"id": plan_id, "skipped": skipped}, indent=1))
-        rows, _ = _read_index(index_path)
-        if skipped:
-            log.warning("left out %d unreadable or empty files, first: %s", len(skipped),
-                        "; ".join(f"{u}: {w}" for u, w in sorted(skipped.items())[:5]))
+        return rows, old_plan["skipped"]
+    for stale in list(out.glob("shard-*.tar")) + list(out.glob(".shard-*.sha256")) + [out / MANIFEST]:
+        stale.unlink(missing_ok=True)
+    utts = data.utts
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        probes = list(pool.map(lambda u: _probe(data.wav[u]), utts))
+    skipped = {u: p[3] for u, p in zip(utts, probes) if p[3]}
+    ok = [i for i, p in enumerate(probes) if not p[3]]
+    if not ok:
+        raise DataError("no readable audio in the data dir", data_dir)
+    order = [ok[j] for j in np.random.default_rng(int(seed)).permutation(len(ok))]
+    shard_of = [j // utts_per_shard for j in range(len(order))]
+    text = _index_lines(shard_of, [utts[i] for i in order], [data.utt2spk[utts[i]] for i in order],
+                        [probes[i][0] for i in order], [probes[i][1] for i in order],
+                        [probes[i][2] for i in order])
+    write_text_atomic(index_path, text)
+    write_text_atomic(plan_path, json.dumps({"id": plan_id, "skipped": skipped}, indent=1))
+    rows, _ = _read_index(index_path)
+    if skipped:
+        log.warning("left out %d unreadable or empty files, first: %s", len(skipped),
+                    "; ".join(f"{u}: {w}" for u, w in sorted(skipped.items())[:5]))
+    return rows, skipped
+
+
+def _write_shard(path: Path, members: list[list[str]], data: Any) -> None:
+    """One tar shard: per utterance its audio file's bytes as stored and a json member (atomic, 0644)."""
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for _, key, utt, spk, n, sr, ext in members:
+                try:
+                    audio = Path(data.wav[utt]).read_bytes()
+                except OSError as e:
+                    raise DataError(f"cannot read audio of {utt} ({e})", data.wav[utt]) from None
+                _add_member(tar, f"{key}.{ext}", audio)
+                meta = {"utt": utt, "spk": spk, "num_samples": int(n), "sample_rate": int(sr),
+                        "duration": int(n) / int(sr)}
+                _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+        tmp.chmod(0o644)  # shards are shared read-only data (mkstemp creates 0600)
+
+
+def _ensure_shard(out: Path, i: int, members: list[list[str]], data: Any) -> tuple[dict, bool]:
+    """(manifest entry, kept): shard `i` kept when its sha256 matches the one recorded, else (re)written."""
+    path, mark = out / shard_name(i), out / f".{shard_name(i)}.sha256"
+    digest, kept = None, False
+    if path.is_file() and mark.is_file():
+        digest = sha256_file(path)
+        if digest != mark.read_text().strip():
+            log.warning("%s does not match its recorded checksum: rewriting it", path)
+            digest = None
+        else:
+            kept = True
+    if digest is None:
+        _write_shard(path, members, data)
+        digest = sha256_file(path)
+        write_text_atomic(mark, digest + "\n")
+    return {"name": shard_name(i), "count": len(members), "bytes": path.stat().st_size, "sha256": digest}, kept
+
+
+def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 1000, seed: int = 0,
+                num_threads: int = 8) -> Path:
+    """Write the shards, index and manifest of a data dir (resumable); returns the manifest path."""
+    from .datadir import DataDir
+
+    if utts_per_shard < 1:
+        raise UsageError(f"--utts-per-shard must be >= 1, got {utts_per_shard}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = DataDir.load(data_dir)
+    rows, skipped = _plan_shards(data, data_dir, out, utts_per_shard, seed, num_threads)
     num_shards = int(rows[-1][0]) + 1
     by_shard: list[list[list[str]]] = [[] for _ in range(num_shards)]
     for row in rows:
         by_shard[int(row[0])].append(row)
-    entries, kept = [], 0
-    for i, members in enumerate(by_shard):
-        path, mark = out / shard_name(i), out / f".{shard_name(i)}.sha256"
-        digest = None
-        if path.is_file() and mark.is_file():
-            digest = sha256_file(path)
-            if digest != mark.read_text().strip():
-                log.warning("%s does not match its recorded checksum: rewriting it", path)
-                digest = None
-            else:
-                kept += 1
-        if digest is None:
-            with atomic_path(path) as tmp:
-                with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-                    for _, key, utt, spk, n, sr, ext in members:
-                        try:
-                            audio = Path(data.wav[utt]).read_bytes()
-                        except OSError as e:
-                            raise DataError(f"cannot read audio of {utt} ({e})", data.wav[utt]) from None
-                        _add_member(tar, f"{key}.{ext}", audio)
-                        meta = {"utt": utt, "spk": spk, "num_samples": int(n), "sample_rate": int(sr),
-                                "duration": int(n) / int(sr)}
-                        _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
-                tmp.chmod(0o644)  # shards are shared read-only data (mkstemp creates 0600)
-            digest = sha256_file(path)
-            write_text_atomic(mark, digest + "\n")
-        entries.append({"name": shard_name(i), "count": len(members), "bytes": path.stat().st_size,
-                        "sha256": digest})
-    _, index_sha = _read_index(index_path)
+    done = [_ensure_shard(out, i, members, data) for i, members in enumerate(by_shard)]
+    entries, kept = [e for e, _ in done], sum(k for _, k in done)
+    _, index_sha = _read_index(out / INDEX)
     manifest = {
         "format": "webdataset tar shards (spkcausal)", "version": 1, "seed": int(seed),
         "utts_per_shard": int(utts_per_shard), "data": str(data_dir), "num_utts": len(rows),
@@ -210,7 +226,7 @@ def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 100
         "index_sha256": index_sha, "skipped": skipped, "shards": entries,
     }
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    for p in (index_path, out / MANIFEST):
+    for p in (out / INDEX, out / MANIFEST):
         p.chmod(0o644)
     log.info("%d shards (%d kept from an earlier run), %d utterances, in %s", num_shards, kept, len(rows), out)
     return out / MANIFEST

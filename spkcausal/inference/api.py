@@ -101,18 +101,21 @@ def _as_mono(x: Any) -> np.ndarray:
 
 
 class SpeakerModel:
-    """A loaded extractor (eval mode) with its front-end, head (for x_bar) and what its experiment stores."""
+    """User-facing API over a TrainedModel: embed / score / verify audio with what its experiment stores.
+
+    Holds the loaded extractor (eval mode), its front-end, head (for x_bar), and the experiment's stored TDE
+    alpha, training-set mean and calibrated threshold."""
 
     def __init__(self, path: PathLike, device: str = "cpu", tde_alpha: float | None = None,
                  mean: np.ndarray | PathLike | None = None, threshold: float | None = None,
                  min_seconds: float = 0.5):
+        from ..nn.assemble import assemble
         from ..nn.distributed import resolve_device
-        from ..nn.network import load_inference
 
         self.device = resolve_device(device)
-        self.trained = load_inference(path, device=self.device)
+        self.trained = assemble(path, device=self.device, need_head=False)
         self.model, self.config = self.trained.model, self.trained.config
-        self.fbank = self.trained.fbank(self.device)
+        self.fbank = self.trained.frontend
         self.sample_rate = int(self.fbank.sample_rate)
         self.min_seconds = float(min_seconds)
         self.exp_dir = experiment_dir_of(path)
@@ -122,7 +125,7 @@ class SpeakerModel:
     @property
     def is_causal(self) -> bool:
         """True when the checkpoint has a Causal Norm head (so TDE applies)."""
-        return self.trained.head is not None and self.trained.is_causal
+        return self.trained.is_causal
 
     # ------------------------------------------------------------------ what the experiment stores
 
@@ -187,10 +190,10 @@ class SpeakerModel:
         return mean
 
     def _x_bar(self) -> np.ndarray:
-        return self.trained.head.mean_feature.detach().float().cpu().numpy()
+        return self.trained.mean_feature()
 
     def _num_heads(self) -> int:
-        return int(getattr(self.trained.head, "num_heads", 1))
+        return self.trained.num_heads
 
     # ------------------------------------------------------------------ embedding and scoring
 

@@ -83,7 +83,7 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
              val_data: Any = None, epochs: int = 30, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
              taus: tuple[float, ...] = TAU_GRID) -> dict:
     """A decoupled system built on a trained experiment's frozen embeddings (Kang et al., ICLR 2020), written
-    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that load_trained loads:
+    as `out_exp/avg_model.pt` (the base's extractor + a linear head) that nn.assemble.assemble loads:
 
     - `crt`: a linear classifier re-trained with class-balanced sampling;
     - `tau_norm`: a linear classifier trained with natural (instance-balanced) sampling, its weights then
@@ -93,18 +93,12 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
 
     `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
     records the method, the base and its config (for the report's system name), and the tau curve."""
-    import json
-    import os
     from pathlib import Path
 
-    import yaml
-
-    from ..data.embeddings import EmbeddingStore
-    from ..nn.checkpoint import load_checkpoint, save_checkpoint
+    from ..data.embeddings import EmbeddingStore, class_labels
+    from ..nn.checkpoint import load_checkpoint
     from ..nn.network import resolve_checkpoint
-    from ..scoring.metrics import mean_per_class_accuracy
-    from ..utils import UsageError, write_text_atomic
-    from .identify import class_labels
+    from ..utils import UsageError
 
     if method not in DECOUPLE_METHODS:
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
@@ -123,12 +117,34 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
                   "n_train": int(len(y))}
     if method == "tau_norm":
         vx, vy = class_labels(EmbeddingStore.open(val_emb), val_data, speakers)
-        w0 = head.weight.detach().clone()
-        xt = torch.from_numpy(np.asarray(vx, np.float32))
-        accs = [mean_per_class_accuracy(vy, (xt @ tau_normalize(w0, t).T).argmax(1).numpy()) for t in taus]
-        best = max(range(len(taus)), key=lambda i: (accs[i], -taus[i]))
-        tau_normalize_head(head, taus[best])
-        info.update(tau=float(taus[best]), taus=[float(t) for t in taus], val_accuracy=accs, val=str(val_data))
+        info.update(_choose_tau(head, vx, vy, taus), val=str(val_data))
+    _write_decoupled(out_exp, base_exp, state, head, speakers, info)
+    return info
+
+
+def _choose_tau(head: nn.Linear, vx: np.ndarray, vy: np.ndarray, taus: tuple[float, ...]) -> dict:
+    """Tau-normalise `head` with the tau of best mean per-class accuracy on the val split (ties: the smaller)."""
+    from ..scoring.metrics import mean_per_class_accuracy
+
+    w0 = head.weight.detach().clone()
+    xt = torch.from_numpy(np.asarray(vx, np.float32))
+    accs = [mean_per_class_accuracy(vy, (xt @ tau_normalize(w0, t).T).argmax(1).numpy()) for t in taus]
+    best = max(range(len(taus)), key=lambda i: (accs[i], -taus[i]))
+    tau_normalize_head(head, taus[best])
+    return {"tau": float(taus[best]), "taus": [float(t) for t in taus], "val_accuracy": accs}
+
+
+def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Linear, speakers: list[str],
+                     info: dict) -> None:
+    """`avg_model.pt` (the base's extractor + the new linear head), config.yaml, the emb link, decoupled.json."""
+    import json
+    import os
+
+    import yaml
+
+    from ..nn.checkpoint import save_checkpoint
+    from ..utils import write_text_atomic
+
     cfg = {**state["config"], "head": {"name": "linear", "bias": False}}
     new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
     if "model" in state:
@@ -142,4 +158,3 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
             link.unlink()
         os.symlink(os.path.relpath(base_exp.resolve() / "emb", out_exp.resolve()), link)
     write_text_atomic(out_exp / "decoupled.json", json.dumps(info, indent=1) + "\n")
-    return info

@@ -185,8 +185,8 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
 def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
              batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
     from ..data.datadir import DataDir
-    from ..data.embeddings import EmbeddingStore, write_store, write_store_meta
-    from ..nn.network import load_trained
+    from ..data.embeddings import write_store, write_store_meta
+    from ..nn.assemble import assemble
     from .tde import tde_embeddings
 
     data = DataDir.load(data_dir)
@@ -195,20 +195,13 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
     # The checkpoint's size and mtime too: re-averaging into the same avg_model.pt must not reuse old output.
     meta = {"checkpoint": str(ckpt_path), "checkpoint_stat": [st.st_size, st.st_mtime_ns], "data": str(data_dir),
             "tde_alpha": tde_alpha, "mode": mode, "num_utts": len(utts)}
-    if not force and (out_dir / "extract.json").is_file():
-        try:
-            done = EmbeddingStore.open(out_dir)
-            old = json.loads((out_dir / "extract.json").read_text(encoding="utf-8"))
-            if done.keys == utts and all(old.get(k) == v for k, v in meta.items()):
-                log.info("%s is complete for %s; skipping (pass force to redo)", out_dir, ckpt_path)
-                return out_dir
-        except (DataError, ValueError):
-            pass
+    if not force and _is_complete(out_dir, utts, meta):
+        log.info("%s is complete for %s; skipping (pass force to redo)", out_dir, ckpt_path)
+        return out_dir
     dev = resolve_device(device)
-    trained = load_trained(ckpt_path, device=dev)
+    trained = assemble(ckpt_path, device=dev)
     if tde_alpha is not None:
         trained.require_causal()
-    model, head, cfg, fbank = trained.model, trained.head, trained.config, trained.fbank(dev)
     # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
     tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
     parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"
@@ -220,25 +213,19 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
     else:
         log.info("rank %d: embedding %d of %d utterances from %s with %s", rank, len(mine), len(utts), data_dir,
                  ckpt_path)
-        emb = embed_utterances(model, fbank, data, mine, dev, batch_seconds, mode=mode, num_workers=num_workers,
-                               progress=rank == 0)
+        emb = embed_utterances(trained.model, trained.frontend, data, mine, dev, batch_seconds, mode=mode,
+                               num_workers=num_workers, progress=rank == 0)
         if world > 1:
             _write_parts(parts_dir, rank, mine, emb)
     if world > 1:
         dist.barrier()
     if rank == 0:
         if world > 1:
-            full = None
-            for r in range(world):
-                keys_r, emb_r = _read_part(parts_dir, r)
-                full = np.zeros((len(utts), emb_r.shape[1]), np.float32) if full is None else full
-                full[r::world] = emb_r
-            emb = full
-        mean = head.mean_feature.detach().float().cpu().numpy() if trained.is_causal else None
-        num_heads = int(getattr(head, "num_heads", 1))
+            emb = _merge_parts(parts_dir, world, len(utts))
+        mean, num_heads = trained.mean_feature(), trained.num_heads
         if tde_alpha is not None:
             emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
-        write_store_meta(out_dir, {**meta, "num_heads": num_heads, "head": cfg["head"]["name"]}, mean)
+        write_store_meta(out_dir, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"]}, mean)
         write_store(out_dir, utts, emb)
         if world > 1:
             shutil.rmtree(parts_dir, ignore_errors=True)
@@ -246,3 +233,27 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
     if world > 1:
         dist.barrier()
     return out_dir
+
+
+def _is_complete(out_dir: Path, utts: list[str], meta: dict) -> bool:
+    """True when `out_dir` holds a finished store of exactly these utterances made with these inputs."""
+    from ..data.embeddings import EmbeddingStore
+
+    if not (out_dir / "extract.json").is_file():
+        return False
+    try:
+        done = EmbeddingStore.open(out_dir)
+        old = json.loads((out_dir / "extract.json").read_text(encoding="utf-8"))
+    except (DataError, ValueError):
+        return False
+    return done.keys == utts and all(old.get(k) == v for k, v in meta.items())
+
+
+def _merge_parts(parts_dir: Path, world: int, n: int) -> np.ndarray:
+    """The ranks' slices (rank r holds rows r, r + world, ...) back in key order."""
+    full = None
+    for r in range(world):
+        _, emb_r = _read_part(parts_dir, r)
+        full = np.zeros((n, emb_r.shape[1]), np.float32) if full is None else full
+        full[r::world] = emb_r
+    return full

@@ -15,76 +15,20 @@ utts, y_true, y_pred, train_counts, speakers) so that the report pairs two syste
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..data.datadir import read_kv
+from ..data.datadir import labelled_utts, train_counts
 from ..data.embeddings import EmbeddingStore
 from ..data.longtail import FEW, MANY
-from ..nn.network import TrainedModel, load_trained
-from ..utils import DataError, PathLike, get_logger
+from ..nn.assemble import assemble, head_logits
+from ..utils import PathLike, get_logger
 
-__all__ = ["class_labels", "labelled_utts", "train_counts", "head_logits", "identify", "save_predictions"]
+__all__ = ["identify", "save_predictions"]
 
 log = get_logger(__name__)
-
-
-def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, class indices) of the utterances of `data_dir` whose speaker is a class of the checkpoint.
-
-    Speakers the checkpoint does not know (e.g. the trainer dropped all their audio as too short) are left out
-    with a warning; a dir with none of the training speakers is an error."""
-    utts, y = labelled_utts(data_dir, speakers)
-    return store.get(utts), y
-
-
-def labelled_utts(data_dir: PathLike, speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """(utterances, class indices) of `data_dir` whose speaker is a class of the checkpoint (class_labels)."""
-    path = Path(data_dir) / "utt2spk"
-    utt2spk = read_kv(path)
-    index = {s: i for i, s in enumerate(speakers)}
-    unknown = sorted({s for s in utt2spk.values() if s not in index})
-    utts = [u for u, s in utt2spk.items() if s in index]
-    if not utts:
-        raise DataError(f"none of the {len(set(utt2spk.values()))} speakers is a training speaker of the checkpoint; "
-                        "closed-set identification needs held-out utterances of training speakers", path)
-    if unknown:
-        log.warning("%s: %d speakers are not classes of the checkpoint and are left out (first: %s)", path,
-                    len(unknown), ", ".join(unknown[:5]))
-    return utts, np.array([index[utt2spk[u]] for u in utts], dtype=np.int64)
-
-
-def train_counts(train_dir: PathLike, speakers: Sequence[str]) -> np.ndarray:
-    """Training utterances per class (the checkpoint's speaker order) from the training dir's utt2spk."""
-    path = Path(train_dir) / "utt2spk"
-    counts = Counter(read_kv(path).values())
-    missing = [s for s in speakers if s not in counts]
-    if missing:
-        raise DataError(f"{len(missing)} of the checkpoint's speakers have no utterance here (first: {missing[0]}): "
-                        "is this the dir the model was trained on?", path)
-    return np.array([counts[s] for s in speakers], dtype=np.int64)
-
-
-def head_logits(th: TrainedModel, emb: np.ndarray, tde_alpha: float | None = None,
-                mean: np.ndarray | None = None) -> np.ndarray:
-    """(N, S) logits over the S training speakers: plain head, TDE (alpha), or after mean subtraction."""
-    import torch
-
-    from .tde import tde_logits
-
-    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
-    if mean is not None:
-        x = x - torch.from_numpy(np.asarray(mean, dtype=np.float32))
-    with torch.no_grad():
-        if tde_alpha is not None:
-            th.require_causal()
-            y = tde_logits(th.head, x, alpha=float(tde_alpha))
-        else:
-            y = th.head(x)
-    return y[:, : len(th.speakers)].numpy()
 
 
 def save_predictions(path: PathLike, utts: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray,
@@ -111,13 +55,13 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
     from ..scoring.bootstrap import bootstrap_accuracy
     from ..scoring.cosine import store_mean
 
-    th = load_trained(ckpt, exp_dir, with_model=False)
+    trained = assemble(ckpt, exp_dir, with_model=False)
     store = EmbeddingStore.open(emb)
-    utts, y = labelled_utts(data_dir, th.speakers)
+    utts, y = labelled_utts(data_dir, trained.speakers)
     x = store.get(utts)
-    counts = train_counts(train_data, th.speakers)
+    counts = train_counts(train_data, trained.speakers)
     mean = store_mean(EmbeddingStore.open(mean_store)) if mean_store else None
-    pred = head_logits(th, x, tde_alpha, mean).argmax(axis=1)
+    pred = head_logits(trained, x, tde_alpha, mean).argmax(axis=1)
     acc = bootstrap_accuracy(y, pred, counts, n_boot=n_boot, seed=boot_seed, many=many, few=few)
     out = {"many": acc["many"], "medium": acc["medium"], "few": acc["few"], "overall": acc["mean_per_class"],
            "top1": acc["top1"], "many_ci": acc["many_ci"], "medium_ci": acc["medium_ci"], "few_ci": acc["few_ci"],
@@ -125,9 +69,9 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
            "n_utts": int(len(y)),
            "n_classes": {g: acc[f"n_{g}_classes"] for g in ("many", "medium", "few")},
            "thresholds": {"many": int(many), "few": int(few)}, "tde_alpha": tde_alpha,
-           "mean_subtraction": bool(mean_store), "checkpoint": str(th.path), "data": str(data_dir),
+           "mean_subtraction": bool(mean_store), "checkpoint": str(trained.path), "data": str(data_dir),
            "train_data": str(train_data),
-           "predictions": str(save_predictions(predictions, utts, y, pred, counts, th.speakers).resolve())
+           "predictions": str(save_predictions(predictions, utts, y, pred, counts, trained.speakers).resolve())
            if predictions else None}
     log.info("identification on %s (%d utts, alpha=%s, mean subtraction=%s): many %.4f medium %.4f few %.4f "
              "overall %.4f", data_dir, len(y), tde_alpha, bool(mean_store), out["many"], out["medium"], out["few"],

@@ -74,18 +74,16 @@ def _heuristic(heuristic_emb: PathLike | None, dev_x: np.ndarray | None, mean_fe
     return (h, where) if math.isfinite(h) else (None, f"{where}: not finite")
 
 
-def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
-                 data_dir: PathLike | None = None, trials: PathLike | Sequence[PathLike] | None = None,
-                 alphas: Sequence[float] = ALPHA_GRID, out: PathLike | None = None,
-                 trials_emb: PathLike | Sequence[PathLike] | None = None, criterion: str | None = None,
-                 heuristic_emb: PathLike | None = None, heuristic: bool = True) -> dict:
-    """Sweep alpha over `alphas` (+ the heuristic value) on a dev set and pick the best by `criterion`
-    (module docstring; default iden_val with an iden val dir, else dev_eer). Dev trial lists (`trials`, each
-    embedded in the matching `trials_emb`, default `emb`) have their EER / minDCF curves recorded."""
-    lists = [] if trials is None else [trials] if isinstance(trials, (str, bytes)) or hasattr(trials, "__fspath__") \
-        else list(trials)
-    stores = [] if trials_emb is None else [trials_emb] if isinstance(trials_emb, (str, bytes)) or \
-        hasattr(trials_emb, "__fspath__") else list(trials_emb)
+def _as_list(x: PathLike | Sequence[PathLike] | None) -> list:
+    """None -> [], one path -> [path], a sequence of paths -> a list of them."""
+    if x is None:
+        return []
+    return [x] if isinstance(x, (str, bytes)) or hasattr(x, "__fspath__") else list(x)
+
+
+def _check_request(criterion: str | None, data_dir: PathLike | None, lists: list, stores: list,
+                   alphas: Sequence[float]) -> tuple[str, list[float]]:
+    """(criterion, grid) after checking that the dev data the criterion needs is there."""
     if stores and len(stores) != len(lists):
         raise UsageError(f"{len(lists)} dev trial lists but {len(stores)} stores for them")
     criterion = criterion or ("iden_val" if data_dir is not None else "dev_eer")
@@ -95,27 +93,47 @@ def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike 
         raise UsageError("criterion iden_val needs an iden val dir (--data)")
     if criterion != "iden_val" and not lists:
         raise UsageError(f"criterion {criterion} needs a labelled dev trial list (--trials)")
-    from ..nn.network import load_trained
-    from .identify import class_labels, head_logits  # torch: imported when used, so the CLI starts fast
-    from .tde import sweep_alpha
-
-    th = load_trained(ckpt, exp_dir, with_model=False)
-    th.require_causal()
-    store = EmbeddingStore.open(emb)
-    mean_feature = th.head.mean_feature.detach().numpy()
-    k = int(th.head.num_heads)
     grid = [float(a) for a in alphas]
     if not grid:
         raise UsageError("no alpha values to sweep")
+    return criterion, grid
+
+
+def _pick_by_trials(result: dict, criterion: str, cands: list[float]) -> None:
+    """Choose alpha on the first dev list's EER or minDCF curve (ties: the smaller alpha), in place."""
+    curve = result["eer"] if criterion == "dev_eer" else result["min_dcf"]
+    best = min(range(len(cands)), key=lambda i: (curve[i], cands[i]))
+    result.update(criterion=("EER" if criterion == "dev_eer" else "minDCF(0.01)") + " on dev trials",
+                  alpha=cands[best], best_value=curve[best])
+
+
+def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
+                 data_dir: PathLike | None = None, trials: PathLike | Sequence[PathLike] | None = None,
+                 alphas: Sequence[float] = ALPHA_GRID, out: PathLike | None = None,
+                 trials_emb: PathLike | Sequence[PathLike] | None = None, criterion: str | None = None,
+                 heuristic_emb: PathLike | None = None, heuristic: bool = True) -> dict:
+    """Sweep alpha over `alphas` (+ the heuristic value) on a dev set and pick the best by `criterion`
+    (module docstring; default iden_val with an iden val dir, else dev_eer). Dev trial lists (`trials`, each
+    embedded in the matching `trials_emb`, default `emb`) have their EER / minDCF curves recorded."""
+    lists, stores = _as_list(trials), _as_list(trials_emb)
+    criterion, grid = _check_request(criterion, data_dir, lists, stores, alphas)
+    from ..data.embeddings import class_labels
+    from ..nn.assemble import assemble, head_logits  # torch: imported when used, so the CLI starts fast
+    from .tde import sweep_alpha
+
+    trained = assemble(ckpt, exp_dir, with_model=False)
+    trained.require_causal()
+    store = EmbeddingStore.open(emb)
+    mean_feature, k = trained.head.mean_feature.detach().numpy(), trained.num_heads
     x = y = None
     if data_dir is not None:
-        x, y = class_labels(store, data_dir, th.speakers)
+        x, y = class_labels(store, data_dir, trained.speakers)
     h, where = _heuristic(heuristic_emb, x, mean_feature, k) if heuristic else (None, "not asked for")
     cands = sorted(set(grid) | ({h} if h is not None else set()))
-    result: dict = {"checkpoint": str(th.path), "store": str(emb), "grid": grid, "alphas": cands,
+    result: dict = {"checkpoint": str(trained.path), "store": str(emb), "grid": grid, "alphas": cands,
                     "heuristic_alpha": h, "heuristic_from": where, "criterion_name": criterion}
     if data_dir is not None:
-        sweep = sweep_alpha(lambda a: mean_per_class_accuracy(y, head_logits(th, x, a).argmax(axis=1)), cands,
+        sweep = sweep_alpha(lambda a: mean_per_class_accuracy(y, head_logits(trained, x, a).argmax(axis=1)), cands,
                             maximize=True)
         result.update(dev=str(data_dir), accuracy=sweep.values)
         if criterion == "iden_val":
@@ -123,17 +141,14 @@ def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike 
                           best_value=sweep.best_value)
     result["dev_lists"] = []
     for i, path in enumerate(lists):
-        tstore = EmbeddingStore.open(stores[i]) if stores else store
-        eers, dcfs = _dev_trial_curves(tstore, path, mean_feature, k, cands)
+        eers, dcfs = _dev_trial_curves(EmbeddingStore.open(stores[i]) if stores else store, path, mean_feature, k,
+                                       cands)
         result["dev_lists"].append({"trials": str(path), "eer": eers, "min_dcf": dcfs})
     if lists:
         result["dev_trials"], result["eer"] = str(lists[0]), result["dev_lists"][0]["eer"]
         result["min_dcf"] = result["dev_lists"][0]["min_dcf"]
     if criterion != "iden_val":
-        curve = result["eer"] if criterion == "dev_eer" else result["min_dcf"]
-        best = min(range(len(cands)), key=lambda i: (curve[i], cands[i]))
-        result.update(criterion=("EER" if criterion == "dev_eer" else "minDCF(0.01)") + " on dev trials",
-                      alpha=cands[best], best_value=curve[best])
+        _pick_by_trials(result, criterion, cands)
     result["alpha_source"] = "heuristic" if h is not None and result["alpha"] == h and h not in grid else "grid"
     log.info("TDE alpha %.3f (%s) chosen by %s on %s", result["alpha"], result["alpha_source"],
              result["criterion"], data_dir if criterion == "iden_val" else lists[0])

@@ -89,7 +89,6 @@ class Fbank(nn.Module):
         self.energy_floor = energy_floor
         win = _window(window, self.frame_length).float()
         self.register_buffer("window", win, persistent=False)
-        self._first_weight = float(win[0])  # a Python float: no device sync in forward
         mel = _mel_matrix(n_mels, self.n_fft, sample_rate, low_freq, high_freq)
         self.register_buffer("mel", mel.contiguous(), persistent=False)
 
@@ -153,31 +152,27 @@ class Fbank(nn.Module):
         return torch.matmul(power, self.mel).clamp_min(torch.finfo(torch.float32).eps).log()
 
     def _frames(self, wave: Tensor) -> Tensor:
-        """Windowed, zero-padded (B, F, n_fft) frames; pre-emphasis and DC removal done on the waveform.
+        """Windowed, zero-padded (B, F, n_fft) frames in Kaldi's per-frame order: DC removal, pre-emphasis
+        (y_0 = (1 - c) x_0), window.
 
-        Kaldi pre-emphasises each DC-removed frame: y_i = x_i - c x_{i-1} - (1 - c) m for i >= 1 and
-        y_0 = (1 - c)(x_0 - m). So one waveform-level pre-emphasis p serves all overlapping frames, minus
-        (1 - c) m per frame, plus a first-sample correction c (x_{t0-1} - x_{t0}) (zero weight for povey/hanning).
+        That order matters for precision: pre-emphasising the int16-scaled waveform once and correcting each frame
+        by (1 - c) m afterwards is the same in exact arithmetic but rounds the large undifferenced samples in
+        float32, and was 1.2e-3 off torchaudio's float32 fbank on white noise (this order: 8.5e-4, about
+        torchaudio's own float32 error against float64). In place on the output buffer, it costs about the same.
         """
         c, length, shift = self.preemphasis, self.frame_length, self.frame_shift
         n_frames = int(self.num_frames(wave.shape[-1]))
-        emph = wave
-        if c != 0.0:
-            emph = torch.empty_like(wave)
-            emph[:, 1:] = wave[:, 1:] - c * wave[:, :-1]
-            emph[:, :1] = (1.0 - c) * wave[:, :1]
+        framed = wave.unfold(-1, length, shift)
         buf = wave.new_zeros(wave.shape[0], n_frames, self.n_fft)
         dst = buf[..., :length]
-        framed = emph.unfold(-1, length, shift)
         if self.remove_dc_offset:
-            mean = wave.unfold(-1, length, shift).mean(dim=-1, keepdim=True)
-            torch.sub(framed, (1.0 - c) * mean, out=dst)
+            torch.sub(framed, framed.mean(dim=-1, keepdim=True), out=dst)
         else:
             dst.copy_(framed)
+        if c != 0.0:
+            dst[..., 1:] -= c * dst[..., :-1].clone()  # the clone: source and target overlap
+            dst[..., 0] *= 1.0 - c
         dst.mul_(self.window)
-        if c != 0.0 and n_frames > 1 and self._first_weight != 0.0:
-            starts = torch.arange(1, n_frames, device=wave.device) * shift
-            dst[:, 1:, 0] += self._first_weight * c * (wave[:, starts - 1] - wave[:, starts])
         return buf
 
     def _dithered_frames(self, wave: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -1,4 +1,4 @@
-"""Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (DESIGN.md section 2).
+"""Classifier heads: linear, cosine, AAM (ArcFace), Causal Norm and Causal Norm AAM (docs/design.md section 2).
 
 Every head maps (embeddings (B, D), labels (B,) or None) to logits (B, C) and keeps its class weights in
 `.weight` (C, D), or (C, K, D) for K sub-centres per class (`subcenters`, AAM and Causal Norm AAM). Margins are
@@ -92,15 +92,15 @@ def _arc_margin(cos: Tensor, margin: float | Tensor, easy_margin: bool) -> Tenso
     if isinstance(margin, Tensor):
         m = margin.to(cos.dtype)
         phi = cos * torch.cos(m) - sin * torch.sin(m)
-        th, mm = -torch.cos(m), torch.sin(m) * m  # cos(pi - m), sin(pi - m) * m
+        cos_threshold, mm = -torch.cos(m), torch.sin(m) * m  # cos(pi - m), sin(pi - m) * m
     else:
         phi = cos * math.cos(margin) - sin * math.sin(margin)
-        th = math.cos(math.pi - margin)
+        cos_threshold = math.cos(math.pi - margin)
         mm = math.sin(math.pi - margin) * margin
     if easy_margin:
         return torch.where(cos > 0, phi, cos)
     # Beyond theta = pi - m, cos(theta + m) would increase again; ArcFace substitutes a linear penalty.
-    return torch.where(cos > th, phi, cos - mm)
+    return torch.where(cos > cos_threshold, phi, cos - mm)
 
 
 def _apply_margin(cos: Tensor, labels: Tensor, margin: float | Tensor, easy_margin: bool) -> Tensor:

@@ -1,5 +1,6 @@
-"""Model assembly and loading: a network built from a config, and any checkpoint loaded back into
-(extractor, head, config, speakers) for training, extraction and identification alike.
+"""Network building blocks from a config: extractor, head, front-end, the training module `SpeakerNet`, and
+which checkpoint file a checkpoint-or-experiment argument names. Loading a trained model back is
+`spkcausal.nn.assemble.assemble`.
 
 A checkpoint (`checkpoints/*.pt` of `spkcausal train`, or `avg_model.pt` of `average-ckpt`) carries its merged
 config, so nothing else is needed to rebuild it; an experiment dir stands for its `avg_model.pt`, else its
@@ -8,20 +9,17 @@ newest complete checkpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..utils import DataError, PathLike, UsageError
-from .checkpoint import find_resume_checkpoint, load_checkpoint
-from .config import merge_defaults
+from .checkpoint import find_resume_checkpoint
 
 
 class SpeakerNet(nn.Module):
-    """Extractor + classifier head as one module (one DDP wrapper, one state)."""
+    """Training-time nn.Module: extractor + head as one module (what DDP wraps); inference uses TrainedModel."""
 
     def __init__(self, model: nn.Module, head: nn.Module):
         super().__init__()
@@ -105,69 +103,3 @@ def resolve_checkpoint(ckpt: PathLike | None = None, exp_dir: PathLike | None = 
     if found is None:
         raise DataError("no avg_model.pt and no checkpoint under checkpoints/", exp_dir)
     return found
-
-
-@dataclass
-class TrainedModel:
-    """A trained extractor (None when only the head was loaded) and head in eval mode, with their config and
-    the speaker of every class (class i is `speakers[i]`; speed-perturbed copies follow as extra classes)."""
-
-    model: nn.Module | None
-    head: nn.Module
-    config: dict[str, Any]
-    speakers: list[str]
-    path: Path
-
-    @property
-    def is_causal(self) -> bool:
-        """True for a Causal Norm head (it carries x_bar, so TDE applies)."""
-        from .heads import is_causal
-
-        return is_causal(self.head)
-
-    def require_causal(self, what: str = "TDE") -> None:
-        """Raise a DataError naming the checkpoint unless its head is a Causal Norm head."""
-        if not self.is_causal:
-            raise DataError(f"{what} needs a Causal Norm head; this checkpoint has {self.config['head']['name']!r}",
-                            self.path)
-
-    def fbank(self, device: torch.device | str = "cpu") -> nn.Module:
-        """The model's feature extractor in inference mode (no dither) on `device`."""
-        return build_fbank(self.config, training=False).to(device)
-
-
-def load_trained(ckpt: PathLike | None = None, exp_dir: PathLike | None = None, device: torch.device | str = "cpu",
-                 with_model: bool = True) -> TrainedModel:
-    """Load a training or averaged checkpoint (weights_only), or an experiment's, in eval mode on `device`."""
-    path = resolve_checkpoint(ckpt, exp_dir)
-    state = load_checkpoint(path)
-    for key in ("config", "head", "speakers") + (("model",) if with_model else ()):
-        if key not in state:
-            raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal train / average-ckpt)", path)
-    cfg = merge_defaults(state["config"])
-    weight = state["head"]["weight"]  # (C, D), or (C, K, D) with sub-centres
-    head = build_head_for(cfg, int(weight.shape[-1]), int(weight.shape[0]))
-    head.load_state_dict(state["head"])
-    model = None
-    if with_model:
-        model = build_extractor(cfg)
-        model.load_state_dict(state["model"])
-        model.to(device).eval()
-    head.to(device).eval()
-    return TrainedModel(model, head, cfg, [str(s) for s in state["speakers"]], path)
-
-
-def load_inference(ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
-                   device: torch.device | str = "cpu") -> TrainedModel:
-    """Like `load_trained`, but a checkpoint without a head (`import-speechbrain`) loads too, with head None."""
-    path = resolve_checkpoint(ckpt, exp_dir)
-    state = load_checkpoint(path)
-    if state.get("head") is not None:
-        return load_trained(path, device=device)
-    for key in ("config", "model"):
-        if key not in state:
-            raise DataError(f"checkpoint has no {key!r} entry (not written by spkcausal)", path)
-    cfg = merge_defaults(state["config"])
-    model = build_extractor(cfg)
-    model.load_state_dict(state["model"])
-    return TrainedModel(model.to(device).eval(), None, cfg, [str(s) for s in state.get("speakers") or []], path)

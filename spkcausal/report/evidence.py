@@ -27,6 +27,7 @@ from ..scoring.bootstrap import (
     percentile_interval,
 )
 from ..scoring.metrics import GROUPS, shot_group_verification
+from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 
 __all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
@@ -71,9 +72,7 @@ def _kv(path: str) -> dict:
 
 
 def _enroll_speakers(enroll: np.ndarray, utt2spk: str | None) -> np.ndarray:
-    u2s = _kv(utt2spk) if utt2spk else {}
-    keys, inv = np.unique(enroll, return_inverse=True)
-    return np.array([u2s.get(k, k) for k in keys.tolist()], dtype=object)[inv.ravel()]
+    return resampling_groups(enroll, _kv(utt2spk) if utt2spk else {})
 
 
 def _ci_dict(res: Mapping, p_targets: Sequence[float]) -> dict:
@@ -213,8 +212,8 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
         al = _aligned(sa_["scores"], sb_["scores"])
         if al is not None:
             enroll, sa, sb, lab = al
-            th = sa_["thresholds"]
-            spk, grp = _seen_groups(enroll, sa_["utt2spk"], sa_["train_data"], th["many"], th["few"])
+            shot = sa_["thresholds"]
+            spk, grp = _seen_groups(enroll, sa_["utt2spk"], sa_["train_data"], shot["many"], shot["few"])
             for g in GROUPS:
                 sel = grp == g
                 if not (lab[sel] == 1).any() or not (lab[sel] == 0).any():
@@ -229,9 +228,9 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
         a, b = np.load(pa), np.load(pb)
         if (a["utts"].shape == b["utts"].shape and (a["utts"] == b["utts"]).all()
                 and (a["speakers"].shape == b["speakers"].shape) and (a["speakers"] == b["speakers"]).all()):
-            th = ia["thresholds"]
+            shot = ia["thresholds"]
             res = paired_bootstrap_accuracy(a["y_true"], a["y_pred"], b["y_pred"], a["train_counts"], n_boot, level,
-                                            seed, th["many"], th["few"])
+                                            seed, shot["many"], shot["few"])
             for g in (*GROUPS, "overall"):
                 k = "mean_per_class" if g == "overall" else g
                 if res["diff_ci"][k] is not None:

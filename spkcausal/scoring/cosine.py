@@ -18,7 +18,7 @@ from 0.59 to 0.77). `choose_asnorm_top` picks N on a labelled dev list by minDCF
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from ..data.embeddings import EmbeddingStore, speaker_means
 from ..data.trialio import Trials, read_trials, write_scores
 from ..utils import DataError, PathLike, UsageError, get_logger, setup_logging
 
-__all__ = ["Scorer", "TrialSides", "store_mean", "speaker_means", "cohort_stats", "score_trials", "score_files",
-           "NORMS", "TOP_SHARE_WARN", "resolve_top_n", "parse_top_n", "load_scorer", "choose_asnorm_top",
+__all__ = ["Scorer", "ScorerInputs", "TrialSides", "store_mean", "speaker_means", "cohort_stats", "score_trials",
+           "score_files", "NORMS", "TOP_SHARE_WARN", "resolve_top_n", "parse_top_n", "choose_asnorm_top",
            "choose_asnorm_top_files"]
 
 NORMS = ("none", "snorm", "asnorm")
@@ -181,11 +181,6 @@ class Scorer:
                 x[j] = np.asarray(self.store.matrix[np.sort(seg)], dtype=np.float64).mean(axis=0)
         return x, ok
 
-    def embed_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Centred, normalised float32 embeddings of sorted unique rows, and the mask of rows that have one."""
-        x, ok = self.raw_rows(rows)
-        return _normalise(x, self.mean), ok
-
     def sides(self, trials: Trials, allow_missing: bool = False, source: PathLike | None = None) -> TrialSides:
         """Per unique key and per kept trial, what scoring a list needs (missing keys raise unless allow_missing)."""
         n = len(trials)
@@ -250,20 +245,36 @@ def score_trials(trials: Trials, store: EmbeddingStore, mean: np.ndarray | None 
     return Scorer(store, mean, cohort, norm, top_n, enroll_map).score(trials, allow_missing)
 
 
-def load_scorer(emb: PathLike, mean_store: PathLike | None = None, cohort: PathLike | None = None,
-                cohort_data: PathLike | None = None, norm: str = "none", top_n: int | float = 300,
-                enroll_map: PathLike | None = None) -> Scorer:
-    """A Scorer from paths, as `spkcausal score` builds it: `cohort` is a store; with `cohort_data` (a data dir
-    whose utt2spk covers it) its per-speaker means form the cohort, otherwise its rows are used as they are."""
-    store = EmbeddingStore.open(emb)
-    mean = store_mean(EmbeddingStore.open(mean_store)) if mean_store else None
-    cohort_emb = None
-    if cohort:
-        cstore = EmbeddingStore.open(cohort)
-        cohort_emb = speaker_means(cstore, cohort_data)[1] if cohort_data else np.asarray(cstore.matrix)
-        log.info("cohort: %d embeddings from %s", len(cohort_emb), cohort)
-    emap = read_list_kv(enroll_map) if enroll_map else None
-    return Scorer(store, mean, cohort_emb, norm, top_n, emap)
+@dataclass(frozen=True)
+class ScorerInputs:
+    """The stores and options a Scorer is built from, as paths (what `spkcausal score`, `asnorm-top` and `qmf`
+    share): `cohort` is a store; with `cohort_data` (a data dir whose utt2spk covers it) its per-speaker means
+    form the cohort, otherwise its rows are used as they are."""
+
+    emb: PathLike
+    mean_store: PathLike | None = None
+    cohort: PathLike | None = None
+    cohort_data: PathLike | None = None
+    norm: str = "none"
+    top_n: int | float = 300
+    enroll_map: PathLike | None = None
+
+    def with_(self, **changes: object) -> ScorerInputs:
+        """A copy with some fields changed (e.g. the normalisation a command forces)."""
+        return replace(self, **changes)
+
+    def load(self) -> Scorer:
+        """Open the stores and build the Scorer."""
+        store = EmbeddingStore.open(self.emb)
+        mean = store_mean(EmbeddingStore.open(self.mean_store)) if self.mean_store else None
+        cohort_emb = None
+        if self.cohort:
+            cstore = EmbeddingStore.open(self.cohort)
+            cohort_emb = (speaker_means(cstore, self.cohort_data)[1] if self.cohort_data
+                          else np.asarray(cstore.matrix))
+            log.info("cohort: %d embeddings from %s", len(cohort_emb), self.cohort)
+        emap = read_list_kv(self.enroll_map) if self.enroll_map else None
+        return Scorer(store, mean, cohort_emb, self.norm, self.top_n, emap)
 
 
 def _subset(trials: Trials, keep: np.ndarray) -> Trials:
@@ -271,23 +282,20 @@ def _subset(trials: Trials, keep: np.ndarray) -> Trials:
                   line_no=None if trials.line_no is None else trials.line_no[keep])
 
 
-def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLike, mean_store: PathLike | None = None,
-                cohort: PathLike | None = None, cohort_data: PathLike | None = None, norm: str = "none",
-                top_n: int | float = 300, enroll_map: PathLike | None = None,
+def score_files(trial_paths: Sequence[PathLike], inputs: ScorerInputs, out_dir: PathLike,
                 allow_missing: bool = False) -> list[Path]:
-    """Score each trial list into `<out_dir>/<trial file name>.score` (`enroll test score label`), atomically.
-
-    `cohort` is a store; with `cohort_data` (a data dir whose utt2spk covers it) its per-speaker means form
-    the cohort, otherwise its rows are used as they are."""
+    """Score each trial list into `<out_dir>/<trial file name>.score` (`enroll test score label`), atomically,
+    with the Scorer of `inputs`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir / "score.log")
     names = [Path(t).name for t in trial_paths]
     if len(set(names)) != len(names):
         raise UsageError(f"trial lists share a file name, outputs would collide: {names}")
-    scorer = load_scorer(emb, mean_store, cohort, cohort_data, norm, top_n, enroll_map)
+    scorer = inputs.load()
     if scorer.top_k is not None:
-        log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, len(scorer._cohort_n), top_n)
+        log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, len(scorer._cohort_n),
+                 inputs.top_n)
     # Every list is read and scored before any is written: a bad second list leaves no output at all.
     done = []
     for tpath in trial_paths:
@@ -298,7 +306,7 @@ def score_files(trial_paths: Sequence[PathLike], emb: PathLike, out_dir: PathLik
     for tpath, trials, scores, skipped in done:
         out = out_dir / (Path(tpath).name + ".score")
         write_scores(out, trials, scores)
-        log.info("%s: %d trials scored, %d skipped, norm=%s -> %s", tpath, len(scores), skipped, norm, out)
+        log.info("%s: %d trials scored, %d skipped, norm=%s -> %s", tpath, len(scores), skipped, inputs.norm, out)
         outs.append(out)
     return outs
 
@@ -350,9 +358,7 @@ def choose_asnorm_top(scorer: Scorer, trials: Trials, candidates: Sequence[int |
             "snorm": point(scorer.normalised(sides, "snorm")), "curve": curve}
 
 
-def choose_asnorm_top_files(trials: PathLike, emb: PathLike, cohort: PathLike, out: PathLike,
-                            cohort_data: PathLike | None = None, mean_store: PathLike | None = None,
-                            enroll_map: PathLike | None = None,
+def choose_asnorm_top_files(trials: PathLike, inputs: ScorerInputs, out: PathLike,
                             candidates: Sequence[int | float] = DEFAULT_TOP_CANDIDATES, p_target: float = 0.01,
                             allow_missing: bool = False) -> dict:
     """choose_asnorm_top from paths (the stores and options of `spkcausal score`); the result goes to `out`
@@ -361,7 +367,7 @@ def choose_asnorm_top_files(trials: PathLike, emb: PathLike, cohort: PathLike, o
 
     from ..utils import write_text_atomic
 
-    scorer = load_scorer(emb, mean_store, cohort, cohort_data, "none", 300, enroll_map)
+    scorer = inputs.with_(norm="none", top_n=300).load()
     res = choose_asnorm_top(scorer, read_trials(trials), candidates, p_target, allow_missing, trials)
     res["trials"] = str(trials)
     write_text_atomic(out, json.dumps(res, indent=1) + "\n")

@@ -23,7 +23,7 @@ import numpy as np
 from ..data.trialio import Trials, write_scores
 from ..utils import DataError, PathLike, UsageError, get_logger
 from .calibration import CalibrationModel, read_labelled, train_calibration
-from .cosine import Scorer, load_scorer
+from .cosine import Scorer, ScorerInputs
 
 __all__ = ["QUALITIES", "MEASURES", "DEFAULT_MEASURES", "read_durations", "quality_from_scorer",
            "quality_measures", "train_qmf_files", "apply_qmf_files"]
@@ -117,36 +117,31 @@ def quality_from_scorer(scorer: Scorer, trials: Trials, utt2dur: Mapping[str, fl
     return np.column_stack(cols)
 
 
-def quality_measures(trials: Trials, store: PathLike, utt2dur: Mapping[str, float] | None, cohort: PathLike,
-                     measures: Sequence[str] = DEFAULT_MEASURES, cohort_data: PathLike | None = None,
-                     mean_store: PathLike | None = None, top_n: int | float = 300,
-                     enroll_map: PathLike | None = None, source: PathLike | None = None) -> np.ndarray:
-    """Per-trial quality matrix from an embedding store of raw vectors, durations and a cohort store (the
-    options of `spkcausal score --norm asnorm`)."""
-    scorer = load_scorer(store, mean_store, cohort, cohort_data, "asnorm", top_n, enroll_map)
+def quality_measures(trials: Trials, inputs: ScorerInputs, utt2dur: Mapping[str, float] | None,
+                     measures: Sequence[str] = DEFAULT_MEASURES, source: PathLike | None = None) -> np.ndarray:
+    """Per-trial quality matrix from the raw vectors, cohort and options of `inputs` (scored with AS-norm)
+    and durations."""
+    scorer = inputs.with_(norm="asnorm").load()
     return quality_from_scorer(scorer, trials, utt2dur, measures, source)
 
 
-def _settings(scorer: Scorer, measures: Sequence[str], mean_store: PathLike | None,
-              cohort_data: PathLike | None) -> dict:
+def _settings(scorer: Scorer, measures: Sequence[str], inputs: ScorerInputs) -> dict:
     return {"measures": list(measures), "top_n": scorer.top_n, "top_k": scorer.top_k,
-            "cohort_size": len(scorer._cohort_n), "centred": mean_store is not None,
-            "cohort_speaker_means": cohort_data is not None}
+            "cohort_size": len(scorer._cohort_n), "centred": inputs.mean_store is not None,
+            "cohort_speaker_means": inputs.cohort_data is not None}
 
 
-def train_qmf_files(dev_scores: PathLike, emb: PathLike, cohort: PathLike, utt2dur: Sequence[PathLike],
-                    out: PathLike, cohort_data: PathLike | None = None, mean_store: PathLike | None = None,
-                    enroll_map: PathLike | None = None, top_n: int | float = 300,
+def train_qmf_files(dev_scores: PathLike, inputs: ScorerInputs, utt2dur: Sequence[PathLike], out: PathLike,
                     measures: Sequence[str] = DEFAULT_MEASURES, p_target: float = 0.01) -> CalibrationModel:
     """Train a QMF model on a labelled score file (its keys are the dev trials) and save it to `out` (JSON)."""
     measures = _check_measures(measures)
     trials, scores = read_labelled(dev_scores)
-    scorer = load_scorer(emb, mean_store, cohort, cohort_data, "asnorm", top_n, enroll_map)
+    scorer = inputs.with_(norm="asnorm").load()
     durs = read_durations(utt2dur) if utt2dur else None
     q = quality_from_scorer(scorer, trials, durs, measures, dev_scores)
     try:
         model = train_calibration(scores, trials.labels, p_target, q, measures,
-                                  _settings(scorer, measures, mean_store, cohort_data))
+                                  _settings(scorer, measures, inputs))
     except DataError as e:
         raise DataError(e.message, dev_scores) from None
     model.dev["scores"] = str(dev_scores)
@@ -154,9 +149,8 @@ def train_qmf_files(dev_scores: PathLike, emb: PathLike, cohort: PathLike, utt2d
     return model
 
 
-def apply_qmf_files(model_path: PathLike, scores_path: PathLike, emb: PathLike, cohort: PathLike,
-                    utt2dur: Sequence[PathLike], out: PathLike, cohort_data: PathLike | None = None,
-                    mean_store: PathLike | None = None, enroll_map: PathLike | None = None) -> Path:
+def apply_qmf_files(model_path: PathLike, scores_path: PathLike, inputs: ScorerInputs, utt2dur: Sequence[PathLike],
+                    out: PathLike) -> Path:
     """Write `enroll test llr [label]` for every line of a score file with a QMF model; the stores and options
     must be those the model was trained with (top-N comes from the model; centring is checked)."""
     from ..data.trialio import read_scores
@@ -165,14 +159,13 @@ def apply_qmf_files(model_path: PathLike, scores_path: PathLike, emb: PathLike, 
     if model.kind != "qmf" or not model.quality:
         raise UsageError(f"{model_path} is a linear calibration model: apply it with `spkcausal calibrate`")
     settings = model.quality
-    if bool(settings.get("centred")) != (mean_store is not None):
+    if bool(settings.get("centred")) != (inputs.mean_store is not None):
         raise UsageError(f"{model_path} was trained {'with' if settings.get('centred') else 'without'} "
                          "--mean-store; give the same option when applying it")
-    if bool(settings.get("cohort_speaker_means")) != (cohort_data is not None):
+    if bool(settings.get("cohort_speaker_means")) != (inputs.cohort_data is not None):
         raise UsageError(f"{model_path} was trained {'with' if settings.get('cohort_speaker_means') else 'without'}"
                          " --cohort-data; give the same option when applying it")
-    top_n = settings["top_n"]
-    scorer = load_scorer(emb, mean_store, cohort, cohort_data, "asnorm", top_n, enroll_map)
+    scorer = inputs.with_(norm="asnorm", top_n=settings["top_n"]).load()
     if len(scorer._cohort_n) != settings.get("cohort_size"):
         log.warning("cohort has %d entries, the QMF model was trained with %s", len(scorer._cohort_n),
                     settings.get("cohort_size"))

@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import torch
 
-from spkcausal.data.embeddings import EmbeddingStore
-from spkcausal.inference.identify import class_labels, head_logits, train_counts
+from spkcausal.data.datadir import train_counts
+from spkcausal.data.embeddings import EmbeddingStore, class_labels
 from spkcausal.data.longtail import shot_groups
-from spkcausal.scoring.metrics import confusion_summary, shot_group_accuracy
-from spkcausal.nn.network import load_trained
 from spkcausal.inference.tde import mean_head_cosine
+from spkcausal.nn.assemble import assemble, head_logits
+from spkcausal.scoring.metrics import confusion_summary, shot_group_accuracy
 
 MANY, FEW = 30, 10
 ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -33,40 +33,40 @@ def main(out: str, systems: list[str]) -> None:
     train_dir, test_dir = f"{out}/data/vox1_iden_train", f"{out}/data/vox1_iden_test"
     for name in systems:
         e = f"{out}/exp/{name}"
-        th = load_trained(f"{e}/avg_model.pt", with_model=False)
-        counts = train_counts(train_dir, th.speakers)
+        trained = assemble(f"{e}/avg_model.pt", with_model=False)
+        counts = train_counts(train_dir, trained.speakers)
         groups = shot_groups(counts, MANY, FEW)
-        xt, yt = class_labels(EmbeddingStore.open(f"{e}/emb/vox1_iden_train"), train_dir, th.speakers)
-        x, y = class_labels(EmbeddingStore.open(f"{e}/emb/vox1_iden_test"), test_dir, th.speakers)
-        pred = head_logits(th, x).argmax(1)
+        xt, yt = class_labels(EmbeddingStore.open(f"{e}/emb/vox1_iden_train"), train_dir, trained.speakers)
+        x, y = class_labels(EmbeddingStore.open(f"{e}/emb/vox1_iden_test"), test_dir, trained.speakers)
+        pred = head_logits(trained, x).argmax(1)
         conf = confusion_summary(y, pred, counts, MANY, FEW)
         share = {g: 100 * float(np.mean(groups[pred] == g)) for g in ("many", "medium", "few")}
-        print(f"== {name} ({th.config['head']['name']}, K={th.config['head'].get('num_heads', '-')}, "
-              f"s={th.config['head'].get('scale')})")
-        fit = _acc(yt, head_logits(th, xt).argmax(1), counts)
+        print(f"== {name} ({trained.config['head']['name']}, K={trained.config['head'].get('num_heads', '-')}, "
+              f"s={trained.config['head'].get('scale')})")
+        fit = _acc(yt, head_logits(trained, xt).argmax(1), counts)
         print(f"  fit on its own training utterances (many/medium/few/overall %): {fit}")
         print(f"  test predictions falling in many/medium/few classes (%): {share['many']:.1f} / {share['medium']:.1f}"
               f" / {share['few']:.1f} (classes: {100 * np.mean(groups == 'many'):.0f} / "
               f"{100 * np.mean(groups == 'medium'):.0f} / {100 * np.mean(groups == 'few'):.0f})")
         print(f"  wrong Few predictions that name a Many speaker: {100 * conf['few']['many']:.1f}% of Few test "
               "utterances")
-        w = th.head.weight.detach().numpy()
+        w = trained.head.weight.detach().numpy()
         wn = np.linalg.norm(w, axis=1)
         print("  class-weight norm by group (many/medium/few): " + " / ".join(
             f"{wn[groups == g].mean():.2f}" for g in ("many", "medium", "few")))
-        if not th.is_causal:
+        if not trained.is_causal:
             continue
-        k = th.head.num_heads
-        xbar = th.head.mean_feature.numpy()
+        k = trained.head.num_heads
+        xbar = trained.head.mean_feature.numpy()
         ratio = np.linalg.norm(xt.mean(0)) / np.linalg.norm(xt, axis=1).mean()
         print(f"  mean cos(x^k, d^k): train {mean_head_cosine(xt, xbar, k):.3f}, test "
               f"{mean_head_cosine(x, xbar, k):.3f}; ||mean x|| / mean ||x|| = {ratio:.3f}")
         for label, mean in (("x_bar as trained", xbar), ("x_bar = mean of all training embeddings", xt.mean(0))):
-            th.head.mean_feature.copy_(torch.from_numpy(mean.astype(np.float32)))
+            trained.head.mean_feature.copy_(torch.from_numpy(mean.astype(np.float32)))
             print(f"  TDE on iden test, {label} (alpha: many medium few overall %):")
             for a in ALPHAS:
-                print(f"    {a:3.1f}: {_acc(y, head_logits(th, x, tde_alpha=a).argmax(1), counts)}")
-        th.head.mean_feature.copy_(torch.from_numpy(xbar))
+                print(f"    {a:3.1f}: {_acc(y, head_logits(trained, x, tde_alpha=a).argmax(1), counts)}")
+        trained.head.mean_feature.copy_(torch.from_numpy(xbar))
 
 
 if __name__ == "__main__":
