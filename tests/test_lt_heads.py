@@ -189,7 +189,8 @@ def test_head_options_reject_typos_and_wrong_types():
         build_head("aam", 8, 4, class_margins="ldam", class_counts=np.ones(3))
 
 
-LT_CONFIGS = sorted((REPO / "recipes" / "mini" / "conf" / "lt").glob("*.yaml"))
+# The head options' demo configs (the loss / sampler ones are checked in tests/test_lt_losses.py).
+LT_CONFIGS = [REPO / "recipes" / "mini" / "conf" / "lt" / f"{n}.yaml" for n in ("feature_transfer", "ldam", "subcenter")]
 
 
 @pytest.mark.parametrize("path", LT_CONFIGS, ids=lambda p: p.stem)
@@ -202,7 +203,6 @@ def test_lt_demo_configs_change_only_the_head(path):
     head = build_network(merge_defaults(cfg), 4, class_counts=np.array([8, 4, 2, 1])).head
     assert {"ldam": head.class_margins == "ldam", "subcenter": head.subcenters == 3,
             "feature_transfer": head.feature_transfer is not None}[path.stem]
-    assert len(LT_CONFIGS) == 3
 
 
 # ------------------------------------------------------------------ training: exact resume, loading
@@ -279,7 +279,7 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     store = EmbeddingStore.open(extract(lt_corpus, tmp_path / "emb", exp_dir=tmp_path / "ref", num_workers=0,
                                         device="cpu"))
     data = DataDir.load(lt_corpus)
-    direct = embed_utterances(tm.model, tm.fbank(), data, data.utts, num_workers=0, progress=False)
+    direct = embed_utterances(tm.model, tm.frontend, data, data.utts, num_workers=0, progress=False)
     got = np.stack([store.matrix[store.index(u)] for u in data.utts])
     np.testing.assert_allclose(got, direct, atol=1e-4)
     with torch.no_grad():

@@ -322,7 +322,7 @@ def test_lt_demo_configs_differ_from_the_baseline_only_in_loss_or_sampler():
 
     conf = REPO / "recipes" / "mini" / "conf"
     base = yaml.safe_load((conf / "aam.yaml").read_text())
-    assert sorted(p.stem for p in (conf / "lt").glob("*.yaml")) == LT_CONFS
+    assert set(LT_CONFS) <= {p.stem for p in (conf / "lt").glob("*.yaml")}
     labels = np.repeat(np.arange(4), [40, 10, 3, 1])
     for name in LT_CONFS:
         cfg = merge_defaults(yaml.safe_load((conf / "lt" / f"{name}.yaml").read_text()))
