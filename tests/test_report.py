@@ -260,3 +260,25 @@ def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
     assert ("De-confound (Causal Norm AAM) + LM", "Baseline (AAM)") not in pairs
     assert ("Baseline (AAM) + AS-norm + QMF", "Baseline (AAM) + AS-norm + calibration") in pairs
     assert ("De-confound (Causal Norm AAM) + AS-norm + QMF", "Baseline (AAM) + AS-norm + QMF") in pairs
+
+
+def test_system_names_of_the_long_tail_methods():
+    aam = {"name": "aam"}
+    assert system_name({"head": {**aam, "class_margins": "ldam"}}) == "LDAM margins (AAM)"
+    assert system_name({"head": {**aam, "subcenters": 3}}) == "Sub-centres K=3 (AAM)"
+    assert system_name({"head": {**aam, "subcenters": 1}}) == "Baseline (AAM)"
+    assert system_name({"head": {**aam, "feature_transfer": {"head_share": 0.2}}}) == "Feature transfer (AAM)"
+    assert system_name({"head": {**aam, "feature_transfer": {"enabled": False}}}) == "Baseline (AAM)"
+    assert system_name({"head": aam, "loss": {"name": "balanced_softmax"}}) == "Balanced Softmax (AAM)"
+    assert system_name({"head": aam, "loss": {"name": "ce", "logit_adjust": 0.5}}) == \
+        "Logit adjustment tau=0.5 (AAM)"
+    assert system_name({"head": aam, "loss": {"name": "ce", "drw_epoch": 12}}) == "DRW from epoch 12 (AAM)"
+    assert system_name({"head": aam, "sampler": {"name": "progressive"}}) == "Progressive sampling (AAM)"
+    # composed with another method or with De-confound, every part is named once
+    assert system_name({"head": {**aam, "class_margins": "ldam"}, "loss": {"name": "ce", "drw_epoch": 12}}) == \
+        "LDAM margins (AAM) + DRW from epoch 12"
+    assert system_name({"head": {"name": "causal_norm_aam", "class_margins": "ldam"},
+                        "loss": {"name": "balanced_softmax"}}) == \
+        "De-confound (Causal Norm AAM) + LDAM margins + Balanced Softmax"
+    assert system_name({"head": aam, "loss": {"name": "focal", "drw_epoch": 12}}) == \
+        "Focal loss (AAM) + DRW from epoch 12"

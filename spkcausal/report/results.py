@@ -55,13 +55,39 @@ DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base
 _REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
 
 
+def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
+    """The long-tail methods of docs/causal.md a config turns on (head options, loss options, the progressive
+    sampler), in a fixed order, as short paper-style names."""
+    head, loss = cfg.get("head") or {}, cfg.get("loss") or {}
+    sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
+    ft = head.get("feature_transfer")
+    tags = []
+    if head.get("class_margins"):
+        tags.append("LDAM margins")
+    if int(head.get("subcenters", 1) or 1) > 1:
+        tags.append(f"sub-centres K={int(head['subcenters'])}")
+    if ft and not (isinstance(ft, Mapping) and ft.get("enabled") is False):
+        tags.append("feature transfer")
+    if loss.get("name") == "balanced_softmax":
+        tags.append("Balanced Softmax")
+    elif loss.get("logit_adjust") is not None:
+        tags.append(f"logit adjustment tau={float(loss['logit_adjust']):g}")
+    if loss.get("drw_epoch") is not None:
+        tags.append(f"DRW from epoch {int(loss['drw_epoch'])}")
+    if sampler == "progressive":
+        tags.append("progressive sampling")
+    return tags
+
+
 def system_name(cfg: Mapping[str, Any]) -> str:
-    """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, ..."""
+    """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, LDAM margins
+    (AAM), ...; the long-tail methods of docs/causal.md name a system of their own or follow De-confound."""
     head = str(cfg.get("head", {}).get("name", "aam"))
     sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
     loss = str((cfg.get("loss") or {}).get("name", "ce"))
     head_txt = {"aam": "AAM", "cosine": "cosine", "linear": "softmax", "causal_norm": "Causal Norm",
                 "causal_norm_aam": "Causal Norm AAM"}.get(head, head)
+    tags = _method_tags(cfg)
     if head.startswith("causal_norm"):
         name = f"De-confound ({head_txt})"
     elif sampler in ("class_balanced", "sqrt"):
@@ -70,10 +96,14 @@ def system_name(cfg: Mapping[str, Any]) -> str:
         name = f"Re-weighting ({head_txt}, {loss.replace('_', ' ')})"
     elif loss == "focal":
         name = f"Focal loss ({head_txt})"
+    elif tags:
+        name, tags = f"{tags[0][0].upper()}{tags[0][1:]} ({head_txt})", tags[1:]
     else:
         name = f"Baseline ({head_txt})"
-    if head.startswith("causal_norm") and (sampler != "natural" or loss != "ce"):
+    if head.startswith("causal_norm") and (sampler not in ("natural", "progressive")
+                                           or loss not in ("ce", "balanced_softmax")):
         name += f" + {sampler if sampler != 'natural' else loss}"
+    name += "".join(f" + {t}" for t in tags)
     if (cfg.get("train") or {}).get("init_from"):
         name += " + LM"  # a fine-tuning run (the recipes' large-margin stage starts from the averaged model)
     if head.startswith("causal_norm"):
