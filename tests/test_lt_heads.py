@@ -190,7 +190,8 @@ def test_head_options_reject_typos_and_wrong_types():
 
 
 # The head options' demo configs (the loss / sampler ones are checked in tests/test_lt_losses.py).
-LT_CONFIGS = [REPO / "recipes" / "mini" / "conf" / "lt" / f"{n}.yaml" for n in ("feature_transfer", "ldam", "subcenter")]
+LT_CONFIGS = [REPO / "recipes" / "mini" / "conf" / "lt" / f"{n}.yaml"
+              for n in ("feature_transfer", "ldam", "subcenter")]
 
 
 @pytest.mark.parametrize("path", LT_CONFIGS, ids=lambda p: p.stem)
