@@ -235,7 +235,7 @@ def test_cli_score_accepts_a_share(setup):
     assert main(["score", *common, "--asnorm-top", "2.5", "--out-dir", str(s["path"] / "bad")]) == 2
 
 
-def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
+def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path, capsys):
     """The chooser's curve equals minDCF of `score_trials` at each count, and it picks the lowest (ties: smaller)."""
     import json
 
@@ -271,6 +271,14 @@ def test_asnorm_top_chosen_on_dev_list_by_min_dcf(setup, tmp_path):
                  str(write_store(tmp_path / "cohort", [f"c{i}" for i in range(40)], cohort.astype(np.float32))),
                  "--candidates", "2", "5", "10", "0.5", "40", "--p-target", "0.05", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["best"] == res["best"]
+    # --reuse prints the stored choice without scoring (the trial list may be gone); a broken file is named
+    capsys.readouterr()
+    assert main(["asnorm-top", "--reuse", "--trials", "/nonexistent", "--emb", "/nonexistent", "--cohort", "x",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(res["best"])
+    out.write_text('{"curve": []}')
+    assert main(["asnorm-top", "--reuse", "--trials", "x", "--emb", "x", "--cohort", "x", "--out", str(out)]) == 2
+    assert str(out) in capsys.readouterr().err
 
 
 def test_asnorm_top_ties_go_to_the_smaller_count(setup, monkeypatch):

@@ -325,12 +325,10 @@ record_variants() {
 asnorm_top_of() {
   local e=$1 top=$2 dev=${3:-} ds=${4:-} tr=${5:-} train_dir=${6:-}
   if [ "$top" != dev ]; then echo "$top"; return 0; fi
-  if [ ! -f "$e/asnorm_top.json" ]; then
-    [ -n "$dev" ] && [ -f "$dev" ] || die "--asnorm_top dev needs the seen-speaker dev list (stage 2: seen_dev)"
-    spkcausal asnorm-top --trials "$dev" --emb "$ds" --cohort "$tr" --cohort-data "$train_dir" --mean-store "$tr" \
-      --out "$e/asnorm_top.json" > /dev/null
-  fi
-  "$SPKCAUSAL_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"])' "$e/asnorm_top.json"
+  [ -f "$e/asnorm_top.json" ] || { [ -n "$dev" ] && [ -f "$dev" ]; } ||
+    die "--asnorm_top dev needs the seen-speaker dev list (stage 2: seen_dev)"
+  spkcausal asnorm-top --reuse --trials "$dev" --emb "$ds" --cohort "$tr" --cohort-data "$train_dir" \
+    --mean-store "$tr" --out "$e/asnorm_top.json"
 }
 
 # backend_variants E PREFIX DEV DEV_STORE DEV_DIR TRAIN_STORE TRAIN_DIR TOP LIST:STORE:DIR ...: the calibrated
@@ -375,6 +373,37 @@ verify_threshold() {
   fi
 }
 
+# score_and_record --e E --prefix P --ev STORE --tr TRAIN_STORE --train_dir T --top N --trials "LIST ..."
+#                  --eval_dir D [--score_opts O] [--seen_trials S --seen_store SS --seen_dir SD --many M --few F
+#                  --group_dir G] [--dev DEV --dev_store DS --dev_dir DD] [--tde_alpha A] [--scores_from SE]
+# What stages 5 and 6 do for one system: score the trial lists (and the seen-speaker list) three ways
+# (score_variants, rows PREFIX{cosine,mean_sub,asnorm}), the back-end on the dev list (backend_variants), and
+# record the first list's and the seen list's rows in E/results.json. --scores_from SE records SE's score
+# files instead of scoring (a decoupled system has its base's embeddings).
+score_and_record() {
+  local e prefix ev tr train_dir top trials eval_dir score_opts="" seen_trials="" seen_store="" seen_dir="" many="" \
+    few="" group_dir="" dev="" dev_store="" dev_dir="" tde_alpha="" scores_from="" items st se alpha=()
+  stage_args score_and_record "e prefix ev tr train_dir top trials eval_dir score_opts? seen_trials? seen_store? \
+seen_dir? many? few? group_dir? dev? dev_store? dev_dir? tde_alpha? scores_from?" "$@"
+  se=${scores_from:-$e}
+  if [ -z "$scores_from" ]; then
+    score_variants "$e" "$ev" "$tr" "$prefix" "$train_dir" "$top" "$trials" "$score_opts"
+    items=(); for st in $trials; do items+=("$(basename "$st"):$ev:$eval_dir"); done
+    if [ -n "$seen_trials" ]; then
+      score_variants "$e" "$seen_store" "$tr" "$prefix" "$train_dir" "$top" "$seen_trials" ""
+      items+=("$(basename "$seen_trials"):$seen_store:$seen_dir")
+    fi
+    [ -z "$dev" ] || backend_variants "$e" "$prefix" "$dev" "$dev_store" "$dev_dir" "$tr" "$train_dir" "$top" \
+      "${items[@]}"
+  fi
+  [ -z "$tde_alpha" ] || alpha=(--tde-alpha "$tde_alpha")
+  record_variants "$e" "$se" "$prefix" "$(basename "$(first_word "$trials")")" "$eval_dir/utt2spk" "${alpha[@]}"
+  if [ -n "$seen_trials" ]; then
+    record_variants "$e" "$se" "$prefix" "$(basename "$seen_trials")" "$seen_dir/utt2spk" \
+      --seen "${group_dir:-$train_dir}" "$many" "$few" "${alpha[@]}"
+  fi
+}
+
 # ---------------------------------------------------------------- stage 5: scoring (cosine, mean sub., AS-norm)
 # stage_score --exp X --systems "S ..." --eval_dir D --train_dir T --trials "LIST ..." --asnorm_top N|SHARE|dev
 #             [--score_opts "..."] [--seeds "K ..."] [--seen_trials LIST --seen_dir E --many N --few N]
@@ -390,40 +419,31 @@ verify_threshold() {
 # nothing again. Marker: X/S/.done/5.
 stage_score() {
   local exp systems eval_dir train_dir trials asnorm_top score_opts="" seeds="" seen_trials="" seen_dir="" many="" \
-    few="" dev_trials="" dev_dir="" group_dir="" t st r name e se ev tr top ds items
+    few="" dev_trials="" dev_dir="" group_dir="" r name e se ev tr top ds scores
   stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts? seeds? seen_trials? \
 seen_dir? many? few? dev_trials? dev_dir? group_dir?" "$@"
-  t=$(basename "$(first_word "$trials")")
-  [ -z "$seen_trials" ] || [ -n "$seen_dir$many$few" ] || die "stage_score: --seen_trials needs --seen_dir --many --few"
+  [ -z "$seen_trials" ] || { [ -n "$seen_dir" ] && [ -n "$many" ] && [ -n "$few" ]; } ||
+    die "stage_score: --seen_trials needs --seen_dir --many --few"
   [ -z "$dev_trials" ] || [ -n "$dev_dir" ] || die "stage_score: --dev_trials needs --dev_dir"
   [ -f "$dev_trials" ] || dev_trials=""  # stage 2 could not build it (one val utterance per speaker): no back-end
   for r in $(system_runs "$systems" "$seeds"); do
-    name=$(run_name "$r"); e="$exp/$name"; se="$e"
+    name=$(run_name "$r"); e="$exp/$name"; se="$e"; scores=()
     is_decoupled "$r" && se="$exp/$(run_base "$r")"
     if is_done "$e" 5; then skip_msg 5 "score $name" "$e"; continue; fi
+    ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
+    ds=""; [ -z "$dev_trials" ] || ds="$e/emb/$(basename "$dev_dir")"
     if [ "$se" = "$e" ]; then
-      ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
-      ds=""; [ -z "$dev_trials" ] || ds="$e/emb/$(basename "$dev_dir")"
       top=$(asnorm_top_of "$e" "$asnorm_top" "$dev_trials" "$ds" "$tr" "$train_dir")
-      score_variants "$e" "$ev" "$tr" "" "$train_dir" "$top" "$trials" "$score_opts"
-      items=(); for st in $trials; do items+=("$(basename "$st"):$ev:$eval_dir"); done
-      if [ -n "$seen_trials" ]; then
-        score_variants "$e" "$e/emb/$(basename "$seen_dir")" "$tr" "" "$train_dir" "$top" "$seen_trials" ""
-        items+=("$(basename "$seen_trials"):$e/emb/$(basename "$seen_dir"):$seen_dir")
-      fi
-      if [ -n "$dev_trials" ]; then
-        backend_variants "$e" "" "$dev_trials" "$ds" "$dev_dir" "$tr" "$train_dir" "$top" "${items[@]}"
-        verify_threshold "$e" "$dev_trials" "$ds"
-      fi
     else
       is_done "$se" 5 || die "stage_score: $name reuses the scores of $se: score that system first"
       log "stage 5: $name has the embeddings of $(basename "$se"): its verification rows are that system's"
+      top="" scores=(--scores_from "$se")
     fi
-    record_variants "$e" "$se" "" "$t" "$eval_dir/utt2spk"
-    if [ -n "$seen_trials" ]; then
-      st=$(basename "$seen_trials")
-      record_variants "$e" "$se" "" "$st" "$seen_dir/utt2spk" --seen "${group_dir:-$train_dir}" "$many" "$few"
-    fi
+    score_and_record --e "$e" --prefix "" --ev "$ev" --tr "$tr" --train_dir "$train_dir" --top "$top" \
+      --trials "$trials" --eval_dir "$eval_dir" --score_opts "$score_opts" --seen_trials "$seen_trials" \
+      --seen_store "$e/emb/$(basename "$seen_dir")" --seen_dir "$seen_dir" --many "$many" --few "$few" \
+      --group_dir "$group_dir" --dev "$dev_trials" --dev_store "$ds" --dev_dir "$dev_dir" "${scores[@]}"
+    [ "$se" != "$e" ] || [ -z "$dev_trials" ] || verify_threshold "$e" "$dev_trials" "$ds"
     mark_done "$e" 5
   done
   stage_finished 5
@@ -444,11 +464,10 @@ seen_dir? many? few? dev_trials? dev_dir? group_dir?" "$@"
 # choice (X/S/asnorm_top.json). Marker: X/S/.done/6.
 stage_tde() {
   local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
-    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" group_dir="" t st r \
-    name e ev tr sv alpha grid dev dd i d lists stores dirs top items
+    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" group_dir="" r \
+    name e ev tr sv alpha grid dev dd i d lists stores dirs top
   stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
 dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few? group_dir?" "$@"
-  t=$(basename "$(first_word "$trials")")
   grid=(); [ -z "$alphas" ] || grid=(--alphas "$alphas")
   case "$alpha_on" in iden_val|dev_eer|dev_min_dcf) ;; *) die "stage_tde: --alpha_on $alpha_on (iden_val, dev_eer, dev_min_dcf)" ;; esac
   [ "$alpha_on" = iden_val ] || [ -n "$dev_trials" ] || die "stage_tde: --alpha_on $alpha_on needs --dev_trials"
@@ -477,23 +496,11 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few? group_dir?"
     [ ${#lists[@]} -eq 0 ] || sv+=("${stores[0]}=${stores[0]}_tde")  # the back-end's dev list
     spkcausal tde-apply --alpha "$alpha" "$ev=${ev}_tde" "$tr=${tr}_tde" "${sv[@]}"
     top=$(asnorm_top_of "$e" "$asnorm_top" "${lists[0]:-}" "${stores[0]:-}" "$tr" "$train_dir")
-    score_variants "$e" "${ev}_tde" "${tr}_tde" "tde_" "$train_dir" "$top" "$trials" "$score_opts"
-    items=(); for st in $trials; do items+=("$(basename "$st"):${ev}_tde:$eval_dir"); done
-    if [ -n "$seen_trials" ]; then
-      score_variants "$e" "$e/emb/$(basename "$seen_dir")_tde" "${tr}_tde" "tde_" "$train_dir" "$top" \
-        "$seen_trials" ""
-      items+=("$(basename "$seen_trials"):$e/emb/$(basename "$seen_dir")_tde:$seen_dir")
-    fi
-    if [ ${#lists[@]} -gt 0 ]; then
-      backend_variants "$e" tde_ "${lists[0]}" "${stores[0]}_tde" "${dirs[0]}" "${tr}_tde" "$train_dir" "$top" \
-        "${items[@]}"
-    fi
-    record_variants "$e" "$e" tde_ "$t" "$eval_dir/utt2spk" --tde-alpha "$alpha"
-    if [ -n "$seen_trials" ]; then
-      st=$(basename "$seen_trials")
-      record_variants "$e" "$e" tde_ "$st" "$seen_dir/utt2spk" --seen "${group_dir:-$train_dir}" "$many" "$few" \
-        --tde-alpha "$alpha"
-    fi
+    score_and_record --e "$e" --prefix tde_ --ev "${ev}_tde" --tr "${tr}_tde" --train_dir "$train_dir" \
+      --top "$top" --trials "$trials" --eval_dir "$eval_dir" --score_opts "$score_opts" \
+      --seen_trials "$seen_trials" --seen_store "$e/emb/$(basename "$seen_dir")_tde" --seen_dir "$seen_dir" \
+      --many "$many" --few "$few" --group_dir "$group_dir" --dev "${lists[0]:-}" \
+      --dev_store "${stores[0]:+${stores[0]}_tde}" --dev_dir "${dirs[0]:-}" --tde_alpha "$alpha"
     mark_done "$e" 6
   done
   stage_finished 6

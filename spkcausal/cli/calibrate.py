@@ -3,6 +3,7 @@ asnorm-top (AS-norm's top-N chosen on a dev list)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tuple[str, ...]) -> str:
@@ -54,8 +55,20 @@ def _qmf(args: argparse.Namespace) -> int:
 
 
 def _asnorm_top(args: argparse.Namespace) -> int:
-    from ..scoring.cosine import choose_asnorm_top_files, parse_top_n
+    import json
 
+    from ..scoring.cosine import choose_asnorm_top_files, parse_top_n
+    from ..utils import DataError
+
+    if args.reuse and Path(args.out).is_file():  # a recipe re-run reads the earlier choice as plain text
+        try:
+            best = json.loads(Path(args.out).read_text())["best"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"not an asnorm-top choice (expected JSON with 'best'): {e}", args.out) from None
+        if not isinstance(best, int) or isinstance(best, bool) or best < 1:
+            raise DataError(f"'best' must be a count >= 1, got {best!r}", args.out)
+        print(best)
+        return 0
     kw = {} if args.candidates is None else {"candidates": [parse_top_n(c) for c in args.candidates]}
     res = choose_asnorm_top_files(args.trials, _inputs(args), args.out, p_target=args.p_target,
                                   allow_missing=args.allow_missing, **kw)
@@ -106,4 +119,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p-target", type=float, default=0.01, help="minDCF prior that decides (default 0.01)")
     p.add_argument("--allow-missing", action="store_true", help="skip trials whose keys have no embedding")
     p.add_argument("--out", required=True, help="JSON: best count and minDCF / EER per candidate")
+    p.add_argument("--reuse", action="store_true", help="when --out already holds a choice, print its count "
+                                                        "without scoring again")
     p.set_defaults(func=_asnorm_top)
