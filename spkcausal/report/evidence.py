@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,10 +32,23 @@ from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 
 __all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
-           "seed_summary", "t_interval", "N_BOOT", "LEVEL"]
+           "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
 
 N_BOOT = 1000
 LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How a report judges its figures: minDCF's prior, the resamples of its paired bootstrap intervals and the
+    confidence level (one object through the report's layers instead of three arguments)."""
+
+    p_target: float = 0.01
+    n_boot: int = N_BOOT
+    level: float = LEVEL
+
+
+DEFAULT_INTERVALS = Intervals()
 # (key, header, scale): EER and accuracies in percent, minDCF as is
 COLUMNS = ([("eer", "EER (%)", 100.0), ("min_dcf", "minDCF", 1.0)]
            + [(f"seen_eer_{g}", f"Seen {g.capitalize()} EER (%)", 100.0) for g in GROUPS]

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
+from .evidence import Intervals
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
            "system_name", "variant_label", "load_results", "update_results",
@@ -329,16 +330,16 @@ def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str |
                     baseline: str | None = None, per_seed: bool = False, n_boot: int = 1000) -> str:
     """The report: figure tables (verification held-out / seen by shot group, identification) with intervals or
     mean ± std over seeds, then the differences from each row's reference (report_table), and the notes."""
-    return _render(rows, p_target, caption, baseline, per_seed, n_boot)[0]
+    return _render(rows, Intervals(p_target, n_boot), caption, baseline, per_seed)[0]
 
 
-def _render(rows: Sequence[dict], p_target: float, caption: str | None, baseline: str | None, per_seed: bool,
-            n_boot: int) -> tuple[str, dict]:
+def _render(rows: Sequence[dict], iv: Intervals, caption: str | None, baseline: str | None,
+            per_seed: bool) -> tuple[str, dict]:
     from .tables import build_tables
 
-    lines, summary = build_tables(rows, p_target, baseline, per_seed, n_boot)
+    lines, summary = build_tables(rows, iv, baseline, per_seed)
     several = any(len({x["seed"] for x in rows if x["system"] == r["system"]}) > 1 for r in rows)
-    text = "\n".join(lines).lstrip("\n") + "\n\n" + " ".join(_notes(rows, p_target, caption, several)) + "\n"
+    text = "\n".join(lines).lstrip("\n") + "\n\n" + " ".join(_notes(rows, iv.p_target, caption, several)) + "\n"
     return text, summary
 
 
@@ -352,7 +353,7 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
     rows = collect_rows(exp_dirs, variants)
     if not rows:
         raise DataError("no result rows (check --variants)", exp_dirs[0])
-    text, summary = _render(rows, p_target, caption, baseline, per_seed, n_boot)
+    text, summary = _render(rows, Intervals(p_target, n_boot), caption, baseline, per_seed)
     out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     # report.json first: report.md, the file people look at, appears only when both are complete.

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..utils import UsageError
-from .evidence import COLUMNS, LEVEL, N_BOOT, paired_differences, row_figures, seed_summary, t_interval
+from .evidence import COLUMNS, DEFAULT_INTERVALS, Intervals, paired_differences, row_figures, seed_summary, t_interval
 from .tailcost import tail_cost, tail_cost_lines
 
 __all__ = ["group_runs", "references_of", "resolve_baseline", "build_tables"]
@@ -146,30 +146,30 @@ def _label(rs: Sequence[Mapping], dup: bool) -> str:
     return label
 
 
-def _run_diffs(rs: Sequence[Mapping], refs: Sequence[Mapping], p_target: float, n_boot: int,
-               level: float) -> dict[str, dict]:
+def _run_diffs(rs: Sequence[Mapping], refs: Sequence[Mapping], iv: Intervals) -> dict[str, dict]:
     """Paired bootstrap for one run each; else mean and t-interval of the per-seed differences."""
     if len(rs) == 1 and len(refs) == 1:
-        return paired_differences(rs[0], refs[0], p_target, n_boot, level)
+        return paired_differences(rs[0], refs[0], iv.p_target, iv.n_boot, iv.level)
     by_seed = {r["seed"]: r for r in refs}
     pairs = [(r, by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
     out: dict[str, dict] = {}
     for col in DIFF_COLUMNS:
         diffs = []
         for a, b in pairs:
-            va, vb = row_figures(a, p_target)[col][0], row_figures(b, p_target)[col][0]
+            va, vb = row_figures(a, iv.p_target)[col][0], row_figures(b, iv.p_target)[col][0]
             if va is not None and vb is not None:
                 diffs.append(va - vb)
         if diffs:
-            mean, ci = t_interval(diffs, level)
+            mean, ci = t_interval(diffs, iv.level)
             out[col] = {"diff": mean, "ci": ci, "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
                         "n_seeds": len(diffs), "per_seed": diffs}
     return out
 
 
-def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str | None = None,
-                 per_seed: bool = False, n_boot: int = N_BOOT, level: float = LEVEL) -> tuple[list[str], dict]:
+def build_tables(rows: Sequence[Mapping], iv: Intervals = DEFAULT_INTERVALS, baseline: str | None = None,
+                 per_seed: bool = False) -> tuple[list[str], dict]:
     """Markdown lines of the figure tables and the differences table, and their content for report.json."""
+    p_target = iv.p_target
     runs = group_runs(rows)
     base = resolve_baseline(rows, baseline)
     labels: dict[str, set[str]] = {}
@@ -206,7 +206,7 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
                for r in rows}
     for key, rs in runs.items():
         for ref in references_of(key, runs, base, parents):
-            diffs = _run_diffs(rs, runs[ref], p_target, n_boot, level)
+            diffs = _run_diffs(rs, runs[ref], iv)
             if not diffs:
                 continue
             summary["differences"].append({"system": key[0], "variant": key[1], "reference": list(ref),
@@ -220,7 +220,7 @@ def build_tables(rows: Sequence[Mapping], p_target: float = 0.01, baseline: str 
         out_lines += ["", "**Differences from the reference** (A - B; * = the 95% interval excludes 0)", ""]
         out_lines += _markdown(hdr, body)
     # the long-tail protocol: only when the baseline has a balanced control (<baseline>_control)
-    tail = tail_cost(runs, base, p_target, level, _TDE_BASE, n_boot)
+    tail = tail_cost(runs, base, iv, _TDE_BASE)
     if tail is not None:
         summary["tail_cost"] = tail
         out_lines += tail_cost_lines(tail, runs, lambda rs: _label(rs, len(labels[rs[0]["label"]]) > 1),

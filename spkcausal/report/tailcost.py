@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .evidence import LEVEL, paired_differences, row_figures, t_interval
+from .evidence import DEFAULT_INTERVALS, LEVEL, Intervals, paired_differences, row_figures, t_interval
 from .results import CONTROL_SUFFIX
 
 __all__ = ["CONTROL_SUFFIX", "TAIL_COLUMNS", "control_system", "fieller_ratio", "tail_cost", "tail_cost_lines"]
@@ -68,8 +68,8 @@ def _values(rows: Mapping, seeds: Sequence, col: str, p_target: float) -> list[f
     return [row_figures(rows[k], p_target)[col][0] for k in seeds]
 
 
-def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, p_target: float = 0.01,
-              level: float = LEVEL, tde_base: Mapping[str, str] | None = None, n_boot: int = 1000) -> dict | None:
+def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, iv: Intervals = DEFAULT_INTERVALS,
+              tde_base: Mapping[str, str] | None = None) -> dict | None:
     """Tail cost per scoring variant and every other long-tailed system's recovered share (module docstring);
     None without a control system. A method's variant is paired with the baseline's same variant, or for a TDE
     variant the baseline has not, with its plain one (`tde_base`)."""
@@ -86,15 +86,15 @@ def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, 
         seeds = [k for k in b if k in c]
         cols: dict[str, dict] = {}
         for col, _ in TAIL_COLUMNS:
-            xb, xc = _values(b, seeds, col, p_target), _values(c, seeds, col, p_target)
+            xb, xc = _values(b, seeds, col, iv.p_target), _values(c, seeds, col, iv.p_target)
             keep = [(k, p, q) for k, p, q in zip(seeds, xb, xc) if p is not None and q is not None]
             if not keep:
                 continue
             per = [p - q for _, p, q in keep]
-            mean, ci = t_interval(per, level)
+            mean, ci = t_interval(per, iv.level)
             if len(per) == 1:  # one run each: the paired bootstrap over speakers, when the score files line up
-                ci = (paired_differences(b[keep[0][0]], c[keep[0][0]], p_target, n_boot, level).get(col) or {}).get(
-                    "ci")
+                pair = paired_differences(b[keep[0][0]], c[keep[0][0]], iv.p_target, iv.n_boot, iv.level)
+                ci = (pair.get(col) or {}).get("ci")
             cols[col] = {"cost": mean, "ci": ci, "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
                          "seeds": [k for k, _, _ in keep], "per_seed": per}
         if cols:
@@ -112,12 +112,12 @@ def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, 
             trip = [(k, b[k], m[k]) for k in cost["seeds"] if k in m]
             gains, dens = [], []
             for k, rb, rm in trip:
-                xb, xm = row_figures(rb, p_target)[col][0], row_figures(rm, p_target)[col][0]
+                xb, xm = row_figures(rb, iv.p_target)[col][0], row_figures(rm, iv.p_target)[col][0]
                 if xm is not None:
                     gains.append(xb - xm)
                     dens.append(cost["per_seed"][cost["seeds"].index(k)])
             if gains:
-                fr = fieller_ratio(gains, dens, level)
+                fr = fieller_ratio(gains, dens, iv.level)
                 ci = fr["ci"]
                 cols[col] = {"share": fr["ratio"], "ci": ci, "bounded": fr["bounded"], "n_seeds": fr["n_seeds"],
                              "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
