@@ -92,7 +92,7 @@ def _snapshot(*dirs: Path) -> dict[str, tuple[int, str]]:
 
 # two held-out test utterances per speaker: the seen-speaker list needs target pairs; the fixtures' few
 # utterances per speaker rarely give two sessions, so same-session targets are allowed here
-COMMON = ["--val_per_spk", "1", "--test_per_spk", "2", "--num_avg", "2", "--asnorm_top", "3", "--nj", "1",
+COMMON = ["--val_per_speaker", "1", "--test_per_speaker", "2", "--num_avg", "2", "--asnorm_top", "3", "--nj", "1",
           "--extract_workers", "0", "--seen_same_session_ok", "true"]
 ALPHAS = ["--alphas", "0,0.5,1,1.5"]  # a user's grid; without --alphas the recipe uses the library's
 
@@ -390,7 +390,7 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     mean ± std over seeds against numpy, and a re-run with one more seed that trains only that seed."""
     make_librispeech(tmp_path / "ls")
     common = list(COMMON)
-    common[common.index("--val_per_spk") + 1] = "2"  # two val utterances per reader: the seen dev list has targets
+    common[common.index("--val_per_speaker") + 1] = "2"  # two val utterances per reader: the seen dev list has targets
     common[common.index("--asnorm_top") + 1] = "dev"  # the recipes' default: top-N chosen on that dev list
     args = ["--libri_root", str(tmp_path / "ls"), "--eval_set", "dev-clean", "--num_trials", "20",
             "--num_dev_trials", "20", "--systems", "tiny_cnaam", "--many", "3", "--few", "3", "--train_overrides",

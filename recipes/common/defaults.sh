@@ -8,8 +8,8 @@ exp=exp
 imbalance=1                      # 1: natural counts; > 1 builds a long-tailed training subset
 protocol=""                      # lt (with --imbalance R > 1): also the balanced control and the tail cost
                                  # (recipes/common/protocol.sh, docs/recipes.md)
-val_per_spk=2                    # iden val utterances per training speaker (chooses TDE's alpha)
-test_per_spk=4                   # iden test utterances per training speaker (identification columns)
+val_per_speaker=2                    # iden val utterances per training speaker (chooses TDE's alpha)
+test_per_speaker=4                   # iden test utterances per training speaker (identification columns)
 conf_dir="$(cd "$recipe_dir/../conf" && pwd)"   # recipes/conf: one YAML per system, shared by the corpora
 gpus=""                          # GPUs per node for torchrun ("" = CPU / one process)
 nnodes=1

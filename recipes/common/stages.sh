@@ -103,33 +103,33 @@ first_word() { echo "$1" | awk '{print $1; exit}'; }
 
 # ---------------------------------------------------------------- stage 2: held-out split + long-tail profile
 # stage_profile --data D --train_dir T --val_dir V --test_dir E --many N --few N
-#               [--split_src S --imbalance R --val_per_spk N --test_per_spk N --seed N] [--control_dir C]
+#               [--split_src S --imbalance R --val_per_speaker N --test_per_speaker N --seed N] [--control_dir C]
 # With --split_src, S is split into T / V / E first (imbalance R > 1 makes T an ImageNet-LT-style long-tailed
 # subset; --control_dir also writes its balanced control C, the long-tail protocol of recipes/common/protocol.sh);
 # without it T / V / E exist already. Marker: D/.done/2.
 stage_profile() {
-  local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_spk="" test_per_spk="" seed="" \
+  local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_speaker="" test_per_speaker="" seed="" \
     control_dir="" ctl=()
-  stage_args stage_profile "data train_dir val_dir test_dir many few split_src? imbalance? val_per_spk? \
-test_per_spk? seed? control_dir?" "$@"
+  stage_args stage_profile "data train_dir val_dir test_dir many few split_src? imbalance? val_per_speaker? \
+test_per_speaker? seed? control_dir?" "$@"
   if is_done "$data" 2; then
     skip_msg 2 profile "$data"
   else
     if [ -n "$split_src" ]; then
       local v
-      for v in imbalance val_per_spk test_per_spk seed; do
+      for v in imbalance val_per_speaker test_per_speaker seed; do
         [ -n "${!v}" ] || die "stage_profile: --split_src needs --$v"
       done
       [ -z "$control_dir" ] || [ "$imbalance" != 1 ] || die "stage_profile: --control_dir needs --imbalance > 1"
       [ -z "$control_dir" ] || ctl=(--control "$control_dir")
       if [ "$imbalance" != 1 ]; then
         spkcausal longtail-subset "$split_src" --out-train "$train_dir" --out-heldout "$data/heldout" \
-          --imbalance "$imbalance" --heldout-per-spk $((val_per_spk + test_per_spk)) --seed "$seed" "${ctl[@]}"
+          --imbalance "$imbalance" --heldout-per-spk $((val_per_speaker + test_per_speaker)) --seed "$seed" "${ctl[@]}"
         spkcausal heldout-split "$data/heldout" --out-val "$val_dir" --out-test "$test_dir" \
-          --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 0 --seed "$seed"
+          --val-per-spk "$val_per_speaker" --test-per-spk "$test_per_speaker" --min-train 0 --seed "$seed"
       else
         spkcausal heldout-split "$split_src" --out-train "$train_dir" --out-val "$val_dir" --out-test "$test_dir" \
-          --val-per-spk "$val_per_spk" --test-per-spk "$test_per_spk" --min-train 1 --seed "$seed"
+          --val-per-spk "$val_per_speaker" --test-per-spk "$test_per_speaker" --min-train 1 --seed "$seed"
       fi
     fi
     spkcausal profile "$train_dir" --many "$many" --few "$few" --out "$data/profile"
@@ -167,7 +167,7 @@ same_session_ok?" "$@"
     if ! spkcausal make-trials "${d#*:}" --out "$data/trials/$name" --num-trials "$num_trials" --fit \
       --target-ratio "$target_ratio" --seed "$seed" "${same[@]}" --by-group "$train_dir" "$many" "$few" \
       > "$data/trials/$name.counts"; then
-      # one held-out val utterance per speaker (--val_per_spk 1) has no target pair: no dev list, no dev criterion
+      # one held-out val utterance per speaker (--val_per_speaker 1) has no target pair: no dev list, no dev criterion
       [ "$name" = seen_dev ] || die "stage_seen_trials: cannot build $name from ${d#*:}"
       log "stage 2: no seen-speaker dev list (see the error above); stage 6 chooses alpha on iden val accuracy"
       rm -f "$data/trials/$name.counts"; continue

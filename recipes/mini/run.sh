@@ -29,39 +29,24 @@ set -euo pipefail
 recipe_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$recipe_dir/../.." && pwd)"
 
-stage=1
-stop_stage=8
+. "$recipe_dir/../common/defaults.sh"   # the options every recipe shares; the demo's own values follow
 out="$root/demo"
 tiny=false
 systems="aam resample cnaam aam+crt aam+tau_norm aam+lm cnaam+lm"
                                  # BASE+crt / BASE+tau_norm: decoupled classifiers on BASE's embeddings;
                                  # BASE+lm: large-margin fine-tuning of BASE (conf/lm.yaml)
-seeds=""                         # e.g. "0 1 2": one training run per seed (exp/<system>_seed<k>, override seed=k)
-baseline=""                      # the system the report compares the others with ("": the first)
-per_seed=false                   # the report also lists every seed's rows
-alpha_on=iden_val                # TDE alpha by: iden_val (accuracy), dev_eer / dev_min_dcf (seen-speaker dev list)
 seen_trials=6000                 # at most this many seen-speaker trials (all target pairs the split has) ...
 seen_target_ratio=0.25           # ... with 3 non-targets per target
 speakers=100                     # training speakers (long-tailed: max_utts ... max_utts / imbalance)
 test_speakers=30                 # held-out verification speakers
 max_utts=60
-imbalance=30
-val_per_speaker=2                # iden val: chooses TDE's alpha
-test_per_speaker=4               # iden test: the identification columns
+imbalance=30                     # the synthetic corpus' own long tail (with --protocol lt: the subset's)
 many=30                          # shot groups for a corpus whose head speaker has 60 utterances:
 few=10                           #   Many > 30, Medium 10-30, Few < 10 (100 / 20 would leave Many empty)
 epochs=""                        # "" = the configs' value
 nj=2
-seed=0
-gpus=""
-nnodes=1
-node_rank=0
-master_addr=localhost
-master_port=29500
 num_avg=3                        # last epochs averaged (the configs keep 3)
 lm_num_avg=2                     # last LM epochs averaged (conf/lm.yaml: 2 epochs)
-asnorm_top=dev                   # AS-norm top-N: a count, a share of the cohort (0.2), or chosen on the seen dev list
-protocol=""                      # lt: the long-tail protocol (recipes/common/protocol.sh)
 
 . "$root/tools/parse_options.sh"
 

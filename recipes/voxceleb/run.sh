@@ -54,7 +54,7 @@ fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   stage_profile --data "$data" --split_src "$split_src" --train_dir "$train_dir" --val_dir "$val_dir" \
-    --test_dir "$test_dir" --imbalance "$imbalance" --val_per_spk "$val_per_spk" --test_per_spk "$test_per_spk" \
+    --test_dir "$test_dir" --imbalance "$imbalance" --val_per_speaker "$val_per_speaker" --test_per_speaker "$test_per_speaker" \
     --seed "$seed" --many "$many" --few "$few" "${PROTOCOL_PROFILE_ARGS[@]}"
   stage_seen_trials --data "$data" --test_dir "$test_dir" --val_dir "$val_dir" --train_dir "$train_dir" \
     --many "$many" --few "$few" --num_trials "$seen_trials" --target_ratio "$seen_target_ratio" --seed "$seed" \
