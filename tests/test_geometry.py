@@ -7,7 +7,7 @@ import pytest
 from spkcausal.cli import main
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.embeddings import write_store
-from spkcausal.scoring.geometry import group_geometry, speaker_geometry
+from spkcausal.scoring.geometry import group_geometry, over_seeds, speaker_geometry
 from spkcausal.utils import DataError
 
 
@@ -89,3 +89,19 @@ def test_cli_writes_the_table_and_json(tmp_path, capsys):
     assert rows["sys"]["all"]["speakers"] == 4
     assert main(["tail-geometry", "--emb", "nope", "--data", str(tmp_path / "test"), "--train-data",
                  str(tmp_path / "tr")]) == 2
+
+
+def test_over_seeds_is_the_mean_with_a_t_interval_over_seeds():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.array([f"s{i}" for i in range(6)]), 3)
+    counts = {f"s{i}": c for i, c in enumerate([50, 40, 20, 15, 5, 3])}
+    res = [group_geometry(rng.standard_normal((18, 8)), labels, counts, many=30, few=10) for _ in range(4)]
+    agg = over_seeds(res)
+    v = np.array([r["few"]["ratio"] for r in res])
+    h = stats.t.ppf(0.975, 3) * v.std(ddof=1) / 2
+    assert agg["few"]["ratio"] == pytest.approx(v.mean())
+    assert agg["few"]["ratio_ci"] == pytest.approx([v.mean() - h, v.mean() + h])
+    assert agg["few"]["seeds"] == 4 and agg["few"]["speakers"] == 2
+    assert over_seeds(res[:1]) == res[0]

@@ -6,15 +6,17 @@ import json
 
 
 def _geometry(args: argparse.Namespace) -> int:
-    from ..scoring.geometry import format_geometry, tail_geometry
+    from ..scoring.geometry import format_geometry, over_seeds, tail_geometry
     from ..utils import UsageError, write_text_atomic
 
-    rows = {}
+    per_name: dict[str, list] = {}
     for item in args.emb:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"--emb takes NAME=STORE_DIR, got {item!r}")
-        rows[name] = tail_geometry(path, args.data, args.train_data, args.many, args.few, args.min_utts)
+        per_name.setdefault(name, []).append(tail_geometry(path, args.data, args.train_data, args.many, args.few,
+                                                           args.min_utts))
+    rows = {name: over_seeds(res) for name, res in per_name.items()}
     table = format_geometry(rows)
     print(table, end="")
     if args.out:
@@ -29,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tail-geometry", help="intra-speaker spread and distance to the nearest other speaker, "
                        "by shot group, of one or more embedding stores")
     p.add_argument("--emb", nargs="+", required=True, metavar="NAME=STORE_DIR",
-                   help="embedding stores of utterances of --data (e.g. each system's iden test store)")
+                   help="embedding stores of utterances of --data (e.g. each system's iden test store); a NAME "
+                        "given several times (one store per training seed) is averaged over them, with a "
+                        "t-interval over seeds")
     p.add_argument("--data", required=True, help="data dir whose utt2spk maps the stores' keys to speakers")
     p.add_argument("--train-data", required=True, help="training dir: its counts define the shot groups")
     p.add_argument("--many", type=int, default=100, help="Many = more than this many training utterances")

@@ -84,6 +84,21 @@ def group_geometry(emb: np.ndarray, labels: Sequence[Any], train_counts: Mapping
     return out
 
 
+def over_seeds(results: Sequence[Mapping[str, Mapping[str, Any]]], level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """group_geometry of several training seeds of one system: each figure's mean over seeds with a Student-t
+    interval over seeds (one result is returned as it is: its interval is over speakers)."""
+    if len(results) == 1:
+        return dict(results[0])
+    out: dict[str, dict[str, Any]] = {}
+    for name in results[0]:
+        row: dict[str, Any] = {"speakers": results[0][name]["speakers"], "seeds": len(results)}
+        for f in FIGURES:
+            row[f], lo, hi = _mean_ci(np.array([r[name][f] for r in results], dtype=np.float64), level)
+            row[f + "_ci"] = [lo, hi]
+        out[name] = row
+    return out
+
+
 def format_geometry(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """A markdown table: one row per (system, group), the three figures with their intervals."""
     lines = ["| system | group | speakers | spread (deg) | nearest other (deg) | nearest / spread |",
