@@ -5,7 +5,7 @@ at the first error instead.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,26 +67,11 @@ def _enroll_keys(path: Path) -> list[str]:
     return list(read_list_kv(p)) if p.exists() else []
 
 
-def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audio: bool = True) -> list[Problem]:
-    """Report every inconsistency of a data dir (and trial lists against it); empty list when clean."""
-    path = Path(path)
-    problems: list[Problem] = []
-    if not path.is_dir():
-        return [Problem(str(path), None, "no such directory")]
-    for required in ("wav.scp", "utt2spk"):
-        if not (path / required).exists():
-            problems.append(Problem(str(path / required), None, "missing (required)"))
-    at: dict[tuple[str, str], int] = {}
-    wav = _scan_table(path / "wav.scp", problems, at) or {}
-    u2s = _scan_table(path / "utt2spk", problems, at) or {}
-    s2u = _scan_table(path / "spk2utt", problems, at)
-    dur = _scan_table(path / "utt2dur", problems, at)
-    gender = _scan_table(path / "spk2gender", problems, at)
-    sess = _scan_table(path / "utt2sess", problems, at)
+Report = Callable[[str, str, str], None]
 
-    def report(name: str, key: str, message: str) -> None:
-        problems.append(Problem(str(path / name), at.get((name, key)), message))
 
+def _check_speakers(wav: dict, u2s: dict, s2u: dict | None, report: Report) -> None:
+    """wav.scp, utt2spk and spk2utt against each other."""
     for utt in u2s:
         if utt not in wav:
             report("utt2spk", utt, f"utterance {utt!r} has no wav.scp entry")
@@ -104,6 +89,10 @@ def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audi
         for spk in sorted(set(expect) | set(s2u)):
             if sorted(s2u.get(spk, [])) != expect.get(spk, []):
                 report("spk2utt", spk, f"speaker {spk!r} disagrees with utt2spk")
+
+
+def _check_optional(u2s: dict, dur: dict | None, gender: dict | None, sess: dict | None, report: Report) -> None:
+    """utt2dur, spk2gender and utt2sess (when present): values and keys against utt2spk."""
     if dur is not None:
         for utt, v in dur.items():
             try:
@@ -128,13 +117,20 @@ def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audi
         for utt in sess:
             if utt not in u2s:
                 report("utt2sess", utt, f"utterance {utt!r} not in utt2spk")
-    if check_audio:
-        for utt, v in wav.items():
-            target = " ".join(v)
-            if target.endswith("|"):
-                continue  # a Kaldi pipe command: cannot check without running it
-            if not Path(target).is_file():
-                report("wav.scp", utt, f"audio of {utt!r} missing: {target}")
+
+
+def _check_audio(wav: dict, report: Report) -> None:
+    """Every wav.scp path exists (Kaldi pipe commands cannot be checked without running them)."""
+    for utt, v in wav.items():
+        target = " ".join(v)
+        if target.endswith("|"):
+            continue
+        if not Path(target).is_file():
+            report("wav.scp", utt, f"audio of {utt!r} missing: {target}")
+
+
+def _check_trials(path: Path, trials: Iterable[PathLike], u2s: dict, problems: list[Problem]) -> None:
+    """Each trial list reads, and every key it names is an utterance (or enrolment key) of the data dir."""
     for tpath in trials:
         try:
             tr = read_trials(tpath)
@@ -148,4 +144,31 @@ def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audi
                 absent[str(key)] = int(tr.line_no[i % len(tr)])
         for key, line in sorted(absent.items(), key=lambda kv: kv[1]):
             problems.append(Problem(str(tpath), line, f"key {key!r} is not in the data dir"))
+
+
+def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audio: bool = True) -> list[Problem]:
+    """Report every inconsistency of a data dir (and trial lists against it); empty list when clean."""
+    path = Path(path)
+    problems: list[Problem] = []
+    if not path.is_dir():
+        return [Problem(str(path), None, "no such directory")]
+    for required in ("wav.scp", "utt2spk"):
+        if not (path / required).exists():
+            problems.append(Problem(str(path / required), None, "missing (required)"))
+    at: dict[tuple[str, str], int] = {}
+    wav = _scan_table(path / "wav.scp", problems, at) or {}
+    u2s = _scan_table(path / "utt2spk", problems, at) or {}
+    s2u = _scan_table(path / "spk2utt", problems, at)
+    dur = _scan_table(path / "utt2dur", problems, at)
+    gender = _scan_table(path / "spk2gender", problems, at)
+    sess = _scan_table(path / "utt2sess", problems, at)
+
+    def report(name: str, key: str, message: str) -> None:
+        problems.append(Problem(str(path / name), at.get((name, key)), message))
+
+    _check_speakers(wav, u2s, s2u, report)
+    _check_optional(u2s, dur, gender, sess, report)
+    if check_audio:
+        _check_audio(wav, report)
+    _check_trials(path, trials, u2s, problems)
     return problems
