@@ -112,3 +112,21 @@ def kill_after_checkpoint(cmd: list[str], env: dict[str, str], step: int = 5) ->
     proc.wait(timeout=60)
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+
+
+def np_log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in numpy: the independent reference of the losses' tests."""
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def fake_shard_index(labels: np.ndarray, per_shard: int):
+    """A ShardIndex of len(labels) 1 s examples with these class labels, per_shard to a (never read) shard."""
+    from spkcausal.data.shards import ShardIndex
+
+    n = len(labels)
+    return ShardIndex(root=Path("/nonexistent"), manifest={"index_sha256": "x"},
+                      shard_paths=[Path(f"/nonexistent/{i}") for i in range(-(-n // per_shard))],
+                      shard=np.arange(n) // per_shard, keys=[f"k{i}" for i in range(n)],
+                      utts=[f"u{i}" for i in range(n)], spks=[f"s{c:03d}" for c in labels],
+                      num_samples=np.full(n, 16000), sample_rate=np.full(n, 16000), exts=["wav"] * n)

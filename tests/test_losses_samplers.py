@@ -5,17 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_train import np_log_softmax
 
 from spkcausal.data.samplers import build_sampler, class_probabilities
 from spkcausal.inference.decoupled import retrain_classifier, tau_normalize, tau_normalize_head
 from spkcausal.nn.heads import LinearHead
 from spkcausal.nn.losses import build_loss, class_weights
 from spkcausal.utils import UsageError
-
-
-def np_log_softmax(z):
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import kill_after_checkpoint, make_corpus, tiny_config
+from fixtures_train import fake_shard_index, kill_after_checkpoint, make_corpus, np_log_softmax, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import build_sampler, class_probabilities
-from spkcausal.data.shards import ShardIndex, load_shards, make_shards
+from spkcausal.data.shards import load_shards, make_shards
 from spkcausal.data.shardstream import ShardTrainStream, shard_loader
 from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import merge_defaults, save_config
@@ -28,11 +28,6 @@ LT_COUNTS = {"spk1": 6, "spk2": 3, "spk3": 2, "spk4": 1}  # the long-tailed trai
 
 def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
-
-
-def np_log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 @pytest.fixture
@@ -222,19 +217,10 @@ def test_progressive_sampler_goes_from_natural_to_uniform_on_files():
         build_sampler("sqrt", LABELS, seed=3, epochs=T).state_dict())  # static schemes do not care
 
 
-def _fake_index(labels: np.ndarray, per_shard: int) -> ShardIndex:
-    n = len(labels)
-    return ShardIndex(root=Path("/nonexistent"), manifest={"index_sha256": "x"},
-                      shard_paths=[Path(f"/nonexistent/{i}") for i in range(-(-n // per_shard))],
-                      shard=np.arange(n) // per_shard, keys=[f"k{i}" for i in range(n)],
-                      utts=[f"u{i}" for i in range(n)], spks=[f"s{c:03d}" for c in labels],
-                      num_samples=np.full(n, 16000), sample_rate=np.full(n, 16000), exts=["wav"] * n)
-
-
 def test_progressive_sampler_goes_from_natural_to_uniform_on_shards():
     counts = np.array([400, 200, 100, 50, 25, 10])
     labels = np.repeat(np.arange(6), counts)
-    index = _fake_index(labels[np.random.default_rng(1).permutation(len(labels))], per_shard=25)
+    index = fake_shard_index(labels[np.random.default_rng(1).permutation(len(labels))], per_shard=25)
     T, n = 10, 16000
     freqs = {}
     for t in (0, T - 1):

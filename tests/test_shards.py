@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import kill_after_checkpoint, make_corpus, tiny_config
+from fixtures_train import fake_shard_index, kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import class_probabilities
-from spkcausal.data.shards import ShardIndex, load_shards, make_shards, shard_key, utt_from_key, verify_shards
+from spkcausal.data.shards import load_shards, make_shards, shard_key, utt_from_key, verify_shards
 from spkcausal.data.shardstream import ShardTrainStream, shard_loader
 from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import save_config
@@ -116,18 +116,9 @@ def test_shard_keys_are_reversible():
     assert shard_key("plain-id_1") == "plain-id_1"
 
 
-def _fake_index(labels: np.ndarray, per_shard: int) -> ShardIndex:
-    n = len(labels)
-    return ShardIndex(root=Path("/nonexistent"), manifest={"index_sha256": "x"},
-                      shard_paths=[Path(f"/nonexistent/{i}") for i in range(-(-n // per_shard))],
-                      shard=np.arange(n) // per_shard, keys=[f"k{i}" for i in range(n)],
-                      utts=[f"u{i}" for i in range(n)], spks=[f"s{c:03d}" for c in labels],
-                      num_samples=np.full(n, 16000), sample_rate=np.full(n, 16000), exts=["wav"] * n)
-
-
 def test_ranks_and_streams_never_share_an_example_and_natural_reads_each_once():
     rng = np.random.default_rng(0)
-    index = _fake_index(rng.integers(0, 7, 400), per_shard=10)
+    index = fake_shard_index(rng.integers(0, 7, 400), per_shard=10)
     for epoch in (0, 1):
         owner: dict[int, tuple[int, int]] = {}
         emitted = []
@@ -148,14 +139,14 @@ def test_ranks_and_streams_never_share_an_example_and_natural_reads_each_once():
     st = ShardTrainStream(index, 100, batch_size=5, seed=1, rank=0, world=2, streams=2, buffer_size=16)
     assert st.stream_shards(0, 0).tolist() != st.stream_shards(1, 0).tolist()
     with pytest.raises(ValueError, match="shards"):
-        ShardTrainStream(_fake_index(np.zeros(30, int), 10), 100, 5, world=2, streams=2)
+        ShardTrainStream(fake_shard_index(np.zeros(30, int), 10), 100, 5, world=2, streams=2)
 
 
 @pytest.mark.parametrize("name", ["class_balanced", "sqrt"])
 def test_buffer_weights_give_the_schemes_class_frequencies(name):
     labels = np.repeat(np.arange(6), [400, 200, 100, 50, 25, 10])
     labels = labels[np.random.default_rng(1).permutation(len(labels))]
-    index = _fake_index(labels, per_shard=50)
+    index = fake_shard_index(labels, per_shard=50)
     counts = np.bincount(labels)
     got = np.zeros(6)
     nat = np.zeros(6)
