@@ -209,7 +209,13 @@ def test_record_verification_matches_a_brute_force_eer(tmp_path):
     assert min(pmiss[i], pfa[i - 1]) - 1e-9 <= ver["eer"] <= max(pmiss[i], pfa[i - 1]) + 1e-9
     dcf = np.min(0.01 * pmiss + 0.99 * pfa) / 0.01
     assert ver["min_dcf"]["0.01"] == pytest.approx(min(dcf, 1.0), abs=1e-9)
-    assert data["rows"]["cosine"]["label"] == "Baseline (AAM)"
+    # the default label follows config.yaml at report time (not stored); a label the user gives is kept
+    assert "label" not in data["rows"]["cosine"]
+    assert collect_rows([e])[0]["label"] == "Baseline (AAM)"
+    (e / "config.yaml").write_text(yaml.safe_dump({"head": {"name": "aam", "class_margins": "ldam"}}))
+    assert collect_rows([e])[0]["label"] == "LDAM margins (AAM)"
+    record_verification(e, "cosine", tmp_path / "list.score", label="mine")
+    assert collect_rows([e])[0]["label"] == "mine"
 
 
 def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):

@@ -3,7 +3,7 @@
 `results.json` layout (format "spkcausal-results", version 1), filled stage by stage:
 
     {"format": "spkcausal-results", "version": 1, "exp": "<exp dir>",
-     "rows": {"<variant>": {"label": "Baseline (AAM)",
+     "rows": {"<variant>": {"label": "My label" (only when the user gave one),
                             "verification": {"scores": "<score file>", "eer": 0.051 (a fraction),
                                              "eer_ci": [lo, hi], "min_dcf": {"0.01": ..., "0.05": ...},
                                              "min_dcf_ci": {"0.01": [lo, hi], ...}, "n_target": ...,
@@ -22,8 +22,9 @@ resampled for verification, test speakers within each shot group for identificat
 A variant is one way of using the same trained model: `cosine` (plain scoring / plain head), `mean_sub`
 (training-set mean subtracted), `asnorm`, `tde` (TDE'd embeddings / TDE logits), `tde_mean_sub`,
 `tde_asnorm`. Scoring writes the `verification` part of a variant, identification its `identification`
-part; each write re-reads the file and replaces it atomically. Labels default to the system name derived
-from the experiment's `config.yaml` (head, sampler, loss) plus the variant.
+part; each write re-reads the file and replaces it atomically. A row's label is the one given at record
+time (`--label`), else the system name derived from the experiment's `config.yaml` (head, sampler, loss,
+the long-tail options) plus the variant, at report time: a renamed system needs no re-scoring.
 """
 from __future__ import annotations
 
@@ -180,10 +181,8 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
         raise UsageError(f"variant name {variant!r} is empty or has whitespace")
     data = load_results(exp_dir)
     row = data["rows"].setdefault(variant, {})
-    if label is not None:
+    if label is not None:  # only a label the user chose is stored; the default follows config.yaml (collect_rows)
         row["label"] = label
-    elif "label" not in row:
-        row["label"] = variant_label(_exp_system(exp_dir), variant)
     for key, value in sections.items():
         if value is not None:
             row[key] = value
@@ -264,11 +263,12 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
         # per experiment, not per variant: the parent comes from reading config.yaml
         run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
                "decoupled": (exp / DECOUPLED_FILE).is_file()}
+        system = _exp_system(exp)
         for v in sorted(data["rows"], key=_variant_key):
             if variants is not None and v not in variants:
                 continue
             r = data["rows"][v]
-            rows.append({**run, "variant": v, "label": r.get("label", v),
+            rows.append({**run, "variant": v, "label": r.get("label") or variant_label(system, v),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
