@@ -22,9 +22,10 @@ setup(
         "tqdm",
         "tensorboard",
     ],
+    # dev: the test suite, ruff and import-linter (the layer contracts in pyproject.toml) for .ci/run.
     # export: ONNX files and onnxruntime parity / speed (TorchScript needs nothing extra); the test suite runs
     # the parity tests, so dev includes it.
     extras_require={"export": ["onnx", "onnxruntime"],
-                    "dev": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime"]},
+                    "dev": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime", "import-linter"]},
     entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
 )
