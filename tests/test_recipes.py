@@ -24,6 +24,7 @@ from sklearn.metrics import roc_curve
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde_alpha import ALPHA_GRID
+from spkcausal.report.results import row_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,8 @@ def _check_table(exp: Path, names: list[str]) -> None:
     runs: dict[tuple[str, str], list[dict]] = {}
     for name in names:
         for v, row in json.loads((exp / name / "results.json").read_text())["rows"].items():
-            runs.setdefault((re.sub(r"_seed\d+$", "", name), v), []).append(row)
+            label = row_label(exp / name, v, row)
+            runs.setdefault((re.sub(r"_seed\d+$", "", name), v), []).append({**row, "label": label})
     want = {}
     for rows in runs.values():
         alphas = sorted({r["tde_alpha"] for r in rows if r.get("tde_alpha") is not None})
@@ -253,7 +255,7 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
             assert (e / "emb").resolve() == (Path(info["base"]) / "emb").resolve()
             for v, row in res["rows"].items():
                 assert row["verification"] == base[v]["verification"] and row["seen"] == base[v]["seen"]
-                assert row["label"].startswith(("cRT (on Baseline", "tau-norm (tau="))
+                assert row_label(e, v, row).startswith(("cRT (on Baseline", "tau-norm (tau="))
                 if v in ("cosine", "mean_sub"):  # identification with the new head (not with a score normalisation)
                     ckpt = exp.parent / row["identification"]["checkpoint"]  # relative to the recipe's cwd
                     assert ckpt.resolve() == (e / "avg_model.pt").resolve()
@@ -333,7 +335,8 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     # systems; 4, 5, 7 for the cRT system
     assert log.count("skipping") == 4 + 4 * 3 + 2 + 3
     res = json.loads((tmp_path / "exp" / "tiny_cnaam_lm" / "results.json").read_text())
-    assert res["rows"]["cosine"]["label"] == "De-confound (Causal Norm AAM) + LM"
+    assert row_label(tmp_path / "exp" / "tiny_cnaam_lm", "cosine", res["rows"]["cosine"]) == \
+        "De-confound (Causal Norm AAM) + LM"
     diffs = json.loads((tmp_path / "exp" / "report.json").read_text())["differences"]
     refs = {Path(d["reference"][0]).name for d in diffs if Path(d["system"]).name == "tiny_cnaam_lm"
             and d["variant"] == "cosine"}

@@ -10,7 +10,7 @@ def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from ..report.results import record_seen, record_verification
+    from ..report.results import record_seen, record_verification, row_label
     from ..utils import UsageError
 
     pairs = []
@@ -29,7 +29,7 @@ def _record(args: argparse.Namespace) -> int:
             data = record_seen(args.exp, variant, path, args.utt2spk, args.train_data, args.many, args.few,
                                args.label, args.p_target, alpha, args.bootstrap, args.seed)
             groups = data["rows"][variant]["seen"]["groups"]
-            print(f"{data['rows'][variant]['label']} (seen speakers): " + "  ".join(
+            print(f"{row_label(args.exp, variant, data['rows'][variant])} (seen speakers): " + "  ".join(
                 f"{g} EER {_ci(v['eer'], v['eer_ci'], 100, 2)}%" if v and "eer" in v else f"{g} -"
                 for g, v in groups.items()))
             continue
@@ -39,7 +39,7 @@ def _record(args: argparse.Namespace) -> int:
         llr = (f" Cllr {_ci(v['cllr'], v['cllr_ci'], 1, 4)} minCllr {v['min_cllr']:.4f} "
                + " ".join(f"actDCF({p}) {_ci(x, v['act_dcf_ci'][p], 1, 4)}" for p, x in v["act_dcf"].items())
                if v.get("llr") else "")
-        print(f"{data['rows'][variant]['label']}: EER {_ci(v['eer'], v['eer_ci'], 100, 3)}% "
+        print(f"{row_label(args.exp, variant, data['rows'][variant])}: EER {_ci(v['eer'], v['eer_ci'], 100, 3)}% "
               + " ".join(f"minDCF({p}) {_ci(x, v['min_dcf_ci'][p], 1, 4)}" for p, x in v["min_dcf"].items()) + llr)
     return 0
 

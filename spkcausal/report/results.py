@@ -41,7 +41,7 @@ from ..utils import DataError, PathLike, UsageError, write_text_atomic
 from .evidence import Intervals
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
-           "system_name", "variant_label", "load_results", "update_results",
+           "system_name", "variant_label", "row_label", "load_results", "update_results",
            "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
            "format_markdown", "write_report"]
 
@@ -158,6 +158,12 @@ def _exp_system(exp_dir: Path) -> str:
     return name
 
 
+def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any]) -> str:
+    """A results row's label: the one the user gave when recording, else the system name of the experiment's
+    config.yaml (as this toolkit names it now) for the variant."""
+    return row.get("label") or variant_label(_exp_system(Path(exp_dir)), variant)
+
+
 def load_results(exp_dir: PathLike) -> dict:
     """`<exp>/results.json`, or an empty results object when there is none yet."""
     exp_dir = Path(exp_dir)
@@ -263,12 +269,11 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
         # per experiment, not per variant: the parent comes from reading config.yaml
         run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
                "decoupled": (exp / DECOUPLED_FILE).is_file()}
-        system = _exp_system(exp)
         for v in sorted(data["rows"], key=_variant_key):
             if variants is not None and v not in variants:
                 continue
             r = data["rows"][v]
-            rows.append({**run, "variant": v, "label": r.get("label") or variant_label(system, v),
+            rows.append({**run, "variant": v, "label": row_label(exp, v, r),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
