@@ -158,10 +158,10 @@ def _exp_system(exp_dir: Path) -> str:
     return name
 
 
-def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any]) -> str:
+def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any], system: str | None = None) -> str:
     """A results row's label: the one the user gave when recording, else the system name of the experiment's
-    config.yaml (as this toolkit names it now) for the variant."""
-    return row.get("label") or variant_label(_exp_system(Path(exp_dir)), variant)
+    config.yaml (as this toolkit names it now; `system` when the caller has it already) for the variant."""
+    return row.get("label") or variant_label(system or _exp_system(Path(exp_dir)), variant)
 
 
 def load_results(exp_dir: PathLike) -> dict:
@@ -269,11 +269,12 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
         # per experiment, not per variant: the parent comes from reading config.yaml
         run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
                "decoupled": (exp / DECOUPLED_FILE).is_file()}
+        system = _exp_system(exp)  # config.yaml read once per experiment, not once per variant
         for v in sorted(data["rows"], key=_variant_key):
             if variants is not None and v not in variants:
                 continue
             r = data["rows"][v]
-            rows.append({**run, "variant": v, "label": row_label(exp, v, r),
+            rows.append({**run, "variant": v, "label": row_label(exp, v, r, system),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
     return rows
