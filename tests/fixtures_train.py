@@ -130,3 +130,14 @@ def fake_shard_index(labels: np.ndarray, per_shard: int):
                       shard=np.arange(n) // per_shard, keys=[f"k{i}" for i in range(n)],
                       utts=[f"u{i}" for i in range(n)], spks=[f"s{c:03d}" for c in labels],
                       num_samples=np.full(n, 16000), sample_rate=np.full(n, 16000), exts=["wav"] * n)
+
+
+def assert_same_weights(a_path: Path, b_path: Path, atol: float = 0.0) -> None:
+    """Model and head tensors of two checkpoints equal (max abs difference <= atol), key sets included."""
+    from spkcausal.nn.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    for part in ("model", "head"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in b[part]:
+            assert (a[part][k].double() - b[part][k].double()).abs().max().item() <= atol, (part, k)

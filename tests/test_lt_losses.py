@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import fake_shard_index, kill_after_checkpoint, make_corpus, np_log_softmax, tiny_config
+from fixtures_train import (
+    assert_same_weights,
+    fake_shard_index,
+    kill_after_checkpoint,
+    make_corpus,
+    np_log_softmax,
+    tiny_config,
+)
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import build_sampler, class_probabilities
@@ -287,11 +294,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(lt_corpus, tmp_path
     out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
-    a = load_checkpoint(exp / "checkpoints" / "epoch_0003.pt")
-    b = load_checkpoint(tmp_path / "ref" / "checkpoints" / "epoch_0003.pt")
-    for part in ("model", "head"):
-        for k in b[part]:
-            assert (a[part][k].double() - b[part][k].double()).abs().max().item() < 1e-6, k
+    assert_same_weights(exp / "checkpoints" / "epoch_0003.pt", tmp_path / "ref" / "checkpoints" / "epoch_0003.pt",
+                        atol=1e-6)
     # and the method changed the run: the plain (ce, natural) run ends elsewhere
     diff = max((p.detach().double() - q.detach().double()).abs().max().item()
                for p, q in zip(ref.net.parameters(), plain.net.parameters()))

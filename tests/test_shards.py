@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import fake_shard_index, kill_after_checkpoint, make_corpus, tiny_config
+from fixtures_train import assert_same_weights, fake_shard_index, kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import class_probabilities
@@ -222,11 +222,8 @@ def test_sharded_run_killed_mid_epoch_resumes_to_identical_weights(corpus, tmp_p
     out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
-    a = load_checkpoint(exp / "checkpoints" / "epoch_0002.pt")
-    b = load_checkpoint(tmp_path / "ref" / "checkpoints" / "epoch_0002.pt")
-    for part in ("model", "head"):
-        for k in b[part]:
-            assert (a[part][k].double() - b[part][k].double()).abs().max().item() < 1e-6, k
+    assert_same_weights(exp / "checkpoints" / "epoch_0002.pt", tmp_path / "ref" / "checkpoints" / "epoch_0002.pt",
+                        atol=1e-6)
     # A resume that would change the order (another stream count) is refused, naming the checkpoint.
     other = _shard_config(shards, exp)
     other["data"]["num_workers"], other["train"]["epochs"] = 2, 3
