@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -34,22 +37,157 @@ class UsageError(SpkcausalError, ValueError):
     """Bad options or config values (no file to point at, or the config file named in the message)."""
 
 
+class OutputError(SpkcausalError, OSError):
+    """An output that cannot be written (full disk, no permission, a parent that is a file): names the path."""
+
+
+# Errors of the place a user chose to write to, not of our code: one line and exit 2, never a traceback.
+USER_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                  errno.ENAMETOOLONG, errno.EFBIG}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def output_error(e: OSError, path: PathLike | None = None) -> OutputError:
+    """The one-line form of an OSError met while writing `path` (a write reports ENOSPC with no file name)."""
+    where = path if path is not None else e.filename
+    if e.errno in DISK_FULL:
+        return OutputError(f"no space left on device writing {where}")
+    other = f" ({e.filename})" if e.filename is not None and str(e.filename) != str(where) else ""
+    return OutputError(f"cannot write {where}: {e.strerror or e}{other}")
+
+
+@contextlib.contextmanager
+def writing(path: PathLike) -> Iterator[None]:
+    """Turn an OSError of a user's output location (full disk, permissions, ...) raised in the block into an
+    OutputError naming `path`; file writes report ENOSPC without a file name, so the name is added here."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        if e.errno not in USER_OS_ERRNOS:
+            raise
+        raise output_error(e, path) from None
+
+
+def check_writable(path: PathLike) -> Path:
+    """Fail before any work when `path` cannot be created: its nearest existing ancestor must be a directory
+    that takes a new file (a parent that is a regular file, /proc, a read-only mount are refused in one line)."""
+    path = Path(path)
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {path}: {probe} is not a directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+    try:  # os.access says yes to root everywhere; only trying tells (/proc, read-only mounts)
+        fd, tmp = tempfile.mkstemp(prefix=".spkcausal-probe.", dir=probe)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {probe} takes no new files ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffix so writers that infer a format from it (soundfile, matplotlib, np.save) work.
     sfx = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + sfx, dir=path.parent)
-    os.close(fd)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + sfx, dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with writing(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Put the finished directory `tmp` at `path`, replacing a previous one whole."""
+    if not path.exists() and not path.is_symlink():
+        os.rename(tmp, path)
+        return
+    if not path.is_dir():
+        raise OutputError(f"cannot write {path}: it exists and is not a directory")
+    if _exchange(tmp, path):  # tmp now holds the previous output
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = path.parent / f".{path.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(path, old)  # no step can rename a directory onto a non-empty one: two renames
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    for item in src.iterdir():
+        target = dst / item.name
+        if item.is_dir() and not item.is_symlink():
+            target.mkdir()
+            _link_or_copy(item, target)
+            continue
+        try:
+            os.link(item, target, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(item, target, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike, carry: bool = False, resume: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces the directory `path` whole when the block succeeds;
+    on any failure `path` is left exactly as it was.
+
+    carry: the temporary directory starts with hard links to `path`'s files (so writers inside must replace
+    files, as atomic_path does, never write into them). resume: the sibling has a fixed name and is kept on
+    failure, so a re-run continues from what a killed or failed one finished."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"cannot write {path}: it exists and is not a directory")
+        if resume:
+            tmp = path.parent / f".{path.name}.partial"
+            fresh = not tmp.is_dir()
+            tmp.mkdir(exist_ok=True)
+        else:
+            tmp, fresh = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)), True
+            umask = os.umask(0o022)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared store from the group
+        if carry and fresh and path.is_dir():
+            _link_or_copy(path, tmp)
+    try:
+        with writing(path):
+            yield tmp
+            _move_into_place(tmp, path)
+    except BaseException:
+        if not resume:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -65,9 +65,17 @@ def test_partial_or_inconsistent_store_rejected(tmp_path):
         EmbeddingStore.open(tmp_path / "absent")
 
 
-def test_crash_while_writing_leaves_no_acceptable_store(tmp_path, monkeypatch):
+def _tree_bytes(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_crash_while_writing_keeps_the_previous_store(tmp_path, monkeypatch):
+    """A failure halfway through rewriting a store (here: a crash after half an .npy) leaves the previous store
+    byte-identical and readable, and no temporary directory behind (issue 20: the old writer deleted
+    store.json first, so a failed re-run destroyed a valid store)."""
     keys, emb = _emb()
-    d = write_store(tmp_path / "s", keys, emb)
+    d = write_store(tmp_path / "s", keys, emb, meta={"run": 1})
+    before = _tree_bytes(d)
 
     def boom(path, arr):
         with open(path, "wb") as f:
@@ -76,10 +84,24 @@ def test_crash_while_writing_leaves_no_acceptable_store(tmp_path, monkeypatch):
 
     monkeypatch.setattr(embeddings.np, "save", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_store(d, keys[:4], emb[:4])
-    with pytest.raises(DataError, match="incomplete"):
+        write_store(d, keys[:4], emb[:4], meta={"run": 2})
+    assert _tree_bytes(d) == before
+    assert EmbeddingStore.open(d).keys == keys
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the temporary sibling is gone
+    monkeypatch.undo()
+    write_store(d, keys[:4], emb[:4] * 3)  # a successful rewrite replaces the whole directory
+    assert sorted(p.name for p in d.iterdir()) == ["embeddings.npy", "keys.txt", "store.json"]
+    np.testing.assert_array_equal(EmbeddingStore.open(d).get(keys[:4]), (emb[:4] * 3).astype(np.float32))
+
+
+def test_store_with_a_nan_row_is_refused_naming_row_and_key(tmp_path):
+    keys, emb = _emb()
+    d = write_store(tmp_path / "s", keys, emb)
+    m = np.load(d / "embeddings.npy")
+    m[3, 1] = np.inf
+    np.save(d / "embeddings.npy", m)  # same size: store.json still agrees
+    with pytest.raises(DataError, match=r"embeddings.npy: row 3 \(key 'id10003/yt-_3/00003.wav'\) holds NaN or inf"):
         EmbeddingStore.open(d)
-    assert sorted(p.name for p in d.iterdir()) == ["embeddings.npy", "keys.txt"]  # temp file removed
 
 
 @pytest.mark.parametrize("keys,emb,match", [

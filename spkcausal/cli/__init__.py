@@ -12,10 +12,36 @@ import os
 import pkgutil
 import sys
 
-from ..utils import SpkcausalError
+from ..utils import USER_OS_ERRNOS, SpkcausalError, output_error
 
 ORDER = ["synth", "prepare", "data", "trials", "longtail", "shards", "train", "extract", "score", "calibrate",
          "tde", "identify", "geometry", "report", "model", "infer", "export"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (`spkcausal CMD: error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print one line naming the command and the mistake, and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (NaN and inf would make every comparison false)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def alpha_or_stored(text: str) -> float | str:
+    """An argparse type for TDE's alpha: a finite number, or `stored` (the experiment's tde_alpha.json)."""
+    return text if text == "stored" else finite_float(text)
 
 
 def add_model_source(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
@@ -28,7 +54,7 @@ def add_model_source(parser: argparse.ArgumentParser) -> argparse._MutuallyExclu
 
 def build_parser() -> argparse.ArgumentParser:
     """Collect every command module's subcommands into one parser."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="spkcausal",
         description="Speaker verification on long-tailed corpora: data, profiles, training, TDE, scoring.",
     )
@@ -54,16 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     except SpkcausalError as e:
         print(f"spkcausal {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRNOS or os.environ.get("SPKCAUSAL_DEBUG"):
+            return _internal(args.command, e)
+        # a full disk or an unwritable place the library did not already name: still the user's to fix
+        print(f"spkcausal {args.command}: error: {output_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"spkcausal {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if os.environ.get("SPKCAUSAL_DEBUG"):
-            raise
-        print(f"spkcausal {args.command}: internal error: {type(e).__name__}: {e} "
-              "(set SPKCAUSAL_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _internal(args.command, e)
     return int(rc or 0)
+
+
+def _internal(command: str, e: BaseException) -> int:
+    """A bug of ours: one line naming the exception (its first line), exit 1; SPKCAUSAL_DEBUG=1 re-raises."""
+    if os.environ.get("SPKCAUSAL_DEBUG"):
+        raise e
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"spkcausal {command}: internal error: {type(e).__name__}: {first} "
+          "(set SPKCAUSAL_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

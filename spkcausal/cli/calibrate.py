@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import finite_float
+
 
 def _need(args: argparse.Namespace, cmd: str, train: tuple[str, ...], apply: tuple[str, ...]) -> str:
     """"train" or "apply", from which of --dev / --model was given (exactly one)."""
@@ -91,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="calibration model JSON to apply")
     p.add_argument("--apply", help="score file to calibrate (with --model)")
     p.add_argument("--out", help="model JSON (with --dev) or calibrated score file `enroll test llr [label]`")
-    p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
+    p.add_argument("--p-target", type=finite_float, default=0.01, help="training prior p_eff (default 0.01)")
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("qmf", help="train (--dev) or apply (--model --apply) calibration with quality measures")
@@ -107,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measures", nargs="+", metavar="MEASURE",
                    help="quality measures (training only): Q_min, Q_max, Q_enroll or Q_test with Q one of log_dur, "
                         "norm, cohort_mean (default: the _min and _max of all three)")
-    p.add_argument("--p-target", type=float, default=0.01, help="training prior p_eff (default 0.01)")
+    p.add_argument("--p-target", type=finite_float, default=0.01, help="training prior p_eff (default 0.01)")
     p.set_defaults(func=_qmf)
 
     p = sub.add_parser("asnorm-top", help="choose AS-norm's top-N on a labelled dev trial list by minDCF; "
@@ -116,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_options(p)
     p.add_argument("--candidates", nargs="+", help="counts (300) and/or shares of the cohort (0.1); default "
                                                    "0.02 0.05 0.1 0.2 0.3 0.5 1.0 50 100 200 300")
-    p.add_argument("--p-target", type=float, default=0.01, help="minDCF prior that decides (default 0.01)")
+    p.add_argument("--p-target", type=finite_float, default=0.01, help="minDCF prior that decides (default 0.01)")
     p.add_argument("--allow-missing", action="store_true", help="skip trials whose keys have no embedding")
     p.add_argument("--out", required=True, help="JSON: best count and minDCF / EER per candidate")
     p.add_argument("--reuse", action="store_true", help="when --out already holds a choice, print its count "

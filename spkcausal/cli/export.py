@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from . import alpha_or_stored
+
 
 def _export(args: argparse.Namespace) -> int:
     from ..inference.export import export_model
+    from ..utils import check_writable
 
-    alpha = None if args.tde is None else args.tde if args.tde == "stored" else float(args.tde)
-    print(export_model(args.model, args.out, args.format, with_features=args.with_features, tde_alpha=alpha,
+    check_writable(args.out)
+    print(export_model(args.model, args.out, args.format, with_features=args.with_features, tde_alpha=args.tde,
                        mean_sub=args.mean_sub))
     return 0
 
@@ -37,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
     p.add_argument("--with-features", action="store_true", help="waveform in (Kaldi fbank in the graph); default: "
                                                                  "fbank in")
-    p.add_argument("--tde", default=None, metavar="ALPHA|stored", help="fold TDE with this alpha into the graph")
+    p.add_argument("--tde", default=None, type=alpha_or_stored, metavar="ALPHA|stored",
+                   help="fold TDE with this alpha into the graph")
     p.add_argument("--mean-sub", action="store_true", help="fold the training-set mean subtraction into the graph")
     p.set_defaults(func=_export)
 

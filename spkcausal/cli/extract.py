@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import finite_float
+
 
 def _extract(args: argparse.Namespace) -> int:
     from ..inference.extract import extract
@@ -50,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--raw", help="a raw store with mean_feature.npy: only apply TDE (no model run)")
     p.add_argument("--data", help="data dir to embed")
     p.add_argument("--out", required=True, help="output embedding store (directory)")
-    p.add_argument("--tde-alpha", type=float, default=None, help="apply TDE with this alpha (Causal Norm heads)")
-    p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")
+    p.add_argument("--tde-alpha", type=finite_float, default=None, help="apply TDE with this alpha (Causal Norm heads)")
+    p.add_argument("--batch-seconds", type=finite_float, default=200.0, help="audio seconds per batch (default 200)")
     p.add_argument("--mode", choices=("exact", "pad", "bucket", "crop"), default="exact",
                    help="exact: batch only equal-length utterances (batch-independent); bucket: equal Fbank frame "
                         "counts (same embeddings as exact, more batching); pad: zero-pad neighbours; crop: central "
@@ -67,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = add_model_source(p)
     p.add_argument("--data", nargs="+", required=True, help="data dirs to embed")
     p.add_argument("--out-dir", required=True, help="stores go to OUT_DIR/<data dir name>")
-    p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")
+    p.add_argument("--batch-seconds", type=finite_float, default=200.0, help="audio seconds per batch (default 200)")
     p.add_argument("--mode", choices=("exact", "pad", "bucket", "crop"), default="exact",
                    help="batching, as for `extract`")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading audio (default 2)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import finite_float
+
 
 def _identify(args: argparse.Namespace) -> int:
     from ..inference.identify import identify
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emb", required=True, help="embedding store holding the held-out utterances (raw, not TDE'd)")
     p.add_argument("--data", required=True, help="held-out data dir of training speakers (e.g. iden test)")
     p.add_argument("--train-data", required=True, help="the training data dir (its counts define the shot groups)")
-    p.add_argument("--tde-alpha", type=float, help="alpha of the tde variant's TDE logits (Causal Norm heads)")
+    p.add_argument("--tde-alpha", type=finite_float, help="alpha of the tde variant's TDE logits (Causal Norm heads)")
     p.add_argument("--mean-store", help="mean_sub variant: subtract this store's mean embedding before the head")
     p.add_argument("--variants", nargs="+", metavar="V",
                    help="cosine (plain head), mean_sub, tde; default: the one the options imply")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-
-def _alpha(value: str | None) -> float | str | None:
-    return None if value is None else value if value == "stored" else float(value)
+from . import alpha_or_stored, finite_float
 
 
 def _embed(args: argparse.Namespace) -> int:
     from ..inference.api import embed_to_store
+    from ..utils import check_writable
 
-    print(embed_to_store(args.model, args.inputs, args.out, tde_alpha=_alpha(args.tde_alpha), mean_sub=args.mean_sub,
+    check_writable(args.out)
+    print(embed_to_store(args.model, args.inputs, args.out, tde_alpha=args.tde_alpha, mean_sub=args.mean_sub,
                          ark=args.ark, device=args.device, batch_seconds=args.batch_seconds,
                          num_workers=args.num_workers, short="repeat" if args.repeat_short else "error"))
     return 0
@@ -30,7 +30,7 @@ def _verify(args: argparse.Namespace) -> int:
         alpha, mean_sub = rec.get("tde_alpha"), bool(rec.get("mean_sub"))
         source = f"{rec['kind']} threshold stored in {m.exp_dir / THRESHOLD_FILE} (from {rec.get('scores')})"
     else:
-        threshold, alpha, mean_sub, source = args.threshold, _alpha(args.tde_alpha), args.mean_sub, "--threshold"
+        threshold, alpha, mean_sub, source = args.threshold, args.tde_alpha, args.mean_sub, "--threshold"
     score = m.score(args.a, args.b, tde_alpha=alpha, mean_sub=mean_sub)
     scoring = "cosine" + (f" + TDE (alpha {m._resolve_alpha(alpha):g})" if alpha is not None else "") + \
         (" + mean subtraction" if mean_sub else "")
@@ -57,7 +57,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _scoring_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tde-alpha", default=None, metavar="ALPHA|stored",
+    p.add_argument("--tde-alpha", default=None, type=alpha_or_stored, metavar="ALPHA|stored",
                    help="apply TDE (Causal Norm heads) with this alpha, or the one stored in the experiment")
     p.add_argument("--mean-sub", action="store_true", help="subtract the training-set mean (stored with the "
                                                             "experiment: emb/<train dir>)")
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _scoring_args(p)
     p.add_argument("--repeat-short", action="store_true",
                    help="repeat inputs shorter than 0.5 s up to it (as the recipes do) instead of failing")
-    p.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch (default 200)")
+    p.add_argument("--batch-seconds", type=finite_float, default=200.0, help="audio seconds per batch (default 200)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading audio (default 2)")
     p.set_defaults(func=_embed)
 
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     p.add_argument("a", metavar="A.wav")
     p.add_argument("b", metavar="B.wav")
-    p.add_argument("--threshold", type=float, default=None, help="accept when score >= this")
+    p.add_argument("--threshold", type=finite_float, default=None, help="accept when score >= this")
     _scoring_args(p)
     p.set_defaults(func=_verify)
 
@@ -94,10 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and the scoring they were made with) for `verify` and the Python API.")
     p.add_argument("exp", metavar="EXP_DIR")
     p.add_argument("--scores", required=True, help="labelled dev score file (enroll test score target|nontarget)")
-    p.add_argument("--tde-alpha", type=float, default=None, help="the scores are TDE'd with this alpha")
+    p.add_argument("--tde-alpha", type=finite_float, default=None, help="the scores are TDE'd with this alpha")
     p.add_argument("--mean-sub", action="store_true", help="the scores use mean subtraction")
     p.add_argument("--calibration", metavar="MODEL.json",
                    help="a linear calibration of these scores (spkcausal calibrate): store the raw score at which "
                    "the calibrated LLR reaches the Bayes threshold -logit(p_target) instead of the EER threshold")
-    p.add_argument("--p-target", type=float, help="target prior of that decision (default: the calibration's)")
+    p.add_argument("--p-target", type=finite_float, help="target prior of that decision (default: the calibration's)")
     p.set_defaults(func=_set_threshold)

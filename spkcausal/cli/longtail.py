@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import finite_float
+
 
 def _profile(args: argparse.Namespace) -> int:
     from ..data.advice import format_recommendation, recommend
@@ -116,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir")
     p.add_argument("--out-train", required=True)
     p.add_argument("--out-heldout", required=True)
-    p.add_argument("--imbalance", type=float, required=True, help="max/min utterances per speaker, e.g. 100")
+    p.add_argument("--imbalance", type=finite_float, required=True, help="max/min utterances per speaker, e.g. 100")
     p.add_argument("--profile", choices=("exp", "pareto"), default="exp")
     p.add_argument("--max-per-spk", type=int, help="head count n_max (default: all the head speaker has left)")
     p.add_argument("--heldout-per-spk", type=int, default=10)
@@ -125,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control", metavar="DIR",
                    help="also write a balanced control: the same speakers and utterance count, spread evenly "
                         "(water-filling), hours within --hours-tolerance (docs/recipes.md, long-tail protocol)")
-    p.add_argument("--hours-tolerance", type=float, default=0.05,
+    p.add_argument("--hours-tolerance", type=finite_float, default=0.05,
                    help="--control: largest relative difference of total duration (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_subset)

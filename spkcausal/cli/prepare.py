@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import finite_float
+
 
 def _fmt(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -89,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-dur", action="store_true", help="skip utt2dur (and so the unreadable-audio check)")
     c = corpus("cnceleb", "CN-Celeb1 (+2) training dir, eval dir, Avg and Concat trials", _cnceleb)
     c.add_argument("--cn2-root", default=None, help="CN-Celeb2_flac directory, added to training")
-    c.add_argument("--combine-min-sec", type=float, default=None,
+    c.add_argument("--combine-min-sec", type=finite_float, default=None,
                    help="combine short segments within speaker and genre to at least SEC seconds")
     c.add_argument("--combined-dir", default=None, help="where combined audio goes")
     c = corpus("librispeech", "LibriSpeech subsets, speaker = reader", _librispeech)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import finite_float
+
 
 def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
     return f"{scale * v:.{digits}f}" + (f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]" if ci else "")
@@ -60,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "EXP_DIR/results.json rows")
     p.add_argument("--exp", required=True, help="experiment dir")
     p.add_argument("--label", help="row label (default from the experiment's config; one score file only)")
-    p.add_argument("--tde-alpha", type=float, help="alpha the tde* variants used (shown in the table)")
-    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
+    p.add_argument("--tde-alpha", type=finite_float, help="alpha the tde* variants used (shown in the table)")
+    p.add_argument("--p-target", type=finite_float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     p.add_argument("--utt2spk", help="enrolment key -> speaker (the eval dir's utt2spk): the bootstrap resamples "
                                      "speakers (default: enrolment keys)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -84,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="dir for report.md and report.json (default: the first EXP_DIR's parent)")
     p.add_argument("--caption", help="text put under the tables")
     p.add_argument("--variants", nargs="+", help="only these rows of each experiment (default: all)")
-    p.add_argument("--p-target", type=float, default=0.01, help="minDCF column's prior (default 0.01)")
+    p.add_argument("--p-target", type=finite_float, default=0.01, help="minDCF column's prior (default 0.01)")
     p.add_argument("--baseline", help="the system the others are compared with: an EXP_DIR (or its name without "
                                       "_seed<k>) or a row label (default: the first system)")
     p.add_argument("--per-seed", action="store_true", help="also list every seed's rows under the mean ± std rows")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import finite_float
+
 
 def _score(args: argparse.Namespace) -> int:
     from ..scoring.cosine import ScorerInputs, parse_top_n, score_files
@@ -166,12 +168,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eer", help="EER (%%) and minDCF of labelled score files, as a table; bootstrap intervals")
     p.add_argument("scores", nargs="+", help="score files `enroll test score target|nontarget`")
-    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
+    p.add_argument("--p-target", type=finite_float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--llr", action="store_true",
                    help="the scores are log-likelihood ratios: add Cllr, minCllr and actual DCF at the Bayes "
                    "threshold (JSON keys cllr, min_cllr, act_dcf, min_dcf)")
-    p.add_argument("--ci", type=float, metavar="LEVEL",
+    p.add_argument("--ci", type=finite_float, metavar="LEVEL",
                    help="bootstrap confidence intervals at this level (e.g. 0.95), resampling enrolment speakers")
     p.add_argument("--utt2spk", help="map enrolment keys to speakers (the resampling unit); keys not listed stay "
                    "their own unit (default: resample enrolment keys)")
@@ -186,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scores", nargs="+", help="labelled score files, one curve each")
     p.add_argument("--out", required=True, help="image file (png, pdf, svg)")
     p.add_argument("--labels", nargs="+", help="legend names, one per score file")
-    p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF points to mark")
+    p.add_argument("--p-target", type=finite_float, nargs="+", default=[0.01, 0.05], help="minDCF points to mark")
     p.set_defaults(func=_plot_det)
 
     p = sub.add_parser("import-emb", help="convert a Kaldi ark or scp of vectors into an embedding store")

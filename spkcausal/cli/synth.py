@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import finite_float
+
 
 def _floats(text: str) -> tuple[float, float]:
     lo, _, hi = text.partition(",")
@@ -47,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speakers", type=int, default=200, help=f"training speakers {d}")
     p.add_argument("--test-speakers", type=int, default=40, help=f"held-out verification speakers {d}")
     p.add_argument("--max-utts", type=int, default=120, help=f"training utterances of the head speaker {d}")
-    p.add_argument("--imbalance", type=float, default=40.0, help=f"max / min training utterances {d}")
+    p.add_argument("--imbalance", type=finite_float, default=40.0, help=f"max / min training utterances {d}")
     p.add_argument("--profile", choices=["exp", "pareto"], default="exp", help=f"long-tail profile {d}")
-    p.add_argument("--exponent", type=float, default=1.0, help=f"profile exponent {d}")
+    p.add_argument("--exponent", type=finite_float, default=1.0, help=f"profile exponent {d}")
     p.add_argument("--utt-seconds", type=_floats, default=(1.0, 2.5), metavar="LO,HI", help="utterance length range")
     p.add_argument("--sessions", type=_ints, default=(3, 6), metavar="LO,HI", help="sessions per speaker")
     p.add_argument("--val-per-speaker", type=int, default=3, help=f"held-out val utterances per speaker {d}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import finite_float
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -65,6 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_tde_alpha)
 
     p = sub.add_parser("tde-apply", help="TDE'd copies of raw embedding stores (one process for several stores)")
-    p.add_argument("--alpha", type=float, required=True, help="TDE alpha (chosen on a dev set)")
+    p.add_argument("--alpha", type=finite_float, required=True, help="TDE alpha (chosen on a dev set)")
     p.add_argument("pairs", nargs="+", metavar="RAW_STORE=OUT_STORE", help="raw store (with mean_feature.npy) = output")
     p.set_defaults(func=_tde_apply)

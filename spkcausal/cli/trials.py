@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import finite_float
+
 
 def _make_trials(args: argparse.Namespace) -> int:
     import numpy as np
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="trial list to write")
     p.add_argument("--num-trials", type=int, required=True, help="total number of trials")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same list; default 0)")
-    p.add_argument("--target-ratio", type=float, default=0.5, help="share of target trials (default 0.5)")
+    p.add_argument("--target-ratio", type=finite_float, default=0.5, help="share of target trials (default 0.5)")
     p.add_argument("--format", choices=("kaldi", "voxceleb"), default="kaldi",
                    help="kaldi: 'enroll test target|nontarget'; voxceleb: '1|0 enroll test' (default kaldi)")
     p.add_argument("--same-session-ok", action="store_true",

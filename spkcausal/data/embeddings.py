@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import DataError, PathLike, atomic_path, get_logger, write_text_atomic
+from ..utils import DataError, PathLike, atomic_dir, atomic_path, get_logger, write_text_atomic
 
-__all__ = ["class_labels", "EmbeddingStore", "write_store", "write_store_meta", "import_kaldi", "export_kaldi",
+__all__ = ["class_labels", "EmbeddingStore", "write_store", "import_kaldi", "export_kaldi",
            "speaker_means"]
 
 EMB_FILE, KEYS_FILE, META_FILE = "embeddings.npy", "keys.txt", "store.json"
@@ -23,11 +23,7 @@ FORMAT_VERSION = 1
 log = get_logger(__name__)
 
 
-def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray) -> Path:
-    """Write a store atomically: data files first, `store.json` last (its absence marks a partial store)."""
-    out = Path(out_dir)
-    keys = [str(k) for k in keys]
-    emb = np.asarray(emb)
+def _check_rows(keys: list[str], emb: np.ndarray) -> None:
     if emb.ndim != 2 or emb.shape[0] != len(keys):
         raise ValueError(f"embeddings of shape {emb.shape} for {len(keys)} keys; expected ({len(keys)}, D)")
     if not np.isfinite(emb).all():
@@ -40,17 +36,41 @@ def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray) -> Path
         if k in seen:
             raise DataError(f"duplicate key {k!r}")
         seen.add(k)
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / META_FILE
-    if meta_path.exists():
-        meta_path.unlink()  # from here until the new meta is in place the directory is not a valid store
-    with atomic_path(out / EMB_FILE) as tmp:
-        np.save(tmp, emb.astype(np.float32, copy=False))
-    write_text_atomic(out / KEYS_FILE, "".join(k + "\n" for k in keys))
-    meta = {"format": "spkcausal-embeddings", "version": FORMAT_VERSION, "n": len(keys), "dim": int(emb.shape[1]),
-            "dtype": "float32", "bytes": os.path.getsize(out / EMB_FILE)}
-    write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
+
+
+def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray, meta: Mapping[str, Any] | None = None,
+                mean: np.ndarray | None = None, ark: bool = False) -> Path:
+    """Write a store whole or not at all: every file is built in a temporary sibling directory that replaces
+    `out_dir` in one step, so a failure at any byte (full disk, kill) leaves the previous store as it was.
+
+    `meta` becomes extract.json and `mean` mean_feature.npy beside it; `ark` adds xvector.ark / xvector.scp."""
+    out = Path(out_dir)
+    keys = [str(k) for k in keys]
+    emb = np.asarray(emb)
+    _check_rows(keys, emb)
+    with atomic_dir(out) as tmp:
+        if mean is not None:
+            np.save(tmp / "mean_feature.npy", np.asarray(mean).astype(np.float32))
+        if meta is not None:
+            (tmp / "extract.json").write_text(json.dumps(dict(meta), indent=1) + "\n", encoding="utf-8")
+        np.save(tmp / EMB_FILE, emb.astype(np.float32, copy=False))
+        (tmp / KEYS_FILE).write_text("".join(k + "\n" for k in keys), encoding="utf-8")
+        info = {"format": "spkcausal-embeddings", "version": FORMAT_VERSION, "n": len(keys),
+                "dim": int(emb.shape[1]), "dtype": "float32", "bytes": os.path.getsize(tmp / EMB_FILE)}
+        (tmp / META_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        if ark:
+            export_kaldi(EmbeddingStore.open(tmp), tmp / "xvector.ark", tmp / "xvector.scp",
+                         ark_name=out / "xvector.ark")
     return out
+
+
+def _check_finite(matrix: np.ndarray, keys: list[str], path: Path, block: int = 1 << 16) -> None:
+    """DataError naming the first row (and key) holding NaN or inf: scores made from it would be NaN."""
+    for lo in range(0, len(matrix), block):
+        ok = np.isfinite(matrix[lo:lo + block]).all(axis=1)
+        if not ok.all():
+            row = lo + int(np.argmin(ok))
+            raise DataError(f"row {row} (key {keys[row]!r}) holds NaN or inf; expected finite numbers", path)
 
 
 class EmbeddingStore:
@@ -90,6 +110,7 @@ class EmbeddingStore:
             keys.pop()
         if len(keys) != n:
             raise DataError(f"{len(keys)} keys; store.json says {n}", path / KEYS_FILE)
+        _check_finite(matrix, keys, emb_path)
         return cls(path, keys, matrix)
 
     def __len__(self) -> int:
@@ -184,11 +205,14 @@ def import_kaldi(scp_or_ark: PathLike, out_dir: PathLike) -> Path:
         raise DataError(str(e), src) from None
 
 
-def export_kaldi(store: EmbeddingStore, ark_path: PathLike, scp_path: PathLike) -> None:
-    """Write the store as a binary float vector ark plus scp (both replaced atomically)."""
+def export_kaldi(store: EmbeddingStore, ark_path: PathLike, scp_path: PathLike,
+                 ark_name: PathLike | None = None) -> None:
+    """Write the store as a binary float vector ark plus scp (both replaced atomically); the scp names
+    `ark_name` (default `ark_path`: where the ark will be read from)."""
     from kaldiio.matio import write_array
 
     ark_path, scp_path = Path(ark_path), Path(scp_path)
+    ark_name = ark_path if ark_name is None else Path(ark_name)
     # The scp must name the final ark path, so offsets are recorded here rather than by kaldiio's scp writer.
     with atomic_path(ark_path) as tmp_ark:
         with open(tmp_ark, "wb") as f:
@@ -197,19 +221,8 @@ def export_kaldi(store: EmbeddingStore, ark_path: PathLike, scp_path: PathLike) 
                 f.write(f"{key} ".encode())
                 offsets.append(f.tell())
                 write_array(f, np.asarray(vec, np.float32))
-        text = "".join(f"{k} {ark_path}:{o}\n" for k, o in zip(store.keys, offsets))
+        text = "".join(f"{k} {ark_name}:{o}\n" for k, o in zip(store.keys, offsets))
         write_text_atomic(scp_path, text)
-
-
-def write_store_meta(out_dir: PathLike, meta: Mapping[str, Any], mean: np.ndarray | None) -> None:
-    """mean_feature.npy and extract.json beside a store, written before it (its store.json marks completion)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "store.json").unlink(missing_ok=True)
-    if mean is not None:
-        with atomic_path(out_dir / "mean_feature.npy") as tmp:
-            np.save(tmp, mean.astype(np.float32))
-    write_text_atomic(out_dir / "extract.json", json.dumps(dict(meta), indent=1) + "\n")
 
 
 def class_labels(store: EmbeddingStore, data_dir: PathLike, speakers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

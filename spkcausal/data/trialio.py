@@ -136,6 +136,10 @@ def _parse_scores(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, path: Pat
     text = gather_text(a, starts, ends)
     try:
         scores = text.astype(np.float64)
+        # float() also takes '1_000' and ' 1' forms; the format is the plain decimal / exponent one only
+        under = np.flatnonzero((text.view(np.uint8).reshape(len(text), -1) == ord("_")).any(axis=1))
+        if len(under):
+            raise ValueError
     except ValueError:
         for i, raw in enumerate(text):
             tok = raw.decode("utf-8", "replace")
@@ -206,6 +210,11 @@ def write_scores(path: PathLike, trials: Trials, scores: np.ndarray) -> None:
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) != len(trials):
         raise ValueError(f"{len(scores)} scores for {len(trials)} trials")  # a caller's bug, not the user's
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):  # a NaN score would pass silently until a metric refuses it
+        i = int(bad[0])
+        raise DataError(f"refusing to write {len(bad)} non-finite scores (first: {trials.enroll[i]} "
+                        f"{trials.test[i]} = {scores[i]})", path)
     words = np.array(["nontarget", "target"])
     # Plain Python objects (tolist) format about twice as fast as numpy scalars.
     enroll, test, values = trials.enroll.tolist(), trials.test.tolist(), scores.tolist()

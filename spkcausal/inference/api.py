@@ -21,6 +21,7 @@ Pass `tde_alpha=`, `mean=` or `threshold=` explicitly to override or to use a ba
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -52,9 +53,11 @@ def read_threshold(exp_dir: PathLike) -> dict[str, Any] | None:
         return None
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
-        float(rec["threshold"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"not a threshold record ({e})", path) from None
+        value = float(rec["threshold"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"not a threshold record ({type(e).__name__}: {e})", path) from None
+    if not math.isfinite(value):  # NaN would reject every trial, inf would reject or accept them all
+        raise DataError(f"threshold {rec['threshold']!r} is not a finite number", path)
     return rec
 
 
@@ -84,6 +87,8 @@ def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None =
         p = float(model.p_target if p_target is None else p_target)
         rec.update(kind="calibrated", p_target=p, calibration=str(Path(calibration).resolve()),
                    threshold=float((bayes_threshold(p) - model.bias) / model.weights[0]))
+    if not math.isfinite(rec["threshold"]):
+        raise DataError(f"the threshold came out as {rec['threshold']}; refusing to store it", calibration or scores)
     write_text_atomic(Path(exp_dir) / THRESHOLD_FILE, json.dumps(rec, indent=1) + "\n")
     return rec
 
@@ -137,9 +142,12 @@ class SpeakerModel:
         if path is None or not path.is_file():
             return None
         try:
-            return float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
+            alpha = float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"no alpha in it ({e})", path) from None
+        if not math.isfinite(alpha):
+            raise DataError(f"alpha {alpha} is not a finite number", path)
+        return alpha
 
     def _resolve_alpha(self, tde_alpha: float | str | None) -> float | None:
         if tde_alpha is None:
@@ -147,7 +155,8 @@ class SpeakerModel:
         if tde_alpha == "stored":
             alpha = self.stored_alpha()
             if alpha is None:
-                raise UsageError(f"no stored TDE alpha ({ALPHA_FILE} in the experiment dir); pass tde_alpha=A")
+                raise UsageError(f"no stored TDE alpha ({ALPHA_FILE} in the experiment dir): give one "
+                                 "(--tde-alpha A / --tde A on the command line, tde_alpha=A in Python)")
         else:
             alpha = float(tde_alpha)
         if self.trained.head is None:
@@ -248,12 +257,17 @@ class SpeakerModel:
                             progress=False)
         na, nb = np.linalg.norm(ea.astype(np.float64)), np.linalg.norm(eb.astype(np.float64))
         if na == 0 or nb == 0:
-            raise DataError("an embedding has zero norm")
+            which = [str(x) if isinstance(x, (str, Path)) else f"input {i + 1} (an array)"
+                     for i, (x, n) in enumerate(((a, na), (b, nb))) if n == 0]
+            raise DataError(f"the embedding of {' and '.join(which)} has zero norm (silent or constant audio?); "
+                            "a cosine needs a non-zero vector")
         return float(np.dot(ea.astype(np.float64), eb.astype(np.float64)) / (na * nb))
 
     def threshold(self) -> tuple[float, dict[str, Any]]:
         """(threshold, record): the one given to load_model, else the experiment's threshold.json."""
         if self._threshold is not None:
+            if not math.isfinite(float(self._threshold)):
+                raise UsageError(f"threshold {self._threshold!r} is not a finite number")
             return float(self._threshold), {"kind": "given", "tde_alpha": None, "mean_sub": False}
         rec = None if self.exp_dir is None else read_threshold(self.exp_dir)
         if rec is None:
@@ -265,6 +279,8 @@ class SpeakerModel:
                mean_sub: bool = False) -> tuple[float, bool, float]:
         """(score, accepted, threshold): a given threshold with the given scoring, else the stored threshold
         with the scoring it was set for."""
+        if threshold is not None and not math.isfinite(float(threshold)):
+            raise UsageError(f"threshold {threshold!r} is not a finite number")
         if threshold is None:
             threshold, rec = self.threshold()
             if rec["kind"] != "given":
@@ -319,17 +335,13 @@ def embed_to_store(path: PathLike, inputs: Sequence[PathLike], out_dir: PathLike
                    mean_sub: bool = False, ark: bool = False, device: str = "auto", batch_seconds: float = 200.0,
                    num_workers: int = 2, short: str = "error") -> Path:
     """Embed files / directories / wav.scp lists into a store at `out_dir` (+ xvector.ark/scp with `ark`)."""
-    from ..data.embeddings import EmbeddingStore, export_kaldi, write_store, write_store_meta
+    from ..data.embeddings import write_store
 
     items = collect_inputs(inputs)
     m = SpeakerModel(path, device=device)
     emb = m.embed([p for _, p in items], tde_alpha=tde_alpha, mean_sub=mean_sub, batch_seconds=batch_seconds,
                   num_workers=num_workers, progress=None, short=short)
     alpha = m._resolve_alpha(tde_alpha)
-    out_dir = Path(out_dir)
-    write_store_meta(out_dir, {"checkpoint": str(m.trained.path), "inputs": [str(i) for i in inputs],
-                               "tde_alpha": alpha, "mean_sub": bool(mean_sub), "num_utts": len(items)}, None)
-    write_store(out_dir, [k for k, _ in items], emb)
-    if ark:
-        export_kaldi(EmbeddingStore.open(out_dir), out_dir / "xvector.ark", out_dir / "xvector.scp")
-    return out_dir
+    meta = {"checkpoint": str(m.trained.path), "inputs": [str(i) for i in inputs], "tde_alpha": alpha,
+            "mean_sub": bool(mean_sub), "num_utts": len(items)}
+    return write_store(out_dir, [k for k, _ in items], emb, meta, ark=ark)

@@ -185,7 +185,7 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
 def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
              batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
     from ..data.datadir import DataDir
-    from ..data.embeddings import write_store, write_store_meta
+    from ..data.embeddings import write_store
     from ..nn.assemble import assemble
     from .tde import tde_embeddings
 
@@ -225,8 +225,8 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         mean, num_heads = trained.mean_feature(), trained.num_heads
         if tde_alpha is not None:
             emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
-        write_store_meta(out_dir, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"]}, mean)
-        write_store(out_dir, utts, emb)
+        write_store(out_dir, utts, emb, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"]},
+                    mean)
         if world > 1:
             shutil.rmtree(parts_dir, ignore_errors=True)
         log.info("wrote %d embeddings (dim %d) to %s", len(utts), emb.shape[1], out_dir)

@@ -48,7 +48,7 @@ def sweep_alpha(score_fn: Callable[[float], float], alphas: Sequence[float], max
 
 def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
     """Apply TDE with `alpha` to a raw store that has mean_feature.npy + extract.json beside it."""
-    from ..data.embeddings import EmbeddingStore, write_store, write_store_meta
+    from ..data.embeddings import EmbeddingStore, write_store
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     store = EmbeddingStore.open(raw_dir)
@@ -62,5 +62,4 @@ def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
     mean = np.load(mean_path)
     emb = tde_embeddings(np.array(store.matrix, dtype=np.float32), mean.astype(np.float32), float(alpha),
                          int(meta["num_heads"]))
-    write_store_meta(out_dir, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)
-    return write_store(out_dir, store.keys, emb)
+    return write_store(out_dir, store.keys, emb, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)

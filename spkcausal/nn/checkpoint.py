@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils import DataError, PathLike, UsageError, atomic_path, write_text_atomic
+from ..utils import DataError, PathLike, UsageError, atomic_path, output_error, write_text_atomic
 
 log = logging.getLogger("spkcausal.nn.checkpoint")
 
@@ -64,20 +65,73 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only=True); errors name the file."""
+    """Load a checkpoint safely (weights_only=True); a refused or broken file is one line naming it."""
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError("checkpoint not found", path) from None
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise DataError(f"cannot load checkpoint ({type(e).__name__}: {e})", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory; expected a checkpoint file (.pt)", path) from None
+    except Exception as e:  # torch's own text runs to several lines and advises weights_only=False: never pass it on
+        raise DataError(_refusal(Path(path), e), path) from None
+
+
+def _refusal(path: Path, e: Exception) -> str:
+    """What the file is and what was expected, in one line, from its first bytes and torch's complaint."""
+    expected = "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        names = zipfile.ZipFile(path).namelist() if head == b"PK\x03\x04" else []
+    except (OSError, zipfile.BadZipFile):
+        names = None
+    if not head:
+        return f"empty file; {expected}"
+    if head[:1] == b"\x80":
+        return f"a plain pickle, not a torch zip checkpoint; refused (unpickling can run code); {expected}"
+    if names is None or (head == b"PK\x03\x04" and not names):
+        return f"truncated or corrupt checkpoint (not a complete zip archive); {expected}"
+    if any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in names):
+        return f"a TorchScript model (torch.jit.save / spkcausal export), not a checkpoint; {expected}"
+    if head != b"PK\x03\x04":
+        return f"not a torch checkpoint (starts with {head!r}); {expected}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "weights_only" in str(e) or "Unsupported global" in str(e):
+        return f"holds objects other than tensors and plain Python types (e.g. numpy arrays); refused; {expected}"
+    return f"cannot load checkpoint ({type(e).__name__}: {first[:200]}); {expected}"
+
+
+class _Recorder:
+    """A file whose write errors are remembered: torch.save turns them into a RuntimeError without the errno."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        """Write through, keeping the OSError (ENOSPC) torch would hide."""
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
 
 
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a partial `path`."""
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a partial `path`; a full
+    disk is one line naming `path` (OutputError), not torch's text."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, str(tmp))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        rec = _Recorder(f)
+        try:
+            torch.save(state, rec)
+            f.flush()
+        except RuntimeError:
+            if rec.error is None:
+                raise
+            raise output_error(rec.error, path) from None
     return path
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..data.datadir import read_list_kv
 from ..data.embeddings import EmbeddingStore, speaker_means
 from ..data.trialio import Trials, read_trials, write_scores
-from ..utils import DataError, PathLike, UsageError, get_logger, setup_logging
+from ..utils import DataError, PathLike, UsageError, atomic_dir, check_writable, get_logger, setup_logging, writing
 
 __all__ = ["Scorer", "ScorerInputs", "TrialSides", "store_mean", "speaker_means", "cohort_stats", "score_trials",
            "score_files", "NORMS", "TOP_SHARE_WARN", "resolve_top_n", "parse_top_n", "choose_asnorm_top",
@@ -266,15 +266,26 @@ class ScorerInputs:
     def load(self) -> Scorer:
         """Open the stores and build the Scorer."""
         store = EmbeddingStore.open(self.emb)
-        mean = store_mean(EmbeddingStore.open(self.mean_store)) if self.mean_store else None
+        mean = None
+        if self.mean_store:
+            mstore = EmbeddingStore.open(self.mean_store)
+            _same_dim(mstore, store, "mean store")
+            mean = store_mean(mstore)
         cohort_emb = None
         if self.cohort:
             cstore = EmbeddingStore.open(self.cohort)
+            _same_dim(cstore, store, "cohort store")
             cohort_emb = (speaker_means(cstore, self.cohort_data)[1] if self.cohort_data
                           else np.asarray(cstore.matrix))
             log.info("cohort: %d embeddings from %s", len(cohort_emb), self.cohort)
         emap = read_list_kv(self.enroll_map) if self.enroll_map else None
         return Scorer(store, mean, cohort_emb, self.norm, self.top_n, emap)
+
+
+def _same_dim(other: EmbeddingStore, store: EmbeddingStore, what: str) -> None:
+    if other.dim != store.dim:
+        raise DataError(f"{what} has {other.dim}-dim embeddings; the scored store {store.path} has {store.dim}: "
+                        "both must come from the same model", other.path)
 
 
 def _subset(trials: Trials, keep: np.ndarray) -> Trials:
@@ -284,14 +295,16 @@ def _subset(trials: Trials, keep: np.ndarray) -> Trials:
 
 def score_files(trial_paths: Sequence[PathLike], inputs: ScorerInputs, out_dir: PathLike,
                 allow_missing: bool = False) -> list[Path]:
-    """Score each trial list into `<out_dir>/<trial file name>.score` (`enroll test score label`), atomically,
-    with the Scorer of `inputs`."""
+    """Score each trial list into `<out_dir>/<trial file name>.score` (`enroll test score label`) with the Scorer
+    of `inputs`; the directory is replaced whole (atomic_dir, other files kept), so a failure leaves it as it was."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(out_dir / "score.log")
+    check_writable(out_dir / "score.log")
     names = [Path(t).name for t in trial_paths]
     if len(set(names)) != len(names):
         raise UsageError(f"trial lists share a file name, outputs would collide: {names}")
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir / "score.log")
     scorer = inputs.load()
     if scorer.top_k is not None:
         log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, len(scorer._cohort_n),
@@ -301,13 +314,18 @@ def score_files(trial_paths: Sequence[PathLike], inputs: ScorerInputs, out_dir: 
     for tpath in trial_paths:
         trials = read_trials(tpath)
         scores, keep = scorer.score(trials, allow_missing, source=tpath)
+        if not keep.any():
+            raise DataError(f"none of its {len(trials)} trials has both embeddings in {inputs.emb}: "
+                            "nothing to score (wrong store or trial list?)", tpath)
         done.append((tpath, trials if keep.all() else _subset(trials, keep), scores, int((~keep).sum())))
     outs = []
-    for tpath, trials, scores, skipped in done:
-        out = out_dir / (Path(tpath).name + ".score")
-        write_scores(out, trials, scores)
-        log.info("%s: %d trials scored, %d skipped, norm=%s -> %s", tpath, len(scores), skipped, inputs.norm, out)
-        outs.append(out)
+    with atomic_dir(out_dir, carry=True) as tmp:
+        for tpath, trials, scores, skipped in done:
+            out = out_dir / (Path(tpath).name + ".score")
+            write_scores(tmp / out.name, trials, scores)
+            log.info("%s: %d trials scored, %d skipped, norm=%s -> %s", tpath, len(scores), skipped, inputs.norm,
+                     out)
+            outs.append(out)
     return outs
 
 
