@@ -5,6 +5,8 @@ Each kind has one `Registry`; entries are added with the `register(name)` decora
 """
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -45,8 +47,10 @@ class Registry(Generic[T]):
             raise UsageError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}") from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the entry registered under `name` with the given arguments."""
-        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
+        """Call the entry registered under `name` with the given arguments (config values type-checked)."""
+        entry = self.get(name)
+        check_kwargs(entry, kwargs, self.kind)
+        return entry(*args, **kwargs)  # type: ignore[operator]
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -59,3 +63,36 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _fits(default: Any, value: Any) -> str | None:
+    """None when `value` has the kind of `default` (bool, int >= 1 where the default is, finite number),
+    else the expectation in words."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "an integer"
+        return "an integer >= 1" if default >= 1 and value < 1 else None
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
+def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
+    """A config value of the wrong kind for a builder's parameter (judged by its default: `embed_dim=abc`,
+    `scale=true`, `channels=0`) is a UsageError naming `section.key`, before torch meets it."""
+    try:
+        params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None or param.default is inspect.Parameter.empty or param.default is None:
+            continue
+        want = _fits(param.default, value)
+        if want is not None:
+            raise UsageError(f"config key {section}.{key}: expected {want}, got {value!r}")

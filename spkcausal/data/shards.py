@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import DataError, PathLike, UsageError, atomic_path, write_text_atomic
+from ..utils import DataError, PathLike, UsageError, atomic_dir, atomic_path, write_text_atomic
 
 log = logging.getLogger("spkcausal.data.shards")
 
@@ -209,8 +209,18 @@ def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 100
     if utts_per_shard < 1:
         raise UsageError(f"--utts-per-shard must be >= 1, got {utts_per_shard}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = DataDir.load(data_dir)
+    # Built in a sibling (`.<name>.partial`, kept when a run fails so the next one resumes there; it starts from
+    # links to a previous set's files) and swapped in whole: a failed run never touches the set in `out`.
+    with atomic_dir(out, carry=True, resume=True) as work:
+        num_shards, kept, n_utts = _write_set(data, data_dir, work, utts_per_shard, seed, num_threads)
+    log.info("%d shards (%d kept from an earlier run), %d utterances, in %s", num_shards, kept, n_utts, out)
+    return out / MANIFEST
+
+
+def _write_set(data: Any, data_dir: PathLike, out: Path, utts_per_shard: int, seed: int, num_threads: int
+               ) -> tuple[int, int, int]:
+    """Shards, index and manifest (last) of `data` in `out`; (shards, shards kept, utterances)."""
     rows, skipped = _plan_shards(data, data_dir, out, utts_per_shard, seed, num_threads)
     num_shards = int(rows[-1][0]) + 1
     by_shard: list[list[list[str]]] = [[] for _ in range(num_shards)]
@@ -228,8 +238,31 @@ def make_shards(data_dir: PathLike, out_dir: PathLike, utts_per_shard: int = 100
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     for p in (out / INDEX, out / MANIFEST):
         p.chmod(0o644)
-    log.info("%d shards (%d kept from an earlier run), %d utterances, in %s", num_shards, kept, len(rows), out)
-    return out / MANIFEST
+    return num_shards, kept, len(rows)
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name inside the shard dir: no separator, no `..`, not absolute (so a manifest cannot point
+    training at a tar elsewhere)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
+def _manifest_names(manifest: Any, mpath: Path) -> tuple[list[str], str]:
+    """The shard file names and index name of a manifest, checked (DataError naming the manifest)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DataError("not a shard manifest (expected an object with a 'shards' list)", mpath)
+    names = []
+    for i, entry in enumerate(manifest["shards"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not _plain_name(name):
+            raise DataError(f"shard {i} has name {name!r}; expected a file name inside the shard dir "
+                            "(no path separator)", mpath)
+        names.append(name)
+    index_name = manifest.get("index", INDEX)
+    if not _plain_name(index_name):
+        raise DataError(f"index {index_name!r}; expected a file name inside the shard dir", mpath)
+    return names, index_name
 
 
 def load_shards(shard_dir: PathLike) -> ShardIndex:
@@ -243,18 +276,26 @@ def load_shards(shard_dir: PathLike) -> ShardIndex:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg})", mpath, e.lineno) from None
-    rows, sha = _read_index(root / manifest.get("index", INDEX))
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", mpath) from None
+    names, index_name = _manifest_names(manifest, mpath)
+    try:
+        rows, sha = _read_index(root / index_name)
+    except (FileNotFoundError, UnicodeDecodeError) as e:
+        raise DataError(f"unreadable index ({type(e).__name__})", root / index_name) from None
     if sha != manifest.get("index_sha256"):
         raise DataError("index.tsv does not match the manifest's checksum", root / INDEX)
-    paths = [root / e["name"] for e in manifest["shards"]]
+    paths = [root / n for n in names]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"{len(missing)} shard file(s) missing, first: {missing[0].name}", root)
-    return ShardIndex(root=root, manifest=manifest, shard_paths=paths,
-                      shard=np.array([int(r[0]) for r in rows], dtype=np.int64), keys=[r[1] for r in rows],
-                      utts=[r[2] for r in rows], spks=[r[3] for r in rows],
-                      num_samples=np.array([int(r[4]) for r in rows], dtype=np.int64),
-                      sample_rate=np.array([int(r[5]) for r in rows], dtype=np.int64), exts=[r[6] for r in rows])
+    try:
+        shard, num_samples, rate = (np.array([int(r[c]) for r in rows], dtype=np.int64) for c in (0, 4, 5))
+    except ValueError as e:
+        raise DataError(f"a shard number, sample count or rate is not an integer ({e})", root / index_name) from None
+    return ShardIndex(root=root, manifest=manifest, shard_paths=paths, shard=shard, keys=[r[1] for r in rows],
+                      utts=[r[2] for r in rows], spks=[r[3] for r in rows], num_samples=num_samples,
+                      sample_rate=rate, exts=[r[6] for r in rows])
 
 
 def iter_audio_members(path: PathLike) -> Iterator[tuple[str, str, bytes | None]]:

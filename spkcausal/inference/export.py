@@ -16,6 +16,7 @@ front-end is not exported: export such a model with `with_features=False` and co
 """
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Iterator
@@ -181,7 +182,8 @@ def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_f
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch 2.14 marks jit.trace deprecated; it works and is tested
                 traced = torch.jit.trace(emb, example, check_trace=False)
-            traced.save(str(tmp))
+            with open(tmp, "wb") as f:  # through Python's file, so a full disk is an OSError naming no C++ line
+                torch.jit.save(traced, f)
         else:
             try:
                 import onnx  # noqa: F401
@@ -189,8 +191,11 @@ def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_f
                 raise UsageError("ONNX export needs the onnx package: pip install 'spkcausal[export]'") from None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-                torch.onnx.export(emb, example, str(tmp), input_names=names, output_names=["embedding"],
+                buf = io.BytesIO()
+                torch.onnx.export(emb, example, buf, input_names=names, output_names=["embedding"],
                                   dynamo=False, opset_version=opset,
                                   dynamic_axes={names[0]: {0: "batch", 1: "time"}, "lengths": {0: "batch"},
                                                 "embedding": {0: "batch"}})
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue())
     return out

@@ -115,6 +115,7 @@ TYPES: dict[str, Any] = {
              "num_workers": _COUNT, "prefetch_factor": Key("int", 1), "pin_memory": Key("bool"),
              "scan_threads": Key("int", 1), "shards": _PATH, "shuffle_buffer": Key("int", 1),
              "shard_streams": Key("int", 1, optional=True)},
+    "features": {"frontend": Key("str"), "n_mels": Key("int", 1), "dither": Key("float", 0)},
     "augment": {"speed_perturb": Key("bool"), "musan": _PATH, "rirs": _PATH, "prob": Key("float", 0, maximum=1),
                 "musan_max_seconds": _POS, "rir_max_seconds": _POS},
     "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True)},

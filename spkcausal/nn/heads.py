@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import Registry
+from ..registry import Registry, check_kwargs
 from ..utils import UsageError
 from .longtail import (
     FeatureTransfer,
@@ -375,6 +375,7 @@ def build_head(name: str, embed_dim: int, num_classes: int, class_counts: Any = 
     if bad:
         raise UsageError(f"unknown key(s) {sorted(bad)} in config section 'head' for head {name!r}; expected "
                          f"some of {sorted(params)}")
+    check_kwargs(cls, kwargs, "head")
     if "class_counts" in inspect.signature(cls.__init__).parameters:
         kwargs["class_counts"] = class_counts
     return cls(embed_dim, num_classes, **kwargs)
