@@ -185,6 +185,10 @@ def atomic_dir(path: PathLike, carry: bool = False, resume: bool = False) -> Ite
         with writing(path):
             yield tmp
             _move_into_place(tmp, path)
+    except OutputError as e:  # name the output the user chose, not our temporary sibling
+        if not resume:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(str(e).replace(str(tmp), str(path))) from None
     except BaseException:
         if not resume:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     anything else is a bug of ours: one line naming the exception and exit 1 (SPKCAUSAL_DEBUG=1 re-raises it
     for the traceback)."""
     args = build_parser().parse_args(argv)
+    import logging
+
+    logging.raiseExceptions = False  # a log line that cannot be written (full disk) must not print a traceback
     try:
         rc = args.func(args)
     except SpkcausalError as e:

@@ -12,7 +12,9 @@ def _make_trials(args: argparse.Namespace) -> int:
     from ..data.datadir import DataDir
     from ..data.trialio import write_trials
     from ..data.trials import make_trials
+    from ..utils import check_writable
 
+    check_writable(args.out)
     data = DataDir.load(args.data_dir)
     trials = make_trials(data, args.num_trials, args.seed, target_ratio=args.target_ratio,
                          cross_session=not args.same_session_ok, fit=args.fit)
