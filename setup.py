@@ -26,6 +26,6 @@ setup(
     # export: ONNX files and onnxruntime parity / speed (TorchScript needs nothing extra); the test suite runs
     # the parity tests, so dev includes it.
     extras_require={"export": ["onnx", "onnxruntime"],
-                    "dev": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime", "import-linter"]},
+                    "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff", "onnx", "onnxruntime", "import-linter"]},
     entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
 )

@@ -30,11 +30,13 @@ GENDERS = {"m", "f"}
 
 def read_lines(path: PathLike) -> list[str]:
     """Lines of a UTF-8 text file without their newlines; DataError when missing or not UTF-8."""
-    try:
-        with open(path, encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark is not part of the first key
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except FileNotFoundError:
         raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory; expected a text file", path) from None
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
     lines = text.split("\n")

@@ -24,12 +24,19 @@ _WS[[ord(" "), ord("\t"), ord("\r"), ord("\v"), ord("\f")]] = True
 BLOCK_BYTES = 1 << 23
 
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark (Windows editors write one): not part of the first token
+
+
 def read_bytes(path: PathLike) -> bytes:
-    """The whole file; DataError when it does not exist."""
+    """The whole file without a leading UTF-8 byte-order mark; DataError when it does not exist or is a
+    directory."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory; expected a text file", path) from None
+    return data[len(BOM):] if data.startswith(BOM) else data
 
 
 def read_array(path: PathLike) -> np.ndarray:
@@ -133,10 +140,16 @@ def line_blocks(path: PathLike, block: int | None = None) -> Iterator[tuple[np.n
         f = open(path, "rb")
     except FileNotFoundError:
         raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory; expected a text file", path) from None
     block = block or BLOCK_BYTES
     with f:
         rest = b""
         line0 = offset = 0
+        if f.read(len(BOM)) == BOM:
+            offset = len(BOM)
+        else:
+            f.seek(0)
         while True:
             chunk = f.read(block)
             data = rest + chunk if rest else chunk

@@ -171,7 +171,7 @@ def read_scores(path: PathLike, keys: bool = False, need_labels: bool = False) -
 
     Read block by block for corpus-scale files: keys are hashed for the duplicate check (a repeated hash is
     re-checked exactly) and turned into strings only with `keys=True`. `need_labels`: a file without the
-    label column is an error (metrics need labels)."""
+    label column, or a file with only one of the two classes, is an error (metrics need both)."""
     ncols = None
     scores, labels, hashes, lines, enroll, test = [], [], [], [], [], []
     for a, line0, offset in line_blocks(path):
@@ -198,8 +198,11 @@ def read_scores(path: PathLike, keys: bool = False, need_labels: bool = False) -
         a, starts, ends, line_no = token_spans(path, (3, 4))
         _reject_duplicate_spans(a, starts, ends, path, line_no)
     out = np.concatenate(scores)
-    return Scores(scores=out,
-                  labels=np.concatenate(labels) if labels else np.full(len(out), -1, dtype=np.int8),
+    lab = np.concatenate(labels) if labels else np.full(len(out), -1, dtype=np.int8)
+    if need_labels and not ((lab == 1).any() and (lab == 0).any()):  # every metric and threshold needs both
+        raise DataError(f"need both targets and non-targets (got {int((lab == 1).sum())} targets, "
+                        f"{int((lab == 0).sum())} non-targets)", path)
+    return Scores(scores=out, labels=lab,
                   line_no=np.concatenate(lines),
                   enroll=np.concatenate(enroll).astype(str) if keys else None,
                   test=np.concatenate(test).astype(str) if keys else None)

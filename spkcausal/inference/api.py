@@ -52,12 +52,20 @@ def read_threshold(exp_dir: PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        value = float(rec["threshold"])
+        rec = json.loads(path.read_text(encoding="utf-8-sig"))
+        value = rec["threshold"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DataError(f"not a threshold record ({type(e).__name__}: {e})", path) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"not a threshold record (threshold {value!r} is not a number)", path)
     if not math.isfinite(value):  # NaN would reject every trial, inf would reject or accept them all
-        raise DataError(f"threshold {rec['threshold']!r} is not a finite number", path)
+        raise DataError(f"threshold {value!r} is not a finite number", path)
+    alpha = rec.get("tde_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not math.isfinite(alpha)):
+        raise DataError(f"tde_alpha {alpha!r}: expected a finite number or null", path)
+    if not isinstance(rec.get("mean_sub", False), bool) or not isinstance(rec.get("kind", "eer"), str):
+        raise DataError("mean_sub must be true or false and kind a string", path)
     return rec
 
 

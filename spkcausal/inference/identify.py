@@ -24,7 +24,7 @@ from ..data.datadir import labelled_utts, train_counts
 from ..data.embeddings import EmbeddingStore
 from ..data.longtail import FEW, MANY
 from ..nn.assemble import assemble, head_logits
-from ..utils import PathLike, get_logger
+from ..utils import DataError, PathLike, get_logger
 
 __all__ = ["identify", "save_predictions"]
 
@@ -57,6 +57,12 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
 
     trained = assemble(ckpt, exp_dir, with_model=False)
     store = EmbeddingStore.open(emb)
+    weight = getattr(trained.head, "weight", None)
+    width = None if weight is None else int(weight.shape[1])
+    for s in [store] + ([EmbeddingStore.open(mean_store)] if mean_store else []):
+        if width is not None and s.dim != width:
+            raise DataError(f"{s.dim}-dim embeddings; the head of {trained.path} takes {width}: "
+                            "the store must come from this model", s.path)
     utts, y = labelled_utts(data_dir, trained.speakers)
     x = store.get(utts)
     counts = train_counts(train_data, trained.speakers)

@@ -177,7 +177,29 @@ def load_results(exp_dir: PathLike) -> dict:
     if not isinstance(data, dict) or data.get("format") != "spkcausal-results" or not isinstance(data.get("rows"),
                                                                                                  dict):
         raise DataError('expected a JSON object with "format": "spkcausal-results" and a "rows" object', path)
+    for variant, row in data["rows"].items():
+        if not isinstance(row, dict) or not any(isinstance(row.get(k), dict) for k in FIGURE_SECTIONS):
+            raise DataError(f"row {variant!r} has no figures (expected one of {', '.join(FIGURE_SECTIONS)} as an "
+                            "object)", path)
+        bad = _non_finite(row, f"rows.{variant}")
+        if bad:
+            raise DataError(f"{bad} is not a finite number", path)
     return data
+
+
+FIGURE_SECTIONS = ("verification", "seen", "identification")
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The key path of the first NaN / inf number inside `value`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}")
+        if found:
+            return found
+    return None
 
 
 def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **sections: Any) -> dict:
@@ -192,6 +214,9 @@ def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **
     for key, value in sections.items():
         if value is not None:
             row[key] = value
+    bad = _non_finite(row, f"rows.{variant}")
+    if bad:  # a figure that a later report would refuse: do not store it
+        raise DataError(f"refusing to record {bad}: not a finite number", exp_dir / RESULTS_FILE)
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(exp_dir / RESULTS_FILE, json.dumps(data, indent=1, sort_keys=False) + "\n")
     return data

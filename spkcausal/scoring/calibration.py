@@ -246,24 +246,39 @@ class CalibrationModel:
     def load(cls, path: PathLike) -> CalibrationModel:
         """Read a model written by save; anything else is a DataError naming the file."""
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            d = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise DataError("file not found", path) from None
+        except IsADirectoryError:
+            raise DataError("is a directory; expected a calibration model (JSON)", path) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"not a JSON calibration model ({e})", path) from None
+            raise DataError(f"not a JSON calibration model ({type(e).__name__}: {e})", path) from None
         if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
             raise DataError(f"not a calibration model (format is not {MODEL_FORMAT!r})", path)
         try:
-            model = cls(inputs=[str(i) for i in d["inputs"]], weights=[float(w) for w in d["weights"]],
-                        bias=float(d["bias"]), p_target=float(d["p_target"]), quality=d.get("quality"),
+            if not isinstance(d["inputs"], list) or not isinstance(d["weights"], list):
+                raise TypeError("inputs and weights must be lists")
+            model = cls(inputs=[str(i) for i in d["inputs"]], weights=[_number(w) for w in d["weights"]],
+                        bias=_number(d["bias"]), p_target=_number(d["p_target"]), quality=d.get("quality"),
                         dev=d.get("dev") or {})
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"calibration model lacks or mangles a field ({e})", path) from None
+            raise DataError(f"calibration model lacks or mangles a field ({type(e).__name__}: {e})", path) from None
+        if not 0 < model.p_target < 1:
+            raise DataError(f"calibration model: p_target {model.p_target} is not in (0, 1)", path)
+        if model.quality is not None and not isinstance(model.quality, dict) or not isinstance(model.dev, dict):
+            raise DataError("calibration model: quality and dev must be JSON objects", path)
         if len(model.inputs) != len(model.weights) or not model.inputs or model.inputs[0] != "score":
             raise DataError("calibration model: inputs and weights must match, the first input being 'score'", path)
         if not all(math.isfinite(v) for v in [*model.weights, model.bias]):
             raise DataError("calibration model has a non-finite weight", path)
         return model
+
+
+def _number(v: object) -> float:
+    """A JSON number as a float (true / false or a numeric string are not numbers here)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
 
 
 def train_calibration(scores: np.ndarray, labels: np.ndarray, p_target: float = 0.01,
