@@ -64,6 +64,25 @@ def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray, meta: M
     return out
 
 
+def _read_keys(path: Path) -> list[str]:
+    """keys.txt: one key a line (a CRLF line end is fine), none empty, with whitespace or repeated."""
+    try:
+        keys = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    if keys and keys[-1] == "":
+        keys.pop()
+    keys = [k[:-1] if k.endswith("\r") else k for k in keys]
+    seen: set[str] = set()
+    for i, k in enumerate(keys):
+        if not k or any(c.isspace() for c in k) or "\0" in k:
+            raise DataError(f"key {k!r} is empty or holds whitespace", path, i + 1)
+        if k in seen:
+            raise DataError(f"duplicate key {k!r}", path, i + 1)
+        seen.add(k)
+    return keys
+
+
 def _check_finite(matrix: np.ndarray, keys: list[str], path: Path, block: int = 1 << 16) -> None:
     """DataError naming the first row (and key) holding NaN or inf: scores made from it would be NaN."""
     for lo in range(0, len(matrix), block):
@@ -99,15 +118,17 @@ class EmbeddingStore:
         emb_path = path / EMB_FILE
         if not emb_path.is_file() or os.path.getsize(emb_path) != meta.get("bytes"):
             raise DataError(f"{EMB_FILE} missing or not the size store.json records", emb_path)
-        matrix = np.load(emb_path, mmap_mode="r")
+        try:
+            matrix = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # a damaged .npy header fails in numpy's parser in many ways
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise DataError(f"not a readable .npy array ({first})", emb_path) from None
         if matrix.shape != (n, dim) or matrix.dtype != np.float32:
             raise DataError(f"{EMB_FILE} is {matrix.dtype} {matrix.shape}; store.json says float32 ({n}, {dim})",
                             emb_path)
         if not (path / KEYS_FILE).is_file():
             raise DataError(f"{KEYS_FILE} missing", path / KEYS_FILE)
-        keys = (path / KEYS_FILE).read_text(encoding="utf-8").split("\n")
-        if keys and keys[-1] == "":
-            keys.pop()
+        keys = _read_keys(path / KEYS_FILE)
         if len(keys) != n:
             raise DataError(f"{len(keys)} keys; store.json says {n}", path / KEYS_FILE)
         _check_finite(matrix, keys, emb_path)

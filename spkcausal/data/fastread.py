@@ -46,7 +46,12 @@ def read_array(path: PathLike) -> np.ndarray:
 
 def check_utf8(a: np.ndarray, path: PathLike, offset: int = 0, line0: int = 0) -> None:
     """Raise DataError naming byte and line of the first invalid UTF-8 sequence (`a` starts at byte
-    `offset`, after `line0` lines); pure ASCII is accepted without decoding."""
+    `offset`, after `line0` lines); pure ASCII is accepted without decoding. A NUL byte is refused too:
+    numpy's strings would drop it from a key's end without a word."""
+    nul = np.flatnonzero(a == 0)
+    if len(nul):
+        line = line0 + int(np.count_nonzero(a[:nul[0]] == 10)) + 1
+        raise DataError(f"NUL byte at byte {offset + int(nul[0])}: not a text file", path, line)
     if len(a) and a.max() >= 0x80:
         try:
             a.tobytes().decode("utf-8")

@@ -79,11 +79,12 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
 def _refusal(path: Path, e: Exception) -> str:
     """What the file is and what was expected, in one line, from its first bytes and torch's complaint."""
     expected = "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
+    head = b""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
         names = zipfile.ZipFile(path).namelist() if head == b"PK\x03\x04" else []
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # zipfile fails on a damaged directory in several ways (BadZipFile, UnicodeDecodeError...)
         names = None
     if not head:
         return f"empty file; {expected}"

@@ -151,6 +151,10 @@ def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise UsageError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    cfg = {k: ({} if v is None and isinstance(DEFAULTS[k], dict) else v) for k, v in cfg.items()}  # `data:` empty
+    for section, value in cfg.items():
+        if isinstance(DEFAULTS[section], dict) and not isinstance(value, Mapping):
+            raise UsageError(f"config section {section!r} must be a mapping, got {value!r}")
     for section in _FIXED_SECTIONS:
         value = cfg.get(section) or {}
         if not isinstance(value, Mapping):
@@ -169,10 +173,14 @@ def load_yaml(path: PathLike) -> dict[str, Any]:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise DataError("config file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a directory; expected a YAML config file", path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise DataError(f"invalid YAML: {getattr(e, 'problem', e)}", path,
-                        None if mark is None else mark.line + 1) from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # yaml's text may span lines
+        raise DataError(f"invalid YAML: {problem}", path, None if mark is None else mark.line + 1) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
