@@ -130,9 +130,12 @@ def read_columns(path: PathLike, ncols_allowed: tuple[int, ...]) -> tuple[np.nda
 def split_tokens(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """The tokens of `a` (valid UTF-8) as a (lines, ncols) object array of str; `starts` gives the shape."""
     raw = a.tobytes()
-    tokens = raw.decode("utf-8").split()
-    if len(tokens) != starts.size:  # str.split also splits at Unicode spaces (U+00A0, ...); keys may hold them
+    # str.split also splits at \x1c-\x1f and Unicode spaces (U+00A0, ...), which the byte spans keep inside a
+    # token: only pure ASCII without those takes the fast path, or a key would lose them without a word.
+    if len(a) and (a.max() >= 0x80 or ((a >= 0x1c) & (a <= 0x1f)).any()):
         tokens = [t.decode("utf-8") for t in raw.split()]
+    else:
+        tokens = raw.decode("ascii").split()
     return np.array(tokens, dtype=object).reshape(starts.shape)
 
 

@@ -17,7 +17,7 @@ from 0.59 to 0.77). `choose_asnorm_top` picks N on a labelled dev list by minDCF
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
@@ -50,14 +50,20 @@ def store_mean(store: EmbeddingStore, block: int = BLOCK) -> np.ndarray:
     return total / max(len(store), 1)
 
 
-def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    """Centre (optional) and length-normalise rows; float32 out (cosine needs no more precision)."""
+def _normalise(x: np.ndarray, mean: np.ndarray | None, name: Callable[[int], str] | None = None,
+               where: PathLike | None = None) -> np.ndarray:
+    """Centre (optional) and length-normalise rows; float32 out (cosine needs no more precision). A zero row
+    is a DataError naming `name(row)` (its key) and `where` (its store)."""
     x = np.array(x, dtype=np.float32)
     if mean is not None:
         x -= np.asarray(mean, dtype=np.float32)
     norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if (norm == 0).any():
-        raise DataError(f"{int((norm == 0).sum())} embeddings have zero norm after mean subtraction")
+        zero = np.flatnonzero(norm == 0)
+        first = f" (first: {name(int(zero[0]))})" if name is not None else ""
+        after = " after mean subtraction" if mean is not None else ""
+        raise DataError(f"{len(zero)} embeddings have zero norm{after}{first}: a cosine needs a non-zero vector",
+                        where)
     x /= norm[:, None].astype(np.float32)
     return x
 
@@ -147,7 +153,8 @@ class Scorer:
             raise UsageError(f"unknown normalisation {self.norm!r}; expected one of {', '.join(NORMS)}")
         if self.norm != "none" and self.cohort is None:
             raise UsageError(f"--norm {self.norm} needs a cohort")
-        self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean)
+        self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean,
+                                                                     lambda i: f"cohort row {i}")
         self.top_k = None
         if self.norm == "asnorm":
             self.top_k = resolve_top_n(self.top_n, len(self._cohort_n))
@@ -163,6 +170,10 @@ class Scorer:
         """Row of each key (-1 when absent): store rows, or len(store) + j for the j-th enrol-map entry."""
         keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
         return np.fromiter(map(self._lut.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+
+    def _key_of(self, row: int) -> str:
+        """The key of a Scorer row: a store key, or an enrol-map entry's name."""
+        return self.store.keys[row] if row < len(self.store) else self._emap[row - len(self.store)][0]
 
     def raw_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (as stored, not centred or normalised) float32 embeddings of sorted unique rows, and a mask of
@@ -189,7 +200,7 @@ class Scorer:
         used = used[used >= 0]
         raw, ok = self.raw_rows(used)
         raw_norm = np.sqrt(np.einsum("ij,ij->i", raw, raw, dtype=np.float64))
-        vec = _normalise(raw, self.mean)
+        vec = _normalise(raw, self.mean, lambda i: self._key_of(int(used[i])), self.store.path)
         e_pos = np.searchsorted(used, e_row)
         t_pos = np.searchsorted(used, t_row)
         ok_end = np.append(ok, False)  # sentinel: absent keys (row -1) look up position len(used)
