@@ -168,6 +168,9 @@ def atomic_dir(path: PathLike, carry: bool = False, resume: bool = False) -> Ite
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.parent / f".{path.name}.old"
+        if old.is_dir() and not path.exists():  # killed between the two renames of _move_into_place
+            os.rename(old, path)
         if path.exists() and not path.is_dir():
             raise OutputError(f"cannot write {path}: it exists and is not a directory")
         if resume:

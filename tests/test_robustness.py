@@ -18,6 +18,7 @@ from spkcausal.data.trialio import read_scores
 from spkcausal.inference.extract import extract
 from spkcausal.nn.config import save_config
 from spkcausal.train.trainer import train
+from spkcausal.utils import SpkcausalError
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +239,35 @@ def test_store_mismatches_name_both_stores(exp, tmp_path, capsys):
     missing.write_text("x y target\n")
     rc = main(["score", "--trials", str(missing), "--emb", emb, "--out-dir", str(tmp_path / "s"), "--allow-missing"])
     _one_line_error(capsys, rc, "missing.txt", "nothing to score")
+
+
+# ------------------------------------------------------------------ the directory helper itself
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path, monkeypatch, exchange):
+    from spkcausal import utils
+
+    if not exchange:  # systems without renameat2 RENAME_EXCHANGE take the two-rename path
+        monkeypatch.setattr(utils, "_exchange", lambda a, b: False)
+    out = tmp_path / "d"
+    with utils.atomic_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), utils.atomic_dir(out) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("killed halfway")
+    assert tree_bytes(out) == {"a": b"1"}
+    with utils.atomic_dir(out, carry=True) as tmp:  # carried files are links: replacing one keeps the old
+        assert (tmp / "a").read_text() == "1"
+        utils.write_text_atomic(tmp / "b", "3")
+    assert tree_bytes(out) == {"a": b"1", "b": b"3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    # a kill between the two renames leaves only .d.old: the next use puts it back first
+    out.rename(tmp_path / ".d.old")
+    with pytest.raises(RuntimeError), utils.atomic_dir(out):
+        raise RuntimeError("fails again")
+    assert tree_bytes(out) == {"a": b"1", "b": b"3"}
+    with pytest.raises(SpkcausalError, match="is not a directory"):
+        (tmp_path / "f").write_text("x")
+        with utils.atomic_dir(tmp_path / "f"):
+            pass
