@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+from collections.abc import Callable
 
 from ..utils import USER_OS_ERRNOS, SpkcausalError, output_error
 
@@ -37,6 +38,22 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+count = _int_at_least(0)  # argparse type: workers and the like (0 allowed)
+positive_int = _int_at_least(1)  # argparse type: sizes, resamples, rates
 
 
 def alpha_or_stored(text: str) -> float | str:

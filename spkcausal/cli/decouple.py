@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _decouple(args: argparse.Namespace) -> int:
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-data", required=True, help="the training data dir (labels)")
     p.add_argument("--val-emb", help="tau_norm: raw store of the iden val split")
     p.add_argument("--val-data", help="tau_norm: the iden val data dir")
-    p.add_argument("--epochs", type=int, default=30, help="classifier epochs (default 30)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="classifier epochs (default 30)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=finite_float, default=0.5, help="SGD learning rate, cosine decay (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and sampler (default 0)")
     p.set_defaults(func=_decouple)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import alpha_or_stored
+from . import alpha_or_stored, positive_int
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-speechbrain", help="a SpeechBrain ECAPA-TDNN embedding_model.ckpt -> spkcausal ckpt")
     p.add_argument("src", metavar="CKPT_OR_DIR", help="embedding_model.ckpt or a directory holding it")
     p.add_argument("--out", required=True, help="spkcausal checkpoint to write")
-    p.add_argument("--sample-rate", type=int, default=16000, help="the model's sample rate (default 16000)")
+    p.add_argument("--sample-rate", type=positive_int, default=16000, help="the model's sample rate (default 16000)")
     p.set_defaults(func=_import_sb)
 
     p = sub.add_parser("export-speechbrain", help="a spkcausal ECAPA -> SpeechBrain embedding_model.ckpt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _identify(args: argparse.Namespace) -> int:
@@ -59,5 +59,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", metavar="DIR",
                    help="keep per-utterance predictions as DIR/<variant>.npz (default with --record: "
                         "EXP_DIR/predictions; the report pairs systems on them)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the per-speaker intervals (1000)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="resamples of the per-speaker intervals (1000)")
     p.set_defaults(func=_identify)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import alpha_or_stored, finite_float
+from . import alpha_or_stored, count, finite_float
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat-short", action="store_true",
                    help="repeat inputs shorter than 0.5 s up to it (as the recipes do) instead of failing")
     p.add_argument("--batch-seconds", type=finite_float, default=200.0, help="audio seconds per batch (default 200)")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading audio (default 2)")
+    p.add_argument("--num-workers", type=count, default=2, help="DataLoader workers reading audio (default 2)")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("verify", help="score two audio files and accept / reject",

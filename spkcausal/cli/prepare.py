@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _fmt(value: object) -> str:
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         c = corpora.add_parser(name, help=help_)
         c.add_argument("--root", required=True, help="corpus root directory")
         c.add_argument("--out", required=True, help="output directory for data dirs, trials and prepare.log")
-        c.add_argument("--nj", type=int, default=8, help="parallel jobs (default 8)")
+        c.add_argument("--nj", type=positive_int, default=8, help="parallel jobs (default 8)")
         c.set_defaults(func=func)
         return c
 

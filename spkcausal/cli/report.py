@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p-target", type=finite_float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     p.add_argument("--utt2spk", help="enrolment key -> speaker (the eval dir's utt2spk): the bootstrap resamples "
                                      "speakers (default: enrolment keys)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--llr", action="store_true", help="the scores are calibrated LLRs: also Cllr, minCllr, actDCF "
                                                        "(default for the variants *_cal and *_qmf)")
@@ -90,5 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", help="the system the others are compared with: an EXP_DIR (or its name without "
                                       "_seed<k>) or a row label (default: the first system)")
     p.add_argument("--per-seed", action="store_true", help="also list every seed's rows under the mean ± std rows")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the paired intervals (default 1000)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000,
+                   help="resamples of the paired intervals (default 1000)")
     p.set_defaults(func=_report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -177,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bootstrap confidence intervals at this level (e.g. 0.95), resampling enrolment speakers")
     p.add_argument("--utt2spk", help="map enrolment keys to speakers (the resampling unit); keys not listed stay "
                    "their own unit (default: resample enrolment keys)")
-    p.add_argument("--bootstrap", type=int, metavar="N", help="number of resamples (default 1000)")
+    p.add_argument("--bootstrap", type=positive_int, metavar="N", help="number of resamples (default 1000)")
     p.add_argument("--seed", type=int, help="random seed of the resamples (default 0)")
     p.add_argument("--paired", action="store_true",
                    help="two score files A B on the same trials: interval of EER(A) - EER(B) (and of the minDCF "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import positive_int
+
 
 def _make_shards(args: argparse.Namespace) -> int:
     from ..data.shards import make_shards
@@ -25,5 +27,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory for the shards")
     p.add_argument("--utts-per-shard", type=int, default=1000, help="utterances per shard (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    p.add_argument("--nj", type=int, default=8, help="threads reading audio headers (default 8)")
+    p.add_argument("--nj", type=positive_int, default=8, help="threads reading audio headers (default 8)")
     p.set_defaults(func=_make_shards)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import finite_float
+from . import finite_float, positive_int
 
 
 def _floats(text: str) -> tuple[float, float]:
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--veri-utts", type=int, default=12, help=f"utterances per verification speaker {d}")
     p.add_argument("--trials", type=int, default=4000, help=f"verification trials (half target) {d}")
     p.add_argument("--snr", type=_floats, default=(5.0, 35.0), metavar="LO,HI", help="additive-noise SNR range (dB)")
-    p.add_argument("--sample-rate", type=int, default=16000, help=f"{d}")
+    p.add_argument("--sample-rate", type=positive_int, default=16000, help=f"{d}")
     p.add_argument("--seed", type=int, default=0, help=f"{d}")
-    p.add_argument("--nj", type=int, default=2, help=f"worker processes {d}")
+    p.add_argument("--nj", type=positive_int, default=2, help=f"worker processes {d}")
     p.set_defaults(func=_synth)

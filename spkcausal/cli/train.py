@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from . import positive_int
+
 
 def _train(args: argparse.Namespace) -> int:
     from ..nn.config import load_train_config
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("average-ckpt", help="average the last N epoch checkpoints into avg_model.pt")
     p.add_argument("--exp", required=True, help="experiment dir (holds checkpoints/)")
-    p.add_argument("--num", type=int, default=10, help="number of last epoch checkpoints (default 10)")
+    p.add_argument("--num", type=positive_int, default=10, help="number of last epoch checkpoints (default 10)")
     p.add_argument("--ckpts", nargs="*", help="explicit checkpoint files instead of the last --num epochs")
     p.add_argument("--out", help="output file (default <exp>/avg_model.pt)")
     p.set_defaults(func=_average)
