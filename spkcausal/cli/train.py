@@ -9,9 +9,15 @@ from . import positive_int
 
 def _train(args: argparse.Namespace) -> int:
     from ..nn.config import load_train_config
+    from ..nn.network import check_components
     from ..train.trainer import train
+    from ..utils import DataError, UsageError
 
     cfg = load_train_config(args.config, args.overrides, args.exp_dir)
+    try:
+        check_components(cfg)  # a wrong model / head / loss key fails here, not after the audio scan
+    except UsageError as e:
+        raise DataError(str(e), " + ".join(args.config)) from None
     result = train(cfg, resume=args.resume)
     if result.history and os.environ.get("RANK", "0") == "0":
         last = result.history[-1]

@@ -36,6 +36,17 @@ def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "name"}
 
 
+def check_components(cfg: Mapping[str, Any]) -> None:
+    """Model, head and loss names and the kinds of their keys (UsageError), before any data is read."""
+    from ..registry import check_kwargs
+    from .heads import HEADS
+    from .losses import LOSSES
+    from .models import MODELS
+
+    for section, registry in (("model", MODELS), ("head", HEADS), ("loss", LOSSES)):
+        check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
+
+
 def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:
     """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features;
     `class_counts` (utterances per class) go to a head that uses them (LDAM margins, feature transfer)."""
