@@ -218,7 +218,8 @@ def test_bad_option_values_are_one_line(exp, capsys):
     wav = DataDir.load(data_dir).wav["spk1-u00"]
     for argv in (["verify", str(exp_dir), wav, wav, "--tde-alpha", "abc"],
                  ["export", str(exp_dir), "--format", "torchscript", "--out", "x.pt", "--tde", "abc"],
-                 ["verify", str(exp_dir), wav, wav, "--threshold", "inf"]):
+                 ["verify", str(exp_dir), wav, wav, "--threshold", "inf"],
+                 ["embed", str(exp_dir), wav, "--out", "x", "--num-workers", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
@@ -271,3 +272,40 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path, monkeypatch, exchange
         (tmp_path / "f").write_text("x")
         with utils.atomic_dir(tmp_path / "f"):
             pass
+
+
+def test_refused_checkpoints_are_one_line_saying_what_the_file_is(tmp_path):
+    import pickle
+
+    from spkcausal.nn.checkpoint import load_checkpoint
+
+    pickle.dump({"a": 1}, open(tmp_path / "pickle.pt", "wb"))
+    (tmp_path / "text.pt").write_text("hello\n")
+    torch.save({"w": np.zeros(3)}, tmp_path / "numpy.pt")
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "script.pt"))
+    for name, what in (("pickle.pt", "plain pickle"), ("text.pt", "not a torch checkpoint"),
+                       ("numpy.pt", "objects other than tensors"), ("script.pt", "TorchScript model")):
+        with pytest.raises(SpkcausalError) as e:
+            load_checkpoint(tmp_path / name)
+        msg = str(e.value)
+        assert "\n" not in msg and name in msg and what in msg and "weights_only" not in msg, msg
+
+
+def test_silently_accepted_inputs_are_refused(exp, tmp_path, capsys):
+    root, _, exp_dir, _ = exp
+    s = tmp_path / "u.score"
+    s.write_text("a b 0.5 target\nc d 1_000 nontarget\n")
+    _one_line_error(capsys, main(["eer", str(s)]), f"{s}:2:", "'1_000'")
+    # a results.json row with no figures: report used to exit 0 with no table
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "results.json").write_text(json.dumps({"format": "spkcausal-results", "version": 1, "exp": str(e),
+                                                "rows": {"cosine": {"label": "x"}}}))
+    _one_line_error(capsys, main(["report", str(e)]), "results.json", "'cosine' has no figures")
+    # a trial list and a wav.scp with a byte-order mark read as without it
+    t = tmp_path / "bom_trials"
+    t.write_bytes(b"\xef\xbb\xbf" + b"spk1-u00 spk1-u01 target\n")
+    assert main(["score", "--trials", str(t), "--emb", str(exp_dir / "emb" / "data"), "--out-dir",
+                 str(tmp_path / "s")]) == 0
+    assert read_scores(tmp_path / "s" / "bom_trials.score", keys=True).enroll.tolist() == ["spk1-u00"]
