@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,22 +66,34 @@ def write_store(out_dir: PathLike, keys: Sequence[str], emb: np.ndarray, meta: M
 
 
 def _read_keys(path: Path) -> list[str]:
-    """keys.txt: one key a line (a CRLF line end is fine), none empty, with whitespace or repeated."""
+    """keys.txt: one key a line (a CRLF line end is fine), none empty or with whitespace (repeats: _index_keys).
+    The text is checked with substring searches, so a million keys cost no Python loop unless one is bad."""
     try:
-        keys = path.read_bytes().decode("utf-8").split("\n")
+        text = path.read_bytes().decode("utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    if keys and keys[-1] == "":
-        keys.pop()
-    keys = [k[:-1] if k.endswith("\r") else k for k in keys]
-    seen: set[str] = set()
-    for i, k in enumerate(keys):
-        if not k or any(c.isspace() for c in k) or "\0" in k:
-            raise DataError(f"key {k!r} is empty or holds whitespace", path, i + 1)
-        if k in seen:
-            raise DataError(f"duplicate key {k!r}", path, i + 1)
-        seen.add(k)
+    if not text:
+        return []
+    keys = (text[:-1] if text.endswith("\n") else text).split("\n")
+    suspicious = "" in keys or any(c in text for c in " \t\r\x0b\x0c\x00\x1c\x1d\x1e\x1f") or \
+        (not text.isascii() and re.search(r"[^\S\n]", text) is not None)
+    if suspicious:
+        for i, k in enumerate(keys):
+            if not k or "\x00" in k or any(c.isspace() for c in k):
+                raise DataError(f"key {k!r} is empty or holds whitespace", path, i + 1)
     return keys
+
+
+def _index_keys(keys: list[str], path: Path) -> dict[str, int]:
+    """Key -> row, built once at open: the duplicate check and the lookup table in one pass."""
+    index = {k: i for i, k in enumerate(keys)}
+    if len(index) != len(keys):
+        seen: set[str] = set()
+        for i, k in enumerate(keys):
+            if k in seen:
+                raise DataError(f"duplicate key {k!r}", path, i + 1)
+            seen.add(k)
+    return index
 
 
 def _check_finite(matrix: np.ndarray, keys: list[str], path: Path, block: int = 1 << 16) -> None:
@@ -132,7 +145,9 @@ class EmbeddingStore:
         if len(keys) != n:
             raise DataError(f"{len(keys)} keys; store.json says {n}", path / KEYS_FILE)
         _check_finite(matrix, keys, emb_path)
-        return cls(path, keys, matrix)
+        store = cls(path, keys, matrix)
+        store._index = _index_keys(keys, path / KEYS_FILE)
+        return store
 
     def __len__(self) -> int:
         return len(self.keys)
