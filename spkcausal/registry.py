@@ -82,6 +82,12 @@ def _fits(default: Any, value: Any) -> str | None:
     return None
 
 
+def _also_str(annotation: Any) -> bool:
+    """True when a parameter's annotation admits a string besides its default's kind (`float | str`)."""
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "str" in text.replace(" ", "").split("|") or "Any" in text
+
+
 def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
     """A config value of the wrong kind for a builder's parameter (judged by its default: `embed_dim=abc`,
     `scale=true`, `channels=0`) is a UsageError naming `section.key`, before torch meets it."""
@@ -92,6 +98,8 @@ def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
     for key, value in kwargs.items():
         param = params.get(key)
         if param is None or param.default is inspect.Parameter.empty or param.default is None:
+            continue
+        if _also_str(param.annotation) and isinstance(value, str):  # e.g. momentum: float | str ('auto')
             continue
         want = _fits(param.default, value)
         if want is not None:

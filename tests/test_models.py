@@ -60,8 +60,8 @@ def test_train_with_unknown_model_name_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["spkcausal train: error: unknown model 'nope'; expected one of "
-                      + ", ".join(list_models())], out.stderr[-2000:]
+    assert errors == [f"spkcausal train: error: {conf}: unknown model 'nope'; expected one of "
+                      + ", ".join(list_models())], out.stderr[-2000:]  # checked before the audio scan
     assert not (tmp_path / "exp" / "checkpoints").exists() or not any((tmp_path / "exp" / "checkpoints").iterdir())
 
 
