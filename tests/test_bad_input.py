@@ -484,8 +484,14 @@ def _ckpt_same(a, b) -> bool:
 
 
 def oracle_ckpt(data: bytes):
-    """torch's safe loader on the same bytes (no file involved), or REJECT when it refuses them."""
+    """A zip whose members pass their CRC-32 (Python's zipfile, not torch's reader) and are files, that torch's
+    safe loader accepts (from memory, no file involved); REJECT otherwise."""
+    import zipfile
+
     try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        if z.testzip() is not None or any(i.external_attr & 0x10 or i.is_dir() for i in z.infolist()):
+            return REJECT  # a member failing its CRC, or flagged as a directory (which torch reads as garbage)
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
         return REJECT

@@ -65,7 +65,9 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only=True); a refused or broken file is one line naming it."""
+    """Load a checkpoint safely (weights_only=True), its zip members' CRCs checked first (torch does not check
+    them: a damaged directory entry loads as garbage weights); a refused or broken file is one line naming it."""
+    _check_crcs(Path(path))
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -74,6 +76,30 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise DataError("is a directory; expected a checkpoint file (.pt)", path) from None
     except Exception as e:  # torch's own text runs to several lines and advises weights_only=False: never pass it on
         raise DataError(_refusal(Path(path), e), path) from None
+
+
+def _check_crcs(path: Path) -> None:
+    """DataError when a torch zip archive has a member that fails its CRC-32 or does not match its directory
+    entry; files that are no zip at all are left to torch.load (and _refusal) to name."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            # torch's zip reader returns a member flagged as a directory (MS-DOS attribute 0x10) as
+            # uninitialised memory: a silently wrong tensor, so such an entry is damage
+            flagged = [i.filename for i in z.infolist() if i.external_attr & 0x10 or i.is_dir()]
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return  # torch.load's handlers name these
+    except zipfile.BadZipFile as e:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return  # not a zip: a pickle, text, ...
+        raise DataError(f"truncated or corrupt checkpoint ({e})", path) from None
+    except Exception as e:  # zipfile meets a damaged directory in many ways (UnicodeDecodeError, EOFError, ...)
+        raise DataError(f"truncated or corrupt checkpoint ({type(e).__name__})", path) from None
+    if bad is not None:
+        raise DataError(f"damaged checkpoint: {bad} fails its CRC check", path)
+    if flagged:
+        raise DataError(f"damaged checkpoint: {flagged[0]} is marked as a directory in the zip directory", path)
 
 
 def _refusal(path: Path, e: Exception) -> str:
