@@ -103,3 +103,37 @@ def test_rehearsal_runs_every_stage_at_1_200(tmp_path):
     assert resume["extra"]["resume_max_diff"] == 0.0 and resume["extra"]["classes"] == 30
     table = format_table(rows)
     assert "FAILED" not in table and table.count("\n| ") == len(rows) + 1
+
+
+def test_bounded_map_keeps_order_and_submits_lazily():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spkcausal.utils import bounded_map
+
+    taken = []
+
+    def items():
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
+    with ThreadPoolExecutor(3) as pool:
+        for chunk in (1, 7, 1000, 5000):
+            assert list(bounded_map(pool, lambda x: x * x, range(1000), chunk)) == [i * i for i in range(1000)]
+        it = bounded_map(pool, lambda x: -x, items(), chunk=16)
+        assert next(it) == 0 and len(taken) == 16  # Executor.map would have submitted all 1,000 here
+
+
+def test_training_prescan_unchanged_by_bounded_submission(pool, tmp_path):
+    from spkcausal.data.audio import probe_audio
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.dataset import scan_training_audio
+
+    make_rehearsal(tmp_path, "cnceleb", pool, SCALE)
+    data = DataDir.load(tmp_path / "cnceleb_eval")
+    data.wav[data.utts[3]] = str(tmp_path / "missing.wav")
+    scan = scan_training_audio(data, 3.0, 16000, num_threads=3)
+    want = {u: probe_audio(data.wav[u], 16000) for u in data.utts}  # serial reference
+    ok = {u: p.frames for u, p in want.items() if not p.problem and p.frames >= 48000}
+    assert scan.num_samples == ok and scan.utts == sorted(ok)
+    assert set(scan.skipped) == set(want) - set(ok) and data.utts[3] in scan.skipped
