@@ -137,3 +137,27 @@ def test_training_prescan_unchanged_by_bounded_submission(pool, tmp_path):
     ok = {u: p.frames for u, p in want.items() if not p.problem and p.frames >= 48000}
     assert scan.num_samples == ok and scan.utts == sorted(ok)
     assert set(scan.skipped) == set(want) - set(ok) and data.utts[3] in scan.skipped
+
+
+def test_speaker_means_in_blocks_equal_one_pass(tmp_path):
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.embeddings import EmbeddingStore, speaker_means, write_store
+
+    rng = np.random.default_rng(3)
+    keys = [f"u{i:04d}" for i in range(1000)]
+    spk = {k: f"s{rng.integers(0, 37):02d}" for k in keys}
+    DataDir(wav={k: "/x.wav" for k in keys}, utt2spk=spk).write(tmp_path / "d")
+    emb = rng.standard_normal((1000, 16)).astype(np.float32) * rng.lognormal(0, 3, (1000, 1)).astype(np.float32)
+    write_store(tmp_path / "s", keys[::-1], emb)  # row order differs from utt2spk order
+    store = EmbeddingStore.open(tmp_path / "s")
+    spks, means = speaker_means(store, tmp_path / "d", block=7)
+    # The former single pass: one np.add.at over every row in row order.
+    rows = store.lookup(keys)
+    names, idx = np.unique(np.array([spk[k] for k in keys]), return_inverse=True)
+    ref = np.zeros((len(names), 16))
+    order = np.argsort(rows)
+    np.add.at(ref, idx[order], np.asarray(store.matrix[rows[order]], dtype=np.float64))
+    ref /= np.bincount(idx)[:, None]
+    assert spks == list(names) and np.array_equal(means, ref)
+    direct = emb[[store.index(k) for k in keys if spk[k] == names[0]]].astype(np.float64).mean(0)
+    assert np.allclose(means[0], direct, rtol=1e-9, atol=0)
