@@ -71,13 +71,11 @@ def _cli(*args: str) -> list[str]:
 
 
 def vox_stages(quick: bool) -> list[Stage]:
-    """The VoxCeleb recipe's CPU stages, in run order (later ones read what earlier ones wrote)."""
+    """The VoxCeleb recipe's CPU stages, in run order (later ones read what earlier ones wrote): the data
+    stages and the training loader here, the rest in vox_eval_stages."""
     t = lambda d, name: str(d / "trials" / name)  # noqa: E731
     E, H, O = "list_test_all2.txt", "list_test_hard2.txt", "veri_test2.txt"
     n_tr = lambda c: c["train"].utts  # noqa: E731
-    n_eh = lambda c: c["trials"][E] + c["trials"][H]  # noqa: E731
-    cohort = lambda w: ["--mean-store", str(w / "emb/train"), "--cohort", str(w / "emb/train"),  # noqa: E731
-                        "--cohort-data", str(w / "train")]
     st = [
         Stage("generate data dirs", "vox", lambda d, w, c: ["inner", "generate", "voxceleb"], n_tr, "utts"),
         Stage("validate-data vox2_dev", "vox", lambda d, w, c: _cli("validate-data", str(d / "vox2_dev")), n_tr,
@@ -120,7 +118,18 @@ def vox_stages(quick: bool) -> list[Stage]:
             st.append(Stage(f"train steps {m} {'x3 classes (speed)' if speed else ''}".strip(), "vox",
                             lambda d, w, c, m=m, s=speed: ["inner", "steps", m, str(int(s))],
                             lambda c: None, "classes", torch=True))
-    st += [
+    return st + vox_eval_stages()
+
+
+def vox_eval_stages() -> list[Stage]:
+    """From training on: train + resume, extraction, stores, scoring, back-ends, identification, report."""
+    t = lambda d, name: str(d / "trials" / name)  # noqa: E731
+    E, H = "list_test_all2.txt", "list_test_hard2.txt"
+    n_tr = lambda c: c["train"].utts  # noqa: E731
+    n_eh = lambda c: c["trials"][E] + c["trials"][H]  # noqa: E731
+    cohort = lambda w: ["--mean-store", str(w / "emb/train"), "--cohort", str(w / "emb/train"),  # noqa: E731
+                        "--cohort-data", str(w / "train")]
+    return [
         Stage("spkcausal train (+ exact resume)", "vox", lambda d, w, c: ["inner", "train"], n_tr, "utts",
               torch=True),
         Stage("extract (bucket, sample of 200)", "vox", lambda d, w, c: ["inner", "extract"], lambda c: None,
@@ -163,7 +172,6 @@ def vox_stages(quick: bool) -> list[Stage]:
         Stage("report", "vox", lambda d, w, c: _cli("report", str(w / "exp/sys"), "--out", str(w / "report")),
               n_eh, "trials"),
     ]
-    return st
 
 
 def cn_stages() -> list[Stage]:
