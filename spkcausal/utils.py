@@ -9,11 +9,25 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 PathLike = str | os.PathLike
+
+
+def bounded_map(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], chunk: int = 4096) -> Iterator[Any]:
+    """`pool.map(fn, items)` in order, at most `chunk` items in flight: Executor.map submits every item at
+    once, a Future each, which for the million files of VoxCeleb2 held gigabytes (docs/scale.md)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == chunk:
+            yield from pool.map(fn, batch)
+            batch = []
+    if batch:
+        yield from pool.map(fn, batch)
 
 
 class SpkcausalError(Exception):

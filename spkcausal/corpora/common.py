@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..data.audio import probe_audio
 from ..data.datadir import DataDir
-from ..utils import PathLike, atomic_write
+from ..utils import PathLike, atomic_write, bounded_map
 
 log = logging.getLogger("spkcausal.prepare")
 
@@ -21,7 +21,7 @@ def probe_durations(wav: dict[str, str], nj: int = 8, desc: str = "utt2dur") -> 
     dur: dict[str, float] = {}
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, nj)) as pool:
-        results = pool.map(probe_audio, (wav[u] for u in utts), chunksize=256)
+        results = bounded_map(pool, probe_audio, (wav[u] for u in utts))
         for utt, probe in tqdm(zip(utts, results), total=len(utts), desc=desc, mininterval=2, leave=False):
             if probe.problem:
                 bad[utt] = probe.problem

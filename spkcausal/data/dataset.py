@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..utils import DataError, UsageError
+from ..utils import DataError, UsageError, bounded_map
 from .audio import probe_audio, read_chunk
 from .datadir import DataDir
 
@@ -64,7 +64,7 @@ def scan_training_audio(data: DataDir, min_seconds: float, sample_rate: int = 16
     ok: dict[str, int] = {}
     skipped: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        results = pool.map(lambda u: probe_audio(data.wav[u], sample_rate), utts)
+        results = bounded_map(pool, lambda u: probe_audio(data.wav[u], sample_rate), utts)
         for utt, (frames, _, why) in tqdm(zip(utts, results), total=len(utts), desc="scanning training audio",
                                           mininterval=2, leave=False):
             if why:

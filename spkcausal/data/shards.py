@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import DataError, PathLike, UsageError, atomic_dir, atomic_path, write_text_atomic
+from ..utils import DataError, PathLike, UsageError, atomic_dir, atomic_path, bounded_map, write_text_atomic
 
 log = logging.getLogger("spkcausal.data.shards")
 
@@ -148,7 +148,7 @@ def _plan_shards(data: Any, data_dir: PathLike, out: Path, utts_per_shard: int, 
         stale.unlink(missing_ok=True)
     utts = data.utts
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        probes = list(pool.map(lambda u: _probe(data.wav[u]), utts))
+        probes = list(bounded_map(pool, lambda u: _probe(data.wav[u]), utts))
     skipped = {u: p[3] for u, p in zip(utts, probes) if p[3]}
     ok = [i for i, p in enumerate(probes) if not p[3]]
     if not ok:

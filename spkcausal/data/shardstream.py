@@ -76,6 +76,16 @@ def chunk_from_bytes(data: bytes, num_samples: int, rng: np.random.Generator) ->
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def shard_members(shard_of: np.ndarray, ids: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """For each shard 0..num_shards-1, the `ids` whose `shard_of` is that shard, in their order in `ids`.
+
+    One stable sort, O(N log N); a mask per shard was O(N x shards), i.e. quadratic in the corpus."""
+    order = np.argsort(shard_of, kind="stable")
+    counts = np.bincount(shard_of, minlength=num_shards)[:num_shards]
+    keep = shard_of[order] < num_shards
+    return np.split(ids[order][keep], np.cumsum(counts)[:-1])
+
+
 class ShardTrainStream(IterableDataset):
     """Batches `(waves (B, N), labels (B,), example ids (B,), replaced reads)` of one rank from a shard set."""
 
@@ -102,7 +112,7 @@ class ShardTrainStream(IterableDataset):
         self.labels[ids] = [spk2label[index.spks[i]] for i in ids]
         self.num_utts = len(ids)
         # Usable example ids of each shard, in file order (index rows are in shard and member order).
-        self._by_shard = [ids[index.shard[ids] == s] for s in range(index.num_shards)]
+        self._by_shard = shard_members(index.shard[ids], ids, index.num_shards)
         self._shards = np.array([s for s in range(index.num_shards) if len(self._by_shard[s])], dtype=np.int64)
         if len(self._shards) < self.world * self.streams:
             raise UsageError(f"{len(self._shards)} shards with usable audio cannot feed {self.world} ranks x "
@@ -222,8 +232,10 @@ class ShardTrainStream(IterableDataset):
         new[1:] = (shard[1:] != shard[:-1]) | (reads[1:] <= reads[:-1])
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], len(reads))
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
-            mine = wanted[(wanted >= lo) & (wanted < hi)]
+        # `wanted` is sorted: each run's share is one slice (a mask per run would cost runs x wanted).
+        cuts = np.searchsorted(wanted, np.stack([starts, ends]))
+        for lo, a, b in zip(starts.tolist(), cuts[0].tolist(), cuts[1].tolist()):
+            mine = wanted[a:b]
             if len(mine) == 0:
                 continue  # finished before the resume point, or never emitted: not even opened
             expect = {self.index.keys[reads[p]]: int(p) for p in mine}

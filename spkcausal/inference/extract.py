@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from ..data.audio import audio_info, read_audio, resample
 from ..nn.distributed import rank_and_world, resolve_device
 from ..nn.network import resolve_checkpoint
-from ..utils import DataError, PathLike, UsageError, atomic_path, log_to_file, write_text_atomic
+from ..utils import DataError, PathLike, UsageError, atomic_path, bounded_map, log_to_file, write_text_atomic
 
 log = logging.getLogger("spkcausal.inference.extract")
 
@@ -60,7 +60,7 @@ class AudioSource(Dataset):
         self.items, self.sample_rate, self.min_samples = list(items), int(sample_rate), int(min_samples)
         self.resample, self.short, self.max_samples = resample, short, int(max_samples)
         with ThreadPoolExecutor(max(1, num_threads)) as pool:
-            native = list(pool.map(self._native_length, self.items))
+            native = list(bounded_map(pool, self._native_length, self.items))
         self.rates = [sr for _, sr in native]
         self.lengths = np.array([self._checked(i, n, sr) for i, (n, sr) in enumerate(native)], dtype=np.int64)
         if self.max_samples > 0:  # mode "crop": the central max_samples of longer input
