@@ -22,7 +22,8 @@ fi
 stamp="$venv/.spkcausal-installed"
 want="$(sha256sum "$root/setup.py" | cut -c1-16)"
 # the stamp: "<setup.py hash> <extra,extra,...>"; an install covers the extras asked for and those it had
-read -r have have_extras < "$stamp" 2>/dev/null || { have=""; have_extras=""; }
+have="" have_extras=""
+[ ! -f "$stamp" ] || read -r have have_extras < "$stamp" || true
 [ -z "$have" ] || [ -n "$have_extras" ] || have_extras=dev  # a stamp of the one-extra days: dev
 [ "$have" = "$want" ] || have_extras=""
 all="$(printf '%s\n' ${extras//,/ } ${have_extras//,/ } | sort -u | paste -sd, -)"
