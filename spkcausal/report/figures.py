@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def difference_items(summary: Mapping, runs: Mapping, labels: Mapping[tuple[str,
     return items
 
 
-def _row(ax, y: int, v: float, lo: float, hi: float, seeds: Sequence[float], color: str, filled: bool,
+def _row(ax: Any, y: int, v: float, lo: float, hi: float, seeds: Sequence[float], color: str, filled: bool,
          dots: bool) -> dict:
     cont = ax.errorbar([v], [y], xerr=[[v - lo], [hi - v]], fmt="o", color=color, ms=5, capsize=3, lw=1.2,
                        mfc=color if filled else "white", zorder=3)
@@ -108,7 +109,7 @@ def _row(ax, y: int, v: float, lo: float, hi: float, seeds: Sequence[float], col
     return {"value": float(cont.lines[0].get_xdata()[0]), "lo": float(x0), "hi": float(x1)}
 
 
-def draw_panels(fig, items: Sequence[dict], panels: Sequence[tuple[str, str]], title: str, zero: bool,
+def draw_panels(fig: Any, items: Sequence[dict], panels: Sequence[tuple[str, str]], title: str, zero: bool,
                 dots: bool) -> dict:
     """One panel per column of `fig` (a Figure or SubFigure), one row per item; {col: {label: drawn}}. The EER
     panels share their x axis (groups compare at a glance); a forest plot's panels each centre on 0."""
@@ -141,7 +142,7 @@ def draw_panels(fig, items: Sequence[dict], panels: Sequence[tuple[str, str]], t
     return drawn
 
 
-def _save(fig, out: Path) -> None:
+def _save(fig: Any, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -149,7 +150,7 @@ def _save(fig, out: Path) -> None:
         fig.savefig(tmp, dpi=100)
 
 
-def _figure(n_rows: int, n_panels: int, per_row: float):
+def _figure(n_rows: int, n_panels: int, per_row: float) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(3.3 + 2.3 * n_panels, 1.0 + per_row * n_rows), layout="constrained")

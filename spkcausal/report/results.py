@@ -353,7 +353,7 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
                  variants: Sequence[str] | None = None, p_target: float = 0.01, baseline: str | None = None,
                  per_seed: bool = False, n_boot: int = 1000) -> tuple[str, Path]:
     """Write `report.md` and `report.json` (rows, per-run figures, differences) into out_dir (default: the first
-    exp's parent)."""
+    exp's parent), with the figures (report.figures) and summary.md (report.headline) beside them."""
     if not exp_dirs:
         raise UsageError("no experiment dirs given")
     rows = collect_rows(exp_dirs, variants)
