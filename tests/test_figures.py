@@ -164,5 +164,5 @@ def test_det_markers_lie_inside_the_axes(tmp_path):
         assert x0 <= x <= x1 and y0 <= y <= y1, label
     assert {lab for lab, _, _ in info["points"]} == set(info["legend"])
     # A's minimum DCF is "reject everything" (Pfa 0, Pmiss 1): off any probit axis, so named in A's entry
-    assert info["curves"][0].startswith("A (EER") and "minDCF(0.01) 1.000 off-axis" in info["curves"][0]
+    assert info["curves"][0].startswith("A (EER") and "off-axis: minDCF(0.01) 1.000" in info["curves"][0]
     assert "off-axis" not in info["curves"][1]

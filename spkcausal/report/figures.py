@@ -87,9 +87,10 @@ def difference_items(summary: Mapping, runs: Mapping, labels: Mapping[tuple[str,
     items = []
     for key, ref, diffs in selected_differences(summary, runs, parents):
         cols = {}
+        decoupled = runs[key][0].get("decoupled")
         for col, _ in DIFF_PANELS:
             e = diffs.get(col)
-            if not e:
+            if not e or decoupled and not col.startswith("acc_"):  # cRT / tau-norm: the base's embeddings
                 continue
             lo, hi = e["ci"] if e.get("ci") else (e["diff"], e["diff"])
             cols[col] = (_SCALE * e["diff"], _SCALE * lo, _SCALE * hi, [_SCALE * x for x in e.get("per_seed", [])],

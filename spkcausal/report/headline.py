@@ -28,8 +28,11 @@ def headline_markdown(rows: Sequence[Mapping], summary: Mapping, figures: Mappin
             continue
         figs = [row_figures(r, iv.p_target) for r in rs]
         ref, diffs = refs.get(key, (None, {}))
-        body.append([labels[key]] + [_cell([f[c] for f in figs], c) for c in HEADLINE_COLUMNS]
-                    + [labels[ref] if ref else "-"] + [_diff_cell(diffs.get(c), c) for c in HEADLINE_COLUMNS])
+        # cRT / tau-norm: the base's embeddings, so its verification figures; only identification is theirs
+        cols = [c for c in HEADLINE_COLUMNS if not rs[0].get("decoupled") or c.startswith("acc_")]
+        body.append([labels[key]] + [_cell([f[c] for f in figs], c) if c in cols else "-" for c in HEADLINE_COLUMNS]
+                    + [labels[ref] if ref else "-"]
+                    + [_diff_cell(diffs.get(c), c) if c in cols else "-" for c in HEADLINE_COLUMNS])
     head = (["System"] + [_HEAD[c] for c in HEADLINE_COLUMNS] + ["vs"]
             + ["Δ " + _HEAD[c] for c in HEADLINE_COLUMNS])
     links = " · ".join(f"[{name}]({path})" for name, path in figures.items())

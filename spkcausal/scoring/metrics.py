@@ -326,9 +326,9 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
         idx = _thin(c.pfa, c.pmiss)
         inside = [low <= pfa <= high and low <= pmiss <= high for pfa, pmiss, _ in marks]
         # a point at Pfa 0 or Pmiss 1 lies off any probit axis: its value goes into the system's entry instead
-        off = "".join(f"; {t.strip()} off-axis" for (_, _, t), ok in zip(marks, inside) if not ok)
+        off = ", ".join(t.strip() for (_, _, t), ok in zip(marks, inside) if not ok)
         (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
-                          label=f"{name} (EER {eer * 100:.2f}%{off})")
+                          label=f"{name} (EER {eer * 100:.2f}%)" + (f"\n  off-axis: {off}" if off else ""))
         ax.plot(norm.ppf(eer), norm.ppf(eer), "o", color=line.get_color())
         for m, (pfa, pmiss, text) in enumerate(marks):
             if not inside[m]:
@@ -347,11 +347,11 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     ax.set_xlabel("False alarm probability (%)")
     ax.set_ylabel("Miss probability (%)")
     ax.grid(True, lw=0.3)
-    legend = ax.legend(fontsize=8, loc="lower left")  # DET curves run from upper left to lower right
+    # beside the axes, not on them: with many systems or long names an inside legend hides the curves
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title("DET (o: EER; open markers: minDCF operating points)", fontsize=10)
-    fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=150)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
     texts = [t.get_text() for t in legend.get_texts()]
     return {"xlim": ax.get_xlim(), "ylim": ax.get_ylim(), "points": drawn,
