@@ -4,5 +4,5 @@
 SPKCAUSAL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SPKCAUSAL_PY="$(bash "$SPKCAUSAL_ROOT/tools/setup_env.sh")"   # the interpreter that runs spkcausal (and torchrun)
 export PATH="$(dirname "$SPKCAUSAL_PY"):$PATH"
-echo "using $SPKCAUSAL_PY"
+echo "using $SPKCAUSAL_PY (environment ready at ${SECONDS}s)"
 export PYTHONUNBUFFERED=1

@@ -378,7 +378,7 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
                  variants: Sequence[str] | None = None, p_target: float = 0.01, baseline: str | None = None,
                  per_seed: bool = False, n_boot: int = 1000) -> tuple[str, Path]:
     """Write `report.md` and `report.json` (rows, per-run figures, differences) into out_dir (default: the first
-    exp's parent)."""
+    exp's parent), with the figures (report.figures) and summary.md (report.headline) beside them."""
     if not exp_dirs:
         raise UsageError("no experiment dirs given")
     rows = collect_rows(exp_dirs, variants)
@@ -387,8 +387,23 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
     text, summary = _render(rows, Intervals(p_target, n_boot), caption, baseline, per_seed)
     out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
-    # report.json first: report.md, the file people look at, appears only when both are complete.
+    # report.json first: report.md, the file people look at, appears only when the rest is complete.
     write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": rows,
                                                        **summary}, indent=1) + "\n")
+    text = _with_figures(rows, summary, out, Intervals(p_target, n_boot), text)
     write_text_atomic(out / "report.md", text)
     return text, out
+
+
+def _with_figures(rows: Sequence[dict], summary: dict, out: Path, iv: Intervals, text: str) -> str:
+    """Write the figures and summary.md beside the report; the report's text with their links on top."""
+    from .figures import write_figures
+    from .headline import headline_markdown
+
+    titles = {"eer_groups": "EER by shot group", "differences": "differences from the reference",
+              "seeds": "every seed"}
+    figs = {titles[k]: Path(v["path"]).name for k, v in write_figures(rows, summary, out, iv).items()}
+    write_text_atomic(out / "summary.md", headline_markdown(rows, summary, figs, iv))
+    links = " · ".join(f"[{name}]({path})" for name, path in figs.items())
+    return ("Headline rows: [summary.md](summary.md)" + (f"; figures: {links}" if links else "") + ".\n\n"
+            + "".join(f"![{name}]({path})\n" for name, path in figs.items()) + ("\n" if figs else "") + text)

@@ -27,7 +27,7 @@ from ..utils import UsageError
 from .evidence import COLUMNS, DEFAULT_INTERVALS, Intervals, paired_differences, row_figures, seed_summary, t_interval
 from .tailcost import tail_cost, tail_cost_lines
 
-__all__ = ["group_runs", "references_of", "resolve_baseline", "build_tables"]
+__all__ = ["group_runs", "references_of", "resolve_baseline", "run_labels", "run_parents", "build_tables"]
 
 _TDE_BASE = {"tde": "cosine", "tde_mean_sub": "mean_sub", "tde_asnorm": "asnorm", "tde_asnorm_cal": "asnorm_cal",
              "tde_asnorm_qmf": "asnorm_qmf"}
@@ -146,6 +146,20 @@ def _label(rs: Sequence[Mapping], dup: bool) -> str:
     return label
 
 
+def run_labels(runs: Mapping[tuple[str, str], Sequence[Mapping]]) -> dict[tuple[str, str], str]:
+    """The table's label of every run (system dir added where two systems share a label)."""
+    systems: dict[str, set[str]] = {}
+    for (system, _), rs in runs.items():
+        systems.setdefault(rs[0]["label"], set()).add(system)
+    return {k: _label(rs, len(systems[rs[0]["label"]]) > 1) for k, rs in runs.items()}
+
+
+def run_parents(rows: Sequence[Mapping], runs: Mapping) -> dict[str, str | None]:
+    """System -> the system it was fine-tuned from (as a key of `runs`), or None."""
+    by_path = {str(Path(s).resolve()): s for s, _ in runs}  # init_from may spell the dir differently
+    return {r["system"]: by_path.get(str(Path(r["parent"]).resolve())) if r.get("parent") else None for r in rows}
+
+
 def _run_diffs(rs: Sequence[Mapping], refs: Sequence[Mapping], iv: Intervals) -> dict[str, dict]:
     """Paired bootstrap for one run each; else mean and t-interval of the per-seed differences."""
     if len(rs) == 1 and len(refs) == 1:
@@ -201,9 +215,7 @@ def build_tables(rows: Sequence[Mapping], iv: Intervals = DEFAULT_INTERVALS, bas
                                 "seeds": [r["seed"] for r in rs],
                                 "figures": {c: [f[c][0] for f in figs] for c, _, _ in COLUMNS}})
     body = []
-    by_path = {str(Path(s).resolve()): s for s, _ in runs}  # init_from may spell the dir differently
-    parents = {r["system"]: by_path.get(str(Path(r["parent"]).resolve())) if r.get("parent") else None
-               for r in rows}
+    parents = run_parents(rows, runs)
     for key, rs in runs.items():
         for ref in references_of(key, runs, base, parents):
             diffs = _run_diffs(rs, runs[ref], iv)

@@ -280,9 +280,21 @@ def _thin(pfa: np.ndarray, pmiss: np.ndarray, n_max: int = 4000) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.minimum(keep, len(pfa) - 1), [len(pfa) - 1]]))
 
 
+def _det_limits(ticks: np.ndarray, eers: Sequence[float], points: Sequence[tuple[float, float]]) -> tuple:
+    """(low, high) axis ends, snapped to ticks: from well below the best EER to well above the worst (an 0.8 %
+    and an 18 % system are both drawn where their curves are), widened to cover every marked operating point."""
+    coords = [v for pt in points for v in pt if ticks[0] <= v <= ticks[-1]]
+    low_want = min([max(min(eers, default=0.01) / 20, ticks[0])] + coords)
+    high_want = max([min(max(max(eers, default=0.01) * 3, 0.4), 0.99)] + coords)
+    low = ticks[max(0, np.searchsorted(ticks, low_want, side="right") - 1)]
+    high = ticks[min(len(ticks) - 1, np.searchsorted(ticks, high_want))]
+    return low, high
+
+
 def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01, 0.05),
-             labels: Sequence[str] | None = None) -> None:
-    """DET curves (probit axes) of score files, EER and minDCF points marked, one legend entry per system."""
+             labels: Sequence[str] | None = None) -> dict:
+    """DET curves (probit axes) of score files, EER and minDCF points marked, one legend entry per system and
+    per marker drawn; returns the axes limits and the markers as drawn (probit units) for checking."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,32 +304,39 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     from ..data.trialio import read_scores
     from ..utils import atomic_path
 
-    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99]) / 100
+    ticks = np.array([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 99.9,
+                      99.99]) / 100
     lo = 1e-5
-    eers = []
-    fig, ax = plt.subplots(figsize=(6, 6))
-    markers = ["s", "^", "v", "D"]
+    curves = []
     for n, path in enumerate(paths):
         table = read_scores(path, need_labels=True)
         c = det_curve(table.scores, table.labels)
         eer, _ = _eer_from_curve(c)
-        eers.append(eer)
-        idx = _thin(c.pfa, c.pmiss)
-        name = labels[n] if labels else Path(path).name
-        (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
-                          label=f"{name} (EER {eer * 100:.2f}%)")
-        ax.plot(norm.ppf(eer), norm.ppf(eer), "o", color=line.get_color())
-        for m, p in enumerate(p_targets):
+        marks = []
+        for p in p_targets:
             dcf = p * c.pmiss + (1 - p) * c.pfa
             i = int(np.argmin(dcf))
-            ax.plot(norm.ppf(np.clip(c.pfa[i], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[i], lo, 1 - lo)),
-                    markers[m % len(markers)], color=line.get_color(), mfc="none",
-                    label=f"  minDCF({p:g}) {dcf[i] / min(p, 1 - p):.3f}")
+            marks.append((float(c.pfa[i]), float(c.pmiss[i]), f"  minDCF({p:g}) {dcf[i] / min(p, 1 - p):.3f}"))
+        curves.append((labels[n] if labels else Path(path).name, c, eer, marks))
+    low, high = _det_limits(ticks, [e for _, _, e, _ in curves], [m[:2] for *_, ms in curves for m in ms])
+    fig, ax = plt.subplots(figsize=(6, 6))
+    markers = ["s", "^", "v", "D"]
+    drawn = []
+    for name, c, eer, marks in curves:
+        idx = _thin(c.pfa, c.pmiss)
+        inside = [low <= pfa <= high and low <= pmiss <= high for pfa, pmiss, _ in marks]
+        # a point at Pfa 0 or Pmiss 1 lies off any probit axis: its value goes into the system's entry instead
+        off = ", ".join(t.strip() for (_, _, t), ok in zip(marks, inside) if not ok)
+        (line,) = ax.plot(norm.ppf(np.clip(c.pfa[idx], lo, 1 - lo)), norm.ppf(np.clip(c.pmiss[idx], lo, 1 - lo)),
+                          label=f"{name} (EER {eer * 100:.2f}%)" + (f"\n  off-axis: {off}" if off else ""))
+        ax.plot(norm.ppf(eer), norm.ppf(eer), "o", color=line.get_color())
+        for m, (pfa, pmiss, text) in enumerate(marks):
+            if not inside[m]:
+                continue
+            (pt,) = ax.plot(norm.ppf(pfa), norm.ppf(pmiss), markers[m % len(markers)], color=line.get_color(),
+                            mfc="none", label=text)
+            drawn.append((text, float(pt.get_xdata()[0]), float(pt.get_ydata()[0])))
     ax.plot(norm.ppf([lo, 1 - lo]), norm.ppf([lo, 1 - lo]), ":", color="grey", lw=0.8)
-    # Axes follow the systems: from well below the best EER to well above the worst, snapped to ticks,
-    # so a 0.8 % system and an 18 % system are both drawn where their curves are.
-    low = ticks[max(0, np.searchsorted(ticks, max(min(eers, default=0.01) / 20, ticks[0]), side="right") - 1)]
-    high = ticks[min(len(ticks) - 1, np.searchsorted(ticks, min(max(max(eers, default=0.01) * 3, 0.4), 0.99)))]
     shown = ticks[(ticks >= low) & (ticks <= high)]
     pt = norm.ppf(shown)
     names = [f"{t * 100:g}" for t in shown]
@@ -328,9 +347,13 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
     ax.set_xlabel("False alarm probability (%)")
     ax.set_ylabel("Miss probability (%)")
     ax.grid(True, lw=0.3)
-    ax.legend(fontsize=8, loc="lower left")  # DET curves run from upper left to lower right: this corner is free
-    ax.set_title("DET")
-    fig.tight_layout()
+    # beside the axes, not on them: with many systems or long names an inside legend hides the curves
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    ax.set_title("DET (o: EER; open markers: minDCF operating points)", fontsize=10)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=150)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
+    texts = [t.get_text() for t in legend.get_texts()]
+    return {"xlim": ax.get_xlim(), "ylim": ax.get_ylim(), "points": drawn,
+            "legend": [t for t in texts if t.startswith("  minDCF")],
+            "curves": [t for t in texts if not t.startswith("  minDCF")]}
