@@ -6,9 +6,9 @@
 #   bash tools/setup_env.sh              the dev extra (tests, ruff, import-linter): what the recipes and tests use
 #   bash tools/setup_env.sh dev,docs     also the documentation site's tools (mkdocs, .ci/run)
 #
-# The installer: uv when it is on PATH (the same pins from setup.py, several times faster than pip); else pip,
-# after `pip install uv` into the new venv when SPKCAUSAL_INSTALLER=uv-bootstrap; SPKCAUSAL_INSTALLER=pip
-# forces pip. Every way installs `pip install -e .[EXTRAS]`'s requirements, nothing else.
+# The installer: uv when it is on PATH (the same pins from setup.py, several times faster than pip); else uv
+# pip-installed into the new venv first (SPKCAUSAL_INSTALLER=uv-bootstrap, the default then), falling back to
+# pip when that fails; SPKCAUSAL_INSTALLER=pip forces pip. Every way installs `pip install -e .[EXTRAS]`'s requirements, nothing else.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SPKCAUSAL_VENV:-$root/.venv}"
@@ -17,7 +17,9 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 extras="${1:-dev}"
 installer="${SPKCAUSAL_INSTALLER:-auto}"
 if [ "$installer" = auto ]; then
-  if command -v uv >/dev/null 2>&1; then installer=uv; else installer=pip; fi
+  # uv-bootstrap when uv is not on PATH: pip-installing uv itself takes seconds and uv then installs the stack
+  # several times faster than pip (docs/recipes.md); a registry without uv falls back to pip below.
+  if command -v uv >/dev/null 2>&1; then installer=uv; else installer=uv-bootstrap; fi
 fi
 stamp="$venv/.spkcausal-installed"
 want="$(sha256sum "$root/setup.py" | cut -c1-16)"
@@ -39,8 +41,7 @@ if [ "$installer" = uv ]; then
   uv pip install -q --python "$venv/bin/python" -e "$root[$all]" >&2
 else
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv" >&2
-  if [ "$installer" = uv-bootstrap ]; then
-    "$venv/bin/python" -m pip install -q uv >&2
+  if [ "$installer" = uv-bootstrap ] && "$venv/bin/python" -m pip install -q uv >&2; then
     "$venv/bin/uv" pip install -q --python "$venv/bin/python" -e "$root[$all]" >&2
   else
     "$venv/bin/python" -m pip install -q --upgrade pip >&2
