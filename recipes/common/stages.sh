@@ -7,7 +7,8 @@
 #
 # A function reads nothing from run.sh but its arguments, and set_launcher's torchrun settings (stages 3 and 4).
 # A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml),
-# paths to YAML files, or BASE+crt / BASE+tau_norm (decoupled classifiers on BASE's embeddings); a system's
+# paths to YAML files, or BASE+crt / BASE+tau_norm / BASE+ncm / BASE+lws (decoupled classifiers on BASE's
+# embeddings); a system's
 # experiment dir is exp/<name> (exp/<name>_seed<k> for each of --seeds). Lists (systems, seeds, trials, dirs) are
 # space-separated.
 #
@@ -191,12 +192,12 @@ system_runs() {
 }
 run_system() { echo "${1%@*}"; }
 run_seed() { echo "${1##*@}"; }
-is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm) return 0 ;; *) return 1 ;; esac; }
+is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm|*+ncm|*+lws) return 0 ;; *) return 1 ;; esac; }
 is_lm() { case "$(run_system "$1")" in *+lm) return 0 ;; *) return 1 ;; esac; }
 run_name() {  # run_name SYSTEM@SEED: the experiment dir name
   local s k; s=$(run_system "$1"); k=$(run_seed "$1")
   case "$s" in
-    *+crt|*+tau_norm|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
+    *+crt|*+tau_norm|*+ncm|*+lws|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
     *) echo "$(sys_name "$s")${k:+_seed$k}" ;;
   esac
 }
