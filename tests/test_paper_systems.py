@@ -284,3 +284,19 @@ def test_paper_table_prints_every_row_in_the_paper_order_and_marks_the_missing(t
     assert NOT_RUN not in [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| OLTR ")][0]
     assert main(["report", *exps, "--paper-table", "--paper-map", "Nope=aam"]) == 2
     assert "--paper-map expects NAME=SYSTEM" in capsys.readouterr().err
+
+
+def test_exported_embedder_applies_capsule_tde_as_the_library_does():
+    from spkcausal.inference.export import Embedder
+
+    class Ident(torch.nn.Module):
+        def forward(self, x, lengths):
+            return x
+
+    head, x = _trained_head(num_heads=2, tau=16.0, gamma=1 / 32, feature_norm="capsule")
+    mean = head.mean_feature.float()
+    xt = torch.from_numpy(x).float()
+    for capsule, norm in ((True, "capsule"), (False, "l2")):
+        emb = Embedder(Ident(), None, mean, 2, 0.75, capsule=capsule)(xt, torch.ones(len(x)))
+        np.testing.assert_allclose(emb.numpy(), tde_embeddings(xt, mean, 0.75, 2, norm).numpy(), rtol=1e-5,
+                                   atol=1e-6)
