@@ -66,7 +66,7 @@ def retrain_classifier(features: Tensor | np.ndarray, labels: Tensor | np.ndarra
 # ---------------------------------------------------------------- decoupled systems of the recipes
 
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
-DECOUPLE_METHODS = ("crt", "tau_norm")
+DECOUPLE_METHODS = ("crt", "tau_norm", "oltr")  # oltr: spkcausal.inference.decoupled_oltr
 
 
 def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
@@ -104,6 +104,10 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
     if method == "tau_norm" and (val_emb is None or val_data is None):
         raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    if method == "oltr":
+        from .decoupled_oltr import decouple_oltr
+
+        return decouple_oltr(base_exp, out_exp, train_emb, train_data, epochs, batch_size, lr, seed)
     base_exp, out_exp = Path(base_exp), Path(out_exp)
     ckpt = resolve_checkpoint(exp_dir=base_exp)
     state = load_checkpoint(ckpt)
@@ -134,9 +138,10 @@ def _choose_tau(head: nn.Linear, vx: np.ndarray, vy: np.ndarray, taus: tuple[flo
     return {"tau": float(taus[best]), "taus": [float(t) for t in taus], "val_accuracy": accs}
 
 
-def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Linear, speakers: list[str],
-                     info: dict) -> None:
-    """`avg_model.pt` (the base's extractor + the new linear head), config.yaml, the emb link, decoupled.json."""
+def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Module, speakers: list[str],
+                     info: dict, head_cfg: dict | None = None) -> None:
+    """`avg_model.pt` (the base's extractor + the new head, by default linear), config.yaml, the emb link,
+    decoupled.json."""
     import json
     import os
 
@@ -145,7 +150,7 @@ def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Linear, 
     from ..nn.checkpoint import save_checkpoint
     from ..utils import write_text_atomic
 
-    cfg = {**state["config"], "head": {"name": "linear", "bias": False}}
+    cfg = {**state["config"], "head": head_cfg or {"name": "linear", "bias": False}}
     new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
     if "model" in state:
         new["model"] = state["model"]

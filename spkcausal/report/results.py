@@ -92,6 +92,8 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     tags = _method_tags(cfg)
     if head.startswith("causal_norm"):
         name = f"De-confound ({head_txt})"
+    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.oltr)
+        name = "OLTR (AAM, then meta-embedding)"
     elif sampler in ("class_balanced", "sqrt"):
         name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"
     elif loss in ("inverse", "effective_number"):
@@ -125,6 +127,8 @@ def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
     base = system_name(base_cfg)
     if info.get("method") == "tau_norm":
         return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
+    if info.get("method") == "oltr":
+        return f"Decouple-OLTR (on {base})"
     return f"cRT (on {base})"
 
 
