@@ -249,3 +249,55 @@ def test_decoupled_oltr_classifier_learns_a_long_tail_from_its_memory():
     assert (pred == yt).mean() >= 0.95 and (pred[yt == 5] == 5).mean() >= 0.8  # also the 2-utterance class
     with pytest.raises(Exception, match="no training embedding"):
         class_centroids(x[y > 0], y[y > 0], 6)
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np, torch, torch.distributed as dist
+from fixtures_train import tiny_config
+from spkcausal.train.trainer import train
+data, exp, resume = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+dist.init_process_group("gloo")
+cfg = tiny_config(data, exp, sampler={"num_samples": 48}, margin={"start_epoch": 0, "end_epoch": 1},
+                  head={"name": "oltr", "scale": 16.0, "margin": 0.2, "stage1_epochs": 1, "centroid_weight": 0.1},
+                  train={"epochs": 2, "batch_size": 4})
+res = train(cfg, resume=resume)
+rank = dist.get_rank()
+np.save(exp / f"w{rank}.npy", torch.cat([p.detach().flatten() for p in res.net.parameters()]).numpy())
+np.save(exp / f"buf{rank}.npy", torch.cat([b.detach().double().flatten() for b in res.net.head.buffers()]).numpy())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_oltr_under_ddp_sums_every_rank_stays_in_step_and_resumes_at_the_switch(corpus, tmp_path):
+    import shutil
+
+    from spkcausal.nn.checkpoint import load_checkpoint
+
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    env = dict(_env(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+
+    def torchrun(exp: Path, resume: bool) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "ddp.py"), str(corpus), str(exp), "1" if resume else "0"]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-4000:]
+
+    full = tmp_path / "full"
+    torchrun(full, resume=False)
+    w0 = np.load(full / "w0.npy")
+    assert np.array_equal(w0, np.load(full / "w1.npy"))  # the ranks in step ...
+    assert np.array_equal(np.load(full / "buf0.npy"), np.load(full / "buf1.npy"))  # ... and their class sums
+    first = load_checkpoint(full / "checkpoints" / "epoch_0001.pt")
+    assert first["world_size"] == 2 and first["head"]["class_count"].sum() == 48  # both ranks' batches summed
+    # resumed from the epoch-1 checkpoint: the switch happens in the resumed run, with the same result
+    part = tmp_path / "part"
+    shutil.copytree(full, part, ignore=shutil.ignore_patterns("*.npy"))
+    for p in (part / "checkpoints").glob("*.pt"):
+        if load_checkpoint(p)["step"] > first["step"]:
+            p.unlink()
+    torchrun(part, resume=True)
+    assert np.array_equal(np.load(part / "w0.npy"), w0)
+    assert np.array_equal(np.load(part / "buf0.npy"), np.load(full / "buf0.npy"))
