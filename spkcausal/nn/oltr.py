@@ -21,6 +21,7 @@ use enter its logits with weight zero, so DDP sees every parameter in every step
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 
 from ..utils import UsageError
 from .heads import EPS, HEADS, _apply_margin, _float32, _in_float32
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OLTRHead", "centroid_loss", "cos_norm_logits", "meta_embedding"]
 
@@ -116,6 +119,9 @@ class OLTRHead(nn.Module):
         """Called by the trainer at every epoch start (0-based epoch of `epochs`), also right after a resume:
         class sums in the last stage-1 epoch, the memory set at the first stage-2 epoch."""
         s1 = _stage1_epochs(self.stage1_epochs, epochs)
+        if s1 is not None and s1 >= epochs and epoch == 0:
+            log.warning("OLTR: stage1_epochs=%s of %d epochs leaves no stage 2; the run is its AAM baseline",
+                        self.stage1_epochs, epochs)
         self.accumulate = s1 is not None and epoch == s1 - 1 and not self.memory_ready
         if s1 is not None and epoch >= s1 and not self.memory_ready:
             self.init_memory(self.class_means())
@@ -160,6 +166,7 @@ class OLTRHead(nn.Module):
         self.class_count.index_add_(0, labels.long(), torch.ones_like(labels, dtype=torch.float64))
 
     def _unused(self, *params: Tensor) -> Tensor:
+        """0 with a graph to every parameter: DDP expects a gradient for each one in every step."""
         return sum(p.sum() for p in params) * 0.0
 
     @_in_float32
