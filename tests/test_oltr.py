@@ -303,3 +303,14 @@ def test_oltr_under_ddp_sums_every_rank_stays_in_step_and_resumes_at_the_switch(
     torchrun(part, resume=True)
     assert np.array_equal(np.load(part / "w0.npy"), w0)
     assert np.array_equal(np.load(part / "buf0.npy"), np.load(full / "buf0.npy"))
+
+
+def test_recipes_name_oltr_systems_and_treat_base_plus_oltr_as_decoupled():
+    from spkcausal.report.results import decoupled_name, system_name
+
+    script = (f". {REPO / 'recipes/common/stages.sh'}; for r in aam+oltr@1 oltr@ aam+oltr@; do "
+              "echo $(run_name $r) $(is_decoupled $r && echo dec || echo own) $(run_base $r); done")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["aam_oltr_seed1 dec aam_seed1", "oltr own oltr", "aam_oltr dec aam"]
+    assert system_name({"head": {"name": "oltr"}}) == "OLTR (AAM, then meta-embedding)"
+    assert decoupled_name({"method": "oltr"}, {"head": {"name": "aam"}}) == "Decouple-OLTR (on Baseline (AAM))"
