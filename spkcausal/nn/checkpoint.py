@@ -163,9 +163,9 @@ def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, keep_epochs: int = 0) 
 def _last_stage(paths: Sequence[PathLike]) -> list[PathLike]:
     """The checkpoints of the last one's training stage: a two-stage head (OLTR) keeps its stage in the head
     entry `stage`, and a mean across the switch would mix a memory with the zeros it replaced."""
-    stages = [load_checkpoint(p).get("head", {}).get("stage") for p in paths]
-    if stages[-1] is None:
+    if (load_checkpoint(paths[-1]).get("head") or {}).get("stage") is None:  # one-stage heads: one extra read
         return list(paths)
+    stages = [(load_checkpoint(p).get("head") or {}).get("stage") for p in paths]
     keep = [p for p, s in zip(paths, stages) if s is not None and int(s) == int(stages[-1])]
     if len(keep) < len(paths):
         log.warning("averaging %d of %d checkpoints: the others are from an earlier training stage", len(keep),
