@@ -23,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decouple", help="cRT / tau-norm / NCM / LWS: a new classifier on a trained experiment's frozen "
                                         "embeddings, written as a new experiment (identification only changes)")
     p.add_argument("--exp", required=True, help="the trained base experiment (its avg_model.pt and emb/)")
-    p.add_argument("--method", required=True, metavar="crt|tau_norm|ncm|lws",
+    p.add_argument("--method", required=True, metavar="crt|tau_norm|ncm|lws|oltr",
                    help="crt: class-balanced re-training; tau_norm: tau-normalised weights, tau chosen on val; "
-                        "ncm: nearest class mean (cosine); lws: learned per-class weight scales")
+                        "ncm: nearest class mean (cosine); lws: learned per-class weight scales; "
+                        "oltr: OLTR's meta-embedding classifier (Decouple-OLTR)")
     p.add_argument("--out", required=True, help="new experiment dir (avg_model.pt, decoupled.json, emb -> base's)")
     p.add_argument("--train-emb", required=True, help="raw store of the base's training embeddings")
     p.add_argument("--train-data", required=True, help="the training data dir (labels)")

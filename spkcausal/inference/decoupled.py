@@ -105,7 +105,7 @@ def learn_weight_scales(features: Tensor | np.ndarray, labels: Tensor | np.ndarr
 # ---------------------------------------------------------------- decoupled systems of the recipes
 
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
-DECOUPLE_METHODS = ("crt", "tau_norm", "ncm", "lws")
+DECOUPLE_METHODS = ("crt", "tau_norm", "ncm", "lws", "oltr")  # oltr: spkcausal.inference.decoupled_oltr
 
 
 def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
@@ -133,6 +133,7 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
       weights of a cosine head, so a test embedding goes to the mean it has the largest cosine with;
     - `lws`: tau_norm's natural-sampling linear classifier W, frozen, and per-class scales f learned on top with
       class-balanced sampling (learn_weight_scales), written as the linear head f_c * w_c.
+    - `oltr`: Decouple-OLTR, OLTR's meta-embedding classifier on the frozen embeddings (decoupled_oltr).
 
     `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
     records the method, the base and its config (for the report's system name), and the tau curve."""
@@ -147,6 +148,10 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
     if method == "tau_norm" and (val_emb is None or val_data is None):
         raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    if method == "oltr":
+        from .decoupled_oltr import decouple_oltr
+
+        return decouple_oltr(base_exp, out_exp, train_emb, train_data, epochs, batch_size, lr, seed)
     base_exp, out_exp = Path(base_exp), Path(out_exp)
     ckpt = resolve_checkpoint(exp_dir=base_exp)
     state = load_checkpoint(ckpt)
@@ -207,8 +212,9 @@ def _choose_tau(head: nn.Linear, vx: np.ndarray, vy: np.ndarray, taus: tuple[flo
 
 
 def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Module, speakers: list[str],
-                     info: dict, head_cfg: dict) -> None:
-    """`avg_model.pt` (the base's extractor + the new head), config.yaml, the emb link, decoupled.json."""
+                     info: dict, head_cfg: dict | None = None) -> None:
+    """`avg_model.pt` (the base's extractor + the new head, by default linear), config.yaml, the emb link,
+    decoupled.json."""
     import json
     import os
 
@@ -217,7 +223,7 @@ def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Module, 
     from ..nn.checkpoint import save_checkpoint
     from ..utils import write_text_atomic
 
-    cfg = {**state["config"], "head": dict(head_cfg)}
+    cfg = {**state["config"], "head": dict(head_cfg or {"name": "linear", "bias": False})}
     new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
     if "model" in state:
         new["model"] = state["model"]

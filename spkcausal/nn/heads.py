@@ -428,3 +428,6 @@ def is_causal(head: nn.Module | str) -> bool:
     if isinstance(head, str):
         return head in HEADS and issubclass(HEADS.get(head), CausalNormHead)
     return isinstance(head, CausalNormHead)
+
+
+from . import oltr as _oltr  # noqa: E402,F401  (registers the "oltr" head; it builds on this module)

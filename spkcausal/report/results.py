@@ -93,6 +93,8 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     if head.startswith("causal_norm"):
         capsule = (cfg.get("head") or {}).get("feature_norm") == "capsule"  # the paper's Capsule row
         name = f"{'Capsule' if capsule else 'De-confound'} ({head_txt})"
+    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.oltr)
+        name = "OLTR (AAM, then meta-embedding)"
     elif sampler in ("class_balanced", "sqrt"):
         name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"
     elif loss in ("inverse", "effective_number"):
@@ -127,6 +129,8 @@ def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
     base = system_name(base_cfg)
     if info.get("method") == "tau_norm":
         return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
+    if info.get("method") == "oltr":
+        return f"Decouple-OLTR (on {base})"
     return f"{ {'ncm': 'NCM', 'lws': 'LWS'}.get(str(info.get('method')), 'cRT')} (on {base})"
 
 
