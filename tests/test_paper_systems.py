@@ -300,3 +300,19 @@ def test_exported_embedder_applies_capsule_tde_as_the_library_does():
         emb = Embedder(Ident(), None, mean, 2, 0.75, capsule=capsule)(xt, torch.ones(len(x)))
         np.testing.assert_allclose(emb.numpy(), tde_embeddings(xt, mean, 0.75, 2, norm).numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_recipes_treat_ncm_and_lws_as_decoupled_and_the_report_names_them():
+    import subprocess
+
+    from spkcausal.report.results import decoupled_name, system_name, variant_label
+
+    script = (f". {REPO / 'recipes/common/stages.sh'}; for r in aam+ncm@0 aam+lws@ paper/capsule_k2@2; do "
+              "echo $(run_name $r) $(is_decoupled $r && echo dec || echo own); done")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["aam_ncm_seed0 dec", "aam_lws dec", "capsule_k2_seed2 own"]
+    assert decoupled_name({"method": "ncm"}, {"head": {"name": "aam"}}) == "NCM (on Baseline (AAM))"
+    assert decoupled_name({"method": "lws"}, {"head": {"name": "aam"}}) == "LWS (on Baseline (AAM))"
+    capsule = system_name({"head": {"name": "causal_norm_aam", "feature_norm": "capsule"}})
+    assert capsule == "Capsule (Causal Norm AAM)"
+    assert variant_label(capsule, "tde") == "Capsule-TDE (Causal Norm AAM)"
