@@ -185,7 +185,7 @@ def test_build_head_registry_and_scale_alias():
     with pytest.raises(UsageError) as err:
         build_head("softmax2", 8, 4)
     assert str(err.value) == ("unknown head 'softmax2'; expected one of "
-                              "aam, causal_norm, causal_norm_aam, cosine, linear")
+                              "aam, causal_norm, causal_norm_aam, cosine, linear, oltr")
     with pytest.raises(UsageError, match="either tau or scale"):
         build_head("causal_norm", 8, 4, scale=20.0, tau=16.0)
     assert [n for n in HEADS.names() if is_causal(n)] == ["causal_norm", "causal_norm_aam"]

@@ -1,6 +1,7 @@
 """Every long-tail method at once under DDP (two torchrun processes, gloo): the ranks stay in step (weights and
 the heads' running buffers equal across ranks) and a run resumed from its epoch-1 checkpoint ends with the
-uninterrupted run's weights exactly (docs/causal.md, "Long-tail methods that reach the embedding")."""
+uninterrupted run's weights exactly (docs/causal.md, "Long-tail methods that reach the embedding"; the head is also
+the paper's Capsule, feature_norm: capsule)."""
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 cfg = tiny_config(root / "lt", exp, sampler={"name": "progressive", "num_samples": 48},
                   head={"name": "causal_norm_aam", "num_heads": 2, "scale": 16.0, "margin": 0.2,
-                        "class_margins": "ldam", "subcenters": 2, "feature_transfer": {"head_share": 0.25}},
+                        "class_margins": "ldam", "subcenters": 2, "feature_transfer": {"head_share": 0.25},
+                        "feature_norm": "capsule"},
                   loss={"name": "ce", "logit_adjust": 1.0, "drw_epoch": 1},
                   margin={"start_epoch": 0, "end_epoch": 1}, train={"epochs": 2, "batch_size": 4})
 res = train(cfg, resume=resume)

@@ -1,6 +1,8 @@
-"""Long-tail head options (LDAM margins, sub-centres, feature transfer): formulas, defaults, exact resume, loading."""
+"""Long-tail head options (LDAM margins, sub-centres, feature transfer, the capsule feature norm): formulas, defaults,
+exact resume, loading."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -210,7 +212,8 @@ def test_lt_demo_configs_change_only_the_head(path):
 
 
 METHODS = {"ldam": {"class_margins": "ldam"}, "subcenter": {"subcenters": 3},
-           "feature_transfer": {"feature_transfer": {"head_share": 0.25, "strength": 1.0}}}
+           "feature_transfer": {"feature_transfer": {"head_share": 0.25, "strength": 1.0}},
+           "capsule": {"feature_norm": "capsule"}}  # the paper's Capsule head (tests/test_paper_systems.py)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +254,7 @@ def _killed_and_resumed(cfg: dict, exp: Path, conf: Path) -> None:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus, tmp_path):
-    head = "causal_norm_aam" if method == "subcenter" else "aam"
+    head = "causal_norm_aam" if method in ("subcenter", "capsule") else "aam"
     torch.set_num_threads(1)
     ref = train(_lt_config(lt_corpus, tmp_path / "ref", method, head))
     assert ref.step == 10
@@ -266,6 +269,8 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
         np.testing.assert_allclose(tm.head.margin_scale.numpy(), (1 / counts) ** 0.25, rtol=1e-6)
     elif method == "subcenter":
         assert tuple(tm.head.weight.shape) == (4, 3, 16) and tm.is_causal
+    elif method == "capsule":  # the option comes back from the config; TDE of its stores needs it
+        assert tm.head.feature_norm == tm.feature_norm == "capsule" and tm.is_causal
     else:
         ft = tm.head.feature_transfer
         assert ft.head_mask.tolist() == [True, False, False, False] and (ft.seen == 1).all()
@@ -279,6 +284,8 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     direct = embed_utterances(tm.model, tm.frontend, data, data.utts, num_workers=0, progress=False)
     got = np.stack([store.matrix[store.index(u)] for u in data.utts])
     np.testing.assert_allclose(got, direct, atol=1e-4)
+    meta = json.loads((tmp_path / "emb" / "extract.json").read_text())
+    assert meta["feature_norm"] == ("capsule" if method == "capsule" else "l2")
     with torch.no_grad():
         logits = tm.head(torch.from_numpy(direct))
     assert logits.shape == (len(data.utts), 4) and torch.isfinite(logits).all()

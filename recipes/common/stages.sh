@@ -7,7 +7,8 @@
 #
 # A function reads nothing from run.sh but its arguments, and set_launcher's torchrun settings (stages 3 and 4).
 # A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml),
-# paths to YAML files, or BASE+crt / BASE+tau_norm (decoupled classifiers on BASE's embeddings); a system's
+# paths to YAML files, or BASE+crt / BASE+tau_norm / BASE+ncm / BASE+lws / BASE+oltr (decoupled classifiers on
+# BASE's embeddings); a system's
 # experiment dir is exp/<name> (exp/<name>_seed<k> for each of --seeds). Lists (systems, seeds, trials, dirs) are
 # space-separated.
 #
@@ -178,7 +179,7 @@ same_session_ok?" "$@"
 }
 
 # ---------------------------------------------------------------- training runs: systems x seeds
-# A system is a config (name in conf_dir or YAML path), BASE+METHOD (METHOD crt | tau_norm): a decoupled
+# A system is a config (name in conf_dir or YAML path), BASE+METHOD (METHOD crt | tau_norm | oltr): a decoupled
 # classifier built in stage 4 on the embeddings of system BASE (spkcausal decouple), or BASE+lm: large-margin
 # fine-tuning of BASE's averaged model (stage 3, after BASE; exp/<base>_lm), then a system like any other. With --seeds "0 1 2"
 # every system is trained once per seed, in exp/<name>_seed<k> with the override seed=<k>; without it, once
@@ -191,12 +192,12 @@ system_runs() {
 }
 run_system() { echo "${1%@*}"; }
 run_seed() { echo "${1##*@}"; }
-is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm) return 0 ;; *) return 1 ;; esac; }
+is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm|*+ncm|*+lws|*+oltr) return 0 ;; *) return 1 ;; esac; }
 is_lm() { case "$(run_system "$1")" in *+lm) return 0 ;; *) return 1 ;; esac; }
 run_name() {  # run_name SYSTEM@SEED: the experiment dir name
   local s k; s=$(run_system "$1"); k=$(run_seed "$1")
   case "$s" in
-    *+crt|*+tau_norm|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
+    *+crt|*+tau_norm|*+ncm|*+lws|*+oltr|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
     *) echo "$(sys_name "$s")${k:+_seed$k}" ;;
   esac
 }

@@ -1,4 +1,5 @@
-"""Decoupled baselines as systems: decouple (cRT or tau-norm classifier on a trained experiment's embeddings)."""
+"""Decoupled baselines as systems: decouple (a cRT, tau-norm, NCM or LWS classifier on a trained experiment's
+embeddings)."""
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,13 @@ def _decouple(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add decouple (the method names are checked by the library: importing it here would load torch for every
     command)."""
-    p = sub.add_parser("decouple", help="cRT / tau-norm: a new classifier on a trained experiment's frozen "
+    p = sub.add_parser("decouple", help="cRT / tau-norm / NCM / LWS: a new classifier on a trained experiment's frozen "
                                         "embeddings, written as a new experiment (identification only changes)")
     p.add_argument("--exp", required=True, help="the trained base experiment (its avg_model.pt and emb/)")
-    p.add_argument("--method", required=True, metavar="crt|tau_norm",
-                   help="crt: class-balanced re-training; tau_norm: tau-normalised weights, tau chosen on val")
+    p.add_argument("--method", required=True, metavar="crt|tau_norm|ncm|lws|oltr",
+                   help="crt: class-balanced re-training; tau_norm: tau-normalised weights, tau chosen on val; "
+                        "ncm: nearest class mean (cosine); lws: learned per-class weight scales; "
+                        "oltr: OLTR's meta-embedding classifier (Decouple-OLTR)")
     p.add_argument("--out", required=True, help="new experiment dir (avg_model.pt, decoupled.json, emb -> base's)")
     p.add_argument("--train-emb", required=True, help="raw store of the base's training embeddings")
     p.add_argument("--train-data", required=True, help="the training data dir (labels)")

@@ -47,7 +47,13 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..report.results import write_report
+    from ..report.results import write_paper_tables, write_report
+
+    if args.paper_table:
+        text, out = write_paper_tables(args.exps, args.out, args.paper_map, args.p_target)
+        print(text, end="")
+        print(f"\nwrote {out / 'paper_table.md'} and {out / 'paper_table.json'}")
+        return 0
 
     text, out = write_report(args.exps, args.out, args.caption, args.variants, args.p_target, args.baseline,
                              args.per_seed, args.bootstrap)
@@ -92,4 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-seed", action="store_true", help="also list every seed's rows under the mean ± std rows")
     p.add_argument("--bootstrap", type=positive_int, default=1000,
                    help="resamples of the paired intervals (default 1000)")
+    p.add_argument("--paper-table", action="store_true",
+                   help="instead: the paper's tables (Tang et al. 2020 Table 3 rows in its order, then K = 1 / 2), "
+                        "Many / Medium / Few / Overall accuracy, EER, seen Few EER, each with its interval; a row "
+                        "without its system is marked 'not run' (OUT/paper_table.md)")
+    p.add_argument("--paper-map", nargs="+", metavar="NAME=SYSTEM[:VARIANT]",
+                   help="--paper-table: another system (experiment dir name without _seed<k>) for a row")
     p.set_defaults(func=_report)

@@ -201,7 +201,7 @@ class SpeakerModel:
                 from .tde import tde_embeddings
 
                 x = tde_embeddings(np.array(store.matrix, dtype=np.float32), self._x_bar(), tde_alpha,
-                                   self._num_heads())
+                                   self._num_heads(), self.trained.feature_norm)
                 mean = x.astype(np.float64).mean(axis=0)
         self._means[tde_alpha] = mean
         return mean
@@ -253,7 +253,8 @@ class SpeakerModel:
         if alpha is not None:
             from .tde import tde_embeddings
 
-            emb = tde_embeddings(np.asarray(emb, np.float32), self._x_bar(), alpha, self._num_heads())
+            emb = tde_embeddings(np.asarray(emb, np.float32), self._x_bar(), alpha, self._num_heads(),
+                                 self.trained.feature_norm)
         if mean_sub:
             emb = (np.asarray(emb, np.float32) - self.mean_embedding(alpha).astype(np.float32)).astype(np.float32)
         return emb

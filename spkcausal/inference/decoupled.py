@@ -1,4 +1,5 @@
-"""Decoupled two-stage baselines (Kang et al., ICLR 2020): cRT and tau-normalisation of classifier weights."""
+"""Decoupled two-stage baselines (Kang et al., ICLR 2020) on a trained system's frozen embeddings: cRT,
+tau-normalisation, NCM (nearest class mean) and LWS (learnable weight scaling); docs/causal.md, "The paper's rows"."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.samplers import build_sampler
@@ -63,10 +65,47 @@ def retrain_classifier(features: Tensor | np.ndarray, labels: Tensor | np.ndarra
     return clf.eval()
 
 
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """NCM's class means (C, D): the mean of each class's L2-normalised features (a class without any: zeros)."""
+    x = np.asarray(features, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    y = np.asarray(labels)
+    sums = np.zeros((num_classes, x.shape[1]))
+    np.add.at(sums, y, x)
+    return sums / np.maximum(np.bincount(y, minlength=num_classes), 1)[:, None]
+
+
+def learn_weight_scales(features: Tensor | np.ndarray, labels: Tensor | np.ndarray, weight: Tensor,
+                        sampler: str = "class_balanced", epochs: int = 10, batch_size: int = 128, lr: float = 0.1,
+                        momentum: float = 0.9, seed: int = 0) -> Tensor:
+    """LWS: per-class scales f (C,) of a frozen linear classifier W, logits f_c * (w_c . x), learned with
+    `sampler` (class-balanced) on frozen features; only f is a parameter, W and the features never change."""
+    x = torch.as_tensor(np.asarray(features) if isinstance(features, np.ndarray) else features).float()
+    y = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels).long()
+    w = weight.detach().float()
+    base_logits = x @ w.T  # W is frozen: the per-class logits before scaling never change
+    scales = nn.Parameter(torch.ones(w.shape[0]))
+    opt = torch.optim.SGD([scales], lr=lr, momentum=momentum)
+    samp = build_sampler(sampler, y.numpy(), seed=seed)
+    steps = max(1, epochs * math.ceil(len(samp) / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for epoch in range(epochs):
+        samp.set_epoch(epoch)
+        order = torch.as_tensor(samp.indices())
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            loss = F.cross_entropy(base_logits[idx] * scales, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return scales.detach().clone()
+
+
 # ---------------------------------------------------------------- decoupled systems of the recipes
 
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
-DECOUPLE_METHODS = ("crt", "tau_norm")
+DECOUPLE_METHODS = ("crt", "tau_norm", "ncm", "lws", "oltr")  # oltr: spkcausal.inference.decoupled_oltr
 
 
 def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
@@ -89,7 +128,12 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
     - `tau_norm`: a linear classifier trained with natural (instance-balanced) sampling, its weights then
       tau-normalised, tau chosen on the iden val split (`val_emb`, `val_data`) by mean per-class accuracy
       (ties: the smaller tau). The base heads here are cosine-based, whose logits ignore weight norms, so
-      tau-normalising them would change nothing: hence the linear classifier.
+      tau-normalising them would change nothing: hence the linear classifier;
+    - `ncm`: no training: the class means of the L2-normalised training embeddings (class_means) as the
+      weights of a cosine head, so a test embedding goes to the mean it has the largest cosine with;
+    - `lws`: tau_norm's natural-sampling linear classifier W, frozen, and per-class scales f learned on top with
+      class-balanced sampling (learn_weight_scales), written as the linear head f_c * w_c.
+    - `oltr`: Decouple-OLTR, OLTR's meta-embedding classifier on the frozen embeddings (decoupled_oltr).
 
     `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
     records the method, the base and its config (for the report's system name), and the tau curve."""
@@ -104,22 +148,55 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
     if method == "tau_norm" and (val_emb is None or val_data is None):
         raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    if method == "oltr":
+        from .decoupled_oltr import decouple_oltr
+
+        return decouple_oltr(base_exp, out_exp, train_emb, train_data, epochs, batch_size, lr, seed)
     base_exp, out_exp = Path(base_exp), Path(out_exp)
     ckpt = resolve_checkpoint(exp_dir=base_exp)
     state = load_checkpoint(ckpt)
     speakers = [str(s) for s in state["speakers"]]
     x, y = class_labels(EmbeddingStore.open(train_emb), train_data, speakers)
-    sampler = "class_balanced" if method == "crt" else "natural"
-    head = _linear_probe(np.asarray(x, np.float64), y, len(speakers), sampler, epochs, batch_size, lr, seed)
     info: dict = {"method": method, "base": str(base_exp.resolve()), "base_checkpoint": str(ckpt),
-                  "base_config": state["config"], "classifier": "linear, no bias, on unit-length embeddings",
-                  "sampler": sampler, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                  "n_train": int(len(y))}
+                  "base_config": state["config"], "seed": seed, "n_train": int(len(y))}
+    if method == "ncm":
+        head, head_cfg = _ncm_head(x, y, len(speakers)), {"name": "cosine", "scale": 1.0}
+        info.update(classifier="cosine to the class means of the L2-normalised training embeddings")
+    else:
+        sampler = "class_balanced" if method == "crt" else "natural"
+        head, head_cfg = _linear_probe(np.asarray(x, np.float64), y, len(speakers), sampler, epochs, batch_size,
+                                       lr, seed), {"name": "linear", "bias": False}
+        info.update(classifier="linear, no bias, on unit-length embeddings", sampler=sampler, epochs=epochs,
+                    batch_size=batch_size, lr=lr)
     if method == "tau_norm":
         vx, vy = class_labels(EmbeddingStore.open(val_emb), val_data, speakers)
         info.update(_choose_tau(head, vx, vy, taus), val=str(val_data))
-    _write_decoupled(out_exp, base_exp, state, head, speakers, info)
+    if method == "lws":
+        info.update(_scale_weights(head, x, y, epochs, batch_size, lr, seed))
+    _write_decoupled(out_exp, base_exp, state, head, speakers, info, head_cfg)
     return info
+
+
+def _ncm_head(x: np.ndarray, y: np.ndarray, n: int) -> nn.Module:
+    """A cosine head (scale 1) whose class weights are NCM's class means: its argmax is the nearest mean."""
+    from ..nn.heads import CosineHead
+
+    head = CosineHead(x.shape[1], n, scale=1.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(class_means(x, y, n)).float())
+    return head.eval()
+
+
+def _scale_weights(head: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, lr: float,
+                   seed: int) -> dict:
+    """LWS on `head` (the natural-sampling linear probe, in place): w_c <- f_c * w_c with f learned by
+    class-balanced sampling on the unit-length training embeddings the probe was trained on."""
+    xn = np.asarray(x, np.float64)
+    xn = (xn / np.maximum(np.linalg.norm(xn, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    f = learn_weight_scales(xn, y, head.weight, "class_balanced", epochs, batch_size, lr, seed=seed)
+    with torch.no_grad():
+        head.weight.mul_(f.unsqueeze(-1))
+    return {"scale_sampler": "class_balanced", "scales": [float(v) for v in f]}
 
 
 def _choose_tau(head: nn.Linear, vx: np.ndarray, vy: np.ndarray, taus: tuple[float, ...]) -> dict:
@@ -134,9 +211,10 @@ def _choose_tau(head: nn.Linear, vx: np.ndarray, vy: np.ndarray, taus: tuple[flo
     return {"tau": float(taus[best]), "taus": [float(t) for t in taus], "val_accuracy": accs}
 
 
-def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Linear, speakers: list[str],
-                     info: dict) -> None:
-    """`avg_model.pt` (the base's extractor + the new linear head), config.yaml, the emb link, decoupled.json."""
+def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Module, speakers: list[str],
+                     info: dict, head_cfg: dict | None = None) -> None:
+    """`avg_model.pt` (the base's extractor + the new head, by default linear), config.yaml, the emb link,
+    decoupled.json."""
     import json
     import os
 
@@ -145,7 +223,7 @@ def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Linear, 
     from ..nn.checkpoint import save_checkpoint
     from ..utils import write_text_atomic
 
-    cfg = {**state["config"], "head": {"name": "linear", "bias": False}}
+    cfg = {**state["config"], "head": dict(head_cfg or {"name": "linear", "bias": False})}
     new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
     if "model" in state:
         new["model"] = state["model"]

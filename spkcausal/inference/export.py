@@ -88,10 +88,11 @@ class Embedder(nn.Module):
     """Front-end (optional) -> extractor -> TDE (optional) -> mean subtraction (optional), as one module."""
 
     def __init__(self, model: nn.Module, frontend: nn.Module | None = None, mean_feature: Tensor | None = None,
-                 num_heads: int = 1, tde_alpha: float | None = None, mean: Tensor | None = None):
+                 num_heads: int = 1, tde_alpha: float | None = None, mean: Tensor | None = None,
+                 capsule: bool = False):
         super().__init__()
         self.model, self.frontend = model, frontend
-        self.num_heads = int(num_heads)
+        self.num_heads, self.capsule = int(num_heads), bool(capsule)
         self.tde_alpha = None if tde_alpha is None else float(tde_alpha)
         if self.tde_alpha is not None:
             from .tde import head_direction
@@ -109,8 +110,10 @@ class Embedder(nn.Module):
         if self.tde_alpha is not None:
             parts = []
             for xk, dk in zip(emb.chunk(self.num_heads, dim=-1), self.direction.chunk(self.num_heads)):
-                xk = xk / xk.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                parts.append(xk - self.tde_alpha * (xk @ dk).unsqueeze(-1) * dk)
+                n = xk.norm(dim=-1, keepdim=True)
+                xk = xk / n.clamp_min(1e-12)
+                fk = xk * (n / (1.0 + n)) if self.capsule else xk  # a capsule head's squash (nn.tde)
+                parts.append(fk - self.tde_alpha * (xk @ dk).unsqueeze(-1) * dk)
             emb = torch.cat(parts, dim=-1)
         if self.mean is not None:
             emb = emb - self.mean
@@ -154,7 +157,8 @@ def build_embedder(path: PathLike, with_features: bool = True, tde_alpha: float 
     alpha = sm._resolve_alpha(tde_alpha)
     x_bar = None if alpha is None else torch.from_numpy(sm._x_bar())
     centre = torch.from_numpy(sm.mean_embedding(alpha).astype(np.float32)) if mean_sub else None
-    emb = Embedder(sm.model, frontend, x_bar, sm._num_heads() if alpha is not None else 1, alpha, centre)
+    emb = Embedder(sm.model, frontend, x_bar, sm._num_heads() if alpha is not None else 1, alpha, centre,
+                   capsule=sm.trained.feature_norm == "capsule")
     return emb.eval(), sm
 
 

@@ -224,9 +224,9 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
             emb = _merge_parts(parts_dir, world, len(utts))
         mean, num_heads = trained.mean_feature(), trained.num_heads
         if tde_alpha is not None:
-            emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads)
-        write_store(out_dir, utts, emb, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"]},
-                    mean)
+            emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads, trained.feature_norm)
+        write_store(out_dir, utts, emb, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"],
+                                         "feature_norm": trained.feature_norm}, mean)
         if world > 1:
             shutil.rmtree(parts_dir, ignore_errors=True)
         log.info("wrote %d embeddings (dim %d) to %s", len(utts), emb.shape[1], out_dir)

@@ -61,5 +61,5 @@ def tde_store(raw_dir: PathLike, out_dir: PathLike, alpha: float) -> Path:
         raise DataError(f"store already has TDE applied (alpha={meta['tde_alpha']}); use a raw store", raw_dir)
     mean = np.load(mean_path)
     emb = tde_embeddings(np.array(store.matrix, dtype=np.float32), mean.astype(np.float32), float(alpha),
-                         int(meta["num_heads"]))
+                         int(meta["num_heads"]), str(meta.get("feature_norm", "l2")))
     return write_store(out_dir, store.keys, emb, {**meta, "tde_alpha": float(alpha), "raw_store": str(raw_dir)}, mean)

@@ -32,7 +32,7 @@ log = get_logger(__name__)
 
 
 def _dev_trial_curves(store: EmbeddingStore, trials_path: PathLike, mean_feature: np.ndarray, num_heads: int,
-                      alphas: Sequence[float]) -> tuple[list[float], list[float]]:
+                      alphas: Sequence[float], feature_norm: str = "l2") -> tuple[list[float], list[float]]:
     """EER and minDCF(0.01) of cosine scores on TDE'd embeddings of a labelled dev trial list, per alpha."""
     from .tde import tde_embeddings
 
@@ -44,7 +44,7 @@ def _dev_trial_curves(store: EmbeddingStore, trials_path: PathLike, mean_feature
     e_idx, t_idx = inv[: len(trials)], inv[len(trials):]
     eers, dcfs = [], []
     for a in alphas:
-        e = tde_embeddings(raw, mean_feature, float(a), num_heads).astype(np.float64)
+        e = tde_embeddings(raw, mean_feature, float(a), num_heads, feature_norm).astype(np.float64)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         s = np.einsum("ij,ij->i", e[e_idx], e[t_idx])
         eers.append(compute_eer(s, trials.labels == 1))
@@ -142,7 +142,7 @@ def choose_alpha(emb: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike 
     result["dev_lists"] = []
     for i, path in enumerate(lists):
         eers, dcfs = _dev_trial_curves(EmbeddingStore.open(stores[i]) if stores else store, path, mean_feature, k,
-                                       cands)
+                                       cands, trained.feature_norm)
         result["dev_lists"].append({"trials": str(path), "eer": eers, "min_dcf": dcfs})
     if lists:
         result["dev_trials"], result["eer"] = str(lists[0]), result["dev_lists"][0]["eer"]

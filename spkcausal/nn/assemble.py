@@ -55,6 +55,11 @@ class TrainedModel:
         """K, the head's number of chunks (1 for a head without chunks)."""
         return int(getattr(self.head, "num_heads", 1))
 
+    @property
+    def feature_norm(self) -> str:
+        """The head's per-chunk feature normalisation for TDE: "l2", or "capsule" for a capsule head."""
+        return str(getattr(self.head, "feature_norm", "l2"))
+
     def mean_feature(self) -> np.ndarray | None:
         """The head's x_bar as float32 numpy (None without a Causal Norm head)."""
         return self.head.mean_feature.detach().float().cpu().numpy() if self.is_causal else None

@@ -241,6 +241,19 @@ def prune_checkpoints(ckpt_dir: PathLike, keep_last: int, keep_epochs: int = 0) 
 # ------------------------------------------------------------------ averaging
 
 
+def _last_stage(paths: Sequence[PathLike]) -> list[PathLike]:
+    """The checkpoints of the last one's training stage: a two-stage head (OLTR) keeps its stage in the head
+    entry `stage`, and a mean across the switch would mix a memory with the zeros it replaced."""
+    if (load_checkpoint(paths[-1]).get("head") or {}).get("stage") is None:  # one-stage heads: one extra read
+        return list(paths)
+    stages = [(load_checkpoint(p).get("head") or {}).get("stage") for p in paths]
+    keep = [p for p, s in zip(paths, stages) if s is not None and int(s) == int(stages[-1])]
+    if len(keep) < len(paths):
+        log.warning("averaging %d of %d checkpoints: the others are from an earlier training stage", len(keep),
+                    len(paths))
+    return keep
+
+
 def average_checkpoints(paths: Sequence[PathLike], keys: Sequence[str] = ("model", "head")) -> dict[str, Any]:
     """Element-wise mean of the float tensors under `keys` (weights, BN statistics, x_bar) over `paths`.
 
@@ -249,6 +262,7 @@ def average_checkpoints(paths: Sequence[PathLike], keys: Sequence[str] = ("model
     """
     if not paths:
         raise UsageError("no checkpoints to average")
+    paths = _last_stage(paths)
     sums: dict[str, dict[str, torch.Tensor]] = {}
     last: dict[str, Any] = {}
     for i, path in enumerate(paths):
@@ -294,5 +308,6 @@ def average_experiment(exp_dir: PathLike, num: int, out: PathLike | None = None,
     out = Path(out) if out is not None else exp_dir / "avg_model.pt"
     state = average_checkpoints(paths)
     save_checkpoint(state, out)
-    log.info("averaged %d checkpoints into %s: %s", len(paths), out, ", ".join(Path(p).name for p in paths))
+    used = state["averaged_from"]  # a two-stage run's earlier stage is left out (_last_stage)
+    log.info("averaged %d checkpoints into %s: %s", len(used), out, ", ".join(Path(p).name for p in used))
     return out

@@ -60,6 +60,32 @@ def normalize_heads(x: Tensor, num_heads: int) -> Tensor:
     return torch.cat([F.normalize(c, dim=-1, eps=EPS) for c in split_heads(x, num_heads)], dim=-1)
 
 
+FEATURE_NORMS = ("l2", "capsule")
+
+
+def squash_heads(x: Tensor, num_heads: int) -> Tensor:
+    """Capsule squash of every chunk, ||x^k|| / (1 + ||x^k||) * x^k / ||x^k||, concatenated to the full width."""
+    parts = []
+    for c in split_heads(x, num_heads):
+        n = c.norm(dim=-1, keepdim=True)
+        parts.append(c / (1.0 + n))  # = n / (1 + n) * c / n, without dividing by a zero norm
+    return torch.cat(parts, dim=-1)
+
+
+def feature_heads(x: Tensor, num_heads: int, feature_norm: str = "l2") -> Tensor:
+    """The per-chunk feature normalisation of a Causal Norm head: unit length (l2) or the capsule squash."""
+    if feature_norm == "capsule":
+        return squash_heads(x, num_heads)
+    return normalize_heads(x, num_heads)
+
+
+def check_feature_norm(value: Any) -> str:
+    """The head option feature_norm, checked: one of FEATURE_NORMS."""
+    if value not in FEATURE_NORMS:
+        raise UsageError(f"head feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {value!r}")
+    return str(value)
+
+
 def causal_norm_weight(weight: Tensor, num_heads: int, gamma: float) -> Tensor:
     """w_i^k / (||w_i^k|| + gamma) for every class i and chunk k, concatenated back to (C, D)."""
     return torch.cat([c / (c.norm(dim=-1, keepdim=True) + gamma) for c in split_heads(weight, num_heads)], dim=-1)
@@ -238,10 +264,14 @@ class CausalNormHead(nn.Module):
     """Multi-head Causal Norm classifier with the moving-average feature x_bar (Tang et al., NeurIPS 2020).
 
     y_i = tau/K * sum_k (w_i^k . x^k) / ((||w_i^k|| + gamma) * ||x^k||).
+
+    `feature_norm: capsule` (the paper's Capsule row) replaces x^k / ||x^k|| by the squash
+    ||x^k|| / (1 + ||x^k||) * x^k / ||x^k||; gamma = 0 gives the (K-chunk) cosine classifier.
     """
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 16.0,
-                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, sync_mean: bool = True):
+                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, sync_mean: bool = True,
+                 feature_norm: str = "l2"):
         super().__init__()
         if embed_dim % num_heads:
             raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
@@ -256,6 +286,7 @@ class CausalNormHead(nn.Module):
         bound = 1.0 / math.sqrt(embed_dim)
         nn.init.uniform_(self.weight, -bound, bound)
         self.register_buffer("mean_feature", torch.zeros(embed_dim))
+        self.feature_norm = check_feature_norm(feature_norm)
 
     @property
     def scale(self) -> float:
@@ -291,11 +322,19 @@ class CausalNormHead(nn.Module):
         """Logits (B, C); updates x_bar in training mode."""
         if self.training:
             self.update_mean(x)
-        return self.classify_normalized(normalize_heads(x, self.num_heads))
+        return self.classify_normalized(feature_heads(x, self.num_heads, self.feature_norm))
+
+    def chunk_scale(self, xk: Tensor) -> Tensor | float:
+        """What the feature normalisation multiplies a chunk's unit vector by: 1 (l2) or ||x^k|| / (1 + ||x^k||)."""
+        if self.feature_norm != "capsule":
+            return 1.0
+        n = xk.norm(dim=-1, keepdim=True)
+        return n / (1.0 + n)
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, num_heads={self.num_heads}, "
-                f"tau={self.tau}, gamma={self.gamma}, momentum={'auto' if self.momentum_auto else self.momentum}")
+                f"tau={self.tau}, gamma={self.gamma}, momentum={'auto' if self.momentum_auto else self.momentum}"
+                + ("" if self.feature_norm == "l2" else f", feature_norm={self.feature_norm}"))
 
 
 @HEADS.register("causal_norm_aam")
@@ -311,8 +350,9 @@ class CausalNormAAMHead(CausalNormHead, _LongTailOptions):
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 32.0,
                  gamma: float = 1.0 / 32, momentum: float | str = 0.9, margin: float = 0.2, easy_margin: bool = False,
                  sync_mean: bool = True, class_margins: str | None = None, subcenters: int = 1,
-                 feature_transfer: dict[str, Any] | bool | None = None, class_counts: Any = None):
-        super().__init__(embed_dim, num_classes, num_heads, tau, gamma, momentum, sync_mean)
+                 feature_transfer: dict[str, Any] | bool | None = None, class_counts: Any = None,
+                 feature_norm: str = "l2"):
+        super().__init__(embed_dim, num_classes, num_heads, tau, gamma, momentum, sync_mean, feature_norm)
         self.margin, self.easy_margin = float(margin), bool(easy_margin)
         self._init_long_tail(embed_dim, num_classes, class_counts, class_margins, subcenters, feature_transfer)
 
@@ -328,7 +368,7 @@ class CausalNormAAMHead(CausalNormHead, _LongTailOptions):
             self.update_mean(x)
         x = self.transfer(x, labels)
         if labels is None or not self.training or self.margin == 0.0:
-            return self.classify_normalized(normalize_heads(x, self.num_heads))
+            return self.classify_normalized(feature_heads(x, self.num_heads, self.feature_norm))
         margin = self.class_margin(labels)
         if self.subcenters > 1:
             return self._subcenter_margin_logits(x, labels, margin)
@@ -336,7 +376,8 @@ class CausalNormAAMHead(CausalNormHead, _LongTailOptions):
         for xk, wk in zip(split_heads(x, self.num_heads), split_heads(_float32(self.weight), self.num_heads)):
             wn = wk.norm(dim=-1)
             cos = F.linear(F.normalize(xk, dim=-1, eps=EPS), wk / wn.clamp_min(EPS).unsqueeze(-1))
-            out = out + (wn / (wn + self.gamma)) * _apply_margin(cos, labels, margin, self.easy_margin)
+            out = out + (wn / (wn + self.gamma)) * self.chunk_scale(xk) * _apply_margin(cos, labels, margin,
+                                                                                         self.easy_margin)
         return (self.tau / self.num_heads) * out
 
     def _subcenter_margin_logits(self, x: Tensor, labels: Tensor, margin: float | Tensor) -> Tensor:
@@ -347,7 +388,9 @@ class CausalNormAAMHead(CausalNormHead, _LongTailOptions):
             wn = wk.norm(dim=-1)  # (C, S)
             wu = (wk / wn.clamp_min(EPS).unsqueeze(-1)).reshape(c * s, -1)
             coss.append(F.linear(F.normalize(xk, dim=-1, eps=EPS), wu).view(b, c, s))
-            ratios.append((wn / (wn + self.gamma)).expand(b, c, s))
+            q = self.chunk_scale(xk)  # capsule: the squash factor of this chunk, (B, 1)
+            q = q.unsqueeze(-1) if isinstance(q, Tensor) else q
+            ratios.append((wn / (wn + self.gamma) * q).expand(b, c, s))
         best = sum(r * cs for r, cs in zip(ratios, coss)).argmax(dim=-1, keepdim=True)  # (B, C, 1)
         out = 0.0
         for cs, r in zip(coss, ratios):
@@ -386,3 +429,6 @@ def is_causal(head: nn.Module | str) -> bool:
     if isinstance(head, str):
         return head in HEADS and issubclass(HEADS.get(head), CausalNormHead)
     return isinstance(head, CausalNormHead)
+
+
+from . import oltr as _oltr  # noqa: E402,F401  (registers the "oltr" head; it builds on this module)

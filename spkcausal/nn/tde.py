@@ -4,6 +4,10 @@ With d^k = x_bar^k / ||x_bar^k||:
   logits:     TDE(y_i) = tau/K sum_k [ w_i^k.x^k/((||w_i^k||+gamma)||x^k||)
                                       - alpha cos(x^k, d^k) (w_i^k.d^k)/(||w_i^k||+gamma) ]
   embeddings: e^k = x^k/||x^k|| - alpha (x^k/||x^k|| . d^k) d^k, concatenated over k, not renormalised.
+A capsule head (`feature_norm: capsule`, the paper's Capsule-TDE) puts the squash q(x^k) = ||x^k|| / (1 + ||x^k||)
+* x^k / ||x^k|| where x^k / ||x^k|| stands first, and keeps the plain cosine in the removed term, as the paper's
+code does (its TDE subtracts cos(x^k, d^k) * alpha * d^k from whatever normalised feature the head uses):
+  e^k = q(x^k) - alpha cos(x^k, d^k) d^k,   TDE(y_i) = tau/K sum_k e^k . w_i^k / (||w_i^k|| + gamma).
 The Causal Norm head applied to e without feature normalisation (`CausalNormHead.classify_normalized`)
 gives exactly the TDE logits. Functions accept torch tensors or NumPy arrays and return the same kind.
 Kept in the nn layer (beside the heads) so that model-level code (`nn.assemble.head_logits`) uses it;
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils import DataError
-from .heads import EPS, causal_norm_weight, normalize_heads, split_heads
+from .heads import EPS, causal_norm_weight, check_feature_norm, feature_heads, normalize_heads, split_heads
 
 __all__ = ["ArrayLike", "head_direction", "tde_embeddings", "tde_logits", "mean_head_cosine", "alpha_heuristic"]
 
@@ -41,22 +45,26 @@ def head_direction(mean_feature: ArrayLike, num_heads: int) -> Tensor:
     return normalize_heads(m, num_heads)
 
 
-def tde_embeddings(x: ArrayLike, mean_feature: ArrayLike, alpha: float, num_heads: int) -> ArrayLike:
-    """TDE'd embeddings e (B, D): per chunk x^k/||x^k|| - alpha (x^k/||x^k|| . d^k) d^k; not renormalised."""
+def tde_embeddings(x: ArrayLike, mean_feature: ArrayLike, alpha: float, num_heads: int,
+                   feature_norm: str = "l2") -> ArrayLike:
+    """TDE'd embeddings e (B, D): per chunk x^k/||x^k|| (capsule: its squash) - alpha cos(x^k, d^k) d^k;
+    not renormalised."""
     xt, was_np = _as_tensor(x)
     d = head_direction(mean_feature, num_heads).to(device=xt.device, dtype=xt.dtype)
     xn = normalize_heads(xt, num_heads)
+    xf = xn if check_feature_norm(feature_norm) == "l2" else feature_heads(xt, num_heads, feature_norm)
     parts = []
-    for xk, dk in zip(split_heads(xn, num_heads), split_heads(d, num_heads)):
-        parts.append(xk - alpha * (xk @ dk).unsqueeze(-1) * dk)
+    for fk, xk, dk in zip(split_heads(xf, num_heads), split_heads(xn, num_heads), split_heads(d, num_heads)):
+        parts.append(fk - alpha * (xk @ dk).unsqueeze(-1) * dk)
     e = torch.cat(parts, dim=-1)
     return e.numpy() if was_np else e
 
 
 def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature: ArrayLike | None = None,
                alpha: float = 0.0, num_heads: int | None = None, tau: float | None = None,
-               gamma: float | None = None) -> ArrayLike:
-    """TDE logits (B, C) from the logit formula; head attributes fill in num_heads / tau / gamma / x_bar.
+               gamma: float | None = None, feature_norm: str | None = None) -> ArrayLike:
+    """TDE logits (B, C) from the logit formula; head attributes fill in num_heads / tau / gamma / x_bar /
+    feature_norm (a raw weight matrix: l2 unless given).
 
     Sub-centre weights (C, S, D): the TDE logit of every sub-centre, then the best per class (as the head)."""
     if isinstance(head_or_weight, nn.Module):
@@ -66,6 +74,7 @@ def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature
         tau = h.tau if tau is None else tau
         gamma = h.gamma if gamma is None else gamma
         mean_feature = h.mean_feature if mean_feature is None else mean_feature
+        feature_norm = getattr(h, "feature_norm", "l2") if feature_norm is None else feature_norm
     else:
         weight, _ = _as_tensor(head_or_weight)
         if any(v is None for v in (num_heads, tau, gamma, mean_feature)):
@@ -75,11 +84,12 @@ def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature
     d = head_direction(mean_feature, num_heads).to(device=xt.device, dtype=xt.dtype)
     shape = weight.shape
     wn = causal_norm_weight(weight.reshape(-1, shape[-1]), num_heads, gamma)
+    xf = feature_heads(xt, num_heads, check_feature_norm(feature_norm or "l2"))
     y = 0.0
-    for xk, wk, dk in zip(split_heads(xt, num_heads), split_heads(wn, num_heads), split_heads(d, num_heads)):
-        xhat = F.normalize(xk, dim=-1, eps=EPS)
-        cos_xd = xhat @ dk  # (B,) since ||d^k|| = 1
-        y = y + xhat @ wk.T - alpha * cos_xd.unsqueeze(-1) * (wk @ dk).unsqueeze(0)
+    for xk, fk, wk, dk in zip(split_heads(xt, num_heads), split_heads(xf, num_heads), split_heads(wn, num_heads),
+                              split_heads(d, num_heads)):
+        cos_xd = F.normalize(xk, dim=-1, eps=EPS) @ dk  # (B,) since ||d^k|| = 1
+        y = y + fk @ wk.T - alpha * cos_xd.unsqueeze(-1) * (wk @ dk).unsqueeze(0)
     y = (tau / num_heads) * y
     if len(shape) == 3:
         y = y.view(y.shape[0], shape[0], shape[1]).amax(dim=-1)

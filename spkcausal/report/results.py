@@ -43,7 +43,7 @@ from .evidence import Intervals
 __all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
            "system_name", "variant_label", "row_label", "load_results", "update_results",
            "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
-           "format_markdown", "write_report"]
+           "format_markdown", "write_report", "write_paper_tables"]
 
 RESULTS_FILE = "results.json"
 VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
@@ -91,7 +91,10 @@ def system_name(cfg: Mapping[str, Any]) -> str:
                 "causal_norm_aam": "Causal Norm AAM"}.get(head, head)
     tags = _method_tags(cfg)
     if head.startswith("causal_norm"):
-        name = f"De-confound ({head_txt})"
+        capsule = (cfg.get("head") or {}).get("feature_norm") == "capsule"  # the paper's Capsule row
+        name = f"{'Capsule' if capsule else 'De-confound'} ({head_txt})"
+    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.oltr)
+        name = "OLTR (AAM, then meta-embedding)"
     elif sampler in ("class_balanced", "sqrt"):
         name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"
     elif loss in ("inverse", "effective_number"):
@@ -121,19 +124,22 @@ def system_name(cfg: Mapping[str, Any]) -> str:
 
 
 def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
-    """'cRT (on Baseline (AAM))' / 'tau-norm (tau=0.6, on ...)' for an experiment written by spkcausal decouple."""
+    """'cRT (on Baseline (AAM))' / 'tau-norm (tau=0.6, on ...)' / 'NCM (on ...)' / 'LWS (on ...)' for an
+    experiment written by spkcausal decouple."""
     base = system_name(base_cfg)
     if info.get("method") == "tau_norm":
         return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
-    return f"cRT (on {base})"
+    if info.get("method") == "oltr":
+        return f"Decouple-OLTR (on {base})"
+    return f"{ {'ncm': 'NCM', 'lws': 'LWS'}.get(str(info.get('method')), 'cRT')} (on {base})"
 
 
 def variant_label(system: str, variant: str) -> str:
     """Row label of a variant: De-confound + TDE reads 'De-confound-TDE (...)', as in the paper."""
     if variant.startswith("tde"):
         rest = variant[len("tde"):].lstrip("_")
-        base = system.replace("De-confound", "De-confound-TDE", 1) if system.startswith("De-confound") \
-            else f"{system} + TDE"
+        paper = next((p for p in ("De-confound", "Capsule") if system.startswith(p + " (")), None)
+        base = system.replace(paper, f"{paper}-TDE", 1) if paper else f"{system} + TDE"
         return base + _SUFFIX.get(rest or "cosine", f" + {rest}")
     return system + _SUFFIX.get(variant, f" + {variant}")
 
@@ -350,9 +356,9 @@ def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_s
     if any(r.get("tde_alpha") is not None for r in rows):
         notes.append("TDE alpha chosen on a dev set (never on the test trials).")
     if any((Path(r["exp"]) / DECOUPLED_FILE).is_file() for r in rows):
-        notes.append("cRT and tau-norm re-train / re-scale only the classifier: their embeddings, hence their "
-                     "verification figures, are those of the system they were built on, so they appear in the "
-                     "identification table only.")
+        notes.append("cRT, tau-norm, NCM and LWS re-train / re-scale only the classifier: their embeddings, hence "
+                     "their verification figures, are those of the system they were built on, so they appear in "
+                     "the identification table only.")
     notes.append("(-: not measured; identification is not defined for a score normalisation such as AS-norm.)")
     return notes
 
@@ -407,3 +413,20 @@ def _with_figures(rows: Sequence[dict], summary: dict, out: Path, iv: Intervals,
     links = " · ".join(f"[{name}]({path})" for name, path in figs.items())
     return ("Headline rows: [summary.md](summary.md)" + (f"; figures: {links}" if links else "") + ".\n\n"
             + "".join(f"![{name}]({path})\n" for name, path in figs.items()) + ("\n" if figs else "") + text)
+
+
+def write_paper_tables(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None,
+                       row_map: Sequence[str] | None = None, p_target: float = 0.01) -> tuple[str, Path]:
+    """Write `paper_table.md` and `paper_table.json` (report.paper: the paper's rows in its order, then K = 1 / 2)
+    into out_dir (default: the first exp's parent); the experiments need not cover every row."""
+    from .paper import paper_tables, parse_row_map
+
+    if not exp_dirs:
+        raise UsageError("no experiment dirs given")
+    mapping = parse_row_map(row_map)
+    text, content = paper_tables(collect_rows(exp_dirs), mapping, p_target)
+    out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "paper_table.json", json.dumps({"p_target": p_target, **content}, indent=1) + "\n")
+    write_text_atomic(out / "paper_table.md", text)
+    return text, out

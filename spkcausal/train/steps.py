@@ -50,6 +50,9 @@ def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opti
     with ctx:
         _, logits = model(feats, labels)
     loss = loss_fn(logits.float(), labels)
+    extra = getattr(getattr(model, "module", model).head, "extra_loss", None)  # a head's own term (OLTR)
+    if extra is not None:
+        loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip > 0:

@@ -295,6 +295,8 @@ class Trainer:
             if self.info.is_main:
                 self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
                               self.lr(epoch * spe))
+        if hasattr(self.net.head, "set_epoch"):  # two-stage heads (OLTR: class sums, then the memory)
+            self.net.head.set_epoch(epoch, self.epochs)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
         if hasattr(self.loss_fn, "set_epoch"):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
