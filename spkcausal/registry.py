@@ -83,10 +83,10 @@ def _fits(default: Any, value: Any) -> str | None:
     return None
 
 
-def _also_str(annotation: Any) -> bool:
-    """True when a parameter's annotation admits a string besides its default's kind (`float | str`)."""
+def _admits(annotation: Any, kind: str) -> bool:
+    """True when a parameter's annotation admits `kind` (str, None) besides its default's kind (`float | str`)."""
     text = annotation if isinstance(annotation, str) else repr(annotation)
-    return "str" in text.replace(" ", "").split("|") or "Any" in text
+    return kind in text.replace(" ", "").split("|") or "Any" in text
 
 
 def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
@@ -100,7 +100,9 @@ def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
         param = params.get(key)
         if param is None or param.default is inspect.Parameter.empty or param.default is None:
             continue
-        if _also_str(param.annotation) and isinstance(value, str):  # e.g. momentum: float | str ('auto')
+        if _admits(param.annotation, "str") and isinstance(value, str):  # e.g. momentum: float | str ('auto')
+            continue
+        if value is None and _admits(param.annotation, "None"):  # e.g. oltr's stage1_epochs: float | int | None
             continue
         want = _fits(param.default, value)
         if want is not None:

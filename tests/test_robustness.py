@@ -96,6 +96,22 @@ def test_negative_epochs_is_a_config_error_not_a_silent_no_op(exp, tmp_path, cap
     assert not (tmp_path / "neg" / "checkpoints").exists()
 
 
+def test_builder_kwargs_admit_none_only_where_the_annotation_does():
+    """check_kwargs judges a value by the parameter's default; None passes only a parameter typed `... | None`
+    (OLTR's stage1_epochs), and a wrong kind is still refused with the key named."""
+    from spkcausal.registry import check_kwargs
+    from spkcausal.utils import UsageError
+
+    def builder(stage1_epochs: float | int | None = 0.5, scale: float = 30.0) -> None:
+        """A builder with one optional parameter."""
+
+    check_kwargs(builder, {"stage1_epochs": None, "scale": 16}, "head")
+    with pytest.raises(UsageError, match="head.scale"):
+        check_kwargs(builder, {"scale": None}, "head")
+    with pytest.raises(UsageError, match="head.stage1_epochs"):
+        check_kwargs(builder, {"stage1_epochs": "half"}, "head")
+
+
 def test_embed_rerun_on_a_full_disk_keeps_the_complete_store(exp, tmp_path, capsys):
     """The old writer deleted store.json and rewrote extract.json before the new embeddings: a valid store
     was destroyed. Every budget below fails at another byte of the new store."""
