@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from fixtures_report import md_table
 
 from spkcausal.report.results import collect_rows, record_seen, record_verification, update_results, write_report
 
@@ -23,18 +24,6 @@ def _score_file(path: Path, enroll, test, scores, labels) -> Path:
     path.write_text("".join(f"{e} {t} {s:.6f} {'target' if lab else 'nontarget'}\n"
                             for e, t, s, lab in zip(enroll, test, scores, labels)))
     return path
-
-
-def _table(text: str, title: str) -> dict[str, list[str]]:
-    lines = text.splitlines()
-    i = next(k for k, ln in enumerate(lines) if ln.startswith(f"**{title}"))
-    rows = {}
-    for ln in lines[i + 4:]:
-        if not ln.startswith("| "):
-            break
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
 
 
 def _cell_numbers(cell: str) -> list[float]:
@@ -91,7 +80,7 @@ def test_figures_are_written_linked_and_draw_the_tables_numbers(tmp_path, monkey
         assert f"({name})" in (out / "summary.md").read_text()
     assert not (out / "fig_seeds.png").exists() and "(summary.md)" in report
 
-    ver = _table(report, "Verification: held-out")
+    ver = md_table(report, "Verification: held-out")
     cols = ["eer", "min_dcf", "seen_eer_many", "seen_eer_medium", "seen_eer_few"]
     eer = drawn["eer_groups"]["drawn"]
     assert set(eer["eer"]) == set(ver) == {"Baseline (AAM)", "De-confound (Causal Norm AAM)",
@@ -101,7 +90,7 @@ def test_figures_are_written_linked_and_draw_the_tables_numbers(tmp_path, monkey
             v, lo, hi = _cell_numbers(ver[label][cols.index(col)])
             assert round(d["value"], 2) == v and round(d["lo"], 1) == lo and round(d["hi"], 1) == hi
 
-    diffs = _table(report, "Differences")
+    diffs = md_table(report, "Differences")
     dcols = ["eer", "min_dcf", "seen_eer_many", "seen_eer_medium", "seen_eer_few"]
     forest = drawn["differences"]["drawn"]
     assert set(forest["eer"]) == {"De-confound (Causal Norm AAM)\nvs Baseline (AAM)",
@@ -113,7 +102,7 @@ def test_figures_are_written_linked_and_draw_the_tables_numbers(tmp_path, monkey
             v, lo, hi = _cell_numbers(row[1 + dcols.index(col)])
             assert (round(d["value"], 2), round(d["lo"], 2), round(d["hi"], 2)) == (v, lo, hi)
 
-    summary = _table((out / "summary.md").read_text(), "Headline")
+    summary = md_table((out / "summary.md").read_text(), "Headline")
     assert list(summary) == list(ver)  # the plain and TDE rows, in the report's order
     assert summary["De-confound (Causal Norm AAM)"][0] == ver["De-confound (Causal Norm AAM)"][0]
     assert summary["De-confound (Causal Norm AAM)"][3] == "Baseline (AAM)"

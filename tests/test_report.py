@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from fixtures_report import md_table
 
 from spkcausal.report.results import (
     collect_rows,
@@ -52,19 +53,6 @@ def test_system_names_follow_the_paper():
     assert variant_label("Baseline (AAM)", "mean_sub") == "Baseline (AAM) + mean subtraction"
 
 
-def _table(text: str, title: str) -> dict[str, list[str]]:
-    """Rows (label -> cells) of the markdown table under the bold title that starts with `title`."""
-    lines = text.splitlines()
-    i = next(k for k, ln in enumerate(lines) if ln.startswith(f"**{title}"))
-    rows = {}
-    for ln in lines[i + 4:]:
-        if not ln.startswith("| "):
-            break
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def test_report_table_from_known_results(tmp_path):
     base = _exp(tmp_path / "exp", "aam", "aam")
     cn = _exp(tmp_path / "exp", "cnaam", "causal_norm_aam")
@@ -80,12 +68,12 @@ def test_report_table_from_known_results(tmp_path):
 
     text, out = write_report([base, cn])
     assert out == (tmp_path / "exp").resolve()
-    ver = _table(text, "Verification: held-out")
+    ver = md_table(text, "Verification: held-out")
     assert ver["Baseline (AAM)"][:2] == ["5.12 [4.0, 6.0]", "0.4321"]
     assert ver["Baseline (AAM) + mean subtraction"][:2] == ["4.90", "0.4100"]
     assert ver["De-confound (Causal Norm AAM)"][:2] == ["6.00", "0.5000"]
     assert "De-confound-TDE (Causal Norm AAM) (alpha=0.7)" not in ver  # no verification figure: no row
-    iden = _table(text, "Closed-set identification")
+    iden = md_table(text, "Closed-set identification")
     assert iden["Baseline (AAM)"] == ["90.00", "60.00", "12.50 [5.0, 20.0]", "50.00"]
     assert iden["Baseline (AAM) + mean subtraction"] == ["88.00", "61.00", "-", "50.00"]
     assert iden["De-confound-TDE (Causal Norm AAM) (alpha=0.7)"] == ["85.00", "70.00", "33.33", "61.00"]
@@ -96,7 +84,7 @@ def test_report_table_from_known_results(tmp_path):
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temp files
     # a filter and a caption
     only = format_markdown(collect_rows([base, cn], variants=["tde"]), caption="Demo.")
-    assert list(_table(only, "Closed-set")) == ["De-confound-TDE (Causal Norm AAM) (alpha=0.7)"] and "Demo." in only
+    assert list(md_table(only, "Closed-set")) == ["De-confound-TDE (Causal Norm AAM) (alpha=0.7)"] and "Demo." in only
     # two experiments of the same system are told apart by their directory names
     twin = _exp(tmp_path / "exp", "aam_s8", "aam")
     update_results(twin, "cosine", identification=_iden(0.8, 0.5, 0.2, 0.45))
@@ -150,11 +138,11 @@ def test_seeds_give_mean_std_and_t_intervals_of_paired_differences(tmp_path):
     assert {(r["system"], r["seed"]) for r in rows} == {(str(tmp_path / "exp" / n), k) for n in ("aam", "cnaam")
                                                         for k in range(3)}
     text = format_markdown(rows, per_seed=True)
-    ver = _table(text, "Verification: held-out")
+    ver = md_table(text, "Verification: held-out")
     cell = ver["De-confound (Causal Norm AAM) (3 seeds)"][0]
     assert cell == f"{100 * np.mean(eers['cnaam']):.2f} ± {100 * np.std(eers['cnaam'], ddof=1):.2f}"
     assert ver["De-confound (Causal Norm AAM) [seed 1]"][0] == "9.00"  # the per-seed rows
-    diff = _table(text, "Differences")["De-confound (Causal Norm AAM) (3 seeds)"]
+    diff = md_table(text, "Differences")["De-confound (Causal Norm AAM) (3 seeds)"]
     d = np.array(few["cnaam"]) - np.array(few["aam"])
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     want = f"{100 * d.mean():+.2f} [{100 * (d.mean() - half):+.2f}, {100 * (d.mean() + half):+.2f}]"
@@ -182,7 +170,7 @@ def test_paired_difference_of_a_system_with_itself_is_zero_and_baseline_is_chose
     ver = json.loads((a / "results.json").read_text())["rows"]["cosine"]["verification"]
     assert ver["eer_ci"][0] <= ver["eer"] <= ver["eer_ci"][1] and ver["n_speakers"] == 15
     text = format_markdown(collect_rows([a, b, c]), baseline="c")
-    diffs = _table(text, "Differences")
+    diffs = md_table(text, "Differences")
     assert list(diffs) == ["Baseline (AAM) [a]", "De-confound (Causal Norm AAM)"]  # c, the baseline, has none
     assert diffs["Baseline (AAM) [a]"][1].startswith("+0.00 [+0.00, +0.00]")  # a == c: zero, interval [0, 0]
     with pytest.raises(ValueError, match="names none of the systems"):
@@ -253,7 +241,7 @@ def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
     assert cal["cllr_ci"][0] <= cal["cllr"] <= cal["cllr_ci"][1]
 
     text = format_markdown(collect_rows(list(exps.values())), n_boot=100)
-    llr_table = _table(text, "Calibrated scores")
+    llr_table = md_table(text, "Calibrated scores")
     assert set(llr_table) == {f"{sys}{lm} + AS-norm + {k}" for lm in ("", " + LM") for k in ("calibration", "QMF")
                               for sys in ("Baseline (AAM)", "De-confound (Causal Norm AAM)")}
     assert llr_table["Baseline (AAM) + AS-norm + calibration"][0].startswith(f"{cal['cllr']:.4f} [")
