@@ -179,3 +179,24 @@ def test_unbiased_stats_pool_against_numpy():
         np.testing.assert_allclose(out[i, 4:], np.sqrt(x[i, :, :n].var(-1, ddof=1) + 1e-8), rtol=1e-12)
     full = stats_pool(torch.from_numpy(x), unbiased=True).numpy()
     np.testing.assert_allclose(full[:, 4:], np.sqrt(x.var(-1, ddof=1) + 1e-7), rtol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "eps"), [("wespeaker_resnet_tiny", 1e-7), ("resnet_bottleneck_tiny", 1e-7),
+                                           ("eres2net_tiny", 1e-7), ("eres2netv2_tiny", 1e-8)])
+def test_pooling_eps_is_the_toolkits(name, eps):
+    """The fixtures cannot tell 1e-7 from 1e-8 (ERes2NetV2 moves by 3e-6 at most, inside atol): on a map constant
+    over time, the pooled std is sqrt(eps) exactly."""
+    model = build_model(name)
+    std = model.pool(torch.full((1, 2, 3, 7), 0.3, dtype=torch.float64))[:, 6:]
+    torch.testing.assert_close(std, torch.full_like(std, eps ** 0.5), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["eres2net_tiny", "eres2netv2_tiny"])
+def test_eres2net_blocks_clip_at_20(name):
+    """The toolkits' `ReLU` is Hardtanh(0, 20); random fixture weights never reach 20, so a plain ReLU would pass
+    them. Inputs scaled up drive every block's output into the clip."""
+    model = build_model(name).eval()
+    with torch.no_grad():
+        x = model._stem(1e3 * torch.randn(1, 40, 80))
+        out = model.layer1[0](x)
+    assert out.min() >= 0 and out.max() == 20.0
