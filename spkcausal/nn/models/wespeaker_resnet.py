@@ -166,14 +166,16 @@ def resnet293(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
 
 
 def wespeaker_resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
-    """One BasicBlock per stage, 4 base channels: the wespeaker ResNet layout for CPU tests and the demo."""
+    """One BasicBlock per stage, 4 base channels: the wespeaker ResNet layout for CPU tests and the demo (40,012
+    parameters at 80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))
     kw.setdefault("m_channels", 4)
     return WespeakerResNet("basic", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
 def resnet_bottleneck_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
-    """One Bottleneck per stage, 4 base channels: the ResNet221/293 layout for CPU tests and the demo."""
+    """One Bottleneck per stage, 4 base channels: the ResNet221/293 layout for CPU tests and the demo (114,396
+    parameters at 80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))
     kw.setdefault("m_channels", 4)
     return WespeakerResNet("bottleneck", n_mels=n_mels, embed_dim=embed_dim, **kw)
