@@ -66,4 +66,11 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
                          n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
+# Families in their own modules, each with a FACTORIES table of its registered names (one line per family).
+from . import eres2net, simam, wespeaker_resnet  # noqa: E402
+
+for _family in (wespeaker_resnet, simam, eres2net):
+    for _name, _factory in _family.FACTORIES.items():
+        register_model(_name)(_factory)
+
 __all__ = ["MODELS", "Ecapa", "ResNetSpeaker", "build_model", "count_parameters", "list_models", "register_model"]

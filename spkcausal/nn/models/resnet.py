@@ -33,17 +33,19 @@ def _downsampled(n: int | Tensor, times: int) -> int | Tensor:
     return n
 
 
-def stats_pool(x: Tensor, lengths: Tensor | None = None, eps: float = 1e-7) -> Tensor:
-    """Mean and standard deviation over the last (time) axis, over the first `lengths` steps if given."""
+def stats_pool(x: Tensor, lengths: Tensor | None = None, eps: float = 1e-7, unbiased: bool = False) -> Tensor:
+    """Mean and standard deviation over the last (time) axis, over the first `lengths` steps if given; `unbiased`
+    divides the variance by n - 1 (`torch.var`'s default, which wespeaker's and 3D-Speaker's pooling use)."""
     if lengths is None:
         mean = x.mean(dim=-1)
-        var = (x - mean.unsqueeze(-1)).square().mean(dim=-1)
+        n = x.shape[-1]
+        var = (x - mean.unsqueeze(-1)).square().sum(dim=-1) / (max(n - 1, 1) if unbiased else n)
     else:
         mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
         count = mask.sum(dim=-1, keepdim=True).clamp(min=1)
         mask = mask.unsqueeze(1)
         mean = (x * mask).sum(dim=-1) / count
-        var = ((x - mean.unsqueeze(-1)).square() * mask).sum(dim=-1) / count
+        var = ((x - mean.unsqueeze(-1)).square() * mask).sum(dim=-1) / ((count - 1).clamp(min=1) if unbiased else count)
     return torch.cat([mean, torch.sqrt(var + eps)], dim=-1)
 
 
