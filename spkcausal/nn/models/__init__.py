@@ -69,3 +69,4 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
 __all__ = ["MODELS", "Ecapa", "ResNetSpeaker", "build_model", "count_parameters", "list_models", "register_model"]
 
 from . import campplus  # noqa: E402, F401  (registers campplus, campplus_tiny)
+from . import ecapa_glob  # noqa: E402, F401  (registers ecapa_glob_c512, ecapa_glob_tiny)
