@@ -68,5 +68,6 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
 
 __all__ = ["MODELS", "Ecapa", "ResNetSpeaker", "build_model", "count_parameters", "list_models", "register_model"]
 
-from . import campplus  # noqa: E402, F401  (registers campplus, campplus_tiny)
-from . import ecapa_glob  # noqa: E402, F401  (registers ecapa_glob_c512, ecapa_glob_tiny)
+from . import campplus  # noqa: E402, F401  # isort: skip  (registers campplus, campplus_tiny)
+from . import ecapa_glob  # noqa: E402, F401  # isort: skip  (registers ecapa_glob_c512, ecapa_glob_tiny)
+from . import redimnet  # noqa: E402, F401  # isort: skip  (registers redimnet_b0 ... redimnet_b6, redimnet_tiny)

@@ -179,15 +179,16 @@ class DenseTDNN(nn.Module):
 
 
 class CAMPPlus(nn.Module):
-    """CAM++: (B, frames, n_mels) -> (B, embed_dim). The FCM front's 32 channels are fixed, as in both toolkits."""
+    """CAM++: (B, frames, n_mels) -> (B, embed_dim). Both toolkits fix the FCM front at 32 channels;
+    `front_channels` narrows it for our tiny variant only."""
 
     def __init__(self, n_mels: int = 80, embed_dim: int = 512, growth_rate: int = 32, bn_size: int = 4,
-                 init_channels: int = 128, std_eps: float = WESPEAKER_STD_EPS):
+                 init_channels: int = 128, std_eps: float = WESPEAKER_STD_EPS, front_channels: int = 32):
         super().__init__()
         if n_mels % 8:
             raise UsageError(f"CAM++ needs n_mels divisible by 8 (its front halves frequency 3 times), got {n_mels}")
         self.embed_dim = embed_dim
-        self.head = FrontFCM(n_mels)
+        self.head = FrontFCM(n_mels, front_channels)
         self.xvector = DenseTDNN(self.head.out_channels, embed_dim, growth_rate, bn_size, init_channels, std_eps)
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -225,5 +226,5 @@ def campplus(n_mels: int = 80, embed_dim: int = 512, growth_rate: int = 32, bn_s
 @register_model("campplus_tiny")
 def campplus_tiny(n_mels: int = 80, embed_dim: int = 32, growth_rate: int = 4, bn_size: int = 2,
                   init_channels: int = 16, std_eps: float = WESPEAKER_STD_EPS) -> nn.Module:
-    """A narrow CAM++ (same depth, the FCM front at its fixed width) for CPU tests and the demo."""
-    return CAMPPlus(n_mels, embed_dim, growth_rate, bn_size, init_channels, std_eps)
+    """A narrow CAM++ (same depth, an 8-channel front) for CPU tests and the demo."""
+    return CAMPPlus(n_mels, embed_dim, growth_rate, bn_size, init_channels, std_eps, front_channels=8)
