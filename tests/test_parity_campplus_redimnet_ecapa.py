@@ -135,3 +135,24 @@ def test_pooling_against_float64_numpy_with_lengths():
     masked = pool(xt, torch.from_numpy(lengths))
     for i, n in enumerate(lengths):  # masked frames weigh nothing, in the attention and in its global context
         _close(masked[i], pool(xt[i:i + 1, :, :n])[0], atol=1e-6, rtol=1e-5)
+
+
+def test_onnx_export_keeps_time_and_lengths_dynamic():
+    """The project's exporter (TorchScript-based torch.onnx, dynamic batch and time): a graph traced at 100
+    frames gives, at 133 frames with three lengths, what eager PyTorch gives (float32 kernels differ: 1e-5)."""
+    import io
+    import warnings
+
+    ort = pytest.importorskip("onnxruntime")
+    for name, n_mels in (("campplus_tiny", 80), ("redimnet_tiny", 72), ("ecapa_glob_tiny", 80)):
+        torch.manual_seed(0)
+        model, buf = build_model(name, n_mels=n_mels).eval(), io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+            torch.onnx.export(model, (torch.randn(2, 100, n_mels), torch.tensor([100, 70])), buf, dynamo=False,
+                              input_names=["feats", "lengths"], output_names=["emb"], opset_version=17,
+                              dynamic_axes={"feats": {0: "b", 1: "t"}, "lengths": {0: "b"}, "emb": {0: "b"}})
+        feats, lengths = torch.randn(3, 133, n_mels), torch.tensor([133, 120, 101])
+        got = ort.InferenceSession(buf.getvalue()).run(None, {"feats": feats.numpy(), "lengths": lengths.numpy()})
+        with torch.no_grad():
+            _close(torch.from_numpy(got[0]), model(feats, lengths), atol=1e-5, rtol=1e-4)

@@ -190,6 +190,11 @@ class CAMPPlus(nn.Module):
         self.embed_dim = embed_dim
         self.head = FrontFCM(n_mels, front_channels)
         self.xvector = DenseTDNN(self.head.out_channels, embed_dim, growth_rate, bn_size, init_channels, std_eps)
+        for m in self.modules():  # the toolkits' initialisation of the 1-D trunk, for training from scratch
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, frames, n_mels) [+ valid frame counts: they mask the pooling only] -> (B, embed_dim)."""

@@ -34,7 +34,7 @@ def temporal_stats(x: Tensor, lengths: Tensor | None = None, eps: float = 1e-7) 
         count = mask.sum(dim=-1)
         mean = (x * mask).sum(dim=-1) / count.clamp_min(1)
         var = ((x - mean.unsqueeze(-1)).square() * mask).sum(dim=-1) / (count - 1).clamp_min(1)
-    return torch.cat([mean, _sqrt(var, eps)], dim=-1)
+    return torch.cat([mean, _sqrt(var, eps)], dim=1)  # dim=-1 gets a wrong axis from the ONNX exporter
 
 
 class AttentiveStats(nn.Module):
@@ -61,4 +61,4 @@ class AttentiveStats(nn.Module):
         alpha = torch.softmax(scores, dim=-1)
         mean = (alpha * x).sum(dim=-1)
         var = (alpha * x.square()).sum(dim=-1) - mean.square()
-        return torch.cat([mean, torch.sqrt(var.clamp_min(self.eps))], dim=-1)
+        return torch.cat([mean, torch.sqrt(var.clamp_min(self.eps))], dim=1)

@@ -50,7 +50,9 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, ...) -> (B, C, ...)."""
-        return F.layer_norm(x.movedim(1, -1), self.weight.shape, self.weight, self.bias, self.eps).movedim(-1, 1)
+        nd = x.dim()  # explicit permutations: movedim's negative axes reach the ONNX exporter as invalid perms
+        y = F.layer_norm(x.permute(0, *range(2, nd), 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return y.permute(0, nd - 1, *range(1, nd - 1))
 
 
 class ConvNeXtBlock(nn.Module):
