@@ -127,8 +127,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise UsageError(f"ReDimNet's attention width {dim} is not divisible by {heads} heads (choose n_mels "
-                             "so that C * n_mels / reduction is; wespeaker's configurations use 72)")
+            raise UsageError(f"ReDimNet's attention width {dim} is not divisible by {heads} heads: wespeaker's "
+                             "configurations need features.n_mels 72 (C * n_mels / reduction must be)")
         self.heads = heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
 
