@@ -24,7 +24,6 @@ def test_registry_names_and_unknown():
     with pytest.raises(UsageError) as err:
         build_model("resnet35")
     assert str(err.value) == f"unknown model 'resnet35'; expected one of {', '.join(sorted(list_models()))}"
-    assert "ecapa1024, ecapa512, ecapa_tiny" in str(err.value)
 
 
 def test_registry_register_get_build_and_errors():

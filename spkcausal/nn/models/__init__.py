@@ -67,9 +67,9 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
 
 
 # Families in their own modules, each with a FACTORIES table of its registered names (one line per family).
-from . import eres2net, simam, wespeaker_resnet  # noqa: E402
+from . import campplus, ecapa_glob, eres2net, redimnet, simam, wespeaker_resnet  # noqa: E402
 
-for _family in (wespeaker_resnet, simam, eres2net):
+for _family in (wespeaker_resnet, simam, eres2net, campplus, redimnet, ecapa_glob):
     for _name, _factory in _family.FACTORIES.items():
         register_model(_name)(_factory)
 
