@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from spkcausal.report.evidence import Intervals
 from spkcausal.report.paper import K_ROWS, PAPER_ROWS, parse_row_map
 from spkcausal.report.paths import locate, stored_path
-from spkcausal.report.results import collect_rows
+from spkcausal.report.results import collect_rows, parent_system
 from spkcausal.report.store import load_results, need
 from spkcausal.report.tables import build_tables
 from spkcausal.utils import SpkcausalError
@@ -119,6 +119,37 @@ def test_references_resolve_to_the_file_where_the_tree_is_now(base_tree, tmp_pat
     got, found = locate(stored, new_exp, legacy=version == 1, kind="file")
     want = target if where == "outside" else new_root / target.relative_to(root)
     assert found and got == want.resolve()
+
+
+@settings(FEW, max_examples=30)
+@given(form=st.sampled_from(["avg_model.pt", "checkpoints/epoch_0002.pt", "."]), relative=st.booleans(),
+       seed=st.sampled_from([None, 1]), move=st.sampled_from(["stay", "move", "copy"]), cwd_new=st.booleans())
+def test_a_run_records_parent_is_found_where_the_tree_is_now(tmp_path_factory, form, relative, seed, move,
+                                                              cwd_new):
+    """The parent of a fine-tuned run (config train.init_from, as the recipes write it: relative to their cwd or
+    absolute) is the parent's system in the tree as it is now; a copy's parent is never the original's."""
+    work = tmp_path_factory.mktemp("run")
+    root = work / "orig"
+    parent = root / "exp" / ("aam" if seed is None else f"aam_seed{seed}")
+    (parent / "checkpoints").mkdir(parents=True)
+    (parent / "avg_model.pt").write_bytes(b"x")
+    (parent / "checkpoints" / "epoch_0002.pt").write_bytes(b"x")
+    src = parent / form if form != "." else parent
+    child = root / "exp" / ("aam_lm" if seed is None else f"aam_lm_seed{seed}")
+    child.mkdir()
+    init = os.path.relpath(src, root) if relative else str(src)
+    (child / "config.yaml").write_text(f"train: {{init_from: '{init}'}}\n")
+    new_root = root if move == "stay" else work / "new"
+    if move != "stay":
+        (shutil.copytree if move == "copy" else shutil.move)(root, new_root)
+    cwd = os.getcwd()
+    os.chdir(new_root if cwd_new else work)  # the report run from the tree's root, or from elsewhere
+    try:
+        got = parent_system(new_root / child.relative_to(root))
+    finally:
+        os.chdir(cwd)
+    CASES[f"run parent {move}"] += 1
+    assert got is not None and Path(got).resolve() == (new_root / "exp" / "aam").resolve()
 
 
 # ------------------------------------------------------------------ results.json: valid and corrupted
