@@ -242,6 +242,49 @@ def test_results_json_loads_or_is_refused_naming_the_file(base_tree, tmp_path_fa
     assert len(eer_diffs) == (1 if ver.get("scores") else 0)
 
 
+@pytest.fixture(scope="module")
+def recorded_tree(tmp_path_factory) -> Path:
+    """Two experiments with every part of a row recorded (fixtures_report.report_tree)."""
+    from fixtures_report import report_tree
+
+    root = tmp_path_factory.mktemp("recorded")
+    report_tree(root, n_boot=5)
+    return root
+
+
+def _leaves(value, where=()):
+    """Every key path of a JSON value (objects and lists), leaves and inner nodes."""
+    yield where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        yield from _leaves(v, (*where, k))
+
+
+@FEW
+@given(draw=st.data(), value=BAD_VALUES, drop=st.booleans())
+def test_any_part_of_a_recorded_row_corrupted_is_read_or_refused_in_one_line(recorded_tree, draw, value, drop):
+    """A value of another type (or a key dropped) anywhere in a recorded row: the report's tables are built or
+    the error is one line naming results.json; never another exception."""
+    res = recorded_tree / "exp" / "cnaam" / "results.json"
+    clean = res.read_text()
+    data = json.loads(clean)
+    paths = [p for p in _leaves(data["rows"]) if p]
+    path = draw.draw(st.sampled_from(paths))
+    parent = data["rows"]
+    for k in path[:-1]:
+        parent = parent[k]
+    if drop and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    res.write_text(json.dumps(data))
+    try:
+        got = _check_report([recorded_tree / "exp" / "aam", recorded_tree / "exp" / "cnaam"], res)
+    finally:
+        res.write_text(clean)
+    CASES[f"recorded row {'refused' if isinstance(got, str) else 'read'}"] += 1
+
+
 @FEW
 @given(version=st.sampled_from([1, 2]), mangled=st.sampled_from(["", "[]", "{", '{"format": "x"}',
                                                                  '{"format": "spkcausal-results", "rows": []}']))
@@ -259,9 +302,11 @@ def test_need_names_results_json_and_the_missing_file(base_tree, tmp_path):
     shutil.copytree(base_tree, root)
     a = root / "exp" / "a"
     _write(a, {"cosine": _row(0.1, 0.5, {"scores": "gone.score"})})
-    (row,) = collect_rows([a])
     with pytest.raises(SpkcausalError, match=re.escape(f"{a}/results.json: rows.cosine.verification.scores refers "
                                                        f"to {(a / 'gone.score').resolve()}")):
+        collect_rows([a])  # whether or not a pairing would read it
+    row = {"exp": str(a), "variant": "cosine", "verification": {"scores": str(a / "gone.score")}}
+    with pytest.raises(SpkcausalError, match="results.json: rows.cosine.verification.scores refers"):
         need(row, "verification", "scores")
 
 

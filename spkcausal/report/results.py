@@ -42,7 +42,7 @@ import yaml
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
 from .evidence import Intervals
 from .paths import locate
-from .store import RESULTS_FILE, load_results, stored_row, update_results
+from .store import RESULTS_FILE, load_results, need_all, stored_row, update_results
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
            "system_name", "variant_label", "row_label", "load_results", "update_results",
@@ -263,7 +263,7 @@ def _check_seeds(exps: Sequence[Path]) -> None:
 def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
     """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
     and `seed` say which training runs are seeds of one system (split_seed); file references are absolute paths
-    where the experiment is now (report.store)."""
+    where the experiment is now, and a file the report reads that is missing is a DataError (report.store)."""
     rows = []
     exps = [Path(e) for e in exp_dirs]
     for exp in exps:
@@ -283,6 +283,7 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
             rows.append({**run, "variant": v, "label": row_label(exp, v, r, system),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
+            need_all(rows[-1])
     _check_seeds(exps)
     # a parent among the experiments is named as they were given (init_from may spell it otherwise)
     given = {str(Path(r["system"]).resolve()): r["system"] for r in rows}
@@ -294,7 +295,7 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
 
 def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:
     found = {(sec["thresholds"]["many"], sec["thresholds"]["few"])
-             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and "thresholds" in sec}
+             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and sec.get("thresholds")}
     if len(found) > 1:
         raise DataError(f"experiments use different shot-group thresholds {sorted(found)}: not one table")
     return next(iter(found)) if found else None

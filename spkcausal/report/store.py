@@ -7,7 +7,8 @@ that a moved or copied tree reports as the original did; and the `exp` key (the 
 Version-1 files are read with report.paths' legacy rule and written back as version 2 at the next record.
 
 In memory (load_results) a reference is an absolute path: where the file is now, or, when it is nowhere, where it
-should be; whoever reads the file (report.evidence) asks `need`, which names results.json and the missing file.
+should be. The report (report.results.collect_rows) asks `need_all` of every row it reports: a file of EVIDENCE
+that is missing is one line naming results.json and the file, never a row or a difference silently dropped.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..utils import DataError, PathLike, UsageError, write_text_atomic
 from .paths import Kind, locate, stored_path
 
 __all__ = ["RESULTS_FILE", "FORMAT", "VERSION", "FIGURE_SECTIONS", "REFERENCES", "load_results", "update_results",
-           "stored_row", "need"]
+           "stored_row", "need", "need_all", "EVIDENCE"]
 
 RESULTS_FILE = "results.json"
 FORMAT, VERSION = "spkcausal-results", 2
@@ -33,6 +34,10 @@ REFERENCES: dict[str, dict[str, Kind]] = {
     "identification": {"predictions": "file", "checkpoint": "any", "data": "dir", "train_data": "dir"},
 }
 _ACC = ("many", "medium", "few", "overall", "top1")
+# the references whose files the report reads (paired differences, resampling units); the others are
+# information (the checkpoint and data dirs an identification used)
+EVIDENCE = (("verification", "scores"), ("verification", "utt2spk"), ("seen", "scores"), ("seen", "utt2spk"),
+            ("seen", "train_data"), ("identification", "predictions"))
 
 
 # ------------------------------------------------------------------ checking a row's values
@@ -92,7 +97,8 @@ _SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "seen": {"scores": _path, "utt2spk": _path, "train_data": _path, "thresholds": _shots,
              "groups": _mapping(_group)},
     "identification": {**{g: _num for g in _ACC}, **{f"{g}_ci": _pair for g in _ACC}, "tde_alpha": _num,
-                       "predictions": _path, "checkpoint": _path, "data": _path, "train_data": _path},
+                       "thresholds": _shots, "predictions": _path, "checkpoint": _path, "data": _path,
+                       "train_data": _path},
 }
 # keys a section needs when it has another key: the report reads them together
 _NEEDS = {("seen", "scores"): ("utt2spk", "train_data", "thresholds"), ("identification", "predictions"):
@@ -128,7 +134,7 @@ def _check_row(variant: str, row: Any, figures: bool = True) -> str | None:
             if what:
                 return f"{where}.{section}.{key} is not {what}"
         for (s, key), needed in _NEEDS.items():
-            missing = [k for k in needed if s == section and sec.get(key) is not None and k not in sec]
+            missing = [k for k in needed if s == section and sec.get(key) is not None and sec.get(k) is None]
             if missing:
                 return f"{where}.{section} has {key} but no {missing[0]}"
     if figures and not any(isinstance(row.get(s), dict) and _has_figures(s, row[s]) for s in FIGURE_SECTIONS):
@@ -240,3 +246,11 @@ def need(row: Mapping[str, Any], section: str, key: str) -> str:
         raise DataError(f"rows.{row.get('variant', '?')}.{section}.{key} refers to {path}, which is missing (a "
                         "moved or copied experiment reads only its own tree's files)", Path(row["exp"]) / RESULTS_FILE)
     return path
+
+
+def need_all(row: Mapping[str, Any]) -> None:
+    """Every file of EVIDENCE a report row refers to must exist (need): a missing one is an error, whether or not
+    this report's pairings would read it."""
+    for section, key in EVIDENCE:
+        if (row.get(section) or {}).get(key) is not None:
+            need(row, section, key)
