@@ -238,8 +238,8 @@ def _fake_run(exp: Path, rng: np.random.Generator, variants=("cosine",)) -> dict
         acc = {g: float(rng.uniform(0.1, 0.9)) for g in ("many", "medium", "few", "overall")}
         eer, few = float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.1, 0.3))
         update_results(exp, v, identification={**acc, **{f"{g}_ci": [a - 0.05, a + 0.05] for g, a in acc.items()}},
-                       verification={"scores": str(exp / "x.score"), "eer": eer, "eer_ci": [eer - 0.01, eer + 0.01]},
-                       seen={"scores": str(exp / "s.score"), "groups": {"few": {"eer": few, "min_dcf": {}}}},
+                       verification={"eer": eer, "eer_ci": [eer - 0.01, eer + 0.01]},
+                       seen={"groups": {"few": {"eer": few, "min_dcf": {}}}},
                        tde_alpha=1.0 if v == "tde" else None)
         figs[v] = {"acc_many": acc["many"], "acc_overall": acc["overall"], "eer": eer, "seen_eer_few": few}
     return figs

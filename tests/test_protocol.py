@@ -99,8 +99,8 @@ def _exp(tmp: Path, name: str, head: str) -> Path:
 
 
 def _row(eer: float, few: float) -> dict:
-    ver = {"scores": "x.score", "eer": eer, "min_dcf": {"0.01": 0.5}}
-    seen = {"scores": "seen.score", "thresholds": {"many": 30, "few": 10},
+    ver = {"eer": eer, "min_dcf": {"0.01": 0.5}}
+    seen = {"thresholds": {"many": 30, "few": 10},
             "groups": {"many": {"eer": 0.05, "min_dcf": {"0.01": 0.3}}, "medium": None,
                        "few": {"eer": few, "min_dcf": {"0.01": 0.6}}}}
     return {"verification": ver, "seen": seen}

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_curve
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde_alpha import ALPHA_GRID
-from spkcausal.report.results import row_label
+from spkcausal.report.results import load_results, row_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) ->
         assert set(enroll) | set(test) <= set(u2s) and {u2s[e] for e in enroll} <= set(counts)
     u2s = DataDir.load(data / "iden_test").utt2spk
     for name in names:
-        rows = json.loads((exp / name / "results.json").read_text())["rows"]
+        rows = load_results(exp / name)["rows"]  # file references where the tree is now (report.store)
         for variant, row in rows.items():
             seen = row["seen"]
             enroll, _, scores, is_target = _score_file(seen["scores"])
@@ -248,22 +248,22 @@ def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) ->
 def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, alphas: list[float]) -> None:
     for name in systems:
         e = exp / name
-        res = json.loads((e / "results.json").read_text())
+        res = load_results(e)
         if (e / "decoupled.json").is_file():  # cRT / tau-norm: the base's embeddings and verification rows
             info = json.loads((e / "decoupled.json").read_text())
-            base = json.loads((Path(info["base"]) / "results.json").read_text())["rows"]
+            base = load_results(Path(info["base"]))["rows"]
             assert (e / "emb").resolve() == (Path(info["base"]) / "emb").resolve()
             for v, row in res["rows"].items():
                 assert row["verification"] == base[v]["verification"] and row["seen"] == base[v]["seen"]
                 assert row_label(e, v, row).startswith(("cRT (on Baseline", "tau-norm (tau="))
                 if v in ("cosine", "mean_sub"):  # identification with the new head (not with a score normalisation)
-                    ckpt = exp.parent / row["identification"]["checkpoint"]  # relative to the recipe's cwd
+                    ckpt = Path(row["identification"]["checkpoint"])
                     assert ckpt.resolve() == (e / "avg_model.pt").resolve()
             continue
         assert (e / "avg_model.pt").is_file() and (e / "checkpoints" / "epoch_0002.pt").is_file()
         for variant in ("cosine", "mean_sub", "asnorm"):
             ver = res["rows"][variant]["verification"]
-            assert Path(ver["scores"]) == e / "scores" / variant / f"{trial}.score"
+            assert Path(ver["scores"]) == (e / "scores" / variant / f"{trial}.score").resolve()
             enroll, test, scores, is_target = _score_file(ver["scores"])
             eer, dcf = _sklearn_eer_min_dcf(scores, is_target)
             assert ver["eer"] == pytest.approx(eer, abs=1e-9) and ver["min_dcf"]["0.01"] == pytest.approx(dcf, abs=1e-9)

@@ -56,13 +56,17 @@ def test_system_names_follow_the_paper():
 def test_report_table_from_known_results(tmp_path):
     base = _exp(tmp_path / "exp", "aam", "aam")
     cn = _exp(tmp_path / "exp", "cnaam", "causal_norm_aam")
-    update_results(base, "cosine", verification={"scores": "s/veri.txt.score", "eer": 0.0512, "eer_ci": [0.04, 0.06],
+    rng = np.random.default_rng(1)  # score files of one list: the report pairs the systems on them
+    lab = rng.random(60) < 0.4
+    lists = {d: _scores(tmp_path / d / "veri.txt.score", [f"e{i % 6}" for i in range(60)],
+                        [f"t{i}" for i in range(60)], rng.normal(size=60) + 2 * lab, lab) for d in "smc"}
+    update_results(base, "cosine", verification={"scores": str(lists["s"]), "eer": 0.0512, "eer_ci": [0.04, 0.06],
                                                  "min_dcf": {"0.01": 0.4321, "0.05": 0.3}},
                    identification={**_iden(0.9, 0.6, 0.125, 0.5), "few_ci": [0.05, 0.2]})
-    update_results(base, "mean_sub", verification={"scores": "m/veri.txt.score", "eer": 0.049,
+    update_results(base, "mean_sub", verification={"scores": str(lists["m"]), "eer": 0.049,
                                                    "min_dcf": {"0.01": 0.41}})
     update_results(cn, "tde", tde_alpha=0.7, identification=_iden(0.85, 0.7, 0.3333, 0.61))
-    update_results(cn, "cosine", verification={"scores": "c/veri.txt.score", "eer": 0.06, "min_dcf": {"0.01": 0.5}},
+    update_results(cn, "cosine", verification={"scores": str(lists["c"]), "eer": 0.06, "min_dcf": {"0.01": 0.5}},
                    identification=_iden(0.91, 0.62, 0.2, 0.55))
     record_identification(base, "mean_sub", {**_iden(0.88, 0.61, float("nan"), 0.5), "tde_alpha": None})
 
@@ -130,7 +134,7 @@ def test_seeds_give_mean_std_and_t_intervals_of_paired_differences(tmp_path):
     for name, head in (("aam", "aam"), ("cnaam", "causal_norm_aam")):
         for k in range(3):
             e = _exp(tmp_path / "exp", f"{name}_seed{k}", head)
-            update_results(e, "cosine", verification={"scores": f"x/{k}.score", "eer": eers[name][k],
+            update_results(e, "cosine", verification={"eer": eers[name][k],
                                                       "min_dcf": {"0.01": float(rng.random())}},
                            identification=_iden(0.9, 0.5, few[name][k], 0.5))
             exps.append(e)

@@ -48,7 +48,10 @@ def _record(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from ..report.results import write_paper_tables, write_report
+    from ..utils import UsageError
 
+    if args.paper_map and not args.paper_table:
+        raise UsageError("--paper-map sets the rows of --paper-table: give --paper-table too, or drop --paper-map")
     if args.paper_table:
         text, out = write_paper_tables(args.exps, args.out, args.paper_map, args.p_target)
         print(text, end="")

@@ -11,6 +11,7 @@ holds the training noise, which no bootstrap over test speakers can see.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from ..scoring.bootstrap import (
 from ..scoring.metrics import GROUPS, shot_group_verification
 from ..scoring.pairing import resampling_groups
 from ..utils import DataError
+from .store import need
 
 __all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
            "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
@@ -189,14 +191,26 @@ def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float |
 
 
 def _aligned(path_a: str, path_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(enroll, scores A, scores B, labels) when both files hold the same labelled trials, else None."""
-    if not (Path(path_a).is_file() and Path(path_b).is_file()):
-        return None
+    """(enroll, scores A, scores B, labels) when both files hold the same labelled trials, else None (two lists:
+    no paired difference)."""
     ea, ta, sa, la = _scores(path_a)
     eb, tb, sb, lb = _scores(path_b)
     if len(ea) != len(eb) or (ea != eb).any() or (ta != tb).any() or (la != lb).any():
         return None
     return ea, sa, sb, la
+
+
+_PREDICTION_KEYS = ("utts", "y_true", "y_pred", "train_counts", "speakers")
+
+
+def _predictions(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an identification predictions file (inference.identify.save_predictions)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in _PREDICTION_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"not an identification predictions file ({type(e).__name__}: {e}; expected an .npz "
+                        f"with {', '.join(_PREDICTION_KEYS)})", path) from None
 
 
 def _diff_entry(diff: float, ci: list | None) -> dict:
@@ -207,27 +221,29 @@ def _diff_entry(diff: float, ci: list | None) -> dict:
 def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boot: int = N_BOOT,
                        level: float = LEVEL, seed: int = 0) -> dict[str, dict]:
     """Figure of `row` minus that of `ref` for every column both have, with the paired bootstrap interval
-    (same trials / same test utterances, shared resamples) and whether it excludes 0."""
+    (same trials / same test utterances, shared resamples) and whether it excludes 0. The rows are
+    report.results.collect_rows'; a file they refer to that is missing is a DataError (report.store.need)."""
     out: dict[str, dict] = {}
     va, vb = row.get("verification") or {}, ref.get("verification") or {}
     if va.get("scores") and vb.get("scores"):
-        al = _aligned(va["scores"], vb["scores"])
+        al = _aligned(need(row, "verification", "scores"), need(ref, "verification", "scores"))
         if al is not None:
             enroll, sa, sb, lab = al
-            res = paired_bootstrap_verification(sa, sb, lab, _enroll_speakers(enroll, va.get("utt2spk")), n_boot,
+            u2s = need(row, "verification", "utt2spk") if va.get("utt2spk") else None
+            res = paired_bootstrap_verification(sa, sb, lab, _enroll_speakers(enroll, u2s), n_boot,
                                                 level, (p_target,), seed)
             out["eer"] = _diff_entry(res["diff"], res["diff_ci"])
             out["min_dcf"] = _diff_entry(res["min_dcf_diff"][p_target], res["min_dcf_diff_ci"][p_target])
             if va.get("llr") and vb.get("llr"):
-                out.update(_paired_llr(sa, sb, lab, _enroll_speakers(enroll, va.get("utt2spk")), p_target, n_boot,
-                                       level, seed))
+                out.update(_paired_llr(sa, sb, lab, _enroll_speakers(enroll, u2s), p_target, n_boot, level, seed))
     sa_, sb_ = row.get("seen") or {}, ref.get("seen") or {}
     if sa_.get("scores") and sb_.get("scores"):
-        al = _aligned(sa_["scores"], sb_["scores"])
+        al = _aligned(need(row, "seen", "scores"), need(ref, "seen", "scores"))
         if al is not None:
             enroll, sa, sb, lab = al
             shot = sa_["thresholds"]
-            spk, grp = _seen_groups(enroll, sa_["utt2spk"], sa_["train_data"], shot["many"], shot["few"])
+            spk, grp = _seen_groups(enroll, need(row, "seen", "utt2spk"), need(row, "seen", "train_data"),
+                                    shot["many"], shot["few"])
             for g in GROUPS:
                 sel = grp == g
                 if not (lab[sel] == 1).any() or not (lab[sel] == 0).any():
@@ -238,8 +254,9 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
                 out[f"seen_dcf_{g}"] = _diff_entry(res["min_dcf_diff"][p_target], res["min_dcf_diff_ci"][p_target])
     ia, ib = row.get("identification") or {}, ref.get("identification") or {}
     pa, pb = ia.get("predictions"), ib.get("predictions")
-    if pa and pb and Path(pa).is_file() and Path(pb).is_file():
-        a, b = np.load(pa), np.load(pb)
+    if pa and pb:
+        a, b = _predictions(need(row, "identification", "predictions")), _predictions(
+            need(ref, "identification", "predictions"))
         if (a["utts"].shape == b["utts"].shape and (a["utts"] == b["utts"]).all()
                 and (a["speakers"].shape == b["speakers"].shape) and (a["speakers"] == b["speakers"]).all()):
             shot = ia["thresholds"]

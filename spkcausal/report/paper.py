@@ -17,7 +17,8 @@ from pathlib import Path
 from ..utils import UsageError
 from .evidence import LEVEL, row_figures, t_interval
 
-__all__ = ["PaperRow", "PAPER_ROWS", "K_ROWS", "PAPER_COLUMNS", "NOT_RUN", "parse_row_map", "paper_table",
+__all__ = ["PaperRow", "PAPER_ROWS", "K_ROWS", "PAPER_COLUMNS", "NOT_RUN", "parse_row_map", "check_row_map",
+           "paper_table",
            "paper_tables"]
 
 NOT_RUN = "not run"
@@ -65,17 +66,36 @@ PAPER_COLUMNS = (("acc_many", "Many (%)", 100.0), ("acc_medium", "Medium (%)", 1
 
 
 def parse_row_map(items: Sequence[str] | None) -> dict[str, tuple[str, str | None]]:
-    """`NAME=SYSTEM[:VARIANT]` overrides of the rows' systems (e.g. `OLTR=oltr_v2`), checked against the names."""
-    names = {r.name for r in PAPER_ROWS + K_ROWS}
+    """`NAME=SYSTEM[:VARIANT]` overrides of the rows' systems (e.g. `OLTR=oltr_v2`, `Cosine (K=1)=cos1:tde`):
+    NAME one of the rows' names (which may hold '='), SYSTEM a non-empty experiment dir name without `_seed<k>`
+    (up to the first ':'), VARIANT, when given, a non-empty name without whitespace; one entry per NAME."""
+    names = [r.name for r in PAPER_ROWS + K_ROWS]
     out: dict[str, tuple[str, str | None]] = {}
     for item in items or ():
-        name, sep, target = item.partition("=")
-        if not sep or not target or name not in names:
+        name = next((n for n in names if item.startswith(n + "=")), None)
+        system, colon, variant = item[len(name) + 1:].partition(":") if name else ("", "", "")
+        if name is None or not system or colon and (not variant or any(c.isspace() for c in variant)):
             raise UsageError(f"--paper-map expects NAME=SYSTEM[:VARIANT] with NAME one of the rows "
                              f"({', '.join(r.name for r in PAPER_ROWS)}; K rows like 'Cosine (K=1)'), got {item!r}")
-        system, _, variant = target.partition(":")
+        if name in out:
+            raise UsageError(f"--paper-map names row {name!r} twice ({item!r}): one system per row")
         out[name] = (system, variant or None)
     return out
+
+
+def check_row_map(row_map: Mapping[str, tuple[str, str | None]], rows: Sequence[Mapping]) -> None:
+    """Refuse a `--paper-map` entry whose system (or system:variant) is not among the experiments' results."""
+    runs = _runs(rows)
+    systems = sorted({s for s, _ in runs})
+    for name, (system, variant) in row_map.items():
+        item = f"{name}={system}" + (f":{variant}" if variant else "")
+        if system not in systems:
+            raise UsageError(f"--paper-map {item!r}: no experiment of system {system!r} among those given "
+                             f"(expected one of {', '.join(systems)})")
+        if variant is not None and (system, variant) not in runs:
+            have = sorted(v for s, v in runs if s == system)
+            raise UsageError(f"--paper-map {item!r}: system {system!r} has no variant {variant!r} in its "
+                             f"results.json (expected one of {', '.join(have)})")
 
 
 def _runs(rows: Sequence[Mapping]) -> dict[tuple[str, str], list[Mapping]]:

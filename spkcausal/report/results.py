@@ -1,8 +1,10 @@
 """Per-experiment results (`<exp>/results.json`) and the paper-style table over experiments (`spkcausal report`).
 
-`results.json` layout (format "spkcausal-results", version 1), filled stage by stage:
+`results.json` layout (format "spkcausal-results", version 2; read and written by report.store), filled stage by
+stage; every file it names is relative to the experiment dir when it lies in the experiment's tree
+(report.paths), so that a moved or copied tree reports as the original:
 
-    {"format": "spkcausal-results", "version": 1, "exp": "<exp dir>",
+    {"format": "spkcausal-results", "version": 2,
      "rows": {"<variant>": {"label": "My label" (only when the user gave one),
                             "verification": {"scores": "<score file>", "eer": 0.051 (a fraction),
                                              "eer_ci": [lo, hi], "min_dcf": {"0.01": ..., "0.05": ...},
@@ -39,13 +41,14 @@ import yaml
 
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
 from .evidence import Intervals
+from .paths import locate
+from .store import RESULTS_FILE, load_results, need_all, stored_row, update_results
 
 __all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
            "system_name", "variant_label", "row_label", "load_results", "update_results",
            "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
            "format_markdown", "write_report", "write_paper_tables"]
 
-RESULTS_FILE = "results.json"
 VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
             "tde_asnorm_cal", "tde_asnorm_qmf")
 LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
@@ -170,64 +173,6 @@ def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any], system: s
     return row.get("label") or variant_label(system or _exp_system(Path(exp_dir)), variant)
 
 
-def load_results(exp_dir: PathLike) -> dict:
-    """`<exp>/results.json`, or an empty results object when there is none yet."""
-    exp_dir = Path(exp_dir)
-    path = exp_dir / RESULTS_FILE
-    if not path.is_file():
-        return {"format": "spkcausal-results", "version": 1, "exp": str(exp_dir), "rows": {}}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"not valid JSON ({e})", path) from None
-    if not isinstance(data, dict) or data.get("format") != "spkcausal-results" or not isinstance(data.get("rows"),
-                                                                                                 dict):
-        raise DataError('expected a JSON object with "format": "spkcausal-results" and a "rows" object', path)
-    for variant, row in data["rows"].items():
-        if not isinstance(row, dict) or not any(isinstance(row.get(k), dict) for k in FIGURE_SECTIONS):
-            raise DataError(f"row {variant!r} has no figures (expected one of {', '.join(FIGURE_SECTIONS)} as an "
-                            "object)", path)
-        bad = _non_finite(row, f"rows.{variant}")
-        if bad:
-            raise DataError(f"{bad} is not a finite number", path)
-    return data
-
-
-FIGURE_SECTIONS = ("verification", "seen", "identification")
-
-
-def _non_finite(value: Any, where: str) -> str | None:
-    """The key path of the first NaN / inf number inside `value`, or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _non_finite(v, f"{where}.{k}")
-        if found:
-            return found
-    return None
-
-
-def update_results(exp_dir: PathLike, variant: str, label: str | None = None, **sections: Any) -> dict:
-    """Merge `sections` (verification=..., identification=..., tde_alpha=...) into one variant, atomically."""
-    exp_dir = Path(exp_dir)
-    if not variant or any(c.isspace() for c in variant):
-        raise UsageError(f"variant name {variant!r} is empty or has whitespace")
-    data = load_results(exp_dir)
-    row = data["rows"].setdefault(variant, {})
-    if label is not None:  # only a label the user chose is stored; the default follows config.yaml (collect_rows)
-        row["label"] = label
-    for key, value in sections.items():
-        if value is not None:
-            row[key] = value
-    bad = _non_finite(row, f"rows.{variant}")
-    if bad:  # a figure that a later report would refuse: do not store it
-        raise DataError(f"refusing to record {bad}: not a finite number", exp_dir / RESULTS_FILE)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(exp_dir / RESULTS_FILE, json.dumps(data, indent=1, sort_keys=False) + "\n")
-    return data
-
-
 def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
                         p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None,
                         utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0,
@@ -238,9 +183,9 @@ def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, l
     from .evidence import verification_with_ci
 
     llr = variant in LLR_VARIANTS if llr is None else llr
-    res = verification_with_ci(str(Path(score_file).resolve()), str(utt2spk) if utt2spk else None, p_targets,
-                               n_boot, seed=seed, llr=llr)
-    ver = {"scores": str(Path(score_file).resolve()), **res}
+    res = verification_with_ci(str(score_file), str(utt2spk) if utt2spk else None, p_targets, n_boot, seed=seed,
+                               llr=llr)
+    ver = {"scores": str(score_file), **res}
     return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
 
 
@@ -251,8 +196,7 @@ def record_seen(exp_dir: PathLike, variant: str, score_file: PathLike, utt2spk: 
     `train_data`), with intervals, stored as the variant's `seen` result."""
     from .evidence import seen_verification
 
-    res = seen_verification(str(Path(score_file).resolve()), str(utt2spk), str(train_data), many, few, p_targets,
-                            n_boot, seed=seed)
+    res = seen_verification(str(score_file), str(utt2spk), str(train_data), many, few, p_targets, n_boot, seed=seed)
     return update_results(exp_dir, variant, label, seen=res, tde_alpha=tde_alpha)
 
 
@@ -276,11 +220,12 @@ def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
 
 def parent_system(exp_dir: PathLike) -> str | None:
     """System key of the run a fine-tuning experiment started from (its config's train.init_from: a
-    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir), else None."""
+    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir, found inside the experiment's tree first as
+    report.paths reads a version-1 path), else None."""
     src = (_exp_config(Path(exp_dir)).get("train") or {}).get("init_from")
     if not src:
         return None
-    p = Path(str(src))
+    p, _ = locate(str(src), exp_dir, legacy=True, kind="any")
     if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
         p = p.parent
         if p.name == "checkpoints":
@@ -288,15 +233,45 @@ def parent_system(exp_dir: PathLike) -> str | None:
     return split_seed(p)[0]
 
 
+def _embedding_dim(exp: Path) -> tuple[int, Path] | None:
+    """An experiment's embedding dimension and the file that says so: its first embedding store, else its
+    config's model.embed_dim; None when neither says."""
+    for meta in sorted((exp / "emb").glob("*/store.json")):
+        try:
+            return int(json.loads(meta.read_text(encoding="utf-8"))["dim"]), meta.parent
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a store the report does not read: its own readers name what is wrong with it
+    dim = (_exp_config(exp).get("model") or {}).get("embed_dim")
+    return (dim, exp / "config.yaml") if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+
+def _check_seeds(exps: Sequence[Path]) -> None:
+    """Refuse to average runs of different embedding dimensions as seeds of one system (split_seed)."""
+    first: dict[str, tuple[int, Path]] = {}
+    for exp in exps:
+        found = _embedding_dim(exp)
+        if found is None:
+            continue
+        system = split_seed(exp)[0]
+        dim, src = first.setdefault(system, found)
+        if found[0] != dim:
+            raise DataError(f"{found[0]}-dimensional embeddings, but {src} ({dim}-dimensional) is another seed of "
+                            f"system {Path(system).name}: runs of different models are not seeds of one system",
+                            found[1])
+
+
 def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
     """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
-    and `seed` say which training runs are seeds of one system (split_seed)."""
+    and `seed` say which training runs are seeds of one system (split_seed); file references are absolute paths
+    where the experiment is now, and a file the report reads that is missing is a DataError (report.store)."""
     rows = []
-    for exp in exp_dirs:
-        exp = Path(exp)
+    exps = [Path(e) for e in exp_dirs]
+    for exp in exps:
         if not (exp / RESULTS_FILE).is_file():
             raise DataError(f"no {RESULTS_FILE}: run the scoring / identification stages first", exp)
         data = load_results(exp)
+        if not data["rows"]:
+            raise DataError("no result rows: run the scoring / identification stages first", exp / RESULTS_FILE)
         # per experiment, not per variant: the parent comes from reading config.yaml
         run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
                "decoupled": (exp / DECOUPLED_FILE).is_file()}
@@ -308,14 +283,19 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
             rows.append({**run, "variant": v, "label": row_label(exp, v, r, system),
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
+            need_all(rows[-1])
+    _check_seeds(exps)
+    # a parent among the experiments is named as they were given (init_from may spell it otherwise)
+    given = {str(Path(r["system"]).resolve()): r["system"] for r in rows}
+    for r in rows:
+        if r["parent"] is not None:
+            r["parent"] = given.get(str(Path(r["parent"]).resolve()), r["parent"])
     return rows
-
-
 
 
 def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:
     found = {(sec["thresholds"]["many"], sec["thresholds"]["few"])
-             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and "thresholds" in sec}
+             for r in rows for sec in (r.get("identification"), r.get("seen")) if sec and sec.get("thresholds")}
     if len(found) > 1:
         raise DataError(f"experiments use different shot-group thresholds {sorted(found)}: not one table")
     return next(iter(found)) if found else None
@@ -325,8 +305,9 @@ def _notes(rows: Sequence[dict], p_target: float, caption: str | None, several_s
     key = f"{p_target:g}"
     notes = [caption] if caption else []
     trials = sorted({Path(r["verification"]["scores"]).name.removesuffix(".score") for r in rows
-                     if r.get("verification")})
-    seen = sorted({Path(r["seen"]["scores"]).name.removesuffix(".score") for r in rows if r.get("seen")})
+                     if (r.get("verification") or {}).get("scores")})
+    seen = sorted({Path(r["seen"]["scores"]).name.removesuffix(".score") for r in rows
+                   if (r.get("seen") or {}).get("scores")})
     if trials:
         notes.append(f"Held-out speakers: EER / minDCF (p_target={key}, normalised) on {', '.join(trials)}.")
     thr = _thresholds(rows)
@@ -394,7 +375,8 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
     out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     # report.json first: report.md, the file people look at, appears only when the rest is complete.
-    write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": rows,
+    stored = [stored_row(r, r["exp"]) for r in rows]  # file references as results.json has them: movable
+    write_text_atomic(out / "report.json", json.dumps({"caption": caption, "p_target": p_target, "rows": stored,
                                                        **summary}, indent=1) + "\n")
     text = _with_figures(rows, summary, out, Intervals(p_target, n_boot), text)
     write_text_atomic(out / "report.md", text)
@@ -419,12 +401,14 @@ def write_paper_tables(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = 
                        row_map: Sequence[str] | None = None, p_target: float = 0.01) -> tuple[str, Path]:
     """Write `paper_table.md` and `paper_table.json` (report.paper: the paper's rows in its order, then K = 1 / 2)
     into out_dir (default: the first exp's parent); the experiments need not cover every row."""
-    from .paper import paper_tables, parse_row_map
+    from .paper import check_row_map, paper_tables, parse_row_map
 
     if not exp_dirs:
         raise UsageError("no experiment dirs given")
     mapping = parse_row_map(row_map)
-    text, content = paper_tables(collect_rows(exp_dirs), mapping, p_target)
+    rows = collect_rows(exp_dirs)
+    check_row_map(mapping, rows)
+    text, content = paper_tables(rows, mapping, p_target)
     out = Path(out_dir) if out_dir is not None else Path(exp_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "paper_table.json", json.dumps({"p_target": p_target, **content}, indent=1) + "\n")
