@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", ex
     expected = expected or _EXPECTED
     _check_crcs(Path(path), expected)
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's plea to file an issue about a plain pickle: the refusal says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError("checkpoint not found", path) from None
     except IsADirectoryError:
@@ -89,8 +92,11 @@ def load_state_checked(module: torch.nn.Module, state: Any, source: PathLike, pa
     from .importers import _shape
 
     own = module.state_dict()
-    archs = (f"the checkpoint's {part} is {saved!r}, this builds {built!r} ({type(module).__name__}): a checkpoint "
-             "of another architecture or size?")
+    cls = type(module).__name__
+    archs = (f"the checkpoint's {part} is {saved!r}, this builds {built!r} ({cls}): a checkpoint of another "
+             "architecture or size?" if saved != built else
+             f"the checkpoint's config names {part} {saved!r}, but its weights do not fit the {cls} built from it "
+             "(weights of another architecture or size)")
     if not isinstance(state, dict):
         raise DataError(f"the {part!r} entry is {type(state).__name__}; expected a state dict", source)
     for key, value in state.items():
