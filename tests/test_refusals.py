@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 from fixtures_train import make_corpus, tiny_config
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from test_robustness import _one_line_error
 
 from spkcausal.cli import main
@@ -312,3 +314,77 @@ def test_refused_speechbrain_checkpoint_gives_no_weights_only_advice(tmp_path, c
         line = _one_line_error(capsys, rc, name, "SpeechBrain")
         assert "weights_only" not in line, line
     assert not (tmp_path / "o.pt").exists()
+
+
+# ------------------------------------------------------------------ 15. longtail-subset arguments, property test
+
+
+def _targets(k: int, n_max: int, imbalance: float, profile: str) -> np.ndarray:
+    """docs/design.md's count curve written out: rank r of k gets n_max * f(r / (k - 1)), rounded half up, >= 1."""
+    t = np.arange(k) / max(1, k - 1)
+    f = imbalance ** -t if profile == "exp" else (1 + t * (imbalance ** (1 / 6.0) - 1)) ** -6.0
+    return np.maximum(1, np.floor(n_max * f + 0.5)).astype(np.int64)
+
+
+def _default_n_max(avail: np.ndarray, imbalance: float, profile: str) -> int:
+    """The documented default head: the largest n_max whose targets the sorted counts meet, lowered to
+    imbalance * (its tail target), by brute force over every n_max the data allow."""
+    a = np.sort(avail)[::-1]
+    n = max(m for m in range(1, int(a[0]) + 1) if (_targets(len(a), m, imbalance, profile) <= a).all())
+    return max(1, min(n, int(np.floor(imbalance * _targets(len(a), n, imbalance, profile)[-1] + 1e-9))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.one_of(st.lists(st.integers(1, 40), min_size=2, max_size=6),  # small counts: flat subsets
+                        st.lists(st.integers(1, 4), min_size=1, max_size=6)),
+       imbalance=st.one_of(st.floats(1.0, 60.0),
+                           st.sampled_from([0.5, float("nan"), float("inf"), 1.0, 1.5, 2.0, 10.0, 100.0])),
+       max_per_spk=st.one_of(st.none(), st.integers(-1, 60)), heldout=st.integers(-1, 4),
+       profile=st.sampled_from(["exp", "pareto"]), order=st.sampled_from(["random", "size"]),
+       seed=st.integers(0, 3))
+def test_longtail_subset_arguments_against_an_oracle(counts, imbalance, max_per_spk, heldout, profile, order, seed):
+    from spkcausal.data.subsets import longtail_subset
+    from spkcausal.utils import SpkcausalError
+
+    spks = [f"s{i}" for i in range(len(counts))]
+    u2s = {f"{s}-{j:02d}": s for s, n in zip(spks, counts) for j in range(n)}
+    data = DataDir(wav={u: f"/a/{u}.wav" for u in u2s}, utt2spk=u2s)
+    kept = [s for s, n in zip(spks, counts) if n > heldout]
+    invalid = (heldout < 0 or (max_per_spk is not None and max_per_spk < 1) or len(kept) < 2
+               or not 1 <= imbalance < float("inf"))
+    try:
+        train_dir, held = longtail_subset(data, imbalance, profile=profile, max_per_spk=max_per_spk,
+                                          heldout_per_spk=heldout, seed=seed, order=order)
+    except SpkcausalError as e:  # never another exception: the oracle says why it must refuse
+        event("refused as flat" if "flat" in str(e) else "refused")
+        flat_ok = imbalance > 1 and "flat" in str(e)
+        assert invalid or flat_ok, f"refused valid arguments: {e}"
+        if not invalid:
+            avail = np.array([n - heldout for s, n in zip(spks, counts) if s in kept])
+            n_max = max_per_spk or _default_n_max(avail, imbalance, profile)
+            t = _targets(len(kept), n_max, imbalance, profile)
+            exact = max_per_spk is None or (avail >= n_max).all()
+            assert not exact or (t == t[0]).all(), f"refused as flat, but the targets are {t.tolist()}"
+        return
+    event("subset written, counts exact" if max_per_spk is None or min(counts) - heldout >= max_per_spk
+          else "subset written, capped")
+    assert not invalid, "accepted arguments the oracle refuses"
+    # nothing invented, nothing moved: every utterance is the data's, with its speaker, in at most one part
+    assert set(train_dir.utt2spk) <= set(u2s) and set(held.utt2spk) <= set(u2s)
+    assert not set(train_dir.utt2spk) & set(held.utt2spk)
+    assert all(u2s[u] == s for part in (train_dir, held) for u, s in part.utt2spk.items())
+    # the held-out part: exactly `heldout` of every kept speaker; the training part: every kept speaker
+    assert sorted(held.speakers) == (sorted(kept) if heldout else [])
+    assert all(len(v) == heldout for v in held.spk2utt.values())
+    assert sorted(train_dir.speakers) == sorted(kept)
+    c = np.sort([len(v) for v in train_dir.spk2utt.values()])[::-1]
+    avail = np.array([n - heldout for s, n in zip(spks, counts) if s in kept])
+    n_max = max_per_spk or _default_n_max(avail, imbalance, profile)
+    t = _targets(len(kept), n_max, imbalance, profile)
+    if max_per_spk is None or (avail >= n_max).all():  # targets the data meet: the counts are the curve
+        assert c.tolist() == t.tolist()
+        if max_per_spk is None:
+            assert c[0] / c[-1] <= imbalance + 1e-9  # the default head keeps max/min within the imbalance asked
+    else:  # capped by the data: never above the curve
+        assert (c <= t).all() and c[-1] >= 1
+    assert imbalance == 1 or c[0] > c[-1]  # long-tailed means a head above the tail
