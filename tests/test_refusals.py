@@ -203,9 +203,11 @@ def test_checkpoint_of_another_architecture_names_the_key_and_both_architectures
     _one_line_error(capsys, rc, "lying.pt", "model key", "'resnet_tiny'", "ResNetSpeaker")
     # (c) --resume with another model named than the run's checkpoints hold
     shutil.copytree(exp_dir, tmp_path / "copy")
+    config = (tmp_path / "copy" / "config.yaml").read_bytes()
     rc = main(["train", "--resume", "--config", str(root / "train.yaml"), f"exp_dir={tmp_path / 'copy'}",
                "model.name=ecapa_tiny", "train.epochs=2"])
     _one_line_error(capsys, rc, "epoch_0001.pt", "model key", "'resnet_tiny'", "'ecapa_tiny'", "Ecapa")
+    assert (tmp_path / "copy" / "config.yaml").read_bytes() == config  # the refused run did not rewrite it
 
 
 # ------------------------------------------------------------------ 8. AAC .m4a through PyAV

@@ -79,8 +79,6 @@ class Trainer:
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)
         self.cfg, init_state = adopt_init_from(cfg, ckpt_path, model_named)
-        if info.is_main:
-            save_config(self.cfg, self.exp_dir / "config.yaml")
         self.seed = self.cfg["seed"]
         torch.manual_seed(step_seed(self.seed, info.rank, 1))
         np.random.seed(step_seed(self.seed, info.rank, 2) % 2 ** 32)
@@ -98,6 +96,8 @@ class Trainer:
             self.restore(ckpt_path)
         elif resume:
             self.log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+        if info.is_main:  # once the run is known to start: a refused resume keeps the run's own config.yaml
+            save_config(self.cfg, self.exp_dir / "config.yaml")
         self.model: nn.Module = self.net
         if info.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
