@@ -5,6 +5,7 @@ Each kind has one `Registry`; entries are added with the `register(name)` decora
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -89,9 +90,37 @@ def _admits(annotation: Any, kind: str) -> bool:
     return kind in text.replace(" ", "").split("|") or "Any" in text
 
 
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def accepted_keys(entry: Any) -> set[str] | None:
+    """The keyword names a builder takes, following its `forwards_to` (the callable, or 'module:name' of it, that
+    its **kwargs are passed on to); None when they cannot be known (a **kwargs forwarded to nobody named)."""
+    try:
+        params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
+    except (TypeError, ValueError):
+        return None
+    names = {n for n, p in params.items() if p.kind in _NAMED and n != "self"}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        target = getattr(entry, "forwards_to", None)
+        if isinstance(target, str):  # named lazily: e.g. speechbrain's class, imported only when asked
+            module, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module), attr)
+        more = None if target is None else accepted_keys(target)
+        if more is None:
+            return None
+        names |= more
+    return names
+
+
 def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
-    """A config value of the wrong kind for a builder's parameter (judged by its default: `embed_dim=abc`,
-    `scale=true`, `channels=0`) is a UsageError naming `section.key`, before torch meets it."""
+    """A config key the builder does not take (a typo: `model.embed_dims`), or a value of the wrong kind for one of
+    its parameters (judged by its default: `embed_dim=abc`, `scale=true`, `channels=0`), is a UsageError naming
+    `section.key`, before torch meets it."""
+    names = accepted_keys(entry)
+    unknown = sorted(set(kwargs) - names) if names is not None else []
+    if unknown:
+        raise UsageError(f"unknown config key {section}.{unknown[0]}; expected one of {', '.join(sorted(names))}")
     try:
         params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
     except (TypeError, ValueError):

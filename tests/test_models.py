@@ -127,3 +127,14 @@ def test_resnet_lengths_only_affect_padded_rows():
         masked = model(feats, torch.tensor([80, 40]))
     assert torch.allclose(plain[0], masked[0], atol=1e-6)
     assert not torch.allclose(plain[1], masked[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_names_a_config_key_typo(name):
+    # A factory whose **kw reach no named class would let `model.embed_dims` through to a TypeError (issue 26).
+    from spkcausal.registry import accepted_keys, check_kwargs
+
+    keys = accepted_keys(MODELS.get(name))
+    assert keys is not None and {"n_mels", "embed_dim"} <= keys
+    with pytest.raises(UsageError, match=r"unknown config key model\.embed_dims; expected one of .*embed_dim"):
+        check_kwargs(MODELS.get(name), {"embed_dims": 8}, "model")

@@ -110,9 +110,9 @@ def test_stage_one_is_aam_and_the_switch_sets_the_memory_to_the_class_means():
     assert _oltr_head(stage1_epochs=0.5).stage1_epochs == 0.5
 
 
-def test_stage_one_shares_and_bad_options_are_rejected(caplog):
-    _oltr_head(stage1_epochs=3).set_epoch(0, 3)
-    assert "leaves no stage 2" in caplog.text
+def test_stage_one_shares_and_bad_options_are_rejected():
+    with pytest.raises(UsageError, match="leaves OLTR no stage 2"):  # issue 26: refused, no longer a warning
+        _oltr_head(stage1_epochs=3).set_epoch(0, 3)
     head = _oltr_head(stage1_epochs=0.25).train()
     head.set_epoch(0, 8)  # 0.25 of 8 epochs = 2: epoch 1 of 8 is the summing one
     assert not head.accumulate

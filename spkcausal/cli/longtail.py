@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import finite_float
+from . import count, finite_float, positive_int
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def _subset(args: argparse.Namespace) -> int:
     from ..data.subsets import balanced_control, longtail_subset
     from ..utils import setup_logging, write_text_atomic
 
-    log = setup_logging(Path(args.out_train) / "longtail_subset.log")
+    setup_logging()
     data = DataDir.load(args.data_dir)
     train, held = longtail_subset(data, args.imbalance, profile=args.profile, max_per_spk=args.max_per_spk,
                                   heldout_per_spk=args.heldout_per_spk, seed=args.seed, order=args.order)
@@ -49,6 +49,7 @@ def _subset(args: argparse.Namespace) -> int:
     if args.control:  # drawn before anything is written: a failed match leaves no half-made dirs
         control, info = balanced_control(data, train, seed=args.seed, exclude=set(held.utt2spk),
                                          tolerance=args.hours_tolerance)
+    log = setup_logging(Path(args.out_train) / "longtail_subset.log")  # only now: a refusal leaves no dir
     if len(held):
         held.write(args.out_heldout)
     else:
@@ -120,8 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-heldout", required=True)
     p.add_argument("--imbalance", type=finite_float, required=True, help="max/min utterances per speaker, e.g. 100")
     p.add_argument("--profile", choices=("exp", "pareto"), default="exp")
-    p.add_argument("--max-per-spk", type=int, help="head count n_max (default: all the head speaker has left)")
-    p.add_argument("--heldout-per-spk", type=int, default=10)
+    p.add_argument("--max-per-spk", type=positive_int,
+                   help="head count n_max (default: all the head speaker has left)")
+    p.add_argument("--heldout-per-spk", type=count, default=10)
     p.add_argument("--order", choices=("random", "size"), default="random",
                    help="speaker ranking: seeded random (CIFAR/ImageNet-LT) or by available utterances")
     p.add_argument("--control", metavar="DIR",

@@ -8,7 +8,7 @@ from . import positive_int
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..nn.config import load_train_config
+    from ..nn.config import load_config, load_train_config
     from ..nn.network import check_components
     from ..train.trainer import train
     from ..utils import DataError, UsageError
@@ -18,7 +18,10 @@ def _train(args: argparse.Namespace) -> int:
         check_components(cfg)  # a wrong model / head / loss key fails here, not after the audio scan
     except UsageError as e:
         raise DataError(str(e), " + ".join(args.config)) from None
-    result = train(cfg, resume=args.resume)
+    # train() is given the config as written (merged there the same way), so that it can tell a model.name the
+    # user wrote from the default one (train.init_from adopts the source's model unless another is named)
+    user = load_config(args.config, args.overrides) | ({"exp_dir": str(args.exp_dir)} if args.exp_dir else {})
+    result = train(user, resume=args.resume)
     if result.history and os.environ.get("RANK", "0") == "0":
         last = result.history[-1]
         print(f"step {result.step}: epoch {last['epoch']} loss {last['loss']:.4f} acc {last['acc']:.4f}")

@@ -1,4 +1,5 @@
-"""Audio I/O with soundfile: whole files, random chunks, header-only durations, resampling, atomic wav writes."""
+"""Audio I/O with soundfile (AAC / MP4 through PyAV): whole files, random chunks, header-only durations,
+resampling, atomic wav writes."""
 from __future__ import annotations
 
 import io
@@ -10,12 +11,50 @@ import soundfile as sf
 
 from ..utils import DataError, PathLike, atomic_path
 
+# Containers libsndfile cannot open (AAC in MP4, e.g. VoxCeleb2's .m4a): decoded through PyAV (FFmpeg) instead.
+AV_SUFFIXES = (".m4a", ".mp4", ".aac")
+
+
+def _av_decode(path: PathLike) -> tuple[np.ndarray, int, int]:
+    """(samples (frames, channels) float32, sample_rate, channels) of the first audio stream, decoded by PyAV."""
+    import av
+
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise DataError("unreadable audio (no audio stream)", path)
+            stream = container.streams.audio[0]
+            sr, channels = int(stream.codec_context.sample_rate), int(stream.codec_context.channels)
+            # packed float32 out, whatever the codec's own sample format (AAC decodes to planar fltp)
+            resampler = av.AudioResampler(format="flt", layout=stream.codec_context.layout.name, rate=sr)
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray().reshape(-1, channels) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1, channels) for f in resampler.resample(None)]
+            # the decoder drops the encoder's priming samples (the MP4 edit list) but not the padding of the last
+            # frame: the stream's duration says where the audio ends
+            end = None if stream.duration is None else round(stream.duration * stream.time_base * sr)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpeg fails in many ways on a damaged file
+        raise DataError(f"unreadable audio ({type(e).__name__}: {' '.join(str(e).split())})", path) from None
+    x = np.concatenate(chunks) if chunks else np.zeros((0, channels), np.float32)
+    return x[:end].astype(np.float32, copy=False), sr, channels
+
+
+def _use_av(path: PathLike) -> bool:
+    return Path(path).suffix.lower() in AV_SUFFIXES and Path(path).is_file()
+
 
 def audio_info(path: PathLike) -> tuple[int, int, int]:
-    """(frames, sample_rate, channels) from the file header, without decoding the samples."""
+    """(frames, sample_rate, channels) from the file header, without decoding the samples (AAC / MP4, which
+    libsndfile cannot read: decoded by PyAV, since their headers do not give an exact sample count)."""
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        if _use_av(path):
+            x, sr, channels = _av_decode(path)
+            return len(x), sr, channels
         raise DataError(f"unreadable audio ({e})", path) from None
     return info.frames, info.samplerate, info.channels
 
@@ -53,7 +92,10 @@ def read_audio(
     try:
         x, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DataError(f"unreadable audio ({e})", path) from None
+        if not _use_av(path):
+            raise DataError(f"unreadable audio ({e})", path) from None
+        x, sr, _ = _av_decode(path)
+        x = x[start:] if frames < 0 else x[start:start + frames]
     if expect_sr is not None and sr != expect_sr:
         raise DataError(f"sample rate {sr} Hz; expected {expect_sr} Hz (resample the corpus first)", path)
     return _to_mono(x), sr

@@ -20,7 +20,8 @@ from ..utils import DataError, PathLike, atomic_write, get_logger
 
 __all__ = [
     "labelled_utts", "train_counts",
-    "KV_FILES", "GENDERS", "DataDir", "read_lines", "read_kv", "read_list_kv", "write_kv", "write_list_kv",
+    "KV_FILES", "GENDERS", "DataDir", "pipe_problem", "read_lines", "read_kv", "read_list_kv", "read_wav_scp",
+    "write_kv", "write_list_kv",
     "utt2spk_to_spk2utt",
 ]
 
@@ -66,6 +67,25 @@ def read_kv(path: PathLike, value_type: type = str) -> dict[str, object]:
                 raise DataError(f"value {value!r} for {key!r} is not finite", path, n)
         out[key] = value
     return out
+
+
+def pipe_problem(key: str, value: str) -> str | None:
+    """The refusal of a Kaldi pipe entry (`utt sox in.flac -t wav - |`) in wav.scp, None for a path: spkcausal
+    reads audio files only and never runs a command, so every reader and validate-data refuse it alike."""
+    if not value.rstrip().endswith("|"):
+        return None
+    return (f"entry {key!r} is a pipe command ({value.strip()!r}); pipe commands are not supported: expected the "
+            "path of an audio file (run the command once and list the file it writes)")
+
+
+def read_wav_scp(path: PathLike) -> dict[str, str]:
+    """Read a wav.scp (`utt path`); a pipe entry is a DataError naming the file and line (pipe_problem)."""
+    wav = read_kv(path)
+    for n, (key, value) in enumerate(wav.items(), 1):  # read_kv refuses blank lines: entry n is on line n
+        problem = pipe_problem(key, str(value))
+        if problem:
+            raise DataError(problem, path, n)
+    return wav  # type: ignore[return-value]
 
 
 def read_list_kv(path: PathLike) -> dict[str, list[str]]:
@@ -151,7 +171,7 @@ class DataDir:
         path = Path(path)
         if not path.is_dir():
             raise DataError("not a data dir (no such directory)", path)
-        wav = read_kv(path / "wav.scp")
+        wav = read_wav_scp(path / "wav.scp")
         utt2spk = read_kv(path / "utt2spk")
         missing = [u for u in utt2spk if u not in wav]
         if missing:

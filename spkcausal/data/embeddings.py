@@ -235,8 +235,8 @@ def import_kaldi(scp_or_ark: PathLike, out_dir: PathLike) -> Path:
             vecs.append(np.asarray(vec, dtype=np.float32))
     except DataError:
         raise
-    except Exception as e:  # kaldiio raises assorted errors on corrupt input
-        raise DataError(f"cannot read as Kaldi ark/scp: {e}", src) from None
+    except Exception as e:  # kaldiio raises assorted errors on corrupt input, some of several lines
+        raise DataError(f"cannot read as Kaldi ark/scp: {' '.join(str(e).split())}", src) from None
     if not keys:
         raise DataError("no entries", src)
     try:

@@ -20,8 +20,8 @@ def target_counts(n_classes: int, n_max: int, imbalance: float, profile: str = "
     "half_even" (numpy.round) is what the synthetic corpus was generated with, kept so that a seed still gives
     the same corpus. They differ only where x is exactly k + 1/2 with k even.
     """
-    if imbalance < 1:
-        raise UsageError(f"imbalance must be >= 1, got {imbalance}")
+    if not 1 <= imbalance < float("inf"):  # NaN fails too
+        raise UsageError(f"imbalance must be a finite number >= 1, got {imbalance}")
     if pareto_alpha <= 0 or exp_power <= 0:
         raise UsageError(f"pareto_alpha and exp_power must be > 0, got {pareto_alpha} and {exp_power}")
     t = np.arange(n_classes) / max(1, n_classes - 1)
@@ -85,13 +85,17 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     """
     if heldout_per_spk < 0:
         raise UsageError("heldout_per_spk must be >= 0")
+    if max_per_spk is not None and max_per_spk < 1:
+        raise UsageError(f"max_per_spk (--max-per-spk): expected an integer >= 1 (the head speaker's utterances), "
+                         f"got {max_per_spk}")
     if order not in ("random", "size"):
         raise UsageError(f"unknown order {order!r}; expected 'random' or 'size'")
     rng = np.random.default_rng(seed)
     spk2utt = data.spk2utt
     speakers = [s for s in sorted(spk2utt) if len(spk2utt[s]) > heldout_per_spk]
-    if not speakers:
-        raise DataError(f"no speaker has more than {heldout_per_spk} utterances", data.path)
+    if len(speakers) < 2:
+        raise DataError(f"{len(speakers)} speaker(s) have more than {heldout_per_spk} utterances (the held-out ones); "
+                        "expected at least 2 for a long-tailed subset (a head and a tail)", data.path)
     heldout: list[str] = []
     rest: dict[str, list[str]] = {}
     for s in speakers:
@@ -112,9 +116,15 @@ def longtail_subset(data: DataDir, imbalance: float, profile: str = "exp", max_p
     capped = int((avail[ranked] < targets).sum())
     log.info("long-tail subset: %d speakers, n_max %d, imbalance %g (%s), %d target(s) capped by the data",
              len(speakers), n_max, imbalance, profile, capped)
+    kept = [min(int(targets[rank]), int(avail[i])) for rank, i in enumerate(ranked)]
+    if imbalance > 1 and max(kept) == min(kept):
+        raise DataError(f"every one of the {len(kept)} speakers would keep {kept[0]} utterance(s): a flat subset, "
+                        f"not long-tailed; expected a head above the tail for imbalance {imbalance:g} (more "
+                        f"utterances per speaker beyond the {heldout_per_spk} held out, or a larger --max-per-spk)",
+                        data.path)
     train: list[str] = []
     for rank, i in enumerate(ranked):
-        train += rest[speakers[i]][: min(int(targets[rank]), int(avail[i]))]
+        train += rest[speakers[i]][: kept[rank]]
     return data.subset(train), data.subset(heldout)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import DataError, PathLike
-from .datadir import GENDERS, read_lines, read_list_kv, utt2spk_to_spk2utt
+from .datadir import GENDERS, pipe_problem, read_lines, read_list_kv, utt2spk_to_spk2utt
 from .trialio import read_trials
 
 __all__ = ["Problem", "validate_datadir"]
@@ -119,11 +119,19 @@ def _check_optional(u2s: dict, dur: dict | None, gender: dict | None, sess: dict
                 report("utt2sess", utt, f"utterance {utt!r} not in utt2spk")
 
 
+def _check_pipes(wav: dict, report: Report) -> None:
+    """No wav.scp entry is a Kaldi pipe command: the readers refuse them (datadir.pipe_problem)."""
+    for utt, v in wav.items():
+        problem = pipe_problem(utt, " ".join(v))
+        if problem:
+            report("wav.scp", utt, problem)
+
+
 def _check_audio(wav: dict, report: Report) -> None:
-    """Every wav.scp path exists (Kaldi pipe commands cannot be checked without running them)."""
+    """Every wav.scp path exists (pipe commands are _check_pipes' to report)."""
     for utt, v in wav.items():
         target = " ".join(v)
-        if target.endswith("|"):
+        if pipe_problem(utt, target):
             continue
         if not Path(target).is_file():
             report("wav.scp", utt, f"audio of {utt!r} missing: {target}")
@@ -168,6 +176,7 @@ def validate_datadir(path: PathLike, trials: Iterable[PathLike] = (), check_audi
 
     _check_speakers(wav, u2s, s2u, report)
     _check_optional(u2s, dur, gender, sess, report)
+    _check_pipes(wav, report)
     if check_audio:
         _check_audio(wav, report)
     _check_trials(path, trials, u2s, problems)

@@ -310,7 +310,7 @@ AUDIO_EXTS = ("wav", "flac", "ogg", "mp3", "m4a", "opus", "sph")
 def collect_inputs(inputs: Sequence[PathLike], exts: Sequence[str] = AUDIO_EXTS) -> list[tuple[str, str]]:
     """(key, path) of every input: an audio file (key: its name without extension), a directory (recursive, by
     extension; key: the relative path without extension) or a Kaldi wav.scp (its keys; no pipes)."""
-    from ..data.datadir import read_kv
+    from ..data.datadir import read_wav_scp
 
     out: list[tuple[str, str]] = []
     suffixes = {"." + e.lower().lstrip(".") for e in exts}
@@ -322,10 +322,7 @@ def collect_inputs(inputs: Sequence[PathLike], exts: Sequence[str] = AUDIO_EXTS)
                 raise DataError(f"no audio files ({', '.join(sorted(suffixes))}) under it", p)
             out += [(str(f.relative_to(p).with_suffix("")).replace("\\", "/"), str(f)) for f in found]
         elif p.name == "wav.scp" or p.suffix == ".scp":
-            for key, value in read_kv(p).items():
-                if str(value).rstrip().endswith("|"):
-                    raise DataError(f"entry {key!r} is a command (pipe); only plain paths are read", p)
-                out.append((key, str(value)))
+            out += [(key, str(value)) for key, value in read_wav_scp(p).items()]
         elif p.is_file():
             out.append((p.stem, str(p)))
         else:

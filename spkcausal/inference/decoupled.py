@@ -3,7 +3,8 @@ tau-normalisation, NCM (nearest class mean) and LWS (learnable weight scaling); 
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -118,9 +119,62 @@ def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: in
                               batch_size=batch_size, lr=lr, seed=seed, device=dev).cpu()
 
 
+class TrainingSet(NamedTuple):
+    """A base experiment's checkpoint and its frozen training embeddings, checked by `training_set`."""
+
+    base_exp: Path
+    ckpt: Path
+    state: dict
+    speakers: list[str]
+    x: np.ndarray
+    y: np.ndarray
+
+
+def _model_dim(state: dict) -> int | None:
+    """The embedding dimension the base model makes: its head's input size (None without a head)."""
+    head = state.get("head") or {}
+    return int(head["weight"].shape[-1]) if "weight" in head else None
+
+
+def checked_store(store_dir: Any, state: dict, ckpt: Any) -> Any:
+    """The store at `store_dir`, refused (DataError naming it and both dimensions) when its embeddings are not of
+    the dimension the checkpoint's model makes."""
+    from ..data.embeddings import EmbeddingStore
+    from ..utils import DataError
+
+    store = EmbeddingStore.open(store_dir)
+    dim = _model_dim(state)
+    if dim is not None and store.dim != dim:
+        raise DataError(f"embeddings of dimension {store.dim}; the model of {ckpt} makes {dim}-dimensional ones "
+                        "(a store of another system?)", store.path)
+    return store
+
+
+def training_set(base_exp: Any, train_emb: Any, train_data: Any) -> TrainingSet:
+    """The base's checkpoint and the (embeddings, class indices) of its training speakers, for every decoupled
+    classifier (NCM, LWS, cRT, tau-norm, OLTR): a store of another dimension than the model's, or a training speaker
+    (a class of the checkpoint) without any embedding, is a DataError naming the store and the speaker."""
+    from ..data.embeddings import class_labels
+    from ..nn.checkpoint import load_checkpoint
+    from ..nn.network import resolve_checkpoint
+    from ..utils import DataError
+
+    ckpt = resolve_checkpoint(exp_dir=base_exp)
+    state = load_checkpoint(ckpt)
+    speakers = [str(s) for s in state["speakers"]]
+    store = checked_store(train_emb, state, ckpt)
+    x, y = class_labels(store, train_data, speakers)
+    absent = np.flatnonzero(np.bincount(y, minlength=len(speakers)) == 0)
+    if len(absent):
+        raise DataError(f"training speaker {speakers[absent[0]]!r} has no embedding of {train_data} here "
+                        f"({len(absent)} of the {len(speakers)} classes of {ckpt} have none); a classifier "
+                        "needs every training speaker", store.path)
+    return TrainingSet(Path(base_exp), Path(ckpt), state, speakers, x, y)
+
+
 def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_data: Any, val_emb: Any = None,
              val_data: Any = None, epochs: int = 30, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
-             taus: tuple[float, ...] = TAU_GRID) -> dict:
+             taus: tuple[float, ...] = TAU_GRID, training: TrainingSet | None = None) -> dict:
     """A decoupled system built on a trained experiment's frozen embeddings (Kang et al., ICLR 2020), written
     as `out_exp/avg_model.pt` (the base's extractor + a linear head) that nn.assemble.assemble loads:
 
@@ -136,27 +190,22 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
     - `oltr`: Decouple-OLTR, OLTR's meta-embedding classifier on the frozen embeddings (decoupled_oltr).
 
     `out_exp/emb` links to the base's stores (same extractor, same embeddings) and `out_exp/decoupled.json`
-    records the method, the base and its config (for the report's system name), and the tau curve."""
-    from pathlib import Path
-
-    from ..data.embeddings import EmbeddingStore, class_labels
-    from ..nn.checkpoint import load_checkpoint
-    from ..nn.network import resolve_checkpoint
+    records the method, the base and its config (for the report's system name), and the tau curve. `training`:
+    the checked `training_set(base_exp, train_emb, train_data)`, when the caller has it already."""
+    from ..data.embeddings import class_labels
     from ..utils import UsageError
 
     if method not in DECOUPLE_METHODS:
         raise UsageError(f"unknown decoupling method {method!r} ({', '.join(DECOUPLE_METHODS)})")
     if method == "tau_norm" and (val_emb is None or val_data is None):
         raise UsageError("tau_norm chooses tau on the iden val split: give its store and data dir")
+    training = training or training_set(base_exp, train_emb, train_data)
     if method == "oltr":
         from .decoupled_oltr import decouple_oltr
 
-        return decouple_oltr(base_exp, out_exp, train_emb, train_data, epochs, batch_size, lr, seed)
+        return decouple_oltr(base_exp, out_exp, train_emb, train_data, epochs, batch_size, lr, seed, training)
     base_exp, out_exp = Path(base_exp), Path(out_exp)
-    ckpt = resolve_checkpoint(exp_dir=base_exp)
-    state = load_checkpoint(ckpt)
-    speakers = [str(s) for s in state["speakers"]]
-    x, y = class_labels(EmbeddingStore.open(train_emb), train_data, speakers)
+    ckpt, state, speakers, x, y = training.ckpt, training.state, training.speakers, training.x, training.y
     info: dict = {"method": method, "base": str(base_exp.resolve()), "base_checkpoint": str(ckpt),
                   "base_config": state["config"], "seed": seed, "n_train": int(len(y))}
     if method == "ncm":
@@ -169,7 +218,7 @@ def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_dat
         info.update(classifier="linear, no bias, on unit-length embeddings", sampler=sampler, epochs=epochs,
                     batch_size=batch_size, lr=lr)
     if method == "tau_norm":
-        vx, vy = class_labels(EmbeddingStore.open(val_emb), val_data, speakers)
+        vx, vy = class_labels(checked_store(val_emb, state, ckpt), val_data, speakers)
         info.update(_choose_tau(head, vx, vy, taus), val=str(val_data))
     if method == "lws":
         info.update(_scale_weights(head, x, y, epochs, batch_size, lr, seed))

@@ -80,20 +80,15 @@ def train_oltr_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, epochs
 
 
 def decouple_oltr(base_exp: Any, out_exp: Any, train_emb: Any, train_data: Any, epochs: int = 30,
-                  batch_size: int = 128, lr: float = 0.1, seed: int = 0) -> dict:
+                  batch_size: int = 128, lr: float = 0.1, seed: int = 0, training: Any = None) -> dict:
     """Decouple-OLTR on `base_exp`'s raw training embeddings, written as `out_exp` (avg_model.pt: the base's
     extractor + the OLTR head; emb -> the base's stores; decoupled.json), as spkcausal.inference.decoupled does
-    for cRT; returns the decoupled.json record."""
-    from ..data.embeddings import EmbeddingStore, class_labels
-    from ..nn.checkpoint import load_checkpoint
-    from ..nn.network import resolve_checkpoint
-    from .decoupled import _write_decoupled
+    for cRT; returns the decoupled.json record. `training`: the checked decoupled.training_set, if at hand."""
+    from .decoupled import _write_decoupled, training_set
 
+    training = training or training_set(base_exp, train_emb, train_data)
     base_exp, out_exp = Path(base_exp), Path(out_exp)
-    ckpt = resolve_checkpoint(exp_dir=base_exp)
-    state = load_checkpoint(ckpt)
-    speakers = [str(s) for s in state["speakers"]]
-    x, y = class_labels(EmbeddingStore.open(train_emb), train_data, speakers)
+    ckpt, state, speakers, x, y = training.ckpt, training.state, training.speakers, training.x, training.y
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     head = train_oltr_classifier(np.asarray(x, np.float64), np.asarray(y), len(speakers), epochs, batch_size, lr,
                                  seed=seed, device=dev)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..nn.checkpoint import load_checkpoint
 from ..utils import DataError, PathLike, UsageError, atomic_path
 
 SB_FILE = "embedding_model.ckpt"
@@ -27,10 +28,8 @@ def _load_state(src: PathLike) -> tuple[dict[str, torch.Tensor], Path]:
         path = path / SB_FILE
     if not path.is_file():
         raise DataError("no SpeechBrain embedding_model.ckpt here", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises assorted errors on foreign files
-        raise DataError(f"cannot read as a torch state dict ({e})", path) from None
+    # the checkpoint loader's refusals: one line each, never torch's advice to set weights_only=False
+    state = load_checkpoint(path, expected="expected SpeechBrain's embedding_model.ckpt (a torch state dict)")
     if not isinstance(state, dict) or "blocks.0.conv.conv.weight" not in state:
         raise DataError("not a SpeechBrain ECAPA_TDNN state dict (no blocks.0.conv.conv.weight)", path)
     return state, path

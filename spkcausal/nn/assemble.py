@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..utils import DataError, PathLike
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_state_checked
 from .config import merge_defaults
 from .network import build_extractor, build_fbank, build_head_for, resolve_checkpoint
 
@@ -92,12 +92,12 @@ def assemble(source: PathLike | None = None, exp_dir: PathLike | None = None, de
     if has_head:
         weight = state["head"]["weight"]
         head = build_head_for(cfg, int(weight.shape[-1]), int(weight.shape[0]))  # (C, D) or (C, K, D)
-        head.load_state_dict(state["head"])
+        load_state_checked(head, state["head"], path, "head", cfg["head"]["name"], cfg["head"]["name"])
         head.to(device).eval()
     model = frontend = None
     if with_model:
         model = build_extractor(cfg)
-        model.load_state_dict(state["model"])
+        load_state_checked(model, state["model"], path, "model", cfg["model"]["name"], cfg["model"]["name"])
         model.to(device).eval()
         frontend = build_fbank(cfg, training=False).to(device)
     return TrainedModel(model, head, cfg, [str(s) for s in state.get("speakers") or []], path, frontend)

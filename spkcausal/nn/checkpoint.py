@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,21 +65,55 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 # ------------------------------------------------------------------ files
 
 
-def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", expected: str | None = None
+                    ) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True), its zip members' CRCs checked first (torch does not check
-    them: a damaged directory entry loads as garbage weights); a refused or broken file is one line naming it."""
-    _check_crcs(Path(path))
+    them: a damaged directory entry loads as garbage weights); a refused or broken file is one line naming it
+    and `expected` (by default: a checkpoint written by spkcausal)."""
+    expected = expected or _EXPECTED
+    _check_crcs(Path(path), expected)
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's plea to file an issue about a plain pickle: the refusal says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise DataError("checkpoint not found", path) from None
     except IsADirectoryError:
         raise DataError("is a directory; expected a checkpoint file (.pt)", path) from None
     except Exception as e:  # torch's own text runs to several lines and advises weights_only=False: never pass it on
-        raise DataError(_refusal(Path(path), e), path) from None
+        raise DataError(_refusal(Path(path), e, expected), path) from None
 
 
-def _check_crcs(path: Path) -> None:
+def load_state_checked(module: torch.nn.Module, state: Any, source: PathLike, part: str, saved: str,
+                       built: str) -> None:
+    """`module.load_state_dict(state)` (strict), refused in one line (DataError naming `source`) at the first key
+    that is unexpected, missing or of another shape, with both architectures: `saved`, what the checkpoint's
+    config names for this `part` ('model', 'head'), and `built`, what was built to take it."""
+    from .importers import _shape
+
+    own = module.state_dict()
+    cls = type(module).__name__
+    archs = (f"the checkpoint's {part} is {saved!r}, this builds {built!r} ({cls}): a checkpoint of another "
+             "architecture or size?" if saved != built else
+             f"the checkpoint's config names {part} {saved!r}, but its weights do not fit the {cls} built from it "
+             "(weights of another architecture or size)")
+    if not isinstance(state, dict):
+        raise DataError(f"the {part!r} entry is {type(state).__name__}; expected a state dict", source)
+    for key, value in state.items():
+        if key not in own:
+            raise DataError(f"unexpected {part} key {key!r} {_shape(value) if torch.is_tensor(value) else ''}; "
+                            f"{archs}", source)
+        if torch.is_tensor(value) and tuple(value.shape) != tuple(own[key].shape):
+            raise DataError(f"{part} key {key!r} has shape {_shape(value)}, expected {_shape(own[key])}; {archs}",
+                            source)
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise DataError(f"{part} key {missing[0]!r} {_shape(own[missing[0]])} missing ({len(missing)} keys); "
+                        f"{archs}", source)
+    module.load_state_dict(state)
+
+
+def _check_crcs(path: Path, expected: str) -> None:
     """DataError when a torch zip archive has a member that fails its CRC-32 or does not match its directory
     entry; files that are no zip at all are left to torch.load (and _refusal) to name."""
     try:
@@ -87,6 +122,7 @@ def _check_crcs(path: Path) -> None:
             # torch's zip reader returns a member flagged as a directory (MS-DOS attribute 0x10) as
             # uninitialised memory: a silently wrong tensor, so such an entry is damage
             flagged = [i.filename for i in z.infolist() if i.external_attr & 0x10 or i.is_dir()]
+            names = z.namelist()
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return  # torch.load's handlers name these
     except zipfile.BadZipFile as e:
@@ -100,11 +136,24 @@ def _check_crcs(path: Path) -> None:
         raise DataError(f"damaged checkpoint: {bad} fails its CRC check", path)
     if flagged:
         raise DataError(f"damaged checkpoint: {flagged[0]} is marked as a directory in the zip directory", path)
+    if _torchscript(names):  # refused before torch.load, which would print its two-line dispatch warning
+        raise DataError(_torchscript_refusal(expected), path)
 
 
-def _refusal(path: Path, e: Exception) -> str:
+_EXPECTED = "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
+
+
+def _torchscript_refusal(expected: str) -> str:
+    return f"a TorchScript model (torch.jit.save / spkcausal export), not a checkpoint; {expected}"
+
+
+def _torchscript(names: Sequence[str]) -> bool:
+    """True for the members of a TorchScript archive (its code and constants)."""
+    return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in names)
+
+
+def _refusal(path: Path, e: Exception, expected: str) -> str:
     """What the file is and what was expected, in one line, from its first bytes and torch's complaint."""
-    expected = "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
     head = b""
     try:
         with open(path, "rb") as f:
@@ -118,8 +167,8 @@ def _refusal(path: Path, e: Exception) -> str:
         return f"a plain pickle, not a torch zip checkpoint; refused (unpickling can run code); {expected}"
     if names is None or (head == b"PK\x03\x04" and not names):
         return f"truncated or corrupt checkpoint (not a complete zip archive); {expected}"
-    if any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") for n in names):
-        return f"a TorchScript model (torch.jit.save / spkcausal export), not a checkpoint; {expected}"
+    if _torchscript(names):
+        return _torchscript_refusal(expected)
     if head != b"PK\x03\x04":
         return f"not a torch checkpoint (starts with {head!r}); {expected}"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -179,13 +179,17 @@ def load_yaml(path: PathLike) -> dict[str, Any]:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # yaml's text may span lines
-        raise DataError(f"invalid YAML: {problem}", path, None if mark is None else mark.line + 1) from None
+        raise DataError(f"invalid YAML: {_yaml_problem(e)}", path, None if mark is None else mark.line + 1) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise DataError(f"expected a mapping at top level, got {type(data).__name__}", path, 1)
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """YAML's complaint in one line (its own text spans several, with the context and a caret)."""
+    return " ".join(str(getattr(e, "problem", None) or e).split())
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,7 +216,8 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise UsageError(f"override {item!r}: value is not valid YAML ({e})") from None
+            raise UsageError(f"override {item!r}: value {raw!r} is not valid YAML ({_yaml_problem(e)}); expected a "
+                             "YAML scalar, [list] or {mapping}, e.g. train.epochs=10") from None
         node = out
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):

@@ -39,12 +39,33 @@ def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
 def check_components(cfg: Mapping[str, Any]) -> None:
     """Model, head and loss names and the kinds of their keys (UsageError), before any data is read."""
     from ..registry import check_kwargs
-    from .heads import HEADS
+    from .heads import check_head_kwargs
     from .losses import LOSSES
     from .models import MODELS
 
-    for section, registry in (("model", MODELS), ("head", HEADS), ("loss", LOSSES)):
+    for section, registry in (("model", MODELS), ("loss", LOSSES)):
         check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
+    check_head_kwargs(cfg["head"]["name"], section_kwargs(cfg["head"]))
+    check_schedule(cfg)
+
+
+def check_schedule(cfg: Mapping[str, Any]) -> None:
+    """Epoch-numbered switches must fall inside the run: DRW's `loss.drw_epoch` (0-based) and OLTR's stage 2 (after
+    `head.stage1_epochs`) before train.epochs, or the run is silently its own baseline (UsageError naming the key)."""
+    from ..utils import UsageError
+    from .oltr import stage1_epoch_count
+
+    epochs = cfg["train"]["epochs"]
+    drw = cfg["loss"].get("drw_epoch")
+    if drw is not None and not isinstance(drw, bool) and isinstance(drw, (int, float)) and drw >= epochs:
+        raise UsageError(f"config key loss.drw_epoch: {drw} is at or past the last epoch of train.epochs={epochs} "
+                         f"(0-based epochs 0..{epochs - 1}): the class weights would never apply; expected < {epochs}")
+    if cfg["head"]["name"] == "oltr":
+        s1 = stage1_epoch_count(cfg["head"].get("stage1_epochs", 0.5), epochs)
+        if s1 is not None and s1 >= epochs:
+            raise UsageError(f"config key head.stage1_epochs: {cfg['head'].get('stage1_epochs', 0.5)} leaves OLTR no "
+                             f"stage 2 in train.epochs={epochs} (the run would be its AAM baseline); expected fewer "
+                             f"stage-1 epochs than {epochs}")
 
 
 def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:

@@ -21,7 +21,6 @@ use enter its logits with weight zero, so DDP sees every parameter in every step
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -32,8 +31,6 @@ from torch import Tensor, nn
 
 from ..utils import UsageError
 from .heads import EPS, HEADS, _apply_margin, _float32, _in_float32
-
-log = logging.getLogger(__name__)
 
 __all__ = ["OLTRHead", "centroid_loss", "cos_norm_logits", "meta_embedding"]
 
@@ -64,7 +61,7 @@ def centroid_loss(v: Tensor, labels: Tensor, centroids: Tensor, margin: float = 
     return attract + repel_weight * repel
 
 
-def _stage1_epochs(value: Any, epochs: int) -> int | None:
+def stage1_epoch_count(value: Any, epochs: int) -> int | None:
     """head.stage1_epochs: a whole number of epochs, or a share in (0, 1) of train.epochs (at least 1)."""
     if value is None:
         return None
@@ -118,10 +115,10 @@ class OLTRHead(nn.Module):
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the trainer at every epoch start (0-based epoch of `epochs`), also right after a resume:
         class sums in the last stage-1 epoch, the memory set at the first stage-2 epoch."""
-        s1 = _stage1_epochs(self.stage1_epochs, epochs)
-        if s1 is not None and s1 >= epochs and epoch == 0:
-            log.warning("OLTR: stage1_epochs=%s of %d epochs leaves no stage 2; the run is its AAM baseline",
-                        self.stage1_epochs, epochs)
+        s1 = stage1_epoch_count(self.stage1_epochs, epochs)
+        if s1 is not None and s1 >= epochs:  # refused (also by nn.network.check_schedule): it would be its baseline
+            raise UsageError(f"config key head.stage1_epochs: {self.stage1_epochs} leaves OLTR no stage 2 in "
+                             f"train.epochs={epochs}; expected fewer stage-1 epochs than {epochs}")
         self.accumulate = s1 is not None and epoch == s1 - 1 and not self.memory_ready
         if s1 is not None and epoch >= s1 and not self.memory_ready:
             self.init_memory(self.class_means())

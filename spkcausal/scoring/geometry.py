@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from ..data.longtail import GROUPS, shot_groups
-from ..utils import DataError, PathLike, UsageError
+from ..utils import DataError, PathLike, SpkcausalError, UsageError
 
 FIGURES = ("spread", "nearest", "ratio")
 
@@ -121,9 +121,25 @@ def tail_geometry(emb: PathLike, data_dir: PathLike, train_dir: PathLike, many: 
     from ..data.embeddings import EmbeddingStore
 
     store = EmbeddingStore.open(emb)
-    utt2spk = read_kv(Path(data_dir) / "utt2spk")
+    u2s_path, train_path = Path(data_dir) / "utt2spk", Path(train_dir) / "utt2spk"
+    utt2spk = read_kv(u2s_path)
     missing = [k for k in store.keys if k not in utt2spk][:3]
     if missing:
-        raise DataError(f"{emb}: keys {missing} are not in {Path(data_dir) / 'utt2spk'}")
-    counts = Counter(read_kv(Path(train_dir) / "utt2spk").values())
-    return group_geometry(store.matrix, [utt2spk[k] for k in store.keys], counts, many, few, min_utts)
+        raise DataError(f"keys {missing} are not utterances of {u2s_path}; expected a store of its utterances",
+                        store.path)
+    labels = [utt2spk[k] for k in store.keys]
+    counts = Counter(read_kv(train_path).values())
+    stranger = next((i for i, s in enumerate(labels) if s not in counts), None)
+    if stranger is not None:
+        raise DataError(f"speaker {labels[stranger]!r} (key {store.keys[stranger]!r}) has no utterance in "
+                        f"{train_path}; expected training speakers only", store.path)
+    x = np.asarray(store.matrix)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1) | ~(x != 0).any(axis=1))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"the embedding of {store.keys[i]!r} (speaker {labels[i]!r}) is not finite or is all "
+                        "zero; expected finite non-zero embeddings", store.path)
+    try:
+        return group_geometry(x, labels, counts, many, few, min_utts)
+    except SpkcausalError as e:  # e.g. fewer than two speakers: named with the store it was measured on
+        raise DataError(f"{e} (speakers from {u2s_path})", store.path) from None

@@ -57,10 +57,12 @@ def prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log: log
     return dataset, (chunk, skipped)
 
 
-def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict[str, Any], dict | None]:
+def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None,
+                    model_named: str | None = None) -> tuple[dict[str, Any], dict | None]:
     """With `train.init_from`, the model and features sections (architecture, front-end) are the source's. Returns
     the merged config and the checkpoint state to start from, flagged `resuming` when it is the run's own newest
-    checkpoint (then only its shapes are used: restore() loads everything); None without init_from."""
+    checkpoint (then only its shapes are used: restore() loads everything); None without init_from.
+    `model_named`: the model.name the user's config gave (None: not given); another than the source's is refused."""
     src = cfg["train"].get("init_from")
     if not src:
         if cfg["train"].get("init_head"):
@@ -74,6 +76,10 @@ def adopt_init_from(cfg: dict[str, Any], resume_ckpt: Path | None) -> tuple[dict
     if "config" not in state or "model" not in state:
         raise DataError("init_from: not a spkcausal checkpoint (no config / model)", path)
     scfg = merge_defaults(state["config"])
+    if model_named is not None and model_named != scfg["model"]["name"]:
+        raise DataError(f"train.init_from: the checkpoint's model is {scfg['model']['name']!r}, the config names "
+                        f"model.name={model_named!r}; expected the same name or none (init_from adopts the "
+                        "checkpoint's architecture)", path)
     if scfg["data"]["sample_rate"] != cfg["data"]["sample_rate"]:
         raise DataError(f"init_from: the model runs at {scfg['data']['sample_rate']} Hz, data.sample_rate is "
                         f"{cfg['data']['sample_rate']}", path)

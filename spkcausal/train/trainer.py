@@ -33,6 +33,7 @@ from ..nn.checkpoint import (
     checkpoint_name,
     find_resume_checkpoint,
     load_checkpoint,
+    load_state_checked,
     prune_checkpoints,
     remove_partial,
     rng_state,
@@ -42,7 +43,7 @@ from ..nn.checkpoint import (
 )
 from ..nn.config import merge_defaults, save_config
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
-from ..nn.network import SpeakerNet, build_network, num_classes_for, section_kwargs
+from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for, section_kwargs
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .setup import adopt_init_from, prepare_data
@@ -66,7 +67,7 @@ class Trainer:
     """One rank's training run: built from a merged, typed config (merge_defaults), optionally restored, then
     `run()` to the end."""
 
-    def __init__(self, cfg: dict[str, Any], info: DistInfo, resume: bool = False):
+    def __init__(self, cfg: dict[str, Any], info: DistInfo, resume: bool = False, model_named: str | None = None):
         self.info = info
         self.exp_dir = Path(cfg["exp_dir"])
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -77,9 +78,7 @@ class Trainer:
         ckpt_path = find_resume_checkpoint(self.ckpt_dir) if resume else None
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise DataError("checkpoints exist; pass --resume to continue or choose a new exp_dir", self.ckpt_dir)
-        self.cfg, init_state = adopt_init_from(cfg, ckpt_path)
-        if info.is_main:
-            save_config(self.cfg, self.exp_dir / "config.yaml")
+        self.cfg, init_state = adopt_init_from(cfg, ckpt_path, model_named)
         self.seed = self.cfg["seed"]
         torch.manual_seed(step_seed(self.seed, info.rank, 1))
         np.random.seed(step_seed(self.seed, info.rank, 2) % 2 ** 32)
@@ -97,6 +96,8 @@ class Trainer:
             self.restore(ckpt_path)
         elif resume:
             self.log.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+        if info.is_main:  # once the run is known to start: a refused resume keeps the run's own config.yaml
+            save_config(self.cfg, self.exp_dir / "config.yaml")
         self.model: nn.Module = self.net
         if info.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -157,9 +158,12 @@ class Trainer:
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.net = build_network(cfg, num_classes, class_counts=counts).to(self.device)
         if init_state is not None and not init_state["resuming"]:
-            self.net.model.load_state_dict(init_state["model"])
+            saved = merge_defaults(init_state["config"])
+            load_state_checked(self.net.model, init_state["model"], cfg["train"]["init_from"], "model",
+                               saved["model"]["name"], cfg["model"]["name"])
             if keep_head:
-                self.net.head.load_state_dict(init_state["head"])
+                load_state_checked(self.net.head, init_state["head"], cfg["train"]["init_from"], "head",
+                                   saved["head"]["name"], cfg["head"]["name"])
             self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "",
                           cfg["train"]["init_from"])
         self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
@@ -212,8 +216,10 @@ class Trainer:
             self.sampler.load_state_dict(ckpt["sampler"])  # same seed and scheme, or the order would differ
         except ValueError as e:
             raise DataError(str(e), path) from None
-        self.net.model.load_state_dict(ckpt["model"])
-        self.net.head.load_state_dict(ckpt["head"])
+        saved = merge_defaults(ckpt["config"]) if "config" in ckpt else self.cfg
+        load_state_checked(self.net.model, ckpt["model"], path, "model", saved["model"]["name"],
+                           self.cfg["model"]["name"])
+        load_state_checked(self.net.head, ckpt["head"], path, "head", saved["head"]["name"], self.cfg["head"]["name"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.history = int(ckpt["step"]), list(ckpt.get("history", []))
@@ -374,10 +380,14 @@ class Trainer:
 
 
 def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
-    """Train from a (merged or partial) config; with `resume`, continue from the newest complete checkpoint."""
+    """Train from a (merged or partial) config; with `resume`, continue from the newest complete checkpoint. A
+    partial config that names model.name along with train.init_from must name the source's model."""
+    model = cfg.get("model")
+    model_named = model.get("name") if isinstance(model, Mapping) else None
     cfg = merge_defaults(cfg)
     if cfg["exp_dir"] is None:
         raise DataError("config key exp_dir is not set")
+    check_schedule(cfg)
     with distributed(cfg["train"]["device"], cfg["train"].get("dist_timeout")) as info:
         with log_to_file(Path(cfg["exp_dir"]) / "train.log") if info.is_main else nullcontext():
-            return Trainer(cfg, info, resume).run()
+            return Trainer(cfg, info, resume, model_named).run()

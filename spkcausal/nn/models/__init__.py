@@ -66,6 +66,12 @@ def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
                          n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
+# what the factories' **kw reach, so that a config key none of them takes is named before torch meets it
+for _factory in (ecapa512, ecapa1024, ecapa_tiny):
+    _factory.forwards_to = Ecapa  # type: ignore[attr-defined]
+for _factory in (resnet34, resnet_tiny):
+    _factory.forwards_to = ResNetSpeaker  # type: ignore[attr-defined]
+
 # Families in their own modules, each with a FACTORIES table of its registered names (one line per family).
 from . import campplus, ecapa_glob, eres2net, redimnet, simam, wespeaker_resnet  # noqa: E402
 

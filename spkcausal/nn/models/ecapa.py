@@ -7,6 +7,8 @@ from torch import Tensor, nn
 class Ecapa(nn.Module):
     """speechbrain's ECAPA_TDNN; `channels` [C]*4 + [3C] sets the width (C=512 default, C=1024 for the large one)."""
 
+    forwards_to = "speechbrain.lobes.models.ECAPA_TDNN:ECAPA_TDNN"  # what **kwargs reach (registry.accepted_keys)
+
     def __init__(self, n_mels: int = 80, channels: tuple[int, ...] = (512, 512, 512, 512, 1536),
                  embed_dim: int = 192, **kwargs):
         super().__init__()

@@ -195,6 +195,12 @@ def eres2netv2_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
     return ERes2NetV2(n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
+# what the factories' **kw reach (registry.accepted_keys: a config key typo is named, not a TypeError)
+for _factory, _cls in ((eres2net34_base, ERes2Net), (eres2net_tiny, ERes2Net), (eres2netv2, ERes2NetV2),
+                      (eres2netv2_tiny, ERes2NetV2)):
+    _factory.forwards_to = _cls  # type: ignore[attr-defined]
+
+
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "eres2net34_base": eres2net34_base, "eres2net_tiny": eres2net_tiny,
     "eres2netv2": eres2netv2, "eres2netv2_tiny": eres2netv2_tiny,

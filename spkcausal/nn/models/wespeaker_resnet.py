@@ -181,6 +181,11 @@ def resnet_bottleneck_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Mo
     return WespeakerResNet("bottleneck", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
+# what the factories' **kw reach (registry.accepted_keys: a config key typo is named, not a TypeError)
+for _factory in (wespeaker_resnet34, resnet221, resnet293, wespeaker_resnet_tiny, resnet_bottleneck_tiny):
+    _factory.forwards_to = WespeakerResNet  # type: ignore[attr-defined]
+
+
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "wespeaker_resnet34": wespeaker_resnet34, "resnet221": resnet221, "resnet293": resnet293,
     "wespeaker_resnet_tiny": wespeaker_resnet_tiny, "resnet_bottleneck_tiny": resnet_bottleneck_tiny,
