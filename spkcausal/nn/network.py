@@ -21,14 +21,20 @@ from .checkpoint import find_resume_checkpoint
 class SpeakerNet(nn.Module):
     """Training-time nn.Module: extractor + head as one module (what DDP wraps); inference uses TrainedModel."""
 
-    def __init__(self, model: nn.Module, head: nn.Module):
+    def __init__(self, model: nn.Module, head: nn.Module, encoder_loss: nn.Module | None = None):
         super().__init__()
         self.model, self.head = model, head
+        self.encoder_loss = encoder_loss  # spkcausal.nn.encoder_losses; None: classification only
+        self.extra_loss: Tensor | None = None
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(embeddings, logits)."""
+        """(embeddings, logits); in training with labels, `extra_loss` holds the encoder-loss term."""
         emb = self.model(feats)
-        return emb, self.head(emb.float(), labels)
+        logits = self.head(emb.float(), labels)
+        if self.encoder_loss is not None and self.training and labels is not None:
+            # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
+            self.extra_loss = self.encoder_loss(emb, labels, feats, self.model)
+        return emb, logits
 
 
 def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,13 +51,22 @@ def check_components(cfg: Mapping[str, Any]) -> None:
 
     for section, registry in (("model", MODELS), ("head", HEADS), ("loss", LOSSES)):
         check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
+    enc = cfg.get("encoder_loss") or {}
+    if enc.get("name", "none") != "none":
+        from .encoder_losses import ENCODER_LOSSES
+
+        check_kwargs(ENCODER_LOSSES.get(enc["name"]), section_kwargs(enc), "encoder_loss")
 
 
 def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:
-    """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features;
+    """Model (`cfg['model']`), head (`cfg['head']`) and encoder loss (`cfg['encoder_loss']`) from the registries;
+    n_mels follows the features;
     `class_counts` (utterances per class) go to a head that uses them (LDAM margins, feature transfer)."""
+    from .encoder_losses import build_encoder_loss
+
     model = build_extractor(cfg)
-    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes, class_counts))
+    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes, class_counts),
+                      build_encoder_loss(cfg.get("encoder_loss") or {}, model))
 
 
 def build_extractor(cfg: Mapping[str, Any]) -> nn.Module:
