@@ -246,7 +246,14 @@ def build_encoder_loss(section: Mapping[str, Any], extractor: nn.Module) -> nn.M
     name = section.get("name", NONE)
     if name in (None, NONE):
         return None
-    module = ENCODER_LOSSES.build(name, **section_kwargs(section))
+    import inspect
+
+    kwargs = section_kwargs(section)
+    allowed = set(inspect.signature(ENCODER_LOSSES.get(name).__init__).parameters) - {"self"}
+    if set(kwargs) - allowed:
+        raise UsageError(f"unknown key(s) {sorted(set(kwargs) - allowed)} in config section 'encoder_loss' for "
+                         f"{name!r}; expected some of {sorted(allowed)}")
+    module = ENCODER_LOSSES.build(name, **kwargs)
     if hasattr(module, "attach"):
         module.attach(extractor)
     return module
