@@ -127,10 +127,11 @@ def test_semi_siamese_momentum_extractor_follows_the_ema_and_the_queue_keeps_the
             for p in online.parameters():
                 p.add_(torch.randn_like(p))
             online.bn.running_mean.add_(1.0)
+        theta = {n: t.detach().double().clone() for n, t in online.state_dict().items()}
         feats, labels = torch.randn(3, 3), torch.tensor([step, step, 10 + step])
         labels_seen.append(labels)
-        emb = online(feats)  # (moves the BN statistics too: theta is the state after the online forward)
-        theta = {n: t.detach().double().clone() for n, t in online.state_dict().items()}
+        sst.prepare(online)  # SpeakerNet's order: the momentum update, then the online forward
+        emb = online(feats)
         loss = sst(emb, labels, feats, online)
         xi = sst.momentum_encoder.state_dict()
         for n, t in xi.items():

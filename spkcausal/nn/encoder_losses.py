@@ -13,11 +13,11 @@ sampler's, already random) pair cyclically, g_a with g_{a+1}, ..., g_{a+k} (mod 
   centroid c of its support set the mean of the others; S_ij = w cos(q_i, c_j) + b with a learnable scale w
   (clamped >= 1e-6) and bias b initialised 10 and -5; loss = CE(S, diag) over the speakers.
 - `semi_siamese`, semi-siamese training (Du et al., ECCV 2020, "Semi-Siamese Training for Shallow Face
-  Learning"): a momentum copy xi of the extractor theta, xi <- m xi + (1 - m) theta before every step (m = 0.999;
-  floating buffers such as BatchNorm statistics alike), embeds the batch in eval mode without gradients; the
-  positive of an item is the momentum embedding of its next same-speaker item (itself when it is alone), the
-  negatives a FIFO queue of the last N momentum embeddings (of all ranks), minus those of its own speaker; loss =
-  CE of s [cos(q, k+) - m_a, cos(q, queue_j)...] with additive margin m_a = 0.35 at scale s = 32.
+  Learning"): a momentum copy xi of the extractor theta, xi <- m xi + (1 - m) theta before every step's forward
+  (m = 0.999; floating buffers such as BatchNorm statistics alike), embeds the batch in eval mode without
+  gradients; the positive of an item is the momentum embedding of its next same-speaker item (itself when it is
+  alone), the negatives a FIFO queue of the last N momentum embeddings (of all ranks), minus those of its own
+  speaker; loss = CE of s [cos(q, k+) - m_a, cos(q, queue_j)...] with additive margin m_a = 0.35 at scale s = 32.
 - `kpositive`, the k-positive supervised contrastive loss (Kang et al., ICLR 2021, "Exploring balanced feature
   spaces for representation learning"): each anchor with at least k same-speaker partners in the batch takes
   exactly its k next partners P_i as positives; with s_ij = cos(v_i, v_j) / tau,
@@ -84,6 +84,9 @@ class EncoderLoss(nn.Module):
         super().__init__()
         self.weight = _check("weight", weight, 0.0)
         self.last: Tensor | None = None
+
+    def prepare(self, extractor: nn.Module) -> None:
+        """Called by SpeakerNet before the extractor's forward of a training batch (nothing by default)."""
 
     def forward(self, emb: Tensor, labels: Tensor, feats: Tensor, extractor: nn.Module) -> Tensor:
         """The weighted term of a training batch."""
@@ -221,9 +224,13 @@ class SemiSiamese(EncoderLoss):
         keep = order[self.queue_labels[order] >= 0]
         return self.queue[keep], self.queue_labels[keep]
 
+    def prepare(self, extractor: nn.Module) -> None:
+        """The momentum update, before the online forward: its BatchNorm statistics are then the ones DDP has just
+        broadcast from rank 0, so every rank's momentum copy stays equal."""
+        self.momentum_update(extractor)
+
     def term(self, emb: Tensor, labels: Tensor, feats: Tensor, extractor: nn.Module) -> Tensor:
         """Additive-margin CE of each item's positive against the queue; then the batch's keys enter the queue."""
-        self.momentum_update(extractor)
         with torch.no_grad():
             keys = F.normalize(self.momentum_encoder(feats).float(), dim=1)
         anchors, partner = cyclic_partners(labels, 1)

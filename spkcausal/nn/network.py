@@ -29,9 +29,12 @@ class SpeakerNet(nn.Module):
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(embeddings, logits); in training with labels, `extra_loss` holds the encoder-loss term."""
+        extra = self.encoder_loss is not None and self.training and labels is not None
+        if extra:
+            self.encoder_loss.prepare(self.model)
         emb = self.model(feats)
         logits = self.head(emb.float(), labels)
-        if self.encoder_loss is not None and self.training and labels is not None:
+        if extra:
             # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
             self.extra_loss = self.encoder_loss(emb, labels, feats, self.model)
         return emb, logits
