@@ -24,6 +24,7 @@ from spkcausal.nn.encoder_losses import (
     cyclic_partners,
     kpositive_contrastive,
 )
+from spkcausal.nn.network import build_network
 from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError
 
@@ -250,8 +251,29 @@ def test_tail_aware_tables_follow_the_shot_groups():
     gen = torch.Generator().manual_seed(0)
     k = draw_speed_by_row(t["speed"][torch.tensor([0, 3, 2, 4] * 50)], gen).view(50, 4)
     assert (k[:, :2] == 0).all() and (k[:, 2:] >= 1).all() and set(k[:, 2:].unique().tolist()) == {1, 2}
+    demo = merge_defaults({"augment": {"speed_perturb": True, "group_speed": [0.0, 0.5, 1.0], "group_many": 30,
+                                       "group_few": 10}})
+    assert tail_tables(demo, np.array([31, 30, 10, 9]), torch.device("cpu"))["speed"].tolist() == [0, .5, .5, 1]
     with pytest.raises(UsageError, match="speed_perturb"):
         tail_tables(merge_defaults({"augment": {"group_speed": [0, 0, 1]}}), np.array([1]), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["episodic", "prototypical", "semi_siamese", "kpositive", "speed", "tail_speed"])
+def test_demo_encoder_configs_change_only_their_sections(name):
+    import yaml
+
+    conf = REPO / "recipes" / "mini" / "conf"
+    base = merge_defaults(yaml.safe_load((conf / "aam.yaml").read_text()))
+    cfg = merge_defaults(yaml.safe_load((conf / "encoder" / f"{name}.yaml").read_text()))
+    changed = {k for k in cfg if cfg[k] != base[k]}
+    assert changed == ({"augment"} if "speed" in name else {"sampler"} if name == "episodic"
+                       else {"sampler", "encoder_loss"})
+    net = build_network(cfg, 20, class_counts=np.arange(1, 21))
+    assert (net.encoder_loss is None) == (name in ("episodic", "speed", "tail_speed"))
+    labels = np.repeat(np.arange(20), np.arange(1, 21))  # the tiny demo's 20 speakers fit 16 per batch
+    sampler = build_sampler(cfg["sampler"]["name"], labels, batch_size=cfg["train"]["batch_size"],
+                            utts_per_speaker=cfg["sampler"]["utts_per_speaker"])
+    assert sampler.epoch_length % 64 == 0 or cfg["sampler"]["name"] != "episodic"
 
 
 # ---------------------------------------------------------------- exact resume of each method

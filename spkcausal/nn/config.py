@@ -23,7 +23,8 @@ DEFAULTS: dict[str, Any] = {
              "shard_streams": None},
     "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
     "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
-                "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None},
+                "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,
+                "group_many": 100, "group_few": 20},
     "model": {"name": "ecapa512"},
     "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
     "loss": {"name": "ce"},
@@ -129,7 +130,7 @@ TYPES: dict[str, Any] = {
     "features": {"frontend": Key("str"), "n_mels": Key("int", 1), "dither": Key("float", 0)},
     "augment": {"speed_perturb": Key("bool"), "musan": _PATH, "rirs": _PATH, "prob": Key("float", 0, maximum=1),
                 "musan_max_seconds": _POS, "rir_max_seconds": _POS, "group_prob": _GROUP_PROBS,
-                "group_speed": _GROUP_PROBS},
+                "group_speed": _GROUP_PROBS, "group_many": _COUNT, "group_few": _COUNT},
     "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True), "utts_per_speaker": Key("int", 1)},
     "optim": {"lr": _POS, "final_lr": _POS, "warmup_epochs": Key("float", 0), "momentum": Key("float", 0),
               "nesterov": Key("bool"), "weight_decay": Key("float", 0), "grad_clip": Key("float", 0, optional=True)},

@@ -30,7 +30,7 @@ def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tupl
 def tail_tables(cfg: Mapping[str, Any], class_counts: Any, device: torch.device) -> dict[str, Tensor]:
     """Tail-aware augmentation: per speaker label, its shot group's augmentation probability ('prob', from
     augment.group_prob) and speed-perturbation probability ('speed', augment.group_speed), for those set; groups
-    from the training counts at the project's thresholds (spkcausal.data.longtail.shot_groups)."""
+    from the training counts: Many > augment.group_many, Few < augment.group_few (spkcausal.data.longtail)."""
     from ..data.longtail import GROUPS, shot_groups
     from ..utils import UsageError
 
@@ -39,7 +39,8 @@ def tail_tables(cfg: Mapping[str, Any], class_counts: Any, device: torch.device)
         raise UsageError("augment.group_speed needs augment.speed_perturb: true")
     if aug.get("group_prob") is not None and not (aug.get("musan") or aug.get("rirs")):
         raise UsageError("augment.group_prob needs augment.musan or augment.rirs (nothing to apply)")
-    group = torch.tensor([GROUPS.index(g) for g in shot_groups(class_counts)], dtype=torch.long)
+    groups = shot_groups(class_counts, aug["group_many"], aug["group_few"])
+    group = torch.tensor([GROUPS.index(g) for g in groups], dtype=torch.long)
     out = {}
     for key, name in (("prob", "group_prob"), ("speed", "group_speed")):
         if cfg["augment"].get(name) is not None:
