@@ -200,12 +200,16 @@ class SemiSiamese(EncoderLoss):
         time."""
         first = int(self.ready) == 0
         src = dict(extractor.state_dict())
+        ema_dst, ema_src = [], []
         for name, t in self.momentum_encoder.state_dict().items():
-            s = src[name].detach()
             if first or not t.is_floating_point():
-                t.copy_(s)
+                t.copy_(src[name])
             else:
-                t.mul_(self.m).add_(s.to(t.dtype), alpha=1.0 - self.m)
+                ema_dst.append(t)
+                ema_src.append(src[name].to(t.dtype))
+        if ema_dst:  # one multi-tensor op each instead of two kernels per tensor
+            torch._foreach_mul_(ema_dst, self.m)
+            torch._foreach_add_(ema_dst, ema_src, alpha=1.0 - self.m)
         self.ready.fill_(1)
 
     @torch.no_grad()

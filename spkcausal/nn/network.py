@@ -34,9 +34,8 @@ class SpeakerNet(nn.Module):
             self.encoder_loss.prepare(self.model)
         emb = self.model(feats)
         logits = self.head(emb.float(), labels)
-        if extra:
-            # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
-            self.extra_loss = self.encoder_loss(emb, labels, feats, self.model)
+        # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
+        self.extra_loss = self.encoder_loss(emb, labels, feats, self.model) if extra else None
         return emb, logits
 
 
