@@ -172,6 +172,19 @@ def test_encoder_loss_options_are_checked():
     assert build_encoder_loss({"name": "none"}, _Tiny()) is None
 
 
+def test_train_cli_names_a_bad_encoder_loss_key_before_reading_data(tmp_path, capsys):
+    from spkcausal.cli import main
+
+    conf = tmp_path / "c.yaml"
+    for override, want in (("encoder_loss.weigth=1", "weigth"), ("encoder_loss.name=triplet", "triplet"),
+                           ("encoder_loss.k=abc", "encoder_loss.k")):
+        save_config(tiny_config(tmp_path / "no_such_dir", tmp_path / "exp", encoder_loss={"name": "kpositive"}),
+                    conf)
+        assert main(["train", "--config", str(conf), override]) == 2
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1, err
+
+
 # ---------------------------------------------------------------- episodic batches
 
 

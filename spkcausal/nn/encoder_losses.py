@@ -250,21 +250,33 @@ class SemiSiamese(EncoderLoss):
         return loss
 
 
-def build_encoder_loss(section: Mapping[str, Any], extractor: nn.Module) -> nn.Module | None:
-    """The `encoder_loss` section's module (None for name 'none'), attached to `extractor` where it needs one."""
+def check_encoder_loss(section: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The section's keyword arguments (None for name 'none'); an unknown name or key, or a value of the wrong
+    kind, is a UsageError naming it (before any data is read)."""
+    import inspect
+
+    from ..registry import check_kwargs
     from .network import section_kwargs
 
     name = section.get("name", NONE)
     if name in (None, NONE):
         return None
-    import inspect
-
+    entry = ENCODER_LOSSES.get(name)
     kwargs = section_kwargs(section)
-    allowed = set(inspect.signature(ENCODER_LOSSES.get(name).__init__).parameters) - {"self"}
+    allowed = set(inspect.signature(entry.__init__).parameters) - {"self"}
     if set(kwargs) - allowed:
         raise UsageError(f"unknown key(s) {sorted(set(kwargs) - allowed)} in config section 'encoder_loss' for "
                          f"{name!r}; expected some of {sorted(allowed)}")
-    module = ENCODER_LOSSES.build(name, **kwargs)
+    check_kwargs(entry, kwargs, "encoder_loss")
+    return kwargs
+
+
+def build_encoder_loss(section: Mapping[str, Any], extractor: nn.Module) -> nn.Module | None:
+    """The `encoder_loss` section's module (None for name 'none'), attached to `extractor` where it needs one."""
+    kwargs = check_encoder_loss(section)
+    if kwargs is None:
+        return None
+    module = ENCODER_LOSSES.build(section["name"], **kwargs)
     if hasattr(module, "attach"):
         module.attach(extractor)
     return module

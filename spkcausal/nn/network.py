@@ -53,11 +53,9 @@ def check_components(cfg: Mapping[str, Any]) -> None:
 
     for section, registry in (("model", MODELS), ("head", HEADS), ("loss", LOSSES)):
         check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
-    enc = cfg.get("encoder_loss") or {}
-    if enc.get("name", "none") != "none":
-        from .encoder_losses import ENCODER_LOSSES
+    from .encoder_losses import check_encoder_loss
 
-        check_kwargs(ENCODER_LOSSES.get(enc["name"]), section_kwargs(enc), "encoder_loss")
+    check_encoder_loss(cfg.get("encoder_loss") or {})
 
 
 def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:
