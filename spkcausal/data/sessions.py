@@ -3,7 +3,7 @@
 Tail speakers have few sessions, so their held-out utterances more often come from a session their training data
 never had. `session_split` cuts a seen-speaker trial list in two by whether the *test* utterance's session
 (`utt2sess`: a VoxCeleb video id, a LibriSpeech chapter, the synthetic corpus's 11-character session id, which
-`prepare voxceleb` takes from its `wav/idNNNNN/<session>/NNNNN.wav` path) occurs among the sessions of that
+`prepare voxceleb1` takes from its `wav/idNNNNN/<session>/NNNNN.wav` path) occurs among the sessions of that
 utterance's speaker in the training dir. Scored as two extra lists, seen EER by shot group within each half says
 whether a Few-speaker gap is the speaker's or the session's.
 """
