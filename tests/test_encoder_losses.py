@@ -346,3 +346,14 @@ def test_sigkill_mid_epoch_resume_is_exact(method, lt_corpus, tmp_path):
     assert "resumed from" in out.stderr
     _assert_same_everything(exp / "checkpoints" / "epoch_0002.pt", tmp_path / "ref" / "checkpoints" /
                             "epoch_0002.pt")
+
+
+def test_the_loss_math_stays_float32_under_bf16_autocast():
+    emb, labels = _batch(4, 3, seed=5)
+    x, y = torch.from_numpy(emb).float(), torch.from_numpy(labels)
+    w, b = torch.tensor(10.0), torch.tensor(-5.0)
+    plain = (kpositive_contrastive(x, y, 2, 0.1), angular_prototypical(x, y, w, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = (kpositive_contrastive(x, y, 2, 0.1), angular_prototypical(x, y, w, b))
+    for p, a in zip(plain, auto):  # bf16 matmuls would be off by ~1e-2 here
+        assert a.dtype == torch.float32 and a.item() == pytest.approx(p.item(), rel=1e-6)

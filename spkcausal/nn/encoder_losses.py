@@ -68,6 +68,12 @@ def cyclic_partners(labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return torch.cat(anchors), torch.cat(partners)
 
 
+def _fp32(x: Tensor) -> Any:
+    """A context without autocast on x's device: the losses' cosines and log-sum-exps in float32 (under bf16
+    autocast a contrastive logsumexp at temperature 0.1 loses most of its digits)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _check(name: str, value: float, lo: float, hi: float | None = None, strict: bool = False) -> float:
     value = float(value)
     ok = (value > lo if strict else value >= lo) and (hi is None or value <= hi)
@@ -104,11 +110,12 @@ def angular_prototypical(emb: Tensor, labels: Tensor, w: Tensor, b: Tensor) -> T
     groups = [g for g in label_groups(labels) if len(g) >= 2]
     if len(groups) < 2:
         return emb.sum() * 0.0 + (w + b) * 0.0
-    query = torch.stack([emb[g[0]] for g in groups])
-    centroid = torch.stack([emb[g[1:]].mean(0) for g in groups])
-    cos = F.normalize(query, dim=1) @ F.normalize(centroid, dim=1).T
-    logits = w.clamp_min(1e-6) * cos + b
-    return F.cross_entropy(logits, torch.arange(len(groups), device=emb.device))
+    with _fp32(emb):
+        query = torch.stack([emb[g[0]] for g in groups])
+        centroid = torch.stack([emb[g[1:]].mean(0) for g in groups])
+        cos = F.normalize(query, dim=1) @ F.normalize(centroid, dim=1).T
+        logits = w.clamp_min(1e-6) * cos + b
+        return F.cross_entropy(logits, torch.arange(len(groups), device=emb.device))
 
 
 @ENCODER_LOSSES.register("prototypical")
@@ -130,12 +137,13 @@ def kpositive_contrastive(emb: Tensor, labels: Tensor, k: int, temperature: floa
     anchors, pos = cyclic_partners(labels, k)
     if len(anchors) == 0:
         return emb.sum() * 0.0
-    v = F.normalize(emb, dim=1)
-    s = (v[anchors] @ v.T) / temperature  # (A, B)
-    allowed = labels.unsqueeze(0) != labels[anchors].unsqueeze(1)  # other speakers ...
-    allowed.scatter_(1, pos, True)  # ... and the k positives
-    log_den = torch.logsumexp(s.masked_fill(~allowed, float("-inf")), dim=1, keepdim=True)
-    return -(s.gather(1, pos) - log_den).mean()
+    with _fp32(emb):
+        v = F.normalize(emb, dim=1)
+        s = (v[anchors] @ v.T) / temperature  # (A, B)
+        allowed = labels.unsqueeze(0) != labels[anchors].unsqueeze(1)  # other speakers ...
+        allowed.scatter_(1, pos, True)  # ... and the k positives
+        log_den = torch.logsumexp(s.masked_fill(~allowed, float("-inf")), dim=1, keepdim=True)
+        return -(s.gather(1, pos) - log_den).mean()
 
 
 @ENCODER_LOSSES.register("kpositive")
@@ -240,12 +248,13 @@ class SemiSiamese(EncoderLoss):
         anchors, partner = cyclic_partners(labels, 1)
         positive = torch.arange(len(labels), device=labels.device)
         positive[anchors] = partner[:, 0]  # alone in the batch: its own momentum embedding
-        q = F.normalize(emb, dim=1)
-        pos = (q * keys[positive]).sum(1, keepdim=True) - self.margin
-        neg = q @ self.queue.T.to(q.dtype, copy=True)  # a copy: the enqueue below writes the buffer in place
-        own_or_empty = (self.queue_labels.unsqueeze(0) == labels.unsqueeze(1)) | (self.queue_labels < 0)
-        logits = self.scale * torch.cat([pos, neg.masked_fill(own_or_empty, float("-inf"))], dim=1)
-        loss = F.cross_entropy(logits, torch.zeros(len(labels), dtype=torch.long, device=labels.device))
+        with _fp32(emb):
+            q = F.normalize(emb, dim=1)
+            pos = (q * keys[positive]).sum(1, keepdim=True) - self.margin
+            neg = q @ self.queue.T.to(q.dtype, copy=True)  # a copy: the enqueue below writes the buffer in place
+            own_or_empty = (self.queue_labels.unsqueeze(0) == labels.unsqueeze(1)) | (self.queue_labels < 0)
+            logits = self.scale * torch.cat([pos, neg.masked_fill(own_or_empty, float("-inf"))], dim=1)
+            loss = F.cross_entropy(logits, torch.zeros(len(labels), dtype=torch.long, device=labels.device))
         self.enqueue(_gather(keys), _gather(labels))
         return loss
 
