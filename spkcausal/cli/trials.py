@@ -18,13 +18,36 @@ def _make_trials(args: argparse.Namespace) -> int:
     data = DataDir.load(args.data_dir)
     trials = make_trials(data, args.num_trials, args.seed, target_ratio=args.target_ratio,
                          cross_session=not args.same_session_ok, fit=args.fit)
+    halves = None
+    if args.session_split:  # split before writing anything: a dir without utt2sess leaves no list behind
+        from ..data.sessions import session_split
+
+        halves = session_split(trials, data, DataDir.load(args.session_split))
     write_trials(args.out, trials, fmt=args.format)
     n_tgt = int(np.sum(trials.labels == 1))
     print(f"{args.out}: {len(trials)} trials ({n_tgt} target, {len(trials) - n_tgt} non-target) "
           f"from {len(data.speakers)} speakers, seed {args.seed}")
     if args.by_group:
         print(group_counts_text(trials, data, args.by_group[0], int(args.by_group[1]), int(args.by_group[2])))
+    if halves is not None:
+        _write_session_halves(args, halves, data)
     return 0
+
+
+def _write_session_halves(args: argparse.Namespace, halves, data) -> None:
+    """--session-split: the two halves as their own lists, with their counts."""
+    import numpy as np
+
+    from ..data.sessions import HALVES, half_paths
+    from ..data.trialio import write_trials
+
+    for half, name, path in zip(halves, HALVES, half_paths(args.out)):
+        write_trials(path, half, fmt=args.format)
+        n_tgt = int(np.sum(half.labels == 1))
+        print(f"{path}: {len(half)} trials ({n_tgt} target, {len(half) - n_tgt} non-target) whose test utterance is "
+              f"{'from a session' if name == HALVES[0] else 'from no session'} of its speaker in {args.session_split}")
+        if args.by_group:
+            print(group_counts_text(half, data, args.by_group[0], int(args.by_group[1]), int(args.by_group[2])))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lower --num-trials when the dir has fewer target pairs (all of them, non-targets in ratio)")
     p.add_argument("--by-group", nargs=3, metavar=("TRAIN_DIR", "MANY", "FEW"),
                    help="also print the trial counts per shot group of the enrolment speaker (training counts)")
+    p.add_argument("--session-split", metavar="TRAIN_DIR",
+                   help="also write OUT.train_session and OUT.new_session: the trials whose test utterance's session "
+                        "(utt2sess) occurs, or not, in that speaker's training data in TRAIN_DIR (seen-speaker lists)")
     p.set_defaults(func=_make_trials)
 
 

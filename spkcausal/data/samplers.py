@@ -8,6 +8,12 @@ The order of an epoch is a pure function of (seed, epoch): every rank builds the
 - sqrt: like class_balanced but a class is picked with probability proportional to sqrt(n_c).
 - progressive (Kang et al., ICLR 2020): like class_balanced with p_c(t) = (1 - t/T) n_c/N + (t/T) / C at the
   0-based epoch t of T (`epochs`): natural frequencies in the first epoch, moving linearly towards uniform.
+- episodic (`EpisodicSampler`): speaker-uniform batches of P = batch_size / K speakers x K utterances
+  (`sampler.utts_per_speaker`), for the encoder losses (spkcausal.nn.encoder_losses). The speakers are dealt in
+  rounds: a permutation of all C speakers cut into ceil(C / P) batches, the last one topped up with speakers drawn
+  from the rest, so every speaker is in every round of ceil(C / P) batches. A speaker with n >= K utterances gives
+  K distinct ones; one with n < K gives all n plus K - n repeats drawn from them: each repeat sits at its own
+  position, so it gets its own random crop and augmentation draws, and no speaker is ever dropped.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ SAMPLERS: Registry[Callable[[np.ndarray, float], np.ndarray]] = Registry("sample
 # Schemes whose epoch order is a permutation of the data (each utterance once), not class draws.
 PERMUTATION_SCHEMES = ("natural",)
 # Schemes whose class probabilities do not depend on the epoch.
-STATIC_SCHEMES = ("natural", "class_balanced", "sqrt")
+STATIC_SCHEMES = ("natural", "class_balanced", "sqrt", "episodic")
+EPISODIC = "episodic"
 
 
 @SAMPLERS.register("natural")
@@ -45,6 +52,12 @@ def class_balanced_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndar
 def sqrt_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
     """sqrt(n_c): square-root re-sampling."""
     return np.sqrt(counts)
+
+
+@SAMPLERS.register(EPISODIC)
+def episodic_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
+    """1 for every class with data: the episodic sampler deals speakers uniformly (shards: at the buffer)."""
+    return (counts > 0).astype(np.float64)
 
 
 @SAMPLERS.register("progressive")
@@ -157,8 +170,90 @@ class LongTailSampler(Sampler[int]):
         return self.epoch_length - self.start
 
 
+def episode_items(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """K item positions out of a speaker's n: distinct when n >= K, else all n then K - n repeats drawn from them."""
+    if n >= k:
+        return rng.choice(n, size=k, replace=False)
+    return np.concatenate([rng.permutation(n), rng.choice(n, size=k - n, replace=True)])
+
+
+def split_batch(batch_size: int, k: int, num_speakers: int) -> int:
+    """P = batch_size / K speakers per episode; a batch that K does not divide or more speakers than exist is a
+    UsageError."""
+    from ..utils import UsageError
+
+    if batch_size % k:
+        raise UsageError(f"sampler.utts_per_speaker={k} does not divide train.batch_size={batch_size} (episodic "
+                         "batches are P speakers x K utterances)")
+    p = batch_size // k
+    if p > num_speakers:
+        raise UsageError(f"episodic batches of {p} speakers x {k}, but the training data has {num_speakers} "
+                         "speakers: lower train.batch_size or raise sampler.utts_per_speaker")
+    return p
+
+
+class EpisodicSampler(LongTailSampler):
+    """Speaker-uniform P x K batches (module docstring); rank r takes the global batches r, r + R, ... whole."""
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, batch_size: int, utts_per_speaker: int = 2, seed: int = 0,
+                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1):
+        super().__init__(labels, EPISODIC, seed, num_samples, num_replicas, rank, epochs)
+        self.k, self.batch_size = int(utts_per_speaker), int(batch_size)
+        self.p = split_batch(self.batch_size, self.k, len(self._classes))
+        # whole batches only, so every batch of a rank is one episode
+        self.epoch_length = (self.epoch_length // self.batch_size) * self.batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position, plus the episode shape the order depends on."""
+        return {**super().state_dict(), "utts_per_speaker": self.k, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position; another episode shape is refused."""
+        if (state.get("utts_per_speaker", self.k), state.get("batch_size", self.batch_size)) != \
+                (self.k, self.batch_size):
+            raise ValueError(f"sampler state is for {state.get('utts_per_speaker')} utterances per speaker and "
+                             f"batches of {state.get('batch_size')}, this run has {self.k} and {self.batch_size}")
+        super().load_state_dict(state)
+
+    def episodes(self, num_batches: int) -> np.ndarray:
+        """(num_batches, P) speaker (class) indices of the epoch's global batches, dealt in rounds."""
+        rng = np.random.default_rng([self.seed, self.epoch, 20])
+        c, p = len(self._classes), self.p
+        out: list[np.ndarray] = []
+        while len(out) < num_batches:
+            perm = rng.permutation(c)
+            for lo in range(0, c, p):
+                group = perm[lo:lo + p]
+                if len(group) < p:  # top up the round's last batch with other speakers
+                    rest = np.setdiff1d(np.arange(c), group)
+                    group = np.concatenate([group, rng.choice(rest, size=p - len(group), replace=False)])
+                out.append(group)
+        return np.stack(out[:num_batches]) if out else np.zeros((0, p), dtype=np.int64)
+
+    def global_order(self) -> np.ndarray:
+        """All ranks' batches of the epoch, flattened (batch-major: batch j is items [j B, (j + 1) B))."""
+        num_batches = self.epoch_length // self.batch_size * self.num_replicas
+        rng = np.random.default_rng([self.seed, self.epoch, 21])
+        order = [np.zeros(0, dtype=np.int64)]
+        for speakers in self.episodes(num_batches):
+            for c in speakers.tolist():
+                items = episode_items(int(self._counts[c]), self.k, rng)
+                order.append(self._by_class[self._offsets[c] + items])
+        return np.concatenate(order)
+
+    def indices(self) -> np.ndarray:
+        """This rank's whole batches of the current epoch from the start position on."""
+        batches = self.global_order().reshape(-1, self.batch_size)[self.rank::self.num_replicas]
+        return batches.reshape(-1)[self.start:]
+
+
 def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, num_samples: int | None = None,
-                  num_replicas: int = 1, rank: int = 0, epochs: int = 1) -> LongTailSampler:
-    """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced', 'sqrt' or 'progressive'
-    (which needs `epochs`, the run's train.epochs)."""
+                  num_replicas: int = 1, rank: int = 0, epochs: int = 1, batch_size: int | None = None,
+                  utts_per_speaker: int = 2) -> LongTailSampler:
+    """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced', 'sqrt', 'progressive' (which
+    needs `epochs`, the run's train.epochs) or 'episodic' (which needs `batch_size`)."""
+    if name == EPISODIC:
+        if batch_size is None:
+            raise ValueError("the episodic sampler needs the batch size")
+        return EpisodicSampler(labels, batch_size, utts_per_speaker, seed, num_samples, num_replicas, rank, epochs)
     return LongTailSampler(labels, name, seed, num_samples, num_replicas, rank, epochs)

@@ -21,6 +21,10 @@ Layout of an epoch (documented rules; docs/scale.md explains them for users):
   Every example stays in the window for the same number of draws, so it is emitted `K w_i / sum_window w` times
   on average, and since the window's weight sum is K / N in expectation a class is emitted with frequency p_c
   over an epoch, while the I/O stays sequential (one example read per example emitted).
+  episodic (P x K episodes, spkcausal.data.samplers): batch b of a stream draws from the window of the
+  `buffer` examples read from position b * B on (the window slides by one batch per batch, so every example read is
+  in some window): P speakers uniformly among those present in the window (all of them, topped up with repeats,
+  when fewer are), then K items of each as the file sampler does (distinct, or all plus repeats).
 - Exact resume: the shuffle decisions depend only on the index (labels, member order) and RNGs keyed by
   (seed, epoch, rank, stream), so a stream's whole emission order is planned up front from metadata. A resumed
   run re-plans, skips the shards it has finished, reads on from the first example it still needs and emits from
@@ -42,7 +46,15 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..utils import DataError, UsageError
-from .samplers import PERMUTATION_SCHEMES, SAMPLERS, STATIC_SCHEMES, class_probabilities
+from .samplers import (
+    EPISODIC,
+    PERMUTATION_SCHEMES,
+    SAMPLERS,
+    STATIC_SCHEMES,
+    class_probabilities,
+    episode_items,
+    split_batch,
+)
 from .shards import ShardIndex
 
 log = logging.getLogger("spkcausal.data.shardstream")
@@ -91,8 +103,10 @@ class ShardTrainStream(IterableDataset):
 
     def __init__(self, index: ShardIndex, chunk_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
                  world: int = 1, name: str = "natural", num_samples: int | None = None, min_samples: int = 0,
-                 sample_rate: int = 16000, streams: int = 1, buffer_size: int = 1000, epochs: int = 1):
+                 sample_rate: int = 16000, streams: int = 1, buffer_size: int = 1000, epochs: int = 1,
+                 utts_per_speaker: int = 2):
         SAMPLERS.get(name)
+        self.k = int(utts_per_speaker)
         self.epochs = int(epochs)
         self.index, self.chunk_samples, self.batch_size = index, int(chunk_samples), int(batch_size)
         self.seed, self.rank, self.world, self.name = int(seed), int(rank), int(world), name
@@ -123,6 +137,8 @@ class ShardTrainStream(IterableDataset):
         total = self.num_utts if num_samples is None else int(num_samples)
         self.epoch_length = math.ceil(total / self.world)
         self.steps = self.epoch_length // self.batch_size
+        if self.name == EPISODIC:
+            self.p = split_batch(self.batch_size, self.k, len(self.speakers))
         self.epoch, self.start = 0, 0
         self.failures = 0
 
@@ -159,12 +175,15 @@ class ShardTrainStream(IterableDataset):
         """Position and everything the order depends on, for the checkpoint."""
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "name": self.name,
                 "source": "shards", "streams": self.streams, "buffer": self.buffer_size,
-                "index_sha256": self.index.manifest.get("index_sha256"), "epochs": self.epochs}
+                "index_sha256": self.index.manifest.get("index_sha256"), "epochs": self.epochs,
+                "utts_per_speaker": self.k}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; a checkpoint of another order (seed, scheme, streams, buffer, shards) is refused."""
         mine = self.state_dict()
         keys = ("seed", "name", "source", "streams", "buffer", "index_sha256")
+        if self.name == EPISODIC:
+            keys += ("utts_per_speaker",)
         if self.name not in STATIC_SCHEMES:
             keys += ("epochs",)  # the epoch-aware schedule depends on train.epochs
         for key in keys:
@@ -210,6 +229,8 @@ class ShardTrainStream(IterableDataset):
                     buf[i] = buf[-1]
                     buf.pop()
             return reads[:nxt], emits
+        if self.name == EPISODIC:
+            return self._plan_episodes(one_pass, k, quota, rng)
         # Weighted FIFO window: one read per draw after the initial fill.
         need = k + quota
         reads = np.tile(one_pass, math.ceil(need / len(one_pass)))[:need]
@@ -218,6 +239,27 @@ class ShardTrainStream(IterableDataset):
         for e in range(quota):
             c = np.cumsum(w[e:e + k])
             emits[e] = e + min(int(np.searchsorted(c, u[e] * c[-1], side="right")), k - 1)
+        return reads[:k + quota - 1], emits
+
+    def _plan_episodes(self, one_pass: np.ndarray, k: int, quota: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(reads, emits) of episodic batches, each from its sliding window of k reads (module docstring)."""
+        b = self.batch_size
+        reads = np.tile(one_pass, math.ceil((k + quota) / len(one_pass)))[:k + quota]
+        labels = self.labels[reads]
+        emits = np.empty(quota, dtype=np.int64)
+        for j in range(quota // b):
+            lo = j * b
+            window = labels[lo:lo + k]
+            present = np.unique(window)
+            chosen = rng.choice(present, size=min(self.p, len(present)), replace=False)
+            if len(chosen) < self.p:
+                chosen = np.concatenate([chosen, rng.choice(present, size=self.p - len(chosen), replace=True)])
+            out = []
+            for c in chosen.tolist():
+                where = lo + np.flatnonzero(window == c)
+                out.append(where[episode_items(len(where), self.k, rng)])
+            emits[lo:lo + b] = np.concatenate(out)
         return reads[:k + quota - 1], emits
 
     # ---------------------------------------------------------------- reading
@@ -350,7 +392,8 @@ def prepare_shard_stream(cfg: dict[str, Any], rank: int, world: int, exp_dir: An
                               num_samples=cfg["sampler"].get("num_samples"),
                               min_samples=int(round(float(dcfg["min_seconds"]) * sr)), sample_rate=sr,
                               streams=int(streams), buffer_size=int(dcfg["shuffle_buffer"]),
-                              epochs=int(cfg["train"]["epochs"]))
+                              epochs=int(cfg["train"]["epochs"]),
+                              utts_per_speaker=int(cfg["sampler"].get("utts_per_speaker", 2)))
     if rank == 0:
         write_text_atomic(Path(exp_dir) / "skipped_utts.txt",
                           "".join(f"{u} {why}\n" for u, why in sorted(stream.skipped.items())))

@@ -262,16 +262,17 @@ class Augmenter(nn.Module):
         if missing:
             raise UsageError(f"augmentation kinds {sorted(missing)} have no bank loaded (available: {available})")
 
-    def forward(self, wave: Tensor, generator: torch.Generator | None = None,
-                return_info: bool = False) -> Tensor | tuple[Tensor, AugInfo]:
-        """(B, T) fixed-length chunks -> augmented (B, T); optionally with what was drawn."""
+    def forward(self, wave: Tensor, generator: torch.Generator | None = None, return_info: bool = False,
+                prob: Tensor | None = None) -> Tensor | tuple[Tensor, AugInfo]:
+        """(B, T) fixed-length chunks -> augmented (B, T); optionally with what was drawn. `prob` (B,) replaces
+        the module's probability row by row (tail-aware augmentation)."""
         batch, length = wave.shape
         dev = wave.device
         kind = torch.full((batch,), -1, dtype=torch.long, device=dev)
         snr = torch.full((batch,), math.nan, device=dev)
         out = wave
-        if self.kinds and self.prob > 0:
-            apply = _uniform((batch,), generator, dev) < self.prob
+        if self.kinds and (self.prob > 0 or prob is not None):
+            apply = _uniform((batch,), generator, dev) < (self.prob if prob is None else prob.to(dev))
             drawn = _randint(len(self.kinds), (batch,), generator, dev)
             kind = torch.where(apply, drawn, kind)
             out = wave.clone()
@@ -331,6 +332,15 @@ def draw_speed(batch: int, generator: torch.Generator | None, device: torch.devi
                num_factors: int = len(SPEED_FACTORS)) -> Tensor:
     """Index k into SPEED_FACTORS per utterance, uniform."""
     return _randint(num_factors, (batch,), generator, torch.device(device))
+
+
+def draw_speed_by_row(prob: Tensor, generator: torch.Generator | None,
+                      num_factors: int = len(SPEED_FACTORS)) -> Tensor:
+    """Index k into SPEED_FACTORS per utterance: a perturbed factor (uniform over k >= 1) with its row's
+    probability `prob` (B,), else 0 (tail-aware augmentation)."""
+    dev = prob.device
+    perturb = _uniform(tuple(prob.shape), generator, dev) < prob
+    return torch.where(perturb, 1 + _randint(num_factors - 1, tuple(prob.shape), generator, dev), 0)
 
 
 def speed_labels(labels: Tensor, k: Tensor, num_speakers: int) -> Tensor:

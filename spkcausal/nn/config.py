@@ -23,11 +23,13 @@ DEFAULTS: dict[str, Any] = {
              "shard_streams": None},
     "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
     "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
-                "rir_max_seconds": 2.0},
+                "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,
+                "group_many": 100, "group_few": 20},
     "model": {"name": "ecapa512"},
     "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
     "loss": {"name": "ce"},
-    "sampler": {"name": "natural", "num_samples": None},
+    "encoder_loss": {"name": "none"},  # other keys go to the term's class (spkcausal.nn.encoder_losses)
+    "sampler": {"name": "natural", "num_samples": None, "utts_per_speaker": 2},
     "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
               "weight_decay": 1.0e-4, "grad_clip": 0.0},
     "margin": {"start_epoch": 20, "end_epoch": 40},
@@ -41,8 +43,8 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 
 @dataclass(frozen=True)
 class Key:
-    """What one config key holds: kind 'int' | 'float' | 'bool' | 'str', an optional lower bound (`gt`: strict),
-    upper bound and set of choices, and whether null is allowed."""
+    """What one config key holds: kind 'int' | 'float' | 'bool' | 'str' | 'probs' ([many, medium, few]), an
+    optional lower bound (`gt`: strict), upper bound and set of choices, and whether null is allowed."""
 
     kind: str
     minimum: float | None = None
@@ -53,7 +55,8 @@ class Key:
 
     def describe(self) -> str:
         """The expectation in words, for error messages."""
-        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[self.kind]
+        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                "probs": "[many, medium, few] probabilities in [0, 1]"}[self.kind]
         if self.choices:
             what = f"one of {', '.join(self.choices)}"
         if self.minimum is not None:
@@ -104,9 +107,18 @@ def _as_str(v: Any) -> str | None:
     return str(v) if isinstance(v, (str, os.PathLike)) else None
 
 
-_COERCE = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str}
+def _as_probs(v: Any) -> list[float] | None:
+    """Three probabilities [Many, Medium, Few] (tail-aware augmentation)."""
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        return None
+    out = [_as_float(x) for x in v]
+    return out if all(x is not None and 0.0 <= x <= 1.0 for x in out) else None
+
+
+_COERCE = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str, "probs": _as_probs}
 _PATH = Key("str", optional=True)
 _POS, _COUNT = Key("float", 0, gt=True), Key("int", 0)
+_GROUP_PROBS = Key("probs", optional=True)
 
 TYPES: dict[str, Any] = {
     "exp_dir": _PATH,
@@ -117,8 +129,9 @@ TYPES: dict[str, Any] = {
              "shard_streams": Key("int", 1, optional=True)},
     "features": {"frontend": Key("str"), "n_mels": Key("int", 1), "dither": Key("float", 0)},
     "augment": {"speed_perturb": Key("bool"), "musan": _PATH, "rirs": _PATH, "prob": Key("float", 0, maximum=1),
-                "musan_max_seconds": _POS, "rir_max_seconds": _POS},
-    "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True)},
+                "musan_max_seconds": _POS, "rir_max_seconds": _POS, "group_prob": _GROUP_PROBS,
+                "group_speed": _GROUP_PROBS, "group_many": _COUNT, "group_few": _COUNT},
+    "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True), "utts_per_speaker": Key("int", 1)},
     "optim": {"lr": _POS, "final_lr": _POS, "warmup_epochs": Key("float", 0), "momentum": Key("float", 0),
               "nesterov": Key("bool"), "weight_decay": Key("float", 0), "grad_clip": Key("float", 0, optional=True)},
     "margin": {"start_epoch": Key("float", 0), "end_epoch": Key("float", 0)},

@@ -21,14 +21,22 @@ from .checkpoint import find_resume_checkpoint
 class SpeakerNet(nn.Module):
     """Training-time nn.Module: extractor + head as one module (what DDP wraps); inference uses TrainedModel."""
 
-    def __init__(self, model: nn.Module, head: nn.Module):
+    def __init__(self, model: nn.Module, head: nn.Module, encoder_loss: nn.Module | None = None):
         super().__init__()
         self.model, self.head = model, head
+        self.encoder_loss = encoder_loss  # spkcausal.nn.encoder_losses; None: classification only
+        self.extra_loss: Tensor | None = None
 
     def forward(self, feats: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(embeddings, logits)."""
+        """(embeddings, logits); in training with labels, `extra_loss` holds the encoder-loss term."""
+        extra = self.encoder_loss is not None and self.training and labels is not None
+        if extra:
+            self.encoder_loss.prepare(self.model)
         emb = self.model(feats)
-        return emb, self.head(emb.float(), labels)
+        logits = self.head(emb.float(), labels)
+        # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
+        self.extra_loss = self.encoder_loss(emb, labels, feats, self.model) if extra else None
+        return emb, logits
 
 
 def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,6 +47,7 @@ def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
 def check_components(cfg: Mapping[str, Any]) -> None:
     """Model, head and loss names and the kinds of their keys (UsageError), before any data is read."""
     from ..registry import check_kwargs
+    from .encoder_losses import check_encoder_loss
     from .heads import check_head_kwargs
     from .losses import LOSSES
     from .models import MODELS
@@ -47,6 +56,7 @@ def check_components(cfg: Mapping[str, Any]) -> None:
         check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
     check_head_kwargs(cfg["head"]["name"], section_kwargs(cfg["head"]))
     check_schedule(cfg)
+    check_encoder_loss(cfg.get("encoder_loss") or {})
 
 
 def check_schedule(cfg: Mapping[str, Any]) -> None:
@@ -69,10 +79,14 @@ def check_schedule(cfg: Mapping[str, Any]) -> None:
 
 
 def build_network(cfg: Mapping[str, Any], num_classes: int, class_counts: Any = None) -> SpeakerNet:
-    """Model (`cfg['model']`) and head (`cfg['head']`) from the registries; n_mels follows the features;
+    """Model (`cfg['model']`), head (`cfg['head']`) and encoder loss (`cfg['encoder_loss']`) from the registries;
+    n_mels follows the features;
     `class_counts` (utterances per class) go to a head that uses them (LDAM margins, feature transfer)."""
+    from .encoder_losses import build_encoder_loss
+
     model = build_extractor(cfg)
-    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes, class_counts))
+    return SpeakerNet(model, build_head_for(cfg, model.embed_dim, num_classes, class_counts),
+                      build_encoder_loss(cfg.get("encoder_loss") or {}, model))
 
 
 def build_extractor(cfg: Mapping[str, Any]) -> nn.Module:

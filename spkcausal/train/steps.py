@@ -27,18 +27,47 @@ def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tupl
     return fbank, augmenter
 
 
-def device_batch(waves: Tensor, labels: Tensor, cfg: Mapping[str, Any], chunk_samples: int, num_speakers: int,
-                 fbank: nn.Module, augmenter: nn.Module | None, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Waves on the device -> (features, labels): speed perturbation, augmentation, fbank (all batched)."""
-    if cfg["augment"].get("speed_perturb"):
-        from ..nn.augment import SPEED_FACTORS, draw_speed, speed_labels, speed_perturb
+def tail_tables(cfg: Mapping[str, Any], class_counts: Any, device: torch.device) -> dict[str, Tensor]:
+    """Tail-aware augmentation: per speaker label, its shot group's augmentation probability ('prob', from
+    augment.group_prob) and speed-perturbation probability ('speed', augment.group_speed), for those set; groups
+    from the training counts: Many > augment.group_many, Few < augment.group_few (spkcausal.data.longtail)."""
+    from ..data.longtail import GROUPS, shot_groups
+    from ..utils import UsageError
 
-        k = draw_speed(waves.shape[0], generator, waves.device)
+    aug = cfg["augment"]
+    if aug.get("group_speed") is not None and not aug.get("speed_perturb"):
+        raise UsageError("augment.group_speed needs augment.speed_perturb: true")
+    if aug.get("group_prob") is not None and not (aug.get("musan") or aug.get("rirs")):
+        raise UsageError("augment.group_prob needs augment.musan or augment.rirs (nothing to apply)")
+    groups = shot_groups(class_counts, aug["group_many"], aug["group_few"])
+    group = torch.tensor([GROUPS.index(g) for g in groups], dtype=torch.long)
+    out = {}
+    for key, name in (("prob", "group_prob"), ("speed", "group_speed")):
+        if cfg["augment"].get(name) is not None:
+            out[key] = torch.tensor(aug[name], dtype=torch.float32)[group].to(device)
+    return out
+
+
+def device_batch(waves: Tensor, labels: Tensor, cfg: Mapping[str, Any], chunk_samples: int, num_speakers: int,
+                 fbank: nn.Module, augmenter: nn.Module | None, generator: torch.Generator,
+                 tail: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Waves on the device -> (features, labels): speed perturbation, augmentation, fbank (all batched); `tail`
+    (tail_tables) sets both probabilities per utterance by its speaker's shot group."""
+    tail = tail or {}
+    if cfg["augment"].get("speed_perturb"):
+        from ..nn.augment import SPEED_FACTORS, draw_speed, draw_speed_by_row, speed_labels, speed_perturb
+
+        if "speed" in tail:
+            k = draw_speed_by_row(tail["speed"][labels], generator)
+        else:
+            k = draw_speed(waves.shape[0], generator, waves.device)
         factors = torch.tensor(SPEED_FACTORS, dtype=torch.float64)[k.cpu()]
         waves = speed_perturb(waves, factors, out_len=chunk_samples)
         labels = speed_labels(labels, k, num_speakers)
     if augmenter is not None:
-        waves = augmenter(waves, generator)
+        # the label before speed perturbation: groups are of the original speakers
+        prob = tail["prob"][labels % num_speakers] if "prob" in tail else None
+        waves = augmenter(waves, generator, prob=prob)
     return fbank(waves, generator=generator), labels
 
 
@@ -50,9 +79,11 @@ def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opti
     with ctx:
         _, logits = model(feats, labels)
     loss = loss_fn(logits.float(), labels)
-    extra = getattr(getattr(model, "module", model).head, "extra_loss", None)  # a head's own term (OLTR)
-    if extra is not None:
-        loss = loss + extra
+    net = getattr(model, "module", model)
+    for owner in (net.head, net):  # a head's own term (OLTR), the encoder-loss term (spkcausal.nn.encoder_losses)
+        extra = getattr(owner, "extra_loss", None)
+        if extra is not None:
+            loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip > 0:

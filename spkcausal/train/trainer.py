@@ -47,7 +47,7 @@ from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .setup import adopt_init_from, prepare_data
-from .steps import build_feature_pipeline, device_batch, train_step
+from .steps import build_feature_pipeline, device_batch, tail_tables, train_step
 
 # ------------------------------------------------------------------ training
 
@@ -89,6 +89,7 @@ class Trainer:
         self._build_model_and_loss(num_classes, init_state, keep_head)
         self._build_optimiser()
         self.fbank, self.augmenter = build_feature_pipeline(self.cfg, self.device)
+        self.tail = tail_tables(self.cfg, self.dataset.class_counts(), self.device)
         self.gen = torch.Generator(device=self.device)
 
         self.step, self.history, self.read_failures = 0, [], 0
@@ -143,7 +144,9 @@ class Trainer:
         else:
             self.sampler = build_sampler(cfg["sampler"]["name"], self.dataset.labels, seed=self.seed,
                                          num_samples=cfg["sampler"].get("num_samples"),
-                                         num_replicas=info.world_size, rank=info.rank, epochs=self.epochs)
+                                         num_replicas=info.world_size, rank=info.rank, epochs=self.epochs,
+                                         batch_size=self.batch_size,
+                                         utts_per_speaker=cfg["sampler"]["utts_per_speaker"])
         self.steps_per_epoch = self.sampler.epoch_length // self.batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of "
@@ -220,6 +223,11 @@ class Trainer:
         load_state_checked(self.net.model, ckpt["model"], path, "model", saved["model"]["name"],
                            self.cfg["model"]["name"])
         load_state_checked(self.net.head, ckpt["head"], path, "head", saved["head"]["name"], self.cfg["head"]["name"])
+        if self.net.encoder_loss is not None:  # momentum extractor, queue, learnable scale / bias
+            if ckpt.get("encoder_loss") is None:
+                raise DataError(f"checkpoint has no encoder_loss state; this run trains with encoder_loss "
+                                f"{self.cfg['encoder_loss']['name']!r}", path)
+            self.net.encoder_loss.load_state_dict(ckpt["encoder_loss"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.history = int(ckpt["step"]), list(ckpt.get("history", []))
@@ -238,6 +246,7 @@ class Trainer:
         step, spe = self.step, self.steps_per_epoch
         state = {
             "model": self.net.model.state_dict(), "head": self.net.head.state_dict(),
+            "encoder_loss": None if self.net.encoder_loss is None else self.net.encoder_loss.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "step": step, "epoch": step // spe, "steps_per_epoch": spe, "world_size": self.info.world_size,
             "sampler": {**self.sampler.state_dict(), "epoch": step // spe, "start": (step % spe) * self.batch_size},
@@ -320,7 +329,7 @@ class Trainer:
         self.gen.manual_seed(step_seed(self.seed, self.info.rank, self.step, 4))
         waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         feats, labels = device_batch(waves, labels, self.cfg, self.chunk_samples, self.num_speakers, self.fbank,
-                                     self.augmenter, self.gen)
+                                     self.augmenter, self.gen, self.tail)
         loss, logits = train_step(self.model, self.loss_fn, self.optimizer, self.scaler, feats, labels,
                                   self.amp_dtype, self.cfg["optim"].get("grad_clip") or 0.0)
         self.step += 1
