@@ -85,3 +85,124 @@ def test_datadir_load_equals_old_tables(tmp_path):
     (tmp_path / "d" / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts[1:]))
     with pytest.raises(DataError, match="1 utterances of utt2spk have no wav.scp entry"):
         DataDir.load(tmp_path / "d")
+
+
+# ------------------------------------------------------------------ the probe cache
+
+
+def _corpus(root, n=12):
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    wav, utt2spk = {}, {}
+    for i in range(n):
+        p = root / "wav" / f"u{i:02d}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(p), rng.standard_normal(int(rng.integers(4000, 24000))).astype(np.float32) * 0.1, 16000,
+                 subtype="PCM_16")
+        wav[f"s{i % 3}-u{i:02d}"], utt2spk[f"s{i % 3}-u{i:02d}"] = str(p), f"s{i % 3}"
+    (root / "wav" / "bad.wav").write_bytes(b"not audio at all")
+    wav["s0-bad"], utt2spk["s0-bad"] = str(root / "wav" / "bad.wav"), "s0"
+    wav["s1-gone"], utt2spk["s1-gone"] = str(root / "wav" / "gone.wav"), "s1"
+    sf.write(str(root / "wav" / "r8k.wav"), np.zeros(9000, np.float32), 8000)
+    wav["s2-r8k"], utt2spk["s2-r8k"] = str(root / "wav" / "r8k.wav"), "s2"
+    DataDir(wav=wav, utt2spk=utt2spk).write(root / "data")
+    return root / "data"
+
+
+def _scan_old(data, min_seconds, sample_rate):
+    """scan_training_audio's result as computed before the cache (commit 4ce1cc2), serially."""
+    from spkcausal.data.audio import probe_audio
+
+    ok, skipped = {}, {}
+    min_samples = int(round(min_seconds * sample_rate))
+    for utt in data.utts:
+        frames, _, why = probe_audio(data.wav[utt], sample_rate)
+        if why:
+            skipped[utt] = why
+        elif frames < min_samples:
+            skipped[utt] = f"too short ({frames / sample_rate:.3f} s < {min_seconds} s)"
+        else:
+            ok[utt] = frames
+    return sorted(ok), ok, skipped
+
+
+def _as_tuple(scan):
+    return scan.utts, scan.num_samples, scan.skipped
+
+
+def test_probe_cache_is_used_when_valid_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import soundfile as sf
+
+    import spkcausal.data.dataset as ds
+    from spkcausal.data.lengthcache import CACHE_NAME
+
+    d = _corpus(tmp_path)
+    data = DataDir.load(d)
+    ref = _scan_old(data, 0.5, 16000)
+    assert ref[2] and ref[1]  # both usable and skipped files, so both kinds of entry are cached
+    first = ds.scan_training_audio(data, 0.5, 16000, num_threads=2)
+    assert _as_tuple(first) == ref and (d / CACHE_NAME).is_file()
+
+    real_probe = ds.probe_audio
+    probed = []
+
+    def must_not_read(path, sr):
+        raise AssertionError(f"header read of {path} although the cache is valid")
+
+    monkeypatch.setattr(ds, "probe_audio", must_not_read)
+    assert _as_tuple(ds.scan_training_audio(DataDir.load(d), 0.5, 16000, num_threads=2)) == ref
+
+    # One file changes (length and mtime): only it is read again, and the result follows it.
+    changed = data.wav["s1-u04"]
+    sf.write(changed, np.zeros(3000, np.float32), 16000, subtype="PCM_16")  # 0.19 s: now too short
+    st = os.stat(changed)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse-mtime file system still sees it
+
+    def counting(path, sr):
+        probed.append(path)
+        return real_probe(path, sr)
+
+    monkeypatch.setattr(ds, "probe_audio", counting)
+    again = ds.scan_training_audio(DataDir.load(d), 0.5, 16000, num_threads=2)
+    assert probed == [changed]
+    assert _as_tuple(again) == _scan_old(DataDir.load(d), 0.5, 16000)
+    assert "s1-u04" in again.skipped and "too short" in again.skipped["s1-u04"]
+    # ... and the rewritten cache now serves it.
+    monkeypatch.setattr(ds, "probe_audio", must_not_read)
+    assert _as_tuple(ds.scan_training_audio(DataDir.load(d), 0.5, 16000, num_threads=2)) == _as_tuple(again)
+
+    # Another expected rate changes every probe's outcome: the cache is rebuilt whole.
+    probed.clear()
+    monkeypatch.setattr(ds, "probe_audio", counting)
+    at8k = ds.scan_training_audio(DataDir.load(d), 0.5, 8000, num_threads=2)
+    assert len(probed) == len(data) and _as_tuple(at8k) == _scan_old(DataDir.load(d), 0.5, 8000)
+
+    # A torn cache file is ignored (rebuilt), never trusted.
+    (d / CACHE_NAME).write_bytes(b"PK\x03\x04 torn")
+    probed.clear()
+    assert _as_tuple(ds.scan_training_audio(DataDir.load(d), 0.5, 8000, num_threads=2)) == _as_tuple(at8k)
+    assert len(probed) == len(data)
+
+
+def test_probe_cache_follows_a_changed_file_list(tmp_path, monkeypatch):
+    import spkcausal.data.dataset as ds
+
+    d = _corpus(tmp_path)
+    data = DataDir.load(d)
+    ds.scan_training_audio(data, 0.5, 16000, num_threads=2)
+    # A subset written to the same dir (utterances removed) and one new file: only the new one is read.
+    keep = data.utts[::2]
+    sub = data.subset(keep)
+    extra = tmp_path / "wav" / "u00.wav"
+    sub.wav["s9-new"], sub.utt2spk["s9-new"] = str(extra.with_name("new.wav")), "s9"
+    extra.with_name("new.wav").write_bytes(extra.read_bytes())
+    sub.write(d)
+    probed = []
+    real_probe = ds.probe_audio
+    monkeypatch.setattr(ds, "probe_audio", lambda p, sr: probed.append(p) or real_probe(p, sr))
+    got = ds.scan_training_audio(DataDir.load(d), 0.5, 16000, num_threads=2)
+    assert probed == [sub.wav["s9-new"]]
+    assert _as_tuple(got) == _scan_old(DataDir.load(d), 0.5, 16000)
