@@ -206,3 +206,64 @@ def test_probe_cache_follows_a_changed_file_list(tmp_path, monkeypatch):
     got = ds.scan_training_audio(DataDir.load(d), 0.5, 16000, num_threads=2)
     assert probed == [sub.wav["s9-new"]]
     assert _as_tuple(got) == _scan_old(DataDir.load(d), 0.5, 16000)
+
+
+# ------------------------------------------------------------------ the class-balanced shard plan
+
+
+def _window_loop_old(w, u, k):
+    """The weighted window's draws as ShardTrainStream.plan computed them before (commit 4ce1cc2)."""
+    out = np.empty(len(u), dtype=np.int64)
+    for e in range(len(u)):
+        c = np.cumsum(w[e:e + k])
+        out[e] = e + min(int(np.searchsorted(c, u[e] * c[-1], side="right")), k - 1)
+    return out
+
+
+def _plan_old(stream, epoch, s):
+    """ShardTrainStream.plan's weighted branch before vectorisation (commit 4ce1cc2)."""
+    import math
+
+    quota = stream.stream_batches(s) * stream.batch_size
+    one_pass = np.concatenate([stream._by_shard[x] for x in stream.stream_shards(epoch, s)])
+    k = min(stream.buffer_size, len(one_pass))
+    rng = np.random.default_rng([stream.seed, epoch, stream.rank, s, 11])
+    need = k + quota
+    reads = np.tile(one_pass, math.ceil(need / len(one_pass)))[:need]
+    w = stream.example_weights(epoch)[reads]
+    return reads[:k + quota - 1], _window_loop_old(w, rng.random(quota), k)
+
+
+@pytest.mark.parametrize("scheme,buffer,streams", [("class_balanced", 64, 2), ("sqrt", 300, 3),
+                                                    ("progressive", 17, 1), ("class_balanced", 5000, 2)])
+def test_vectorised_shard_plan_equals_the_loop(scheme, buffer, streams):
+    from fixtures_train import fake_shard_index
+
+    from spkcausal.data.shardstream import ShardTrainStream
+
+    rng = np.random.default_rng(7)
+    counts = np.maximum(1, (400 / np.arange(1, 41) ** 1.2).astype(int))  # long tail, 40 classes
+    labels = rng.permutation(np.repeat(np.arange(40), counts))
+    stream = ShardTrainStream(fake_shard_index(labels, per_shard=23), 16000, 8, seed=3, name=scheme,
+                              streams=streams, buffer_size=buffer, epochs=4)
+    for epoch in (0, 2):
+        for s in range(streams):
+            reads, emits = stream.plan(epoch, s)
+            old_reads, old_emits = _plan_old(stream, epoch, s)
+            assert np.array_equal(reads, old_reads) and np.array_equal(emits, old_emits), (epoch, s)
+
+
+def test_window_draws_equal_the_loop_on_ties_and_random_weights():
+    from spkcausal.data.shardstream import window_draws
+
+    rng = np.random.default_rng(0)
+    k, n = 50, 4000
+    # Integer weights sum exactly; u = j / k puts every target on a slot boundary: only the fallback decides.
+    w = rng.integers(1, 4, n + k).astype(np.float64)
+    u = rng.integers(0, k, n) / k
+    assert np.array_equal(np.arange(n) + window_draws(w, u, k), _window_loop_old(w, u, k))
+    # Weights spanning 12 orders of magnitude and a near-empty window.
+    w = np.exp(rng.uniform(-14, 14, n + k))
+    u = rng.random(n)
+    assert np.array_equal(np.arange(n) + window_draws(w, u, k), _window_loop_old(w, u, k))
+    assert np.array_equal(window_draws(w[:1], rng.random(1), 1), [0])
