@@ -102,7 +102,10 @@ def vox_stages(quick: bool) -> list[Stage]:
             str(seen_trials(c)), "--fit"), seen_trials, "trials"),
         Stage("epoch plan, files (natural + class_balanced)", "vox", lambda d, w, c: ["inner", "plan_files"], n_tr,
               "utts", torch=True),
+        Stage("DataDir.load (training dir)", "vox", lambda d, w, c: ["inner", "load_dir"], n_tr, "utts"),
         Stage("training pre-scan (audio headers)", "vox", lambda d, w, c: ["inner", "prescan"], n_tr, "utts"),
+        Stage("training pre-scan, restart (probe cache)", "vox", lambda d, w, c: ["inner", "prescan"], n_tr,
+              "utts"),
         Stage("loader: first batch + throughput", "vox", lambda d, w, c: ["inner", "loader"], n_tr, "utts",
               torch=True),
         Stage("make-shards (sample of 1,000)", "vox", lambda d, w, c: ["inner", "shards_sample"], lambda c: None,
@@ -249,6 +252,15 @@ def inner_prescan(a: argparse.Namespace) -> dict:
     return {"usable": len(scan.utts)}
 
 
+def inner_load_dir(a: argparse.Namespace) -> dict:
+    """DataDir.load of the training dir (wav.scp, utt2spk, utt2dur, utt2sess, spk2gender): CPU and wall seconds."""
+    from spkcausal.data.datadir import DataDir
+
+    c = time.process_time()
+    n = len(DataDir.load(a.work / "train"))
+    return {"utts": n, "cpu_s": round(time.process_time() - c, 2)}
+
+
 def inner_loader(a: argparse.Namespace) -> dict:
     """TrainChunkDataset over the whole set, 2 workers, batch 128 of 2 s: first batch, then 20 batches."""
     from spkcausal.data.dataset import TrainChunkDataset, train_loader
@@ -318,10 +330,10 @@ def inner_plan_shards(a: argparse.Namespace, scheme: str) -> dict:
     t = time.perf_counter()
     stream = ShardTrainStream(index, 32000, 128, seed=0, name=scheme, streams=8, buffer_size=1000)
     t_init = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     emitted = sum(len(stream.plan(0, s)[1]) for s in range(stream.streams))
     return {"index_s": round(t_index, 2), "init_s": round(t_init, 2), "plan_s": round(time.perf_counter() - t, 2),
-            "emitted": emitted}
+            "plan_cpu_s": round(time.process_time() - c, 2), "emitted": emitted}
 
 
 def inner_steps(a: argparse.Namespace, model_name: str, speed: str) -> dict:
@@ -499,6 +511,7 @@ def inner_record(a: argparse.Namespace) -> dict:
 
 
 INNER = {"generate": inner_generate, "plan_files": inner_plan_files, "prescan": inner_prescan,
+         "load_dir": inner_load_dir,
          "loader": inner_loader, "shards_sample": inner_shards_sample, "plan_shards": inner_plan_shards,
          "steps": inner_steps, "train": inner_train, "extract": inner_extract, "stores": inner_stores,
          "stores_cn": inner_stores_cn, "load_store": inner_load_store, "calibrate": inner_calibrate,
