@@ -94,3 +94,17 @@ def test_registered_ecapas_keep_their_checkpoint_keys():
             kw.update(attention_channels=16, se_channels=16)
         ref = sb_ecapa.ECAPA_TDNN(80, **kw)
         assert [f"net.{k}" for k in ref.state_dict()] == list(m.state_dict())
+
+
+def test_building_and_running_an_ecapa_imports_no_heavy_package():
+    import subprocess
+    import sys
+
+    # Every verify / embed / training start builds its model: SpeechBrain's package import cost it ~3 s.
+    code = ("import sys, torch\nfrom spkcausal.nn.network import build_network\n"
+            "from spkcausal.nn.models import build_model\n"
+            "m = build_model('ecapa_tiny').eval()\nm(torch.randn(1, 50, 80))\n"
+            "heavy = [p for p in ('speechbrain', 'scipy', 'sklearn', 'matplotlib', 'onnx', 'tensorboard')\n"
+            "         if p in sys.modules]\nassert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
