@@ -145,6 +145,8 @@ def test_probe_cache_is_used_when_valid_and_rebuilt_when_a_file_changes(tmp_path
     assert ref[2] and ref[1]  # both usable and skipped files, so both kinds of entry are cached
     first = ds.scan_training_audio(data, 0.5, 16000, num_threads=2)
     assert _as_tuple(first) == ref and (d / CACHE_NAME).is_file()
+    # No length limit: unusable files (0 frames) stay skipped, from the cache as from the probe.
+    assert _as_tuple(ds.scan_training_audio(data, 0.0, 16000, num_threads=2)) == _scan_old(data, 0.0, 16000)
 
     real_probe = ds.probe_audio
     probed = []

@@ -66,19 +66,18 @@ def scan_training_audio(data: DataDir, min_seconds: float, sample_rate: int = 16
     paths = [data.wav[u] for u in utts]
     where = data.path / CACHE_NAME if cache and data.path is not None else None
     min_samples = int(round(min_seconds * sample_rate))
-    ok: dict[str, int] = {}
-    skipped: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        probes, probed = cached_probes(paths, sample_rate, where, pool, probe_audio)
+        probes = cached_probes(paths, sample_rate, where, pool, probe_audio)
     if where is not None:
-        log.info("training audio: %d of %d headers read, the others from %s", probed, len(utts), where)
-    for utt, (frames, _, why) in zip(utts, probes):
-        if why:
-            skipped[utt] = why
-        elif frames < min_samples:
-            skipped[utt] = f"too short ({frames / sample_rate:.3f} s < {min_seconds} s)"
-        else:
-            ok[utt] = frames
+        log.info("training audio: %d of %d headers read, the others from %s", probes.probed, len(utts), where)
+    bad = np.zeros(len(utts), dtype=bool)
+    bad[list(probes.why)] = True
+    short = ~bad & (probes.frames < min_samples)
+    reasons = {**probes.why, **{i: f"too short ({int(probes.frames[i]) / sample_rate:.3f} s < {min_seconds} s)"
+                                for i in np.flatnonzero(short).tolist()}}
+    skipped = {utts[i]: reasons[i] for i in sorted(reasons)}
+    usable = np.flatnonzero(~bad & ~short).tolist()
+    ok = dict(zip([utts[i] for i in usable], probes.frames[usable].tolist()))
     if skipped:
         first = "; ".join(f"{u}: {skipped[u]}" for u in sorted(skipped)[:5])
         log.warning("skipped %d of %d training utterances (unreadable, empty or too short), first: %s",

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,15 +70,13 @@ def _read(path: Path, sample_rate: int) -> dict[str, np.ndarray] | None:
 
 
 def _write(path: Path, sample_rate: int, paths: Sequence[str], size: np.ndarray, mtime: np.ndarray,
-           probes: Sequence[AudioProbe]) -> None:
+           probes: Probes) -> None:
     def blob(text: str) -> np.ndarray:
         return np.frombuffer(text.encode(), dtype=np.uint8)
 
-    why = {str(i): p.problem for i, p in enumerate(probes) if p.problem}
     arrays = {"head": blob(json.dumps({"version": _VERSION, "sample_rate": sample_rate})),
-              "paths": blob("\n".join(paths)), "size": size, "mtime": mtime,
-              "frames": np.array([p.frames for p in probes], dtype=np.int64),
-              "rate": np.array([p.sample_rate for p in probes], dtype=np.int64), "why": blob(json.dumps(why))}
+              "paths": blob("\n".join(paths)), "size": size, "mtime": mtime, "frames": probes.frames,
+              "rate": probes.rate, "why": blob(json.dumps({str(i): w for i, w in probes.why.items()}))}
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -85,32 +84,51 @@ def _write(path: Path, sample_rate: int, paths: Sequence[str], size: np.ndarray,
         log.warning("cannot write the probe cache %s (%s): the next start probes every file again", path, e)
 
 
+@dataclass
+class Probes:
+    """Probe outcomes of a list of files, by column: frames and sample rate (0 for an unusable file) and, by
+    file index, why a file is unusable; `probed`: how many headers were read (the rest came from the cache)."""
+
+    frames: np.ndarray
+    rate: np.ndarray
+    why: dict[int, str]
+    probed: int = 0
+
+
 def cached_probes(paths: Sequence[str], sample_rate: int, cache: Path | None, pool: Executor,
-                  probe: Callable[[str, int], AudioProbe]) -> tuple[list[AudioProbe], int]:
+                  probe: Callable[[str, int], AudioProbe]) -> Probes:
     """`probe(path, sample_rate)` of every path, from `cache` where a file's size and mtime are those it was
-    probed at; returns the probes in order and how many files were probed now. `cache` None: probe all."""
+    probed at (`cache` None: probe all). Columns, not an object per file: a million cached entries cost
+    array operations only."""
+    from tqdm import tqdm
+
+    n = len(paths)
+    out = Probes(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), {})
     size, mtime = stat_files(paths, pool) if cache is not None else (None, None)
     old = _read(cache, sample_rate) if cache is not None else None
-    out: list[AudioProbe | None] = [None] * len(paths)
     same = old is not None and old["paths"] == list(paths)  # the usual case: same dir, same order
+    fresh = np.zeros(n, dtype=bool)
     if old is not None:
         if same:
-            rows = np.arange(len(paths))
+            rows = np.arange(n)
         else:
             where = {p: i for i, p in enumerate(old["paths"])}
             rows = np.array([where.get(p, -1) for p in paths], dtype=np.int64)
         known = rows >= 0
-        fresh = np.zeros(len(paths), dtype=bool)
         fresh[known] = (old["size"][rows[known]] == size[known]) & (old["mtime"][rows[known]] == mtime[known])
-        frames, rate, why = old["frames"].tolist(), old["rate"].tolist(), old["why"]
-        for i, r in zip(np.flatnonzero(fresh).tolist(), rows[fresh].tolist()):
-            out[i] = AudioProbe(frames[r], rate[r], why.get(str(r)))
-    from tqdm import tqdm
-
-    todo = [i for i, p in enumerate(out) if p is None]
+        out.frames[fresh], out.rate[fresh] = old["frames"][rows[fresh]], old["rate"][rows[fresh]]
+        index_of = dict(zip(rows[fresh].tolist(), np.flatnonzero(fresh).tolist())) if not same else None
+        for r, w in old["why"].items():
+            i = int(r) if same else index_of.get(int(r))
+            if i is not None and fresh[i]:
+                out.why[i] = w
+    todo = np.flatnonzero(~fresh).tolist()
     for i, p in tqdm(zip(todo, bounded_map(pool, lambda i: probe(paths[i], sample_rate), todo)), total=len(todo),
                      desc="scanning training audio", mininterval=2, leave=False, disable=not todo):
-        out[i] = p
+        out.frames[i], out.rate[i] = p.frames, p.sample_rate
+        if p.problem:
+            out.why[i] = p.problem
+    out.probed = len(todo)
     if cache is not None and (todo or not same):
-        _write(cache, sample_rate, paths, size, mtime, out)  # type: ignore[arg-type]
-    return out, len(todo)  # type: ignore[return-value]
+        _write(cache, sample_rate, paths, size, mtime, out)
+    return out
