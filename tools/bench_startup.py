@@ -85,11 +85,12 @@ def time_command(cmd: list[str], env: dict[str, str], until: str | None = None) 
 
 def _run(cmd: list[str], env: dict[str, str], until: str | None) -> float:
     t = time.perf_counter()
+    cwd = env["PYTHONPATH"]  # `python -m` puts the working directory first on sys.path: run in the checkout timed
     if until is None:
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
         return time.perf_counter() - t
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, cwd=cwd)
     try:
         for line in p.stderr:
             if until in line:
@@ -118,7 +119,7 @@ def main() -> None:
     if not (exp / "avg_model.pt").exists() and not list(exp.glob("checkpoints/*.pt")):
         make_data(a.work)
         subprocess.run(py + ["-m", "spkcausal", *train_args(data, exp, 1)], env=_env(ROOT), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     wav_a, wav_b, out = str(a.work / "a.wav"), str(a.work / "b.wav"), a.work / "emb_out"
     cmds = {
         "python -c 'import torch'": (py + ["-c", "import torch"], None),
@@ -143,8 +144,10 @@ def main() -> None:
     up1 = _uptime()
     base = statistics.median(w for w, _ in times["python -c 'import torch'"])
     base_cpu = statistics.median(c for _, c in times["python -c 'import torch'"])
+    probe = subprocess.run(py + ["-c", "import spkcausal; print(spkcausal.__file__)"], env=env, cwd=env["PYTHONPATH"],
+                           capture_output=True, text=True).stdout.strip()
     print(f"start-up, {a.runs} runs each (round robin, after one warm-up), {os.cpu_count()} CPUs, OMP_NUM_THREADS "
-          f"{env['OMP_NUM_THREADS']}, spkcausal from {a.src.resolve()}")
+          f"{env['OMP_NUM_THREADS']}, spkcausal from {probe}")
     print(f"uptime before: {up0}\nuptime after:  {up1}\n")
     print("| command | median wall s | min | max | x torch import | median CPU s | x torch import |\n"
           "|---|---|---|---|---|---|---|")
