@@ -9,10 +9,8 @@ enrols it, CN-Celeb's Avg protocol). Keys never contain whitespace; every file i
 """
 from __future__ import annotations
 
-import gc
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,25 +45,11 @@ def read_lines(path: PathLike) -> list[str]:
     return lines
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Cyclic garbage collection off inside (restored after): building a million small lists or tuples triggers
-    hundreds of collections, each walking every object made so far, which tripled the time to read a big table."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _kv_fast(lines: list[str], value_type: type) -> dict[str, object] | None:
     """`read_kv`'s table built in C-level passes (split, dict, map); None when a line needs the checks of the
     line-by-line pass (blank, no value, duplicate, trailing whitespace, a bad number), which then names it."""
     try:
-        with gc_paused():
-            out = dict(line.split(None, 1) for line in lines)
+        out = dict(line.split(None, 1) for line in lines)
     except ValueError:  # a line that splits into fewer than two fields
         return None
     if len(out) != len(lines) or any(v[-1].isspace() for v in out.values()):
@@ -84,7 +68,7 @@ def _kv_fast(lines: list[str], value_type: type) -> dict[str, object] | None:
 def read_kv(path: PathLike, value_type: type = str) -> dict[str, object]:
     """Read a `key value` table (the value is the rest of the line); reject blank lines and duplicates."""
     lines = read_lines(path)
-    fast = _kv_fast(lines, value_type)  # a million-line wav.scp: 4x faster than the loop below
+    fast = _kv_fast(lines, value_type)  # a million-line table: 1.5x faster than the loop below (CPU)
     if fast is not None:
         return fast
     out: dict[str, object] = {}
