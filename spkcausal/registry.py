@@ -109,7 +109,7 @@ def accepted_keys(entry: Any) -> set[str] | None:
         more = None if target is None else accepted_keys(target)
         if more is None:
             return None
-        names |= more
+        names |= more - set(getattr(entry, "forwards_except", ()))  # those the entry sets itself
     return names
 
 

@@ -102,7 +102,10 @@ def vox_stages(quick: bool) -> list[Stage]:
             str(seen_trials(c)), "--fit"), seen_trials, "trials"),
         Stage("epoch plan, files (natural + class_balanced)", "vox", lambda d, w, c: ["inner", "plan_files"], n_tr,
               "utts", torch=True),
+        Stage("DataDir.load (training dir)", "vox", lambda d, w, c: ["inner", "load_dir"], n_tr, "utts"),
         Stage("training pre-scan (audio headers)", "vox", lambda d, w, c: ["inner", "prescan"], n_tr, "utts"),
+        Stage("training pre-scan, restart (probe cache)", "vox", lambda d, w, c: ["inner", "prescan"], n_tr,
+              "utts"),
         Stage("loader: first batch + throughput", "vox", lambda d, w, c: ["inner", "loader"], n_tr, "utts",
               torch=True),
         Stage("make-shards (sample of 1,000)", "vox", lambda d, w, c: ["inner", "shards_sample"], lambda c: None,
@@ -249,6 +252,15 @@ def inner_prescan(a: argparse.Namespace) -> dict:
     return {"usable": len(scan.utts)}
 
 
+def inner_load_dir(a: argparse.Namespace) -> dict:
+    """DataDir.load of the training dir (wav.scp, utt2spk, utt2dur, utt2sess, spk2gender): CPU and wall seconds."""
+    from spkcausal.data.datadir import DataDir
+
+    c = time.process_time()
+    n = len(DataDir.load(a.work / "train"))
+    return {"utts": n, "cpu_s": round(time.process_time() - c, 2)}
+
+
 def inner_loader(a: argparse.Namespace) -> dict:
     """TrainChunkDataset over the whole set, 2 workers, batch 128 of 2 s: first batch, then 20 batches."""
     from spkcausal.data.dataset import TrainChunkDataset, train_loader
@@ -318,10 +330,10 @@ def inner_plan_shards(a: argparse.Namespace, scheme: str) -> dict:
     t = time.perf_counter()
     stream = ShardTrainStream(index, 32000, 128, seed=0, name=scheme, streams=8, buffer_size=1000)
     t_init = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     emitted = sum(len(stream.plan(0, s)[1]) for s in range(stream.streams))
     return {"index_s": round(t_index, 2), "init_s": round(t_init, 2), "plan_s": round(time.perf_counter() - t, 2),
-            "emitted": emitted}
+            "plan_cpu_s": round(time.process_time() - c, 2), "emitted": emitted}
 
 
 def inner_steps(a: argparse.Namespace, model_name: str, speed: str) -> dict:
@@ -499,6 +511,7 @@ def inner_record(a: argparse.Namespace) -> dict:
 
 
 INNER = {"generate": inner_generate, "plan_files": inner_plan_files, "prescan": inner_prescan,
+         "load_dir": inner_load_dir,
          "loader": inner_loader, "shards_sample": inner_shards_sample, "plan_shards": inner_plan_shards,
          "steps": inner_steps, "train": inner_train, "extract": inner_extract, "stores": inner_stores,
          "stores_cn": inner_stores_cn, "load_store": inner_load_store, "calibrate": inner_calibrate,
@@ -678,9 +691,63 @@ def bench_grouping(sizes: tuple[int, ...] = (109_201, 1_092_009), per_shard: int
     return "\n".join(lines)
 
 
+def bench_start(n: int = 1_092_009, speakers: int = 5994, runs: int = 3, work: Path | None = None) -> str:
+    """A training start's CPU work at VoxCeleb2's size without audio: DataDir.load of an n-line data dir
+    (wav.scp, utt2spk, utt2dur, utt2sess, synthesised here) and one epoch's class-balanced shard plan (8
+    streams, buffer 1,000, batch 128, shards of 1,000); medians of `runs` for the load, one plan."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+
+    from spkcausal.data.datadir import DataDir
+    from spkcausal.data.shards import ShardIndex
+    from spkcausal.data.shardstream import ShardTrainStream
+
+    rng = np.random.default_rng(0)
+    counts = np.maximum(8, rng.lognormal(0, 0.6, speakers))
+    spk = np.sort(rng.choice(speakers, n, p=counts / counts.sum()))
+    utts = [f"id{s:05d}-{i:07d}" for i, s in enumerate(spk.tolist())]
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        d = Path(tmp)
+        tables = {"wav.scp": lambda i, u: f"/corpora/vox2/dev/wav/{u[:7]}/{i:07d}.wav",
+                  "utt2spk": lambda i, u: u[:7], "utt2dur": lambda i, u: f"{4 + (i % 1600) / 100:.3f}",
+                  "utt2sess": lambda i, u: f"v{i // 9:06d}"}
+        for name, value in tables.items():
+            (d / name).write_text("".join(f"{u} {value(i, u)}\n" for i, u in enumerate(utts)))
+        wall, cpu = [], []
+        for _ in range(runs):
+            t, c = time.perf_counter(), time.process_time()
+            data = DataDir.load(d)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    order = rng.permutation(n)
+    per = 1000
+    index = ShardIndex(root=Path("/nonexistent"), manifest={}, shard_paths=[Path(f"/x/{i}") for i in
+                                                                            range(math.ceil(n / per))],
+                       shard=np.arange(n) // per, keys=[utts[i] for i in order], utts=[utts[i] for i in order],
+                       spks=[data.utt2spk[utts[i]] for i in order], num_samples=np.full(n, 64000),
+                       sample_rate=np.full(n, 16000), exts=["wav"] * n)
+    stream = ShardTrainStream(index, 32000, 128, seed=0, name="class_balanced", streams=8, buffer_size=1000)
+    t, c = time.perf_counter(), time.process_time()
+    emitted = sum(len(stream.plan(0, s)[1]) for s in range(stream.streams))
+    plan_wall, plan_cpu = time.perf_counter() - t, time.process_time() - c
+    return (f"n {n:,} utterances, {len(data.speakers):,} speakers\n"
+            f"DataDir.load: median {statistics.median(wall):.2f} s wall ({min(wall):.2f}-{max(wall):.2f}), "
+            f"{statistics.median(cpu):.2f} s CPU, {runs} runs\n"
+            f"class-balanced shard plan, one epoch ({emitted:,} draws, 8 streams, buffer 1,000): {plan_wall:.2f} s "
+            f"wall, {plan_cpu:.2f} s CPU")
+
+
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] == "--grouping":
         print(bench_grouping())
+        return
+    if len(sys.argv) >= 2 and sys.argv[1] == "--start":
+        up = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+        print(f"spkcausal from {ROOT}; uptime before: {up()}")
+        print(bench_start(*(int(x) for x in sys.argv[2:3])))
+        print(f"uptime after: {up()}")
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--inner":
         inner_main(json.loads(sys.argv[2]))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..utils import DataError, UsageError, bounded_map
+from ..utils import DataError, UsageError
 from .audio import probe_audio, read_chunk
 from .datadir import DataDir
 
@@ -53,26 +53,31 @@ class ScanResult:
 
 
 def scan_training_audio(data: DataDir, min_seconds: float, sample_rate: int = 16000,
-                        num_threads: int = 8) -> ScanResult:
-    """Header-probe every utterance; drop unreadable, empty, wrong-rate and shorter-than-`min_seconds` files."""
+                        num_threads: int = 8, cache: bool = True) -> ScanResult:
+    """Header-probe every utterance; drop unreadable, empty, wrong-rate and shorter-than-`min_seconds` files.
+
+    With `cache` and a data dir read from disk, the probes come from its probe cache where a file's size and
+    mtime are unchanged (spkcausal.data.lengthcache): a restart on the same corpus reads no header."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
+    from .lengthcache import CACHE_NAME, cached_probes
 
     utts = data.utts
+    paths = [data.wav[u] for u in utts]
+    where = data.path / CACHE_NAME if cache and data.path is not None else None
     min_samples = int(round(min_seconds * sample_rate))
-    ok: dict[str, int] = {}
-    skipped: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        results = bounded_map(pool, lambda u: probe_audio(data.wav[u], sample_rate), utts)
-        for utt, (frames, _, why) in tqdm(zip(utts, results), total=len(utts), desc="scanning training audio",
-                                          mininterval=2, leave=False):
-            if why:
-                skipped[utt] = why
-            elif frames < min_samples:
-                skipped[utt] = f"too short ({frames / sample_rate:.3f} s < {min_seconds} s)"
-            else:
-                ok[utt] = frames
+        probes = cached_probes(paths, sample_rate, where, pool, probe_audio)
+    if where is not None:
+        log.info("training audio: %d of %d headers read, the others from %s", probes.probed, len(utts), where)
+    bad = np.zeros(len(utts), dtype=bool)
+    bad[list(probes.why)] = True
+    short = ~bad & (probes.frames < min_samples)
+    reasons = {**probes.why, **{i: f"too short ({int(probes.frames[i]) / sample_rate:.3f} s < {min_seconds} s)"
+                                for i in np.flatnonzero(short).tolist()}}
+    skipped = {utts[i]: reasons[i] for i in sorted(reasons)}
+    usable = np.flatnonzero(~bad & ~short).tolist()
+    ok = dict(zip([utts[i] for i in usable], probes.frames[usable].tolist()))
     if skipped:
         first = "; ".join(f"{u}: {skipped[u]}" for u in sorted(skipped)[:5])
         log.warning("skipped %d of %d training utterances (unreadable, empty or too short), first: %s",

@@ -98,6 +98,40 @@ def shard_members(shard_of: np.ndarray, ids: np.ndarray, num_shards: int) -> lis
     return np.split(ids[order][keep], np.cumsum(counts)[:-1])
 
 
+def _window_draw(w: np.ndarray, u: float, e: int, k: int) -> int:
+    """Draw e of the weighted FIFO window: the slot whose cumulative weight in w[e:e+k] first exceeds u x the
+    window's sum (the definition; window_draws computes it for all draws at once)."""
+    c = np.cumsum(w[e:e + k])
+    return min(int(np.searchsorted(c, u * c[-1], side="right")), k - 1)
+
+
+def window_draws(w: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+    """`_window_draw(w, u[e], e, k)` for every draw e, vectorised and equal to it draw for draw.
+
+    The loop summed a k-wide window per draw (k x draws additions: 22.6 s per epoch at VoxCeleb2's size). Here
+    one prefix sum C of w serves every window: draw e's slot is the number of C[e+1 .. e+k] at or below
+    C[e] + u[e] (C[e+k] - C[e]). The two sums round differently, so a draw whose target lies within a bound of
+    both rounding errors of a slot boundary (tol below, rigorous for non-negative weights: recursive summation
+    of n terms errs by at most n eps x the sum) is recomputed with the loop; at VoxCeleb2's size that is a few
+    draws in a million, and the result is then the loop's exactly (tested against it, ties included)."""
+    n = len(u)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    c = np.concatenate(([0.0], np.cumsum(w, dtype=np.float64)))
+    e = np.arange(n)
+    target = c[e] + u * (c[e + k] - c[e])
+    count = np.searchsorted(c, target, side="right") - (e + 1)  # how many of C[e+1 .. e+k] are <= target
+    slots = np.minimum(count, k - 1)
+    eps = np.finfo(np.float64).eps
+    tol = 8.0 * (len(c) + 2 * k + 8) * eps * c[-1]
+    below = c[e + np.clip(count, 0, k)]  # the largest prefix sum <= target (C[e] when count is 0)
+    above = c[np.minimum(e + count + 1, len(c) - 1)]
+    unsure = (target - below <= tol) | (above - target <= tol) | (count >= k)
+    for i in np.flatnonzero(unsure).tolist():
+        slots[i] = _window_draw(w, float(u[i]), i, k)
+    return slots
+
+
 class ShardTrainStream(IterableDataset):
     """Batches `(waves (B, N), labels (B,), example ids (B,), replaced reads)` of one rank from a shard set."""
 
@@ -235,10 +269,7 @@ class ShardTrainStream(IterableDataset):
         need = k + quota
         reads = np.tile(one_pass, math.ceil(need / len(one_pass)))[:need]
         w = self.example_weights(epoch)[reads]
-        u = rng.random(quota)
-        for e in range(quota):
-            c = np.cumsum(w[e:e + k])
-            emits[e] = e + min(int(np.searchsorted(c, u[e] * c[-1], side="right")), k - 1)
+        emits[:] = np.arange(quota) + window_draws(w, rng.random(quota), k)
         return reads[:k + quota - 1], emits
 
     def _plan_episodes(self, one_pass: np.ndarray, k: int, quota: int,

@@ -76,10 +76,11 @@ def import_speechbrain(src: PathLike, out: PathLike, sample_rate: int = 16000) -
 def export_speechbrain(path: PathLike, out: PathLike) -> Path:
     """Write a spkcausal ECAPA checkpoint's extractor as a SpeechBrain ECAPA_TDNN `embedding_model.ckpt`."""
     from ..nn.assemble import assemble
+    from ..nn.models.ecapa import EcapaTDNN
 
     trained = assemble(path, need_head=False)
     net = getattr(trained.model, "net", None)
-    if net is None or type(net).__name__ != "ECAPA_TDNN":
+    if not isinstance(net, EcapaTDNN):
         raise UsageError(f"only ECAPA models export to SpeechBrain; this is {trained.config['model']['name']!r}")
     if trained.config["features"].get("frontend", "kaldi") != "speechbrain":
         import logging

@@ -34,19 +34,19 @@ def count_parameters(model: nn.Module) -> int:
 
 @register_model("ecapa512")
 def ecapa512(n_mels: int = 80, embed_dim: int = 192, **kw) -> nn.Module:
-    """speechbrain ECAPA-TDNN, C=512 (about 6.2M parameters)."""
+    """ECAPA-TDNN, C=512 (about 6.2M parameters), SpeechBrain's layout."""
     return Ecapa(n_mels, channels=kw.pop("channels", (512,) * 4 + (1536,)), embed_dim=embed_dim, **kw)
 
 
 @register_model("ecapa1024")
 def ecapa1024(n_mels: int = 80, embed_dim: int = 192, **kw) -> nn.Module:
-    """speechbrain ECAPA-TDNN, C=1024 (about 20.8M parameters)."""
+    """ECAPA-TDNN, C=1024 (about 20.8M parameters), SpeechBrain's layout."""
     return Ecapa(n_mels, channels=kw.pop("channels", (1024,) * 4 + (3072,)), embed_dim=embed_dim, **kw)
 
 
 @register_model("ecapa_tiny")
 def ecapa_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
-    """A few-channel ECAPA (speechbrain's class) for CPU tests and the demo."""
+    """A few-channel ECAPA for CPU tests and the demo."""
     kw.setdefault("attention_channels", 16)
     kw.setdefault("se_channels", 16)
     return Ecapa(n_mels, channels=kw.pop("channels", (32,) * 4 + (96,)), embed_dim=embed_dim, **kw)
