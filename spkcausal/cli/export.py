@@ -23,6 +23,28 @@ def _import_sb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(items: list[str]) -> dict:
+    """`k=v` pairs (YAML values) as a dict; a pair without `=` is a UsageError."""
+    import yaml
+
+    from ..utils import UsageError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-args {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _import_ckpt(args: argparse.Namespace) -> int:
+    from ..inference.toolkit_io import import_checkpoint
+
+    print(import_checkpoint(args.toolkit, args.src, args.model, args.out, _model_args(args.model_args)))
+    return 0
+
+
 def _export_sb(args: argparse.Namespace) -> int:
     from ..inference.speechbrain_io import export_speechbrain
 
@@ -50,6 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="spkcausal checkpoint to write")
     p.add_argument("--sample-rate", type=positive_int, default=16000, help="the model's sample rate (default 16000)")
     p.set_defaults(func=_import_sb)
+
+    p = sub.add_parser("import-checkpoint", help="a wespeaker / 3D-Speaker / SpeechBrain extractor checkpoint -> "
+                                                 "experiment dir (config.yaml + avg_model.pt, no head)",
+                       description="Reads the file with torch.load(weights_only=True) only; every key must map onto "
+                                   "--model's parameters with the same shape (docs/models.md).")
+    p.add_argument("--from", dest="toolkit", required=True, choices=("wespeaker", "3dspeaker", "speechbrain"))
+    p.add_argument("src", metavar="PATH", help="the checkpoint file (avg_model.pt, embedding_model.ckpt, ...) or "
+                                               "the directory holding it")
+    p.add_argument("--model", help="our registered model name to load it into (docs/models.md lists them); "
+                                    "required except for speechbrain, whose ECAPA is read from the shapes")
+    p.add_argument("--out", required=True, help="experiment dir to write")
+    p.add_argument("--model-args", nargs="*", default=[], metavar="K=V",
+                   help="factory arguments the shapes do not decide (widths, n_mels=72, ...)")
+    p.set_defaults(func=_import_ckpt)
 
     p = sub.add_parser("export-speechbrain", help="a spkcausal ECAPA -> SpeechBrain embedding_model.ckpt")
     p.add_argument("model", metavar="CKPT_OR_EXP")

@@ -64,9 +64,11 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 # ------------------------------------------------------------------ files
 
 
-def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", expected: str | None = None
+                    ) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only=True), its zip members' CRCs checked first (torch does not check
-    them: a damaged directory entry loads as garbage weights); a refused or broken file is one line naming it."""
+    them: a damaged directory entry loads as garbage weights); a refused or broken file is one line naming it
+    and `expected` (what the caller wanted; default: a spkcausal checkpoint)."""
     _check_crcs(Path(path))
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
@@ -75,7 +77,7 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     except IsADirectoryError:
         raise DataError("is a directory; expected a checkpoint file (.pt)", path) from None
     except Exception as e:  # torch's own text runs to several lines and advises weights_only=False: never pass it on
-        raise DataError(_refusal(Path(path), e), path) from None
+        raise DataError(_refusal(Path(path), e, expected), path) from None
 
 
 def _check_crcs(path: Path) -> None:
@@ -102,9 +104,9 @@ def _check_crcs(path: Path) -> None:
         raise DataError(f"damaged checkpoint: {flagged[0]} is marked as a directory in the zip directory", path)
 
 
-def _refusal(path: Path, e: Exception) -> str:
+def _refusal(path: Path, e: Exception, expected: str | None = None) -> str:
     """What the file is and what was expected, in one line, from its first bytes and torch's complaint."""
-    expected = "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
+    expected = expected or "expected a checkpoint written by spkcausal (torch.save of tensors and plain Python types)"
     head = b""
     try:
         with open(path, "rb") as f:
