@@ -1,4 +1,5 @@
-"""Model exchange commands: export (TorchScript / ONNX), import-speechbrain, export-speechbrain."""
+"""Model exchange commands: export (torch.export / ONNX / TorchScript), import-checkpoint, import-speechbrain,
+export-speechbrain."""
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,15 @@ def _export_sb(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add export, import-speechbrain and export-speechbrain."""
-    p = sub.add_parser("export", help="TorchScript / ONNX embedder (waveform or fbank in, embedding out)",
+    p = sub.add_parser("export", help="torch.export / ONNX / TorchScript embedder (waveform or fbank in, embedding "
+                                      "out)",
                        description="Inputs: wave (B, T) [or feats (B, F, n_mels)] and lengths (B,) int64; output: "
                                    "embedding (B, D). Dynamic batch and time axes; see docs/inference.md.")
     p.add_argument("model", metavar="CKPT_OR_EXP")
-    p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
-    p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
+    p.add_argument("--format", choices=("pt2", "onnx", "torchscript"), default="pt2",
+                   help="pt2: a torch.export program (default; torch.export.load(f).module()); onnx; torchscript: "
+                        "opt-in, deprecated by torch 2.14 (it warns so)")
+    p.add_argument("--out", required=True, help="output file (.pt2, .onnx, .pt for TorchScript)")
     p.add_argument("--with-features", action="store_true", help="waveform in (Kaldi fbank in the graph); default: "
                                                                  "fbank in")
     p.add_argument("--tde", default=None, type=alpha_or_stored, metavar="ALPHA|stored",

@@ -34,6 +34,9 @@ NESTED_KEYS = ("model", "state_dict", "embedding_model", "model_state_dict")
 # uses a Hamming window on int16-scaled audio, 3D-Speaker Kaldi's default (povey) window on [-1, 1) audio (the
 # scale is a constant log offset, which the mean normalisation removes).
 FRONTENDS = {"wespeaker": {"window": "hamming"}, "3dspeaker": {"window": "povey"}}
+# Where one of our models follows two toolkits, the other toolkit's variant: 3D-Speaker's CAM++ pools the std
+# without wespeaker's 1e-7 under the square root (../shared/parity/README.md).
+TOOLKIT_DEFAULTS = {("3dspeaker", "campplus"): {"std_eps": 0.0}}
 
 
 def toolkit_builders() -> dict[tuple[str, str], Callable[[dict], tuple[str, dict]]]:
@@ -100,7 +103,7 @@ def build_imported(toolkit: str, name: str, state: Mapping[str, torch.Tensor], m
     from ..nn.importers import load_toolkit_state
     from ..nn.network import build_extractor
 
-    args = dict(model_args)
+    args = {**TOOLKIT_DEFAULTS.get((toolkit, name), {}), **model_args}
     n_mels = int(args.pop("n_mels", 72 if name.startswith("redimnet") else 80))
     features = {"frontend": "kaldi", "n_mels": n_mels, **FRONTENDS.get(toolkit, {})}
 
