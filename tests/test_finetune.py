@@ -168,3 +168,27 @@ def test_imported_toolkit_extractor_fine_tunes_with_a_new_head(halves, head):
             assert torch.allclose(ft.net.model.state_dict()[k], v, rtol=0, atol=1e-9), k
     if head == "causal_norm_aam":
         assert ft.net.head.mean_feature.abs().sum() > 0
+
+
+def test_finetune_pretrained_config_runs_from_an_imported_extractor(halves):
+    """recipes/conf/finetune_pretrained.yaml (wespeaker #321: margin 0.2 from the start, lr 5e-5, 10 epochs) with
+    init_from an import: it trains (cut to one tiny epoch here) with the import's architecture, the full margin
+    from the first step and the constant small lr."""
+    from spkcausal.cli import main
+    from spkcausal.nn.config import load_train_config
+    from spkcausal.nn.models import build_model
+
+    root, (_, b) = halves
+    torch.save(build_model("resnet_tiny", embed_dim=12).state_dict(), root / "wespeaker_ft.pt")
+    assert main(["import-checkpoint", "--from", "wespeaker", str(root / "wespeaker_ft.pt"), "--model", "resnet_tiny",
+                 "--out", str(root / "imported_ft")]) == 0
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "conf" / "finetune_pretrained.yaml"
+    cfg = load_train_config(conf, [f"exp_dir={root / 'ft_conf'}", f"data.train={b}",
+                                   f"train.init_from={root}/imported_ft",
+                                   "train.epochs=1", "train.batch_size=8", "train.device=cpu", "train.precision=fp32",
+                                   "data.num_workers=0", "data.chunk_seconds=0.5", "sampler.num_samples=16",
+                                   "train.tensorboard=false", "train.progress=false"])
+    assert (cfg["head"]["margin"], cfg["optim"]["lr"], cfg["optim"]["final_lr"]) == (0.2, 5e-5, 5e-5)
+    assert load_train_config(conf)["train"]["epochs"] == 10 and cfg["margin"]["end_epoch"] == 0
+    ft = train(cfg)
+    assert ft.net.model.embed_dim == 12 and ft.net.head.margin == pytest.approx(0.2)
