@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+from fixtures_models import N_MELS, NEW_TINY_MODELS, require_registered
 
 from spkcausal.inference.api import load_model
 from spkcausal.inference.export import TraceableFbank, export_model
@@ -20,9 +21,9 @@ from spkcausal.nn.network import build_network
 LENGTHS = (9600, 20800, 32000)  # 0.6, 1.3, 2.0 s
 
 
-def _checkpoint(path, model: str) -> str:
+def _checkpoint(path, model: str, n_mels: int = 40) -> str:
     """An untrained Causal Norm AAM checkpoint with non-trivial BatchNorm statistics and x_bar."""
-    cfg = merge_defaults({"model": {"name": model}, "features": {"n_mels": 40},
+    cfg = merge_defaults({"model": {"name": model}, "features": {"n_mels": n_mels},
                           "head": {"name": "causal_norm_aam", "num_heads": 2}})
     torch.manual_seed(0)
     net = build_network(cfg, 5)
@@ -111,3 +112,22 @@ def test_fbank_input_export(tmp_path):
     feats = sm.fbank(w)
     got = mod(feats, torch.full((2,), feats.shape[1])).detach().numpy()
     assert np.abs(got - sm.embed(list(w.numpy()))).max() <= 1e-4
+
+
+@pytest.mark.parametrize("model", ["resnet_tiny"] + NEW_TINY_MODELS)
+def test_every_tiny_extractor_exports_to_pt2_and_onnx_with_tde_folded(tmp_path, model):
+    """Every extractor (resnet_tiny checks the harness): the torch.export program and the ONNX graph, TDE folded
+    in, equal `embed` within 1e-4 at two lengths, batch 2."""
+    require_registered(model)
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = _checkpoint(tmp_path / "m.pt", model, N_MELS.get(model, 80))
+    sm = load_model(ckpt)
+    prog = torch.export.load(str(export_model(ckpt, tmp_path / "m.pt2", tde_alpha=0.7))).module()
+    sess = ort.InferenceSession(str(export_model(ckpt, tmp_path / "m.onnx", "onnx", tde_alpha=0.7)),
+                                providers=["CPUExecutionProvider"])
+    for n in (LENGTHS[0], LENGTHS[2]):
+        w, lens = _waves(n, 2, seed=n), np.full(2, n, dtype=np.int64)
+        ref = sm.embed(list(w), tde_alpha=0.7, progress=False)
+        got_pt2 = prog(torch.from_numpy(w), torch.from_numpy(lens)).detach().numpy()
+        got_onnx = sess.run(None, {"wave": w, "lengths": lens})[0]
+        assert np.abs(got_pt2 - ref).max() <= 1e-4 and np.abs(got_onnx - ref).max() <= 1e-4, n

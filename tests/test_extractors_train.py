@@ -9,17 +9,13 @@ import sys
 
 import pytest
 import torch
+from fixtures_models import HARNESS_MODELS, N_MELS, NEW_TINY_MODELS, require_registered
 from fixtures_train import assert_same_weights, kill_after_checkpoint, make_corpus, subprocess_env, tiny_config
 
 from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import save_config
-from spkcausal.nn.models import list_models
 from spkcausal.train.trainer import train
 
-NEW_TINY_MODELS = ["wespeaker_resnet_tiny", "resnet_bottleneck_tiny", "simam_resnet_tiny", "eres2net_tiny",
-                   "eres2netv2_tiny", "campplus_tiny", "redimnet_tiny", "ecapa_glob_tiny"]
-HARNESS_MODELS = ["resnet_tiny", "ecapa_tiny"]
-N_MELS = {"redimnet_tiny": 72}  # wespeaker trains ReDimNet on 72 mel bins; the others on 80
 STEPS = 5  # one epoch: 40 chunks in batches of 8; checkpoints every 3 steps, so the kill lands mid-epoch
 
 
@@ -38,8 +34,7 @@ def _config(corpus, exp, model: str) -> dict:
 
 @pytest.mark.parametrize("model", HARNESS_MODELS + NEW_TINY_MODELS)
 def test_tiny_extractor_trains_an_epoch_and_resumes_exactly_after_sigkill(model, corpus, tmp_path):
-    if model not in list_models():
-        pytest.skip(f"{model} not registered on this branch")
+    require_registered(model)
     torch.set_num_threads(1)
     ref = train(_config(corpus, tmp_path / "ref", model))
     assert ref.step == STEPS
