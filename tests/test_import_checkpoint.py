@@ -57,8 +57,7 @@ def save_as_toolkit(state: dict[str, torch.Tensor], toolkit: str, root) -> str:
     root.mkdir(parents=True, exist_ok=True)
     if toolkit == "wespeaker":
         path = root / "avg_model.pt"
-        dim = next(v for k, v in reversed(list(state.items())) if v.dim() == 2).shape[0]
-        torch.save({**state, "projection.weight": torch.randn(7, dim)}, path)
+        torch.save({**state, "projection.weight": torch.randn(7, 16)}, path)  # dropped: not extractor state
         return str(path)
     ckpt_dir = root / "CKPT-EPOCH-70-00"
     ckpt_dir.mkdir(parents=True)
