@@ -154,5 +154,8 @@ def test_wrong_architecture_truncated_and_pickled_checkpoints_give_one_line(tmp_
     torch.save({"model": tiny, "opt": np.arange(3)}, tmp_path / "np.pt")
     _one_line_exit_2(["import-checkpoint", "--from", "wespeaker", str(tmp_path / "np.pt"), "--model",
                       "resnet_tiny", *out], capsys, "np.pt", "refused")
+    # A factory argument the model does not take.
+    _one_line_exit_2(["import-checkpoint", "--from", "wespeaker", str(src), "--model", "resnet_tiny",
+                      "--model-args", "widthx=3", *out], capsys, "--model-args", "widthx")
     # No experiment dir is left by any of them.
     assert not (tmp_path / "exp").exists()

@@ -43,7 +43,9 @@ def _timed(fn, repeats: int) -> float:
 
 
 def _n_mels(name: str) -> int:
-    return 72 if name.startswith("redimnet") else 80
+    from spkcausal.inference.toolkit_io import default_n_mels
+
+    return default_n_mels(name)
 
 
 def _checkpoint(name: str, tmp: Path) -> Path:

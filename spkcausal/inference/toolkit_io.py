@@ -50,6 +50,16 @@ def toolkit_builders() -> dict[tuple[str, str], Callable[[dict], tuple[str, dict
     return out
 
 
+def default_n_mels(name: str) -> int:
+    """The mel bins a registered model's factory defaults to (72 for ReDimNet, as wespeaker trains it; else 80)."""
+    import inspect
+
+    from ..nn.models import MODELS
+
+    param = inspect.signature(MODELS.get(name)).parameters.get("n_mels")
+    return int(param.default) if param is not None and isinstance(param.default, int) else 80
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) for k in obj) and \
         all(isinstance(v, torch.Tensor) for v in obj.values())
@@ -104,14 +114,17 @@ def build_imported(toolkit: str, name: str, state: Mapping[str, torch.Tensor], m
     from ..nn.network import build_extractor
 
     args = {**TOOLKIT_DEFAULTS.get((toolkit, name), {}), **model_args}
-    n_mels = int(args.pop("n_mels", 72 if name.startswith("redimnet") else 80))
+    n_mels = int(args.pop("n_mels", default_n_mels(name)))
     features = {"frontend": "kaldi", "n_mels": n_mels, **FRONTENDS.get(toolkit, {})}
 
     def config(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         return merge_defaults({"model": {"name": name, **kwargs}, "features": features, "head": {"name": "aam"}})
 
     cfg = config(args)
-    model = build_extractor(cfg)
+    try:
+        model = build_extractor(cfg)
+    except TypeError as e:  # a --model-args key the factory does not take
+        raise UsageError(f"--model-args for {name}: {e}") from None
     if "embed_dim" not in args:
         width = _infer_embed_dim(model, state, toolkit)
         if width is not None and width != model.embed_dim:
