@@ -141,3 +141,11 @@ def assert_same_weights(a_path: Path, b_path: Path, atol: float = 0.0) -> None:
         assert a[part].keys() == b[part].keys(), part
         for k in b[part]:
             assert (a[part][k].double() - b[part][k].double()).abs().max().item() <= atol, (part, k)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a `python -m spkcausal` child in the tests: one thread, the tests' helpers importable."""
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(repo / "tests"))

@@ -1,11 +1,14 @@
-"""TorchScript / ONNX export: the exported embedder equals the PyTorch path (api.SpeakerModel / pad-mode
-extraction) within 1e-4, for ECAPA and ResNet, several lengths and batch sizes, TDE and mean subtraction folded
-in, and batches of unequal lengths (which equal the PyTorch pad-mode batch)."""
+"""torch.export (.pt2) / ONNX / TorchScript export: the exported embedder equals the PyTorch path
+(api.SpeakerModel / pad-mode extraction) within 1e-4, for ECAPA and ResNet, several lengths and batch sizes, TDE
+and mean subtraction folded in, and batches of unequal lengths (which equal the PyTorch pad-mode batch)."""
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from fixtures_models import N_MELS, NEW_TINY_MODELS, require_registered
 
 from spkcausal.inference.api import load_model
 from spkcausal.inference.export import TraceableFbank, export_model
@@ -18,9 +21,9 @@ from spkcausal.nn.network import build_network
 LENGTHS = (9600, 20800, 32000)  # 0.6, 1.3, 2.0 s
 
 
-def _checkpoint(path, model: str) -> str:
+def _checkpoint(path, model: str, n_mels: int = 40) -> str:
     """An untrained Causal Norm AAM checkpoint with non-trivial BatchNorm statistics and x_bar."""
-    cfg = merge_defaults({"model": {"name": model}, "features": {"n_mels": 40},
+    cfg = merge_defaults({"model": {"name": model}, "features": {"n_mels": n_mels},
                           "head": {"name": "causal_norm_aam", "num_heads": 2}})
     torch.manual_seed(0)
     net = build_network(cfg, 5)
@@ -53,6 +56,9 @@ def test_traceable_fbank_matches_fbank():
 
 
 def _runner(path, fmt):
+    if fmt == "pt2":
+        prog = torch.export.load(str(path)).module()
+        return lambda w, n: prog(torch.from_numpy(w), torch.from_numpy(n)).detach().numpy()
     if fmt == "torchscript":
         mod = torch.jit.load(str(path))
         return lambda w, n: mod(torch.from_numpy(w), torch.from_numpy(n)).detach().numpy()
@@ -63,19 +69,21 @@ def _runner(path, fmt):
 
 
 @pytest.mark.parametrize("model", ["ecapa_tiny", "resnet_tiny"])
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx"])
 def test_exported_embedder_matches_pytorch(tmp_path, model, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx")
         pytest.importorskip("onnxruntime")
     ckpt = _checkpoint(tmp_path / "m.pt", model)
     sm = load_model(ckpt)
-    # ONNX carries TDE and centring (a given mean) folded in; TorchScript the raw embedding.
-    alpha, mean = (0.7, np.linspace(-0.1, 0.1, sm.model.embed_dim).astype(np.float32)) if fmt == "onnx" else (None,
-                                                                                                           None)
+    # ONNX and torch.export carry TDE and centring (a given mean) folded in; TorchScript the raw embedding.
+    folded = fmt != "torchscript"
+    alpha, mean = (0.7, np.linspace(-0.1, 0.1, sm.model.embed_dim).astype(np.float32)) if folded else (None, None)
     sm = load_model(ckpt, mean=mean)
-    out = export_model(ckpt, tmp_path / f"m.{fmt}", fmt, with_features=True, tde_alpha=alpha,
-                       mean_sub=mean is not None, mean=mean)
+    with pytest.warns(FutureWarning, match="deprecated") if fmt == "torchscript" else nullcontext():
+        # TorchScript is opt-in since torch 2.14 deprecates it, and its warning reaches the user unsilenced
+        out = export_model(ckpt, tmp_path / f"m.{fmt}", fmt, with_features=True, tde_alpha=alpha,
+                           mean_sub=mean is not None, mean=mean)
     run = _runner(out, fmt)
     for n in LENGTHS:
         for batch in (1, 3):
@@ -98,9 +106,28 @@ def test_exported_embedder_matches_pytorch(tmp_path, model, fmt):
 def test_fbank_input_export(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.pt", "resnet_tiny")
     sm = load_model(ckpt)
-    out = export_model(ckpt, tmp_path / "f.pt", "torchscript", with_features=False)
-    mod = torch.jit.load(str(out))
+    out = export_model(ckpt, tmp_path / "f.pt2", with_features=False)  # torch.export is the default
+    mod = torch.export.load(str(out)).module()
     w = torch.from_numpy(_waves(20800, 2, 5))
     feats = sm.fbank(w)
     got = mod(feats, torch.full((2,), feats.shape[1])).detach().numpy()
     assert np.abs(got - sm.embed(list(w.numpy()))).max() <= 1e-4
+
+
+@pytest.mark.parametrize("model", ["resnet_tiny"] + NEW_TINY_MODELS)
+def test_every_tiny_extractor_exports_to_pt2_and_onnx_with_tde_folded(tmp_path, model):
+    """Every extractor (resnet_tiny checks the harness): the torch.export program and the ONNX graph, TDE folded
+    in, equal `embed` within 1e-4 at two lengths, batch 2."""
+    require_registered(model)
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = _checkpoint(tmp_path / "m.pt", model, N_MELS.get(model, 80))
+    sm = load_model(ckpt)
+    prog = torch.export.load(str(export_model(ckpt, tmp_path / "m.pt2", tde_alpha=0.7))).module()
+    sess = ort.InferenceSession(str(export_model(ckpt, tmp_path / "m.onnx", "onnx", tde_alpha=0.7)),
+                                providers=["CPUExecutionProvider"])
+    for n in (LENGTHS[0], LENGTHS[2]):
+        w, lens = _waves(n, 2, seed=n), np.full(2, n, dtype=np.int64)
+        ref = sm.embed(list(w), tde_alpha=0.7, progress=False)
+        got_pt2 = prog(torch.from_numpy(w), torch.from_numpy(lens)).detach().numpy()
+        got_onnx = sess.run(None, {"wave": w, "lengths": lens})[0]
+        assert np.abs(got_pt2 - ref).max() <= 1e-4 and np.abs(got_onnx - ref).max() <= 1e-4, n

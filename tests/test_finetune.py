@@ -139,3 +139,56 @@ def test_lm_overlays_merge_over_each_system_config(tmp_path):
         bad = tmp_path / "lm.yaml"
         bad.write_text("train: {epoch: 3}\n")
         load_train_config([root / "recipes/mini/conf/aam.yaml", bad])
+
+
+@pytest.mark.parametrize("head", ["causal_norm_aam", "aam"])
+def test_imported_toolkit_extractor_fine_tunes_with_a_new_head(halves, head):
+    """An extractor imported from a wespeaker-layout file (import-checkpoint) starts a fine-tune with a new head of
+    either kind: its weights are the file's, the front-end the toolkit's (Hamming window), x_bar is tracked."""
+    from spkcausal.cli import main
+    from spkcausal.nn.models import build_model
+
+    root, (_, b) = halves
+    torch.manual_seed(5)
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in build_model("resnet_tiny", embed_dim=20).state_dict().items()}
+    torch.save({**state, "projection.weight": torch.randn(9, 20)}, root / f"wespeaker_{head}.pt")
+    exp = root / f"imported_{head}"
+    assert main(["import-checkpoint", "--from", "wespeaker", str(root / f"wespeaker_{head}.pt"),
+                 "--model", "resnet_tiny", "--out", str(exp)]) == 0
+    extra = {"num_heads": 2} if head == "causal_norm_aam" else {}
+    cfg = _cfg(b, root / f"ft_{head}", lr=1e-12, init_from=str(exp), epochs=1)
+    ft = train(cfg | {"head": {"name": head, "scale": 16.0, "margin": 0.2, **extra}})
+    assert type(ft.net.head).__name__ == {"causal_norm_aam": "CausalNormAAMHead", "aam": "AAMHead"}[head]
+    assert ft.net.head.weight.shape == (3, 20)  # the new speakers, the imported width
+    saved = yaml.safe_load((root / f"ft_{head}" / "config.yaml").read_text())
+    assert saved["features"]["window"] == "hamming" and saved["model"]["name"] == "resnet_tiny"
+    for k, v in state.items():  # lr 1e-12: the extractor is where the file put it
+        if v.is_floating_point() and "running" not in k:
+            assert torch.allclose(ft.net.model.state_dict()[k], v, rtol=0, atol=1e-9), k
+    if head == "causal_norm_aam":
+        assert ft.net.head.mean_feature.abs().sum() > 0
+
+
+def test_finetune_pretrained_config_runs_from_an_imported_extractor(halves):
+    """recipes/conf/finetune_pretrained.yaml (wespeaker #321: margin 0.2 from the start, lr 5e-5, 10 epochs) with
+    init_from an import: it trains (cut to one tiny epoch here) with the import's architecture, the full margin
+    from the first step and the constant small lr."""
+    from spkcausal.cli import main
+    from spkcausal.nn.config import load_train_config
+    from spkcausal.nn.models import build_model
+
+    root, (_, b) = halves
+    torch.save(build_model("resnet_tiny", embed_dim=12).state_dict(), root / "wespeaker_ft.pt")
+    assert main(["import-checkpoint", "--from", "wespeaker", str(root / "wespeaker_ft.pt"), "--model", "resnet_tiny",
+                 "--out", str(root / "imported_ft")]) == 0
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "conf" / "finetune_pretrained.yaml"
+    cfg = load_train_config(conf, [f"exp_dir={root / 'ft_conf'}", f"data.train={b}",
+                                   f"train.init_from={root}/imported_ft",
+                                   "train.epochs=1", "train.batch_size=8", "train.device=cpu", "train.precision=fp32",
+                                   "data.num_workers=0", "data.chunk_seconds=0.5", "sampler.num_samples=16",
+                                   "train.tensorboard=false", "train.progress=false"])
+    assert (cfg["head"]["margin"], cfg["optim"]["lr"], cfg["optim"]["final_lr"]) == (0.2, 5e-5, 5e-5)
+    assert load_train_config(conf)["train"]["epochs"] == 10 and cfg["margin"]["end_epoch"] == 0
+    ft = train(cfg)
+    assert ft.net.model.embed_dim == 12 and ft.net.head.margin == pytest.approx(0.2)

@@ -477,3 +477,15 @@ def test_ablation_configs_differ_from_the_causal_norm_system_only_in_k_and_gamma
             ref = yaml.safe_load((conf_dir / f"{base_name}.yaml").read_text())
             ref["head"].pop("num_heads"), ref["head"].pop("gamma"), ref.pop("exp_dir", None)
             assert cfg == ref, name
+
+
+@pytest.mark.parametrize("recipe", ["voxceleb", "cnceleb", "librispeech", "mini"])
+def test_every_recipe_takes_init_from_into_its_training_overrides(recipe):
+    """--init_from EXP (a pretrained model to fine-tune, docs/models.md) is an option of every corpus recipe and the
+    demo (parse_options refuses unknown ones) and reaches stage 3 as train.init_from."""
+    run = ROOT / "recipes" / recipe / "run.sh"
+    r = subprocess.run(["bash", str(run), "--init_from", "/pretrained/exp", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "train.init_from=$init_from" in run.read_text()
+    r = subprocess.run(["bash", str(run), "--init_fro", "/x", "--help"], capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown option --init_fro" in r.stderr

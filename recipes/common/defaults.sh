@@ -39,4 +39,8 @@ seed=0
 musan=""                         # MUSAN root (noise / music / babble augmentation)
 rirs=""                          # RIRS_NOISES/simulated_rirs
 train_overrides=""               # your key=value config overrides for every system (after the corpus's)
+init_from=""                     # an experiment dir (spkcausal import-checkpoint, or a trained one): every system
+                                 # starts from its extractor with a new head (train.init_from; the system's model
+                                 # section gives way to the source's). With --systems finetune_pretrained: the
+                                 # fine-tuning recipe of docs/models.md. Absolute, or relative to where you run
 caption=""

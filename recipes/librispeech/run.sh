@@ -42,6 +42,7 @@ eval_dir="$data/$eval_set"
 trials="$data/trials/$eval_set"
 dev_trials="$data/trials/$dev_set"; dev_trials_dir="$data/$dev_set"
 overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
+overrides="$overrides${init_from:+ train.init_from=$init_from}"   # --init_from: fine-tune a pretrained model
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
 protocol_setup "$protocol" "$imbalance" "$exp" "$systems" "$conf_dir" "$data/train_control"

@@ -95,7 +95,7 @@ fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   with_control stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "${epochs:+train.epochs=$epochs}" --seeds "$seeds" --lm_conf "$conf_dir/lm.yaml" --num_avg "$num_avg"
+    --overrides "${epochs:+train.epochs=$epochs} ${init_from:+train.init_from=$init_from}" --seeds "$seeds" --lm_conf "$conf_dir/lm.yaml" --num_avg "$num_avg"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then

@@ -1,4 +1,5 @@
-"""Model exchange commands: export (TorchScript / ONNX), import-speechbrain, export-speechbrain."""
+"""Model exchange commands: export (torch.export / ONNX / TorchScript), import-checkpoint, import-speechbrain,
+export-speechbrain."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,28 @@ def _import_sb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(items: list[str]) -> dict:
+    """`k=v` pairs (YAML values) as a dict; a pair without `=` is a UsageError."""
+    import yaml
+
+    from ..utils import UsageError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-args {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _import_ckpt(args: argparse.Namespace) -> int:
+    from ..inference.toolkit_io import import_checkpoint
+
+    print(import_checkpoint(args.toolkit, args.src, args.model, args.out, _model_args(args.model_args)))
+    return 0
+
+
 def _export_sb(args: argparse.Namespace) -> int:
     from ..inference.speechbrain_io import export_speechbrain
 
@@ -32,12 +55,15 @@ def _export_sb(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add export, import-speechbrain and export-speechbrain."""
-    p = sub.add_parser("export", help="TorchScript / ONNX embedder (waveform or fbank in, embedding out)",
+    p = sub.add_parser("export", help="torch.export / ONNX / TorchScript embedder (waveform or fbank in, embedding "
+                                      "out)",
                        description="Inputs: wave (B, T) [or feats (B, F, n_mels)] and lengths (B,) int64; output: "
                                    "embedding (B, D). Dynamic batch and time axes; see docs/inference.md.")
     p.add_argument("model", metavar="CKPT_OR_EXP")
-    p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
-    p.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx)")
+    p.add_argument("--format", choices=("pt2", "onnx", "torchscript"), default="pt2",
+                   help="pt2: a torch.export program (default; torch.export.load(f).module()); onnx; torchscript: "
+                        "opt-in, deprecated by torch 2.14 (it warns so)")
+    p.add_argument("--out", required=True, help="output file (.pt2, .onnx, .pt for TorchScript)")
     p.add_argument("--with-features", action="store_true", help="waveform in (Kaldi fbank in the graph); default: "
                                                                  "fbank in")
     p.add_argument("--tde", default=None, type=alpha_or_stored, metavar="ALPHA|stored",
@@ -50,6 +76,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="spkcausal checkpoint to write")
     p.add_argument("--sample-rate", type=positive_int, default=16000, help="the model's sample rate (default 16000)")
     p.set_defaults(func=_import_sb)
+
+    p = sub.add_parser("import-checkpoint", help="a wespeaker / 3D-Speaker / SpeechBrain extractor checkpoint -> "
+                                                 "experiment dir (config.yaml + avg_model.pt, no head)",
+                       description="Reads the file with torch.load(weights_only=True) only; every key must map onto "
+                                   "--model's parameters with the same shape (docs/models.md).")
+    p.add_argument("--from", dest="toolkit", required=True, choices=("wespeaker", "3dspeaker", "speechbrain"))
+    p.add_argument("src", metavar="PATH", help="the checkpoint file (avg_model.pt, embedding_model.ckpt, ...) or "
+                                               "the directory holding it")
+    p.add_argument("--model", help="our registered model name to load it into (docs/models.md lists them); "
+                                    "required except for speechbrain, whose ECAPA is read from the shapes")
+    p.add_argument("--out", required=True, help="experiment dir to write")
+    p.add_argument("--model-args", nargs="*", default=[], metavar="K=V",
+                   help="factory arguments the shapes do not decide (widths, n_mels=72, ...)")
+    p.set_defaults(func=_import_ckpt)
 
     p = sub.add_parser("export-speechbrain", help="a spkcausal ECAPA -> SpeechBrain embedding_model.ckpt")
     p.add_argument("model", metavar="CKPT_OR_EXP")

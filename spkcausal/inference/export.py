@@ -1,7 +1,9 @@
-"""Deployable embedders: TorchScript (torch.jit.trace) and ONNX (torch.onnx, TorchScript-based exporter) graphs
-that map a waveform (or fbank) batch plus per-item lengths to embeddings, with TDE and mean subtraction folded in.
+"""Deployable embedders: a torch.export program (`.pt2`, the default), ONNX (torch.onnx, TorchScript-based
+exporter) and, opt-in while torch still ships it, TorchScript (torch.jit.trace; deprecated since torch 2.14, whose
+FutureWarning is passed on) graphs that map a waveform (or fbank) batch plus per-item lengths to embeddings, with
+TDE and mean subtraction folded in. A `.pt2` runs with `torch.export.load(path).module()(wave, lengths)`.
 
-Graph interface (both formats):
+Graph interface (every format):
   inputs  `wave` (B, T) float32 in [-1, 1) at the model's sample rate (or `feats` (B, F, n_mels) with
           `with_features=False`), and `lengths` (B,) int64 valid samples (frames) per item;
   output  `embedding` (B, D) float32: the raw embedding, or TDE'd (`tde_alpha`), then centred (`mean`).
@@ -16,9 +18,9 @@ front-end is not exported: export such a model with `with_features=False` and co
 """
 from __future__ import annotations
 
+import inspect
 import io
 import math
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 
 from ..utils import PathLike, UsageError, atomic_path
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("pt2", "onnx", "torchscript")
 
 
 class TraceableFbank(nn.Module):
@@ -92,6 +94,8 @@ class Embedder(nn.Module):
                  capsule: bool = False):
         super().__init__()
         self.model, self.frontend = model, frontend
+        # A model whose forward takes no frame counts sees padded items whole (equal lengths are still exact).
+        self.takes_lengths = len(inspect.signature(model.forward).parameters) >= 2
         self.num_heads, self.capsule = int(num_heads), bool(capsule)
         self.tde_alpha = None if tde_alpha is None else float(tde_alpha)
         if self.tde_alpha is not None:
@@ -106,7 +110,7 @@ class Embedder(nn.Module):
         """(B, T) waves [or (B, F, n_mels) feats] and (B,) lengths -> (B, D) embeddings."""
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
-        emb = self.model(x, lengths).float()
+        emb = (self.model(x, lengths) if self.takes_lengths else self.model(x)).float()
         if self.tde_alpha is not None:
             parts = []
             for xk, dk in zip(emb.chunk(self.num_heads, dim=-1), self.direction.chunk(self.num_heads)):
@@ -162,10 +166,25 @@ def build_embedder(path: PathLike, with_features: bool = True, tde_alpha: float 
     return emb.eval(), sm
 
 
-def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_features: bool = True,
+def _export_program(emb: Embedder, example: tuple[Tensor, Tensor]) -> Any:
+    """torch.export of the embedder with dynamic batch and time axes; the shortest input each model admits
+    (its stride-2 stages) is its own, so the axes are AUTO and then checked to be symbolic."""
+    from torch.export import Dim
+
+    auto = {"x": {0: Dim.AUTO, 1: Dim.AUTO}, "lengths": {0: Dim.AUTO}}
+    program = torch.export.export(emb, example, dynamic_shapes=auto)
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "x")
+    if not all(isinstance(d, torch.SymInt) for d in placeholder.meta["val"].shape[:2]):
+        raise UsageError(f"torch.export fixed the batch or time axis of {type(emb.model).__name__} "
+                         f"({tuple(placeholder.meta['val'].shape)}); export it to ONNX instead")
+    return program
+
+
+def export_model(path: PathLike, out: PathLike, fmt: str = "pt2", with_features: bool = True,
                  tde_alpha: float | str | None = None, mean_sub: bool = False, mean: Any = None,
                  opset: int = 17) -> Path:
-    """Write a TorchScript (.pt) or ONNX (.onnx) embedder of a checkpoint; see the module docstring.
+    """Write a torch.export (.pt2), ONNX (.onnx) or TorchScript (.pt) embedder of a checkpoint; see the module
+    docstring.
 
     `mean`: the centring mean (array or store) instead of the experiment's training-set mean."""
     if fmt not in FORMATS:
@@ -182,24 +201,26 @@ def export_model(path: PathLike, out: PathLike, fmt: str = "torchscript", with_f
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), traceable_speechbrain(), atomic_path(out) as tmp:
-        if fmt == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch 2.14 marks jit.trace deprecated; it works and is tested
-                traced = torch.jit.trace(emb, example, check_trace=False)
+        if fmt == "pt2":
+            program = _export_program(emb, example)
             with open(tmp, "wb") as f:  # through Python's file, so a full disk is an OSError naming no C++ line
+                torch.export.save(program, f)
+        elif fmt == "torchscript":  # torch 2.14 warns that jit.trace / jit.save are deprecated: the user opted in
+            traced = torch.jit.trace(emb, example, check_trace=False)
+            with open(tmp, "wb") as f:
                 torch.jit.save(traced, f)
         else:
             try:
                 import onnx  # noqa: F401
             except ImportError:
                 raise UsageError("ONNX export needs the onnx package: pip install 'spkcausal[export]'") from None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-                buf = io.BytesIO()
-                torch.onnx.export(emb, example, buf, input_names=names, output_names=["embedding"],
-                                  dynamo=False, opset_version=opset,
-                                  dynamic_axes={names[0]: {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                                                "embedding": {0: "batch"}})
+            # The TorchScript-based exporter (it warns that it is deprecated): the torch.export-based one needs
+            # onnxscript, which the export extra does not install.
+            buf = io.BytesIO()
+            torch.onnx.export(emb, example, buf, input_names=names, output_names=["embedding"],
+                              dynamo=False, opset_version=opset,
+                              dynamic_axes={names[0]: {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                            "embedding": {0: "batch"}})
             with open(tmp, "wb") as f:
                 f.write(buf.getvalue())
     return out
