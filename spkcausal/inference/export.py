@@ -112,13 +112,15 @@ class Embedder(nn.Module):
             x, lengths = self.frontend(x, lengths)
         emb = (self.model(x, lengths) if self.takes_lengths else self.model(x)).float()
         if self.tde_alpha is not None:
+            # Positive axes only: the TorchScript-based ONNX exporter resolves a negative one by the rank it infers
+            # for the model's output, which it gets wrong for some models (CAM++: axis 2 of a (B, D) tensor).
             parts = []
-            for xk, dk in zip(emb.chunk(self.num_heads, dim=-1), self.direction.chunk(self.num_heads)):
-                n = xk.norm(dim=-1, keepdim=True)
+            for xk, dk in zip(emb.chunk(self.num_heads, dim=1), self.direction.chunk(self.num_heads)):
+                n = xk.norm(dim=1, keepdim=True)
                 xk = xk / n.clamp_min(1e-12)
                 fk = xk * (n / (1.0 + n)) if self.capsule else xk  # a capsule head's squash (nn.tde)
-                parts.append(fk - self.tde_alpha * (xk @ dk).unsqueeze(-1) * dk)
-            emb = torch.cat(parts, dim=-1)
+                parts.append(fk - self.tde_alpha * (xk * dk).sum(dim=1, keepdim=True) * dk)
+            emb = torch.cat(parts, dim=1)
         if self.mean is not None:
             emb = emb - self.mean
         return emb
