@@ -36,9 +36,9 @@ def test_speaker_geometry_equals_a_direct_loop():
     g = speaker_geometry(emb * rng.uniform(0.5, 3, (len(labels), 1)), labels)  # norms must not matter
     ref = _direct(emb, labels.tolist())
     for i, s in enumerate(g["speakers"]):
-        assert g["spread"][i] == pytest.approx(ref[s][0], abs=1e-9)
-        assert g["nearest"][i] == pytest.approx(ref[s][1], abs=1e-9)
-        assert g["ratio"][i] == pytest.approx(ref[s][1] / ref[s][0], rel=1e-9)
+        assert g["spread"][i] == pytest.approx(ref[s][0], abs=1e-9)  # float64 both sides
+        assert g["nearest"][i] == pytest.approx(ref[s][1], abs=1e-9)  # float64 both sides
+        assert g["ratio"][i] == pytest.approx(ref[s][1] / ref[s][0], rel=1e-9)  # float64 both sides
     assert g["count"].tolist() == [2, 3, 5, 8, 4, 6]
 
 

@@ -85,7 +85,7 @@ def test_every_utterance_once_with_identical_bytes_and_resumable(corpus, tmp_pat
         import soundfile as sf
 
         assert meta["num_samples"] == sf.info(data.wav[utt]).frames
-        assert meta["duration"] == pytest.approx(meta["num_samples"] / 16000)
+        assert meta["duration"] == pytest.approx(meta["num_samples"] / 16000)  # float64 division, as the writer
     # Shuffled at creation (not in sorted order), reproducibly from the seed.
     keys_in_order = list(dict.fromkeys(order))
     assert keys_in_order != sorted(keys_in_order)
