@@ -262,8 +262,8 @@ def test_lr_schedule_matches_formula():
     got = np.array([lr_at(s, spe, epochs, lr0, lr1, warm) for s in range(total + 1)])
     s = np.arange(total + 1)
     expect = lr0 * np.minimum(1.0, (s + 1) / (warm * spe)) * np.exp(np.log(lr1 / lr0) * s / total)
-    assert np.allclose(got, expect, rtol=1e-12)
-    assert got[0] == pytest.approx(lr0 / 20 * 1.0)
+    assert np.allclose(got, expect, rtol=1e-12)  # float64 schedule both sides
+    assert got[0] == pytest.approx(lr0 / 20 * 1.0)  # float64
     assert got[-1] == pytest.approx(lr1)  # ends at final_lr
     assert np.all(np.diff(got[warm * spe:]) < 0) and np.all(np.diff(got[:warm * spe]) > 0)
 
@@ -272,7 +272,7 @@ def test_margin_schedule():
     spe = 100
     assert margin_at(0, spe, 0.2, 20, 40) == 0.0
     assert margin_at(1999, spe, 0.2, 20, 40) == 0.0
-    assert margin_at(3000, spe, 0.2, 20, 40) == pytest.approx(0.1)
+    assert margin_at(3000, spe, 0.2, 20, 40) == pytest.approx(0.1)  # float64
     assert margin_at(4000, spe, 0.2, 20, 40) == 0.2
     assert margin_at(10 ** 6, spe, 0.2, 20, 40) == 0.2
     assert margin_at(5, spe, 0.2, 0, 0) == 0.2
@@ -333,6 +333,7 @@ def test_checkpoint_average_equals_manual_mean(corpus, tmp_path):
             stack = torch.stack([c[part][name] for c in ckpts])
             if t.is_floating_point():
                 n_float += 1
+                # against a float64 mean cast to float32: a float32 average is a few ulp off, allclose allows ~80
                 assert torch.allclose(t, stack.double().mean(0).to(t.dtype), atol=1e-7), name
             else:
                 assert torch.equal(t, stack[-1]), name
@@ -343,8 +344,9 @@ def test_checkpoint_average_equals_manual_mean(corpus, tmp_path):
     assert main(["average-ckpt", "--exp", str(tmp_path / "exp"), "--num", "2"]) == 0
     two = load_checkpoint(tmp_path / "exp" / "avg_model.pt")
     manual = (ckpts[1]["head"]["weight"] + ckpts[2]["head"]["weight"]) / 2
-    assert torch.allclose(two["head"]["weight"], manual, atol=1e-7)
+    assert torch.allclose(two["head"]["weight"], manual, atol=1e-7)  # as above
     # The epochs differ, so the mean is not any one of them.
+    # the last checkpoint alone differs from the average
     assert not torch.allclose(two["head"]["weight"], ckpts[2]["head"]["weight"])
     assert two["config"]["model"]["name"] == "resnet_tiny"
 
@@ -373,7 +375,7 @@ def test_config_rejects_unknown_section_and_existing_checkpoints(corpus, tmp_pat
 
     with pytest.raises(DataError, match="--resume"):
         train(cfg)
-    assert math.isclose(train(cfg, resume=True).step, 2)
+    assert math.isclose(train(cfg, resume=True).step, 2)  # an integer step count
     # Resuming with another seed or batch size would not continue the same run: refused, naming the checkpoint.
     with pytest.raises(DataError, match="seed"):
         train({**cfg, "seed": 8}, resume=True)
@@ -398,6 +400,7 @@ def test_example_configs_are_valid_and_build(path):
     if head == "cnaam" or path.stem == "tiny_cpu":
         assert hasattr(net.head, "mean_feature") and net.head.num_heads == 2
     else:
+        # a configured constant
         assert not hasattr(net.head, "mean_feature") and net.head.margin == pytest.approx(cfg["head"]["margin"])
 
 
@@ -511,7 +514,7 @@ def test_auto_momentum_follows_the_papers_rule_every_epoch(corpus, tmp_path):
         lr = lr0 * (lr1 / lr0) ** (e * spe / total)  # the lr of the epoch's first step (no warm-up)
         want_mu.append(1 - 0.1 * min(50 * lr, 1))
     got_mu = [h["x_bar_momentum"] for h in res.history]
-    assert got_mu == pytest.approx(want_mu, abs=1e-12)
+    assert got_mu == pytest.approx(want_mu, abs=1e-12)  # float64 schedule both sides
     assert want_mu[0] == pytest.approx(0.9) and want_mu[-1] > 0.95  # the schedule really moved
     xbar = torch.zeros_like(seen[0][0])
     for t, x in enumerate(seen):
