@@ -215,7 +215,7 @@ def test_cuda_matches_cpu_with_cpu_generator():
     # two float32 devices: each within ~1e-6 of float64 here (|x| < 0.5), so 1e-4 bounds their sum many times over
     assert torch.allclose(cpu, gpu, atol=1e-4)
     fast = speed_perturb(wave.cuda(), [0.9] * 32).cpu()
-    assert torch.allclose(fast, speed_perturb(wave, [0.9] * 32), atol=1e-4)
+    assert torch.allclose(fast, speed_perturb(wave, [0.9] * 32), atol=1e-4)  # as above
 
 
 def test_fft_size_is_smallest_5_smooth_number():

@@ -90,7 +90,7 @@ def test_calibrated_gaussian_llrs_and_a_shift_calibration_removes():
     m = compute_min_dcf(s, lab, 0.01)
     assert m <= act_dcf(s, lab, 0.01) <= 1.02 * m
     shifted = s + 3.0
-    assert compute_min_dcf(shifted, lab, 0.01) == pytest.approx(m)
+    assert compute_min_dcf(shifted, lab, 0.01) == pytest.approx(m)  # float64 counts: a shift keeps the order
     assert act_dcf(shifted, lab, 0.01) > 3 * m
     dev, dev_lab = _draw(np.random.default_rng(4), 20_000, 180_000, mu, -mu, sd)
     model = train_calibration(dev + 3.0, dev_lab, 0.01)
@@ -172,9 +172,10 @@ def test_cli_calibrate_and_eer_llr(tmp_path, capsys):
     assert main(["eer", str(tmp_path / "eval.llr"), "--llr", "--p-target", "0.01", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)[0]
     want = llr_summary(out.scores, out.labels, (0.01,))
+    # float64 both sides
     assert got["cllr"] == pytest.approx(want["cllr"]) and got["min_cllr"] == pytest.approx(want["min_cllr"])
-    assert got["act_dcf"]["0.01"] == pytest.approx(want["act_dcf"][0.01])
-    assert got["min_dcf"]["0.01"] == pytest.approx(want["min_dcf"][0.01])
+    assert got["act_dcf"]["0.01"] == pytest.approx(want["act_dcf"][0.01])  # float64 both sides
+    assert got["min_dcf"]["0.01"] == pytest.approx(want["min_dcf"][0.01])  # float64 both sides
     assert main(["eer", "--llr", str(tmp_path / "eval.llr")]) == 0
     assert "minCllr" in capsys.readouterr().out
     # one of --dev / --model, not both; --model needs --apply

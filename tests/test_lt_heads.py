@@ -106,8 +106,8 @@ def test_subcenter_logits_are_the_best_subcentre(name):
         xbar = torch.randn(8, dtype=torch.float64)
         head.mean_feature.copy_(xbar)
         # TDE with alpha 0 is the head; the head on TDE'd embeddings is the TDE logit formula, per sub-centre.
-        torch.testing.assert_close(tde_logits(head, x, alpha=0.0), head(x))
-        torch.testing.assert_close(head.classify_normalized(tde_embeddings(x, xbar, 0.7, 2)),
+        torch.testing.assert_close(tde_logits(head, x, alpha=0.0), head(x))  # float64 head: default float64 tolerance
+        torch.testing.assert_close(head.classify_normalized(tde_embeddings(x, xbar, 0.7, 2)),  # float64, as above
                                    tde_logits(head, x, alpha=0.7))
 
 

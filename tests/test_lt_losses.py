@@ -82,6 +82,7 @@ def test_logit_adjustment_composes_with_focal_and_reweighting(batch):
 def test_balanced_softmax_is_logit_adjustment_at_tau_one(batch):
     logits, labels = batch
     bs = build_loss("balanced_softmax", class_counts=COUNTS)(logits, labels)
+    # one float32 formula written two ways: equal (measured), default float32 tolerance
     torch.testing.assert_close(bs, build_loss("ce", class_counts=COUNTS, logit_adjust=1.0)(logits, labels))
     # Ren et al.'s own form: -log(n_y exp(z_y) / sum_j n_j exp(z_j)).
     z = logits.double().numpy()

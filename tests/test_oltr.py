@@ -92,7 +92,7 @@ def test_stage_one_is_aam_and_the_switch_sets_the_memory_to_the_class_means():
     head.train(), aam.train()
     head.set_epoch(0, 4)  # first epoch: plain AAM, nothing summed
     x0, y0 = (torch.from_numpy(a) for a in batches[0])
-    torch.testing.assert_close(head(x0, y0), aam(x0, y0))
+    torch.testing.assert_close(head(x0, y0), aam(x0, y0))  # float64 heads, the same AAM ops: equal
     assert head.class_count.sum() == 0
     head.set_epoch(1, 4)  # the last stage-1 epoch sums the features per class
     for x, y in batches:
