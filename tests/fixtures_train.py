@@ -133,7 +133,10 @@ def fake_shard_index(labels: np.ndarray, per_shard: int):
 
 
 def assert_same_weights(a_path: Path, b_path: Path, atol: float = 0.0) -> None:
-    """Model and head tensors of two checkpoints equal (max abs difference <= atol), key sets included."""
+    """Model and head tensors of two checkpoints equal (max abs difference <= atol), key sets included.
+
+    Used for a resumed run against an uninterrupted one: the same float32 ops replayed on the same machine, so
+    equal (atol 0, or a spare 1e-6 where a caller allows it)."""
     from spkcausal.nn.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(a_path), load_checkpoint(b_path)

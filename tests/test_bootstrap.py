@@ -46,9 +46,10 @@ def _speaker_trials(n_spk: int, n_tar: int, n_non: int, rng: np.random.Generator
 def test_all_ones_weights_equal_metrics(seed, decimals):
     scores, labels = _trials(500, seed, decimals)
     eer, dcf = weighted_verification(scores, labels, np.ones(len(scores), dtype=np.int64), (0.01, 0.05, 0.3))
+    # float64 sorts and cumulative counts, no BLAS: the same EER up to a few ulp whatever the CPU
     assert abs(eer[0] - compute_eer(scores, labels)) <= 1e-12
     for p in (0.01, 0.05, 0.3):
-        assert abs(dcf[p][0] - compute_min_dcf(scores, labels, p)) <= 1e-12
+        assert abs(dcf[p][0] - compute_min_dcf(scores, labels, p)) <= 1e-12  # as the EER
 
 
 @pytest.mark.parametrize(("seed", "decimals"), [(0, None), (1, 1), (2, 0), (5, 2)])
@@ -61,9 +62,9 @@ def test_integer_weights_equal_repeated_trials(seed, decimals):
     eer, dcf = weighted_verification(scores, labels, weights, (0.01, 0.05))
     for row, w in enumerate(weights):
         rep = np.repeat(np.arange(len(scores)), w)
-        assert abs(eer[row] - compute_eer(scores[rep], labels[rep])) <= 1e-12
+        assert abs(eer[row] - compute_eer(scores[rep], labels[rep])) <= 1e-12  # as above, per replicate
         for p in (0.01, 0.05):
-            assert abs(dcf[p][row] - compute_min_dcf(scores[rep], labels[rep], p)) <= 1e-12
+            assert abs(dcf[p][row] - compute_min_dcf(scores[rep], labels[rep], p)) <= 1e-12  # as above
 
 
 def test_weights_without_targets_give_nan():
@@ -142,6 +143,7 @@ def test_paired_difference_of_a_better_system():
     scores, labels, spk = _speaker_trials(60, 5, 20, rng, d=1.5)
     better = scores + 1.0 * labels  # targets pushed up: lower EER on every resample
     r = paired_bootstrap_verification(scores, better, labels, spk, n_boot=300)
+    # float64 counts: the same arithmetic, 1e-15 is ~10 ulp of an EER near 0.1
     assert r["diff"] == pytest.approx(compute_eer(scores, labels) - compute_eer(better, labels), abs=1e-15)
     assert 0 < r["diff_ci"][0] <= r["diff_ci"][1] and r["significant"]
     # Shared resamples: the paired interval is narrower than the two single intervals combined.
@@ -186,7 +188,7 @@ def test_accuracy_identical_classes_give_a_point_interval():
     y_pred = np.where(np.arange(len(y_true)) % 4 == 0, (y_true + 1) % 18, y_true)
     r = bootstrap_accuracy(y_true, y_pred, counts, n_boot=200)
     for k in ("top1", "mean_per_class", "many", "medium", "few"):
-        assert r[k] == pytest.approx(0.75) and r[f"{k}_ci"] == pytest.approx([0.75, 0.75])
+        assert r[k] == pytest.approx(0.75) and r[f"{k}_ci"] == pytest.approx([0.75, 0.75])  # ratios of counts
     assert r["n_few_classes"] == 7 and r["unit"] == "class"
 
 
@@ -221,7 +223,7 @@ def test_paired_accuracy():
     assert same["diff_ci"]["medium"] is None
     fixed = np.where(counts[y_true] == 10, y_true, y_pred)  # B gets every Few utterance right
     r = paired_bootstrap_accuracy(y_true, y_pred, fixed, counts, n_boot=200)
-    assert r["diff"]["few"] == pytest.approx(r["a"]["few"] - 1.0) and r["diff_ci"]["few"][1] < 0
+    assert r["diff"]["few"] == pytest.approx(r["a"]["few"] - 1.0) and r["diff_ci"]["few"][1] < 0  # one float64 step
     assert r["significant"]["few"] and r["diff_ci"]["many"] == [0.0, 0.0] and not r["significant"]["many"]
 
 
@@ -256,8 +258,8 @@ def _run_json(capsys, argv: list[str]):
 def test_cli_eer_ci_json(score_files, capsys):
     d, (a, la), _ = score_files
     [r] = _run_json(capsys, ["eer", str(d / "a.score"), "--ci", "0.9", "--json", "--bootstrap", "300"])
-    assert r["eer"] == pytest.approx(compute_eer(a, la), abs=1e-15)
-    assert r["min_dcf"]["0.01"] == pytest.approx(compute_min_dcf(a, la, 0.01), abs=1e-15)
+    assert r["eer"] == pytest.approx(compute_eer(a, la), abs=1e-15)  # float64 counts, as above
+    assert r["min_dcf"]["0.01"] == pytest.approx(compute_min_dcf(a, la, 0.01), abs=1e-15)  # as above
     assert set(r["min_dcf_ci"]) == {"0.01", "0.05"} and r["eer_ci"][0] < r["eer_ci"][1]
     assert (r["unit"], r["n_groups"], r["level"], r["n_boot"]) == ("enroll", 24, 0.9, 300)
     [s] = _run_json(capsys, ["eer", str(d / "a.score"), "--ci", "0.9", "--json", "--bootstrap", "300",
@@ -288,7 +290,7 @@ def test_cli_paired(score_files, capsys):
     d, (a, la), (b, lb) = score_files
     r = _run_json(capsys, ["eer", str(d / "a.score"), str(d / "b.score"), "--paired", "--json", "--bootstrap", "300",
                            "--utt2spk", str(d / "utt2spk")])
-    assert r["diff"] == pytest.approx(compute_eer(a, la) - compute_eer(b, lb), abs=1e-15)
+    assert r["diff"] == pytest.approx(compute_eer(a, la) - compute_eer(b, lb), abs=1e-15)  # as above
     assert r["diff_ci"][0] <= r["diff_ci"][1] and set(r["min_dcf_diff_ci"]) == {"0.01", "0.05"}
     assert r["level"] == 0.95 and r["unit"] == "speaker"
     # A against itself with its rows reordered: the same trials, so exactly no difference.

@@ -38,7 +38,7 @@ def test_cllr_is_the_written_out_formula():
     llr, lab = _draw(rng, 300, 700, 2.0, -2.0, 3.0)
     tar, non = llr[lab == 1], llr[lab == 0]
     want = 0.5 * (np.mean(np.log2(1 + np.exp(-tar))) + np.mean(np.log2(1 + np.exp(non))))
-    assert cllr(llr, lab) == pytest.approx(want, rel=1e-12)
+    assert cllr(llr, lab) == pytest.approx(want, rel=1e-12)  # float64 both sides: ~1e4 ulp of room
     assert cllr(np.zeros(10), np.arange(10) % 2) == pytest.approx(1.0)  # "always llr = 0" costs one bit
     # far beyond exp's range: log2(1 + e^1000) = 1000 / ln 2 to double precision, no overflow
     assert cllr(np.array([-1000.0, 1000.0, 5.0]), np.array([1, 0, 1])) == pytest.approx(
@@ -52,8 +52,9 @@ def test_pav_matches_sklearn_isotonic_regression():
     y = rng.normal(size=500).cumsum() * 0.1 + rng.normal(size=500)
     w = rng.uniform(0.1, 3.0, 500)
     want = IsotonicRegression().fit(np.arange(500), y, sample_weight=w).predict(np.arange(500))
-    assert np.allclose(pav(y, w), want, atol=1e-10)
+    assert np.allclose(pav(y, w), want, atol=1e-10)  # float64 weighted means of a few values
     y01 = (rng.random(400) < np.linspace(0, 1, 400)).astype(float)
+    # float64 against scikit-learn's float64 isotonic fit (np.allclose defaults: 1e-5 relative)
     assert np.allclose(pav(y01, np.ones(400)), IsotonicRegression().fit(np.arange(400), y01).predict(np.arange(400)))
 
 
@@ -72,12 +73,12 @@ def test_min_cllr_from_sklearn_isotonic_regression():
     c_tar = np.log2(1 + (1 - post[tar]) / post[tar] * odds)
     c_non = np.log2(1 + post[non] / (1 - post[non]) / odds)
     want = 0.5 * (c_tar.mean() + c_non.mean())
-    assert min_cllr(s, lab) == pytest.approx(want, rel=1e-9)
+    assert min_cllr(s, lab) == pytest.approx(want, rel=1e-9)  # float64; logs of PAV posteriors near 0 or 1
     llr = pav_llr(s, lab)
     assert np.isneginf(llr).any() and np.isposinf(llr).any()  # pure blocks at both ends of this draw
     fin = (post > 0) & (post < 1)
     assert np.array_equal(np.isfinite(llr), fin)
-    assert np.allclose(llr[fin], np.log(post[fin] / (1 - post[fin])) - np.log(odds), atol=1e-9)
+    assert np.allclose(llr[fin], np.log(post[fin] / (1 - post[fin])) - np.log(odds), atol=1e-9)  # float64 logit
     assert min_cllr(s, lab) < cllr(train_calibration(s, lab, 0.5).apply(s), lab)  # PAV is optimal among monotone
 
 
@@ -89,13 +90,15 @@ def test_calibrated_gaussian_llrs_and_a_shift_calibration_removes():
     m = compute_min_dcf(s, lab, 0.01)
     assert m <= act_dcf(s, lab, 0.01) <= 1.02 * m
     shifted = s + 3.0
-    assert compute_min_dcf(shifted, lab, 0.01) == pytest.approx(m)
+    assert compute_min_dcf(shifted, lab, 0.01) == pytest.approx(m)  # float64 counts: a shift keeps the order
     assert act_dcf(shifted, lab, 0.01) > 3 * m
     dev, dev_lab = _draw(np.random.default_rng(4), 20_000, 180_000, mu, -mu, sd)
     model = train_calibration(dev + 3.0, dev_lab, 0.01)
+    # statistical: a fit to finite synthetic data recovers the generating slope and offset within a few SE
     assert model.weights[0] == pytest.approx(1.0, abs=0.05) and model.bias == pytest.approx(-3.0, abs=0.15)
     assert act_dcf(model.apply(shifted), lab, 0.01) <= 1.02 * m
     summary = llr_summary(model.apply(shifted), lab, (0.01,))
+    # calibrated Cllr near the raw one (a statistical property of well-calibrated synthetic scores)
     assert summary["cllr"] == pytest.approx(cllr(s, lab), abs=0.01) and summary["min_dcf"][0.01] == pytest.approx(m)
 
 
@@ -121,7 +124,8 @@ def test_qmf_beats_plain_calibration_only_when_quality_matters(depends):
     c_plain, c_qmf = cllr(plain.apply(es), elab), cllr(qmf.apply(es, eq), elab)
     if depends:
         assert c_qmf < c_plain - 0.1
-        assert qmf.weights[1] / qmf.weights[0] == pytest.approx(-2.0, abs=0.2)  # undoes the duration shift
+        # undoes the duration shift: a statistical fit on 20000 draws, the ratio within 10%
+        assert qmf.weights[1] / qmf.weights[0] == pytest.approx(-2.0, abs=0.2)
     else:
         assert c_qmf <= c_plain + 0.005
 
@@ -161,15 +165,17 @@ def test_cli_calibrate_and_eer_llr(tmp_path, capsys):
     assert main(["calibrate", "--model", str(tmp_path / "cal.json"), "--apply", str(tmp_path / "eval.score"),
                  "--out", str(tmp_path / "eval.llr")]) == 0
     out = read_scores(tmp_path / "eval.llr", keys=True, need_labels=True)
+    # the .llr file keeps 6 decimals: rounding <= 5e-7, and allclose's default rtol adds 1e-5 relative
     assert np.allclose(out.scores, model.apply(read_scores(tmp_path / "eval.score").scores), atol=5e-7)
     assert out.enroll[0] == "e0" and np.array_equal(out.labels, ev_lab)
     capsys.readouterr()
     assert main(["eer", str(tmp_path / "eval.llr"), "--llr", "--p-target", "0.01", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)[0]
     want = llr_summary(out.scores, out.labels, (0.01,))
+    # float64 both sides
     assert got["cllr"] == pytest.approx(want["cllr"]) and got["min_cllr"] == pytest.approx(want["min_cllr"])
-    assert got["act_dcf"]["0.01"] == pytest.approx(want["act_dcf"][0.01])
-    assert got["min_dcf"]["0.01"] == pytest.approx(want["min_dcf"][0.01])
+    assert got["act_dcf"]["0.01"] == pytest.approx(want["act_dcf"][0.01])  # float64 both sides
+    assert got["min_dcf"]["0.01"] == pytest.approx(want["min_dcf"][0.01])  # float64 both sides
     assert main(["eer", "--llr", str(tmp_path / "eval.llr")]) == 0
     assert "minCllr" in capsys.readouterr().out
     # one of --dev / --model, not both; --model needs --apply
@@ -222,6 +228,7 @@ def test_quality_measures_against_direct_computation(qmf_setup):
     for i, (e, t) in enumerate(zip(trials.enroll, trials.test)):
         want = [min(np.log(dur[e]), np.log(dur[t])), max(np.log(dur[e]), np.log(dur[t])), np.linalg.norm(raw[e]),
                 np.linalg.norm(raw[t]), min(cmean(e), cmean(t)), max(cmean(e), cmean(t))]
+        # the library's float32-store measures vs float64 here: <= D eps relative for norms and cosines
         assert np.allclose(q[i], want, rtol=1e-5, atol=1e-5), (e, t)
 
 
@@ -247,8 +254,8 @@ def test_cli_qmf_train_and_apply(qmf_setup, capsys):
     inputs = ScorerInputs(p / "emb", cohort=p / "cohort", top_n=4, enroll_map=p / "enroll2utt")
     q = quality_measures(trials, inputs, read_durations([p / "utt2dur"]), model.inputs[1:])
     out = read_scores(p / "dev.llr", need_labels=True)
-    assert np.allclose(out.scores, model.apply(table.scores, q), atol=5e-7)
-    assert cllr(out.scores, out.labels) == pytest.approx(model.dev["cllr"], abs=1e-4)
+    assert np.allclose(out.scores, model.apply(table.scores, q), atol=5e-7)  # 6 decimals, as above
+    assert cllr(out.scores, out.labels) == pytest.approx(model.dev["cllr"], abs=1e-4)  # Cllr of 6-decimal llrs
     capsys.readouterr()
     # the wrong tool, a different centring than in training, a missing duration: one-line errors
     assert main(["calibrate", "--model", str(p / "qmf.json"), "--apply", dev, "--out", str(p / "x")]) == 2
@@ -277,8 +284,8 @@ def test_llr_bootstrap_resamples_are_the_metrics_of_the_resampled_trials():
     drawn = np.random.default_rng(9).integers(0, n_spk, size=(40, n_spk))
     for b in (0, 17, 39):
         idx = np.concatenate([np.flatnonzero(gi == g) for g in drawn[b]])
-        assert res["cllr"][0, b] == pytest.approx(cllr(llr[idx], labels[idx]), rel=1e-12)
-        assert res["act_dcf"][0.05][0, b] == pytest.approx(act_dcf(llr[idx], labels[idx], 0.05), rel=1e-12)
+        assert res["cllr"][0, b] == pytest.approx(cllr(llr[idx], labels[idx]), rel=1e-12)  # float64 both sides
+        assert res["act_dcf"][0.05][0, b] == pytest.approx(act_dcf(llr[idx], labels[idx], 0.05), rel=1e-12)  # counts
     np.testing.assert_array_equal(res["cllr"][0], res["cllr"][1])
     with pytest.raises(UsageError, match="same trials"):
         llr_bootstrap([llr[:-1]], labels)

@@ -30,7 +30,7 @@ def test_counts_speakers_and_exclusions(prepared):
         assert all(d.utt2spk[u] == u.split("-")[0] for u in d.utts)  # reader, not reader-chapter
         assert all(d.utt2sess[u] == u.split("-")[1] for u in d.utts)
         for u in d.utts:
-            assert d.utt2dur[u] == pytest.approx(exp["durations"][u], abs=1e-3)
+            assert d.utt2dur[u] == pytest.approx(exp["durations"][u], abs=1e-3)  # utt2dur keeps ms
         excluded = (out / subset / "excluded.txt").read_text().split("\n")[:-1]
         assert [line.split()[0] for line in excluded] == sorted(e["excluded"])
         assert summaries[subset]["excluded"] == len(e["excluded"])

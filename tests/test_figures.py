@@ -130,7 +130,7 @@ def test_seed_figure_draws_mean_std_and_every_seed(tmp_path):
     assert set(drawn) == {"eer_groups", "differences", "seeds"} and (tmp_path / "fig_seeds.png").is_file()
     d = drawn["seeds"]["drawn"]["eer_groups"]["eer"]["De-confound (Causal Norm AAM) (3 seeds)"]
     m, s = 100 * np.mean(eers["cnaam"]), 100 * np.std(eers["cnaam"], ddof=1)
-    assert np.allclose([d["value"], d["lo"], d["hi"]], [m, m - s, m + s])
+    assert np.allclose([d["value"], d["lo"], d["hi"]], [m, m - s, m + s])  # float64 from the same numbers
     few = drawn["seeds"]["drawn"]["differences"]["acc_few"]
     (only,) = few.values()
     assert np.isclose(only["value"], 0.0)  # the same Few accuracy per seed in both systems

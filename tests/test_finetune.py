@@ -57,9 +57,11 @@ def test_init_from_loads_extractor_fresh_head_and_resumes_its_own_checkpoint(hal
     ft = train(_cfg(b, root / "ft", lr=1e-12, init_from=str(root / "pre"), epochs=1))
     assert ft.net.model.embed_dim == 24  # the source's architecture, not the config's 16
     for k, v in _params(src["model"], pre.net.model).items():
+        # lr 1e-12 times gradients < 1e2 is below half a float32 ulp of these weights: unchanged, 1e-9 spare
         assert torch.allclose(ft.net.model.state_dict()[k], v, rtol=0, atol=1e-9), k
     scratch = train(_cfg(b, root / "scratch", lr=1e-12, epochs=1) | {"model": {"name": "resnet_tiny",
                                                                                  "embed_dim": 24}})
+    # two independent initialisations: far apart
     assert not torch.allclose(scratch.net.model.embedding.weight, ft.net.model.embedding.weight, atol=1e-3)
     assert ft.net.head.weight.shape[0] == 3 and not torch.equal(ft.net.head.weight, pre.net.head.weight)
     saved = yaml.safe_load((root / "ft" / "config.yaml").read_text())
@@ -88,7 +90,7 @@ def test_large_margin_fine_tuning_keeps_the_head_and_resumes_exactly(halves):
         "head": {**head, "margin": 0.3}, "margin": {"start_epoch": 0, "end_epoch": 0}}
     lm["data"] = {**lm["data"], "chunk_seconds": 0.6}
     full = train(lm)
-    assert full.net.head.margin == pytest.approx(0.3)
+    assert full.net.head.margin == pytest.approx(0.3)  # a configured constant
     # x_bar kept tracking from the source's value: not reset (a reset run would differ from this recursion)
     assert not torch.equal(full.net.head.mean_feature, src["head"]["mean_feature"])
     saved = yaml.safe_load((root / "lm" / "config.yaml").read_text())
@@ -100,11 +102,12 @@ def test_large_margin_fine_tuning_keeps_the_head_and_resumes_exactly(halves):
     resumed = train(dict(lm, exp_dir=str(root / "lm_resumed")), resume=True)
     assert (ckpt_dir / "epoch_0002.pt").is_file()
     for k, v in full.net.state_dict().items():
+        # a resume replays the same float32 ops: equal (measured 0), 1e-6 spare
         assert torch.allclose(resumed.net.state_dict()[k], v, rtol=0, atol=1e-6), k
     # the head started from the source's weights, not from a fresh initialisation
     fresh = train(_cfg(a, root / "lm_fresh", lr=1e-12, init_from=str(root / "lm_src"), init_head=True, epochs=1)
                   | {"head": head})
-    assert torch.allclose(fresh.net.head.weight, src["head"]["weight"], atol=1e-8)
+    assert torch.allclose(fresh.net.head.weight, src["head"]["weight"], atol=1e-8)  # lr 1e-12, as above
 
 
 def test_init_head_refuses_other_speakers(halves):

@@ -36,9 +36,9 @@ def test_speaker_geometry_equals_a_direct_loop():
     g = speaker_geometry(emb * rng.uniform(0.5, 3, (len(labels), 1)), labels)  # norms must not matter
     ref = _direct(emb, labels.tolist())
     for i, s in enumerate(g["speakers"]):
-        assert g["spread"][i] == pytest.approx(ref[s][0], abs=1e-9)
-        assert g["nearest"][i] == pytest.approx(ref[s][1], abs=1e-9)
-        assert g["ratio"][i] == pytest.approx(ref[s][1] / ref[s][0], rel=1e-9)
+        assert g["spread"][i] == pytest.approx(ref[s][0], abs=1e-9)  # float64 both sides
+        assert g["nearest"][i] == pytest.approx(ref[s][1], abs=1e-9)  # float64 both sides
+        assert g["ratio"][i] == pytest.approx(ref[s][1] / ref[s][0], rel=1e-9)  # float64 both sides
     assert g["count"].tolist() == [2, 3, 5, 8, 4, 6]
 
 
@@ -55,9 +55,9 @@ def test_group_geometry_splits_by_training_count_with_t_intervals():
     v = g["spread"][few]
     h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     assert res["few"]["speakers"] == 3 and res["many"]["speakers"] == 3 and res["medium"]["speakers"] == 3
-    assert res["few"]["spread"] == pytest.approx(v.mean())
-    assert res["few"]["spread_ci"] == pytest.approx([v.mean() - h, v.mean() + h])
-    assert res["all"]["nearest"] == pytest.approx(g["nearest"].mean())
+    assert res["few"]["spread"] == pytest.approx(v.mean())  # float64 both sides
+    assert res["few"]["spread_ci"] == pytest.approx([v.mean() - h, v.mean() + h])  # float64 both sides
+    assert res["all"]["nearest"] == pytest.approx(g["nearest"].mean())  # float64 both sides
     with pytest.raises(DataError, match="no training count"):
         group_geometry(emb, labels, {"s0": 3}, many=30, few=10)
 
@@ -101,7 +101,7 @@ def test_over_seeds_is_the_mean_with_a_t_interval_over_seeds():
     agg = over_seeds(res)
     v = np.array([r["few"]["ratio"] for r in res])
     h = stats.t.ppf(0.975, 3) * v.std(ddof=1) / 2
-    assert agg["few"]["ratio"] == pytest.approx(v.mean())
-    assert agg["few"]["ratio_ci"] == pytest.approx([v.mean() - h, v.mean() + h])
+    assert agg["few"]["ratio"] == pytest.approx(v.mean())  # float64 both sides
+    assert agg["few"]["ratio_ci"] == pytest.approx([v.mean() - h, v.mean() + h])  # float64 both sides
     assert agg["few"]["seeds"] == 4 and agg["few"]["speakers"] == 2
     assert over_seeds(res[:1]) == res[0]

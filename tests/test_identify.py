@@ -118,7 +118,7 @@ def test_identify_tde_matches_numpy(iden_setup):
         logits = _np_tde_logits(s["w"], s["x"], xbar, alpha or 0.0, 2, 10.0, 0.05)
         want = _group_acc(s["y"], logits.argmax(1), s["counts"], 6, 3)
         for g in ("many", "medium", "few", "overall"):
-            assert res[g] == pytest.approx(want[g]), (alpha, g)
+            assert res[g] == pytest.approx(want[g]), (alpha, g)  # accuracies: ratios of counts, exact
         assert res["n_classes"] == {"many": 2, "medium": 1, "few": 2}
         assert res["thresholds"] == {"many": 6, "few": 3}
 
@@ -136,6 +136,7 @@ def test_identify_mean_subtraction_with_aam_head_matches_numpy(tmp_path, iden_se
     xc = s["x"] - train_emb.astype(np.float64).mean(0)
     cos = (xc / np.linalg.norm(xc, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
     want = _group_acc(s["y"], cos.argmax(1), s["counts"], 6, 3)
+    # ratios of counts
     assert res["overall"] == pytest.approx(want["overall"]) and res["few"] == pytest.approx(want["few"])
     with pytest.raises(DataError, match="Causal Norm"):
         identify(s["tmp"] / "emb", s["tmp"] / "held", s["tmp"] / "train", ckpt=ckpt, tde_alpha=0.5)
@@ -150,7 +151,7 @@ def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
     assert res["alphas"] == alphas and res["alpha_source"] == "grid"
     accs = [_group_acc(s["y"], _np_tde_logits(s["w"], s["x"], xbar, a, 2, 10.0, 0.05).argmax(1), s["counts"], 6,
                        3)["overall"] for a in alphas]
-    assert res["accuracy"] == pytest.approx(accs)
+    assert res["accuracy"] == pytest.approx(accs)  # ratios of counts
     best = max(range(len(alphas)), key=lambda i: (accs[i], -alphas[i]))
     assert res["alpha"] == alphas[best]
     assert json.loads((s["tmp"] / "alpha.json").read_text())["alpha"] == res["alpha"]
@@ -160,25 +161,27 @@ def test_choose_alpha_on_dev_matches_numpy_and_records_curve(iden_setup):
            / np.linalg.norm(s["x"][:, c * d:(c + 1) * d], axis=1) for c in range(2)]
     with_h = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas)
     h = 1.0 / np.mean(cos)
+    # float32 store vs float64 here: cosines of d = 8 terms are <= 11 eps (1.3e-6) relative off
     assert with_h["heuristic_alpha"] == pytest.approx(h, rel=1e-5) and "dev embeddings" in with_h["heuristic_from"]
     # the heuristic is one more candidate, in order, with its own accuracy
     assert with_h["alphas"] == sorted(alphas + [with_h["heuristic_alpha"]])
     i = with_h["alphas"].index(with_h["heuristic_alpha"])
     acc_h = _group_acc(s["y"], _np_tde_logits(s["w"], s["x"], xbar, with_h["heuristic_alpha"], 2, 10.0, 0.05).argmax(1),
                        s["counts"], 6, 3)["overall"]
-    assert with_h["accuracy"][i] == pytest.approx(acc_h)
+    assert with_h["accuracy"][i] == pytest.approx(acc_h)  # ratios of counts
     assert with_h["alpha_source"] == ("heuristic" if acc_h > max(accs) else "grid")
     # computed on a training store when one is given, and said so
     write_store(s["tmp"] / "train_emb", [f"t{i}" for i in range(len(s["x"]))], s["x"][::-1].astype(np.float32))
     on_train = choose_alpha(s["tmp"] / "emb", ckpt=s["ckpt"], data_dir=s["tmp"] / "held", alphas=alphas,
                             heuristic_emb=s["tmp"] / "train_emb")
-    assert on_train["heuristic_alpha"] == pytest.approx(h, rel=1e-5)
+    assert on_train["heuristic_alpha"] == pytest.approx(h, rel=1e-5)  # as above (float32 store)
     assert on_train["heuristic_from"].startswith("training embeddings")
 
 
 def test_alpha_grid_reaches_three_in_quarter_steps():
     from spkcausal.inference.tde_alpha import ALPHA_GRID
 
+    # the grid is exact in binary
     assert ALPHA_GRID[0] == 0.0 and ALPHA_GRID[-1] == 3.0 and np.allclose(np.diff(ALPHA_GRID), 0.25)
 
 
@@ -222,7 +225,7 @@ def test_choose_alpha_by_dev_trial_eer_matches_numpy(iden_setup):
         sc = [tde(emb[x]) @ tde(emb[y]) / np.linalg.norm(tde(emb[x])) / np.linalg.norm(tde(emb[y]))
               for x, y, _ in pairs]
         want.append(_eer(np.array(sc), np.array([p[2] for p in pairs])))
-    assert res["eer"] == pytest.approx(want, abs=1e-9)
+    assert res["eer"] == pytest.approx(want, abs=1e-9)  # float64 EER on the same scores
     best = min(range(len(alphas)), key=lambda i: (want[i], alphas[i]))  # ties: the smaller alpha
     assert res["alpha"] == alphas[best] and res["criterion_name"] == "dev_eer"
     assert len(res["accuracy"]) == len(alphas)  # the accuracy curve is still recorded beside it
@@ -241,7 +244,7 @@ def test_identify_keeps_predictions_and_intervals(iden_setup):
     # the saved predictions give the recorded accuracies again
     again = _group_acc(saved["y_true"], saved["y_pred"], saved["train_counts"], 6, 3)
     for g in ("many", "medium", "few", "overall"):
-        assert res[g] == pytest.approx(again[g])
+        assert res[g] == pytest.approx(again[g])  # the same computation twice: equal
         lo, hi = res[f"{g}_ci"]
         assert lo - 1e-12 <= res[g] <= hi + 1e-12
     assert saved["speakers"].tolist() == ["s0", "s1", "s2", "s3", "s4"]

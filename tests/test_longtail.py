@@ -66,27 +66,28 @@ def test_profile_matches_numpy(known):
         secs[u.split("/")[0]] += d
     y = np.array([secs[spk] for spk in counts])
     assert s["speakers"] == len(counts) and s["utterances"] == int(x.sum())
-    assert s["hours"] == pytest.approx(sum(dur.values()) / 3600, rel=1e-12)
+    assert s["hours"] == pytest.approx(sum(dur.values()) / 3600, rel=1e-12)  # float64 sums of the same durations
     for stats, ref in ((s["utterances_per_speaker"], x), (s["seconds_per_speaker"], y)):
+        # order statistics: exact
         assert stats["min"] == pytest.approx(ref.min()) and stats["max"] == pytest.approx(ref.max())
-        assert stats["median"] == pytest.approx(np.percentile(ref, 50))
-        assert stats["mean"] == pytest.approx(ref.mean())
-        assert stats["imbalance"] == pytest.approx(ref.max() / ref.min())
-        assert stats["gini"] == pytest.approx(gini_direct(ref), rel=1e-10)
-        assert stats["top20_share"] == pytest.approx(top20_direct(ref), rel=1e-12)
+        assert stats["median"] == pytest.approx(np.percentile(ref, 50))  # float64
+        assert stats["mean"] == pytest.approx(ref.mean())  # float64
+        assert stats["imbalance"] == pytest.approx(ref.max() / ref.min())  # float64
+        assert stats["gini"] == pytest.approx(gini_direct(ref), rel=1e-10)  # float64, two formulas for one sum
+        assert stats["top20_share"] == pytest.approx(top20_direct(ref), rel=1e-12)  # float64
     # per-speaker table: order count desc then id, seconds summed per speaker
     ref_order = sorted(counts, key=lambda k: (-counts[k], k))
     assert list(prof.speakers) == ref_order
     assert list(prof.utterances) == [counts[k] for k in ref_order]
-    np.testing.assert_allclose(prof.seconds, [secs[k] for k in ref_order])
+    np.testing.assert_allclose(prof.seconds, [secs[k] for k in ref_order])  # the same float64 values reordered
     for g, test in (("many", x > 100), ("medium", (x >= 20) & (x <= 100)), ("few", x < 20)):
         assert s["groups"][g]["speakers"] == int(test.sum())
         assert s["groups"][g]["utterances"] == int(x[test].sum())
-        assert s["groups"][g]["hours"] == pytest.approx(y[test].sum() / 3600)
+        assert s["groups"][g]["hours"] == pytest.approx(y[test].sum() / 3600)  # float64
     # the in-memory DataDir path agrees with the fast file path
     other = profile_datadir(DataDir.load(path))
     assert other.summary["utterances_per_speaker"] == s["utterances_per_speaker"]
-    np.testing.assert_allclose(other.seconds, prof.seconds)
+    np.testing.assert_allclose(other.seconds, prof.seconds)  # the same computation twice
 
 
 def test_group_boundaries(tmp_path):

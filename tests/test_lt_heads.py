@@ -72,6 +72,7 @@ def _direct_logits(head, x: np.ndarray, labels: np.ndarray | None, m_rows: np.nd
 def test_ldam_margins_follow_the_formula_and_the_schedule(name):
     head = _head(name, class_margins="ldam", class_counts=COUNTS).train()
     m_c = 0.3 * (COUNTS.min() / COUNTS) ** 0.25
+    # float32 margins of a float64 formula: 0.5 ulp of 0.3
     assert np.allclose(head.class_margin(torch.arange(5)).squeeze(-1).numpy(), m_c, atol=1e-7)
     torch.manual_seed(1)
     x, y = torch.randn(12, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 3, 3, 0, 1, 4, 2, 3])
@@ -81,8 +82,9 @@ def test_ldam_margins_follow_the_formula_and_the_schedule(name):
         want = _direct_logits(head, x.numpy(), y.numpy(), m * (COUNTS.min() / COUNTS[y.numpy()]) ** 0.25)
         np.testing.assert_allclose(got, want, atol=1e-6)  # the scale buffer is float32
     # The rarest class gets the full margin, the most frequent one the least.
-    assert m_c[3] == pytest.approx(0.3) and m_c.argmin() == 0
+    assert m_c[3] == pytest.approx(0.3) and m_c.argmin() == 0  # float64
     head.eval()
+    # float64 head (.double()) vs float64 formula
     np.testing.assert_allclose(head(x, y).detach().numpy(), _direct_logits(head, x.numpy(), None, None), atol=1e-9)
 
 
@@ -93,10 +95,10 @@ def test_subcenter_logits_are_the_best_subcentre(name):
     torch.manual_seed(2)
     x, y = torch.randn(10, 8, dtype=torch.float64), torch.randint(0, 5, (10,))
     got = head(x, y).detach().numpy()
-    np.testing.assert_allclose(got, _direct_logits(head, x.numpy(), y.numpy(), np.full(10, 0.3)), atol=1e-9)
+    np.testing.assert_allclose(got, _direct_logits(head, x.numpy(), y.numpy(), np.full(10, 0.3)), atol=1e-9)  # as above
     head.eval()
     free = head(x).detach().numpy()
-    np.testing.assert_allclose(free, _direct_logits(head, x.numpy(), None, None), atol=1e-9)
+    np.testing.assert_allclose(free, _direct_logits(head, x.numpy(), None, None), atol=1e-9)  # as above
     # The best sub-centre is not always the first one (the max is doing something).
     w = F.normalize(head.weight.detach().double(), dim=-1)
     assert len(set(torch.einsum("bd,csd->bcs", F.normalize(x, dim=-1), w).argmax(-1).flatten().tolist())) == 3
@@ -104,8 +106,8 @@ def test_subcenter_logits_are_the_best_subcentre(name):
         xbar = torch.randn(8, dtype=torch.float64)
         head.mean_feature.copy_(xbar)
         # TDE with alpha 0 is the head; the head on TDE'd embeddings is the TDE logit formula, per sub-centre.
-        torch.testing.assert_close(tde_logits(head, x, alpha=0.0), head(x))
-        torch.testing.assert_close(head.classify_normalized(tde_embeddings(x, xbar, 0.7, 2)),
+        torch.testing.assert_close(tde_logits(head, x, alpha=0.0), head(x))  # float64 head: default float64 tolerance
+        torch.testing.assert_close(head.classify_normalized(tde_embeddings(x, xbar, 0.7, 2)),  # float64, as above
                                    tde_logits(head, x, alpha=0.7))
 
 
@@ -154,18 +156,20 @@ def test_feature_transfer_spreads_tail_features_like_the_head_and_is_off_at_eval
     tail = labels > 0
     # Head-speaker features are untouched; tail ones keep their norm and now spread like the head's.
     assert torch.equal(out[~tail], x[~tail])
-    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))  # float64: default 1e-7 is ~1e9 eps64
     spread = head.feature_transfer.spread
-    assert spread.tolist() == pytest.approx([0.64, 0.0225], rel=1e-5)  # first batch: the batch's mean theta^2
+    # first batch: the batch's mean theta^2 (float64; the cloud's angles are exact to 1.3e-6 relative, not rounding)
+    assert spread.tolist() == pytest.approx([0.64, 0.0225], rel=1e-5)
     before = (_angles(x[tail], centres[labels[tail]]) ** 2).mean().item()
     after = (_angles(out[tail], centres[labels[tail]]) ** 2).mean().item()
+    # float64 as above; `after` is a 300-sample estimate of the head's spread, hence 10%
     assert before == pytest.approx(0.0225, rel=1e-5) and after == pytest.approx(0.64, rel=0.1)
     # strength scales the added variance: half of the gap.
     half = build_head(name, d, 4, feature_transfer={"head_share": 0.25, "strength": 0.5}, class_counts=counts,
                       **kw).double()
     half.weight.data.copy_(head.weight.data)
     mid = (_angles(half.train().transfer(x, labels)[tail], centres[labels[tail]]) ** 2).mean().item()
-    assert mid == pytest.approx(0.0225 + 0.5 * (0.64 - 0.0225), rel=0.1)
+    assert mid == pytest.approx(0.0225 + 0.5 * (0.64 - 0.0225), rel=0.1)  # a sample estimate, as `after`
     # Off at eval and without labels: the same logits as the head without transfer.
     head.eval(), plain.eval()
     assert torch.equal(head(x, labels), plain(x, labels))
@@ -266,6 +270,7 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     tm = assemble(exp_dir=tmp_path / "ref")
     counts = np.array([6, 3, 2, 1])
     if method == "ldam":
+        # float32 buffer of a float64 formula: 1 ulp
         np.testing.assert_allclose(tm.head.margin_scale.numpy(), (1 / counts) ** 0.25, rtol=1e-6)
     elif method == "subcenter":
         assert tuple(tm.head.weight.shape) == (4, 3, 16) and tm.is_causal
@@ -283,6 +288,7 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     data = DataDir.load(lt_corpus)
     direct = embed_utterances(tm.model, tm.frontend, data, data.utts, num_workers=0, progress=False)
     got = np.stack([store.matrix[store.index(u)] for u in data.utts])
+    # other batch shapes, same float32 model: each ~6e-7 relative off float64 (test_models)
     np.testing.assert_allclose(got, direct, atol=1e-4)
     meta = json.loads((tmp_path / "emb" / "extract.json").read_text())
     assert meta["feature_norm"] == ("capsule" if method == "capsule" else "l2")
@@ -300,6 +306,7 @@ def test_sharded_run_with_ldam_resumes_exactly(lt_corpus, tmp_path):
     torch.set_num_threads(1)
     ref = train(_lt_config(Path("unused"), tmp_path / "ref", "ldam", "causal_norm_aam", data=data))
     assert ref.step == 10
+    # float32 buffer of a float64 formula
     np.testing.assert_allclose(ref.net.head.margin_scale.numpy(), (1 / np.array([6, 3, 2, 1])) ** 0.25, rtol=1e-6)
     _killed_and_resumed(_lt_config(Path("unused"), tmp_path / "killed", "ldam", "causal_norm_aam", data=data),
                         tmp_path / "killed", tmp_path / "conf.yaml")

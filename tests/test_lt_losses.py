@@ -63,7 +63,7 @@ def test_logit_adjustment_equals_direct_log_softmax(batch, tau):
     z = logits.double().numpy() + tau * np.log(COUNTS / COUNTS.sum())
     want = -np_log_softmax(z)[np.arange(16), labels.numpy()].mean()
     got = build_loss("ce", class_counts=COUNTS, logit_adjust=tau)(logits, labels).item()
-    assert got == pytest.approx(want, rel=1e-5)
+    assert got == pytest.approx(want, rel=1e-5)  # float32 loss (|loss| ~ 2) vs float64: ~10 eps
     assert got != pytest.approx(build_loss("ce")(logits, labels).item(), rel=1e-3)  # the offset did something
 
 
@@ -76,18 +76,19 @@ def test_logit_adjustment_composes_with_focal_and_reweighting(batch):
     want = np.mean(w[labels.numpy()] * -((1 - np.exp(lp)) ** gamma) * lp)
     got = build_loss("focal", class_counts=COUNTS, gamma=gamma, beta=beta, weighting="effective_number",
                      logit_adjust=tau)(logits, labels).item()
-    assert got == pytest.approx(want, rel=1e-5)
+    assert got == pytest.approx(want, rel=1e-5)  # as above
 
 
 def test_balanced_softmax_is_logit_adjustment_at_tau_one(batch):
     logits, labels = batch
     bs = build_loss("balanced_softmax", class_counts=COUNTS)(logits, labels)
+    # one float32 formula written two ways: equal (measured), default float32 tolerance
     torch.testing.assert_close(bs, build_loss("ce", class_counts=COUNTS, logit_adjust=1.0)(logits, labels))
     # Ren et al.'s own form: -log(n_y exp(z_y) / sum_j n_j exp(z_j)).
     z = logits.double().numpy()
     num = COUNTS[labels.numpy()] * np.exp(z[np.arange(16), labels.numpy()])
     want = -np.log(num / (COUNTS * np.exp(z)).sum(1)).mean()
-    assert bs.item() == pytest.approx(want, rel=1e-5)
+    assert bs.item() == pytest.approx(want, rel=1e-5)  # as above
     with pytest.raises(UsageError, match="logit_adjust"):
         build_loss("balanced_softmax", class_counts=COUNTS, logit_adjust=2.0)
     with pytest.raises(UsageError, match="class_counts"):
@@ -126,6 +127,7 @@ def test_logit_adjustment_changes_training_not_eval_logits_or_embeddings(lt_corp
     assert torch.equal(a["step_logits"], b["step_logits"])  # what the trainer's accuracy counts: the head's own
     prior = np.log(np.array([6, 3, 2, 1]) / 12)
     z = a["step_logits"].double().numpy() + prior
+    # float32 loss as recorded in the history, vs float64
     assert b["loss"] == pytest.approx(-np_log_softmax(z)[np.arange(6), labels.numpy()].mean(), rel=1e-4)
     assert abs(a["loss"] - b["loss"]) > 1e-3
     moved = max((a["state"][k].double() - b["state"][k].double()).abs().max().item()
@@ -142,19 +144,22 @@ def test_drw_weights_follow_the_effective_number_from_the_switch_epoch(batch):
     eff = (1 - beta) / (1 - beta ** COUNTS)
     want_w = eff * len(COUNTS) / eff.sum()
     loss = build_loss("ce", class_counts=COUNTS, beta=beta, drw_epoch=2)
-    plain = build_loss("ce")(logits, labels).item()
     lp = np_log_softmax(logits.double().numpy())[np.arange(16), labels.numpy()]
     for epoch in range(4):
         loss.set_epoch(epoch)
         if epoch < 2:
             assert loss.active_weight() is None
-            assert loss(logits, labels).item() == pytest.approx(plain, rel=1e-6)
+            # plain cross-entropy: float32 (|loss| ~ 2) against float64, ~10 eps
+            assert loss(logits, labels).item() == pytest.approx(-lp.mean(), rel=1e-5)
         else:
+            # float32 weights of a float64 formula: 1 ulp
             np.testing.assert_allclose(loss.active_weight().numpy(), want_w, rtol=1e-6)
+            # float32 weighted loss vs float64
             assert loss(logits, labels).item() == pytest.approx(np.mean(want_w[labels.numpy()] * -lp), rel=1e-5)
     # DRW defers a named weighting too; without class counts, or with a bad epoch, it is refused.
     inv = build_loss("inverse", class_counts=COUNTS, drw_epoch=1)
     inv.set_epoch(1)
+    # float32 weights of a float64 formula
     np.testing.assert_allclose(inv.active_weight().numpy(), (1 / COUNTS) * 5 / (1 / COUNTS).sum(), rtol=1e-6)
     with pytest.raises(UsageError, match="class_counts"):
         build_loss("ce", drw_epoch=1)
@@ -181,7 +186,7 @@ def test_trainer_tells_the_loss_the_epoch(lt_corpus, tmp_path, monkeypatch):
     eff = (1 - 0.9) / (1 - 0.9 ** n)
     assert seen[:2] == [None, None]  # epoch 0: plain
     for w in seen[2:]:
-        np.testing.assert_allclose(w, eff * 4 / eff.sum(), rtol=1e-6)
+        np.testing.assert_allclose(w, eff * 4 / eff.sum(), rtol=1e-6)  # float32 weights of a float64 formula
     assert len(seen) == 6
 
 
@@ -203,6 +208,7 @@ def test_progressive_sampler_goes_from_natural_to_uniform_on_files():
         s.set_epoch(t)
         freq = np.bincount(LABELS[s.indices()], minlength=4) / n
         p = _formula(counts, t, T)
+        # float64 both sides
         np.testing.assert_allclose(class_probabilities(counts, "progressive", t, T), p, rtol=1e-12)
         # multinomial draws: 5 binomial standard deviations per class
         assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n)), (t, freq, p)
@@ -294,6 +300,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(lt_corpus, tmp_path
     out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
+    # a resume replays the same float32 ops: equal (measured 0); 1e-6 spare
     assert_same_weights(exp / "checkpoints" / "epoch_0003.pt", tmp_path / "ref" / "checkpoints" / "epoch_0003.pt",
                         atol=1e-6)
     # and the method changed the run: the plain (ce, natural) run ends elsewhere

@@ -58,12 +58,14 @@ def test_eer_matches_sklearn_roc_crossing(seed):
     scores, labels = _data(2000, seed, ties=False)
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     # roc_curve runs from the highest threshold down: reverse it to increasing Pmiss - Pfa.
+    # float64 counts, no BLAS: a few ulp
     assert compute_eer(scores, labels) == pytest.approx(_crossing(fpr[::-1], (1 - tpr)[::-1]), abs=1e-12)
     c = det_curve(scores, labels)
+    # rates are ratios of counts
     assert np.allclose(np.sort(c.pfa), np.sort(fpr)) and np.allclose(np.sort(c.pmiss), np.sort(1 - tpr))
     for p in (0.01, 0.05):
         want = np.min(p * (1 - tpr) + (1 - p) * fpr) / min(p, 1 - p)
-        assert compute_min_dcf(scores, labels, p) == pytest.approx(want, abs=1e-12)
+        assert compute_min_dcf(scores, labels, p) == pytest.approx(want, abs=1e-12)  # float64 counts
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -71,10 +73,10 @@ def test_brute_force_sweep_with_heavy_ties(seed):
     scores, labels = _data(60 + seed * 7, seed, ties=True)
     assert len(np.unique(scores)) < len(scores) / 4
     pfa, pmiss = _brute(scores, labels)
-    assert compute_eer(scores, labels) == pytest.approx(_crossing(pfa, pmiss), abs=1e-12)
+    assert compute_eer(scores, labels) == pytest.approx(_crossing(pfa, pmiss), abs=1e-12)  # float64 counts
     for p, cm, cf in ((0.01, 1, 1), (0.05, 1, 1), (0.3, 2, 1), (0.5, 1, 3)):
         want = np.min(cm * p * pmiss + cf * (1 - p) * pfa) / min(cm * p, cf * (1 - p))
-        assert compute_min_dcf(scores, labels, p, cm, cf) == pytest.approx(want, abs=1e-12)
+        assert compute_min_dcf(scores, labels, p, cm, cf) == pytest.approx(want, abs=1e-12)  # float64 counts
 
 
 def test_tied_scores_permutation_invariant():
@@ -96,11 +98,11 @@ def test_min_dcf_is_normalised_not_speechbrain_form():
     p = 0.05
     unnormalised = np.min(p * pmiss + (1 - p) * pfa)  # SpeechBrain's quantity
     ours = compute_min_dcf(scores, labels, p)
-    assert ours == pytest.approx(unnormalised / 0.05)
+    assert ours == pytest.approx(unnormalised / 0.05)  # float64, one division
     assert ours > 10 * unnormalised  # off by the factor 1/min(p, 1-p) = 20 if unnormalised
     # An uninformative system costs exactly 1 when normalised (reject everything), p when not.
     flat = np.zeros(100)
-    assert compute_min_dcf(flat, labels[:100], p) == pytest.approx(1.0)
+    assert compute_min_dcf(flat, labels[:100], p) == pytest.approx(1.0)  # a flat score: min DCF is exactly 1
     assert compute_min_dcf(scores, labels, 0.05) <= 1.0
 
 
@@ -112,7 +114,7 @@ def test_min_dcf_against_speechbrain_times_norm():
     neg = torch.tensor(scores[labels == 0])
     for p in (0.01, 0.05):
         sb_dcf, _ = sb.minDCF(pos, neg, c_miss=1.0, c_fa=1.0, p_target=p)
-        # SpeechBrain accumulates in float32.
+        # SpeechBrain accumulates in float32: its counts are exact integers, its divisions add <= 3 ulp (3.6e-7)
         assert compute_min_dcf(scores, labels, p) * min(p, 1 - p) == pytest.approx(float(sb_dcf), rel=1e-6)
 
 
@@ -121,10 +123,10 @@ def test_thresholds_and_actual_dcf():
     eer, thr = eer_with_threshold(scores, labels)
     pmiss = np.mean(scores[labels == 1] < thr)
     pfa = np.mean(scores[labels == 0] >= thr)
-    assert abs(pmiss - eer) < 2e-3 and abs(pfa - eer) < 2e-3
+    assert abs(pmiss - eer) < 2e-3 and abs(pfa - eer) < 2e-3  # discreteness: 1 of ~1200 targets is 8e-4
     for p in (0.01, 0.05):
         v, t = min_dcf_with_threshold(scores, labels, p)
-        assert actual_dcf(scores, labels, t, p) == pytest.approx(v, abs=1e-12)
+        assert actual_dcf(scores, labels, t, p) == pytest.approx(v, abs=1e-12)  # float64 counts
         assert actual_dcf(scores, labels, t + 0.3, p) >= v
     perfect = np.array([0.1, 0.2, 0.8, 0.9])
     assert compute_eer(perfect, [0, 0, 1, 1]) == 0.0
@@ -154,15 +156,15 @@ def test_shot_group_accuracy_against_sklearn():
     res = shot_group_accuracy(y, pred, counts)
     cm = confusion_matrix(y, pred, labels=np.arange(10))
     per_class = np.diag(cm) / cm.sum(axis=1)
-    assert res["top1"] == pytest.approx(accuracy_score(y, pred))
-    assert res["mean_per_class"] == pytest.approx(balanced_accuracy_score(y, pred))
-    assert res["many"] == pytest.approx(per_class[[0, 1, 2, 9]].mean())
-    assert res["medium"] == pytest.approx(per_class[[3, 4, 5]].mean())
-    assert res["few"] == pytest.approx(per_class[[6, 7, 8]].mean())
+    assert res["top1"] == pytest.approx(accuracy_score(y, pred))  # ratios of counts
+    assert res["mean_per_class"] == pytest.approx(balanced_accuracy_score(y, pred))  # ratios of counts
+    assert res["many"] == pytest.approx(per_class[[0, 1, 2, 9]].mean())  # ratios of counts
+    assert res["medium"] == pytest.approx(per_class[[3, 4, 5]].mean())  # ratios of counts
+    assert res["few"] == pytest.approx(per_class[[6, 7, 8]].mean())  # ratios of counts
     assert (res["n_many_classes"], res["n_medium_classes"], res["n_few_classes"]) == (4, 3, 3)
     alt = shot_group_accuracy(y, pred, counts, many=200, few=60)  # thresholds are configurable
-    assert alt["many"] == pytest.approx(per_class[[0, 9]].mean())
-    assert alt["few"] == pytest.approx(per_class[[4, 5, 6, 7, 8]].mean())
+    assert alt["many"] == pytest.approx(per_class[[0, 9]].mean())  # ratios of counts
+    assert alt["few"] == pytest.approx(per_class[[4, 5, 6, 7, 8]].mean())  # ratios of counts
 
 
 def test_confusion_summary_counts_tail_taken_for_head():
@@ -181,14 +183,15 @@ def test_shot_group_verification_equals_subset_metrics():
     res = shot_group_verification(scores, labels, counts)
     for g, c in (("few", 5), ("medium", 50), ("many", 500)):
         sel = counts == c
+        # float64 counts, the same code on a subset
         assert res[g]["eer"] == pytest.approx(compute_eer(scores[sel], labels[sel]))
-        assert res[g]["min_dcf"][0.01] == pytest.approx(compute_min_dcf(scores[sel], labels[sel], 0.01))
+        assert res[g]["min_dcf"][0.01] == pytest.approx(compute_min_dcf(scores[sel], labels[sel], 0.01))  # as the EER
     res = shot_group_verification(scores, labels, np.full(900, 500))
     assert res["few"] is None and res["medium"] is None
     unseen = np.where(np.arange(900) % 2 == 0, -1, counts)  # unseen enrolled speakers are left out
     res = shot_group_verification(scores, labels, unseen)
     sel = (unseen == 5)
-    assert res["few"]["eer"] == pytest.approx(compute_eer(scores[sel], labels[sel]))
+    assert res["few"]["eer"] == pytest.approx(compute_eer(scores[sel], labels[sel]))  # as above
 
 
 def test_enroll_train_counts():
@@ -263,6 +266,7 @@ def test_block_reader_across_block_boundaries(tmp_path, monkeypatch, block):
     lines[17:17] = ["", "   "]  # blank lines shift later line numbers
     p = _write(tmp_path / "s.txt", lines)
     got = read_scores(p, keys=True)
+    # the file keeps 4 decimals here
     assert np.array_equal(got.labels, labels) and np.allclose(got.scores, np.round(scores, 4))
     assert got.test.tolist() == [f"{'t' * (i % 40)}{i}" for i in range(200)]
     assert got.line_no.tolist() == list(range(1, 18)) + list(range(20, 203))
@@ -315,8 +319,8 @@ def test_eer_cli_table_and_json(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     for k, r in enumerate(res):
         s = np.round(scores + k * labels, 8)
-        assert r["eer"] == pytest.approx(compute_eer(s, labels))
-        assert r["min_dcf"]["0.05"] == pytest.approx(compute_min_dcf(s, labels, 0.05))
+        assert r["eer"] == pytest.approx(compute_eer(s, labels))  # float64 counts
+        assert r["min_dcf"]["0.05"] == pytest.approx(compute_min_dcf(s, labels, 0.05))  # float64 counts
     assert main(["eer", str(files[0])]) == 0
     table = capsys.readouterr().out
     assert f"{res[0]['eer'] * 100:.3f}" in table and "minDCF(0.01)" in table

@@ -52,12 +52,14 @@ def test_meta_embedding_logits_equal_the_formula_on_a_fixed_memory():
     with torch.no_grad():  # a selector and hallucinator away from their initial values
         head.selector.weight.copy_(torch.from_numpy(rng.standard_normal((6, 6))))
         head.hallucinator.bias.copy_(torch.from_numpy(rng.standard_normal(4)))
-    np.testing.assert_allclose(head.centroids.detach().numpy(), memory)
+    np.testing.assert_allclose(head.centroids.detach().numpy(), memory)  # the memory copied as is: exact
     x = rng.standard_normal((9, 6)) * 1.5
     got = head.eval()(torch.from_numpy(x)).detach().numpy()
+    # float64 head (.double()) vs float64 formula
     np.testing.assert_allclose(got, _np_oltr_logits(head, x), rtol=1e-10, atol=1e-10)
     # the hallucinator starts as s * unit class directions / mean ||c||: its attention is a softmax over cosines
     wd = head.weight.detach().numpy()
+    # float64 head vs float64 formula
     np.testing.assert_allclose(head.hallucinator.weight.detach().numpy(), 16.0 * wd / np.linalg.norm(
         wd, axis=1, keepdims=True) / np.linalg.norm(memory, axis=1).mean(), rtol=1e-12)
 
@@ -70,13 +72,13 @@ def test_centroid_loss_equals_the_formula_and_is_the_training_extra_loss():
     own = np.eye(4, dtype=bool)[y]
     want = d2[own].sum() / (2 * 7) + 0.01 * max(0.0, 10.0 - np.where(own, 0.0, d2).mean())
     got = centroid_loss(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(c), 10.0, 0.01)
-    assert got.item() == pytest.approx(want, rel=1e-12)
+    assert got.item() == pytest.approx(want, rel=1e-12)  # float64
     head = _oltr_head(stage1_epochs=None, centroid_weight=0.5)
     head.init_memory(torch.from_numpy(c))
     xu = x / np.linalg.norm(x, axis=1, keepdims=True)  # the head's loss is on the unit-length direct features
     head.train()(torch.from_numpy(x * 7.0), torch.from_numpy(y))
     want_u = centroid_loss(torch.from_numpy(xu), torch.from_numpy(y), torch.from_numpy(c), 10.0, 0.01).item()
-    assert head.extra_loss.item() == pytest.approx(0.5 * want_u, rel=1e-12)
+    assert head.extra_loss.item() == pytest.approx(0.5 * want_u, rel=1e-12)  # float64
     head.eval()(torch.from_numpy(x))
     assert head.extra_loss is None
 
@@ -90,7 +92,7 @@ def test_stage_one_is_aam_and_the_switch_sets_the_memory_to_the_class_means():
     head.train(), aam.train()
     head.set_epoch(0, 4)  # first epoch: plain AAM, nothing summed
     x0, y0 = (torch.from_numpy(a) for a in batches[0])
-    torch.testing.assert_close(head(x0, y0), aam(x0, y0))
+    torch.testing.assert_close(head(x0, y0), aam(x0, y0))  # float64 heads, the same AAM ops: equal
     assert head.class_count.sum() == 0
     head.set_epoch(1, 4)  # the last stage-1 epoch sums the features per class
     for x, y in batches:
@@ -101,12 +103,13 @@ def test_stage_one_is_aam_and_the_switch_sets_the_memory_to_the_class_means():
     xs, ys = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     xs = xs / np.linalg.norm(xs, axis=1, keepdims=True)
     means = np.stack([xs[ys == k].mean(0) for k in range(3)])
+    # float64 head: the class means themselves
     np.testing.assert_allclose(head.centroids.detach().numpy()[:3], means, rtol=1e-12)
     w3 = head.weight.detach().numpy()[3]  # the unseen class: its classifier direction at the mean length
-    np.testing.assert_allclose(head.centroids.detach().numpy()[3],
+    np.testing.assert_allclose(head.centroids.detach().numpy()[3],  # float64
                                w3 / np.linalg.norm(w3) * np.linalg.norm(means, axis=1).mean(), rtol=1e-12)
     head.set_epoch(2, 4)  # set again after a resume: the memory stays
-    np.testing.assert_allclose(head.centroids.detach().numpy()[:3], means, rtol=1e-12)
+    np.testing.assert_allclose(head.centroids.detach().numpy()[:3], means, rtol=1e-12)  # float64
     assert _oltr_head(stage1_epochs=0.5).stage1_epochs == 0.5
 
 
@@ -188,6 +191,7 @@ def test_averaging_keeps_the_last_stage_and_the_model_identifies(corpus, oltr_ru
     assert tm.head.memory_ready and not tm.is_causal
     x = torch.randn(5, 16)
     with torch.no_grad():
+        # float32 head vs float64 formula, scale-16 logits: ~1e-6
         np.testing.assert_allclose(tm.head(x).numpy(), _np_oltr_logits(tm.head.double(), x.double().numpy()),
                                    rtol=1e-5, atol=1e-5)  # float32 head
 
@@ -217,6 +221,7 @@ def test_decouple_oltr_keeps_the_backbone_and_classifies_from_its_memory(corpus,
     store = EmbeddingStore.open(oltr_run / "emb" / "data")
     with torch.no_grad():
         logits = tm.head(torch.from_numpy(np.array(store.matrix, np.float32)))
+    # float32 head against its float64 formula: measured 1.5e-6 (scale-16 logits)
     np.testing.assert_allclose(logits.double().numpy(), _np_oltr_logits(tm.head.double(), np.asarray(
         store.matrix, np.float64)), rtol=1e-5, atol=1e-5)
     res = identify(oltr_run / "emb" / "data", corpus, corpus, exp_dir=out, many=4, few=2, n_boot=50,
@@ -240,8 +245,9 @@ def test_decoupled_oltr_classifier_learns_a_long_tail_from_its_memory():
     x, y = draw(counts)
     xu = x / np.linalg.norm(x, axis=1, keepdims=True)
     means = np.stack([xu[y == k].mean(0) for k in range(6)])
-    np.testing.assert_allclose(class_centroids(x, y, 6), means, rtol=1e-12)
+    np.testing.assert_allclose(class_centroids(x, y, 6), means, rtol=1e-12)  # float64 both sides
     start = train_oltr_classifier(x, y, 6, epochs=0)
+    # float32 centroids of float64 means: 1 ulp
     np.testing.assert_allclose(start.centroids.detach().numpy(), means, rtol=1e-6)
     head = train_oltr_classifier(x, y, 6, epochs=30, batch_size=16, lr=0.1)
     assert head.memory_ready and not head.training

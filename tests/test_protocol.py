@@ -57,7 +57,7 @@ def test_balanced_control_same_speakers_count_and_hours():
     hours_lt = sum(lt.utt2dur.values()) / 3600
     hours_ctrl = sum(ctrl.utt2dur.values()) / 3600
     assert abs(hours_ctrl / hours_lt - 1) <= 0.05
-    assert info["hours_ratio"] == pytest.approx(hours_ctrl / hours_lt)
+    assert info["hours_ratio"] == pytest.approx(hours_ctrl / hours_lt)  # float64 sums of durations
 
 
 def test_balanced_control_swaps_to_match_hours_and_fails_when_it_cannot():
@@ -124,14 +124,16 @@ def test_tail_cost_and_recovered_share_match_numpy(tmp_path):
         c = np.array(x["aam"]) - np.array(x["aam_control"])
         got = tail["costs"]["cosine"][col]
         half = tq * c.std(ddof=1) / np.sqrt(3)
+        # float64 mean and t interval
         assert got["cost"] == pytest.approx(c.mean()) and got["ci"] == pytest.approx([c.mean() - half,
                                                                                       c.mean() + half])
         g = np.array(x["aam"]) - np.array(x["cnaam"])
         share = tail["shares"][0]["columns"][col]
-        assert share["share"] == pytest.approx(g.mean() / c.mean())
+        assert share["share"] == pytest.approx(g.mean() / c.mean())  # float64 ratio
         # Fieller's ends: the per-seed g - r c has a t-statistic of exactly -+ t_0.975 there
         for r, sign in zip(share["ci"], (1, -1)):
             z = g - r * c
+            # float64 t statistic vs scipy's t quantile
             assert z.mean() / (z.std(ddof=1) / np.sqrt(3)) == pytest.approx(sign * tq, rel=1e-6)
     table = [ln for ln in text.splitlines() if ln.startswith("| Tail cost") or ln.startswith("| Share")]
     c = np.array(eer["aam"]) - np.array(eer["aam_control"])
@@ -147,11 +149,11 @@ def test_fieller_reduces_to_a_t_interval_and_is_unbounded_for_a_noisy_cost():
     g, c = [0.02, 0.03, 0.025, 0.01], [0.04] * 4
     lo_hi = fieller_ratio(g, c)["ci"]
     half = stats.t.ppf(0.975, 3) * np.std(g, ddof=1) / 2
-    assert lo_hi == pytest.approx([(np.mean(g) - half) / 0.04, (np.mean(g) + half) / 0.04])
+    assert lo_hi == pytest.approx([(np.mean(g) - half) / 0.04, (np.mean(g) + half) / 0.04])  # float64
     noisy = fieller_ratio([0.01, 0.02, 0.0], [0.05, -0.04, 0.01])
     assert noisy["ci"] is None and noisy["bounded"] is False
     one = fieller_ratio([0.01], [0.04])
-    assert one["ratio"] == pytest.approx(0.25) and one["ci"] is None
+    assert one["ratio"] == pytest.approx(0.25) and one["ci"] is None  # ratio of counts
 
 
 # ---------------------------------------------------------------- recommendation

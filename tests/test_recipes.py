@@ -187,17 +187,21 @@ def _check_table(exp: Path, names: list[str]) -> None:
         dec = label.startswith(("cRT", "tau-norm"))  # the base's embeddings: in the identification table only
         assert not (dec and label in ver)
         if vs[0] and not dec:
+            # the table prints 2 decimals of a percentage: rounding <= 0.005
             assert _point(ver[label][0]) == pytest.approx(100 * mean([v["eer"] for v in vs]), abs=0.006)
+            # the table prints 4 decimals: rounding <= 5e-5
             assert _point(ver[label][1]) == pytest.approx(mean([v["min_dcf"]["0.01"] for v in vs]), abs=6e-5)
             assert all(v["eer_ci"][0] - 1e-12 <= v["eer"] <= v["eer_ci"][1] + 1e-12 for v in vs)
         for k, g in enumerate(("many", "medium", "few")):
             grps = [((r.get("seen") or {}).get("groups") or {}).get(g) for r in rows]
             if not dec and all(x and "eer" in x for x in grps):
+                # 2 decimals, as above
                 assert _point(ver[label][2 + k]) == pytest.approx(100 * mean([x["eer"] for x in grps]), abs=0.006)
                 assert all(x["eer_ci"][0] - 1e-12 <= x["eer"] <= x["eer_ci"][1] + 1e-12 for x in grps)
         for k, g in enumerate(("many", "medium", "few", "overall")):
             ids = [r.get("identification") or {} for r in rows]
             if all(i.get(g) is not None and not math.isnan(i[g]) for i in ids):
+                # 2 decimals, as above
                 assert _point(iden[label][k]) == pytest.approx(100 * mean([i[g] for i in ids]), abs=0.006)
                 assert all(i[f"{g}_ci"][0] - 1e-12 <= i[g] <= i[f"{g}_ci"][1] + 1e-12 for i in ids)
 
@@ -241,8 +245,9 @@ def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) ->
                 assert (rec["n_target"], rec["n_nontarget"]) == (int(is_target[sel].sum()),
                                                                  int((~is_target[sel]).sum()))
                 eer, dcf = _sklearn_eer_min_dcf(scores[sel], is_target[sel])
+                # float64 counts vs scikit-learn's float64 ROC
                 assert rec["eer"] == pytest.approx(eer, abs=1e-9), (name, variant, g)
-                assert rec["min_dcf"]["0.01"] == pytest.approx(dcf, abs=1e-9)
+                assert rec["min_dcf"]["0.01"] == pytest.approx(dcf, abs=1e-9)  # as above
 
 
 def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, alphas: list[float]) -> None:
@@ -266,11 +271,13 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
             assert Path(ver["scores"]) == (e / "scores" / variant / f"{trial}.score").resolve()
             enroll, test, scores, is_target = _score_file(ver["scores"])
             eer, dcf = _sklearn_eer_min_dcf(scores, is_target)
+            # float64 counts vs scikit-learn's float64 ROC
             assert ver["eer"] == pytest.approx(eer, abs=1e-9) and ver["min_dcf"]["0.01"] == pytest.approx(dcf, abs=1e-9)
             assert ver["n_target"] == int(is_target.sum()) and ver["n_nontarget"] == int((~is_target).sum())
         # the cosine scores are those of the evaluation dir's raw embeddings
         enroll, test, scores, _ = _score_file(e / "scores" / "cosine" / f"{trial}.score")
         store = _store(e / "emb" / eval_name)
+        # 6 decimals in the file (5e-7) plus float32 cosines (~2e-7); allclose adds 1e-5 relative
         assert np.allclose(scores, [_cos(store[a], store[b]) for a, b in zip(enroll, test)], atol=2e-6)
         if "cnaam" not in name:  # no Causal Norm head (spkcausal model-info said so): no TDE anywhere
             assert not any(v.startswith("tde") for v in res["rows"]) and not (e / "tde_alpha.json").exists()
@@ -290,9 +297,11 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
         raw = np.load(e / "emb" / eval_name / "embeddings.npy").astype(np.float64)
         tde = np.load(e / "emb" / f"{eval_name}_tde" / "embeddings.npy").astype(np.float64)
         xbar = np.load(e / "emb" / eval_name / "mean_feature.npy").astype(np.float64)
+        # float32 TDE of unit chunks vs float64: <= (d + 3) eps (1 + alpha), ~3e-6
         assert np.allclose(tde, _tde(raw, xbar, alpha["alpha"]), atol=1e-5)
         enroll, test, scores, _ = _score_file(e / "scores" / "tde_cosine" / f"{trial}.score")
         tstore = _store(e / "emb" / f"{eval_name}_tde")
+        # as the raw cosines
         assert np.allclose(scores, [_cos(tstore[a], tstore[b]) for a, b in zip(enroll, test)], atol=2e-6)
     _check_table(exp, systems)
     assert (exp / f"det_{Path(trial).stem}.png").stat().st_size > 1000
@@ -355,6 +364,7 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
                     str(tmp_path / "data" / "vox1_test"), "--out-dir", str(tmp_path / "single"), "--num-workers",
                     "0"], check=True, env=_env(), capture_output=True)
     sharded = np.load(e / "emb" / "vox1_test" / "embeddings.npy")  # rank slices merged back in key order
+    # other batch shapes, same float32 model: each ~6e-7 relative off float64 (test_models)
     assert np.allclose(sharded, np.load(tmp_path / "single" / "vox1_test" / "embeddings.npy"), atol=1e-5)
 
 
@@ -381,7 +391,7 @@ def test_cnceleb_recipe_end_to_end(tmp_path):
         segs[spk] = utts
     store = _store(exp / "tiny_cnaam" / "emb" / "cnceleb_eval")
     want = [_cos(np.mean([store[u] for u in segs[a]], axis=0), store[b]) for a, b in zip(enroll, test)]
-    assert np.allclose(scores, want, atol=2e-6)
+    assert np.allclose(scores, want, atol=2e-6)  # as the raw cosines
     before = _snapshot(tmp_path / "data", exp)
     _run("cnceleb", tmp_path, *args, "--stage", "5", "--stop_stage", "6")
     assert _snapshot(tmp_path / "data", exp) == before
@@ -416,11 +426,12 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     cal = json.loads((e / "backend" / "asnorm_cal.json").read_text())
     _, _, raw, _ = _score_file(e / "scores" / "asnorm" / "dev-clean.score")
     _, _, llr, is_t = _score_file(e / "scores" / "asnorm_cal" / "dev-clean.score")
+    # 6 decimals in both files, and one float64 affine map
     assert np.allclose(llr, cal["weights"][0] * raw + cal["bias"], atol=2e-6)
     res = json.loads((e / "results.json").read_text())["rows"]
     ver = res["asnorm_cal"]["verification"]
     direct = 0.5 * (np.log2(1 + np.exp(-llr[is_t])).mean() + np.log2(1 + np.exp(llr[~is_t])).mean())
-    assert ver["llr"] and ver["cllr"] == pytest.approx(direct, rel=1e-9)
+    assert ver["llr"] and ver["cllr"] == pytest.approx(direct, rel=1e-9)  # float64 formula on the same llrs
     for v in ("asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf"):
         ver = res[v]["verification"]
         assert ver["llr"] and ver["cllr_ci"][0] <= ver["cllr"] <= ver["cllr_ci"][1], v
@@ -442,6 +453,7 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     enroll, test, _, is_target = _score_file(tmp_path / "data" / "trials" / "dev-clean")
     for a, recorded in zip(alpha["alphas"], clean["eer"]):
         s = [_cos(_tde(store[x], xbar, a), _tde(store[y], xbar, a)) for x, y in zip(enroll, test)]
+        # float64 counts vs scikit-learn's float64 ROC
         assert recorded == pytest.approx(_sklearn_eer_min_dcf(np.array(s), is_target)[0], abs=1e-9), a
     # the report: mean ± std over the two seeds of every recorded figure
     ver = _tables((exp / "report.md").read_text())["Verification"][1]

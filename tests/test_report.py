@@ -200,7 +200,7 @@ def test_record_verification_matches_a_brute_force_eer(tmp_path):
     i = int(np.argmax(pmiss >= pfa))
     assert min(pmiss[i], pfa[i - 1]) - 1e-9 <= ver["eer"] <= max(pmiss[i], pfa[i - 1]) + 1e-9
     dcf = np.min(0.01 * pmiss + 0.99 * pfa) / 0.01
-    assert ver["min_dcf"]["0.01"] == pytest.approx(min(dcf, 1.0), abs=1e-9)
+    assert ver["min_dcf"]["0.01"] == pytest.approx(min(dcf, 1.0), abs=1e-9)  # float64 counts
     # the default label follows config.yaml at report time (not stored); a label the user gives is kept
     assert "label" not in data["rows"]["cosine"]
     assert collect_rows([e])[0]["label"] == "Baseline (AAM)"
@@ -240,8 +240,9 @@ def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
     assert "cllr" not in ver["cosine"]["verification"]  # raw cosine scores are no LLRs
     cal = ver["asnorm_cal"]["verification"]
     s = read_scores_file(exps["aam"] / "asnorm_cal" / "list.score")
+    # float64 both sides
     assert cal["cllr"] == pytest.approx(cllr(s, labels)) and cal["min_cllr"] == pytest.approx(min_cllr(s, labels))
-    assert cal["act_dcf"]["0.01"] == pytest.approx(act_dcf(s, labels, 0.01))
+    assert cal["act_dcf"]["0.01"] == pytest.approx(act_dcf(s, labels, 0.01))  # float64 both sides
     assert cal["cllr_ci"][0] <= cal["cllr"] <= cal["cllr_ci"][1]
 
     text = format_markdown(collect_rows(list(exps.values())), n_boot=100)

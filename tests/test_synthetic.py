@@ -104,7 +104,7 @@ def test_longtail_counts_and_balanced_heldout(small):
         per.setdefault(key.split("/")[0], [0, 0, 0])[code - 1] += 1
     train = np.array(sorted((v[0] for v in per.values()), reverse=True))
     assert train.tolist() == train_counts(cfg).tolist() == [12, 10, 8, 7, 5, 4, 4, 3]
-    assert train.max() == 12 and train.max() / train.min() == pytest.approx(4.0)
+    assert train.max() == 12 and train.max() / train.min() == pytest.approx(4.0)  # integer counts
     assert all(v[1] == 2 and v[2] == 3 for v in per.values())  # every training speaker, balanced
     tsv = _speakers(root)
     assert all(int(tsv[s]["train_utts"]) == v[0] for s, v in per.items())
@@ -127,11 +127,11 @@ def test_longtail_profiles(profile, exponent):
     assert abs(c[0] / c[-1] - 40) <= 40 * 0.5 / 3  # ratio exact up to rounding of the tail count
     if profile == "exp" and exponent == 1.0:  # log counts fall linearly with rank: slope -ln(40)/199
         slope = np.polyfit(np.arange(200), np.log(c), 1)[0]
-        assert slope == pytest.approx(-np.log(40) / 199, rel=0.03)
+        assert slope == pytest.approx(-np.log(40) / 199, rel=0.03)  # the fitted slope of integer-rounded counts (3%)
     if profile == "pareto":  # n = max / (1 + c r)^a: a straight line in log-log of (1 + c r)
         k = 40 ** (1 / exponent) - 1
         slope = np.polyfit(np.log1p(k * np.arange(200) / 199), np.log(c), 1)[0]
-        assert slope == pytest.approx(-exponent, rel=0.05)
+        assert slope == pytest.approx(-exponent, rel=0.05)  # as above, a coarser fit (5%)
     with pytest.raises(UsageError, match="tail speaker"):
         SynthConfig(max_utts=10, imbalance=40).validate()
 
@@ -250,7 +250,8 @@ def test_formant_cascade_matches_scipy():
     for row, fr, bw in zip(den, freqs, bws):
         sos = np.vstack([_resonator(f, b, 16000) for f, b in zip(fr, bw)])
         b_ref, a_ref = sos2tf(sos)
-        np.testing.assert_allclose(row, a_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(row, a_ref, rtol=1e-10, atol=1e-12)  # float64 polynomial products vs scipy's
+        # float64
         assert b_ref[0] == pytest.approx(row.sum())  # unit gain at DC
 
 
