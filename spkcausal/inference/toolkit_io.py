@@ -123,7 +123,7 @@ def build_imported(toolkit: str, name: str, state: Mapping[str, torch.Tensor], m
     cfg = config(args)
     try:
         model = build_extractor(cfg)
-    except TypeError as e:  # a --model-args key the factory does not take
+    except (TypeError, UsageError) as e:  # a --model-args key the factory does not take (the key check's words)
         raise UsageError(f"--model-args for {name}: {e}") from None
     if "embed_dim" not in args:
         width = _infer_embed_dim(model, state, toolkit)

@@ -41,7 +41,7 @@ from ..nn.checkpoint import (
     set_rng_state,
     write_latest,
 )
-from ..nn.config import merge_defaults, save_config
+from ..nn.config import DEFAULTS, merge_defaults, save_config
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
 from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for, section_kwargs
 from ..utils import DataError, log_to_file, write_text_atomic
@@ -393,6 +393,8 @@ def train(cfg: Mapping[str, Any], resume: bool = False) -> TrainResult:
     partial config that names model.name along with train.init_from must name the source's model."""
     model = cfg.get("model")
     model_named = model.get("name") if isinstance(model, Mapping) else None
+    if model_named == DEFAULTS["model"]["name"]:  # a merged config's default is no choice (`spkcausal train` knows)
+        model_named = None
     cfg = merge_defaults(cfg)
     if cfg["exp_dir"] is None:
         raise DataError("config key exp_dir is not set")
