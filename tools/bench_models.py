@@ -41,18 +41,20 @@ TRAIN_EXAMPLES = {"VoxCeleb2": 1_056_045, "CN-Celeb": 642_242}
 
 
 def _recipe(name: str) -> tuple[int, float, str]:
-    """(epochs, chunk seconds, config file) of the model's AAM recipe, or of its family's (ReDimNet B2 for B0-B5)."""
+    """(epochs, chunk seconds, config file) of the model's AAM recipe, else its family's (ReDimNet B2 for B0-B5),
+    else the config defaults."""
     import yaml
 
     from spkcausal.nn.config import DEFAULTS
 
     conf = Path(__file__).resolve().parents[1] / "recipes" / "conf"
-    path = conf / f"{name}_aam.yaml"
-    if not path.exists():
-        path = sorted(conf.glob(f"{name.rsplit('_', 1)[0]}_*_aam.yaml"))[0]
-    cfg = yaml.safe_load(path.read_text())
+    paths = [conf / f"{name}_aam.yaml"] if (conf / f"{name}_aam.yaml").exists() else \
+        sorted(conf.glob(f"{name.rsplit('_', 1)[0]}_*_aam.yaml"))
+    if not paths:  # no recipe of its own or its family's: the config defaults
+        return DEFAULTS["train"]["epochs"], DEFAULTS["data"]["chunk_seconds"], "defaults"
+    cfg = yaml.safe_load(paths[0].read_text())
     return (int(cfg.get("train", {}).get("epochs", DEFAULTS["train"]["epochs"])),
-            float(cfg.get("data", {}).get("chunk_seconds", DEFAULTS["data"]["chunk_seconds"])), path.name)
+            float(cfg.get("data", {}).get("chunk_seconds", DEFAULTS["data"]["chunk_seconds"])), paths[0].name)
 
 
 def projection(names: list[str], macs: dict[str, float]) -> None:
