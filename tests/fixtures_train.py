@@ -1,6 +1,7 @@
 """A tiny speaker-distinct corpus for trainer / extraction tests: per-speaker harmonic tones plus noise."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -112,6 +113,27 @@ def kill_after_checkpoint(cmd: list[str], env: dict[str, str], step: int = 5) ->
     proc.wait(timeout=60)
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a torchrun agent and every process below it (torchrun starts its workers in new sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def np_log_softmax(z: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ weights of the uninterrupted run.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_train import make_corpus, tiny_config
+from fixtures_train import kill_process_tree, make_corpus, tiny_config
 
 from spkcausal.data.shards import make_shards
 from spkcausal.nn.config import save_config
@@ -76,27 +75,6 @@ def _node(rank: int, port: int, args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=_env(), start_new_session=True, text=True, **kw)
 
 
-def _kill_node(pid: int) -> None:
-    """SIGKILL a torchrun agent and every process below it (torchrun starts its workers in new sessions)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _two_nodes(args: list[str], timeout: float = 180) -> list[str]:
     port = _free_port()
     procs = [_node(r, port, args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in (0, 1)]
@@ -148,7 +126,7 @@ def test_two_nodes_equal_one_node_and_survive_a_killed_node(tmp_path):
     for line in node0.stderr:
         seen.append(line)
         if "saved checkpoint" in line and "step_00000002.pt" in line:
-            _kill_node(node1.pid)
+            kill_process_tree(node1.pid)
             killed_at = time.monotonic()
             break
     else:

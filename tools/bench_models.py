@@ -5,6 +5,7 @@ and EER, and the parity with the toolkits' own modules (max abs difference on th
     python tools/bench_models.py                          every registered full-size extractor
     python tools/bench_models.py --models resnet34,campplus --repeats 5
     python tools/bench_models.py --cost-only --parity     parameters, MACs and parity only (no timing): seconds
+    python tools/bench_models.py --projection             the full-size training projection (docs/scale.md)
 
 RTF = compute seconds / audio seconds (lower is faster), the median of `--repeats` timed runs after one warm-up,
 waveform in: the Kaldi fbank is inside both timings (the exported graph's and `fbank + model` in PyTorch). Weights
@@ -30,6 +31,47 @@ PEER_EER = {"wespeaker_resnet34": "0.659 (wespeaker README)", "resnet34": "0.659
             "resnet221": "0.505 (wespeaker README)", "resnet293": "0.425 (wespeaker README)",
             "campplus": "0.659 (wespeaker README)", "simam_resnet100": "0.202 (wespeaker README)",
             "eres2netv2": "0.61; CN-Celeb 6.14 (3D-Speaker README)", "redimnet_b6": "0.37 (ReDimNet, wespeaker README)"}
+
+
+# Model-only training rates on one H200 (bf16, batch 256 x 200 frames, 17,982 classes; docs/design.md section 5),
+# the anchors of docs/scale.md's projection: ECAPA-512 is the one the others are scaled from.
+ANCHOR_RATES = {"ecapa512": 6443.0, "ecapa1024": 3474.0, "resnet34": 1571.0}
+# Training examples per epoch after the held-out split (docs/scale.md): VoxCeleb2 dev, CN-Celeb.
+TRAIN_EXAMPLES = {"VoxCeleb2": 1_056_045, "CN-Celeb": 642_242}
+
+
+def _recipe(name: str) -> tuple[int, float, str]:
+    """(epochs, chunk seconds, config file) of the model's AAM recipe, else its family's (ReDimNet B2 for B0-B5),
+    else the config defaults."""
+    import yaml
+
+    from spkcausal.nn.config import DEFAULTS
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "conf"
+    paths = [conf / f"{name}_aam.yaml"] if (conf / f"{name}_aam.yaml").exists() else \
+        sorted(conf.glob(f"{name.rsplit('_', 1)[0]}_*_aam.yaml"))
+    if not paths:  # no recipe of its own or its family's: the config defaults
+        return DEFAULTS["train"]["epochs"], DEFAULTS["data"]["chunk_seconds"], "defaults"
+    cfg = yaml.safe_load(paths[0].read_text())
+    return (int(cfg.get("train", {}).get("epochs", DEFAULTS["train"]["epochs"])),
+            float(cfg.get("data", {}).get("chunk_seconds", DEFAULTS["data"]["chunk_seconds"])), paths[0].name)
+
+
+def projection(names: list[str], macs: dict[str, float]) -> None:
+    """Print the MAC-scaled training projection: each model's H200 rate = ECAPA-512's anchor rate x the ratio of
+    ECAPA-512's MACs per second of audio to its own; hours = epochs x examples x (chunk / 2 s) / rate."""
+    base = macs["ecapa512"]
+    print("| model | GMACs / s of audio | x ECAPA-512 | projected 2-s examples/s per H200 (measured anchor) | "
+          "recipe: epochs, chunk | VoxCeleb2, one system: 1 GPU | 8 GPUs | CN-Celeb, one system: 1 GPU | 8 GPUs |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for name in names:
+        epochs, chunk, conf = _recipe(name)
+        rate = ANCHOR_RATES["ecapa512"] * base / macs[name]
+        anchor = f" ({ANCHOR_RATES[name]:,.0f})" if name in ANCHOR_RATES else ""
+        hours = {c: epochs * n * (chunk / 2.0) / rate / 3600 for c, n in TRAIN_EXAMPLES.items()}
+        print(f"| {name} | {macs[name] / 1e9:.2f} | {macs[name] / base:.2f} | {rate:,.0f}{anchor} | {epochs}, "
+              f"{chunk:g} s (`{conf}`) | {hours['VoxCeleb2']:.1f} h | {hours['VoxCeleb2'] / 8:.1f} h | "
+              f"{hours['CN-Celeb']:.1f} h | {hours['CN-Celeb'] / 8:.1f} h |", flush=True)
 
 
 def _timed(fn, repeats: int) -> float:
@@ -125,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median; default 3)")
     p.add_argument("--cost-only", action="store_true", help="parameters and MACs only, no timing")
     p.add_argument("--parity", action="store_true", help="add the parity column (needs ../shared/parity)")
+    p.add_argument("--projection", action="store_true", help="print the MAC-scaled full-size training projection "
+                                                              "(docs/scale.md) instead; no timing")
     args = p.parse_args(argv)
     names = args.models.split(",") if args.models else [m for m in list_models() if not m.endswith("_tiny")]
+    if args.projection:
+        projection(names, {n: complexity(build_model(n, n_mels=_n_mels(n)), _n_mels(n))["macs_per_second"]
+                           for n in dict.fromkeys(["ecapa512", *names])})
+        return 0
     par = parity() if args.parity else {}
     print(f"# {os.cpu_count()} CPU threads; {AUDIO_SECONDS:g} s of audio, batch 1; RTF = compute s / audio s "
           f"(median of {args.repeats}); load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
