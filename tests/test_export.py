@@ -116,6 +116,7 @@ def test_fbank_input_export(tmp_path):
     assert np.abs(got - sm.embed(list(w.numpy()))).max() <= 1e-4  # as above
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnet_tiny"] + NEW_TINY_MODELS)
 def test_every_tiny_extractor_exports_to_pt2_and_onnx_with_tde_folded(tmp_path, model):
     """Every extractor (resnet_tiny checks the harness): the torch.export program and the ONNX graph, TDE folded
