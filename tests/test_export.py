@@ -70,7 +70,8 @@ def _runner(path, fmt):
 
 
 @pytest.mark.parametrize("model", ["ecapa_tiny", "resnet_tiny"])
-@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx"])
+# pt2: torch.export's tracing costs most of this test's time (a minute for ECAPA on a loaded core): slow lane
+@pytest.mark.parametrize("fmt", [pytest.param("pt2", marks=pytest.mark.slow), "torchscript", "onnx"])
 def test_exported_embedder_matches_pytorch(tmp_path, model, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx")
