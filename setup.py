@@ -22,12 +22,14 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    # dev: the test suite, ruff and import-linter (the layer contracts in pyproject.toml) for .ci/run.
+    # dev: the test suite, ruff, mypy (with the stubs of the typed-elsewhere packages spkcausal imports) and
+    # import-linter (the layer contracts in pyproject.toml) for .ci/run.
     # export: ONNX files and onnxruntime parity / speed (TorchScript needs nothing extra); the test suite runs
     # the parity tests, so dev includes it.
     # docs: the documentation site (mkdocs.yml; .ci/run builds it with --strict), versions it was built with.
     extras_require={"export": ["onnx", "onnxruntime"],
-                    "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff", "onnx", "onnxruntime", "import-linter"],
+                    "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff", "onnx", "onnxruntime", "import-linter",
+                            "mypy", "types-PyYAML", "types-tqdm"],
                     "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.29,<2"]},
     entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
 )

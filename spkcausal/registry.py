@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -84,10 +86,18 @@ def _fits(default: Any, value: Any) -> str | None:
     return None
 
 
-def _admits(annotation: Any, kind: str) -> bool:
-    """True when a parameter's annotation admits `kind` (str, None) besides its default's kind (`float | str`)."""
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return kind in text.replace(" ", "").split("|") or "Any" in text
+def _admitted(entry: Any) -> dict[str, frozenset[Any]]:
+    """Per annotated parameter of a builder, the types its annotation admits (`float | str` -> {float, str};
+    `Any` -> {object}), evaluated, not read as text; {} when the annotations cannot be evaluated."""
+    try:
+        hints = typing.get_type_hints(entry.__init__ if inspect.isclass(entry) else entry)
+    except Exception:  # noqa: BLE001 - a name only imported for type checking: judge by defaults alone
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        out[name] = frozenset(object if a is Any else a for a in args)
+    return out
 
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -125,13 +135,15 @@ def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
         params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
     except (TypeError, ValueError):
         return
+    admitted = _admitted(entry)
     for key, value in kwargs.items():
         param = params.get(key)
         if param is None or param.default is inspect.Parameter.empty or param.default is None:
             continue
-        if _admits(param.annotation, "str") and isinstance(value, str):  # e.g. momentum: float | str ('auto')
+        kinds = admitted.get(key, frozenset())
+        if isinstance(value, str) and kinds & {str, object}:  # e.g. momentum: float | str ('auto'); Any
             continue
-        if value is None and _admits(param.annotation, "None"):  # e.g. oltr's stage1_epochs: float | int | None
+        if value is None and kinds & {type(None), object}:  # e.g. oltr's stage1_epochs: float | int | None
             continue
         want = _fits(param.default, value)
         if want is not None:

@@ -316,6 +316,7 @@ def _assert_same_everything(a_path: Path, b_path: Path) -> None:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prototypical", "semi_siamese", "kpositive", "tail_aug", "shards"])
 def test_sigkill_mid_epoch_resume_is_exact(method, lt_corpus, tmp_path):
     sections = {}

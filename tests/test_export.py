@@ -70,7 +70,8 @@ def _runner(path, fmt):
 
 
 @pytest.mark.parametrize("model", ["ecapa_tiny", "resnet_tiny"])
-@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx"])
+# pt2: torch.export's tracing costs most of this test's time (a minute for ECAPA on a loaded core): slow lane
+@pytest.mark.parametrize("fmt", [pytest.param("pt2", marks=pytest.mark.slow), "torchscript", "onnx"])
 def test_exported_embedder_matches_pytorch(tmp_path, model, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx")
@@ -116,6 +117,7 @@ def test_fbank_input_export(tmp_path):
     assert np.abs(got - sm.embed(list(w.numpy()))).max() <= 1e-4  # as above
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnet_tiny"] + NEW_TINY_MODELS)
 def test_every_tiny_extractor_exports_to_pt2_and_onnx_with_tde_folded(tmp_path, model):
     """Every extractor (resnet_tiny checks the harness): the torch.export program and the ONNX graph, TDE folded

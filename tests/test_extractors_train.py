@@ -27,6 +27,8 @@ from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import save_config
 from spkcausal.train.trainer import train
 
+pytestmark = pytest.mark.slow  # trains every tiny extractor and resumes it after SIGKILL (minutes)
+
 STEPS = 5  # one epoch: 40 chunks in batches of 8; checkpoints every 3 steps, so the kill lands mid-epoch
 
 

@@ -16,6 +16,8 @@ from spkcausal.data.datadir import DataDir
 from spkcausal.nn.checkpoint import load_checkpoint
 from spkcausal.train.trainer import train
 
+pytestmark = pytest.mark.slow  # every test trains a pre-training and a fine-tuning run
+
 SYNTH = dict(num_speakers=6, num_test_speakers=2, max_utts=4, imbalance=1.0, utt_seconds=(0.6, 0.8),
              sessions=(2, 2), val_per_speaker=0, test_per_speaker=0, veri_utts_per_speaker=2, num_trials=2, seed=3)
 

@@ -258,6 +258,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes, each importing torch
 def test_mean_feature_identical_across_two_gloo_ranks(tmp_path):
     import torch.multiprocessing as mp
 

@@ -101,6 +101,7 @@ def _import_roundtrip(toolkit: str, name: str, state: dict, args: dict, tmp_path
     assert np.abs(got - ref).max() <= 1e-4 * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", sorted(IMPORT_TABLE))
 def test_full_size_toolkit_checkpoint_imports_and_roundtrips_through_onnx(fixture, tmp_path):
     toolkit, name, args = IMPORT_TABLE[fixture]

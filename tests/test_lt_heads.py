@@ -256,6 +256,7 @@ def _killed_and_resumed(cfg: dict, exp: Path, conf: Path) -> None:
     assert "resumed from" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus, tmp_path):
     head = "causal_norm_aam" if method in ("subcenter", "capsule") else "aam"
@@ -297,6 +298,7 @@ def test_sigkill_mid_epoch_resume_is_exact_and_the_model_loads(method, lt_corpus
     assert logits.shape == (len(data.utts), 4) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_sharded_run_with_ldam_resumes_exactly(lt_corpus, tmp_path):
     from spkcausal.data.shards import make_shards
 

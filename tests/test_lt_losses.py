@@ -279,6 +279,7 @@ def _resume_config(corpus: Path, exp: Path, **sections) -> dict:
     return tiny_config(corpus, exp, **{**base, **sections})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sections", [
     {"loss": {"name": "ce", "drw_epoch": 1, "beta": 0.9}},  # killed at step 5: mid-epoch, after the switch
     {"sampler": {"name": "progressive", "num_samples": 32}},

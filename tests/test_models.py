@@ -45,6 +45,7 @@ def test_registry_register_get_build_and_errors():
             reg.get(bad)
 
 
+@pytest.mark.slow
 def test_train_with_unknown_model_name_is_one_line_and_exit_2(tmp_path):
     from fixtures_train import make_corpus, tiny_config
 

@@ -159,6 +159,7 @@ def oltr_run(corpus, tmp_path_factory):
     return exp
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_summing_epoch_resumes_exactly(corpus, oltr_run, tmp_path):
     from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
     from spkcausal.nn.config import save_config
@@ -311,6 +312,7 @@ def test_oltr_under_ddp_sums_every_rank_stays_in_step_and_resumes_at_the_switch(
     assert np.array_equal(np.load(part / "buf0.npy"), np.load(full / "buf0.npy"))
 
 
+@pytest.mark.slow
 def test_recipes_name_oltr_systems_and_treat_base_plus_oltr_as_decoupled():
     from spkcausal.report.results import decoupled_name, system_name
 

@@ -207,6 +207,7 @@ def test_ncm_predictions_equal_a_numpy_nearest_mean_on_the_stored_embeddings(bas
     assert (tmp_path / "aam_ncm" / "emb").resolve() == (exp / "emb").resolve()
 
 
+@pytest.mark.slow
 def test_lws_learns_only_the_scales_of_frozen_weights_on_a_frozen_backbone(base_exp, tmp_path):
     exp, dirs = base_exp
     info = _decouple(base_exp, "lws", tmp_path / "aam_lws")
@@ -309,6 +310,7 @@ def test_exported_embedder_applies_capsule_tde_as_the_library_does():
                                    atol=1e-6)
 
 
+@pytest.mark.slow
 def test_recipes_treat_ncm_and_lws_as_decoupled_and_the_report_names_them():
     import subprocess
 

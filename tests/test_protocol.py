@@ -187,6 +187,7 @@ def test_recommendation_follows_an_edited_table_and_profile_prints_it(tmp_path, 
 # ---------------------------------------------------------------- recipe plumbing (bash only, no training)
 
 
+@pytest.mark.slow
 def test_with_control_reruns_a_stage_for_the_control_with_its_dirs(tmp_path):
     import subprocess
 

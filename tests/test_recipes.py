@@ -26,6 +26,8 @@ from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde_alpha import ALPHA_GRID
 from spkcausal.report.results import load_results, row_label
 
+pytestmark = pytest.mark.slow  # the recipes run end to end in bash (minutes)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -307,7 +309,6 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
     assert (exp / f"det_{Path(trial).stem}.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
 def test_voxceleb_recipe_stage_by_stage(tmp_path):
     make_voxceleb1(tmp_path / "vox1")
     args = ["--vox1_root", str(tmp_path / "vox1"), "--train_set", "vox1_dev", "--systems",
@@ -368,7 +369,6 @@ def test_voxceleb_recipe_stage_by_stage(tmp_path):
     assert np.allclose(sharded, np.load(tmp_path / "single" / "vox1_test" / "embeddings.npy"), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_cnceleb_recipe_end_to_end(tmp_path):
     fx = make_cnceleb(tmp_path / "cn")
     # corpus overrides go first, the user's last: min_seconds 0.3 wins, log_every comes from the corpus
@@ -397,7 +397,6 @@ def test_cnceleb_recipe_end_to_end(tmp_path):
     assert _snapshot(tmp_path / "data", exp) == before
 
 
-@pytest.mark.slow
 def test_librispeech_recipe_end_to_end(tmp_path):
     """Two training seeds (exp/tiny_cnaam_seed<k>), the seen-speaker dev list choosing alpha by EER, the report's
     mean ± std over seeds against numpy, and a re-run with one more seed that trains only that seed."""

@@ -91,6 +91,7 @@ def test_shard_members_equals_the_per_shard_mask():
         assert len(got) == shards and all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
+@pytest.mark.slow  # end to end: every stage of both recipes as a subprocess
 def test_rehearsal_runs_every_stage_at_1_200(tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_scale import cn_stages, format_table, run_rehearsal, vox_stages

@@ -112,6 +112,22 @@ def test_builder_kwargs_admit_none_only_where_the_annotation_does():
         check_kwargs(builder, {"stage1_epochs": "half"}, "head")
 
 
+Seconds = float | None  # a type alias: the annotation's text ("Seconds") names neither None nor float
+
+
+def test_builder_kwargs_follow_the_evaluated_annotation_not_its_text():
+    """An alias that admits None lets None through; its float half still refuses a word, naming the key."""
+    from spkcausal.registry import check_kwargs
+    from spkcausal.utils import UsageError
+
+    def builder(limit: Seconds = 2.0) -> None:
+        """A builder whose parameter is typed by an alias."""
+
+    check_kwargs(builder, {"limit": None}, "head")
+    with pytest.raises(UsageError, match=r"config key head.limit: expected a finite number, got 'two'"):
+        check_kwargs(builder, {"limit": "two"}, "head")
+
+
 def test_embed_rerun_on_a_full_disk_keeps_the_complete_store(exp, tmp_path, capsys):
     """The old writer deleted store.json and rewrote extract.json before the new embeddings: a valid store
     was destroyed. Every budget below fails at another byte of the new store."""

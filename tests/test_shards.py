@@ -204,6 +204,7 @@ def _shard_config(shards: Path, exp: Path) -> dict:
                        train={"epochs": 2, "batch_size": 8, "ckpt_every_steps": 5, "keep_last": 10})
 
 
+@pytest.mark.slow
 def test_sharded_run_killed_mid_epoch_resumes_to_identical_weights(corpus, tmp_path):
     shards = tmp_path / "sh"
     make_shards(corpus, shards, utts_per_shard=3, seed=1)

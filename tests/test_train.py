@@ -63,6 +63,7 @@ def _eval_accuracy(net, data_dir: Path) -> float:
     return float((pred == truth).mean())
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_four_speakers(corpus, tmp_path):
     cfg = tiny_config(corpus, tmp_path / "exp", head={"name": "causal_norm_aam", "scale": 16.0, "margin": 0.1},
                       model={"name": "ecapa_tiny", "embed_dim": 32}, sampler={"num_samples": 64},
@@ -101,6 +102,7 @@ def _flat_state(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(corpus, tmp_path):
     musan, rirs = make_aug_banks(tmp_path / "aug")
     # Reference: uninterrupted, in this process, no DataLoader workers.
@@ -162,6 +164,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     from spkcausal.data.embeddings import EmbeddingStore
     from spkcausal.inference.extract import embed_utterances
@@ -423,6 +426,7 @@ def test_config_key_typos_are_rejected(tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path):
     from spkcausal.inference.extract import embed_utterances

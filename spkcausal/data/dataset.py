@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -154,10 +155,18 @@ class TrainChunkDataset(Dataset):
         return wave_t, int(self.labels[candidate]), candidate, failures
 
 
+class SizedSampler(Protocol):
+    """What PositionSampler wraps: indices with a length (every sampler of data/samplers.py)."""
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def __len__(self) -> int: ...
+
+
 class PositionSampler(Sampler):
     """Wraps a resumable sampler (set_epoch / set_start) so each index carries (epoch, position in shard)."""
 
-    def __init__(self, base: Sampler):
+    def __init__(self, base: SizedSampler):
         self.base = base
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
@@ -177,23 +186,24 @@ def collate_train(batch: list[tuple[torch.Tensor, int, int, int]]) -> tuple[torc
     return waves, labels, index, torch.tensor(sum(b[3] for b in batch))
 
 
-def _worker_init(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed numpy from the worker's torch seed."""
     # Chunk offsets come from position-keyed RNGs; this only keeps stray library randomness reproducible.
     info = torch.utils.data.get_worker_info()
     seed = info.seed % (2 ** 32) if info is not None else worker_id
     np.random.seed(seed)
 
 
-def train_loader(dataset: TrainChunkDataset, sampler: Sampler, batch_size: int, num_workers: int = 4,
+def train_loader(dataset: TrainChunkDataset, sampler: SizedSampler, batch_size: int, num_workers: int = 4,
                  pin_memory: bool = True, prefetch_factor: int | None = 4, generator_seed: int = 0) -> DataLoader:
     """DataLoader over `PositionSampler(sampler)`: fixed batches (drop_last), pinned memory, persistent workers."""
-    kwargs = {}
-    if num_workers > 0:
-        kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+    workers = num_workers > 0  # DataLoader refuses a prefetch factor without workers
     gen = torch.Generator().manual_seed(generator_seed)  # worker base seeds derive from it, not from global RNG
     return DataLoader(dataset, batch_size=batch_size, sampler=PositionSampler(sampler), num_workers=num_workers,
                       collate_fn=collate_train, pin_memory=pin_memory and torch.cuda.is_available(),
-                      drop_last=True, generator=gen, **kwargs)
+                      drop_last=True, generator=gen, persistent_workers=workers,
+                      prefetch_factor=prefetch_factor if workers else None,
+                      worker_init_fn=seed_worker if workers else None)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -215,13 +225,13 @@ def length_batches(lengths: Sequence[int], batch_samples: int, max_batch: int = 
     """
     if mode not in EVAL_MODES:
         raise UsageError(f"unknown batching mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
+    sizes = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-sizes, kind="stable")
     batches: list[list[int]] = []
     cur: list[int] = []
     cur_len = 0
     for i in order.tolist():
-        n = int(lengths[i])
+        n = int(sizes[i])
         if cur:
             if mode == "exact":
                 same_group = n == cur_len
@@ -253,6 +263,6 @@ def collate_eval(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, t
 def eval_loader(dataset: Dataset, batches: list[list[int]], num_workers: int = 2,
                 pin_memory: bool = True) -> DataLoader:
     """DataLoader yielding the given index batches of whole utterances."""
-    kwargs = {"persistent_workers": False, "prefetch_factor": 2} if num_workers > 0 else {}
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_eval,
-                      pin_memory=pin_memory and torch.cuda.is_available(), **kwargs)
+                      pin_memory=pin_memory and torch.cuda.is_available(),
+                      prefetch_factor=2 if num_workers > 0 else None)  # refused without workers

@@ -178,8 +178,8 @@ class EmbeddingStore:
         rows = np.fromiter((idx.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         missing = np.flatnonzero(rows < 0)
         if len(missing) and not allow_missing:
-            first = list(dict.fromkeys(str(keys[i]) for i in missing[:50]))[:5]
-            n_keys = len({str(keys[i]) for i in missing})
+            first = list(dict.fromkeys(str(keys[i]) for i in missing[:50].tolist()))[:5]
+            n_keys = len({str(keys[i]) for i in missing.tolist()})
             raise DataError(f"{n_keys} keys have no embedding in the store (first: {', '.join(first)})", self.path)
         return rows
 
@@ -222,7 +222,8 @@ def import_kaldi(scp_or_ark: PathLike, out_dir: PathLike) -> Path:
         raise DataError("file not found", src)
     try:
         items = kaldiio.load_scp(str(src)) if src.suffix == ".scp" else kaldiio.load_ark(str(src))
-        keys, vecs = [], []
+        keys: list[str] = []
+        vecs: list[np.ndarray] = []
         for key, vec in items.items() if src.suffix == ".scp" else items:
             vec = np.asarray(vec)
             if vec.ndim == 2 and vec.shape[0] == 1:  # some tools store a vector as a 1 x D matrix

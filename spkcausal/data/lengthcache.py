@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,14 +49,14 @@ def stat_files(paths: Sequence[str], pool: Executor) -> tuple[np.ndarray, np.nda
     return size, mtime
 
 
-def _read(path: Path, sample_rate: int) -> dict[str, np.ndarray] | None:
+def _read(path: Path, sample_rate: int) -> dict[str, Any] | None:
     """The cache's arrays, or None when there is none, it is unreadable or made for another rate or version."""
     try:
         with np.load(path, allow_pickle=False) as z:
             head = json.loads(bytes(z["head"]).decode())
             if head != {"version": _VERSION, "sample_rate": sample_rate}:
                 return None
-            out = {k: z[k] for k in ("size", "mtime", "frames", "rate")}
+            out: dict[str, Any] = {k: z[k] for k in ("size", "mtime", "frames", "rate")}
             out["paths"] = bytes(z["paths"]).decode().split("\n") if len(z["paths"]) else []
             out["why"] = json.loads(bytes(z["why"]).decode())
     except FileNotFoundError:
@@ -79,7 +80,7 @@ def _write(path: Path, sample_rate: int, paths: Sequence[str], size: np.ndarray,
               "rate": probes.rate, "why": blob(json.dumps({str(i): w for i, w in probes.why.items()}))}
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)
     except OSError as e:
         log.warning("cannot write the probe cache %s (%s): the next start probes every file again", path, e)
 
@@ -95,6 +96,26 @@ class Probes:
     probed: int = 0
 
 
+def _reuse(old: dict[str, Any], same: bool, paths: Sequence[str], size: np.ndarray, mtime: np.ndarray,
+           out: Probes) -> np.ndarray:
+    """Copy into `out` the cached probes of files whose size and mtime are unchanged; their mask."""
+    if same:
+        rows = np.arange(len(paths))
+    else:
+        where = {p: i for i, p in enumerate(old["paths"])}
+        rows = np.array([where.get(p, -1) for p in paths], dtype=np.int64)
+    known = rows >= 0
+    fresh = np.zeros(len(paths), dtype=bool)
+    fresh[known] = (old["size"][rows[known]] == size[known]) & (old["mtime"][rows[known]] == mtime[known])
+    out.frames[fresh], out.rate[fresh] = old["frames"][rows[fresh]], old["rate"][rows[fresh]]
+    index_of = {} if same else dict(zip(rows[fresh].tolist(), np.flatnonzero(fresh).tolist()))
+    for r, w in old["why"].items():
+        i = int(r) if same else index_of.get(int(r))
+        if i is not None and fresh[i]:
+            out.why[i] = w
+    return fresh
+
+
 def cached_probes(paths: Sequence[str], sample_rate: int, cache: Path | None, pool: Executor,
                   probe: Callable[[str, int], AudioProbe]) -> Probes:
     """`probe(path, sample_rate)` of every path, from `cache` where a file's size and mtime are those it was
@@ -104,24 +125,14 @@ def cached_probes(paths: Sequence[str], sample_rate: int, cache: Path | None, po
 
     n = len(paths)
     out = Probes(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), {})
-    size, mtime = stat_files(paths, pool) if cache is not None else (None, None)
-    old = _read(cache, sample_rate) if cache is not None else None
-    same = old is not None and old["paths"] == list(paths)  # the usual case: same dir, same order
     fresh = np.zeros(n, dtype=bool)
-    if old is not None:
-        if same:
-            rows = np.arange(n)
-        else:
-            where = {p: i for i, p in enumerate(old["paths"])}
-            rows = np.array([where.get(p, -1) for p in paths], dtype=np.int64)
-        known = rows >= 0
-        fresh[known] = (old["size"][rows[known]] == size[known]) & (old["mtime"][rows[known]] == mtime[known])
-        out.frames[fresh], out.rate[fresh] = old["frames"][rows[fresh]], old["rate"][rows[fresh]]
-        index_of = dict(zip(rows[fresh].tolist(), np.flatnonzero(fresh).tolist())) if not same else None
-        for r, w in old["why"].items():
-            i = int(r) if same else index_of.get(int(r))
-            if i is not None and fresh[i]:
-                out.why[i] = w
+    same = False
+    if cache is not None:
+        size, mtime = stat_files(paths, pool)
+        old = _read(cache, sample_rate)
+        same = old is not None and old["paths"] == list(paths)  # the usual case: same dir, same order
+        if old is not None:
+            fresh = _reuse(old, same, paths, size, mtime, out)
     todo = np.flatnonzero(~fresh).tolist()
     for i, p in tqdm(zip(todo, bounded_map(pool, lambda i: probe(paths[i], sample_rate), todo)), total=len(todo),
                      desc="scanning training audio", mininterval=2, leave=False, disable=not todo):

@@ -136,21 +136,27 @@ def _read_pairs(path: Path, what: str, unique: bool = True) -> tuple[list[bytes]
     return keys, values
 
 
+def _bad_duration(values: list[bytes], path: Path) -> DataError:
+    """The error naming the first value that is not a positive finite number of seconds."""
+    for n, v in enumerate(values, 1):
+        try:
+            ok = np.isfinite(float(v)) and float(v) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            return DataError(f"duration {v.decode()!r} is not a positive number of seconds", path, n)
+    return DataError("a duration is not a positive number of seconds", path)  # not reached: one value failed
+
+
 def _read_durations(path: Path, utts: list[bytes], utt2spk_path: Path) -> np.ndarray:
     """Duration of each utterance in `utts` from utt2dur (positive finite seconds)."""
     keys, values = _read_pairs(path, "<utt> <seconds>", unique=False)
     try:
         dur = np.array(list(map(float, values)))
     except ValueError:
-        dur = None
-    if dur is None or not (np.isfinite(dur).all() and (dur > 0).all()):
-        for n, v in enumerate(values, 1):
-            try:
-                ok = np.isfinite(float(v)) and float(v) > 0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise DataError(f"duration {v.decode()!r} is not a positive number of seconds", path, n)
+        raise _bad_duration(values, path) from None
+    if not (np.isfinite(dur).all() and (dur > 0).all()):
+        raise _bad_duration(values, path)
     if keys == utts:  # the usual case: both files sorted by utterance (utt2spk's keys are known unique)
         return dur
     _check_unique(keys, path)
@@ -182,15 +188,15 @@ def profile_datadir(data_dir: PathLike | DataDir, many: int = MANY, few: int = F
     if not path.is_dir():
         raise DataError("not a data dir (no such directory)", path)
     utts, spks = _read_pairs(path / "utt2spk", "<utt> <spk>")
-    counts = Counter(spks)
-    names = sorted(counts)
+    spk_counts = Counter(spks)  # bytes keys: decoded once per speaker below
+    names = sorted(spk_counts)
     seconds = None
     if (path / "utt2dur").exists():
         dur = _read_durations(path / "utt2dur", utts, path / "utt2spk")
         idx = dict(zip(names, range(len(names))))
         inv = np.fromiter(map(idx.__getitem__, spks), dtype=np.int64, count=len(spks))
         seconds = np.bincount(inv, weights=dur, minlength=len(names))
-    return Profile(np.array([s.decode() for s in names]), np.array([counts[s] for s in names], dtype=np.int64),
+    return Profile(np.array([s.decode() for s in names]), np.array([spk_counts[s] for s in names], dtype=np.int64),
                    seconds, many, few, str(path))
 
 

@@ -28,7 +28,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -241,7 +241,7 @@ def _write_set(data: Any, data_dir: PathLike, out: Path, utts_per_shard: int, se
     return num_shards, kept, len(rows)
 
 
-def _plain_name(name: Any) -> bool:
+def _plain_name(name: Any) -> TypeGuard[str]:
     """A file name inside the shard dir: no separator, no `..`, not absolute (so a manifest cannot point
     training at a tar elsewhere)."""
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
@@ -298,15 +298,16 @@ def load_shards(shard_dir: PathLike) -> ShardIndex:
                       sample_rate=rate, exts=[r[6] for r in rows])
 
 
-def iter_audio_members(path: PathLike) -> Iterator[tuple[str, str, bytes | None]]:
+def iter_audio_members(path: PathLike) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) of the audio members of a shard, in file order (json members skipped)."""
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
-            name = info.name
-            key, _, ext = name.partition(".")
+            key, _, ext = info.name.partition(".")
             if ext == "json" or not info.isfile():
                 continue
-            yield key, ext, tar.extractfile(info).read()
+            member = tar.extractfile(info)
+            if member is not None:  # never for a regular file
+                yield key, ext, member.read()
 
 
 def verify_shards(shard_dir: PathLike) -> list[str]:

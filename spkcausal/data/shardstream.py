@@ -215,7 +215,7 @@ class ShardTrainStream(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; a checkpoint of another order (seed, scheme, streams, buffer, shards) is refused."""
         mine = self.state_dict()
-        keys = ("seed", "name", "source", "streams", "buffer", "index_sha256")
+        keys: tuple[str, ...] = ("seed", "name", "source", "streams", "buffer", "index_sha256")
         if self.name == EPISODIC:
             keys += ("utts_per_speaker",)
         if self.name not in STATIC_SCHEMES:
@@ -395,14 +395,13 @@ def shard_loader(stream: ShardTrainStream, num_workers: int = 4, pin_memory: boo
                  prefetch_factor: int | None = 4, generator_seed: int = 0) -> DataLoader:
     """DataLoader over a ShardTrainStream (it yields whole batches); workers are re-created each epoch so they
     see the epoch and start position set on the stream."""
-    from .dataset import _worker_init
+    from .dataset import seed_worker
 
-    kwargs = {}
-    if num_workers > 0:
-        kwargs = {"persistent_workers": False, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+    workers = num_workers > 0  # DataLoader refuses a prefetch factor without workers
     gen = torch.Generator().manual_seed(generator_seed)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory and
-                      torch.cuda.is_available(), generator=gen, **kwargs)
+                      torch.cuda.is_available(), generator=gen, prefetch_factor=prefetch_factor if workers else None,
+                      worker_init_fn=seed_worker if workers else None)
 
 
 def prepare_shard_stream(cfg: dict[str, Any], rank: int, world: int, exp_dir: Any, log: logging.Logger,

@@ -61,6 +61,12 @@ class Scores:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def trials(self) -> Trials:
+        """The file's trials with their keys, labels and lines; ValueError (a caller's bug) without keys=True."""
+        if self.enroll is None or self.test is None:
+            raise ValueError("score keys were not read: read_scores(..., keys=True)")
+        return Trials(enroll=self.enroll, test=self.test, labels=self.labels, line_no=self.line_no)
+
 
 def _parse_labels(col: np.ndarray, path: PathLike, line_no: np.ndarray) -> np.ndarray:
     labels = np.full(len(col), -1, dtype=np.int8)

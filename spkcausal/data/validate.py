@@ -146,10 +146,11 @@ def _check_trials(path: Path, trials: Iterable[PathLike], u2s: dict, problems: l
             problems.append(Problem(str(tpath), e.line, e.message))
             continue
         known = set(u2s) | set(_enroll_keys(path))
+        line_no = tr.line_no if tr.line_no is not None else np.arange(1, len(tr) + 1)  # read_trials sets it
         absent: dict[str, int] = {}
         for i, key in enumerate(np.concatenate([tr.enroll, tr.test])):
             if key not in known and key not in absent:
-                absent[str(key)] = int(tr.line_no[i % len(tr)])
+                absent[str(key)] = int(line_no[i % len(tr)])
         for key, line in sorted(absent.items(), key=lambda kv: kv[1]):
             problems.append(Problem(str(tpath), line, f"key {key!r} is not in the data dir"))
 

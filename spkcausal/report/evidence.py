@@ -78,8 +78,9 @@ def _read_sorted(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     from ..data.trialio import read_scores
 
     s = read_scores(path, keys=True, need_labels=True)
-    order = np.lexsort((s.test, s.enroll))
-    return s.enroll[order], s.test[order], s.scores[order], s.labels[order]
+    t = s.trials()
+    order = np.lexsort((t.test, t.enroll))
+    return t.enroll[order], t.test[order], s.scores[order], s.labels[order]
 
 
 @lru_cache(maxsize=16)

@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..utils import atomic_path
 from .evidence import Intervals, row_figures, seed_summary
 
@@ -42,13 +40,13 @@ def eer_items(runs: Mapping, labels: Mapping[tuple[str, str], str], p_target: fl
     items = []
     for key, rs in _plain(runs):
         figs = [row_figures(r, p_target) for r in rs]
-        cols = {}
+        cols: dict[str, tuple[float, float, float, list[float]]] = {}
         for col, _ in EER_PANELS:
-            vals = [f[col][0] for f in figs if f[col][0] is not None]
+            vals = [v for v, _ in (f[col] for f in figs) if v is not None]
             if not vals:
                 continue
             if len(rs) == 1:
-                v, ci = figs[0][col]
+                v, ci = vals[0], figs[0][col][1]
                 lo, hi = (ci if ci else (v, v))
                 cols[col] = (_SCALE * v, _SCALE * lo, _SCALE * hi, [])
             else:  # the table's mean ± std over seeds
@@ -179,15 +177,15 @@ def write_figures(rows: Sequence[Mapping], summary: Mapping, out_dir: Path, iv: 
         _save(fig, out_dir / FIGURES[name])
         out[name] = {"path": str(out_dir / FIGURES[name]), "drawn": drawn}
     if several and (eer or diff):
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure, SubFigure
 
         n_panels = max(len({c for it in items for c in it["cols"]}) for items in (eer, diff) if items)
         height = 2.0 + 0.32 * len(eer) + 0.5 * len(diff)
         fig = Figure(figsize=(3.3 + 2.3 * n_panels, height), layout="constrained")
-        sub = fig.subfigures(2 if eer and diff else 1, 1, height_ratios=[0.5 + 0.32 * len(eer),
+        halves = fig.subfigures(2 if eer and diff else 1, 1, height_ratios=[0.5 + 0.32 * len(eer),
                                                                          0.5 + 0.5 * len(diff)][:2 if eer and diff
                                                                                                 else 1])
-        sub = list(np.atleast_1d(sub))
+        sub = [halves] if isinstance(halves, SubFigure) else list(halves.ravel())
         drawn = {}
         if eer:
             drawn["eer_groups"] = draw_panels(sub[0], eer, EER_PANELS, "EER by shot group: every seed (dots), "

@@ -121,7 +121,7 @@ def _row_cells(rs: Sequence[Mapping], p_target: float, level: float) -> tuple[li
     figs = [row_figures(r, p_target) for r in rs]
     cells, content = [], {}
     for key, _, scale in PAPER_COLUMNS:
-        pairs = [f[key] for f in figs if f[key][0] is not None]
+        pairs = [(v, ci) for v, ci in (f[key] for f in figs) if v is not None]
         cells.append(_cell([v for v, _ in pairs], [ci for _, ci in pairs], scale, level))
         content[key] = [v for v, _ in pairs]
     return cells, content

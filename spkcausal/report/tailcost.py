@@ -103,18 +103,18 @@ def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, 
     for (s, w), rs in runs.items():
         if s in (baseline, control) or rs[0].get("decoupled"):
             continue  # a decoupled classifier has its base's embeddings: no verification of its own
-        v = w if w in costs else tde_base.get(w)
-        if v not in costs:
+        base_v = w if w in costs else tde_base.get(w)
+        if base_v is None or base_v not in costs:
             continue
-        m, b = _by_seed(rs), _by_seed(runs[(baseline, v)])
+        m, b = _by_seed(rs), _by_seed(runs[(baseline, base_v)])
         cols = {}
-        for col, cost in costs[v].items():
+        for col, cost in costs[base_v].items():
             trip = [(k, b[k], m[k]) for k in cost["seeds"] if k in m]
             gains, dens = [], []
             for k, rb, rm in trip:
-                xb, xm = row_figures(rb, iv.p_target)[col][0], row_figures(rm, iv.p_target)[col][0]
-                if xm is not None:
-                    gains.append(xb - xm)
+                fb, fm = row_figures(rb, iv.p_target)[col][0], row_figures(rm, iv.p_target)[col][0]
+                if fb is not None and fm is not None:  # fb: always (the cost's seeds have baseline values)
+                    gains.append(fb - fm)
                     dens.append(cost["per_seed"][cost["seeds"].index(k)])
             if gains:
                 fr = fieller_ratio(gains, dens, iv.level)
@@ -123,7 +123,7 @@ def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, 
                              "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
                              "per_seed_gain": gains, "per_seed_cost": dens}
         if cols:
-            shares.append({"system": s, "variant": w, "reference_variant": v, "columns": cols})
+            shares.append({"system": s, "variant": w, "reference_variant": base_v, "columns": cols})
     return {"control": control, "baseline": baseline, "costs": costs, "shares": shares,
             "method": "tail cost: mean of per-seed differences, Student-t interval; share: ratio of means, "
                       "Fieller interval over seeds"}

@@ -373,7 +373,7 @@ def paired_bootstrap_accuracy(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np
     diff, diff_ci, sig = {}, {}, {}
     for k in _ACC_KEYS:
         diff[k] = pa[k] - pb[k]
-        diff_ci[k] = None if sa[k] is None else percentile_interval(sa[k] - sb[k], level)
-        sig[k] = None if diff_ci[k] is None else bool(diff_ci[k][0] > 0 or diff_ci[k][1] < 0)
+        ci = None if sa[k] is None else percentile_interval(sa[k] - sb[k], level)
+        diff_ci[k], sig[k] = ci, None if ci is None else bool(ci[0] > 0 or ci[1] < 0)
     return {"diff": diff, "diff_ci": diff_ci, "significant": sig, "a": pa, "b": pb, "n_boot": int(n_boot),
             "level": float(level), "seed": int(seed), "unit": "class"}

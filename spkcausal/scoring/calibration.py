@@ -306,7 +306,7 @@ def train_calibration(scores: np.ndarray, labels: np.ndarray, p_target: float = 
 def read_labelled(path: PathLike) -> tuple[Trials, np.ndarray]:
     """A labelled score file as (trials with keys and labels, scores)."""
     table = read_scores(path, keys=True, need_labels=True)
-    return Trials(enroll=table.enroll, test=table.test, labels=table.labels, line_no=table.line_no), table.scores
+    return table.trials(), table.scores
 
 
 def train_calibration_file(dev_scores: PathLike, out: PathLike, p_target: float = 0.01) -> CalibrationModel:
@@ -327,8 +327,7 @@ def apply_calibration_file(model_path: PathLike, scores_path: PathLike, out: Pat
     if model.kind != "linear":
         raise UsageError(f"{model_path} is a QMF model: apply it with `spkcausal qmf --model ... --apply ...`")
     table = read_scores(scores_path, keys=True)
-    trials = Trials(enroll=table.enroll, test=table.test, labels=table.labels)
-    write_scores(out, trials, model.apply(table.scores))
+    write_scores(out, table.trials(), model.apply(table.scores))
     log.info("%s -> %s (llr = %.4f * score + %.4f)", scores_path, out, model.weights[0], model.bias)
     return Path(out)
 

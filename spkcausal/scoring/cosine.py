@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,10 +156,10 @@ class Scorer:
             raise UsageError(f"--norm {self.norm} needs a cohort")
         self._cohort_n = None if self.cohort is None else _normalise(self.cohort, self.mean,
                                                                      lambda i: f"cohort row {i}")
-        self.top_k = None
-        if self.norm == "asnorm":
-            self.top_k = resolve_top_n(self.top_n, len(self._cohort_n))
-            _warn_top_share(self.top_k, len(self._cohort_n))
+        self.top_k: int | None = None
+        if self.norm == "asnorm" and self._cohort_n is not None:  # (asnorm without a cohort was refused above)
+            self.top_k = resolve_top_n(self.top_n, self.cohort_size)
+            _warn_top_share(self.top_k, self.cohort_size)
         self._emap = list((self.enroll_map or {}).items())
         # Key -> row: store rows first, then one virtual row per enrol-map entry (it overrides a store key).
         self._lut = self.store.key_index
@@ -166,7 +167,12 @@ class Scorer:
             self._lut = dict(self._lut)
             self._lut.update({k: len(self.store) + j for j, (k, _) in enumerate(self._emap)})
 
-    def rows(self, keys: Sequence[str]) -> np.ndarray:
+    @property
+    def cohort_size(self) -> int:
+        """Entries of the cohort, 0 without one."""
+        return 0 if self._cohort_n is None else len(self._cohort_n)
+
+    def rows(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Row of each key (-1 when absent): store rows, or len(store) + j for the j-th enrol-map entry."""
         keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
         return np.fromiter(map(self._lut.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
@@ -270,7 +276,7 @@ class ScorerInputs:
     top_n: int | float = 300
     enroll_map: PathLike | None = None
 
-    def with_(self, **changes: object) -> ScorerInputs:
+    def with_(self, **changes: Any) -> ScorerInputs:
         """A copy with some fields changed (e.g. the normalisation a command forces)."""
         return replace(self, **changes)
 
@@ -318,7 +324,7 @@ def score_files(trial_paths: Sequence[PathLike], inputs: ScorerInputs, out_dir: 
     setup_logging(out_dir / "score.log")
     scorer = inputs.load()
     if scorer.top_k is not None:
-        log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, len(scorer._cohort_n),
+        log.info("AS-norm: top %d of a %d-entry cohort (--asnorm-top %s)", scorer.top_k, scorer.cohort_size,
                  inputs.top_n)
     # Every list is read and scored before any is written: a bad second list leaves no output at all.
     done = []
@@ -358,7 +364,7 @@ def choose_asnorm_top(scorer: Scorer, trials: Trials, candidates: Sequence[int |
         raise UsageError("choosing the AS-norm top-N needs a cohort")
     if not trials.has_labels:
         raise DataError("the dev trial list has no target/nontarget labels", source)
-    size = len(scorer._cohort_n)
+    size = scorer.cohort_size
     by_k: dict[int, list] = {}
     for c in candidates:
         by_k.setdefault(resolve_top_n(c, size), []).append(c)

@@ -66,11 +66,11 @@ def group_geometry(emb: np.ndarray, labels: Sequence[Any], train_counts: Mapping
                    few: int, min_utts: int = 2) -> dict[str, dict[str, Any]]:
     """Spread / nearest / ratio by shot group (training counts decide the group) over speakers with >= min_utts
     utterances here (a speaker with one utterance has no spread); mean and 95% t-interval over speakers."""
-    labels = np.asarray(labels)
-    missing = sorted(set(labels.tolist()) - set(train_counts))[:3]
+    label_arr = np.asarray(labels)
+    missing = sorted(set(label_arr.tolist()) - set(train_counts))[:3]
     if missing:
         raise DataError(f"speaker(s) {missing} have embeddings but no training count: not training speakers")
-    g = speaker_geometry(emb, labels)
+    g = speaker_geometry(emb, label_arr)
     groups = shot_groups(np.array([train_counts[s] for s in g["speakers"]]), many, few)
     keep = g["count"] >= min_utts
     out: dict[str, dict[str, Any]] = {}
@@ -88,7 +88,7 @@ def over_seeds(results: Sequence[Mapping[str, Mapping[str, Any]]], level: float 
     """group_geometry of several training seeds of one system: each figure's mean over seeds with a Student-t
     interval over seeds (one result is returned as it is: its interval is over speakers)."""
     if len(results) == 1:
-        return dict(results[0])
+        return {name: dict(row) for name, row in results[0].items()}
     out: dict[str, dict[str, Any]] = {}
     for name in results[0]:
         row: dict[str, Any] = {"speakers": results[0][name]["speakers"], "seeds": len(results)}

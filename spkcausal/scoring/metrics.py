@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.longtail import FEW, GROUPS, MANY, shot_groups
-from ..utils import DataError, UsageError
+from ..utils import DataError, PathLike, UsageError
 
 __all__ = [
     "DetCurve", "det_curve", "compute_eer", "compute_min_dcf", "eer_with_threshold", "min_dcf_with_threshold",
@@ -235,7 +235,7 @@ def enroll_train_counts(enroll: Sequence[str], speakers: Sequence[str], counts: 
 # ---------------------------------------------------------------- files and DET plots
 
 
-def evaluate_score_files(paths: Sequence[str], p_targets: Sequence[float] = (0.01, 0.05),
+def evaluate_score_files(paths: Sequence[PathLike], p_targets: Sequence[float] = (0.01, 0.05),
                          summary: Callable[..., dict] | None = None) -> list[dict]:
     """`summary(scores, labels, p_targets)` (default verification_summary) of each labelled score file
     (`enroll test score label`), with its file name and trial counts."""
@@ -286,8 +286,8 @@ def _det_limits(ticks: np.ndarray, eers: Sequence[float], points: Sequence[tuple
     coords = [v for pt in points for v in pt if ticks[0] <= v <= ticks[-1]]
     low_want = min([max(min(eers, default=0.01) / 20, ticks[0])] + coords)
     high_want = max([min(max(max(eers, default=0.01) * 3, 0.4), 0.99)] + coords)
-    low = ticks[max(0, np.searchsorted(ticks, low_want, side="right") - 1)]
-    high = ticks[min(len(ticks) - 1, np.searchsorted(ticks, high_want))]
+    low = ticks[max(0, int(np.searchsorted(ticks, low_want, side="right")) - 1)]
+    high = ticks[min(len(ticks) - 1, int(np.searchsorted(ticks, high_want)))]
     return low, high
 
 
@@ -333,9 +333,9 @@ def plot_det(paths: Sequence[str], out: str, p_targets: Sequence[float] = (0.01,
         for m, (pfa, pmiss, text) in enumerate(marks):
             if not inside[m]:
                 continue
-            (pt,) = ax.plot(norm.ppf(pfa), norm.ppf(pmiss), markers[m % len(markers)], color=line.get_color(),
-                            mfc="none", label=text)
-            drawn.append((text, float(pt.get_xdata()[0]), float(pt.get_ydata()[0])))
+            x, y = float(norm.ppf(pfa)), float(norm.ppf(pmiss))
+            ax.plot(x, y, markers[m % len(markers)], color=line.get_color(), mfc="none", label=text)
+            drawn.append((text, x, y))
     ax.plot(norm.ppf([lo, 1 - lo]), norm.ppf([lo, 1 - lo]), ":", color="grey", lw=0.8)
     shown = ticks[(ticks >= low) & (ticks <= high)]
     pt = norm.ppf(shown)

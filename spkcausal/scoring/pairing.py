@@ -22,11 +22,12 @@ def align_scores(a: Scores, b: Scores, path_a: str, path_b: str) -> np.ndarray:
     """Scores of b in a's trial order; DataError naming path_b unless both hold the same labelled trials."""
     if len(a) != len(b):
         raise DataError(f"{len(b)} trials, but {path_a} has {len(a)}: --paired needs the same trials in both", path_b)
-    oa, ob = np.lexsort((a.test, a.enroll)), np.lexsort((b.test, b.enroll))
-    differ = np.flatnonzero((a.enroll[oa] != b.enroll[ob]) | (a.test[oa] != b.test[ob]))
+    ta, tb = a.trials(), b.trials()
+    oa, ob = np.lexsort((ta.test, ta.enroll)), np.lexsort((tb.test, tb.enroll))
+    differ = np.flatnonzero((ta.enroll[oa] != tb.enroll[ob]) | (ta.test[oa] != tb.test[ob]))
     if len(differ):
         k = differ[0]  # in merged sort order the smaller pair of the first mismatch is missing from the other file
-        pa, pb = (a.enroll[oa[k]], a.test[oa[k]]), (b.enroll[ob[k]], b.test[ob[k]])
+        pa, pb = (ta.enroll[oa[k]], ta.test[oa[k]]), (tb.enroll[ob[k]], tb.test[ob[k]])
         if pa < pb:
             raise DataError(f"trial '{pa[0]} {pa[1]}' of {path_a} is missing: --paired needs the same trials", path_b)
         raise DataError(f"trial '{pb[0]} {pb[1]}' is not in {path_a}: --paired needs the same trials", path_b,
@@ -34,7 +35,7 @@ def align_scores(a: Scores, b: Scores, path_a: str, path_b: str) -> np.ndarray:
     wrong = np.flatnonzero(a.labels[oa] != b.labels[ob])
     if len(wrong):
         k = ob[wrong[0]]
-        raise DataError(f"trial '{b.enroll[k]} {b.test[k]}' has a different label in {path_a}", path_b,
+        raise DataError(f"trial '{tb.enroll[k]} {tb.test[k]}' has a different label in {path_a}", path_b,
                         int(b.line_no[k]))
     scores_b = np.empty(len(a))
     scores_b[oa] = b.scores[ob]

@@ -127,7 +127,7 @@ def quality_measures(trials: Trials, inputs: ScorerInputs, utt2dur: Mapping[str,
 
 def _settings(scorer: Scorer, measures: Sequence[str], inputs: ScorerInputs) -> dict:
     return {"measures": list(measures), "top_n": scorer.top_n, "top_k": scorer.top_k,
-            "cohort_size": len(scorer._cohort_n), "centred": inputs.mean_store is not None,
+            "cohort_size": scorer.cohort_size, "centred": inputs.mean_store is not None,
             "cohort_speaker_means": inputs.cohort_data is not None}
 
 
@@ -166,11 +166,11 @@ def apply_qmf_files(model_path: PathLike, scores_path: PathLike, inputs: ScorerI
         raise UsageError(f"{model_path} was trained {'with' if settings.get('cohort_speaker_means') else 'without'}"
                          " --cohort-data; give the same option when applying it")
     scorer = inputs.with_(norm="asnorm", top_n=settings["top_n"]).load()
-    if len(scorer._cohort_n) != settings.get("cohort_size"):
-        log.warning("cohort has %d entries, the QMF model was trained with %s", len(scorer._cohort_n),
+    if scorer.cohort_size != settings.get("cohort_size"):
+        log.warning("cohort has %d entries, the QMF model was trained with %s", scorer.cohort_size,
                     settings.get("cohort_size"))
     table = read_scores(scores_path, keys=True)
-    trials = Trials(enroll=table.enroll, test=table.test, labels=table.labels, line_no=table.line_no)
+    trials = table.trials()
     durs = read_durations(utt2dur) if utt2dur else None
     q = quality_from_scorer(scorer, trials, durs, model.inputs[1:], scores_path)
     write_scores(out, trials, model.apply(table.scores, q))
