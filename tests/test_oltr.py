@@ -203,7 +203,7 @@ def test_decouple_oltr_keeps_the_backbone_and_classifies_from_its_memory(corpus,
     from spkcausal.inference.identify import identify
     from spkcausal.nn.assemble import assemble
     from spkcausal.nn.checkpoint import average_experiment, load_checkpoint
-    from spkcausal.report.results import _exp_system
+    from spkcausal.results.records import _exp_system
 
     average_experiment(oltr_run, 1)
     extract(corpus, oltr_run / "emb" / "data", exp_dir=oltr_run, num_workers=0, device="cpu")
