@@ -106,11 +106,11 @@ def test_causal_norm_aam_per_chunk_path_at_zero_margin_equals_causal_norm(k, mon
     # margin == 0 short-circuits to CausalNormHead's own code, so comparing there would prove nothing. A margin
     # of 1e-9 takes the per-chunk r * cos(theta + m) path while cos(theta + 1e-9) equals cos(theta) to far
     # below float32 rounding: docs/design.md's identity "m = 0 gives the Causal Norm logits with tau = s".
-    import spkcausal.nn.heads as heads_mod
+    import spkcausal.nn.heads.causal as causal_mod
 
     calls = []
-    real = heads_mod._apply_margin
-    monkeypatch.setattr(heads_mod, "_apply_margin", lambda *a: calls.append(1) or real(*a))
+    real = causal_mod.apply_margin
+    monkeypatch.setattr(causal_mod, "apply_margin", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=1e-9).train()
     with torch.no_grad():  # class weights of very different norms, so r_i^k = ||w|| / (||w|| + gamma) matters

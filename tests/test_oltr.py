@@ -1,4 +1,4 @@
-"""OLTR (spkcausal.nn.oltr) and Decouple-OLTR (spkcausal.inference.decoupled_oltr): the meta-embedding and the
+"""OLTR (spkcausal.nn.heads.oltr) and Decouple-OLTR (spkcausal.inference.decoupled_oltr): the meta-embedding and the
 losses against direct numpy formulas, the two-stage switch, exact resume, checkpoint averaging across the
 switch, and the decoupled classifier leaving the base's extractor as it was."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from fixtures_train import assert_same_weights, kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.nn.heads import build_head
-from spkcausal.nn.oltr import centroid_loss
+from spkcausal.nn.heads.oltr import centroid_loss
 from spkcausal.utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]

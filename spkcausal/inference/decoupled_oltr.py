@@ -1,4 +1,4 @@
-"""Decouple-OLTR: OLTR's meta-embedding classifier (spkcausal.nn.oltr) trained on a base system's frozen
+"""Decouple-OLTR: OLTR's meta-embedding classifier (spkcausal.nn.heads.oltr) trained on a base system's frozen
 embeddings, a classifier-only system like cRT (spkcausal.inference.decoupled; docs/causal.md).
 
 The memory is the exact class means of the base's length-normalised training embeddings (the extractor in eval

@@ -63,7 +63,7 @@ def check_schedule(cfg: Mapping[str, Any]) -> None:
     """Epoch-numbered switches must fall inside the run: DRW's `loss.drw_epoch` (0-based) and OLTR's stage 2 (after
     `head.stage1_epochs`) before train.epochs, or the run is silently its own baseline (UsageError naming the key)."""
     from ..utils import UsageError
-    from .oltr import stage1_epoch_count
+    from .heads.oltr import stage1_epoch_count
 
     epochs = cfg["train"]["epochs"]
     drw = cfg["loss"].get("drw_epoch")

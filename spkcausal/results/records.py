@@ -96,7 +96,7 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     if head.startswith("causal_norm"):
         capsule = (cfg.get("head") or {}).get("feature_norm") == "capsule"  # the paper's Capsule row
         name = f"{'Capsule' if capsule else 'De-confound'} ({head_txt})"
-    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.oltr)
+    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.heads.oltr)
         name = "OLTR (AAM, then meta-embedding)"
     elif sampler in ("class_balanced", "sqrt"):
         name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"

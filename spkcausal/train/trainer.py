@@ -43,6 +43,7 @@ from ..nn.checkpoint import (
 )
 from ..nn.config import DEFAULTS, merge_defaults, save_config
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
+from ..nn.heads.protocols import EpochHook, MarginSchedule, MovingMean
 from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for, section_kwargs
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
@@ -169,7 +170,8 @@ class Trainer:
                                    saved["head"]["name"], cfg["head"]["name"])
             self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "",
                           cfg["train"]["init_from"])
-        self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
+        head = self.net.head  # the configured margin (or the class default) is the schedule's final value
+        self.final_margin = float(head.margin) if isinstance(head, MarginSchedule) else 0.0
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)
 
@@ -305,12 +307,12 @@ class Trainer:
         after a resume); returns the 0-based epoch."""
         spe = self.steps_per_epoch
         epoch = self.step // spe
-        if getattr(self.net.head, "momentum_auto", False):
+        if isinstance(self.net.head, MovingMean) and self.net.head.momentum_auto:
             self.net.head.momentum = momentum_at(self.lr(epoch * spe))
             if self.info.is_main:
                 self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
                               self.lr(epoch * spe))
-        if hasattr(self.net.head, "set_epoch"):  # two-stage heads (OLTR: class sums, then the memory)
+        if isinstance(self.net.head, EpochHook):  # two-stage heads (OLTR: class sums, then the memory)
             self.net.head.set_epoch(epoch, self.epochs)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
@@ -324,7 +326,7 @@ class Trainer:
         self._lr, self._margin = lr, margin = self.lr(self.step), self.margin(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if hasattr(self.net.head, "set_margin"):
+        if isinstance(self.net.head, MarginSchedule):
             self.net.head.set_margin(margin)
         self.gen.manual_seed(step_seed(self.seed, self.info.rank, self.step, 4))
         waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
@@ -359,7 +361,7 @@ class Trainer:
         loss_sum, correct, n, failed = stats.cpu().tolist()
         entry = {"epoch": self.step // spe, "step": self.step, "loss": loss_sum / max(1, n),
                  "acc": correct / max(1, n)}
-        if hasattr(self.net.head, "momentum_auto"):
+        if isinstance(self.net.head, MovingMean):
             entry["x_bar_momentum"] = float(self.net.head.momentum)
         self.history.append(entry)
         if info.is_main:
