@@ -265,7 +265,7 @@ def check_encoder_loss(section: Mapping[str, Any]) -> dict[str, Any] | None:
     import inspect
 
     from ..registry import check_kwargs
-    from .network import section_kwargs
+    from .config import section_kwargs
 
     name = section.get("name", NONE)
     if name in (None, NONE):

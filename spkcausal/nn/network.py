@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..utils import DataError, PathLike, UsageError
 from .checkpoint import find_resume_checkpoint
+from .config import section_kwargs
 
 
 class SpeakerNet(nn.Module):
@@ -37,11 +38,6 @@ class SpeakerNet(nn.Module):
         # inside forward, so DDP sees its parameters (prototypical w, b) in the graph it reduces
         self.extra_loss = self.encoder_loss(emb, labels, feats, self.model) if extra else None
         return emb, logits
-
-
-def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
-    """A config section's keys except `name` (what the registry passes to the built class)."""
-    return {k: v for k, v in section.items() if k != "name"}
 
 
 def check_components(cfg: Mapping[str, Any]) -> None:

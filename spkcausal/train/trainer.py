@@ -41,10 +41,10 @@ from ..nn.checkpoint import (
     set_rng_state,
     write_latest,
 )
-from ..nn.config import DEFAULTS, merge_defaults, save_config
+from ..nn.config import DEFAULTS, merge_defaults, save_config, section_kwargs
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
 from ..nn.heads.protocols import EpochHook, MarginSchedule, MovingMean
-from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for, section_kwargs
+from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .setup import adopt_init_from, prepare_data
