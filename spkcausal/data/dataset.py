@@ -177,7 +177,8 @@ def collate_train(batch: list[tuple[torch.Tensor, int, int, int]]) -> tuple[torc
     return waves, labels, index, torch.tensor(sum(b[3] for b in batch))
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
+    """A DataLoader worker's numpy / random seeds from its torch seed (the loaders' worker_init_fn)."""
     # Chunk offsets come from position-keyed RNGs; this only keeps stray library randomness reproducible.
     info = torch.utils.data.get_worker_info()
     seed = info.seed % (2 ** 32) if info is not None else worker_id
@@ -189,7 +190,7 @@ def train_loader(dataset: TrainChunkDataset, sampler: Sampler, batch_size: int, 
     """DataLoader over `PositionSampler(sampler)`: fixed batches (drop_last), pinned memory, persistent workers."""
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+        kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init}
     gen = torch.Generator().manual_seed(generator_seed)  # worker base seeds derive from it, not from global RNG
     return DataLoader(dataset, batch_size=batch_size, sampler=PositionSampler(sampler), num_workers=num_workers,
                       collate_fn=collate_train, pin_memory=pin_memory and torch.cuda.is_available(),

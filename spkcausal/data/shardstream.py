@@ -395,11 +395,11 @@ def shard_loader(stream: ShardTrainStream, num_workers: int = 4, pin_memory: boo
                  prefetch_factor: int | None = 4, generator_seed: int = 0) -> DataLoader:
     """DataLoader over a ShardTrainStream (it yields whole batches); workers are re-created each epoch so they
     see the epoch and start position set on the stream."""
-    from .dataset import _worker_init
+    from .dataset import worker_init
 
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"persistent_workers": False, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+        kwargs = {"persistent_workers": False, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init}
     gen = torch.Generator().manual_seed(generator_seed)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory and
                       torch.cuda.is_available(), generator=gen, **kwargs)
