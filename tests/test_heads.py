@@ -324,3 +324,20 @@ def test_normalised_heads_compute_in_float32_under_bf16_autocast(name):
     bound = np_float32_bound(x.numpy(), w, labels.numpy(), 2 if name.startswith("causal") else 1, head.scale,
                              kw.get("margin", 0.0))
     assert np.all(np.abs(got.numpy() - want) <= bound + 1e-6 * np.abs(want))
+
+
+def test_protocols_say_what_each_head_can_do():
+    # the trainer, the training step and the assembler ask these instead of hasattr: a head that lost a
+    # member (a renamed set_margin, say) would silently stop following its schedule
+    from spkcausal.nn.heads import EpochHook, ExtraLoss, MarginSchedule, MovingMean
+    from spkcausal.nn.losses import EpochLoss, build_loss
+
+    want = {"linear": set(), "cosine": set(), "aam": {MarginSchedule},
+            "causal_norm": {MovingMean}, "causal_norm_aam": {MovingMean, MarginSchedule},
+            "oltr": {MarginSchedule, EpochHook, ExtraLoss}}
+    assert set(want) == set(HEADS.names())
+    for name, protocols in want.items():
+        head = build_head(name, 8, 4)
+        got = {p for p in (MarginSchedule, EpochHook, MovingMean, ExtraLoss) if isinstance(head, p)}
+        assert got == protocols, name
+    assert isinstance(build_loss("inverse", class_counts=np.array([5, 1]), drw_epoch=1), EpochLoss)

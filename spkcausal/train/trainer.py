@@ -44,6 +44,7 @@ from ..nn.checkpoint import (
 from ..nn.config import DEFAULTS, merge_defaults, save_config, section_kwargs
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
 from ..nn.heads.protocols import EpochHook, MarginSchedule, MovingMean
+from ..nn.losses import EpochLoss, build_loss
 from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
@@ -156,8 +157,6 @@ class Trainer:
 
     def _build_model_and_loss(self, num_classes: int, init_state: dict | None, keep_head: bool) -> None:
         """Network (initialised from train.init_from when set) and the loss with the training class counts."""
-        from ..nn.losses import build_loss
-
         cfg = self.cfg
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.net = build_network(cfg, num_classes, class_counts=counts).to(self.device)
@@ -316,7 +315,7 @@ class Trainer:
             self.net.head.set_epoch(epoch, self.epochs)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
-        if hasattr(self.loss_fn, "set_epoch"):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
+        if isinstance(self.loss_fn, EpochLoss):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
             self.loss_fn.set_epoch(epoch)
         return epoch
 
