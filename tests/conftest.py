@@ -19,9 +19,3 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
         skip_broken_lazy_modules()
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Hypothesis (6.170.x) also scans sys.modules at the end of collection, after the test modules imported
-    speechbrain: hide its lazy modules first, or collecting the suite fails before any test runs."""
-    skip_broken_lazy_modules()

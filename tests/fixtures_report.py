@@ -43,7 +43,7 @@ def report_tree(root: Path, n_boot: int = 50, seeds: tuple[int, ...] | None = No
     import numpy as np
     import yaml
 
-    from spkcausal.report.results import record_identification, record_seen, record_verification
+    from spkcausal.results.records import record_identification, record_seen, record_verification
     from spkcausal.scoring.bootstrap import bootstrap_accuracy
 
     cwd = os.getcwd()

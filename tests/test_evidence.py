@@ -8,7 +8,7 @@ from scipy import stats
 
 from spkcausal.data.datadir import DataDir, write_kv
 from spkcausal.data.trials import fit_num_trials, make_trials, target_capacity
-from spkcausal.report.evidence import seed_summary, seen_verification, t_interval
+from spkcausal.results.evidence import seed_summary, seen_verification, t_interval
 from spkcausal.scoring.metrics import compute_eer, compute_min_dcf
 from spkcausal.utils import DataError
 

@@ -62,16 +62,16 @@ def _one_run_report(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def test_figures_are_written_linked_and_draw_the_tables_numbers(tmp_path, monkeypatch):
-    import spkcausal.report.figures as figures
+    import spkcausal.report.results as report_results
 
     drawn = {}
-    real = figures.write_figures
+    real = report_results.write_figures
 
     def spy(*a, **k):
         drawn.update(real(*a, **k))
         return drawn
 
-    monkeypatch.setattr(figures, "write_figures", spy)
+    monkeypatch.setattr(report_results, "write_figures", spy)  # where write_report looks it up
     out, res = _one_run_report(tmp_path)
     report = (out / "report.md").read_text()
     assert set(drawn) == {"eer_groups", "differences"}  # one seed: no seed-spread figure
@@ -110,9 +110,9 @@ def test_figures_are_written_linked_and_draw_the_tables_numbers(tmp_path, monkey
 
 
 def test_seed_figure_draws_mean_std_and_every_seed(tmp_path):
-    from spkcausal.report.evidence import DEFAULT_INTERVALS
     from spkcausal.report.figures import write_figures
     from spkcausal.report.tables import build_tables
+    from spkcausal.results.evidence import DEFAULT_INTERVALS
 
     eers = {"aam": [0.10, 0.12, 0.11], "cnaam": [0.08, 0.09, 0.095]}
     exps = []

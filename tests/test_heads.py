@@ -106,11 +106,11 @@ def test_causal_norm_aam_per_chunk_path_at_zero_margin_equals_causal_norm(k, mon
     # margin == 0 short-circuits to CausalNormHead's own code, so comparing there would prove nothing. A margin
     # of 1e-9 takes the per-chunk r * cos(theta + m) path while cos(theta + 1e-9) equals cos(theta) to far
     # below float32 rounding: docs/design.md's identity "m = 0 gives the Causal Norm logits with tau = s".
-    import spkcausal.nn.heads as heads_mod
+    import spkcausal.nn.heads.causal as causal_mod
 
     calls = []
-    real = heads_mod._apply_margin
-    monkeypatch.setattr(heads_mod, "_apply_margin", lambda *a: calls.append(1) or real(*a))
+    real = causal_mod.apply_margin
+    monkeypatch.setattr(causal_mod, "apply_margin", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     aam = CausalNormAAMHead(16, 6, num_heads=k, tau=30.0, margin=1e-9).train()
     with torch.no_grad():  # class weights of very different norms, so r_i^k = ||w|| / (||w|| + gamma) matters
@@ -325,3 +325,20 @@ def test_normalised_heads_compute_in_float32_under_bf16_autocast(name):
     bound = np_float32_bound(x.numpy(), w, labels.numpy(), 2 if name.startswith("causal") else 1, head.scale,
                              kw.get("margin", 0.0))
     assert np.all(np.abs(got.numpy() - want) <= bound + 1e-6 * np.abs(want))
+
+
+def test_protocols_say_what_each_head_can_do():
+    # the trainer, the training step and the assembler ask these instead of hasattr: a head that lost a
+    # member (a renamed set_margin, say) would silently stop following its schedule
+    from spkcausal.nn.heads import EpochHook, ExtraLoss, MarginSchedule, MovingMean
+    from spkcausal.nn.losses import EpochLoss, build_loss
+
+    want = {"linear": set(), "cosine": set(), "aam": {MarginSchedule},
+            "causal_norm": {MovingMean}, "causal_norm_aam": {MovingMean, MarginSchedule},
+            "oltr": {MarginSchedule, EpochHook, ExtraLoss}}
+    assert set(want) == set(HEADS.names())
+    for name, protocols in want.items():
+        head = build_head(name, 8, 4)
+        got = {p for p in (MarginSchedule, EpochHook, MovingMean, ExtraLoss) if isinstance(head, p)}
+        assert got == protocols, name
+    assert isinstance(build_loss("inverse", class_counts=np.array([5, 1]), drw_epoch=1), EpochLoss)

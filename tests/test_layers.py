@@ -12,7 +12,8 @@ import spkcausal
 
 # The data layer's torch modules: the training loaders and samplers (everything else in data/ is torch-free).
 TORCH_DATA = {"spkcausal.data.dataset", "spkcausal.data.samplers", "spkcausal.data.shardstream"}
-TORCH_FREE_PACKAGES = ("spkcausal.data", "spkcausal.scoring", "spkcausal.report", "spkcausal.corpora")
+TORCH_FREE_PACKAGES = ("spkcausal.data", "spkcausal.scoring", "spkcausal.results", "spkcausal.report",
+                       "spkcausal.corpora")
 
 
 def torch_free_modules() -> list[str]:

@@ -1,4 +1,4 @@
-"""OLTR (spkcausal.nn.oltr) and Decouple-OLTR (spkcausal.inference.decoupled_oltr): the meta-embedding and the
+"""OLTR (spkcausal.nn.heads.oltr) and Decouple-OLTR (spkcausal.inference.decoupled_oltr): the meta-embedding and the
 losses against direct numpy formulas, the two-stage switch, exact resume, checkpoint averaging across the
 switch, and the decoupled classifier leaving the base's extractor as it was."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from fixtures_train import assert_same_weights, kill_after_checkpoint, make_corpus, tiny_config
 
 from spkcausal.nn.heads import build_head
-from spkcausal.nn.oltr import centroid_loss
+from spkcausal.nn.heads.oltr import centroid_loss
 from spkcausal.utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_decouple_oltr_keeps_the_backbone_and_classifies_from_its_memory(corpus,
     from spkcausal.inference.identify import identify
     from spkcausal.nn.assemble import assemble
     from spkcausal.nn.checkpoint import average_experiment, load_checkpoint
-    from spkcausal.report.results import _exp_system
+    from spkcausal.results.records import _exp_system
 
     average_experiment(oltr_run, 1)
     extract(corpus, oltr_run / "emb" / "data", exp_dir=oltr_run, num_workers=0, device="cpu")

@@ -325,3 +325,15 @@ def test_recipes_treat_ncm_and_lws_as_decoupled_and_the_report_names_them():
     capsule = system_name({"head": {"name": "causal_norm_aam", "feature_norm": "capsule"}})
     assert capsule == "Capsule (Causal Norm AAM)"
     assert variant_label(capsule, "tde") == "Capsule-TDE (Causal Norm AAM)"
+
+
+def test_one_registry_of_decoupled_methods_and_one_row_normaliser():
+    from spkcausal.data.embeddings import unit_rows
+    from spkcausal.inference.decoupled import DECOUPLE_METHODS, DECOUPLERS
+
+    assert sorted(DECOUPLE_METHODS) == DECOUPLERS.names()
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], np.float32)
+    got = unit_rows(x)
+    # exact: 3/5, 4/5 and 1e-3/1e-3 are the float64 quotients of the float64 inputs; a zero row stays zero
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.array([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))

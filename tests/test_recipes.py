@@ -234,7 +234,7 @@ def _check_seen(data: Path, exp: Path, names: list[str], many: int, few: int) ->
         assert set(enroll) | set(test) <= set(u2s) and {u2s[e] for e in enroll} <= set(counts)
     u2s = DataDir.load(data / "iden_test").utt2spk
     for name in names:
-        rows = load_results(exp / name)["rows"]  # file references where the tree is now (report.store)
+        rows = load_results(exp / name)["rows"]  # file references where the tree is now (results.store)
         for variant, row in rows.items():
             seen = row["seen"]
             enroll, _, scores, is_target = _score_file(seen["scores"])

@@ -15,9 +15,9 @@ import yaml
 from fixtures_report import md_table, report_tree
 
 from spkcausal.cli import main
-from spkcausal.report.evidence import Intervals
 from spkcausal.report.results import collect_rows
 from spkcausal.report.tables import build_tables
+from spkcausal.results.evidence import Intervals
 
 EXPS = ["exp/aam", "exp/cnaam"]
 # the file references of a results.json row (docs/design.md section 7)

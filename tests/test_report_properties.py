@@ -1,6 +1,6 @@
 """Property tests of the report's inputs (issue 26): results.json contents, the file references its rows hold, and
-the `--paper-map` grammar, each against an oracle written from the documented format (report.store,
-report.paths, report.paper docstrings), not from the code.
+the `--paper-map` grammar, each against an oracle written from the documented format (results.store,
+results.paths, report.paper docstrings), not from the code.
 
 - A valid results.json (format 2, or format 1 with paths as given) loads to the figures written, and every
   reference resolves to the file it names, where the tree is now: in place, moved or copied.
@@ -24,12 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkcausal.report.evidence import Intervals
 from spkcausal.report.paper import K_ROWS, PAPER_ROWS, parse_row_map
-from spkcausal.report.paths import locate, stored_path
 from spkcausal.report.results import collect_rows, parent_system
-from spkcausal.report.store import load_results, need
 from spkcausal.report.tables import build_tables
+from spkcausal.results.evidence import Intervals
+from spkcausal.results.paths import locate, stored_path
+from spkcausal.results.store import load_results, need
 from spkcausal.utils import SpkcausalError
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

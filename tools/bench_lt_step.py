@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spkcausal.nn.config import load_yaml, merge_defaults
+from spkcausal.nn.config import load_yaml, merge_defaults, section_kwargs
 from spkcausal.nn.losses import build_loss
-from spkcausal.nn.network import build_network, section_kwargs
+from spkcausal.nn.network import build_network
 from spkcausal.train.steps import train_step
 
 ROOT = Path(__file__).resolve().parents[1]

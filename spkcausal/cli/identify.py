@@ -9,7 +9,7 @@ from . import finite_float, positive_int
 
 def _identify(args: argparse.Namespace) -> int:
     from ..inference.identify import identify
-    from ..report.results import record_identification
+    from ..results.records import record_identification
     from ..utils import UsageError, setup_logging, write_text_atomic
 
     setup_logging(args.record and f"{args.record}/identify.log")

@@ -12,7 +12,7 @@ def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from ..report.results import record_seen, record_verification, row_label
+    from ..results.records import record_seen, record_verification, row_label
     from ..utils import UsageError
 
     pairs = []

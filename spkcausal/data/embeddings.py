@@ -17,11 +17,17 @@ import numpy as np
 from ..utils import DataError, PathLike, atomic_dir, atomic_path, get_logger, write_text_atomic
 
 __all__ = ["class_labels", "EmbeddingStore", "write_store", "import_kaldi", "export_kaldi",
-           "speaker_means"]
+           "speaker_means", "unit_rows"]
 
 EMB_FILE, KEYS_FILE, META_FILE = "embeddings.npy", "keys.txt", "store.json"
 FORMAT_VERSION = 1
 log = get_logger(__name__)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Every row of x scaled to unit L2 length, in float64 (a zero row stays zero)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _check_rows(keys: list[str], emb: np.ndarray) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.embeddings import EmbeddingStore
+from ..data.embeddings import EmbeddingStore, unit_rows
 from ..data.trialio import read_trials
 from ..scoring.metrics import compute_eer, compute_min_dcf, mean_per_class_accuracy
 from ..utils import DataError, PathLike, UsageError, get_logger, write_text_atomic
@@ -44,8 +44,7 @@ def _dev_trial_curves(store: EmbeddingStore, trials_path: PathLike, mean_feature
     e_idx, t_idx = inv[: len(trials)], inv[len(trials):]
     eers, dcfs = [], []
     for a in alphas:
-        e = tde_embeddings(raw, mean_feature, float(a), num_heads, feature_norm).astype(np.float64)
-        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        e = unit_rows(tde_embeddings(raw, mean_feature, float(a), num_heads, feature_norm))
         s = np.einsum("ij,ij->i", e[e_idx], e[t_idx])
         eers.append(compute_eer(s, trials.labels == 1))
         dcfs.append(compute_min_dcf(s, trials.labels == 1, 0.01))

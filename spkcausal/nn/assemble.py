@@ -17,6 +17,8 @@ from torch import nn
 from ..utils import DataError, PathLike
 from .checkpoint import load_checkpoint, load_state_checked
 from .config import merge_defaults
+from .heads import is_causal
+from .heads.protocols import MovingMean
 from .network import build_extractor, build_fbank, build_head_for, resolve_checkpoint
 
 __all__ = ["TrainedModel", "assemble", "head_logits"]
@@ -40,8 +42,6 @@ class TrainedModel:
     @property
     def is_causal(self) -> bool:
         """True for a Causal Norm head (it carries x_bar, so TDE applies)."""
-        from .heads import is_causal
-
         return self.head is not None and is_causal(self.head)
 
     def require_causal(self, what: str = "TDE") -> None:
@@ -53,12 +53,12 @@ class TrainedModel:
     @property
     def num_heads(self) -> int:
         """K, the head's number of chunks (1 for a head without chunks)."""
-        return int(getattr(self.head, "num_heads", 1))
+        return int(self.head.num_heads) if isinstance(self.head, MovingMean) else 1
 
     @property
     def feature_norm(self) -> str:
         """The head's per-chunk feature normalisation for TDE: "l2", or "capsule" for a capsule head."""
-        return str(getattr(self.head, "feature_norm", "l2"))
+        return str(self.head.feature_norm) if isinstance(self.head, MovingMean) else "l2"
 
     def mean_feature(self) -> np.ndarray | None:
         """The head's x_bar as float32 numpy (None without a Causal Norm head)."""

@@ -89,7 +89,7 @@ def load_state_checked(module: torch.nn.Module, state: Any, source: PathLike, pa
     """`module.load_state_dict(state)` (strict), refused in one line (DataError naming `source`) at the first key
     that is unexpected, missing or of another shape, with both architectures: `saved`, what the checkpoint's
     config names for this `part` ('model', 'head'), and `built`, what was built to take it."""
-    from .importers import _shape
+    from .importers import shape_text
 
     own = module.state_dict()
     cls = type(module).__name__
@@ -101,14 +101,14 @@ def load_state_checked(module: torch.nn.Module, state: Any, source: PathLike, pa
         raise DataError(f"the {part!r} entry is {type(state).__name__}; expected a state dict", source)
     for key, value in state.items():
         if key not in own:
-            raise DataError(f"unexpected {part} key {key!r} {_shape(value) if torch.is_tensor(value) else ''}; "
+            raise DataError(f"unexpected {part} key {key!r} {shape_text(value) if torch.is_tensor(value) else ''}; "
                             f"{archs}", source)
         if torch.is_tensor(value) and tuple(value.shape) != tuple(own[key].shape):
-            raise DataError(f"{part} key {key!r} has shape {_shape(value)}, expected {_shape(own[key])}; {archs}",
-                            source)
+            raise DataError(f"{part} key {key!r} has shape {shape_text(value)}, expected {shape_text(own[key])}; "
+                            f"{archs}", source)
     missing = [k for k in own if k not in state]
     if missing:
-        raise DataError(f"{part} key {missing[0]!r} {_shape(own[missing[0]])} missing ({len(missing)} keys); "
+        raise DataError(f"{part} key {missing[0]!r} {shape_text(own[missing[0]])} missing ({len(missing)} keys); "
                         f"{archs}", source)
     module.load_state_dict(state)
 

@@ -274,3 +274,8 @@ def load_train_config(path: PathLike | Sequence[PathLike] | None, overrides: Ite
         return merge_defaults(cfg)
     except UsageError as e:
         raise DataError(str(e), " + ".join(str(p) for p in _paths(path)) or None) from None
+
+
+def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A config section's keys except `name` (what the registry passes to the built class)."""
+    return {k: v for k, v in section.items() if k != "name"}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -259,13 +259,22 @@ class SemiSiamese(EncoderLoss):
         return loss
 
 
+@runtime_checkable
+class NeedsExtractor(Protocol):
+    """An encoder loss that keeps its own copy of the extractor (semi-siamese: the momentum encoder)."""
+
+    def attach(self, extractor: nn.Module) -> None:
+        """Take the extractor the loss's own copy follows."""
+
+
+
 def check_encoder_loss(section: Mapping[str, Any]) -> dict[str, Any] | None:
     """The section's keyword arguments (None for name 'none'); an unknown name or key, or a value of the wrong
     kind, is a UsageError naming it (before any data is read)."""
     import inspect
 
     from ..registry import check_kwargs
-    from .network import section_kwargs
+    from .config import section_kwargs
 
     name = section.get("name", NONE)
     if name in (None, NONE):
@@ -286,6 +295,6 @@ def build_encoder_loss(section: Mapping[str, Any], extractor: nn.Module) -> nn.M
     if kwargs is None:
         return None
     module = ENCODER_LOSSES.build(section["name"], **kwargs)
-    if hasattr(module, "attach"):
+    if isinstance(module, NeedsExtractor):
         module.attach(extractor)
     return module

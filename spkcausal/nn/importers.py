@@ -24,7 +24,8 @@ SKIPPED_SUFFIXES = ("num_batches_tracked",)
 WRAPPER_PREFIXES = ("module.", "embedding_model.")
 
 
-def _shape(t: torch.Tensor) -> str:
+def shape_text(t: torch.Tensor) -> str:
+    """A tensor's shape as '(a, b, ...)' for an error message."""
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
@@ -56,14 +57,14 @@ def load_toolkit_state(model: nn.Module, state: Mapping[str, torch.Tensor], tool
         if not isinstance(value, torch.Tensor):
             raise DataError(f"{toolkit} key {key!r} is not a tensor ({type(value).__name__})", source)
         if key not in own:
-            raise DataError(f"unexpected {toolkit} key {key!r} {_shape(value)}: not a parameter of "
+            raise DataError(f"unexpected {toolkit} key {key!r} {shape_text(value)}: not a parameter of "
                             f"{type(model).__name__} (a checkpoint of another architecture or size?)", source)
         if tuple(value.shape) != tuple(own[key].shape):
-            raise DataError(f"{toolkit} key {key!r} has shape {_shape(value)}; {type(model).__name__} expects "
-                            f"{_shape(own[key])}", source)
+            raise DataError(f"{toolkit} key {key!r} has shape {shape_text(value)}; {type(model).__name__} expects "
+                            f"{shape_text(own[key])}", source)
     missing = [k for k in own if k not in mapped]
     if missing:
-        raise DataError(f"{toolkit} checkpoint lacks {missing[0]!r} {_shape(own[missing[0]])} of "
+        raise DataError(f"{toolkit} checkpoint lacks {missing[0]!r} {shape_text(own[missing[0]])} of "
                         f"{type(model).__name__} ({len(missing)} keys missing; truncated, or another "
                         f"architecture?)", source)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,6 +51,14 @@ def log_prior(class_counts: np.ndarray | Tensor | list) -> Tensor:
     """log(n_c / sum_c n_c) per class (float32), the logit-adjustment offset at tau = 1."""
     n = _counts(class_counts)
     return torch.log(n / n.sum()).float()
+
+
+@runtime_checkable
+class EpochLoss(Protocol):
+    """A loss that changes with the epoch (DRW's re-weighting); the trainer tells it at every epoch start."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch about to run."""
 
 
 class WeightedLoss(nn.Module):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..utils import DataError, PathLike, UsageError
 from .checkpoint import find_resume_checkpoint
+from .config import section_kwargs
 
 
 class SpeakerNet(nn.Module):
@@ -39,11 +40,6 @@ class SpeakerNet(nn.Module):
         return emb, logits
 
 
-def section_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
-    """A config section's keys except `name` (what the registry passes to the built class)."""
-    return {k: v for k, v in section.items() if k != "name"}
-
-
 def check_components(cfg: Mapping[str, Any]) -> None:
     """Model, head and loss names and the kinds of their keys (UsageError), before any data is read."""
     from ..registry import check_kwargs
@@ -63,7 +59,7 @@ def check_schedule(cfg: Mapping[str, Any]) -> None:
     """Epoch-numbered switches must fall inside the run: DRW's `loss.drw_epoch` (0-based) and OLTR's stage 2 (after
     `head.stage1_epochs`) before train.epochs, or the run is silently its own baseline (UsageError naming the key)."""
     from ..utils import UsageError
-    from .oltr import stage1_epoch_count
+    from .heads.oltr import stage1_epoch_count
 
     epochs = cfg["train"]["epochs"]
     drw = cfg["loss"].get("drw_epoch")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..utils import DataError
 from .heads import EPS, causal_norm_weight, check_feature_norm, feature_heads, normalize_heads, split_heads
+from .heads.protocols import MovingMean
 
 __all__ = ["ArrayLike", "head_direction", "tde_embeddings", "tde_logits", "mean_head_cosine", "alpha_heuristic"]
 
@@ -74,7 +75,7 @@ def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature
         tau = h.tau if tau is None else tau
         gamma = h.gamma if gamma is None else gamma
         mean_feature = h.mean_feature if mean_feature is None else mean_feature
-        feature_norm = getattr(h, "feature_norm", "l2") if feature_norm is None else feature_norm
+        feature_norm = (h.feature_norm if isinstance(h, MovingMean) else "l2") if feature_norm is None else feature_norm
     else:
         weight, _ = _as_tensor(head_or_weight)
         if any(v is None for v in (num_heads, tau, gamma, mean_feature)):

@@ -1,1 +1,2 @@
-"""Report layer: per-experiment results stores, evidence with intervals, and the tables over experiments."""
+"""Report layer: the markdown, tables, tail cost, figures, headline and paper tables over the experiments'
+results (spkcausal.results)."""

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..results.evidence import Intervals, row_figures, seed_summary
 from ..utils import atomic_path
-from .evidence import Intervals, row_figures, seed_summary
+from .tables import group_runs, run_labels, run_parents
 
 __all__ = ["EER_PANELS", "DIFF_PANELS", "FIGURES", "eer_items", "difference_items", "draw_panels",
            "selected_differences", "write_figures"]
@@ -157,7 +158,6 @@ def _figure(n_rows: int, n_panels: int, per_row: float) -> Any:
 
 def write_figures(rows: Sequence[Mapping], summary: Mapping, out_dir: Path, iv: Intervals) -> dict[str, dict]:
     """Write the figures of the module docstring that have something to show; {name: {"path", "drawn"}}."""
-    from .tables import group_runs, run_labels, run_parents
 
     runs = group_runs(rows)
     labels, parents = run_labels(runs), run_parents(rows, runs)

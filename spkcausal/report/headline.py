@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .evidence import Intervals, row_figures
+from ..results.evidence import Intervals, row_figures
 from .figures import PLAIN_VARIANTS, selected_differences
+from .markdown import diff_cell, figure_cell, markdown_table
+from .tables import group_runs, run_labels, run_parents
 
 __all__ = ["HEADLINE_COLUMNS", "headline_markdown"]
 
@@ -17,7 +19,6 @@ _HEAD = {"eer": "EER (%)", "seen_eer_few": "Seen Few EER (%)", "acc_few": "Few a
 def headline_markdown(rows: Sequence[Mapping], summary: Mapping, figures: Mapping[str, str],
                       iv: Intervals) -> str:
     """summary.md's text: one row per plain / TDE run, its figures and its differences from its reference."""
-    from .tables import _cell, _diff_cell, _markdown, group_runs, run_labels, run_parents
 
     runs = group_runs(rows)
     labels = run_labels(runs)
@@ -30,14 +31,15 @@ def headline_markdown(rows: Sequence[Mapping], summary: Mapping, figures: Mappin
         ref, diffs = refs.get(key, (None, {}))
         # cRT / tau-norm: the base's embeddings, so its verification figures; only identification is theirs
         cols = [c for c in HEADLINE_COLUMNS if not rs[0].get("decoupled") or c.startswith("acc_")]
-        body.append([labels[key]] + [_cell([f[c] for f in figs], c) if c in cols else "-" for c in HEADLINE_COLUMNS]
+        body.append([labels[key]]
+                    + [figure_cell([f[c] for f in figs], c) if c in cols else "-" for c in HEADLINE_COLUMNS]
                     + [labels[ref] if ref else "-"]
-                    + [_diff_cell(diffs.get(c), c) if c in cols else "-" for c in HEADLINE_COLUMNS])
+                    + [diff_cell(diffs.get(c), c) if c in cols else "-" for c in HEADLINE_COLUMNS])
     head = (["System"] + [_HEAD[c] for c in HEADLINE_COLUMNS] + ["vs"]
             + ["Δ " + _HEAD[c] for c in HEADLINE_COLUMNS])
     links = " · ".join(f"[{name}]({path})" for name, path in figures.items())
     return "\n".join(["**Headline** (the full tables, every scoring variant and the notes: [report.md](report.md))",
-                      "", *_markdown(head, body), "",
+                      "", *markdown_table(head, body), "",
                       "Single run: [95% bootstrap interval]; several seeds: mean ± std, differences with a 95% "
                       "t-interval over seeds; * = the interval excludes 0.",
                       *(["", f"Figures: {links}"] if links else [])]) + "\n"

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..results.evidence import LEVEL, row_figures, t_interval
 from ..utils import UsageError
-from .evidence import LEVEL, row_figures, t_interval
+from .markdown import markdown_table
 
 __all__ = ["PaperRow", "PAPER_ROWS", "K_ROWS", "PAPER_COLUMNS", "NOT_RUN", "parse_row_map", "check_row_map",
            "paper_table",
@@ -59,7 +60,7 @@ _K_SYSTEMS = (("Cosine", "cosine_k1", "cosine_k2"), ("Capsule", "capsule_k1", "c
 K_ROWS = tuple(PaperRow(f"{name}{'-TDE' if v == 'tde' else ''} (K={k})", system, v)
                for v in ("cosine", "tde") for name, *systems in _K_SYSTEMS for k, system in zip((1, 2), systems))
 
-# (figure key of report.evidence.row_figures, header, scale)
+# (figure key of results.evidence.row_figures, header, scale)
 PAPER_COLUMNS = (("acc_many", "Many (%)", 100.0), ("acc_medium", "Medium (%)", 100.0), ("acc_few", "Few (%)", 100.0),
                  ("acc_overall", "Overall (%)", 100.0), ("eer", "EER (%)", 100.0),
                  ("seen_eer_few", "Seen Few EER (%)", 100.0))
@@ -131,7 +132,6 @@ def paper_table(rows: Sequence[Mapping], table: Sequence[PaperRow] = PAPER_ROWS,
                 row_map: Mapping[str, tuple[str, str | None]] | None = None, p_target: float = 0.01,
                 level: float = LEVEL) -> tuple[list[str], list[dict]]:
     """Markdown lines of one paper table over result rows (report.results.collect_rows), and its content."""
-    from .tables import _markdown
 
     runs, body, content = _runs(rows), [], []
     for pr in table:
@@ -151,7 +151,7 @@ def paper_table(rows: Sequence[Mapping], table: Sequence[PaperRow] = PAPER_ROWS,
         content.append({"row": pr.name, "system": system, "variant": variant, "run": True, "seeds": seeds,
                         "figures": figs})
     head = ["Paper row", "System (variant)", "Runs"] + [h for _, h, _ in PAPER_COLUMNS]
-    return _markdown(head, body), content
+    return markdown_table(head, body), content
 
 
 def paper_tables(rows: Sequence[Mapping], row_map: Mapping[str, tuple[str, str | None]] | None = None,

@@ -1,296 +1,44 @@
-"""Per-experiment results (`<exp>/results.json`) and the paper-style table over experiments (`spkcausal report`).
-
-`results.json` layout (format "spkcausal-results", version 2; read and written by report.store), filled stage by
-stage; every file it names is relative to the experiment dir when it lies in the experiment's tree
-(report.paths), so that a moved or copied tree reports as the original:
-
-    {"format": "spkcausal-results", "version": 2,
-     "rows": {"<variant>": {"label": "My label" (only when the user gave one),
-                            "verification": {"scores": "<score file>", "eer": 0.051 (a fraction),
-                                             "eer_ci": [lo, hi], "min_dcf": {"0.01": ..., "0.05": ...},
-                                             "min_dcf_ci": {"0.01": [lo, hi], ...}, "n_target": ...,
-                                             "utt2spk": "<eval dir>/utt2spk" (resampling unit), ...},
-                            "seen": {"scores": "<seen list score file>", "utt2spk": ..., "train_data": ...,
-                                     "thresholds": {"many": 100, "few": 20},
-                                     "groups": {"many": {"eer": ..., "eer_ci": ..., "min_dcf": ..., ...}, ...}},
-                            "identification": {"many": ..., "many_ci": [lo, hi], "medium": ..., "few": ...,
-                                               "overall": ..., "top1": ..., "predictions": "<npz>",
-                                               "thresholds": {"many": 100, "few": 20}, ...},
-                            "tde_alpha": 0.7}}}
-
-Every EER / minDCF / accuracy carries a 95% bootstrap interval (spkcausal.report.evidence: enrolment speakers
-resampled for verification, test speakers within each shot group for identification).
-
-A variant is one way of using the same trained model: `cosine` (plain scoring / plain head), `mean_sub`
-(training-set mean subtracted), `asnorm`, `tde` (TDE'd embeddings / TDE logits), `tde_mean_sub`,
-`tde_asnorm`. Scoring writes the `verification` part of a variant, identification its `identification`
-part; each write re-reads the file and replaces it atomically. A row's label is the one given at record
-time (`--label`), else the system name derived from the experiment's `config.yaml` (head, sampler, loss,
-the long-tail options) plus the variant, at report time: a renamed system needs no re-scoring.
+"""The paper-style report over experiments (`spkcausal report`): report.md / report.json with the figures and
+summary.md beside them, and the paper's tables (`--paper-table`). The per-experiment results it reads are
+spkcausal.results (records, store, evidence); their public names are re-exported here, where users import them.
 """
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from ..results.evidence import Intervals
+from ..results.records import (
+    CONTROL_SUFFIX,
+    DECOUPLED_FILE,
+    LLR_VARIANTS,
+    RESULTS_FILE,
+    VARIANTS,
+    collect_rows,
+    decoupled_name,
+    load_results,
+    parent_system,
+    record_identification,
+    record_seen,
+    record_verification,
+    row_label,
+    split_seed,
+    system_name,
+    update_results,
+    variant_label,
+)
+from ..results.store import stored_row
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
-from .evidence import Intervals
-from .paths import locate
-from .store import RESULTS_FILE, load_results, need_all, stored_row, update_results
+from .figures import write_figures
+from .headline import headline_markdown
+from .paper import check_row_map, paper_tables, parse_row_map
+from .tables import build_tables
 
-__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "parent_system",
-           "system_name", "variant_label", "row_label", "load_results", "update_results",
+__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "CONTROL_SUFFIX", "DECOUPLED_FILE", "parent_system",
+           "system_name", "decoupled_name", "variant_label", "row_label", "load_results", "update_results",
            "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
            "format_markdown", "write_report", "write_paper_tables"]
-
-VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
-            "tde_asnorm_cal", "tde_asnorm_qmf")
-LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
-_SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
-           "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
-CONTROL_SUFFIX = "_control"  # <baseline>_control[_seed<k>]: the baseline trained on the balanced control
-DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
-# the reference Causal Norm head; other values are labelled
-_REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
-
-
-def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
-    """The long-tail methods of docs/causal.md a config turns on (head options, loss options, the progressive
-    sampler), in a fixed order, as short paper-style names."""
-    head, loss = cfg.get("head") or {}, cfg.get("loss") or {}
-    sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
-    ft = head.get("feature_transfer")
-    tags = []
-    if head.get("class_margins"):
-        tags.append("LDAM margins")
-    if int(head.get("subcenters", 1) or 1) > 1:
-        tags.append(f"sub-centres K={int(head['subcenters'])}")
-    if ft and not (isinstance(ft, Mapping) and ft.get("enabled") is False):
-        tags.append("feature transfer")
-    if loss.get("name") == "balanced_softmax":
-        tags.append("Balanced Softmax")
-    elif loss.get("logit_adjust") is not None:
-        tags.append(f"logit adjustment tau={float(loss['logit_adjust']):g}")
-    if loss.get("drw_epoch") is not None:
-        tags.append(f"DRW from epoch {int(loss['drw_epoch'])}")
-    if sampler == "progressive":
-        tags.append("progressive sampling")
-    return tags
-
-
-def system_name(cfg: Mapping[str, Any]) -> str:
-    """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, LDAM margins
-    (AAM), ...; the long-tail methods of docs/causal.md name a system of their own or follow De-confound."""
-    head = str(cfg.get("head", {}).get("name", "aam"))
-    sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
-    loss = str((cfg.get("loss") or {}).get("name", "ce"))
-    head_txt = {"aam": "AAM", "cosine": "cosine", "linear": "softmax", "causal_norm": "Causal Norm",
-                "causal_norm_aam": "Causal Norm AAM"}.get(head, head)
-    tags = _method_tags(cfg)
-    if head.startswith("causal_norm"):
-        capsule = (cfg.get("head") or {}).get("feature_norm") == "capsule"  # the paper's Capsule row
-        name = f"{'Capsule' if capsule else 'De-confound'} ({head_txt})"
-    elif head == "oltr":  # AAM stage 1, then the meta-embedding (spkcausal.nn.oltr)
-        name = "OLTR (AAM, then meta-embedding)"
-    elif sampler in ("class_balanced", "sqrt"):
-        name = f"Re-sampling ({head_txt}, {sampler.replace('_', '-')})"
-    elif loss in ("inverse", "effective_number"):
-        name = f"Re-weighting ({head_txt}, {loss.replace('_', ' ')})"
-    elif loss == "focal":
-        name = f"Focal loss ({head_txt})"
-    elif tags:
-        name, tags = f"{tags[0][0].upper()}{tags[0][1:]} ({head_txt})", tags[1:]
-    else:
-        name = f"Baseline ({head_txt})"
-    if head.startswith("causal_norm") and (sampler not in ("natural", "progressive")
-                                           or loss not in ("ce", "balanced_softmax")):
-        name += f" + {sampler if sampler != 'natural' else loss}"
-    name += "".join(f" + {t}" for t in tags)
-    if (cfg.get("train") or {}).get("init_from"):
-        name += " + LM"  # a fine-tuning run (the recipes' large-margin stage starts from the averaged model)
-    if head.startswith("causal_norm"):
-        h = cfg.get("head", {})
-        k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
-        if k != _REF_HEAD["num_heads"] or g != _REF_HEAD["gamma"]:
-            gtxt = "0" if g == 0 else f"1/{1 / g:g}" if (1 / g).is_integer() else f"{g:g}"
-            name = name.replace(")", f", K={k}, gamma={gtxt})", 1)
-        mu = h.get("momentum", _REF_HEAD["momentum"])
-        if mu != _REF_HEAD["momentum"]:
-            name = name.replace(")", f", mu={mu})", 1)
-    return name
-
-
-def decoupled_name(info: Mapping[str, Any], base_cfg: Mapping[str, Any]) -> str:
-    """'cRT (on Baseline (AAM))' / 'tau-norm (tau=0.6, on ...)' / 'NCM (on ...)' / 'LWS (on ...)' for an
-    experiment written by spkcausal decouple."""
-    base = system_name(base_cfg)
-    if info.get("method") == "tau_norm":
-        return f"tau-norm (tau={info.get('tau', 0):g}, on {base})"
-    if info.get("method") == "oltr":
-        return f"Decouple-OLTR (on {base})"
-    return f"{ {'ncm': 'NCM', 'lws': 'LWS'}.get(str(info.get('method')), 'cRT')} (on {base})"
-
-
-def variant_label(system: str, variant: str) -> str:
-    """Row label of a variant: De-confound + TDE reads 'De-confound-TDE (...)', as in the paper."""
-    if variant.startswith("tde"):
-        rest = variant[len("tde"):].lstrip("_")
-        paper = next((p for p in ("De-confound", "Capsule") if system.startswith(p + " (")), None)
-        base = system.replace(paper, f"{paper}-TDE", 1) if paper else f"{system} + TDE"
-        return base + _SUFFIX.get(rest or "cosine", f" + {rest}")
-    return system + _SUFFIX.get(variant, f" + {variant}")
-
-
-def _exp_config(exp_dir: Path) -> dict:
-    path = exp_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _exp_system(exp_dir: Path) -> str:
-    """System name of an experiment: decoupled ones from decoupled.json, the others from config.yaml."""
-    info_path = exp_dir / DECOUPLED_FILE
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        return decoupled_name(info, info.get("base_config") or {})
-    name = system_name(_exp_config(exp_dir))
-    if split_seed(exp_dir)[0].endswith(CONTROL_SUFFIX):  # the long-tail protocol's control (report.tailcost)
-        name = name.replace(")", ", balanced control)", 1) if ")" in name else name + " (balanced control)"
-    return name
-
-
-def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any], system: str | None = None) -> str:
-    """A results row's label: the one the user gave when recording, else the system name of the experiment's
-    config.yaml (as this toolkit names it now; `system` when the caller has it already) for the variant."""
-    return row.get("label") or variant_label(system or _exp_system(Path(exp_dir)), variant)
-
-
-def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
-                        p_targets: Sequence[float] = (0.01, 0.05), tde_alpha: float | None = None,
-                        utt2spk: PathLike | None = None, n_boot: int = 1000, seed: int = 0,
-                        llr: bool | None = None) -> dict:
-    """EER / minDCF of a labelled score file with 95% intervals from resampling enrolment speakers (`utt2spk`
-    of the eval dir; without it, enrolment keys), stored as the variant's verification result; LLR scores
-    (`llr`, by default the variants of LLR_VARIANTS) also get Cllr, minCllr and actDCF."""
-    from .evidence import verification_with_ci
-
-    llr = variant in LLR_VARIANTS if llr is None else llr
-    res = verification_with_ci(str(score_file), str(utt2spk) if utt2spk else None, p_targets, n_boot, seed=seed,
-                               llr=llr)
-    ver = {"scores": str(score_file), **res}
-    return update_results(exp_dir, variant, label, verification=ver, tde_alpha=tde_alpha)
-
-
-def record_seen(exp_dir: PathLike, variant: str, score_file: PathLike, utt2spk: PathLike, train_data: PathLike,
-                many: int, few: int, label: str | None = None, p_targets: Sequence[float] = (0.01, 0.05),
-                tde_alpha: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
-    """EER / minDCF of a seen-speaker list by shot group of the enrolment speaker (training counts of
-    `train_data`), with intervals, stored as the variant's `seen` result."""
-    from .evidence import seen_verification
-
-    res = seen_verification(str(score_file), str(utt2spk), str(train_data), many, few, p_targets, n_boot, seed=seed)
-    return update_results(exp_dir, variant, label, seen=res, tde_alpha=tde_alpha)
-
-
-def record_identification(exp_dir: PathLike, variant: str, result: Mapping[str, Any],
-                          label: str | None = None) -> dict:
-    """Store an `identify` result as the variant's identification result."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}  # strict JSON
-    return update_results(exp_dir, variant, label, identification=clean, tde_alpha=result.get("tde_alpha"))
-
-
-def _variant_key(v: str) -> tuple[int, str]:
-    return (VARIANTS.index(v), v) if v in VARIANTS else (len(VARIANTS), v)
-
-
-def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
-    """(system key, seed) of an experiment dir: `<dir>/<name>_seed<k>` is run k of system `<dir>/<name>`."""
-    p = Path(exp_dir)
-    m = re.fullmatch(r"(.+)_seed(\d+)", p.name)
-    return (str(p.parent / m.group(1)), int(m.group(2))) if m else (str(p), None)
-
-
-def parent_system(exp_dir: PathLike) -> str | None:
-    """System key of the run a fine-tuning experiment started from (its config's train.init_from: a
-    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir, found inside the experiment's tree first as
-    report.paths reads a version-1 path), else None."""
-    src = (_exp_config(Path(exp_dir)).get("train") or {}).get("init_from")
-    if not src:
-        return None
-    p, _ = locate(str(src), exp_dir, legacy=True, kind="any")
-    if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
-        p = p.parent
-        if p.name == "checkpoints":
-            p = p.parent
-    return split_seed(p)[0]
-
-
-def _embedding_dim(exp: Path) -> tuple[int, Path] | None:
-    """An experiment's embedding dimension and the file that says so: its first embedding store, else its
-    config's model.embed_dim; None when neither says."""
-    for meta in sorted((exp / "emb").glob("*/store.json")):
-        try:
-            return int(json.loads(meta.read_text(encoding="utf-8"))["dim"]), meta.parent
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a store the report does not read: its own readers name what is wrong with it
-    dim = (_exp_config(exp).get("model") or {}).get("embed_dim")
-    return (dim, exp / "config.yaml") if isinstance(dim, int) and not isinstance(dim, bool) else None
-
-
-def _check_seeds(exps: Sequence[Path]) -> None:
-    """Refuse to average runs of different embedding dimensions as seeds of one system (split_seed)."""
-    first: dict[str, tuple[int, Path]] = {}
-    for exp in exps:
-        found = _embedding_dim(exp)
-        if found is None:
-            continue
-        system = split_seed(exp)[0]
-        dim, src = first.setdefault(system, found)
-        if found[0] != dim:
-            raise DataError(f"{found[0]}-dimensional embeddings, but {src} ({dim}-dimensional) is another seed of "
-                            f"system {Path(system).name}: runs of different models are not seeds of one system",
-                            found[1])
-
-
-def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
-    """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
-    and `seed` say which training runs are seeds of one system (split_seed); file references are absolute paths
-    where the experiment is now, and a file the report reads that is missing is a DataError (report.store)."""
-    rows = []
-    exps = [Path(e) for e in exp_dirs]
-    for exp in exps:
-        if not (exp / RESULTS_FILE).is_file():
-            raise DataError(f"no {RESULTS_FILE}: run the scoring / identification stages first", exp)
-        data = load_results(exp)
-        if not data["rows"]:
-            raise DataError("no result rows: run the scoring / identification stages first", exp / RESULTS_FILE)
-        # per experiment, not per variant: the parent comes from reading config.yaml
-        run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
-               "decoupled": (exp / DECOUPLED_FILE).is_file()}
-        system = _exp_system(exp)  # config.yaml read once per experiment, not once per variant
-        for v in sorted(data["rows"], key=_variant_key):
-            if variants is not None and v not in variants:
-                continue
-            r = data["rows"][v]
-            rows.append({**run, "variant": v, "label": row_label(exp, v, r, system),
-                         "verification": r.get("verification"), "seen": r.get("seen"),
-                         "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
-            need_all(rows[-1])
-    _check_seeds(exps)
-    # a parent among the experiments is named as they were given (init_from may spell it otherwise)
-    given = {str(Path(r["system"]).resolve()): r["system"] for r in rows}
-    for r in rows:
-        if r["parent"] is not None:
-            r["parent"] = given.get(str(Path(r["parent"]).resolve()), r["parent"])
-    return rows
 
 
 def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:
@@ -353,8 +101,6 @@ def format_markdown(rows: Sequence[dict], p_target: float = 0.01, caption: str |
 
 def _render(rows: Sequence[dict], iv: Intervals, caption: str | None, baseline: str | None,
             per_seed: bool) -> tuple[str, dict]:
-    from .tables import build_tables
-
     lines, summary = build_tables(rows, iv, baseline, per_seed)
     several = any(len({x["seed"] for x in rows if x["system"] == r["system"]}) > 1 for r in rows)
     text = "\n".join(lines).lstrip("\n") + "\n\n" + " ".join(_notes(rows, iv.p_target, caption, several)) + "\n"
@@ -385,9 +131,6 @@ def write_report(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = None, 
 
 def _with_figures(rows: Sequence[dict], summary: dict, out: Path, iv: Intervals, text: str) -> str:
     """Write the figures and summary.md beside the report; the report's text with their links on top."""
-    from .figures import write_figures
-    from .headline import headline_markdown
-
     titles = {"eer_groups": "EER by shot group", "differences": "differences from the reference",
               "seeds": "every seed"}
     figs = {titles[k]: Path(v["path"]).name for k, v in write_figures(rows, summary, out, iv).items()}
@@ -401,8 +144,6 @@ def write_paper_tables(exp_dirs: Sequence[PathLike], out_dir: PathLike | None = 
                        row_map: Sequence[str] | None = None, p_target: float = 0.01) -> tuple[str, Path]:
     """Write `paper_table.md` and `paper_table.json` (report.paper: the paper's rows in its order, then K = 1 / 2)
     into out_dir (default: the first exp's parent); the experiments need not cover every row."""
-    from .paper import check_row_map, paper_tables, parse_row_map
-
     if not exp_dirs:
         raise UsageError("no experiment dirs given")
     mapping = parse_row_map(row_map)

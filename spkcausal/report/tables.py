@@ -2,7 +2,7 @@
 differences of every system from its reference with paired intervals.
 
 Rows are grouped into *runs*: the result rows of one system and variant over its seeds (experiment dirs
-`<name>_seed<k>`, spkcausal.report.results.split_seed). The references of a run (`references_of`), in this order:
+`<name>_seed<k>`, spkcausal.results.records.split_seed). The references of a run (`references_of`), in this order:
 - a TDE variant (tde, tde_mean_sub, tde_asnorm, ...): the same system without TDE, so the row answers
   "what does TDE add";
 - a QMF variant: the same system's plainly calibrated scores ("what do the quality measures add");
@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..results.evidence import COLUMNS, DEFAULT_INTERVALS, Intervals, paired_differences, row_figures, t_interval
 from ..utils import UsageError
-from .evidence import COLUMNS, DEFAULT_INTERVALS, Intervals, paired_differences, row_figures, seed_summary, t_interval
+from .markdown import diff_cell, figure_cell, markdown_table
 from .tailcost import tail_cost, tail_cost_lines
 
 __all__ = ["group_runs", "references_of", "resolve_baseline", "run_labels", "run_parents", "build_tables"]
@@ -32,7 +33,6 @@ __all__ = ["group_runs", "references_of", "resolve_baseline", "run_labels", "run
 _TDE_BASE = {"tde": "cosine", "tde_mean_sub": "mean_sub", "tde_asnorm": "asnorm", "tde_asnorm_cal": "asnorm_cal",
              "tde_asnorm_qmf": "asnorm_qmf"}
 _QMF_BASE = {"asnorm_qmf": "asnorm_cal"}
-_SCALE = {c: s for c, _, s in COLUMNS}
 _HEAD = {c: h for c, h, _ in COLUMNS}
 TABLES = [("Verification: held-out speakers (EER, minDCF) and seen speakers by shot group of the enrolment "
            "speaker (EER)", ["eer", "min_dcf", "seen_eer_many", "seen_eer_medium", "seen_eer_few"]),
@@ -92,45 +92,6 @@ def references_of(key: tuple[str, str], runs: Mapping, baseline: str,
             if peer != system:
                 refs.append((peer, variant))
     return [r for r in dict.fromkeys(refs) if r in runs]
-
-
-def _num(v: float, col: str, digits: int | None = None) -> str:
-    scale = _SCALE[col]
-    d = digits if digits is not None else (2 if scale != 1.0 else 4)
-    return f"{scale * v:.{d}f}"
-
-
-def _cell(values: list[tuple], col: str) -> str:
-    """One run's cell: 'v [lo, hi]' for one run, 'mean ± std' over seeds, '-' when absent."""
-    vals = [v for v, _ in values if v is not None]
-    if not vals:
-        return "-"
-    if len(values) == 1:
-        v, ci = values[0]
-        return _num(v, col) + (f" [{_num(ci[0], col, 1 if _SCALE[col] != 1 else 3)}, "
-                               f"{_num(ci[1], col, 1 if _SCALE[col] != 1 else 3)}]" if ci else "")
-    mean, std, n = seed_summary(vals)
-    return f"{_num(mean, col)} ± {_num(std, col)}" + ("" if n == len(values) else f" (n={n})")
-
-
-def _diff_cell(d: Mapping | None, col: str) -> str:
-    if not d:
-        return "-"
-    digits = 2 if _SCALE[col] != 1 else 4
-    ci = d.get("ci")
-    txt = f"{_SCALE[col] * d['diff']:+.{digits}f}"
-    if ci:
-        txt += f" [{_SCALE[col] * ci[0]:+.{digits}f}, {_SCALE[col] * ci[1]:+.{digits}f}]"
-    return txt + (" *" if d.get("significant") else "")
-
-
-def _markdown(head: list[str], body: list[list[str]]) -> list[str]:
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = [lambda s, w: s.ljust(w)] + [lambda s, w: s.rjust(w)] * (len(head) - 1)
-    lines = ["| " + " | ".join(f(c, w) for f, c, w in zip(fmt, head, widths)) + " |"]
-    lines.append("|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|")
-    lines += ["| " + " | ".join(f(c, w) for f, c, w in zip(fmt, row, widths)) + " |" for row in body]
-    return lines
 
 
 def _label(rs: Sequence[Mapping], dup: bool) -> str:
@@ -202,13 +163,13 @@ def build_tables(rows: Sequence[Mapping], iv: Intervals = DEFAULT_INTERVALS, bas
             if not any(f[c][0] is not None for f in figs for c in need):
                 continue
             label = _label(rs, len(labels[rs[0]["label"]]) > 1)
-            body.append([label] + [_cell([f[c] for f in figs], c) for c in cols])
+            body.append([label] + [figure_cell([f[c] for f in figs], c) for c in cols])
             if per_seed and len(rs) > 1:
                 body += [[_label([r], False).replace(r["label"], f"{r['label']} [seed {r['seed']}]", 1)]
-                         + [_cell([f[c]], c) for c in cols] for r, f in zip(rs, figs)]
+                         + [figure_cell([f[c]], c) for c in cols] for r, f in zip(rs, figs)]
         if body:
             hdr = [_HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in cols]
-            out_lines += ["", f"**{title}**", ""] + _markdown(["System"] + hdr, body)
+            out_lines += ["", f"**{title}**", ""] + markdown_table(["System"] + hdr, body)
     for key, rs in runs.items():
         figs = [row_figures(r, p_target) for r in rs]
         summary["runs"].append({"system": key[0], "variant": key[1], "label": rs[0]["label"],
@@ -226,11 +187,11 @@ def build_tables(rows: Sequence[Mapping], iv: Intervals = DEFAULT_INTERVALS, bas
             if key[1] not in TABLE_DIFF_VARIANTS or (rs[0].get("decoupled") and key[1] != "cosine"):
                 continue  # a decoupled system differs from its base in identification only
             body.append([_label(rs, len(labels[rs[0]["label"]]) > 1), _label(runs[ref], False)]
-                        + [_diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
+                        + [diff_cell(diffs.get(c), c) for c in DIFF_COLUMNS])
     if body:
         hdr = ["System", "vs"] + ["Δ " + _HEAD[c].replace("minDCF", f"minDCF ({p_target:g})") for c in DIFF_COLUMNS]
         out_lines += ["", "**Differences from the reference** (A - B; * = the 95% interval excludes 0)", ""]
-        out_lines += _markdown(hdr, body)
+        out_lines += markdown_table(hdr, body)
     # the long-tail protocol: only when the baseline has a balanced control (<baseline>_control)
     tail = tail_cost(runs, base, iv, _TDE_BASE)
     if tail is not None:

@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .evidence import DEFAULT_INTERVALS, LEVEL, Intervals, paired_differences, row_figures, t_interval
-from .results import CONTROL_SUFFIX
+from ..results.evidence import DEFAULT_INTERVALS, LEVEL, Intervals, paired_differences, row_figures, t_interval
+from ..results.records import CONTROL_SUFFIX
+from .markdown import markdown_table
 
 __all__ = ["CONTROL_SUFFIX", "TAIL_COLUMNS", "control_system", "fieller_ratio", "tail_cost", "tail_cost_lines"]
 
@@ -157,7 +158,6 @@ def tail_cost_lines(result: Mapping | None, runs: Mapping, label: Callable[[Sequ
     """Markdown lines of the "Tail cost" table (the listed reference variants only); none without a control."""
     if not result:
         return []
-    from .tables import _markdown
 
     body = []
     base, control = result["baseline"], result["control"]
@@ -177,4 +177,4 @@ def tail_cost_lines(result: Mapping | None, runs: Mapping, label: Callable[[Sequ
                  "(baseline - method) / tail cost (100% closes the gap). Tail cost: mean over seeds with a 95% "
                  "Student-t interval; share: ratio of means with Fieller's 95% interval over seeds; * = the "
                  "interval excludes 0. Few = fewer training utterances in the long-tailed set.", ""]
-            + _markdown(["System", "vs"] + [f"{h} (%)" for _, h in TAIL_COLUMNS], body))
+            + markdown_table(["System", "vs"] + [f"{h} (%)" for _, h in TAIL_COLUMNS], body))

@@ -1,5 +1,5 @@
 """Trials of two score files lined up for paired comparisons, and the bootstrap's resampling unit of each
-trial: what `spkcausal eer --ci / --paired` and the report's evidence (`spkcausal.report.evidence`) share."""
+trial: what `spkcausal eer --ci / --paired` and the report's evidence (`spkcausal.results.evidence`) share."""
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..nn.heads.protocols import ExtraLoss
 from ..nn.network import build_fbank
 
 
@@ -81,9 +82,8 @@ def train_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opti
     loss = loss_fn(logits.float(), labels)
     net = getattr(model, "module", model)
     for owner in (net.head, net):  # a head's own term (OLTR), the encoder-loss term (spkcausal.nn.encoder_losses)
-        extra = getattr(owner, "extra_loss", None)
-        if extra is not None:
-            loss = loss + extra
+        if isinstance(owner, ExtraLoss) and owner.extra_loss is not None:
+            loss = loss + owner.extra_loss
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip > 0:

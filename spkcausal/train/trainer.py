@@ -41,9 +41,11 @@ from ..nn.checkpoint import (
     set_rng_state,
     write_latest,
 )
-from ..nn.config import DEFAULTS, merge_defaults, save_config
+from ..nn.config import DEFAULTS, merge_defaults, save_config, section_kwargs
 from ..nn.distributed import DistInfo, distributed, is_peer_failure, peer_lost, resolve_device
-from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for, section_kwargs
+from ..nn.heads.protocols import EpochHook, MarginSchedule, MovingMean
+from ..nn.losses import EpochLoss, build_loss
+from ..nn.network import SpeakerNet, build_network, check_schedule, num_classes_for
 from ..utils import DataError, log_to_file, write_text_atomic
 from .schedules import lr_at, margin_at, momentum_at, step_seed
 from .setup import adopt_init_from, prepare_data
@@ -155,8 +157,6 @@ class Trainer:
 
     def _build_model_and_loss(self, num_classes: int, init_state: dict | None, keep_head: bool) -> None:
         """Network (initialised from train.init_from when set) and the loss with the training class counts."""
-        from ..nn.losses import build_loss
-
         cfg = self.cfg
         counts = np.tile(self.dataset.class_counts(), num_classes // self.num_speakers)
         self.net = build_network(cfg, num_classes, class_counts=counts).to(self.device)
@@ -169,7 +169,8 @@ class Trainer:
                                    saved["head"]["name"], cfg["head"]["name"])
             self.log.info("extractor %sinitialised from %s", "and head " if keep_head else "",
                           cfg["train"]["init_from"])
-        self.final_margin = float(getattr(self.net.head, "margin", 0.0))  # configured or class default
+        head = self.net.head  # the configured margin (or the class default) is the schedule's final value
+        self.final_margin = float(head.margin) if isinstance(head, MarginSchedule) else 0.0
         self.loss_fn = build_loss(cfg["loss"]["name"], class_counts=counts,
                                   **section_kwargs(cfg["loss"])).to(self.device)
 
@@ -305,16 +306,16 @@ class Trainer:
         after a resume); returns the 0-based epoch."""
         spe = self.steps_per_epoch
         epoch = self.step // spe
-        if getattr(self.net.head, "momentum_auto", False):
+        if isinstance(self.net.head, MovingMean) and self.net.head.momentum_auto:
             self.net.head.momentum = momentum_at(self.lr(epoch * spe))
             if self.info.is_main:
                 self.log.info("epoch %d: x_bar momentum %.6f (auto, from lr %.4g)", epoch + 1, self.net.head.momentum,
                               self.lr(epoch * spe))
-        if hasattr(self.net.head, "set_epoch"):  # two-stage heads (OLTR: class sums, then the memory)
+        if isinstance(self.net.head, EpochHook):  # two-stage heads (OLTR: class sums, then the memory)
             self.net.head.set_epoch(epoch, self.epochs)
         self.sampler.set_epoch(epoch)
         self.sampler.set_start((self.step % spe) * self.batch_size)
-        if hasattr(self.loss_fn, "set_epoch"):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
+        if isinstance(self.loss_fn, EpochLoss):  # epoch-dependent losses (DRW); also right after a mid-epoch resume
             self.loss_fn.set_epoch(epoch)
         return epoch
 
@@ -324,7 +325,7 @@ class Trainer:
         self._lr, self._margin = lr, margin = self.lr(self.step), self.margin(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if hasattr(self.net.head, "set_margin"):
+        if isinstance(self.net.head, MarginSchedule):
             self.net.head.set_margin(margin)
         self.gen.manual_seed(step_seed(self.seed, self.info.rank, self.step, 4))
         waves, labels = waves.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
@@ -359,7 +360,7 @@ class Trainer:
         loss_sum, correct, n, failed = stats.cpu().tolist()
         entry = {"epoch": self.step // spe, "step": self.step, "loss": loss_sum / max(1, n),
                  "acc": correct / max(1, n)}
-        if hasattr(self.net.head, "momentum_auto"):
+        if isinstance(self.net.head, MovingMean):
             entry["x_bar_momentum"] = float(self.net.head.momentum)
         self.history.append(entry)
         if info.is_main:

@@ -26,7 +26,7 @@ class BasicBlock(nn.Module):
         return torch.relu(y + self.shortcut(x))
 
 
-def _downsampled(n: int | Tensor, times: int) -> int | Tensor:
+def downsampled(n: int | Tensor, times: int) -> int | Tensor:
     """Length after `times` stride-2 convolutions with kernel 3, padding 1 (ceil(n / 2) each time)."""
     for _ in range(times):
         n = (n + 1) // 2
@@ -68,12 +68,12 @@ class ResNetSpeaker(nn.Module):
             stages.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.stages = nn.Sequential(*stages)
-        self.pool_dim = in_ch * _downsampled(n_mels, 3)
+        self.pool_dim = in_ch * downsampled(n_mels, 3)
         self.embedding = nn.Linear(2 * self.pool_dim, embed_dim)
 
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, frames, n_mels) [+ valid frame counts, used by the pooling] -> (B, embed_dim)."""
         x = self.stages(self.stem(feats.transpose(1, 2).unsqueeze(1)))
         x = x.flatten(1, 2)  # (B, C * F', T')
-        pooled_len = None if lengths is None else _downsampled(lengths.to(x.device).long(), 3)
+        pooled_len = None if lengths is None else downsampled(lengths.to(x.device).long(), 3)
         return self.embedding(stats_pool(x, pooled_len))

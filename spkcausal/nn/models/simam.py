@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .resnet import _downsampled
+from .resnet import downsampled
 from .wespeaker_resnet import STRIDE2_STAGES, make_stages, pooled_rows
 
 SIMAM_LAMBDA = 1e-4  # the regulariser of SimAM's energy (the paper's lambda)
@@ -101,7 +101,7 @@ class SimAMResNet(nn.Module):
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, frames, n_mels) [+ valid frame counts, used by the pooling] -> (B, embed_dim)."""
         x = self.front(feats.transpose(1, 2).unsqueeze(1))
-        pooled_len = None if lengths is None else _downsampled(lengths.long(), STRIDE2_STAGES)
+        pooled_len = None if lengths is None else downsampled(lengths.long(), STRIDE2_STAGES)
         return self.bottleneck(self.drop(self.pooling(x, pooled_len)))
 
 

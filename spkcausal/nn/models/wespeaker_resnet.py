@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .resnet import _downsampled, stats_pool
+from .resnet import downsampled, stats_pool
 
 STRIDE2_STAGES = 3  # stages 2, 3 and 4 halve frequency and time
 
@@ -41,7 +41,7 @@ class SegmentEmbedding(nn.Module):
         self.seg_2 = nn.Linear(embed_dim, embed_dim) if two_emb_layer else nn.Identity()
 
     def _embed(self, frames: Tensor, lengths: Tensor | None) -> Tensor:
-        pooled_len = None if lengths is None else _downsampled(lengths.to(frames.device).long(), STRIDE2_STAGES)
+        pooled_len = None if lengths is None else downsampled(lengths.to(frames.device).long(), STRIDE2_STAGES)
         emb = self.seg_1(self.pool(frames, pooled_len))
         if self.two_emb_layer:
             emb = self.seg_2(self.seg_bn_1(torch.relu(emb)))
@@ -51,7 +51,7 @@ class SegmentEmbedding(nn.Module):
 def pooled_rows(n_mels: int) -> int:
     """Frequency rows left after three stride-2 stages (the toolkits' n_mels // 8 where 8 divides n_mels; they
     fail to build otherwise, while this counts the rows the convolutions really leave)."""
-    return int(_downsampled(n_mels, STRIDE2_STAGES))
+    return int(downsampled(n_mels, STRIDE2_STAGES))
 
 
 def make_stages(block: Callable[[int, int, int], nn.Module], m_channels: int, num_blocks: Sequence[int],

@@ -223,7 +223,7 @@ def paired_differences(row: Mapping, ref: Mapping, p_target: float = 0.01, n_boo
                        level: float = LEVEL, seed: int = 0) -> dict[str, dict]:
     """Figure of `row` minus that of `ref` for every column both have, with the paired bootstrap interval
     (same trials / same test utterances, shared resamples) and whether it excludes 0. The rows are
-    report.results.collect_rows'; a file they refer to that is missing is a DataError (report.store.need)."""
+    results.records.collect_rows'; a file they refer to that is missing is a DataError (results.store.need)."""
     out: dict[str, dict] = {}
     va, vb = row.get("verification") or {}, ref.get("verification") or {}
     if va.get("scores") and vb.get("scores"):

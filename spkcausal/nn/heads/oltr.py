@@ -29,10 +29,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils import UsageError
-from .heads import EPS, HEADS, _apply_margin, _float32, _in_float32
+from ...utils import UsageError
+from .margins import apply_margin
+from .ops import EPS, HEADS, float32, in_float32
 
-__all__ = ["OLTRHead", "centroid_loss", "cos_norm_logits", "meta_embedding"]
+__all__ = ["OLTRHead", "centroid_loss", "cos_norm_logits", "meta_embedding", "stage1_epoch_count"]
 
 
 def meta_embedding(v: Tensor, centroids: Tensor, hallucinator: nn.Module, selector: nn.Module,
@@ -166,24 +167,24 @@ class OLTRHead(nn.Module):
         """0 with a graph to every parameter: DDP expects a gradient for each one in every step."""
         return sum(p.sum() for p in params) * 0.0
 
-    @_in_float32
+    @in_float32
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B, C): stage 1 AAM on x (margin in training with labels), stage 2 the cosine-norm classifier
         on the meta-embedding of v = x / ||x||; in training with labels, stage 2 leaves the centroid loss in
         `extra_loss`."""
         self.extra_loss = None
-        w, v = _float32(self.weight), F.normalize(x, dim=-1, eps=EPS)
+        w, v = float32(self.weight), F.normalize(x, dim=-1, eps=EPS)
         if not self.memory_ready:
             if self.training and labels is not None and self.accumulate:
                 self._accumulate(v, labels)
             cos = F.linear(v, F.normalize(w, dim=-1, eps=EPS))
             if labels is not None and self.training and self.margin != 0.0:
-                cos = _apply_margin(cos, labels, self.margin, self.easy_margin)
+                cos = apply_margin(cos, labels, self.margin, self.easy_margin)
             out = self.scale * cos
             if self.training:
                 out = out + self._unused(self.centroids, *self.hallucinator.parameters(), *self.selector.parameters())
             return out
-        c = _float32(self.centroids)
+        c = float32(self.centroids)
         out = cos_norm_logits(meta_embedding(v, c, self.hallucinator, self.selector, self.reach_scale), w, self.scale)
         if self.training and labels is not None and self.centroid_weight > 0:
             self.extra_loss = self.centroid_weight * centroid_loss(v, labels, c, self.centroid_margin,
