@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,23 @@ def subprocess_env() -> dict[str, str]:
 
     repo = Path(__file__).resolve().parents[1]
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(repo / "tests"))
+
+
+def write_long_tailed_subset(root: Path) -> DataDir:
+    """make_corpus at 6 utterances a speaker, cut to 6 / 3 / 2 / 1 (head to tail), written to root/lt."""
+    src = DataDir.load(make_corpus(root, utts_per_spk=6))
+    keep = {"spk1": 6, "spk2": 3, "spk3": 2, "spk4": 1}
+    utts = [u for u in src.utts if int(u.split("-u")[1]) < keep[src.utt2spk[u]]]
+    lt = DataDir(wav={u: src.wav[u] for u in utts}, utt2spk={u: src.utt2spk[u] for u in utts})
+    lt.write(root / "lt")
+    return lt
+
+
+def torchrun_script(tmp_path: Path, exp: Path, resume: bool) -> None:
+    """Run tmp_path/ddp.py on two local processes (gloo): argv tmp_path, exp, 1 to resume else 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "ddp.py"), str(tmp_path), str(exp), "1" if resume else "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]

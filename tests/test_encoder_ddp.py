@@ -3,21 +3,14 @@ weights, momentum extractors and queues (the queue takes every rank's keys in ra
 a mid-epoch checkpoint ends with the uninterrupted run's state exactly, momentum extractor and queue included."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fixtures_train import make_corpus
+from fixtures_train import torchrun_script, write_long_tailed_subset
 
-from spkcausal.data.datadir import DataDir
 from spkcausal.nn.checkpoint import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import sys
@@ -41,24 +34,14 @@ dist.destroy_process_group()
 """
 
 
-def _torchrun(tmp_path: Path, exp: Path, resume: bool) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "ddp.py"), str(tmp_path), str(exp), "1" if resume else "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-
 
 @pytest.mark.slow
 def test_semi_siamese_under_ddp_stays_in_step_and_resumes_mid_epoch_exactly(tmp_path):
-    src = DataDir.load(make_corpus(tmp_path, utts_per_spk=6))
-    keep = {"spk1": 6, "spk2": 3, "spk3": 2, "spk4": 1}
-    utts = [u for u in src.utts if int(u.split("-u")[1]) < keep[src.utt2spk[u]]]
-    DataDir(wav={u: src.wav[u] for u in utts}, utt2spk={u: src.utt2spk[u] for u in utts}).write(tmp_path / "lt")
+    write_long_tailed_subset(tmp_path)
     (tmp_path / "ddp.py").write_text(SCRIPT)
 
     full = tmp_path / "full"
-    _torchrun(tmp_path, full, resume=False)
+    torchrun_script(tmp_path, full, resume=False)
     assert np.array_equal(np.load(full / "w0.npy"), np.load(full / "w1.npy"))
     assert np.array_equal(np.load(full / "enc0.npy"), np.load(full / "enc1.npy"))  # momentum copy and queue
     final = load_checkpoint(full / "checkpoints" / "epoch_0002.pt")
@@ -73,7 +56,7 @@ def test_semi_siamese_under_ddp_stays_in_step_and_resumes_mid_epoch_exactly(tmp_
         if load_checkpoint(p)["step"] > 3:
             p.unlink()
     (part / "avg_model.pt").unlink(missing_ok=True)
-    _torchrun(tmp_path, part, resume=True)
+    torchrun_script(tmp_path, part, resume=True)
     assert "resumed from" in (part / "train.log").read_text()
     assert np.array_equal(np.load(part / "w0.npy"), np.load(full / "w0.npy"))
     assert np.array_equal(np.load(part / "enc0.npy"), np.load(full / "enc0.npy"))

@@ -4,20 +4,13 @@ uninterrupted run's weights exactly (docs/causal.md, "Long-tail methods that rea
 the paper's Capsule, feature_norm: capsule)."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_train import make_corpus
+from fixtures_train import torchrun_script, write_long_tailed_subset
 
-from spkcausal.data.datadir import DataDir
 from spkcausal.nn.checkpoint import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import json, sys
@@ -42,24 +35,14 @@ dist.destroy_process_group()
 """
 
 
-def _torchrun(tmp_path: Path, exp: Path, resume: bool) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "ddp.py"), str(tmp_path), str(exp), "1" if resume else "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-
 
 @pytest.mark.slow
 def test_every_long_tail_method_under_ddp_stays_in_step_and_resumes_exactly(tmp_path):
-    src = DataDir.load(make_corpus(tmp_path, utts_per_spk=6))
-    keep = {"spk1": 6, "spk2": 3, "spk3": 2, "spk4": 1}
-    utts = [u for u in src.utts if int(u.split("-u")[1]) < keep[src.utt2spk[u]]]
-    DataDir(wav={u: src.wav[u] for u in utts}, utt2spk={u: src.utt2spk[u] for u in utts}).write(tmp_path / "lt")
+    write_long_tailed_subset(tmp_path)
     (tmp_path / "ddp.py").write_text(SCRIPT)
 
     full = tmp_path / "full"
-    _torchrun(tmp_path, full, resume=False)
+    torchrun_script(tmp_path, full, resume=False)
     w0, w1 = np.load(full / "w0.npy"), np.load(full / "w1.npy")
     assert np.array_equal(w0, w1)  # DDP kept the ranks in step ...
     assert np.array_equal(np.load(full / "buf0.npy"), np.load(full / "buf1.npy"))  # ... and the head's buffers
@@ -77,7 +60,7 @@ def test_every_long_tail_method_under_ddp_stays_in_step_and_resumes_exactly(tmp_
         if load_checkpoint(p)["step"] > load_checkpoint(part / "checkpoints" / "epoch_0001.pt")["step"]:
             p.unlink()
     (part / "avg_model.pt").unlink(missing_ok=True)
-    _torchrun(tmp_path, part, resume=True)
+    torchrun_script(tmp_path, part, resume=True)
     assert np.array_equal(np.load(part / "w0.npy"), w0)
     assert np.array_equal(np.load(part / "buf0.npy"), np.load(full / "buf0.npy"))
     assert "resum" in (part / "train.log").read_text().lower()
