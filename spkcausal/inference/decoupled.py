@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.samplers import build_sampler
+from ..experiments.expdir import DECOUPLED_FILE, DECOUPLED_FORMAT, DECOUPLED_VERSION
+from ..experiments.paths import stored_path
+from ..experiments.plan import decoupled_record
+from ..experiments.runs import write_run
+from ..experiments.variants import DECOUPLED_METHODS
 from ..nn.heads import build_head
 from ..nn.losses import build_loss
 
@@ -106,7 +111,7 @@ def learn_weight_scales(features: Tensor | np.ndarray, labels: Tensor | np.ndarr
 # ---------------------------------------------------------------- decoupled systems of the recipes
 
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1 (Kang et al. search tau in [0, 1])
-DECOUPLE_METHODS = ("crt", "tau_norm", "ncm", "lws", "oltr")  # oltr: spkcausal.inference.decoupled_oltr
+DECOUPLE_METHODS = DECOUPLED_METHODS  # the one list (experiments.variants); oltr: inference.decoupled_oltr
 
 
 def _linear_probe(x: np.ndarray, y: np.ndarray, n: int, sampler: str, epochs: int, batch_size: int, lr: float,
@@ -284,4 +289,8 @@ def _write_decoupled(out_exp: Any, base_exp: Any, state: dict, head: nn.Module, 
         if link.is_symlink():
             link.unlink()
         os.symlink(os.path.relpath(base_exp.resolve() / "emb", out_exp.resolve()), link)
-    write_text_atomic(out_exp / "decoupled.json", json.dumps(info, indent=1) + "\n")
+    # paths relative to the experiment dir where they lie in its tree (experiments.paths): a moved tree keeps them
+    base, ckpt = stored_path(info["base"], out_exp), stored_path(info["base_checkpoint"], out_exp)
+    stored = {"format": DECOUPLED_FORMAT, "version": DECOUPLED_VERSION, **info, "base": base, "base_checkpoint": ckpt}
+    write_text_atomic(out_exp / DECOUPLED_FILE, json.dumps(stored, indent=1) + "\n")
+    write_run(out_exp, decoupled_record(out_exp, base_exp, info["method"], cfg))
