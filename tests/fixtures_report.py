@@ -103,7 +103,7 @@ def report_tree(root: Path, n_boot: int = 50, seeds: tuple[int, ...] | None = No
 
 
 def write_run_records(exps: list[Path]) -> None:
-    """run.json in each dir of a report_tree, as `spkcausal train --run SYSTEM@SEED` writes it (the plan's record
+    """run.json in each dir of a report_tree, as `spkcausal train --plan-run SYSTEM@SEED` writes it (the plan's record
     of the dir's system and seed, the config's hash, the head's causality)."""
     import yaml
 

@@ -97,8 +97,7 @@ def test_the_plan_names_runs_and_parents(tmp_path):
                    ("aam_control_seed1", "train", "aam_control", 1, None, True, False)]
     assert format_line(runs[4]) == f"aam_lm_seed0 lm aam_lm 0 aam_seed0 false false lm {conf}/aam.yaml aam+lm@0"
     assert [r.record.name for r in plan_runs([str(conf / "cn.yaml")])] == ["cn"]
-    with pytest.raises(UsageError, match="aam_lm starts from aam, which is not in the plan"):
-        plan_runs(["aam+lm"])
+    assert [r.record.parent for r in plan_runs(["aam+lm"], [2])] == ["aam_seed2"]  # trained before
     with pytest.raises(UsageError, match="comes twice"):
         plan_runs(["aam", "aam"])
     with pytest.raises(UsageError, match="EXT one of lm, crt"):
@@ -185,3 +184,78 @@ def test_expdir_reads_a_copied_decoupled_run_where_it_is_now(seeded, tmp_path):
     here = copy / "exp" / dec.name
     assert ExpDir(here).scores("tde", "list") == here / "scores/tde_cosine/list.score"
     assert yaml.safe_load((dec / "config.yaml").read_text())["head"]["name"] == "aam"
+
+
+def test_expdir_accessors(tmp_path):
+    """ExpDir finds an experiment's files, and a missing or malformed one is a DataError naming it."""
+    e = ExpDir(tmp_path / "x")
+    assert e.config() == {} and e.run() is None and e.averaged_model is None and e.stores() == {}
+    assert e.threshold() is None and e.tde_alpha() is None and e.decoupled() is None
+    (e.path / "checkpoints").mkdir(parents=True)
+    for n in ("epoch_0010.pt", "epoch_0002.pt"):
+        (e.path / "checkpoints" / n).write_bytes(b"")
+    (e.path / "avg_model.pt").write_bytes(b"")
+    (e.path / "emb" / "test").mkdir(parents=True)
+    (e.path / "emb" / "test" / "store.json").write_text("{}")
+    assert [p.name for p in e.checkpoints()] == ["epoch_0002.pt", "epoch_0010.pt"]
+    assert e.averaged_model == e.path / "avg_model.pt" and e.store("test") == e.path / "emb" / "test"
+    with pytest.raises(DataError, match="no embedding store 'train' \\(stores: test\\)"):
+        e.store("train")
+    (e.path / "tde_alpha.json").write_text('{"alpha": 0.75}')
+    assert e.tde_alpha() == 0.75
+    (e.path / "tde_alpha.json").write_text('{"alpha": NaN}')
+    with pytest.raises(DataError, match="not a finite number"):
+        e.tde_alpha()
+    (e.path / "config.yaml").write_text("- a list\n")
+    with pytest.raises(DataError, match="expected a mapping"):
+        e.config()
+    (e.path / "decoupled.json").write_text('{"format": "spkcausal-decoupled", "version": 9, "method": "crt"}')
+    with pytest.raises(DataError, match="version 9 is not a decoupled.json"):
+        e.decoupled()
+
+
+def test_stage_train_runs_the_plan_and_the_protocols_control(tmp_path):
+    """stages.sh's stage_train loops over `spkcausal plan`: each run's config, its --plan-run SYSTEM@SEED (what run.json
+    records), the +lm runs from their parent's averaged model, and the protocol's control (BASE+control) on the
+    control dir; `launch` is replaced by an echo (no training)."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text("head: {name: aam}\n")
+    script = f"""set -euo pipefail
+. {ROOT}/recipes/common/stages.sh
+. {ROOT}/recipes/common/protocol.sh
+launch() {{ echo "LAUNCH $*"; }}
+spkcausal() {{ if [ "$1" = plan ]; then command spkcausal "$@"; else :; fi; }}
+mark_done exp/a_seed0 3
+protocol_setup lt 4 exp "a a+lm" conf ctl
+with_control stage_train --exp exp --systems "a a+lm" --conf_dir conf --train_dir tr --seeds "0" --lm_conf lm.yaml \\
+  --num_avg 2
+"""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("LAUNCH")] == [
+        "LAUNCH train --config conf/a.yaml --config lm.yaml --plan-run a+lm@0 --resume exp_dir=exp/a_lm_seed0 "
+        "data.train=tr seed=0 train.init_from=exp/a_seed0/avg_model.pt train.init_head=true",
+        "LAUNCH train --config conf/a.yaml --plan-run a+control@0 --resume exp_dir=exp/a_control_seed0 data.train=ctl "
+        "seed=0"]
+    assert "skipping" in r.stderr  # a_seed0 was trained before
+
+
+def test_train_records_its_plan_run(tmp_path, capsys):
+    """`spkcausal train --plan-run SYSTEM@SEED` writes the plan's record with the merged config's hash and the head
+    class's answer; a --plan-run that is not the experiment dir's run is refused before training, in one line."""
+    from spkcausal.cli.train import _write_record
+    from spkcausal.experiments.runs import config_hash
+
+    e = tmp_path / "exp" / "tiny_cnaam_lm_seed2"
+    e.mkdir(parents=True)
+    cfg = {"head": {"name": "causal_norm_aam"}, "train": {"init_from": "exp/tiny_cnaam_seed2/avg_model.pt"}}
+    (e / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _write_record(e, "tiny_cnaam+lm@2")
+    assert read_run(e) == RunRecord("tiny_cnaam_lm_seed2", "lm", "tiny_cnaam_lm", 2, "tiny_cnaam", "tiny_cnaam_seed2",
+                                    method="lm", config_hash=config_hash(cfg), causal=True)
+    rc = main(["train", "--config", str(ROOT / "recipes" / "conf" / "tiny_cnaam.yaml"), "--plan-run", "tiny_cnaam@1",
+               f"exp_dir={tmp_path / 'exp' / 'other'}", f"data.train={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is run tiny_cnaam_seed1 of the plan, but the experiment dir is" in err[0]
+    assert not (tmp_path / "exp" / "other").exists()

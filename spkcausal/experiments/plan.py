@@ -35,7 +35,7 @@ LINE_FIELDS = ("name", "kind", "system", "seed", "parent", "control", "causal", 
 @dataclass(frozen=True)
 class PlannedRun:
     """A run of the plan: its record, the config it trains from (None: decoupled) and `run`, the word@seed that
-    `spkcausal train --run` takes to write the same record."""
+    `spkcausal train --plan-run` takes to write the same record."""
 
     record: RunRecord
     conf: str | None
@@ -111,16 +111,13 @@ def parse_run(run: str) -> tuple[str, int | None]:
 
 def plan_runs(systems: Sequence[str], seeds: Sequence[int] = (), conf_dir: PathLike | None = None,
               exp: PathLike | None = None) -> list[PlannedRun]:
-    """Every run of systems x seeds, system by system in the given order, seeds in order; a parent (lm,
-    decoupled) must be among the systems, and no name may come twice."""
+    """Every run of systems x seeds, system by system in the given order, seeds in order; no name may come twice
+    (a parent, lm or decoupled, may be left out: a run trained before)."""
     runs = [planned(w, s, conf_dir, exp) for w in systems for s in (list(seeds) or [None])]
     names = [r.record.name for r in runs]
     for r in runs:
         if names.count(r.record.name) > 1:
             raise UsageError(f"run {r.record.name} comes twice in the plan (systems {' '.join(systems)})")
-        if r.record.parent is not None and r.record.parent not in names:
-            raise UsageError(f"{r.record.name} starts from {r.record.parent}, which is not in the plan "
-                             f"(add system {r.record.base} to the systems)")
     return runs
 
 
@@ -155,7 +152,7 @@ def record_for(exp_dir: PathLike, cfg: Mapping[str, Any], causal: bool, run: str
     else:
         rec = planned(*parse_run(run)).record
         if rec.name != e.name:
-            raise UsageError(f"--run {run} is run {rec.name} of the plan, but the experiment dir is {e}")
+            raise UsageError(f"--plan-run {run} is run {rec.name} of the plan, but the experiment dir is {e}")
     return replace(rec, config_hash=config_hash(cfg), causal=causal)
 
 
