@@ -17,11 +17,6 @@ from .utils import UsageError
 
 T = TypeVar("T")
 
-# The built-in heads by name, Causal Norm or not: lets `spkcausal model-info` (asked by the recipes once per
-# experiment) answer without importing torch; tests/test_heads.py checks these against the registered classes.
-BUILTIN_HEADS = {"linear": False, "cosine": False, "aam": False, "causal_norm": True, "causal_norm_aam": True}
-BUILTIN_HEADS["oltr"] = False  # spkcausal.nn.heads.oltr
-
 
 class Registry(Generic[T]):
     """Name -> entry (a class or a factory) for one kind of component."""

@@ -100,3 +100,43 @@ def report_tree(root: Path, n_boot: int = 50, seeds: tuple[int, ...] | None = No
         return exps
     finally:
         os.chdir(cwd)
+
+
+def write_run_records(exps: list[Path]) -> None:
+    """run.json in each dir of a report_tree, as `spkcausal train --plan-run SYSTEM@SEED` writes it (the plan's record
+    of the dir's system and seed, the config's hash, the head's causality)."""
+    import yaml
+
+    from spkcausal.experiments.plan import record_for
+    from spkcausal.experiments.runs import write_run
+
+    heads = dict(TREE_SYSTEMS)
+    for e in exps:
+        system, _, seed = e.name.partition("_seed")  # the tree's own layout, known here, never read by the code
+        cfg = yaml.safe_load((e / "config.yaml").read_text())
+        write_run(e, record_for(e, cfg, heads[system].startswith("causal"), f"{system}@{seed}"))
+
+
+def add_decoupled(base: Path, method: str) -> Path:
+    """A decoupled run beside `base` (a report_tree dir with run.json) as `spkcausal decouple` lays it out: a copy
+    of the base's results (a decoupled system's verification rows are its base's), decoupled.json with the base
+    relative, run.json from the base's record."""
+    import json
+    import shutil
+
+    import yaml
+
+    from spkcausal.experiments.expdir import DECOUPLED_FORMAT, DECOUPLED_VERSION
+    from spkcausal.experiments.plan import decoupled_record
+    from spkcausal.experiments.runs import write_run
+
+    system, _, seed = base.name.partition("_seed")
+    out = base.parent / f"{system}_{method}{'_seed' + seed if seed else ''}"
+    shutil.copytree(base, out)
+    (out / "run.json").unlink()
+    cfg = yaml.safe_load((base / "config.yaml").read_text())
+    (out / "decoupled.json").write_text(json.dumps({
+        "format": DECOUPLED_FORMAT, "version": DECOUPLED_VERSION, "method": method, "base": f"../{base.name}",
+        "base_checkpoint": f"../{base.name}/avg_model.pt", "base_config": cfg, "seed": 0, "n_train": 10}))
+    write_run(out, decoupled_record(out, base, method, cfg))
+    return out

@@ -216,9 +216,10 @@ def test_build_head_registry_and_scale_alias():
     with pytest.raises(UsageError, match="either tau or scale"):
         build_head("causal_norm", 8, 4, scale=20.0, tau=16.0)
     assert [n for n in HEADS.names() if is_causal(n)] == ["causal_norm", "causal_norm_aam"]
-    from spkcausal.registry import BUILTIN_HEADS  # model-info's torch-free answer agrees with the classes
+    from spkcausal.experiments.runs import CAUSAL_HEADS, NON_CAUSAL_HEADS  # the plan's torch-free answer
 
-    assert BUILTIN_HEADS == {n: is_causal(n) for n in HEADS.names()}
+    assert sorted(CAUSAL_HEADS + NON_CAUSAL_HEADS) == sorted(HEADS.names())
+    assert all(is_causal(n) for n in CAUSAL_HEADS) and not any(is_causal(n) for n in NON_CAUSAL_HEADS)
     assert is_causal(h) and not is_causal(build_head("aam", 8, 4)) and not is_causal("nope")
 
 

@@ -316,9 +316,11 @@ def test_oltr_under_ddp_sums_every_rank_stays_in_step_and_resumes_at_the_switch(
 def test_recipes_name_oltr_systems_and_treat_base_plus_oltr_as_decoupled():
     from spkcausal.report.results import decoupled_name, system_name
 
-    script = (f". {REPO / 'recipes/common/stages.sh'}; for r in aam+oltr@1 oltr@ aam+oltr@; do "
-              "echo $(run_name $r) $(is_decoupled $r && echo dec || echo own) $(run_base $r); done")
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[:3] == ["aam_oltr_seed1 dec aam_seed1", "oltr own oltr", "aam_oltr dec aam"]
+    # the recipes loop over the run plan (stages.sh plan_runs / run_fields over `spkcausal plan`)
+    script = (f". {REPO / 'recipes/common/stages.sh'}; for sk in 'aam+oltr 1' 'oltr' 'aam+oltr'; do "
+              "set -- $sk; plan_runs $1 \"${2:-}\"; run_fields \"${RUNS[0]}\"; echo $name $kind $parent; done")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split("\n")[:3] == ["aam_oltr_seed1 decoupled aam_seed1", "oltr train -", "aam_oltr decoupled aam"]
     assert system_name({"head": {"name": "oltr"}}) == "OLTR (AAM, then meta-embedding)"
     assert decoupled_name({"method": "oltr"}, {"head": {"name": "aam"}}) == "Decouple-OLTR (on Baseline (AAM))"

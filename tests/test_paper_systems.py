@@ -3,6 +3,8 @@ Decouple-NCM and Decouple-LWS, each against a direct NumPy computation, and the 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -316,10 +318,12 @@ def test_recipes_treat_ncm_and_lws_as_decoupled_and_the_report_names_them():
 
     from spkcausal.report.results import decoupled_name, system_name, variant_label
 
-    script = (f". {REPO / 'recipes/common/stages.sh'}; for r in aam+ncm@0 aam+lws@ paper/capsule_k2@2; do "
-              "echo $(run_name $r) $(is_decoupled $r && echo dec || echo own); done")
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[:3] == ["aam_ncm_seed0 dec", "aam_lws dec", "capsule_k2_seed2 own"]
+    # the recipes loop over the run plan (stages.sh plan_runs / run_fields over `spkcausal plan`)
+    script = (f". {REPO / 'recipes/common/stages.sh'}; for sk in 'aam+ncm 0' 'aam+lws' 'paper/capsule_k2 2'; do "
+              "set -- $sk; plan_runs $1 \"${2:-}\"; run_fields \"${RUNS[0]}\"; echo $name $kind; done")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split("\n")[:3] == ["aam_ncm_seed0 decoupled", "aam_lws decoupled", "capsule_k2_seed2 train"]
     assert decoupled_name({"method": "ncm"}, {"head": {"name": "aam"}}) == "NCM (on Baseline (AAM))"
     assert decoupled_name({"method": "lws"}, {"head": {"name": "aam"}}) == "LWS (on Baseline (AAM))"
     capsule = system_name({"head": {"name": "causal_norm_aam", "feature_norm": "capsule"}})

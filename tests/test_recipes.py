@@ -23,6 +23,7 @@ from fixtures_voxceleb import make_voxceleb1
 from sklearn.metrics import roc_curve
 
 from spkcausal.data.datadir import DataDir
+from spkcausal.experiments.expdir import ExpDir
 from spkcausal.inference.tde_alpha import ALPHA_GRID
 from spkcausal.report.results import load_results, row_label
 
@@ -257,9 +258,10 @@ def _check_outputs(exp: Path, systems: list[str], eval_name: str, trial: str, al
         e = exp / name
         res = load_results(e)
         if (e / "decoupled.json").is_file():  # cRT / tau-norm: the base's embeddings and verification rows
-            info = json.loads((e / "decoupled.json").read_text())
-            base = load_results(Path(info["base"]))["rows"]
-            assert (e / "emb").resolve() == (Path(info["base"]) / "emb").resolve()
+            info = ExpDir(e).decoupled()  # its base stored relative to e (issue 27)
+            assert not Path(json.loads((e / "decoupled.json").read_text())["base"]).is_absolute()
+            base = load_results(info.base)["rows"]
+            assert (e / "emb").resolve() == (info.base / "emb").resolve()
             for v, row in res["rows"].items():
                 assert row["verification"] == base[v]["verification"] and row["seen"] == base[v]["seen"]
                 assert row_label(e, v, row).startswith(("cRT (on Baseline", "tau-norm (tau="))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fixtures_report import md_table, report_tree
+from fixtures_report import md_table, report_tree, write_run_records
 
 from spkcausal.cli import main
 from spkcausal.report.results import collect_rows
@@ -134,6 +134,18 @@ def test_a_copy_reads_none_of_the_originals_files(tree, reference, tmp_path, mon
     monkeypatch.chdir(a)
     diffs = build_tables(collect_rows(EXPS), Intervals(n_boot=50))[1]["differences"]
     assert diffs != json.loads(reference[1])["differences"]
+
+
+def test_a_copy_with_run_json_reports_as_the_original(tree, reference, tmp_path, monkeypatch, capsys):
+    """run.json (issue 27) in every dir of a copied tree: the copy's report is the original's (run.json names no
+    path, and the report reads the run's identity from it instead of the dir's name)."""
+    b = tmp_path / "b"
+    shutil.copytree(tree, b, symlinks=True)
+    write_run_records([b / e for e in EXPS])
+    c = tmp_path / "elsewhere" / "c"
+    shutil.copytree(b, c, symlinks=True)
+    assert _report(c, monkeypatch, capsys) == (0, "")
+    assert _outputs(c) == reference
 
 
 @pytest.mark.parametrize("version", [2, 1])

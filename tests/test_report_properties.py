@@ -1,6 +1,6 @@
 """Property tests of the report's inputs (issue 26): results.json contents, the file references its rows hold, and
 the `--paper-map` grammar, each against an oracle written from the documented format (results.store,
-results.paths, report.paper docstrings), not from the code.
+experiments.paths, report.paper docstrings), not from the code.
 
 - A valid results.json (format 2, or format 1 with paths as given) loads to the figures written, and every
   reference resolves to the file it names, where the tree is now: in place, moved or copied.
@@ -24,11 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spkcausal.experiments.paths import locate, stored_path
+from spkcausal.experiments.runs import legacy_identity
 from spkcausal.report.paper import K_ROWS, PAPER_ROWS, parse_row_map
-from spkcausal.report.results import collect_rows, parent_system
+from spkcausal.report.results import collect_rows
 from spkcausal.report.tables import build_tables
 from spkcausal.results.evidence import Intervals
-from spkcausal.results.paths import locate, stored_path
 from spkcausal.results.store import load_results, need
 from spkcausal.utils import SpkcausalError
 
@@ -145,7 +146,7 @@ def test_a_run_records_parent_is_found_where_the_tree_is_now(tmp_path_factory, f
     cwd = os.getcwd()
     os.chdir(new_root if cwd_new else work)  # the report run from the tree's root, or from elsewhere
     try:
-        got = parent_system(new_root / child.relative_to(root))
+        got = legacy_identity(new_root / child.relative_to(root))[2]
     finally:
         os.chdir(cwd)
     CASES[f"run parent {move}"] += 1

@@ -6,9 +6,10 @@
 #   bash tools/bench_seeds.sh --seeds "0 1" --tiny true --out /tmp/b    a quick check of the plumbing
 #
 # Runs recipes/mini/run.sh --seeds SEEDS (every other option passes through, --systems too; seeds already
-# trained are kept, so a re-run adds only the missing ones), then `spkcausal report` over the trained systems
-# (default: the demo's Baseline aam, De-confound cnaam and their +LM runs; decoupled ones are left out: their
-# verification rows are their base's), rows cosine and TDE, and the full back-end (AS-norm + calibration,
+# trained are kept, so a re-run adds only the missing ones; --report-only skips it), then `spkcausal report` over
+# the runs `spkcausal plan` names for the systems (default: the demo's Baseline aam, De-confound cnaam and their
+# +LM runs; a decoupled system such as aam+ncm appears in the identification table, its verification rows being
+# its base's), rows cosine and TDE, and the full back-end (AS-norm + calibration,
 # AS-norm + QMF), into OUT/exp/bench_seeds/report.md: every figure as mean ± std over the seeds, and the
 # differences De-confound - Baseline, De-confound-TDE - De-confound, +LM - its base, QMF - calibration
 # (held-out-speaker EER, seen-speaker EER by shot group, accuracy by shot group, Cllr / actDCF) as the mean of
@@ -24,6 +25,7 @@ tiny=false
 systems="aam cnaam aam+lm cnaam+lm"
 protocol=""
 imbalance=""
+report_only=false
 pass=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --systems=*) systems=${1#*=}; shift ;;
     --protocol) protocol=$2; pass+=("$1" "$2"); shift 2 ;;   # lt: also the baseline's balanced control
     --imbalance) imbalance=$2; pass+=("$1" "$2"); shift 2 ;;
+    --report-only) report_only=true; shift ;;
     *) pass+=("$1"); shift ;;
   esac
 done
@@ -46,16 +49,14 @@ if [ "$tiny" = true ]; then imbalance=8; fi  # --tiny sets its own imbalance, as
 [ -z "$protocol" ] || out="$out-lt${imbalance:-30}"
 
 SECONDS=0
-bash "$root/recipes/mini/run.sh" --seeds "$seeds" --systems "$systems" "${pass[@]}"
+[ "$report_only" = true ] || bash "$root/recipes/mini/run.sh" --seeds "$seeds" --systems "$systems" "${pass[@]}"
 . "$root/recipes/common/path.sh" > /dev/null
+base=$(first_word "$systems")
+[ -z "$protocol" ] || systems="$systems $base+control"
 exps=()
-for s in $systems; do
-  case "$s" in *+crt|*+tau_norm) continue ;; esac
-  s=$(basename "$s" .yaml); s=${s/+lm/_lm}
-  for k in $seeds; do exps+=("$out/exp/${s}_seed$k"); done
-done
-base=$(basename "$(first_word "$systems")" .yaml)
-if [ -n "$protocol" ]; then for k in $seeds; do exps+=("$out/exp/${base}_control_seed$k"); done; fi
+# shellcheck disable=SC2086
+for name in $(spkcausal plan $systems --seeds $seeds --field name); do exps+=("$out/exp/$name"); done
+base=$(basename "$base" .yaml)
 spkcausal report "${exps[@]}" --variants cosine tde asnorm_cal asnorm_qmf tde_asnorm_cal tde_asnorm_qmf \
   --baseline "$base" --out "$out/exp/bench_seeds" \
   --caption "The demo over training seeds $seeds (corpus fixed: synth seed 0)."

@@ -3,12 +3,12 @@
 # (spkcausal longtail-subset), and a balanced control is drawn beside it: the same speakers and number of
 # utterances, spread evenly over the speakers (water-filling), total hours within 5% (docs/recipes.md). Every
 # system trains on the long-tailed subset as usual; the baseline (the first system) trains on the control too,
-# as system <baseline>_control (exp/<baseline>_control[_seed<k>]; that name is what the report looks for), and
+# as system <baseline>+control (runs exp/<baseline>_control[_seed<k>]; their run.json marks them), and
 # the report adds the table "Tail cost": baseline minus control, and the share of it each method recovers.
 #
 #   protocol_setup PROTOCOL IMBALANCE EXP SYSTEMS CONF_DIR CONTROL_DIR
-#       "" (off) or lt. Sets PROTOCOL_CONTROL_DIR, PROTOCOL_CONTROL_SYS (a copy of the baseline's config,
-#       EXP/protocol/<baseline>_control.yaml, so that stages.sh names its runs <baseline>_control) and
+#       "" (off) or lt. Sets PROTOCOL_CONTROL_DIR, PROTOCOL_CONTROL_SYS (<baseline>+control: the baseline's
+#       config, run by the plan as the control, spkcausal plan) and
 #       PROTOCOL_PROFILE_ARGS (stage_profile's --control_dir); all empty when off.
 #   with_control STAGE_FUNC ARGS...
 #       STAGE_FUNC ARGS, then, with the protocol on, once more for the control system: --systems becomes
@@ -33,9 +33,7 @@ protocol_setup() {
   case "$base" in *+*) die "--protocol lt: the first system ($base) must be a trained config, the baseline" ;; esac
   src=$(sys_conf "$base" "$conf_dir")
   [ -f "$src" ] || die "--protocol lt: no config $src for the baseline $base"
-  mkdir -p "$exp/protocol"
-  PROTOCOL_CONTROL_SYS="$exp/protocol/$(sys_name "$base")_control.yaml"
-  cmp -s "$src" "$PROTOCOL_CONTROL_SYS" || cp "$src" "$PROTOCOL_CONTROL_SYS"
+  PROTOCOL_CONTROL_SYS="$base+control"
   PROTOCOL_CONTROL_DIR=$control_dir
   PROTOCOL_PROFILE_ARGS=(--control_dir "$control_dir")
   log "protocol lt: imbalance $imbalance; $(sys_name "$base") also trains on the balanced control $control_dir"

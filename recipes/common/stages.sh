@@ -7,10 +7,9 @@
 #
 # A function reads nothing from run.sh but its arguments, and set_launcher's torchrun settings (stages 3 and 4).
 # A missing, unknown or valueless argument stops the recipe. Systems are config names (conf_dir/<name>.yaml),
-# paths to YAML files, or BASE+crt / BASE+tau_norm / BASE+ncm / BASE+lws / BASE+oltr (decoupled classifiers on
-# BASE's embeddings); a system's
-# experiment dir is exp/<name> (exp/<name>_seed<k> for each of --seeds). Lists (systems, seeds, trials, dirs) are
-# space-separated.
+# paths to YAML files, or BASE+lm / BASE+crt|tau_norm|ncm|lws|oltr / BASE+control; `spkcausal plan` names their
+# runs (exp/<name>, exp/<name>_seed<k> for each of --seeds) and the stages loop over its lines (plan_runs). Lists
+# (systems, seeds, trials, dirs) are space-separated.
 #
 # Every stage writes its outputs, then a marker `.done/<stage>` (atomically); a stage whose marker exists is
 # skipped, so any stage can be re-run alone. Delete the marker (or the exp dir) to redo it.
@@ -76,20 +75,6 @@ launch() {
   else
     spkcausal "$@"
   fi
-}
-
-# is_causal EXP_DIR: the experiment has a Causal Norm head (TDE applies); the CLI answers (spkcausal.nn.heads.is_causal),
-# once per experiment and run, as each call starts Python and torch.
-declare -A _IS_CAUSAL=()
-is_causal() {
-  if [ -z "${_IS_CAUSAL[$1]:-}" ]; then
-    _IS_CAUSAL[$1]=$(spkcausal model-info "$1" --get is_causal) || die "is_causal: spkcausal model-info $1 failed"
-  fi
-  case "${_IS_CAUSAL[$1]}" in
-    true) return 0 ;;
-    false) return 1 ;;
-    *) die "is_causal: unexpected answer '${_IS_CAUSAL[$1]}' from spkcausal model-info $1" ;;
-  esac
 }
 
 # tde_alpha_of EXP_DIR: the alpha stage 6 chose (the last line of `spkcausal tde-alpha`, kept in tde_alpha.txt).
@@ -178,32 +163,27 @@ same_session_ok?" "$@"
   mark_done "$data" seen_trials
 }
 
-# ---------------------------------------------------------------- training runs: systems x seeds
-# A system is a config (name in conf_dir or YAML path), BASE+METHOD (METHOD crt | tau_norm | oltr): a decoupled
-# classifier built in stage 4 on the embeddings of system BASE (spkcausal decouple), or BASE+lm: large-margin
-# fine-tuning of BASE's averaged model (stage 3, after BASE; exp/<base>_lm), then a system like any other. With --seeds "0 1 2"
-# every system is trained once per seed, in exp/<name>_seed<k> with the override seed=<k>; without it, once
-# in exp/<name> with the config's seed. system_runs prints one SYSTEM@SEED word per run (SEED empty).
-system_runs() {
-  local s k
-  for s in $1; do
-    if [ -z "$2" ]; then echo "$s@"; else for k in $2; do echo "$s@$k"; done; fi
-  done
+# ---------------------------------------------------------------- the run plan: systems x seeds
+# plan_runs SYSTEMS SEEDS [CONF_DIR] [EXP]: RUNS = the lines of `spkcausal plan` (one run each: its experiment-dir
+# name, kind train|lm|decoupled, system, seed, parent run, control, Causal Norm head or not (from the trained
+# run's config under EXP, else the system's), decoupled method, config, and the SYSTEM@SEED `train --plan-run` records
+# in run.json). run_fields LINE sets those fields as the caller's locals (seed "" when none).
+PLAN_FIELDS="name kind system seed parent control causal method conf run"
+plan_runs() {
+  local out args=()
+  [ -z "${3:-}" ] || args+=(--conf-dir "$3")
+  [ -z "${4:-}" ] || args+=(--exp "$4")
+  # shellcheck disable=SC2086
+  out=$(spkcausal plan $1 --seeds $2 "${args[@]}") || die "spkcausal plan $1: no run plan (see above)"
+  mapfile -t RUNS <<< "$out"
 }
-run_system() { echo "${1%@*}"; }
-run_seed() { echo "${1##*@}"; }
-is_decoupled() { case "$(run_system "$1")" in *+crt|*+tau_norm|*+ncm|*+lws|*+oltr) return 0 ;; *) return 1 ;; esac; }
-is_lm() { case "$(run_system "$1")" in *+lm) return 0 ;; *) return 1 ;; esac; }
-run_name() {  # run_name SYSTEM@SEED: the experiment dir name
-  local s k; s=$(run_system "$1"); k=$(run_seed "$1")
-  case "$s" in
-    *+crt|*+tau_norm|*+ncm|*+lws|*+oltr|*+lm) echo "$(sys_name "${s%+*}")_${s##*+}${k:+_seed$k}" ;;
-    *) echo "$(sys_name "$s")${k:+_seed$k}" ;;
-  esac
+run_fields() {
+  # shellcheck disable=SC2034,SC2086
+  read -r $PLAN_FIELDS <<< "$1"
+  [ "$seed" != - ] || seed=""
 }
-run_base() {  # run_base BASE+METHOD@SEED: the base system's experiment dir name
-  local s k; s=$(run_system "$1"); k=$(run_seed "$1")
-  echo "$(sys_name "${s%+*}")${k:+_seed$k}"
+has_tde() {  # has_tde: the run of the last run_fields has a Causal Norm head
+  case "$causal" in true) return 0 ;; false) return 1 ;; *) die "$name: is its head Causal Norm? the plan says '$causal'" ;; esac
 }
 
 # ---------------------------------------------------------------- stage 3: training (torchrun)
@@ -217,33 +197,31 @@ run_base() {  # run_base BASE+METHOD@SEED: the base system's experiment dir name
 # the overrides, with train.init_from=X/BASE/avg_model.pt train.init_head=true (the classifier too, and for
 # Causal Norm heads x_bar, which keeps tracking). Marker: X/S/.done/3.
 stage_train() {
-  local exp systems conf_dir train_dir overrides="" seeds="" lm_conf="" num_avg="" r s k name e b
+  local exp systems conf_dir train_dir overrides="" seeds="" lm_conf="" num_avg="" pass e b lm init line name kind system seed parent control causal method conf run
   stage_args stage_train "exp systems conf_dir train_dir overrides? seeds? lm_conf? num_avg?" "$@"
-  for r in $(system_runs "$systems" "$seeds"); do
-    is_decoupled "$r" && continue
-    is_lm "$r" && continue
-    s=$(run_system "$r"); k=$(run_seed "$r"); name=$(run_name "$r"); e="$exp/$name"
-    if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
-    log "stage 3: training $name ($(sys_conf "$s" "$conf_dir")) on $train_dir"
-    # --resume continues an interrupted run from its newest checkpoint (a fresh start when there is none)
-    # shellcheck disable=SC2086
-    launch train --config "$(sys_conf "$s" "$conf_dir")" --resume exp_dir="$e" data.train="$train_dir" $overrides \
-      ${k:+seed=$k}
-    mark_done "$e" 3
-  done
-  for r in $(system_runs "$systems" "$seeds"); do
-    is_lm "$r" || continue
-    s=$(run_system "$r"); s=${s%+lm}; k=$(run_seed "$r"); name=$(run_name "$r"); e="$exp/$name"
-    b="$exp/$(run_base "$r")"
-    if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
-    [ -n "$lm_conf" ] && [ -n "$num_avg" ] || die "stage_train: $name needs --lm_conf and --num_avg"
-    is_done "$b" 3 || die "stage_train: $name fine-tunes $b, which is not trained (add its system to --systems)"
-    spkcausal average-ckpt --exp "$b" --num "$num_avg" > /dev/null
-    log "stage 3: large-margin fine-tuning $name from $b/avg_model.pt ($lm_conf)"
-    # shellcheck disable=SC2086
-    launch train --config "$(sys_conf "$s" "$conf_dir")" --config "$lm_conf" --resume exp_dir="$e" \
-      data.train="$train_dir" $overrides ${k:+seed=$k} train.init_from="$b/avg_model.pt" train.init_head=true
-    mark_done "$e" 3
+  plan_runs "$systems" "$seeds" "$conf_dir"
+  for pass in train lm; do  # the +lm runs after their parents
+    for line in "${RUNS[@]}"; do
+      run_fields "$line"
+      [ "$kind" = "$pass" ] || continue
+      e="$exp/$name" lm=() init=()
+      if is_done "$e" 3; then skip_msg 3 "train $name" "$e"; continue; fi
+      if [ "$kind" = lm ]; then
+        b="$exp/$parent"
+        [ -n "$lm_conf" ] && [ -n "$num_avg" ] || die "stage_train: $name needs --lm_conf and --num_avg"
+        is_done "$b" 3 || die "stage_train: $name fine-tunes $b, which is not trained (add its system to --systems)"
+        spkcausal average-ckpt --exp "$b" --num "$num_avg" > /dev/null
+        log "stage 3: large-margin fine-tuning $name from $b/avg_model.pt ($lm_conf)"
+        lm=(--config "$lm_conf") init=(train.init_from="$b/avg_model.pt" train.init_head=true)
+      else
+        log "stage 3: training $name ($conf) on $train_dir"
+      fi
+      # --resume continues an interrupted run from its newest checkpoint (a fresh start when there is none)
+      # shellcheck disable=SC2086
+      launch train --config "$conf" "${lm[@]}" --plan-run "$run" --resume exp_dir="$e" data.train="$train_dir" \
+        $overrides ${seed:+seed=$seed} "${init[@]}"
+      mark_done "$e" 3
+    done
   done
   stage_finished 3
 }
@@ -257,28 +235,30 @@ stage_train() {
 # the base's training embeddings (tau_norm: tau chosen on V), X/BASE_METHOD/emb linking to the base's
 # stores. Marker: X/S/.done/4.
 stage_extract() {
-  local exp systems num_avg dirs mode workers seeds="" train_dir="" val_dir="" lm_num_avg="" r name e b k n
+  local exp systems num_avg dirs mode workers seeds="" train_dir="" val_dir="" lm_num_avg="" e b n line name kind system seed parent control causal method conf run
   stage_args stage_extract "exp systems num_avg dirs mode workers seeds? train_dir? val_dir? lm_num_avg?" "$@"
-  for r in $(system_runs "$systems" "$seeds"); do
-    is_decoupled "$r" && continue
-    name=$(run_name "$r"); e="$exp/$name"
+  plan_runs "$systems" "$seeds"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    [ "$kind" != decoupled ] || continue
+    e="$exp/$name"
     if is_done "$e" 4; then skip_msg 4 "extract $name" "$e"; continue; fi
-    n=$num_avg; is_lm "$r" && n=${lm_num_avg:-$num_avg}
+    n=$num_avg; [ "$kind" != lm ] || n=${lm_num_avg:-$num_avg}
     spkcausal average-ckpt --exp "$e" --num "$n"
     # shellcheck disable=SC2086
     launch extract-dirs --exp "$e" --data $dirs --out-dir "$e/emb" --mode "$mode" --num-workers "$workers"
     mark_done "$e" 4
   done
-  for r in $(system_runs "$systems" "$seeds"); do
-    is_decoupled "$r" || continue
-    name=$(run_name "$r"); e="$exp/$name"; b="$exp/$(run_base "$r")"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    [ "$kind" = decoupled ] || continue
+    e="$exp/$name" b="$exp/$parent"
     if is_done "$e" 4; then skip_msg 4 "decouple $name" "$e"; continue; fi
     [ -n "$train_dir" ] && [ -n "$val_dir" ] || die "stage_extract: decoupled system $name needs --train_dir and --val_dir"
     is_done "$b" 4 || die "stage_extract: $name is built on $b, which has no embeddings (add its system to --systems)"
-    k=$(run_seed "$r")
-    spkcausal decouple --exp "$b" --method "$(run_system "$r" | sed 's/.*+//')" --out "$e" \
+    spkcausal decouple --exp "$b" --method "$method" --out "$e" \
       --train-emb "$b/emb/$(basename "$train_dir")" --train-data "$train_dir" \
-      --val-emb "$b/emb/$(basename "$val_dir")" --val-data "$val_dir" --seed "${k:-0}"
+      --val-emb "$b/emb/$(basename "$val_dir")" --val-data "$val_dir" --seed "${seed:-0}"
     mark_done "$e" 4
   done
   stage_finished 4
@@ -420,16 +400,18 @@ seen_dir? many? few? group_dir? dev? dev_store? dev_dir? tde_alpha? scores_from?
 # nothing again. Marker: X/S/.done/5.
 stage_score() {
   local exp systems eval_dir train_dir trials asnorm_top score_opts="" seeds="" seen_trials="" seen_dir="" many="" \
-    few="" dev_trials="" dev_dir="" group_dir="" r name e se ev tr top ds scores
+    few="" dev_trials="" dev_dir="" group_dir="" e se ev tr top ds scores line name kind system seed parent control causal method conf run
   stage_args stage_score "exp systems eval_dir train_dir trials asnorm_top score_opts? seeds? seen_trials? \
 seen_dir? many? few? dev_trials? dev_dir? group_dir?" "$@"
   [ -z "$seen_trials" ] || { [ -n "$seen_dir" ] && [ -n "$many" ] && [ -n "$few" ]; } ||
     die "stage_score: --seen_trials needs --seen_dir --many --few"
   [ -z "$dev_trials" ] || [ -n "$dev_dir" ] || die "stage_score: --dev_trials needs --dev_dir"
   [ -f "$dev_trials" ] || dev_trials=""  # stage 2 could not build it (one val utterance per speaker): no back-end
-  for r in $(system_runs "$systems" "$seeds"); do
-    name=$(run_name "$r"); e="$exp/$name"; se="$e"; scores=()
-    is_decoupled "$r" && se="$exp/$(run_base "$r")"
+  plan_runs "$systems" "$seeds"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    e="$exp/$name" se="$exp/$name" scores=()
+    [ "$kind" != decoupled ] || se="$exp/$parent"
     if is_done "$e" 5; then skip_msg 5 "score $name" "$e"; continue; fi
     ev="$e/emb/$(basename "$eval_dir")"; tr="$e/emb/$(basename "$train_dir")"
     ds=""; [ -z "$dev_trials" ] || ds="$e/emb/$(basename "$dev_dir")"
@@ -465,18 +447,20 @@ seen_dir? many? few? dev_trials? dev_dir? group_dir?" "$@"
 # choice (X/S/asnorm_top.json). Marker: X/S/.done/6.
 stage_tde() {
   local exp systems val_dir eval_dir train_dir trials asnorm_top score_opts="" seeds="" dev_trials="" \
-    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" group_dir="" r \
-    name e ev tr sv alpha grid dev dd i d lists stores dirs top
+    dev_trials_dirs="" alphas="" alpha_on=iden_val seen_trials="" seen_dir="" many="" few="" group_dir="" e ev \
+    tr sv alpha grid dev dd i d lists stores dirs top line name kind system seed parent control causal method conf run
   stage_args stage_tde "exp systems val_dir eval_dir train_dir trials asnorm_top score_opts? seeds? dev_trials? \
 dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few? group_dir?" "$@"
   grid=(); [ -z "$alphas" ] || grid=(--alphas "$alphas")
   case "$alpha_on" in iden_val|dev_eer|dev_min_dcf) ;; *) die "stage_tde: --alpha_on $alpha_on (iden_val, dev_eer, dev_min_dcf)" ;; esac
   [ "$alpha_on" = iden_val ] || [ -n "$dev_trials" ] || die "stage_tde: --alpha_on $alpha_on needs --dev_trials"
   read -ra dd <<< "$dev_trials_dirs"
-  for r in $(system_runs "$systems" "$seeds"); do
-    is_decoupled "$r" && continue
-    name=$(run_name "$r"); e="$exp/$name"
-    if ! is_causal "$e"; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
+  plan_runs "$systems" "$seeds" "" "$exp"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    [ "$kind" != decoupled ] || continue
+    e="$exp/$name"
+    if ! has_tde; then log "stage 6: $name has no Causal Norm head: no TDE"; continue; fi
     if is_done "$e" 6; then skip_msg 6 "TDE $name" "$e"; continue; fi
     dev=(); lists=(); stores=(); dirs=(); i=0
     for d in $dev_trials; do  # a dev list stage 2 could not build (e.g. one val utterance per speaker) is left out
@@ -515,13 +499,15 @@ dev_trials_dirs? alphas? alpha_on? seen_trials? seen_dir? many? few? group_dir?"
 # utterances; per-speaker 95% intervals, per-utterance predictions kept in X/S/predictions/ (the report pairs
 # systems on them). Marker: X/S/.done/7.
 stage_identify() {
-  local exp systems test_dir train_dir many few seeds="" group_dir="" r name e var tde
+  local exp systems test_dir train_dir many few seeds="" group_dir="" e var tde line name kind system seed parent control causal method conf run
   stage_args stage_identify "exp systems test_dir train_dir many few seeds? group_dir?" "$@"
-  for r in $(system_runs "$systems" "$seeds"); do
-    name=$(run_name "$r"); e="$exp/$name"
+  plan_runs "$systems" "$seeds" "" "$exp"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    e="$exp/$name"
     if is_done "$e" 7; then skip_msg 7 "identify $name" "$e"; continue; fi
     var=(cosine mean_sub); tde=()
-    if is_causal "$e"; then var+=(tde); tde=(--tde-alpha "$(tde_alpha_of "$e")"); fi
+    if has_tde; then var+=(tde); tde=(--tde-alpha "$(tde_alpha_of "$e")"); fi
     spkcausal identify --exp "$e" --emb "$e/emb/$(basename "$test_dir")" --data "$test_dir" \
       --train-data "${group_dir:-$train_dir}" --mean-store "$e/emb/$(basename "$train_dir")" "${tde[@]}" \
       --many "$many" --few "$few" --variants "${var[@]}" --record "$e" --out "$e/identification.json"
@@ -538,15 +524,17 @@ stage_identify() {
 # a TDE row: the same system without TDE) with paired intervals. DET curves of the first list (first seed).
 # The marker X/.done/8 records which experiments the table covers: another --systems list makes a new table.
 stage_report() {
-  local exp systems trials caption="" seeds="" baseline="" per_seed=false t r name e dets=() labels=() exps=() \
-    first opts=()
+  local exp systems trials caption="" seeds="" baseline="" per_seed=false t e dets=() labels=() exps=() first \
+    opts=() line name kind system seed parent control causal method conf run
   stage_args stage_report "exp systems trials caption? seeds? baseline? per_seed?" "$@"
   t=$(basename "$(first_word "$trials")")
   first=$(first_word "$seeds")
-  for r in $(system_runs "$systems" "$seeds"); do
-    name=$(run_name "$r"); e="$exp/$name"; exps+=("$e")
-    [ "$(run_seed "$r")" = "$first" ] || continue
-    is_decoupled "$r" && continue  # the base's embeddings: the same curve
+  plan_runs "$systems" "$seeds"
+  for line in "${RUNS[@]}"; do
+    run_fields "$line"
+    e="$exp/$name"; exps+=("$e")
+    [ "$seed" = "$first" ] || continue
+    [ "$kind" != decoupled ] || continue  # the base's embeddings: the same curve
     dets+=("$e/scores/cosine/$t.score"); labels+=("$name")
     if [ -f "$e/scores/tde_cosine/$t.score" ]; then dets+=("$e/scores/tde_cosine/$t.score"); labels+=("$name+TDE"); fi
   done

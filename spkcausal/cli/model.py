@@ -12,8 +12,8 @@ COST_FIELDS = ("parameters", "macs_per_second")
 def model_info(path: str, cost: bool = True) -> dict:
     """Head name, whether it is a Causal Norm head, model name and config source of an experiment or checkpoint;
     with `cost`, the extractor's parameters and MACs per second of audio (nn.complexity; builds the model)."""
+    from ..experiments.runs import head_is_causal
     from ..nn.config import load_yaml
-    from ..registry import BUILTIN_HEADS
 
     p = Path(path)
     if p.is_dir():
@@ -27,9 +27,8 @@ def model_info(path: str, cost: bool = True) -> dict:
             raise DataError("checkpoint carries no config (not written by spkcausal train / average-ckpt)", p)
         cfg, source = ckpt["config"], p
     head = (cfg.get("head") or {}).get("name", "aam")
-    if head in BUILTIN_HEADS:
-        causal = BUILTIN_HEADS[head]
-    else:  # a head registered elsewhere: ask its class (imports torch)
+    causal = head_is_causal(cfg)
+    if causal is None:  # a head registered elsewhere: ask its class (imports torch)
         from ..nn.heads import is_causal
 
         causal = is_causal(head)

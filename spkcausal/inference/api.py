@@ -28,10 +28,9 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..experiments.expdir import ALPHA_FILE, THRESHOLD_FILE, ExpDir
+from ..experiments.paths import stored_path
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
-
-THRESHOLD_FILE = "threshold.json"
-ALPHA_FILE = "tde_alpha.json"
 
 Input = Union[str, Path, np.ndarray, "torch.Tensor"]  # noqa: F821 (torch is imported lazily)
 
@@ -47,26 +46,8 @@ def experiment_dir_of(path: PathLike) -> Path | None:
 
 
 def read_threshold(exp_dir: PathLike) -> dict[str, Any] | None:
-    """The stored threshold record of an experiment (None when there is none)."""
-    path = Path(exp_dir) / THRESHOLD_FILE
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8-sig"))
-        value = rec["threshold"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise DataError(f"not a threshold record ({type(e).__name__}: {e})", path) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"not a threshold record (threshold {value!r} is not a number)", path)
-    if not math.isfinite(value):  # NaN would reject every trial, inf would reject or accept them all
-        raise DataError(f"threshold {value!r} is not a finite number", path)
-    alpha = rec.get("tde_alpha")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                              or not math.isfinite(alpha)):
-        raise DataError(f"tde_alpha {alpha!r}: expected a finite number or null", path)
-    if not isinstance(rec.get("mean_sub", False), bool) or not isinstance(rec.get("kind", "eer"), str):
-        raise DataError("mean_sub must be true or false and kind a string", path)
-    return rec
+    """The stored threshold record of an experiment (None when there is none; experiments.expdir checks it)."""
+    return ExpDir(exp_dir).threshold()
 
 
 def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None = None,
@@ -82,7 +63,7 @@ def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None =
     table = read_scores(scores, need_labels=True)
     s, labels = table.scores, table.labels
     eer, thr = eer_with_threshold(s, labels)
-    rec = {"threshold": float(thr), "kind": "eer", "eer": float(eer), "scores": str(Path(scores).resolve()),
+    rec = {"threshold": float(thr), "kind": "eer", "eer": float(eer), "scores": stored_path(scores, exp_dir),
            "num_trials": int(len(s)), "tde_alpha": None if tde_alpha is None else float(tde_alpha),
            "mean_sub": bool(mean_sub)}
     if calibration is not None:
@@ -93,7 +74,7 @@ def set_threshold(exp_dir: PathLike, scores: PathLike, tde_alpha: float | None =
             raise DataError("a verify threshold needs a linear calibration (score -> llr) with a positive slope; "
                             "QMF depends on quality measures per trial", calibration)
         p = float(model.p_target if p_target is None else p_target)
-        rec.update(kind="calibrated", p_target=p, calibration=str(Path(calibration).resolve()),
+        rec.update(kind="calibrated", p_target=p, calibration=stored_path(calibration, exp_dir),
                    threshold=float((bayes_threshold(p) - model.bias) / model.weights[0]))
     if not math.isfinite(rec["threshold"]):
         raise DataError(f"the threshold came out as {rec['threshold']}; refusing to store it", calibration or scores)
@@ -146,16 +127,7 @@ class SpeakerModel:
         """The alpha given to load_model, else the experiment's tde_alpha.json, else None."""
         if self._alpha is not None:
             return float(self._alpha)
-        path = None if self.exp_dir is None else self.exp_dir / ALPHA_FILE
-        if path is None or not path.is_file():
-            return None
-        try:
-            alpha = float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"no alpha in it ({e})", path) from None
-        if not math.isfinite(alpha):
-            raise DataError(f"alpha {alpha} is not a finite number", path)
-        return alpha
+        return None if self.exp_dir is None else ExpDir(self.exp_dir).tde_alpha()
 
     def _resolve_alpha(self, tde_alpha: float | str | None) -> float | None:
         if tde_alpha is None:

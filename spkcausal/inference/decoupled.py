@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.embeddings import class_labels, unit_rows
+from ..experiments.variants import DECOUPLED_METHODS
 from ..nn.heads import CosineHead, build_head
 from ..nn.losses import build_loss
 from ..registry import Registry
@@ -172,7 +173,7 @@ def _oltr(t: TrainingSet, a: DecoupleArgs) -> tuple[nn.Module, dict, dict]:
     return oltr_classifier(t, a.epochs, a.batch_size, a.lr, a.seed)
 
 
-DECOUPLE_METHODS = ("crt", "tau_norm", "ncm", "lws", "oltr")  # the order the docs and the CLI list them in
+DECOUPLE_METHODS = DECOUPLED_METHODS  # the one list (experiments.variants), in the order docs and CLI list them
 
 
 def decouple(base_exp: Any, method: str, out_exp: Any, train_emb: Any, train_data: Any, val_emb: Any = None,

@@ -17,6 +17,10 @@ from torch import Tensor, nn
 
 from ..data.embeddings import EmbeddingStore, class_labels
 from ..data.samplers import build_sampler
+from ..experiments.expdir import DECOUPLED_FILE, DECOUPLED_FORMAT, DECOUPLED_VERSION
+from ..experiments.paths import stored_path
+from ..experiments.plan import decoupled_record
+from ..experiments.runs import write_run
 from ..nn.checkpoint import load_checkpoint, save_checkpoint
 from ..nn.network import resolve_checkpoint
 from ..utils import DataError, write_text_atomic
@@ -91,7 +95,7 @@ def fit_frozen(params: Iterable[Tensor], batch_loss: Callable[[Tensor], Tensor],
 def write_decoupled(out_exp: Path, base_exp: Path, state: dict, head: nn.Module, speakers: list[str],
                     info: dict, head_cfg: dict | None = None) -> None:
     """`avg_model.pt` (the base's extractor + the new head, by default linear), config.yaml, the emb link,
-    decoupled.json."""
+    decoupled.json (experiments.expdir's format) and run.json (experiments.runs)."""
     cfg = {**state["config"], "head": dict(head_cfg or {"name": "linear", "bias": False})}
     new = {"config": cfg, "head": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "speakers": speakers}
     if "model" in state:
@@ -104,4 +108,8 @@ def write_decoupled(out_exp: Path, base_exp: Path, state: dict, head: nn.Module,
         if link.is_symlink():
             link.unlink()
         os.symlink(os.path.relpath(base_exp.resolve() / "emb", out_exp.resolve()), link)
-    write_text_atomic(out_exp / "decoupled.json", json.dumps(info, indent=1) + "\n")
+    # paths relative to the experiment dir where they lie in its tree (experiments.paths): a moved tree keeps them
+    base, ckpt = stored_path(info["base"], out_exp), stored_path(info["base_checkpoint"], out_exp)
+    stored = {"format": DECOUPLED_FORMAT, "version": DECOUPLED_VERSION, **info, "base": base, "base_checkpoint": ckpt}
+    write_text_atomic(out_exp / DECOUPLED_FILE, json.dumps(stored, indent=1) + "\n")
+    write_run(out_exp, decoupled_record(out_exp, base_exp, info["method"], cfg))

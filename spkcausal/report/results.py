@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..results.evidence import Intervals
 from ..results.records import (
-    CONTROL_SUFFIX,
     DECOUPLED_FILE,
     LLR_VARIANTS,
     RESULTS_FILE,
@@ -18,12 +17,10 @@ from ..results.records import (
     collect_rows,
     decoupled_name,
     load_results,
-    parent_system,
     record_identification,
     record_seen,
     record_verification,
     row_label,
-    split_seed,
     system_name,
     update_results,
     variant_label,
@@ -35,10 +32,9 @@ from .headline import headline_markdown
 from .paper import check_row_map, paper_tables, parse_row_map
 from .tables import build_tables
 
-__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "CONTROL_SUFFIX", "DECOUPLED_FILE", "parent_system",
-           "system_name", "decoupled_name", "variant_label", "row_label", "load_results", "update_results",
-           "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed",
-           "format_markdown", "write_report", "write_paper_tables"]
+__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "DECOUPLED_FILE", "system_name", "decoupled_name",
+           "variant_label", "row_label", "load_results", "update_results", "record_verification", "record_seen",
+           "record_identification", "collect_rows", "format_markdown", "write_report", "write_paper_tables"]
 
 
 def _thresholds(rows: Sequence[dict]) -> tuple[int, int] | None:

@@ -1,8 +1,8 @@
 """The report's tables: figures with intervals (one training run) or mean +- std (several seeds), and the
 differences of every system from its reference with paired intervals.
 
-Rows are grouped into *runs*: the result rows of one system and variant over its seeds (experiment dirs
-`<name>_seed<k>`, spkcausal.results.records.split_seed). The references of a run (`references_of`), in this order:
+Rows are grouped into *runs*: the result rows of one system and variant over its seeds (the runs whose run.json
+names that system, experiments.runs). The references of a run (`references_of`), in this order:
 - a TDE variant (tde, tde_mean_sub, tde_asnorm, ...): the same system without TDE, so the row answers
   "what does TDE add";
 - a QMF variant: the same system's plainly calibrated scores ("what do the quality measures add");

@@ -1,8 +1,8 @@
 """The cost of the long tail, and the share of it each method recovers (the long-tail protocol, docs/recipes.md).
 
 The protocol trains the baseline system twice per seed: on a long-tailed subset (system `<baseline>`) and on
-its balanced control, the same speakers and utterance count spread evenly (system `<baseline>_control`: the
-experiment dirs `<baseline>_control` or `<baseline>_control_seed<k>`; that name is what marks a control).
+its balanced control, the same speakers and utterance count spread evenly (the plan's system
+`<baseline>+control`, run `<baseline>_control[_seed<k>]`; its run.json's `control` and `base` mark it).
 For a figure x where lower is better (held-out EER, seen-speaker Few EER, Few = by the long-tailed counts):
 
     tail cost        c_k = x(baseline, seed k) - x(control, seed k)
@@ -23,18 +23,17 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ..results.evidence import DEFAULT_INTERVALS, LEVEL, Intervals, paired_differences, row_figures, t_interval
-from ..results.records import CONTROL_SUFFIX
 from .markdown import markdown_table
 
-__all__ = ["CONTROL_SUFFIX", "TAIL_COLUMNS", "control_system", "fieller_ratio", "tail_cost", "tail_cost_lines"]
+__all__ = ["TAIL_COLUMNS", "control_system", "fieller_ratio", "tail_cost", "tail_cost_lines"]
 
 TAIL_COLUMNS = (("eer", "Held-out EER"), ("seen_eer_few", "Seen Few EER"))
 
 
-def control_system(baseline: str, systems: Sequence[str]) -> str | None:
-    """The balanced control of the baseline system key (`<baseline>_control`) when it is among `systems`."""
-    key = baseline + CONTROL_SUFFIX
-    return key if key in systems else None
+def control_system(baseline: str, runs: Mapping[tuple[str, str], Sequence[Mapping]]) -> str | None:
+    """The system key of the baseline's balanced control among the runs (a row's `control_of`, from run.json), or
+    None."""
+    return next((s for (s, _), rs in runs.items() if rs and rs[0].get("control_of") == baseline), None)
 
 
 def fieller_ratio(num: Sequence[float], den: Sequence[float], level: float = LEVEL) -> dict:
@@ -74,8 +73,7 @@ def tail_cost(runs: Mapping[tuple[str, str], Sequence[Mapping]], baseline: str, 
     """Tail cost per scoring variant and every other long-tailed system's recovered share (module docstring);
     None without a control system. A method's variant is paired with the baseline's same variant, or for a TDE
     variant the baseline has not, with its plain one (`tde_base`)."""
-    systems = list(dict.fromkeys(s for s, _ in runs))
-    control = control_system(baseline, systems)
+    control = control_system(baseline, runs)
     if control is None:
         return None
     tde_base = tde_base or {}

@@ -3,7 +3,7 @@ report (spkcausal.report) renders.
 
 `results.json` layout (format "spkcausal-results", version 2; read and written by results.store), filled stage by
 stage; every file it names is relative to the experiment dir when it lies in the experiment's tree
-(results.paths), so that a moved or copied tree reports as the original:
+(experiments.paths), so that a moved or copied tree reports as the original:
 
     {"format": "spkcausal-results", "version": 2,
      "rows": {"<variant>": {"label": "My label" (only when the user gave one),
@@ -33,29 +33,24 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..experiments.expdir import DECOUPLED_FILE, ExpDir
+from ..experiments.runs import run_identity
+from ..experiments.variants import LLR_VARIANTS, VARIANT_NAMES
 from ..utils import DataError, PathLike
 from .evidence import seen_verification, verification_with_ci
-from .paths import locate
 from .store import RESULTS_FILE, load_results, need_all, update_results
 
-__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "CONTROL_SUFFIX", "DECOUPLED_FILE", "parent_system",
-           "system_name", "decoupled_name", "variant_label", "row_label", "load_results", "update_results",
-           "record_verification", "record_seen", "record_identification", "collect_rows", "split_seed"]
+__all__ = ["RESULTS_FILE", "VARIANTS", "LLR_VARIANTS", "DECOUPLED_FILE", "system_name", "decoupled_name",
+           "variant_label", "row_label", "load_results", "update_results", "record_verification", "record_seen",
+           "record_identification", "collect_rows"]
 
-VARIANTS = ("cosine", "mean_sub", "asnorm", "asnorm_cal", "asnorm_qmf", "tde", "tde_mean_sub", "tde_asnorm",
-            "tde_asnorm_cal", "tde_asnorm_qmf")
-LLR_VARIANTS = ("asnorm_cal", "asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf")  # scores are calibrated LLRs
+VARIANTS = VARIANT_NAMES  # the one list (experiments.variants); LLR_VARIANTS: scores are calibrated LLRs
 _SUFFIX = {"cosine": "", "mean_sub": " + mean subtraction", "asnorm": " + AS-norm",
            "asnorm_cal": " + AS-norm + calibration", "asnorm_qmf": " + AS-norm + QMF"}
-CONTROL_SUFFIX = "_control"  # <baseline>_control[_seed<k>]: the baseline trained on the balanced control
-DECOUPLED_FILE = "decoupled.json"  # written by spkcausal decouple: method, base experiment, tau
 # the reference Causal Norm head; other values are labelled
 _REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
 
@@ -147,22 +142,15 @@ def variant_label(system: str, variant: str) -> str:
     return system + _SUFFIX.get(variant, f" + {variant}")
 
 
-def _exp_config(exp_dir: Path) -> dict:
-    path = exp_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _exp_system(exp_dir: Path) -> str:
-    """System name of an experiment: decoupled ones from decoupled.json, the others from config.yaml."""
-    info_path = exp_dir / DECOUPLED_FILE
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        return decoupled_name(info, info.get("base_config") or {})
-    name = system_name(_exp_config(exp_dir))
-    if split_seed(exp_dir)[0].endswith(CONTROL_SUFFIX):  # the long-tail protocol's control (report.tailcost)
+def _exp_system(exp_dir: Path, control: bool = False) -> str:
+    """System name of an experiment: decoupled ones from decoupled.json, the others from config.yaml; `control`:
+    the long-tail protocol's balanced control (report.tailcost)."""
+    e = ExpDir(exp_dir)
+    info = e.decoupled()
+    if info is not None:
+        return decoupled_name(info.raw, info.base_config)
+    name = system_name(e.config())
+    if control:
         name = name.replace(")", ", balanced control)", 1) if ")" in name else name + " (balanced control)"
     return name
 
@@ -170,7 +158,7 @@ def _exp_system(exp_dir: Path) -> str:
 def row_label(exp_dir: PathLike, variant: str, row: Mapping[str, Any], system: str | None = None) -> str:
     """A results row's label: the one the user gave when recording, else the system name of the experiment's
     config.yaml (as this toolkit names it now; `system` when the caller has it already) for the variant."""
-    return row.get("label") or variant_label(system or _exp_system(Path(exp_dir)), variant)
+    return row.get("label") or variant_label(system or _exp_system(Path(exp_dir), run_identity(exp_dir)[3]), variant)
 
 
 def record_verification(exp_dir: PathLike, variant: str, score_file: PathLike, label: str | None = None,
@@ -207,28 +195,6 @@ def _variant_key(v: str) -> tuple[int, str]:
     return (VARIANTS.index(v), v) if v in VARIANTS else (len(VARIANTS), v)
 
 
-def split_seed(exp_dir: PathLike) -> tuple[str, int | None]:
-    """(system key, seed) of an experiment dir: `<dir>/<name>_seed<k>` is run k of system `<dir>/<name>`."""
-    p = Path(exp_dir)
-    m = re.fullmatch(r"(.+)_seed(\d+)", p.name)
-    return (str(p.parent / m.group(1)), int(m.group(2))) if m else (str(p), None)
-
-
-def parent_system(exp_dir: PathLike) -> str | None:
-    """System key of the run a fine-tuning experiment started from (its config's train.init_from: a
-    checkpoint in `<exp>/` or `<exp>/checkpoints/`, or the exp dir, found inside the experiment's tree first as
-    results.paths reads a version-1 path), else None."""
-    src = (_exp_config(Path(exp_dir)).get("train") or {}).get("init_from")
-    if not src:
-        return None
-    p, _ = locate(str(src), exp_dir, legacy=True, kind="any")
-    if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
-        p = p.parent
-        if p.name == "checkpoints":
-            p = p.parent
-    return split_seed(p)[0]
-
-
 def _embedding_dim(exp: Path) -> tuple[int, Path] | None:
     """An experiment's embedding dimension and the file that says so: its first embedding store, else its
     config's model.embed_dim; None when neither says."""
@@ -237,18 +203,17 @@ def _embedding_dim(exp: Path) -> tuple[int, Path] | None:
             return int(json.loads(meta.read_text(encoding="utf-8"))["dim"]), meta.parent
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a store the report does not read: its own readers name what is wrong with it
-    dim = (_exp_config(exp).get("model") or {}).get("embed_dim")
+    dim = (ExpDir(exp).config().get("model") or {}).get("embed_dim")
     return (dim, exp / "config.yaml") if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
-def _check_seeds(exps: Sequence[Path]) -> None:
-    """Refuse to average runs of different embedding dimensions as seeds of one system (split_seed)."""
+def _check_seeds(systems: Mapping[Path, str]) -> None:
+    """Refuse to average runs of different embedding dimensions as seeds of one system (run.json's system)."""
     first: dict[str, tuple[int, Path]] = {}
-    for exp in exps:
+    for exp, system in systems.items():
         found = _embedding_dim(exp)
         if found is None:
             continue
-        system = split_seed(exp)[0]
         dim, src = first.setdefault(system, found)
         if found[0] != dim:
             raise DataError(f"{found[0]}-dimensional embeddings, but {src} ({dim}-dimensional) is another seed of "
@@ -258,10 +223,13 @@ def _check_seeds(exps: Sequence[Path]) -> None:
 
 def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = None) -> list[dict]:
     """One row per (experiment, variant), experiments in the given order, variants in VARIANTS order; `system`
-    and `seed` say which training runs are seeds of one system (split_seed); file references are absolute paths
+    and `seed` say which training runs are seeds of one system, `parent` the system a fine-tuning started from,
+    `control_of` the baseline a balanced control is of (experiments.runs.run_identity: run.json, or the legacy
+    reading of the dir name for an experiment without one); file references are absolute paths
     where the experiment is now, and a file the report reads that is missing is a DataError (results.store)."""
     rows = []
     exps = [Path(e) for e in exp_dirs]
+    systems = {}
     for exp in exps:
         if not (exp / RESULTS_FILE).is_file():
             raise DataError(f"no {RESULTS_FILE}: run the scoring / identification stages first", exp)
@@ -269,9 +237,11 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
         if not data["rows"]:
             raise DataError("no result rows: run the scoring / identification stages first", exp / RESULTS_FILE)
         # per experiment, not per variant: the parent comes from reading config.yaml
-        run = {"exp": str(exp), **dict(zip(("system", "seed"), split_seed(exp))), "parent": parent_system(exp),
-               "decoupled": (exp / DECOUPLED_FILE).is_file()}
-        system = _exp_system(exp)  # config.yaml read once per experiment, not once per variant
+        key, seed, parent, control = run_identity(exp)
+        systems[exp] = key
+        run = {"exp": str(exp), "system": key, "seed": seed, "parent": parent,
+               "control_of": _control_of(exp, key) if control else None, "decoupled": (exp / DECOUPLED_FILE).is_file()}
+        system = _exp_system(exp, control)  # config.yaml read once per experiment, not once per variant
         for v in sorted(data["rows"], key=_variant_key):
             if variants is not None and v not in variants:
                 continue
@@ -280,10 +250,16 @@ def collect_rows(exp_dirs: Sequence[PathLike], variants: Sequence[str] | None = 
                          "verification": r.get("verification"), "seen": r.get("seen"),
                          "identification": r.get("identification"), "tde_alpha": r.get("tde_alpha")})
             need_all(rows[-1])
-    _check_seeds(exps)
+    _check_seeds(systems)
     # a parent among the experiments is named as they were given (init_from may spell it otherwise)
     given = {str(Path(r["system"]).resolve()): r["system"] for r in rows}
     for r in rows:
         if r["parent"] is not None:
             r["parent"] = given.get(str(Path(r["parent"]).resolve()), r["parent"])
     return rows
+
+
+def _control_of(exp: Path, key: str) -> str:
+    """The baseline system key a control run is of: run.json's base, or (legacy) its key without `_control`."""
+    rec = ExpDir(exp).run()
+    return str(exp.parent / rec.base) if rec is not None and rec.base else key.removesuffix("_control")

@@ -1,10 +1,10 @@
 """`<exp>/results.json` on disk: checked on reading, its file references stored relative to the experiment dir
-(results.paths) and found where the experiment is now.
+(experiments.paths) and found where the experiment is now.
 
 Format "spkcausal-results", version 2 (layout: results.records). Version 2 differs from 1 only in its paths: every
 file reference (REFERENCES) is relative to the experiment dir when the file lies inside the experiment's tree, so
 that a moved or copied tree reports as the original did; and the `exp` key (the dir as first given) is gone.
-Version-1 files are read with results.paths' legacy rule and written back as version 2 at the next record.
+Version-1 files are read with experiments.paths' legacy rule and written back as version 2 at the next record.
 
 In memory (load_results) a reference is an absolute path: where the file is now, or, when it is nowhere, where it
 should be. The report (results.records.collect_rows) asks `need_all` of every row it reports: a file of EVIDENCE
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..experiments.paths import Kind, locate, stored_path
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
-from .paths import Kind, locate, stored_path
 
 __all__ = ["RESULTS_FILE", "FORMAT", "VERSION", "FIGURE_SECTIONS", "REFERENCES", "load_results", "update_results",
            "stored_row", "need", "need_all", "EVIDENCE"]
@@ -27,7 +27,7 @@ __all__ = ["RESULTS_FILE", "FORMAT", "VERSION", "FIGURE_SECTIONS", "REFERENCES",
 RESULTS_FILE = "results.json"
 FORMAT, VERSION = "spkcausal-results", 2
 FIGURE_SECTIONS = ("verification", "seen", "identification")
-# section -> key -> the kind of path it holds (results.paths.Kind)
+# section -> key -> the kind of path it holds (experiments.paths.Kind)
 REFERENCES: dict[str, dict[str, Kind]] = {
     "verification": {"scores": "file", "utt2spk": "file"},
     "seen": {"scores": "file", "utt2spk": "file", "train_data": "dir"},
