@@ -435,7 +435,11 @@ def test_librispeech_recipe_end_to_end(tmp_path):
     assert ver["llr"] and ver["cllr"] == pytest.approx(direct, rel=1e-9)  # float64 formula on the same llrs
     for v in ("asnorm_qmf", "tde_asnorm_cal", "tde_asnorm_qmf"):
         ver = res[v]["verification"]
-        assert ver["llr"] and ver["cllr_ci"][0] <= ver["cllr"] <= ver["cllr_ci"][1], v
+        # the point estimate inside its bootstrap interval, up to float64 summation order: a resample that equals
+        # the list sums its terms in another order (1 ulp apart under SSE kernels, 2 threads: issue 26)
+        lo, hi = ver["cllr_ci"]
+        slack = 1e-12 * abs(ver["cllr"])
+        assert ver["llr"] and lo - slack <= ver["cllr"] <= hi + slack, v
     qmf = json.loads((e / "backend" / "asnorm_qmf.json").read_text())
     assert qmf["kind"] == "qmf" and qmf["inputs"][0] == "score" and len(qmf["inputs"]) > 1
     thr = json.loads((e / "threshold.json").read_text())

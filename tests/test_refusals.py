@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from fixtures_hypothesis import skip_broken_lazy_modules
 from fixtures_train import make_corpus, tiny_config
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from test_robustness import _one_line_error
 
@@ -345,6 +345,8 @@ def _default_n_max(avail: np.ndarray, imbalance: float, profile: str) -> int:
        max_per_spk=st.one_of(st.none(), st.integers(-1, 60)), heldout=st.integers(-1, 4),
        profile=st.sampled_from(["exp", "pareto"]), order=st.sampled_from(["random", "size"]),
        seed=st.integers(0, 3))
+# found by this property in one run: 10 and 9 utterances at 1.0625 give 9 / 8 (the tail's rounding)
+@example(counts=[9, 10], imbalance=1.0625, max_per_spk=None, heldout=0, profile="exp", order="random", seed=0)
 def _longtail_subset_property(counts, imbalance, max_per_spk, heldout, profile, order, seed):
     """Valid arguments give a subset with the documented counts; invalid ones a one-line refusal (the oracle's)."""
     from spkcausal.data.subsets import longtail_subset
@@ -387,8 +389,11 @@ def _longtail_subset_property(counts, imbalance, max_per_spk, heldout, profile, 
     t = _targets(len(kept), n_max, imbalance, profile)
     if max_per_spk is None or (avail >= n_max).all():  # targets the data meet: the counts are the curve
         assert c.tolist() == t.tolist()
-        if max_per_spk is None:
-            assert c[0] / c[-1] <= imbalance + 1e-9  # the default head keeps max/min within the imbalance asked
+        if max_per_spk is None and c[0] > imbalance:
+            # the tail is n_max / imbalance rounded half up, so it is >= n_max / imbalance - 1/2: max/min can
+            # exceed the imbalance asked by that rounding alone (10 and 9 utterances at 1.0625 give 9 / 8; found
+            # by this test), never by more
+            assert c[0] / c[-1] <= imbalance / (1 - 0.5 * imbalance / c[0]) + 1e-9
     else:  # capped by the data: never above the curve
         assert (c <= t).all() and c[-1] >= 1
     assert imbalance == 1 or c[0] > c[-1]  # long-tailed means a head above the tail
@@ -397,3 +402,4 @@ def _longtail_subset_property(counts, imbalance, max_per_spk, heldout, profile, 
 def test_longtail_subset_arguments_against_an_oracle():
     skip_broken_lazy_modules()  # this may run after a test that imported speechbrain
     _longtail_subset_property()
+
