@@ -268,3 +268,11 @@ def log_to_file(path: PathLike) -> Iterator[logging.Logger]:
 def get_logger(name: str) -> logging.Logger:
     """Return a child of the package logger."""
     return logging.getLogger("spkcausal." + name.split(".")[-1])
+
+
+def passive_omp_wait() -> str:
+    """Make OpenMP threads sleep, not spin, while they wait (OMP_WAIT_POLICY=PASSIVE), unless the user chose."""
+    # With its default spin-waiting, torch's OpenMP pool collapses when another process holds a core: a demo
+    # training step took 1.69 s on 2 threads against 0.11 s on 1 (docs/scale.md, "Threads on a busy machine").
+    # Read once, when the OpenMP runtime starts: this must run before torch is imported.
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -3,6 +3,10 @@ audio length cache is used when valid and rebuilt when a file changes, and the v
 plan equals the loop it replaced. Each oracle is the old code, copied here."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -273,3 +277,16 @@ def test_window_draws_equal_the_loop_on_ties_and_random_weights():
     u = rng.random(n)
     assert np.array_equal(np.arange(n) + window_draws(w, u, k), _window_loop_old(w, u, k))
     assert np.array_equal(window_draws(w[:1], rng.random(1), 1), [0])
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_cli_makes_openmp_wait_passively_before_torch_unless_the_user_chose(user):
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE before any command imports torch (spin-waiting threads collapse on a
+    busy machine: docs/scale.md), and keeps a policy the user set."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    code = ("import os, sys\nfrom spkcausal.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert r.stdout.split()[-2:] == [user or "PASSIVE", "False"]

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from collections.abc import Callable
 
-from ..utils import USER_OS_ERRNOS, SpkcausalError, output_error
+from ..utils import USER_OS_ERRNOS, SpkcausalError, output_error, passive_omp_wait
 
 ORDER = ["synth", "prepare", "data", "trials", "longtail", "shards", "train", "extract", "score", "calibrate",
          "tde", "identify", "geometry", "report", "model", "plan", "infer", "export"]
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     A user's mistake (`SpkcausalError`: bad input file, bad option or config value) prints one line and exits 2;
     anything else is a bug of ours: one line naming the exception and exit 1 (SPKCAUSAL_DEBUG=1 re-raises it
     for the traceback)."""
+    passive_omp_wait()  # before any command imports torch
     args = build_parser().parse_args(argv)
     import logging
 
