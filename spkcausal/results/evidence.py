@@ -33,8 +33,8 @@ from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 from .store import need
 
-__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
-           "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
+__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "seen_group_figures", "row_figures",
+           "paired_differences", "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -148,10 +148,23 @@ def seen_verification(score_file: str, utt2spk: str, train_data: str, many: int,
     """EER / minDCF of a seen-speaker list per shot group of the enrolment speaker
     (metrics.shot_group_verification), each with an interval from resampling the group's enrolment speakers."""
     enroll, _, scores, labels = _scores(str(score_file))
+    groups = seen_group_figures(enroll, scores, labels, utt2spk, train_data, many, few, p_targets, n_boot, level,
+                                seed)
+    return {"scores": str(Path(score_file).resolve()), "utt2spk": str(utt2spk), "train_data": str(train_data),
+            "thresholds": {"many": int(many), "few": int(few)}, "groups": groups, "n_boot": n_boot, "level": level,
+            "bootstrap_seed": seed, "unit": "enrolment speaker"}
+
+
+def seen_group_figures(enroll: np.ndarray, scores: np.ndarray, labels: np.ndarray, utt2spk: str, train_data: str,
+                       many: int, few: int, p_targets: Sequence[float] = (0.01, 0.05), n_boot: int = N_BOOT,
+                       level: float = LEVEL, seed: int = 0) -> dict:
+    """seen_verification's `groups` for trials given as arrays (a part of a list, such as a session half): per
+    shot group EER / minDCF with intervals, or only the trial counts where the group lacks targets or
+    non-targets, or None where it has no trial."""
     spk, grp = _seen_groups(enroll, utt2spk, train_data, many, few)
     counts = _train_counts(train_data)
-    point = shot_group_verification(scores, labels, np.array([counts[s] for s in spk.tolist()]), p_targets, many,
-                                     few)
+    point = shot_group_verification(scores, labels, np.array([counts[s] for s in spk.tolist()], dtype=np.int64),
+                                     p_targets, many, few)
     groups: dict = {}
     for g in GROUPS:
         sel = grp == g
@@ -162,9 +175,7 @@ def seen_verification(score_file: str, utt2spk: str, train_data: str, many: int,
         res = bootstrap_verification(scores[sel], labels[sel], spk[sel], n_boot, level, p_targets, seed)
         groups[g] = _ci_dict(res, p_targets)
         groups[g]["eer"], groups[g]["min_dcf"] = point[g]["eer"], {_key(p): point[g]["min_dcf"][p] for p in p_targets}
-    return {"scores": str(Path(score_file).resolve()), "utt2spk": str(utt2spk), "train_data": str(train_data),
-            "thresholds": {"many": int(many), "few": int(few)}, "groups": groups, "n_boot": n_boot, "level": level,
-            "bootstrap_seed": seed, "unit": "enrolment speaker"}
+    return groups
 
 
 def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float | None, list | None]]:
