@@ -212,7 +212,8 @@ def curve_markdown(curve: Mapping) -> str:
     lines += markdown_table(["Setting", "R", "Seeds"] + [cost_header(c, h) for c, h in cols], body)
     targeted = [(c, h) for c, h in cols if c in HALF_WIDTH_TARGETS]
     lines += ["", "**Precision against the issue's targets** (95% half-width at most "
-              + ", ".join(f"±{100 * HALF_WIDTH_TARGETS[c]:g} points on {h}" for c, h in targeted)
+              + ", ".join(f"±{100 * HALF_WIDTH_TARGETS[c]:g} point{'s' * (HALF_WIDTH_TARGETS[c] != 0.01)} on {h}"
+                         for c, h in targeted)
               + "): per-seed standard deviation s, the interval's half-width with the seeds used, the exact power "
               "at the MDE (noncentral t), and the seeds the target needs at this s.", ""]
     body = []
@@ -267,18 +268,20 @@ def _halves_lines(curve: Mapping) -> list[str]:
 
 
 def draw_curve(curve: Mapping, path: Path) -> dict:
-    """tail_curve.png: one panel per cost column, cost against R (log axis), error bars the 95% intervals, one
-    line per setting; {column: {setting: [(R, cost, lo, hi), ...]}} in the figure's units, read back from the
-    artists."""
+    """tail_curve.png: one panel per cost column that has a point, cost against R (log axis; settings drawn a
+    little apart), error bars the 95% intervals, one line per setting; {column: {setting: [(R, cost, lo, hi),
+    ...]}} in the figure's units, read back from the artists."""
     from matplotlib.figure import Figure
 
-    cols = [(c["key"], c["header"]) for c in curve["columns"]]
+    cols = [(c["key"], c["header"]) for c in curve["columns"]
+            if any(c["key"] in p["costs"] for p in curve["points"])]
     settings = list(dict.fromkeys(p["setting"] for p in curve["points"]))
-    fig = Figure(figsize=(3.2 * 3, 2.8 * math.ceil(len(cols) / 3)), layout="constrained")
+    rows = max(1, math.ceil(len(cols) / 3))
+    fig = Figure(figsize=(3.2 * min(3, max(1, len(cols))), 2.8 * rows), layout="constrained")
+    rs = sorted({p["imbalance"] for p in curve["points"]})
     drawn: dict = {}
-    legend = False  # on the first panel that has a line
     for i, (col, head) in enumerate(cols):
-        ax = fig.add_subplot(math.ceil(len(cols) / 3), 3, i + 1)
+        ax = fig.add_subplot(rows, min(3, len(cols)), i + 1)
         ax.axhline(0.0, color="black", lw=0.8)
         scale = SCALE[col]
         for j, s in enumerate(settings):
@@ -286,26 +289,27 @@ def draw_curve(curve: Mapping, path: Path) -> dict:
                    p["costs"]]
             if not pts:
                 continue
-            x = [r for r, _ in pts]
+            dodge = 10 ** (0.02 * (j - (len(settings) - 1) / 2))  # settings at one R side by side
             y = [scale * d["cost"] for _, d in pts]
             # max(0, .): a one-seed point's bootstrap interval need not hold its value
             lo = [max(0.0, y_ - scale * d["ci"][0]) if d.get("ci") else 0.0 for y_, (_, d) in zip(y, pts)]
             hi = [max(0.0, scale * d["ci"][1] - y_) if d.get("ci") else 0.0 for y_, (_, d) in zip(y, pts)]
-            cont = ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color=f"C{j % 10}", capsize=3, ms=4, lw=1.2, label=s)
-            xs, ys = cont.lines[0].get_xdata(), cont.lines[0].get_ydata()
-            drawn.setdefault(col, {})[s] = [(float(a), float(b), float(b - e0), float(b + e1))
-                                            for a, b, e0, e1 in zip(xs, ys, lo, hi)]
+            cont = ax.errorbar([r * dodge for r, _ in pts], y, yerr=[lo, hi], fmt="o-", color=f"C{j % 10}",
+                               capsize=3, ms=4, lw=1.2, label=s)
+            bars = cont.lines[2][0].get_segments()  # the intervals as drawn
+            drawn.setdefault(col, {})[s] = [(float(x / dodge), float(v), float(seg[0][1]), float(seg[1][1]))
+                                            for x, v, seg in zip(cont.lines[0].get_xdata(),
+                                                                 cont.lines[0].get_ydata(), bars)]
         ax.set_xscale("log")
-        rs = sorted({p["imbalance"] for p in curve["points"]})
+        ax.margins(x=0.12)
         ax.set_xticks(rs, [_r(r) for r in rs])
         ax.minorticks_off()
         ax.set_xlabel("imbalance R", fontsize=8)
         ax.set_title(cost_header(col, head) + " cost", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(True, lw=0.3)
-        if col in drawn and not legend:
+        if i == 0:
             ax.legend(fontsize=7)
-            legend = True
     fig.suptitle(f"Tail cost against imbalance (variant {curve['variant']}; 95% intervals over seeds)", fontsize=10)
     save_figure(fig, path)
     return drawn
