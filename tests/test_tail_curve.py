@@ -19,7 +19,7 @@ from spkcausal.report.curve import CurveSpec, draw_curve, parse_spec, write_tail
 from spkcausal.report.results import write_report
 from spkcausal.results.evidence import Intervals, seen_verification
 from spkcausal.results.halves import session_halves
-from spkcausal.results.power import half_width, mde, power_at, power_figures, seeds_for_half_width
+from spkcausal.results.power import exact_mde, half_width, mde, power_at, power_figures, seeds_for_half_width
 from spkcausal.results.records import collect_rows
 from spkcausal.utils import UsageError
 
@@ -46,12 +46,23 @@ def test_half_width_and_mde_against_scipy_and_the_power_of_the_t_test(n):
     assert 0.76 < p < 0.801 and (n < 10 or abs(p - 0.8) < 0.002)
 
 
+def test_exact_mde_has_the_power_asked():
+    for n in (3, 5, 12):
+        e = exact_mde(0.02, n)
+        assert power_at(e, 0.02, n) == pytest.approx(0.8, abs=1e-9)  # brentq to 1e-12 of a smooth function
+        assert e >= mde(0.02, n)  # Bloom's approximation errs on the small side for these n
+    assert exact_mde(0.0, 5) is None and exact_mde(0.02, 1) is None
+
+
 def test_power_against_statsmodels_where_installed():
     sm = pytest.importorskip("statsmodels.stats.power")
     for n in (3, 5, 12):
         m = mde(0.02, n)
         # both from the noncentral t in float64
         assert power_at(m, 0.02, n) == pytest.approx(sm.TTestPower().power(m / 0.02, n, 0.05), rel=1e-6)
+        # statsmodels solves for the effect with its own root finder: agreement to its default tolerance
+        assert exact_mde(0.02, n) / 0.02 == pytest.approx(sm.TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8),
+                                                          rel=1e-5)
 
 
 @pytest.mark.parametrize("sd,target", [(0.005, 0.01), (0.012, 0.01), (0.03, 0.02), (0.0, 0.01)])
