@@ -244,6 +244,8 @@ def test_curve_and_table_of_session_halves(sessions, tmp_path):
                  str(tmp_path / "h"), "--bootstrap", "20"]) == 0
     md = (tmp_path / "h" / "session_halves.md").read_text()
     assert "new test session" in md and "test session in training" in md and "degenerate" not in md
+    saved = (tmp_path / "h" / "session_halves.json").read_text()
+    assert json.loads(saved)["runs"][0]["exps"][0].startswith("..") and str(sessions) not in saved  # relative
 
 
 def test_degenerate_halves_are_said_so(tmp_path, capsys):
