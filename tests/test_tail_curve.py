@@ -259,3 +259,42 @@ def test_degenerate_halves_are_said_so(tmp_path, capsys):
     assert "The half 'test session in training' is empty for every run: the split is degenerate" in md
     text, _ = write_tail_curve([CurveSpec("s", 10.0, exp)], tmp_path / "c", iv=Intervals(n_boot=20), sessions=True)
     assert "is empty at every point: the split is degenerate" in text
+
+
+def test_one_seed_accuracy_cost_takes_the_paired_interval_with_its_sign_turned(tmp_path):
+    """One run each: the cost's interval is the paired bootstrap's; for accuracy (control - baseline) it must equal
+    the paired interval of control minus baseline, computed the other way round."""
+    from fixtures_report import TREE_SHOTS, report_tree, write_run_records
+
+    from spkcausal.experiments.runs import RunRecord, write_run
+    from spkcausal.report.tables import group_runs
+    from spkcausal.report.tailcost import tail_cost
+    from spkcausal.results.evidence import paired_differences
+    from spkcausal.results.records import record_identification
+    from spkcausal.scoring.bootstrap import bootstrap_accuracy
+
+    exps = report_tree(tmp_path, n_boot=50)
+    write_run_records(exps)
+    base = next(e for e in exps if e.name == "aam")
+    ctrl = base.parent / "aam_control"
+    shutil.copytree(base, ctrl)
+    write_run(ctrl, RunRecord(name=ctrl.name, kind="train", system="aam_control", base="aam", control=True))
+    pred_file = ctrl / "predictions" / "cosine.npz"
+    with np.load(pred_file) as z:
+        arrays = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(3)
+    arrays["y_pred"] = np.where(rng.random(len(arrays["y_true"])) < 0.9, arrays["y_true"], arrays["y_pred"])
+    np.savez(pred_file, **arrays)
+    acc = bootstrap_accuracy(arrays["y_true"], arrays["y_pred"], arrays["train_counts"], 50, many=TREE_SHOTS[0],
+                             few=TREE_SHOTS[1])
+    record_identification(ctrl, "cosine", {"many": acc["many"], "medium": acc["medium"], "few": acc["few"],
+                                           "overall": acc["mean_per_class"], "predictions": str(pred_file),
+                                           "thresholds": dict(zip(("many", "few"), TREE_SHOTS))})
+    rows = collect_rows([base, ctrl], ["cosine"])
+    iv = Intervals(n_boot=200)
+    got = tail_cost(group_runs(rows), rows[0]["system"], iv)["costs"]["cosine"]["acc_few"]
+    b, c = rows
+    ref = paired_differences(c, b, iv.p_target, iv.n_boot, iv.level)["acc_few"]
+    assert got["cost"] == pytest.approx(ref["diff"], abs=1e-12) > 0  # the same recorded accuracies, float64
+    # percentile intervals of negated shared resamples: exact up to the order of summation
+    assert got["ci"] == pytest.approx(ref["ci"], abs=1e-12) and got["ci"][0] <= got["cost"] <= got["ci"][1]
