@@ -295,6 +295,6 @@ def test_one_seed_accuracy_cost_takes_the_paired_interval_with_its_sign_turned(t
     got = tail_cost(group_runs(rows), rows[0]["system"], iv)["costs"]["cosine"]["acc_few"]
     b, c = rows
     ref = paired_differences(c, b, iv.p_target, iv.n_boot, iv.level)["acc_few"]
-    assert got["cost"] == pytest.approx(ref["diff"], abs=1e-12) > 0  # the same recorded accuracies, float64
+    assert got["cost"] > 0 and got["cost"] == pytest.approx(ref["diff"], abs=1e-12)  # the same accuracies, float64
     # percentile intervals of negated shared resamples: exact up to the order of summation
     assert got["ci"] == pytest.approx(ref["ci"], abs=1e-12) and got["ci"][0] <= got["cost"] <= got["ci"][1]
