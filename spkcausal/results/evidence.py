@@ -33,7 +33,7 @@ from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 from .store import need
 
-__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "seen_group_figures", "row_figures",
+__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "seen_group_figures", "sorted_scores", "row_figures",
            "paired_differences", "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
 
 N_BOOT = 1000
@@ -63,7 +63,7 @@ def _key(p: float | str) -> str:
     return f"{float(p):g}"
 
 
-def _scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sorted_scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(enroll, test, scores, labels) of a labelled score file, sorted by (enroll, test) so that two files of
     the same trials line up; cached per (path, modification time)."""
     try:
@@ -116,7 +116,7 @@ def verification_with_ci(score_file: str, utt2spk: str | None = None, p_targets:
     """EER / minDCF of a labelled score file with intervals from resampling enrolment speakers (`utt2spk`
     maps enrolment keys to speakers; a key it lacks is its own unit); `llr`: the scores are calibrated
     log-likelihood ratios, and Cllr, minCllr and actDCF are added."""
-    enroll, _, scores, labels = _scores(str(score_file))
+    enroll, _, scores, labels = sorted_scores(str(score_file))
     spk = _enroll_speakers(enroll, utt2spk)
     res = bootstrap_verification(scores, labels, spk, n_boot, level, p_targets, seed)
     out = {**_ci_dict(res, p_targets), "utt2spk": str(utt2spk) if utt2spk else None, "n_boot": n_boot,
@@ -147,7 +147,7 @@ def seen_verification(score_file: str, utt2spk: str, train_data: str, many: int,
                       seed: int = 0) -> dict:
     """EER / minDCF of a seen-speaker list per shot group of the enrolment speaker
     (metrics.shot_group_verification), each with an interval from resampling the group's enrolment speakers."""
-    enroll, _, scores, labels = _scores(str(score_file))
+    enroll, _, scores, labels = sorted_scores(str(score_file))
     groups = seen_group_figures(enroll, scores, labels, utt2spk, train_data, many, few, p_targets, n_boot, level,
                                 seed)
     return {"scores": str(Path(score_file).resolve()), "utt2spk": str(utt2spk), "train_data": str(train_data),
@@ -205,8 +205,8 @@ def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float |
 def _aligned(path_a: str, path_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(enroll, scores A, scores B, labels) when both files hold the same labelled trials, else None (two lists:
     no paired difference)."""
-    ea, ta, sa, la = _scores(path_a)
-    eb, tb, sb, lb = _scores(path_b)
+    ea, ta, sa, la = sorted_scores(path_a)
+    eb, tb, sb, lb = sorted_scores(path_b)
     if len(ea) != len(eb) or (ea != eb).any() or (ta != tb).any() or (la != lb).any():
         return None
     return ea, sa, sb, la

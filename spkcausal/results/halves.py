@@ -24,7 +24,7 @@ from ..data.datadir import DataDir
 from ..data.sessions import HALVES, in_training_session
 from ..data.trialio import Trials
 from ..utils import DataError, PathLike
-from .evidence import LEVEL, N_BOOT, _scores, seen_group_figures
+from .evidence import LEVEL, N_BOOT, seen_group_figures, sorted_scores
 
 __all__ = ["HALVES", "session_halves", "half_row"]
 
@@ -44,7 +44,7 @@ def session_halves(row: Mapping, test_data: PathLike | None = None, train_data: 
         raise DataError("no seen-speaker score file in this row: nothing to split", row.get("exp"))
     test_dir = Path(test_data) if test_data is not None else Path(seen["utt2spk"]).parent
     train_dir = Path(train_data) if train_data is not None else Path(seen["train_data"])
-    enroll, test, scores, labels = _scores(str(seen["scores"]))
+    enroll, test, scores, labels = sorted_scores(str(seen["scores"]))
     trials = Trials(enroll, test, labels.astype(np.int8))
     inside = in_training_session(trials, _load(str(test_dir)), _load(str(train_dir)))
     shots = seen["thresholds"]
