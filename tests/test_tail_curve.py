@@ -15,7 +15,7 @@ from scipy import stats
 
 from spkcausal.cli import main
 from spkcausal.data.datadir import DataDir
-from spkcausal.report.curve import CurveSpec, draw_curve, parse_spec, write_tail_curve
+from spkcausal.report.curve import CurveOptions, CurveSpec, draw_curve, parse_spec, write_tail_curve
 from spkcausal.report.results import write_report
 from spkcausal.results.evidence import Intervals, seen_verification
 from spkcausal.results.halves import session_halves
@@ -176,6 +176,12 @@ def test_cli_tail_curve_and_its_refusals(figure_trees, tmp_path, capsys):
     root, _ = figure_trees
     assert main(["tail-curve", "--run", f"scratch:10={root / 'scratch10'}", "--out", str(tmp_path / "o")]) == 0
     assert "Tail cost by imbalance" in capsys.readouterr().out
+    shares = json.loads((tmp_path / "o" / "tail_curve.json").read_text())["points"][0]["shares"]
+    assert [s["system"] for s in shares] == ["cnaam"]
+    assert main(["tail-curve", "--run", f"scratch:10={root / 'scratch10'}", "--systems", "aam", "--out",
+                 str(tmp_path / "o1")]) == 0
+    point = json.loads((tmp_path / "o1" / "tail_curve.json").read_text())["points"][0]
+    assert point["shares"] == [] and point["n_runs"] == 6 and "Share of the tail cost" not in capsys.readouterr().out
     assert main(["tail-curve", "--run", f"scratch={root}", "--out", str(tmp_path / "o2")]) == 2
     assert "expected SETTING:R=DIR" in capsys.readouterr().err
     with pytest.raises(UsageError, match="must be a number > 1"):
@@ -227,7 +233,7 @@ def test_session_halves_follow_the_known_sessions(sessions, tmp_path):
 
 def test_curve_and_table_of_session_halves(sessions, tmp_path):
     specs = [CurveSpec("scratch", 10.0, sessions)]
-    text, curve = write_tail_curve(specs, tmp_path / "o", iv=Intervals(n_boot=20), sessions=True)
+    text, curve = write_tail_curve(specs, tmp_path / "o", CurveOptions(sessions=True), Intervals(n_boot=20))
     rows = collect_rows(sorted(p for p in sessions.iterdir() if p.is_dir()))
     halves = {(Path(r["system"]).name, r["seed"]): session_halves(r, n_boot=20) for r in rows}
     for half in ("train_session", "new_session"):
@@ -257,7 +263,8 @@ def test_degenerate_halves_are_said_so(tmp_path, capsys):
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2:] == ["0", "no trials", "no trials", "no trials"]
     assert "The half 'test session in training' is empty for every run: the split is degenerate" in md
-    text, _ = write_tail_curve([CurveSpec("s", 10.0, exp)], tmp_path / "c", iv=Intervals(n_boot=20), sessions=True)
+    text, _ = write_tail_curve([CurveSpec("s", 10.0, exp)], tmp_path / "c", CurveOptions(sessions=True),
+                               Intervals(n_boot=20))
     assert "is empty at every point: the split is degenerate" in text
 
 

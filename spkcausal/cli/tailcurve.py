@@ -8,12 +8,13 @@ from . import finite_float, positive_int
 
 
 def _curve(args: argparse.Namespace) -> int:
-    from ..report.curve import parse_spec, write_tail_curve
+    from ..report.curve import CurveOptions, parse_spec, write_tail_curve
     from ..results.evidence import Intervals
 
     specs = [parse_spec(s) for s in args.run]
-    text, _ = write_tail_curve(specs, args.out, args.variant, Intervals(args.p_target, args.bootstrap),
-                               args.baseline, args.sessions, args.test_data)
+    opts = CurveOptions(args.variant, args.baseline, tuple(args.systems) if args.systems else None, args.sessions,
+                        args.test_data)
+    text, _ = write_tail_curve(specs, args.out, opts, Intervals(args.p_target, args.bootstrap))
     print(text, end="")
     print(f"\nwrote {args.out}/tail_curve.md, tail_curve.json and tail_curve.png")
     return 0
@@ -41,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dir for tail_curve.md, tail_curve.json and tail_curve.png")
     p.add_argument("--variant", default="cosine", help="scoring variant the cost is of (default cosine)")
     p.add_argument("--baseline", help="the baseline system's name, where a dir holds controls of several")
+    p.add_argument("--systems", nargs="+", metavar="SYSTEM",
+                   help="only these systems' runs (run.json system, e.g. aam cnaam) beside the baseline's and the "
+                        "controls, for their shares (default: every run of each DIR)")
     p.add_argument("--p-target", type=finite_float, default=0.01, help="minDCF's prior (default 0.01)")
     p.add_argument("--bootstrap", type=positive_int, default=1000,
                    help="resamples of the one-seed and session-half intervals (default 1000)")

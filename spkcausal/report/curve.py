@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.sessions import HALVES
-from ..experiments.runs import RUN_FILE
+from ..experiments.runs import RUN_FILE, read_run
 from ..results.evidence import DEFAULT_INTERVALS, Intervals
 from ..results.halves import half_row, session_halves
 from ..results.records import RESULTS_FILE, collect_rows
@@ -36,7 +36,7 @@ from .markdown import SCALE, markdown_table
 from .tables import group_runs
 from .tailcost import COST_COLUMNS, HALF_WIDTH_TARGETS, cost_cell, cost_header, share_cell, tail_cost
 
-__all__ = ["CURVE_FORMAT", "CURVE_VERSION", "CurveSpec", "parse_spec", "protocol_runs", "curve_point",
+__all__ = ["CURVE_FORMAT", "CURVE_VERSION", "CurveOptions", "CurveSpec", "parse_spec", "protocol_runs", "curve_point",
            "tail_curve", "curve_markdown", "draw_curve", "write_tail_curve", "group_state", "HALF_NAMES",
            "SEEN_COLUMNS"]
 
@@ -45,6 +45,19 @@ FILES = ("tail_curve.json", "tail_curve.md", "tail_curve.png")
 SEEN_COLUMNS = tuple(f"seen_eer_{g}" for g in GROUPS)
 _SPEC = re.compile(r"([A-Za-z0-9_.+-]+):([^=]+)=(.+)")
 HALF_NAMES = {"train_session": "test session in training", "new_session": "new test session"}
+
+
+@dataclass(frozen=True)
+class CurveOptions:
+    """What the curve reports: the scoring variant, the baseline (where a dir has controls of several systems),
+    the systems besides the baseline and its control whose shares it lists (None: every system of the dir),
+    and the session halves (with the seen list's test data dir, when not the one the rows record)."""
+
+    variant: str = "cosine"
+    baseline: str | None = None
+    systems: tuple[str, ...] | None = None
+    sessions: bool = False
+    test_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +83,17 @@ def parse_spec(text: str) -> CurveSpec:
     return CurveSpec(m.group(1), r, Path(m.group(3)))
 
 
-def protocol_runs(exp_root: PathLike) -> tuple[list[Path], list[Path]]:
+def protocol_runs(exp_root: PathLike, systems: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
     """(the run dirs of an experiments dir that have results, those that have run.json but no results yet);
-    a run is a subdir with run.json (experiments.runs), in name order."""
+    a run is a subdir with run.json (experiments.runs), in name order; with `systems`, only the runs of those
+    systems (run.json's system) and the controls."""
     root = Path(exp_root)
     if not root.is_dir():
         raise DataError("not a directory of experiments", root)
     runs = sorted(p for p in root.iterdir() if (p / RUN_FILE).is_file())
+    if systems is not None:
+        keep = set(systems)
+        runs = [p for p in runs if (rec := read_run(p)) is not None and (rec.control or rec.system in keep)]
     return [p for p in runs if (p / RESULTS_FILE).is_file()], [p for p in runs if not (p / RESULTS_FILE).is_file()]
 
 
@@ -139,15 +156,17 @@ def _point_halves(rows: Sequence[Mapping], base: str, control: str, variant: str
     return out
 
 
-def curve_point(spec: CurveSpec, out_dir: Path, variant: str = "cosine", iv: Intervals = DEFAULT_INTERVALS,
-                baseline: str | None = None, sessions: bool = False, test_data: PathLike | None = None) -> dict:
+def curve_point(spec: CurveSpec, out_dir: Path, opts: CurveOptions = CurveOptions(),
+                iv: Intervals = DEFAULT_INTERVALS) -> dict:
     """One point of the curve (module docstring), its paths relative to `out_dir`."""
-    have, pending = protocol_runs(spec.path)
+    variant = opts.variant
+    have, pending = protocol_runs(spec.path, None if opts.systems is None else
+                                  (*opts.systems, *((opts.baseline,) if opts.baseline else ())))
     if not have:
         raise DataError("no run with results (a subdir with run.json and results.json)", spec.path)
     tde = "tde" if variant == "cosine" else f"tde_{variant}"
     rows = collect_rows(have, [variant, tde])
-    base = _baseline(rows, baseline, spec.path)
+    base = _baseline(rows, opts.baseline, spec.path)
     tc = tail_cost(group_runs(rows), base, iv, {tde: variant})
     if tc is None or variant not in tc["costs"]:
         raise DataError(f"the baseline {Path(base).name} and its control have no {variant!r} rows in common",
@@ -158,14 +177,13 @@ def curve_point(spec: CurveSpec, out_dir: Path, variant: str = "cosine", iv: Int
              "n_runs": len({r["exp"] for r in rows}), "not_scored": [p.name for p in pending],
              "costs": tc["costs"][variant],
              "shares": [_names(s) for s in tc["shares"] if s["reference_variant"] == variant]}
-    if sessions:
-        point["halves"] = _point_halves(rows, base, tc["control"], variant, iv, test_data)
+    if opts.sessions:
+        point["halves"] = _point_halves(rows, base, tc["control"], variant, iv, opts.test_data)
     return point
 
 
-def tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, variant: str = "cosine",
-               iv: Intervals = DEFAULT_INTERVALS, baseline: str | None = None, sessions: bool = False,
-               test_data: PathLike | None = None) -> dict:
+def tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, opts: CurveOptions = CurveOptions(),
+               iv: Intervals = DEFAULT_INTERVALS) -> dict:
     """The curve's content (module docstring): one point per spec, ordered by setting (as first given) and R."""
     if not specs:
         raise UsageError("no --run given")
@@ -177,9 +195,9 @@ def tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, variant: str = "co
     order = list(dict.fromkeys(s.setting for s in specs))
     specs = sorted(specs, key=lambda s: (order.index(s.setting), s.imbalance))
     out = Path(out_dir)
-    points = [curve_point(s, out, variant, iv, baseline, sessions, test_data) for s in specs]
-    return {"format": CURVE_FORMAT, "version": CURVE_VERSION, "variant": variant, "p_target": iv.p_target,
-            "level": iv.level, "n_boot": iv.n_boot, "sessions": sessions,
+    points = [curve_point(s, out, opts, iv) for s in specs]
+    return {"format": CURVE_FORMAT, "version": CURVE_VERSION, "variant": opts.variant, "p_target": iv.p_target,
+            "level": iv.level, "n_boot": iv.n_boot, "sessions": opts.sessions,
             "columns": [{"key": c, "header": h, "sign": s, "target_half_width": HALF_WIDTH_TARGETS.get(c)}
                         for c, h, s in COST_COLUMNS],
             "points": points}
@@ -315,16 +333,15 @@ def draw_curve(curve: Mapping, path: Path) -> dict:
     return drawn
 
 
-def write_tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, variant: str = "cosine",
-                     iv: Intervals = DEFAULT_INTERVALS, baseline: str | None = None, sessions: bool = False,
-                     test_data: PathLike | None = None) -> tuple[str, dict]:
+def write_tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, opts: CurveOptions = CurveOptions(),
+                     iv: Intervals = DEFAULT_INTERVALS) -> tuple[str, dict]:
     """Write OUT/tail_curve.{json,png,md} (the markdown last: it appears when the rest is complete); the markdown
     and the content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curve = tail_curve(specs, out, variant, iv, baseline, sessions, test_data)
-    if sessions and test_data is not None:
-        curve["test_data"] = Path(os.path.relpath(Path(test_data).resolve(), out.resolve())).as_posix()
+    curve = tail_curve(specs, out, opts, iv)
+    if opts.sessions and opts.test_data is not None:
+        curve["test_data"] = Path(os.path.relpath(Path(opts.test_data).resolve(), out.resolve())).as_posix()
     write_text_atomic(out / FILES[0], json.dumps(curve, indent=1) + "\n")
     draw_curve(curve, out / FILES[2])
     text = curve_markdown(curve)
