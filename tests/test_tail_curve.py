@@ -143,7 +143,7 @@ def test_curve_costs_intervals_and_mde_by_hand(figure_trees):
     d = curve["points"][1]["costs"]["seen_eer_few"]
     assert (x, y) == pytest.approx((30.0, 100 * d["cost"])) and [lo, hi] == pytest.approx([100 * e for e in d["ci"]])
     assert [pt[0] for pt in drawn["eer"]["finetune"]] == [30.0]
-    saved = json.loads((root / "out" / "tail_curve.json").read_text())
+    saved = json.loads((root / "out" / "tail_curve.json").read_text(), parse_constant=pytest.fail)  # strict
     assert saved["format"] == "spkcausal-tail-curve" and saved["version"] == 1
     assert str(root) not in (root / "out" / "tail_curve.json").read_text()  # every path relative to OUT
 
@@ -305,3 +305,16 @@ def test_one_seed_accuracy_cost_takes_the_paired_interval_with_its_sign_turned(t
     assert got["cost"] > 0 and got["cost"] == pytest.approx(ref["diff"], abs=1e-12)  # the same accuracies, float64
     # percentile intervals of negated shared resamples: exact up to the order of summation
     assert got["ci"] == pytest.approx(ref["ci"], abs=1e-12) and got["ci"][0] <= got["cost"] <= got["ci"][1]
+
+
+def test_a_zero_cost_gives_strict_json_and_no_share(tmp_path):
+    v = _values(1.0)
+    v["aam"]["min_dcf"] = list(v["aam_control"]["min_dcf"])  # no tail cost on minDCF in any seed
+    figure_tree(tmp_path / "z", v)
+    text, _ = write_tail_curve([CurveSpec("s", 10.0, tmp_path / "z")], tmp_path / "o")
+    saved = json.loads((tmp_path / "o" / "tail_curve.json").read_text(), parse_constant=pytest.fail)
+    point = saved["points"][0]
+    assert point["costs"]["min_dcf"]["cost"] == 0.0 and point["costs"]["min_dcf"]["power"]["sd"] == 0.0
+    assert point["shares"][0]["columns"]["min_dcf"]["share"] is None  # 0 / 0, stored as null
+    share_row = next(ln for ln in text.splitlines() if ln.startswith("| s ") and "cnaam" in ln)
+    assert [c.strip() for c in share_row.strip("|").split("|")][4] == "-"

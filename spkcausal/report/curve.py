@@ -37,7 +37,7 @@ from .tables import group_runs
 from .tailcost import COST_COLUMNS, HALF_WIDTH_TARGETS, cost_cell, cost_header, share_cell, tail_cost
 
 __all__ = ["CURVE_FORMAT", "CURVE_VERSION", "CurveOptions", "CurveSpec", "parse_spec", "protocol_runs", "curve_point",
-           "tail_curve", "curve_markdown", "draw_curve", "write_tail_curve", "group_state", "HALF_NAMES",
+           "tail_curve", "curve_markdown", "draw_curve", "write_tail_curve", "group_state", "strict_json", "HALF_NAMES",
            "SEEN_COLUMNS"]
 
 CURVE_FORMAT, CURVE_VERSION = "spkcausal-tail-curve", 1
@@ -203,6 +203,17 @@ def tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, opts: CurveOptions
             "points": points}
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float as None (a share over a zero cost is NaN), so that the file is JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def _r(x: float) -> str:
     return f"{x:g}"
 
@@ -339,10 +350,10 @@ def write_tail_curve(specs: Sequence[CurveSpec], out_dir: PathLike, opts: CurveO
     and the content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curve = tail_curve(specs, out, opts, iv)
+    curve = strict_json(tail_curve(specs, out, opts, iv))
     if opts.sessions and opts.test_data is not None:
         curve["test_data"] = Path(os.path.relpath(Path(opts.test_data).resolve(), out.resolve())).as_posix()
-    write_text_atomic(out / FILES[0], json.dumps(curve, indent=1) + "\n")
+    write_text_atomic(out / FILES[0], json.dumps(curve, indent=1, allow_nan=False) + "\n")
     draw_curve(curve, out / FILES[2])
     text = curve_markdown(curve)
     write_text_atomic(out / FILES[1], f"![tail cost against R]({FILES[2]})\n\n" + text)

@@ -18,7 +18,7 @@ from ..results.evidence import DEFAULT_INTERVALS, Intervals, row_figures
 from ..results.halves import half_row, session_halves
 from ..results.records import collect_rows
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
-from .curve import HALF_NAMES, SEEN_COLUMNS, group_state
+from .curve import HALF_NAMES, SEEN_COLUMNS, group_state, strict_json
 from .markdown import figure_cell, markdown_table
 from .tables import group_runs, run_labels
 
@@ -98,8 +98,8 @@ def write_session_table(exp_dirs: Sequence[PathLike], out_dir: PathLike, variant
     """Write OUT/session_halves.json then OUT/session_halves.md; the markdown and the content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = session_table(exp_dirs, out, variants, test_data, train_data, iv)
-    write_text_atomic(out / "session_halves.json", json.dumps(table, indent=1) + "\n")
+    table = strict_json(session_table(exp_dirs, out, variants, test_data, train_data, iv))
+    write_text_atomic(out / "session_halves.json", json.dumps(table, indent=1, allow_nan=False) + "\n")
     text = session_markdown(table)
     write_text_atomic(out / "session_halves.md", text)
     return text, table

@@ -169,7 +169,7 @@ def cost_cell(d: Mapping | None, col: str) -> str:
 
 def share_cell(d: Mapping | None) -> str:
     """A recovered share's cell: 'r% [lo%, hi%]', '[unbounded]' when Fieller's set is, ' *' when it excludes 0."""
-    if not d or not math.isfinite(d["share"]):
+    if not d or d["share"] is None or not math.isfinite(d["share"]):
         return "-"
     def pct(x: float) -> str:
         return f"{int(round(100 * x))}%"  # int: no "-0%"
