@@ -178,7 +178,7 @@ def test_cli_tail_curve_and_its_refusals(figure_trees, tmp_path, capsys):
     assert "Tail cost by imbalance" in capsys.readouterr().out
     shares = json.loads((tmp_path / "o" / "tail_curve.json").read_text())["points"][0]["shares"]
     assert [s["system"] for s in shares] == ["cnaam"]
-    assert main(["tail-curve", "--run", f"scratch:10={root / 'scratch10'}", "--systems", "aam", "--out",
+    assert main(["tail-curve", "--run", f"scratch:10={root / 'scratch10'}", "--systems", "other", "--out",
                  str(tmp_path / "o1")]) == 0
     point = json.loads((tmp_path / "o1" / "tail_curve.json").read_text())["points"][0]
     assert point["shares"] == [] and point["n_runs"] == 6 and "Share of the tail cost" not in capsys.readouterr().out

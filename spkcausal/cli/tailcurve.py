@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", default="cosine", help="scoring variant the cost is of (default cosine)")
     p.add_argument("--baseline", help="the baseline system's name, where a dir holds controls of several")
     p.add_argument("--systems", nargs="+", metavar="SYSTEM",
-                   help="only these systems' runs (run.json system, e.g. aam cnaam) beside the baseline's and the "
-                        "controls, for their shares (default: every run of each DIR)")
+                   help="only these systems' runs (run.json system, e.g. cnaam) beside the controls and the systems "
+                        "they control, for their shares (default: every run of each DIR)")
     p.add_argument("--p-target", type=finite_float, default=0.01, help="minDCF's prior (default 0.01)")
     p.add_argument("--bootstrap", type=positive_int, default=1000,
                    help="resamples of the one-seed and session-half intervals (default 1000)")

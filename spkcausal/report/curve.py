@@ -86,14 +86,15 @@ def parse_spec(text: str) -> CurveSpec:
 def protocol_runs(exp_root: PathLike, systems: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
     """(the run dirs of an experiments dir that have results, those that have run.json but no results yet);
     a run is a subdir with run.json (experiments.runs), in name order; with `systems`, only the runs of those
-    systems (run.json's system) and the controls."""
+    systems (run.json's system), the controls and the systems they control."""
     root = Path(exp_root)
     if not root.is_dir():
         raise DataError("not a directory of experiments", root)
     runs = sorted(p for p in root.iterdir() if (p / RUN_FILE).is_file())
     if systems is not None:
-        keep = set(systems)
-        runs = [p for p in runs if (rec := read_run(p)) is not None and (rec.control or rec.system in keep)]
+        recs = {p: read_run(p) for p in runs}
+        keep = set(systems) | {r.base for r in recs.values() if r is not None and r.control}
+        runs = [p for p, r in recs.items() if r is not None and (r.control or r.system in keep)]
     return [p for p in runs if (p / RESULTS_FILE).is_file()], [p for p in runs if not (p / RESULTS_FILE).is_file()]
 
 
@@ -160,8 +161,7 @@ def curve_point(spec: CurveSpec, out_dir: Path, opts: CurveOptions = CurveOption
                 iv: Intervals = DEFAULT_INTERVALS) -> dict:
     """One point of the curve (module docstring), its paths relative to `out_dir`."""
     variant = opts.variant
-    have, pending = protocol_runs(spec.path, None if opts.systems is None else
-                                  (*opts.systems, *((opts.baseline,) if opts.baseline else ())))
+    have, pending = protocol_runs(spec.path, opts.systems)
     if not have:
         raise DataError("no run with results (a subdir with run.json and results.json)", spec.path)
     tde = "tde" if variant == "cosine" else f"tde_{variant}"
