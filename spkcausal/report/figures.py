@@ -22,7 +22,7 @@ from ..utils import atomic_path
 from .tables import group_runs, run_labels, run_parents
 
 __all__ = ["EER_PANELS", "DIFF_PANELS", "FIGURES", "eer_items", "difference_items", "draw_panels",
-           "selected_differences", "write_figures"]
+           "selected_differences", "save_figure", "write_figures"]
 
 EER_PANELS = [("eer", "Held-out EER (%)"), ("seen_eer_many", "Seen Many EER (%)"),
               ("seen_eer_medium", "Seen Medium EER (%)"), ("seen_eer_few", "Seen Few EER (%)")]
@@ -142,7 +142,8 @@ def draw_panels(fig: Any, items: Sequence[dict], panels: Sequence[tuple[str, str
     return drawn
 
 
-def _save(fig: Any, out: Path) -> None:
+def save_figure(fig: Any, out: Path) -> None:
+    """Render a matplotlib Figure on the Agg canvas into `out` (PNG), atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -174,7 +175,7 @@ def write_figures(rows: Sequence[Mapping], summary: Mapping, out_dir: Path, iv: 
             continue
         fig = _figure(len(items), len({c for it in items for c in it["cols"]}), per_row)
         drawn = draw_panels(fig, items, panels, title, zero, dots=several)
-        _save(fig, out_dir / FIGURES[name])
+        save_figure(fig, out_dir / FIGURES[name])
         out[name] = {"path": str(out_dir / FIGURES[name]), "drawn": drawn}
     if several and (eer or diff):
         from matplotlib.figure import Figure, SubFigure
@@ -193,6 +194,6 @@ def write_figures(rows: Sequence[Mapping], summary: Mapping, out_dir: Path, iv: 
         if diff:
             drawn["differences"] = draw_panels(sub[-1], diff, DIFF_PANELS, "Paired differences: every seed "
                                                "(dots), mean with 95% t-interval over seeds", True, dots=True)
-        _save(fig, out_dir / FIGURES["seeds"])
+        save_figure(fig, out_dir / FIGURES["seeds"])
         out["seeds"] = {"path": str(out_dir / FIGURES["seeds"]), "drawn": drawn}
     return out

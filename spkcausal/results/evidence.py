@@ -33,8 +33,8 @@ from ..scoring.pairing import resampling_groups
 from ..utils import DataError
 from .store import need
 
-__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "row_figures", "paired_differences",
-           "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
+__all__ = ["COLUMNS", "verification_with_ci", "seen_verification", "seen_group_figures", "sorted_scores", "row_figures",
+           "paired_differences", "seed_summary", "t_interval", "N_BOOT", "LEVEL", "Intervals", "DEFAULT_INTERVALS"]
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -63,7 +63,7 @@ def _key(p: float | str) -> str:
     return f"{float(p):g}"
 
 
-def _scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sorted_scores(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(enroll, test, scores, labels) of a labelled score file, sorted by (enroll, test) so that two files of
     the same trials line up; cached per (path, modification time)."""
     try:
@@ -116,7 +116,7 @@ def verification_with_ci(score_file: str, utt2spk: str | None = None, p_targets:
     """EER / minDCF of a labelled score file with intervals from resampling enrolment speakers (`utt2spk`
     maps enrolment keys to speakers; a key it lacks is its own unit); `llr`: the scores are calibrated
     log-likelihood ratios, and Cllr, minCllr and actDCF are added."""
-    enroll, _, scores, labels = _scores(str(score_file))
+    enroll, _, scores, labels = sorted_scores(str(score_file))
     spk = _enroll_speakers(enroll, utt2spk)
     res = bootstrap_verification(scores, labels, spk, n_boot, level, p_targets, seed)
     out = {**_ci_dict(res, p_targets), "utt2spk": str(utt2spk) if utt2spk else None, "n_boot": n_boot,
@@ -147,11 +147,24 @@ def seen_verification(score_file: str, utt2spk: str, train_data: str, many: int,
                       seed: int = 0) -> dict:
     """EER / minDCF of a seen-speaker list per shot group of the enrolment speaker
     (metrics.shot_group_verification), each with an interval from resampling the group's enrolment speakers."""
-    enroll, _, scores, labels = _scores(str(score_file))
+    enroll, _, scores, labels = sorted_scores(str(score_file))
+    groups = seen_group_figures(enroll, scores, labels, utt2spk, train_data, many, few, p_targets, n_boot, level,
+                                seed)
+    return {"scores": str(Path(score_file).resolve()), "utt2spk": str(utt2spk), "train_data": str(train_data),
+            "thresholds": {"many": int(many), "few": int(few)}, "groups": groups, "n_boot": n_boot, "level": level,
+            "bootstrap_seed": seed, "unit": "enrolment speaker"}
+
+
+def seen_group_figures(enroll: np.ndarray, scores: np.ndarray, labels: np.ndarray, utt2spk: str, train_data: str,
+                       many: int, few: int, p_targets: Sequence[float] = (0.01, 0.05), n_boot: int = N_BOOT,
+                       level: float = LEVEL, seed: int = 0) -> dict:
+    """seen_verification's `groups` for trials given as arrays (a part of a list, such as a session half): per
+    shot group EER / minDCF with intervals, or only the trial counts where the group lacks targets or
+    non-targets, or None where it has no trial."""
     spk, grp = _seen_groups(enroll, utt2spk, train_data, many, few)
     counts = _train_counts(train_data)
-    point = shot_group_verification(scores, labels, np.array([counts[s] for s in spk.tolist()]), p_targets, many,
-                                     few)
+    point = shot_group_verification(scores, labels, np.array([counts[s] for s in spk.tolist()], dtype=np.int64),
+                                     p_targets, many, few)
     groups: dict = {}
     for g in GROUPS:
         sel = grp == g
@@ -162,9 +175,7 @@ def seen_verification(score_file: str, utt2spk: str, train_data: str, many: int,
         res = bootstrap_verification(scores[sel], labels[sel], spk[sel], n_boot, level, p_targets, seed)
         groups[g] = _ci_dict(res, p_targets)
         groups[g]["eer"], groups[g]["min_dcf"] = point[g]["eer"], {_key(p): point[g]["min_dcf"][p] for p in p_targets}
-    return {"scores": str(Path(score_file).resolve()), "utt2spk": str(utt2spk), "train_data": str(train_data),
-            "thresholds": {"many": int(many), "few": int(few)}, "groups": groups, "n_boot": n_boot, "level": level,
-            "bootstrap_seed": seed, "unit": "enrolment speaker"}
+    return groups
 
 
 def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float | None, list | None]]:
@@ -194,8 +205,8 @@ def row_figures(row: Mapping, p_target: float = 0.01) -> dict[str, tuple[float |
 def _aligned(path_a: str, path_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(enroll, scores A, scores B, labels) when both files hold the same labelled trials, else None (two lists:
     no paired difference)."""
-    ea, ta, sa, la = _scores(path_a)
-    eb, tb, sb, lb = _scores(path_b)
+    ea, ta, sa, la = sorted_scores(path_a)
+    eb, tb, sb, lb = sorted_scores(path_b)
     if len(ea) != len(eb) or (ea != eb).any() or (ta != tb).any() or (la != lb).any():
         return None
     return ea, sa, sb, la
