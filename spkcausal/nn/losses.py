@@ -8,9 +8,8 @@ to the logits inside the loss only: the head, its eval logits and the embeddings
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
+from ..schema import Range, coerce
 from ..utils import UsageError
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
@@ -116,14 +116,7 @@ class WeightedLoss(nn.Module):
 
 def _number(value: Any, key: str, minimum: float | None = None) -> float:
     """A finite float loss option (`loss.<key>`), or a UsageError naming it."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"loss.{key}: expected a number, got {value!r}") from None
-    if not math.isfinite(out) or (minimum is not None and out < minimum):
-        raise UsageError(f"loss.{key}: expected a finite number{'' if minimum is None else f' >= {minimum}'}, "
-                         f"got {value!r}")
-    return out
+    return coerce(value, float if minimum is None else Annotated[float, Range(minimum)], f"loss.{key}")
 
 
 def _weighted_loss(gamma: float, weighting: str | None, class_counts: Any, beta: float, label_smoothing: float,
@@ -131,9 +124,7 @@ def _weighted_loss(gamma: float, weighting: str | None, class_counts: Any, beta:
     """WeightedLoss with class weights from `class_counts` when a weighting scheme is named (DRW without one uses
     the effective number, as Cao et al.) and the tau * log prior offset when `logit_adjust` is set."""
     if drw_epoch is not None:
-        if isinstance(drw_epoch, bool) or _number(drw_epoch, "drw_epoch", 0) != int(drw_epoch):
-            raise UsageError(f"loss.drw_epoch: expected an integer epoch >= 0, got {drw_epoch!r}")
-        drw_epoch = int(drw_epoch)
+        drw_epoch = coerce(drw_epoch, Annotated[int, Range(0)], "loss.drw_epoch")
         weighting = weighting or "effective_number"
     weight = offset = None
     if weighting is not None:
