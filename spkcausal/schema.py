@@ -120,7 +120,7 @@ def describe(hint: Any) -> str:
             members.remove(int)
         return " or ".join(describe(a) for a in members) + (" or null" if type(None) in args else "")
     if origin is Literal:
-        return "one of " + ", ".join(_yaml_word(a) for a in args)
+        return _yaml_word(args[0]) if len(args) == 1 else "one of " + ", ".join(_yaml_word(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {_plural(args[0]) if args else 'values'}"
     if origin is dict or dataclasses.is_dataclass(hint):

@@ -244,3 +244,14 @@ def test_head_keys_take_the_one_check_with_the_scale_alias():
         assert str(err.value) == message
     with pytest.raises(UsageError, match=r"^config key head.feature_norm: expected one of l2, capsule, got 'sq'$"):
         build_head("causal_norm_aam", 8, 4, feature_norm="sq")
+
+
+def test_loss_options_are_refused_by_the_config_check_before_any_data_is_read():
+    # logit_adjust / drw_epoch were typed Any: a wrong value reached the trainer's build_loss, after the audio scan
+    from spkcausal.nn.network import check_components
+
+    for loss, message in (({"logit_adjust": "strong"}, "config key loss.logit_adjust: expected a number or null"),
+                          ({"drw_epoch": 1.5}, "config key loss.drw_epoch: expected an integer >= 0 or null")):
+        with pytest.raises(UsageError) as err:
+            check_components(merge_defaults({"model": {"name": "resnet_tiny"}, "loss": {"name": "ce", **loss}}))
+        assert str(err.value).startswith(message)
