@@ -160,6 +160,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         return dict(value) if isinstance(value, Mapping) else _FAIL
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, hint):  # given by code, already built
+            return value
         return mapping_of(hint, value, key, defaults=False) if isinstance(value, Mapping) else _FAIL
     if hint is type(None):
         return None if value is None else _FAIL

@@ -71,6 +71,7 @@ def _typed_keys() -> list[tuple[str, Any]]:
 KEYS = _typed_keys()
 
 
+
 def _parts(hint: Any) -> tuple[Any, list[Any]]:
     """(base type, metadata) of a possibly Annotated hint."""
     if typing.get_origin(hint) is Annotated:
@@ -127,8 +128,8 @@ def _refused(hint: Any) -> st.SearchStrategy:
     pool = [st.dictionaries(st.text(max_size=3), st.integers(), min_size=1, max_size=2)]
     if not any(typing.get_origin(b) is list for b in bases):
         pool.append(st.lists(st.integers(), min_size=1, max_size=2))
-    if bool not in bases:
-        pool.append(st.booleans())
+    if bool not in bases:  # a Literal may hold false (head.class_margins)
+        pool.append(st.booleans().filter(lambda b: not any(type(b) is type(c) and b == c for c in _choices(bases))))
     if str not in bases:
         pool.append(words)
     if not optional:
@@ -180,6 +181,59 @@ def test_every_typed_key_refuses_another_kind_naming_section_and_key(data):
     msg = str(err.value)
     assert msg.startswith(f"config key {key}: expected ") and msg.endswith(f", got {value!r}"), msg
     assert "\n" not in msg
+
+
+def _simple(hint: Any) -> bool:
+    """Whether the strategies below can draw values of `hint` (scalars, Literal, a list of floats, unions of them)."""
+    members, _ = _members(hint)
+    for m in members:
+        base, _ = _parts(m)
+        if not (base in (int, float, bool, str) or typing.get_origin(base) in (Literal, list)):
+            return False
+    return True
+
+
+def _builder_keys() -> list[tuple[str, Any, Any]]:
+    """(section.key, annotation, builder) of every annotated builder argument a config section can set."""
+    from spkcausal.nn.encoder_losses import ENCODER_LOSSES
+    from spkcausal.nn.heads import HEADS
+    from spkcausal.nn.losses import LOSSES
+    from spkcausal.registry import builder_hints
+
+    out = []
+    for section, registry, fixed in (("head", HEADS, {"embed_dim", "num_classes"}), ("loss", LOSSES, set()),
+                                     ("encoder_loss", ENCODER_LOSSES, set())):
+        for name in registry.names():
+            entry = registry.get(name)
+            out += [(f"{section}.{k}", h, entry) for k, h in builder_hints(entry).items()
+                    if k not in fixed and _simple(h)]
+    return out
+
+
+BUILDER_KEYS = _builder_keys()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_every_annotated_builder_argument_admits_its_type_and_refuses_another_kind(data):
+    from spkcausal.registry import check_kwargs
+
+    key, hint, entry = data.draw(st.sampled_from(BUILDER_KEYS))
+    section, _, sub = key.partition(".")
+    value = data.draw(_admitted(hint))
+    out = check_kwargs(entry, {sub: value}, section)[sub]
+    assert out == value and (type(out) is type(value) or isinstance(value, int) and type(out) is float), (key, value)
+    wrong = data.draw(_refused(hint))
+    with pytest.raises(UsageError) as err:
+        check_kwargs(entry, {sub: wrong}, section)
+    assert str(err.value).startswith(f"config key {key}: expected ") and str(err.value).endswith(f", got {wrong!r}")
+
+
+def test_the_builder_keys_drawn_cover_the_options_that_had_their_own_checks():
+    keys = {k for k, _, _ in BUILDER_KEYS}
+    assert {"head.subcenters", "head.class_margins", "head.feature_norm", "head.num_heads", "head.momentum",
+            "head.reach_scale", "encoder_loss.k", "encoder_loss.queue_size", "encoder_loss.temperature",
+            "loss.drw_epoch", "loss.logit_adjust"} <= keys
 
 
 # ------------------------------------------------------------------ builders: the same check, by their annotations
