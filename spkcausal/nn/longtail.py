@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -42,7 +42,6 @@ class FeatureTransferKeys:
 
 
 FeatureTransferOption = FeatureTransferKeys | bool | None
-FT_KEYS = tuple(f.name for f in fields(FeatureTransferKeys))
 
 
 def class_margins_option(value: Any) -> str | None:
@@ -52,8 +51,8 @@ def class_margins_option(value: Any) -> str | None:
 
 
 def feature_transfer_options(value: Any) -> dict[str, Any] | None:
-    """`head.feature_transfer` (null / false: off, true: defaults, or a mapping of FT_KEYS) as FeatureTransfer's
-    options, None when off; a key or value out of place is a UsageError naming it."""
+    """`head.feature_transfer` (null / false: off, true: defaults, or a mapping of FeatureTransferKeys' fields) as
+    FeatureTransfer's options, None when off; a key or value out of place is a UsageError naming it."""
     value = coerce(value, FeatureTransferOption, "head.feature_transfer")
     if value is None or value is False:
         return None
