@@ -309,3 +309,11 @@ def test_loss_options_are_refused_by_the_config_check_before_any_data_is_read():
         with pytest.raises(UsageError) as err:
             check_components(merge_defaults({"model": {"name": "resnet_tiny"}, "loss": {"name": "ce", **loss}}))
         assert str(err.value).startswith(message)
+
+
+def test_the_schedule_check_reads_drw_epoch_as_the_loss_takes_it():
+    # a quoted epoch slipped past the numeric comparison and never applied; the loss's annotation makes it 5
+    from spkcausal.nn.network import check_schedule
+
+    with pytest.raises(UsageError, match=r"^config key loss.drw_epoch: 5 is at or past the last epoch"):
+        check_schedule(merge_defaults({"loss": {"name": "ce", "drw_epoch": "5"}, "train": {"epochs": 3}}))
