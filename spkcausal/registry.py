@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
-import types
-import typing
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
+from .schema import Range, coerce, field_hints
 from .utils import UsageError
 
 T = TypeVar("T")
@@ -46,10 +44,10 @@ class Registry(Generic[T]):
             raise UsageError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}") from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the entry registered under `name` with the given arguments (config values type-checked)."""
+        """Call the entry registered under `name` with the given arguments (keyword values coerced by its
+        annotations: `check_kwargs`)."""
         entry = self.get(name)
-        check_kwargs(entry, kwargs, self.kind)
-        return entry(*args, **kwargs)  # type: ignore[operator]
+        return entry(*args, **check_kwargs(entry, kwargs, self.kind))  # type: ignore[operator]
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -64,35 +62,21 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-def _fits(default: Any, value: Any) -> str | None:
-    """None when `value` has the kind of `default` (bool, int >= 1 where the default is, finite number),
-    else the expectation in words."""
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else "true or false"
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            return "an integer"
-        return "an integer >= 1" if default >= 1 and value < 1 else None
-    if isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else "a finite number"
-    if isinstance(default, str):
-        return None if isinstance(value, str) else "a string"
-    return None
+def _target(entry: Any) -> Any:
+    """The callable a builder's **kwargs are passed on to (its `forwards_to`, imported if named as 'module:name'),
+    None if it has none."""
+    target = getattr(entry, "forwards_to", None)
+    if isinstance(target, str):  # named lazily: e.g. speechbrain's class, imported only when asked
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    return target
 
 
-def _admitted(entry: Any) -> dict[str, frozenset[Any]]:
-    """Per annotated parameter of a builder, the types its annotation admits (`float | str` -> {float, str};
-    `Any` -> {object}), evaluated, not read as text; {} when the annotations cannot be evaluated."""
+def _params(entry: Any) -> dict[str, inspect.Parameter] | None:
     try:
-        hints = typing.get_type_hints(entry.__init__ if inspect.isclass(entry) else entry)
-    except Exception:  # noqa: BLE001 - a name only imported for type checking: judge by defaults alone
-        return {}
-    out = {}
-    for name, hint in hints.items():
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        out[name] = frozenset(object if a is Any else a for a in args)
-    return out
+        return dict(inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -101,16 +85,12 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 def accepted_keys(entry: Any) -> set[str] | None:
     """The keyword names a builder takes, following its `forwards_to` (the callable, or 'module:name' of it, that
     its **kwargs are passed on to); None when they cannot be known (a **kwargs forwarded to nobody named)."""
-    try:
-        params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
-    except (TypeError, ValueError):
+    params = _params(entry)
+    if params is None:
         return None
     names = {n for n, p in params.items() if p.kind in _NAMED and n != "self"}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        target = getattr(entry, "forwards_to", None)
-        if isinstance(target, str):  # named lazily: e.g. speechbrain's class, imported only when asked
-            module, _, attr = target.partition(":")
-            target = getattr(importlib.import_module(module), attr)
+        target = _target(entry)
         more = None if target is None else accepted_keys(target)
         if more is None:
             return None
@@ -118,28 +98,47 @@ def accepted_keys(entry: Any) -> set[str] | None:
     return names
 
 
-def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str) -> None:
-    """A config key the builder does not take (a typo: `model.embed_dims`), or a value of the wrong kind for one of
-    its parameters (judged by its default: `embed_dim=abc`, `scale=true`, `channels=0`), is a UsageError naming
-    `section.key`, before torch meets it."""
+def _kind_of_default(default: Any) -> Any:
+    """The annotation an unannotated parameter is judged by, from its default (as before annotations were read):
+    true/false, an integer (>= 1 where the default is), a number, a string; None (not judged) otherwise."""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return Annotated[int, Range(1)] if default >= 1 else int
+    return {float: float, str: str}.get(type(default))
+
+
+def builder_hints(entry: Any) -> dict[str, Any]:
+    """Per keyword a builder takes, the annotation its value is coerced by (following `forwards_to` for what its
+    **kwargs reach); an unannotated parameter is judged by its default's kind, or not at all."""
+    params = _params(entry) or {}
+    hints = field_hints(entry)
+    out = {}
+    for name, p in params.items():
+        if p.kind not in _NAMED or name == "self":
+            continue
+        hint = hints.get(name)
+        if hint is None and p.default is not inspect.Parameter.empty and p.default is not None:
+            hint = _kind_of_default(p.default)
+        if hint is not None:
+            out[name] = hint
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        target = _target(entry)
+        if target is not None:
+            skip = set(out) | set(getattr(entry, "forwards_except", ()))
+            out.update({k: v for k, v in builder_hints(target).items() if k not in skip})
+    return out
+
+
+def check_kwargs(entry: Any, kwargs: dict[str, Any], section: str, fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`kwargs` coerced by the builder's annotations (spkcausal.schema.coerce); a config key the builder does not
+    take (a typo: `model.embed_dims`; the `fixed` ones its caller sets itself) or a value of the wrong kind
+    (`embed_dim=abc`, `scale=true`, `channels=0`) is a UsageError naming `section.key`, before torch meets it."""
     names = accepted_keys(entry)
-    unknown = sorted(set(kwargs) - names) if names is not None else []
-    if unknown:
-        raise UsageError(f"unknown config key {section}.{unknown[0]}; expected one of {', '.join(sorted(names))}")
-    try:
-        params = inspect.signature(entry.__init__ if inspect.isclass(entry) else entry).parameters
-    except (TypeError, ValueError):
-        return
-    admitted = _admitted(entry)
-    for key, value in kwargs.items():
-        param = params.get(key)
-        if param is None or param.default is inspect.Parameter.empty or param.default is None:
-            continue
-        kinds = admitted.get(key, frozenset())
-        if isinstance(value, str) and kinds & {str, object}:  # e.g. momentum: float | str ('auto'); Any
-            continue
-        if value is None and kinds & {type(None), object}:  # e.g. oltr's stage1_epochs: float | int | None
-            continue
-        want = _fits(param.default, value)
-        if want is not None:
-            raise UsageError(f"config key {section}.{key}: expected {want}, got {value!r}")
+    if names is not None:
+        names -= set(fixed)
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise UsageError(f"unknown config key {section}.{unknown[0]}; expected one of {', '.join(sorted(names))}")
+    hints = builder_hints(entry)
+    return {k: (coerce(v, hints[k], f"{section}.{k}") if k in hints else v) for k, v in kwargs.items()}

@@ -182,7 +182,7 @@ def test_feature_transfer_spreads_tail_features_like_the_head_and_is_off_at_eval
 
 
 def test_head_options_reject_typos_and_wrong_types():
-    cases = [({"subcentres": 3}, "subcentres"), ({"subcenters": "3"}, "subcenters"),
+    cases = [({"subcentres": 3}, "subcentres"), ({"subcenters": "three"}, "subcenters"),
              ({"subcenters": 0}, "subcenters"), ({"class_margins": "ldan"}, "class_margins"),
              ({"feature_transfer": {"strenght": 1.0}}, "strenght"), ({"feature_transfer": 3}, "feature_transfer"),
              ({"feature_transfer": {"strength": 2.0}}, "strength"),

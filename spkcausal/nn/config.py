@@ -1,161 +1,169 @@
-"""Training configs: the schema (DEFAULTS, every key, and TYPES, what each key of the fixed sections holds;
-docs/training.md explains them), YAML loading and `key.sub=value` command-line overrides. `merge_defaults` types
-every fixed key once, so readers take `cfg[...]` as it is. The merged config is saved with every experiment."""
+"""Training configs: the schema (`Config`, one frozen dataclass per fixed section, whose annotations say what each
+key holds and whose defaults are DEFAULTS; docs/training.md explains them), YAML loading and `key.sub=value`
+command-line overrides. A config stays a plain nested dict (`cfg["train"]["epochs"]`, config.yaml);
+`merge_defaults` types every fixed key once through the annotations (spkcausal.schema.coerce), so readers take
+`cfg[...]` as it is. The merged config is saved with every experiment."""
 from __future__ import annotations
 
 import copy
-import math
 import os
+import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
+from ..schema import AtLeast1, NonNegative, Positive, Probs, Range, coerce, field_hints
 from ..utils import DataError, PathLike, UsageError, write_text_atomic
 
-DEFAULTS: dict[str, Any] = {
-    "exp_dir": None,
-    "seed": 42,
-    "data": {"train": None, "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
-             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None, "shuffle_buffer": 1000,
-             "shard_streams": None},
-    "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
-    "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
-                "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,
-                "group_many": 100, "group_few": 20},
-    "model": {"name": "ecapa512"},
-    "head": {"name": "aam"},  # other keys go to the head class (AAM defaults: scale 32, margin 0.2)
-    "loss": {"name": "ce"},
-    "encoder_loss": {"name": "none"},  # other keys go to the term's class (spkcausal.nn.encoder_losses)
-    "sampler": {"name": "natural", "num_samples": None, "utts_per_speaker": 2},
-    "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
-              "weight_decay": 1.0e-4, "grad_clip": 0.0},
-    "margin": {"start_epoch": 20, "end_epoch": 40},
-    "train": {"epochs": 150, "batch_size": 128, "precision": "bf16", "device": "auto", "ckpt_every_steps": 1000,
-              "keep_last": 3, "keep_epochs": 0, "log_every": 50, "tensorboard": True, "progress": True,
-              "init_from": None, "init_head": False, "dist_timeout": 1800},
-}
+Precision = Literal["bf16", "fp16", "fp32"]
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+# The kinds of value the fixed sections hold (bounds as Annotated metadata: spkcausal.schema).
+PathText = str | None  # a path, kept as text in the saved config
+Count = Annotated[int, Range(0)]
 
 
 @dataclass(frozen=True)
-class Key:
-    """What one config key holds: kind 'int' | 'float' | 'bool' | 'str' | 'probs' ([many, medium, few]), an
-    optional lower bound (`gt`: strict), upper bound and set of choices, and whether null is allowed."""
+class Data:
+    """`data`: the training data dir (or shards) and how it is read."""
 
-    kind: str
-    minimum: float | None = None
-    gt: bool = False
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    optional: bool = False
-
-    def describe(self) -> str:
-        """The expectation in words, for error messages."""
-        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                "probs": "[many, medium, few] probabilities in [0, 1]"}[self.kind]
-        if self.choices:
-            what = f"one of {', '.join(self.choices)}"
-        if self.minimum is not None:
-            what += f" {'>' if self.gt else '>='} {self.minimum:g}"
-        if self.maximum is not None:
-            what += f" <= {self.maximum:g}"
-        return what + (" or null" if self.optional else "")
-
-    def coerce(self, value: Any, key: str) -> Any:
-        """`value` typed (numeric strings such as YAML's '1e-4' become numbers), or a UsageError naming `key`."""
-        if value is None and self.optional:
-            return None
-        out = _COERCE[self.kind](value)
-        ok = out is not None and (not self.choices or out in self.choices)
-        if ok and self.minimum is not None:
-            ok = out > self.minimum if self.gt else out >= self.minimum
-        if ok and self.maximum is not None:
-            ok = out <= self.maximum
-        if not ok:
-            raise UsageError(f"config key {key}: expected {self.describe()}, got {value!r}")
-        return out
+    train: PathText = None
+    sample_rate: AtLeast1 = 16000
+    chunk_seconds: Positive = 2.0
+    min_seconds: NonNegative = 0.5
+    num_workers: Count = 4
+    prefetch_factor: AtLeast1 = 4
+    pin_memory: bool = True
+    scan_threads: AtLeast1 = 8
+    shards: PathText = None
+    shuffle_buffer: AtLeast1 = 1000
+    shard_streams: AtLeast1 | None = None
 
 
-def _as_int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    f = _as_float(v)
-    return int(f) if f is not None and f.is_integer() else None
+@dataclass(frozen=True)
+class Features:
+    """`features`: the front-end; keys beyond these pass on to the front-end's class."""
+
+    OPEN: ClassVar[bool] = True
+    frontend: str = "kaldi"
+    n_mels: AtLeast1 = 80
+    dither: NonNegative = 0.0
 
 
-def _as_float(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    try:
-        f = float(v) if isinstance(v, (int, float, str)) else None
-    except ValueError:
-        return None
-    return f if f is not None and math.isfinite(f) else None
+@dataclass(frozen=True)
+class Augment:
+    """`augment`: speed perturbation, MUSAN noise, RIRs, and their tail-aware group probabilities."""
+
+    speed_perturb: bool = False
+    musan: PathText = None
+    rirs: PathText = None
+    prob: Annotated[float, Range(0, 1)] = 0.6
+    musan_max_seconds: Positive = 10.0
+    rir_max_seconds: Positive = 2.0
+    group_prob: Probs | None = None
+    group_speed: Probs | None = None
+    group_many: Count = 100
+    group_few: Count = 20
 
 
-def _as_bool(v: Any) -> bool | None:
-    return v if isinstance(v, bool) else None
+@dataclass(frozen=True)
+class Sampler:
+    """`sampler`: which utterances make a batch."""
+
+    name: str = "natural"
+    num_samples: AtLeast1 | None = None
+    utts_per_speaker: AtLeast1 = 2
 
 
-def _as_str(v: Any) -> str | None:
-    return str(v) if isinstance(v, (str, os.PathLike)) else None
+@dataclass(frozen=True)
+class Optim:
+    """`optim`: SGD and its warm-up / exponential-decay learning rate."""
+
+    lr: Positive = 0.1
+    final_lr: Positive = 5.0e-5
+    warmup_epochs: NonNegative = 6
+    momentum: NonNegative = 0.9
+    nesterov: bool = True
+    weight_decay: NonNegative = 1.0e-4
+    grad_clip: NonNegative | None = 0.0
 
 
-def _as_probs(v: Any) -> list[float] | None:
-    """Three probabilities [Many, Medium, Few] (tail-aware augmentation)."""
-    if not isinstance(v, (list, tuple)) or len(v) != 3:
-        return None
-    out = [_as_float(x) for x in v]
-    return out if all(x is not None and 0.0 <= x <= 1.0 for x in out) else None
+@dataclass(frozen=True)
+class Margin:
+    """`margin`: the margin schedule of margin heads (ramped between the two epochs)."""
+
+    start_epoch: NonNegative = 20
+    end_epoch: NonNegative = 40
 
 
-_COERCE = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str, "probs": _as_probs}
-_PATH = Key("str", optional=True)
-_POS, _COUNT = Key("float", 0, gt=True), Key("int", 0)
-_GROUP_PROBS = Key("probs", optional=True)
+@dataclass(frozen=True)
+class Train:
+    """`train`: the run's length, batch, precision, checkpoints and logging."""
 
-TYPES: dict[str, Any] = {
-    "exp_dir": _PATH,
-    "seed": Key("int"),
-    "data": {"train": _PATH, "sample_rate": Key("int", 1), "chunk_seconds": _POS, "min_seconds": Key("float", 0),
-             "num_workers": _COUNT, "prefetch_factor": Key("int", 1), "pin_memory": Key("bool"),
-             "scan_threads": Key("int", 1), "shards": _PATH, "shuffle_buffer": Key("int", 1),
-             "shard_streams": Key("int", 1, optional=True)},
-    "features": {"frontend": Key("str"), "n_mels": Key("int", 1), "dither": Key("float", 0)},
-    "augment": {"speed_perturb": Key("bool"), "musan": _PATH, "rirs": _PATH, "prob": Key("float", 0, maximum=1),
-                "musan_max_seconds": _POS, "rir_max_seconds": _POS, "group_prob": _GROUP_PROBS,
-                "group_speed": _GROUP_PROBS, "group_many": _COUNT, "group_few": _COUNT},
-    "sampler": {"name": Key("str"), "num_samples": Key("int", 1, optional=True), "utts_per_speaker": Key("int", 1)},
-    "optim": {"lr": _POS, "final_lr": _POS, "warmup_epochs": Key("float", 0), "momentum": Key("float", 0),
-              "nesterov": Key("bool"), "weight_decay": Key("float", 0), "grad_clip": Key("float", 0, optional=True)},
-    "margin": {"start_epoch": Key("float", 0), "end_epoch": Key("float", 0)},
-    "train": {"epochs": Key("int", 1), "batch_size": Key("int", 1), "precision": Key("str", choices=PRECISIONS),
-              "device": Key("str"), "ckpt_every_steps": _COUNT, "keep_last": _COUNT, "keep_epochs": _COUNT,
-              "log_every": _COUNT, "tensorboard": Key("bool"), "progress": Key("bool"), "init_from": _PATH,
-              "init_head": Key("bool"), "dist_timeout": Key("float", 0, gt=True, optional=True)},
-}
+    epochs: AtLeast1 = 150
+    batch_size: AtLeast1 = 128
+    precision: Precision = "bf16"
+    device: str = "auto"
+    ckpt_every_steps: Count = 1000
+    keep_last: Count = 3
+    keep_epochs: Count = 0
+    log_every: Count = 50
+    tensorboard: bool = True
+    progress: bool = True
+    init_from: PathText = None
+    init_head: bool = False
+    dist_timeout: Annotated[float, Range(0, gt=True)] | None = 1800
+
+
+def _named(name: str) -> Any:
+    return field(default_factory=lambda: {"name": name})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A training config: its sections in the order config.yaml lists them. model / head / loss / encoder_loss
+    pass their keys other than `name` to the built class (checked against its signature: spkcausal.registry)."""
+
+    exp_dir: PathText = None
+    seed: int = 42
+    data: Data = field(default_factory=Data)
+    features: Features = field(default_factory=Features)
+    augment: Augment = field(default_factory=Augment)
+    model: dict[str, Any] = _named("ecapa512")
+    head: dict[str, Any] = _named("aam")  # AAM defaults: scale 32, margin 0.2
+    loss: dict[str, Any] = _named("ce")
+    encoder_loss: dict[str, Any] = _named("none")  # spkcausal.nn.encoder_losses
+    sampler: Sampler = field(default_factory=Sampler)
+    optim: Optim = field(default_factory=Optim)
+    margin: Margin = field(default_factory=Margin)
+    train: Train = field(default_factory=Train)
+
+
+_HINTS = field_hints(Config)
+_SECTIONS: dict[str, type] = {name: hint for name, hint in _HINTS.items()
+                              if isinstance(hint, type) and is_dataclass(hint)}
+
+# The defaults as a plain nested dict (what a config is in memory and in config.yaml).
+DEFAULTS: dict[str, Any] = asdict(Config())
+# What every typed key holds: top-level keys map to their annotation, sections to {key: annotation}.
+TYPES: dict[str, Any] = {name: (field_hints(_SECTIONS[name]) if name in _SECTIONS else hint)
+                         for name, hint in _HINTS.items() if name in _SECTIONS or typing.get_origin(hint) is not dict}
+# Sections whose keys are fixed; model / head / loss / encoder_loss / features pass theirs on to the built class.
+_FIXED_SECTIONS = tuple(name for name, cls in _SECTIONS.items() if not getattr(cls, "OPEN", False))
 
 
 def typed(cfg: dict[str, Any]) -> dict[str, Any]:
     """Type every key of TYPES in a merged config in place (and return it); a wrong value is a UsageError."""
     for name, spec in TYPES.items():
-        if isinstance(spec, Key):
-            cfg[name] = spec.coerce(cfg[name], name)
-        else:
+        if isinstance(spec, dict):
             section = cfg[name]
-            for key, kspec in spec.items():
-                section[key] = kspec.coerce(section[key], f"{name}.{key}")
+            for key, hint in spec.items():
+                section[key] = coerce(section[key], hint, f"{name}.{key}")
+        else:
+            cfg[name] = coerce(cfg[name], spec, name)
     return cfg
-
-
-# Sections whose keys are fixed; model / head / loss / features pass their keys on to the built class.
-_FIXED_SECTIONS = ("data", "augment", "sampler", "optim", "margin", "train")
 
 
 def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,10 +177,7 @@ def merge_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(DEFAULTS[section], dict) and not isinstance(value, Mapping):
             raise UsageError(f"config section {section!r} must be a mapping, got {value!r}")
     for section in _FIXED_SECTIONS:
-        value = cfg.get(section) or {}
-        if not isinstance(value, Mapping):
-            raise UsageError(f"config section {section!r} must be a mapping, got {value!r}")
-        bad = set(value) - set(DEFAULTS[section])
+        bad = set(cfg.get(section) or {}) - set(DEFAULTS[section])
         if bad:
             raise UsageError(f"unknown key(s) {sorted(bad)} in config section {section!r}; "
                              f"expected some of {sorted(DEFAULTS[section])}")
@@ -243,7 +248,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
 def _paths(path: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
     if path is None:
         return []
-    return [path] if isinstance(path, (str, Path)) else list(path)
+    return [path] if isinstance(path, (str, os.PathLike)) else list(path)
 
 
 def load_config(path: PathLike | Sequence[PathLike] | None, overrides: Iterable[str] = (),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
-from ..utils import UsageError
+from ..schema import AtLeast1, NonNegative, Positive, Range
 
 ENCODER_LOSSES: Registry[type[nn.Module]] = Registry("encoder_loss")
 NONE = "none"
@@ -74,21 +74,12 @@ def _fp32(x: Tensor) -> Any:
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _check(name: str, value: float, lo: float, hi: float | None = None, strict: bool = False) -> float:
-    value = float(value)
-    ok = (value > lo if strict else value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        raise UsageError(f"encoder_loss.{name}={value!r}; expected {'>' if strict else '>='} {lo:g}"
-                         + ("" if hi is None else f" and <= {hi:g}"))
-    return value
-
-
 class EncoderLoss(nn.Module):
     """Base: `weight` x term(embeddings, labels[, feats, extractor]); `last` keeps the unweighted term."""
 
-    def __init__(self, weight: float = 1.0):
+    def __init__(self, weight: NonNegative = 1.0):
         super().__init__()
-        self.weight = _check("weight", weight, 0.0)
+        self.weight = float(weight)
         self.last: Tensor | None = None
 
     def prepare(self, extractor: nn.Module) -> None:
@@ -122,7 +113,7 @@ def angular_prototypical(emb: Tensor, labels: Tensor, w: Tensor, b: Tensor) -> T
 class AngularPrototypical(EncoderLoss):
     """Angular prototypical loss with learnable scale and bias (Chung et al. 2020)."""
 
-    def __init__(self, weight: float = 1.0, init_scale: float = 10.0, init_bias: float = -5.0):
+    def __init__(self, weight: NonNegative = 1.0, init_scale: float = 10.0, init_bias: float = -5.0):
         super().__init__(weight)
         self.w = nn.Parameter(torch.tensor(float(init_scale)))
         self.b = nn.Parameter(torch.tensor(float(init_bias)))
@@ -150,11 +141,9 @@ def kpositive_contrastive(emb: Tensor, labels: Tensor, k: int, temperature: floa
 class KPositiveContrastive(EncoderLoss):
     """k-positive supervised contrastive loss (Kang et al. 2021)."""
 
-    def __init__(self, weight: float = 1.0, k: int = 1, temperature: float = 0.1):
+    def __init__(self, weight: NonNegative = 1.0, k: AtLeast1 = 1, temperature: Positive = 0.1):
         super().__init__(weight)
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise UsageError(f"encoder_loss.k={k!r}; expected a whole number >= 1")
-        self.k, self.temperature = int(k), _check("temperature", temperature, 0.0, strict=True)
+        self.k, self.temperature = int(k), float(temperature)
 
     def term(self, emb: Tensor, labels: Tensor, feats: Tensor, extractor: nn.Module) -> Tensor:
         """The k-positive contrastive loss of the batch."""
@@ -174,13 +163,10 @@ def _gather(x: Tensor) -> Tensor:
 class SemiSiamese(EncoderLoss):
     """Semi-siamese training: momentum extractor, FIFO queue of negatives, additive margin (Du et al. 2020)."""
 
-    def __init__(self, weight: float = 1.0, momentum: float = 0.999, queue_size: int = 4096, scale: float = 32.0,
-                 margin: float = 0.35):
+    def __init__(self, weight: NonNegative = 1.0, momentum: Annotated[float, Range(0, 1)] = 0.999,
+                 queue_size: AtLeast1 = 4096, scale: Positive = 32.0, margin: NonNegative = 0.35):
         super().__init__(weight)
-        self.m = _check("momentum", momentum, 0.0, 1.0)
-        if isinstance(queue_size, bool) or int(queue_size) != queue_size or queue_size < 1:
-            raise UsageError(f"encoder_loss.queue_size={queue_size!r}; expected a whole number >= 1")
-        self.scale, self.margin = _check("scale", scale, 0.0, strict=True), _check("margin", margin, 0.0)
+        self.m, self.scale, self.margin = float(momentum), float(scale), float(margin)
         self.queue_size = int(queue_size)
         self.momentum_encoder: nn.Module | None = None
         self.register_buffer("ready", torch.zeros((), dtype=torch.long))  # 1 once xi was copied from theta
@@ -269,24 +255,15 @@ class NeedsExtractor(Protocol):
 
 
 def check_encoder_loss(section: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The section's keyword arguments (None for name 'none'); an unknown name or key, or a value of the wrong
-    kind, is a UsageError naming it (before any data is read)."""
-    import inspect
-
+    """The section's keyword arguments, coerced by the term's annotations (None for name 'none'); an unknown name
+    or key, or a value of the wrong kind, is a UsageError naming it (before any data is read)."""
     from ..registry import check_kwargs
     from .config import section_kwargs
 
     name = section.get("name", NONE)
     if name in (None, NONE):
         return None
-    entry = ENCODER_LOSSES.get(name)
-    kwargs = section_kwargs(section)
-    allowed = set(inspect.signature(entry.__init__).parameters) - {"self"}
-    if set(kwargs) - allowed:
-        raise UsageError(f"unknown key(s) {sorted(set(kwargs) - allowed)} in config section 'encoder_loss' for "
-                         f"{name!r}; expected some of {sorted(allowed)}")
-    check_kwargs(entry, kwargs, "encoder_loss")
-    return kwargs
+    return check_kwargs(ENCODER_LOSSES.get(name), section_kwargs(section), "encoder_loss")
 
 
 def build_encoder_loss(section: Mapping[str, Any], extractor: nn.Module) -> nn.Module | None:

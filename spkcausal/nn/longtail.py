@@ -9,8 +9,9 @@ buffer, so a checkpoint rebuilt without the class counts (inference, exact resum
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -18,61 +19,48 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..schema import AtLeast1, Range, coerce
 from ..utils import UsageError
 
 EPS = 1e-12
-CLASS_MARGINS = ("ldam",)
-FT_KEYS = ("enabled", "head_share", "head_min_count", "strength", "momentum")
+# `head.class_margins`: off (null, none or false) or LDAM's class-aware margins.
+ClassMargins = Literal["ldam", "none", False] | None
+Share = Annotated[float, Range(0, 1)]
 
 
-def check_class_margins(value: Any) -> str | None:
-    """`head.class_margins`: None / 'none' / false (off) or 'ldam'."""
-    if value is None or value is False or value == "none":
-        return None
-    if value not in CLASS_MARGINS:
-        raise UsageError(f"head.class_margins={value!r}; expected one of {list(CLASS_MARGINS)} or none")
-    return str(value)
+@dataclass(frozen=True)
+class FeatureTransferKeys:
+    """`head.feature_transfer` as a mapping (true: all defaults): the head classes are the `head_share` most
+    frequent, or those with at least `head_min_count` utterances (not both); `strength` and `momentum` are
+    FeatureTransfer's."""
+
+    enabled: bool = True
+    head_share: Share = 0.2
+    head_min_count: AtLeast1 | None = None
+    strength: Share = 1.0
+    momentum: Annotated[float, Range(0, 0.999999)] = 0.9
 
 
-def check_subcenters(value: Any) -> int:
-    """`head.subcenters`: a whole number >= 1 (1 = one centre per class, the plain head)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"head.subcenters={value!r}; expected a whole number >= 1")
-    return int(value)
+FeatureTransferOption = FeatureTransferKeys | bool | None
 
 
-def _number(cfg: Mapping[str, Any], key: str, lo: float, hi: float, default: float) -> float:
-    v = cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise UsageError(f"head.feature_transfer.{key}={v!r}; expected a number in [{lo}, {hi}]")
-    return float(v)
+def class_margins_option(value: Any) -> str | None:
+    """`head.class_margins` (checked by its annotation, ClassMargins) as the heads hold it: None (off) or 'ldam'."""
+    value = coerce(value, ClassMargins, "head.class_margins")
+    return None if value in (None, False, "none") else str(value)
 
 
-def check_feature_transfer(value: Any) -> dict[str, Any] | None:
-    """`head.feature_transfer`: None / false (off), true (defaults) or a mapping of FT_KEYS; returns the options."""
+def feature_transfer_options(value: Any) -> dict[str, Any] | None:
+    """`head.feature_transfer` (null / false: off, true: defaults, or a mapping of FeatureTransferKeys' fields) as
+    FeatureTransfer's options, None when off; a key or value out of place is a UsageError naming it."""
+    value = coerce(value, FeatureTransferOption, "head.feature_transfer")
     if value is None or value is False:
         return None
-    if value is True:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise UsageError(f"head.feature_transfer must be a mapping (keys {list(FT_KEYS)}) or true/false, "
-                         f"got {value!r}")
-    bad = set(value) - set(FT_KEYS)
-    if bad:
-        raise UsageError(f"unknown key(s) {sorted(bad)} in head.feature_transfer; expected some of {list(FT_KEYS)}")
-    enabled = value.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise UsageError(f"head.feature_transfer.enabled={enabled!r}; expected true or false")
-    if not enabled:
-        return None
-    min_count = value.get("head_min_count")
-    if min_count is not None and (isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1):
-        raise UsageError(f"head.feature_transfer.head_min_count={min_count!r}; expected a whole number >= 1")
-    if min_count is not None and "head_share" in value:
-        raise UsageError("head.feature_transfer: give head_share or head_min_count, not both")
-    return {"head_share": _number(value, "head_share", 0.0, 1.0, 0.2), "head_min_count": min_count,
-            "strength": _number(value, "strength", 0.0, 1.0, 1.0),
-            "momentum": _number(value, "momentum", 0.0, 0.999999, 0.9)}
+    given = {} if value is True else value
+    if given.get("head_min_count") is not None and "head_share" in given:
+        raise UsageError("config key head.feature_transfer: give head_share or head_min_count, not both")
+    opts = {**asdict(FeatureTransferKeys()), **given}
+    return opts if opts.pop("enabled") else None
 
 
 def _counts(class_counts: Sequence[float] | np.ndarray | Tensor, num_classes: int) -> np.ndarray:

@@ -8,9 +8,8 @@ to the logits inside the loss only: the head, its eval logits and the embeddings
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,9 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
+from ..schema import Range, coerce
 from ..utils import UsageError
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+# The long-tail options of every loss (checked from these annotations by the registry, before data is read):
+# logit adjustment's tau, and DRW's first class-weighted epoch (0-based).
+LogitAdjust = float | None
+DrwEpoch = Annotated[int, Range(0)] | None
 
 
 def _counts(class_counts: np.ndarray | Tensor | list) -> Tensor:
@@ -116,24 +120,15 @@ class WeightedLoss(nn.Module):
 
 def _number(value: Any, key: str, minimum: float | None = None) -> float:
     """A finite float loss option (`loss.<key>`), or a UsageError naming it."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"loss.{key}: expected a number, got {value!r}") from None
-    if not math.isfinite(out) or (minimum is not None and out < minimum):
-        raise UsageError(f"loss.{key}: expected a finite number{'' if minimum is None else f' >= {minimum}'}, "
-                         f"got {value!r}")
-    return out
+    return coerce(value, float if minimum is None else Annotated[float, Range(minimum)], f"loss.{key}")
 
 
 def _weighted_loss(gamma: float, weighting: str | None, class_counts: Any, beta: float, label_smoothing: float,
-                   logit_adjust: Any = None, drw_epoch: Any = None) -> WeightedLoss:
+                   logit_adjust: LogitAdjust = None, drw_epoch: DrwEpoch = None) -> WeightedLoss:
     """WeightedLoss with class weights from `class_counts` when a weighting scheme is named (DRW without one uses
     the effective number, as Cao et al.) and the tau * log prior offset when `logit_adjust` is set."""
     if drw_epoch is not None:
-        if isinstance(drw_epoch, bool) or _number(drw_epoch, "drw_epoch", 0) != int(drw_epoch):
-            raise UsageError(f"loss.drw_epoch: expected an integer epoch >= 0, got {drw_epoch!r}")
-        drw_epoch = int(drw_epoch)
+        drw_epoch = coerce(drw_epoch, Annotated[int, Range(0)], "loss.drw_epoch")
         weighting = weighting or "effective_number"
     weight = offset = None
     if weighting is not None:
@@ -151,23 +146,23 @@ def _weighted_loss(gamma: float, weighting: str | None, class_counts: Any, beta:
 
 @LOSSES.register("ce")
 def cross_entropy_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
-                       weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: Any = None,
-                       drw_epoch: Any = None) -> nn.Module:
+                       weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None,
+                       drw_epoch: DrwEpoch = None) -> nn.Module:
     """Cross-entropy (`gamma` is ignored), class-weighted when `weighting` is set."""
     return _weighted_loss(0.0, weighting, class_counts, beta, label_smoothing, logit_adjust, drw_epoch)
 
 
 @LOSSES.register("focal")
 def focal_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999, weighting: str | None = None,
-               label_smoothing: float = 0.0, logit_adjust: Any = None, drw_epoch: Any = None) -> nn.Module:
+               label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None, drw_epoch: DrwEpoch = None) -> nn.Module:
     """Focal loss with exponent `gamma`, class-weighted when `weighting` is set."""
     return _weighted_loss(gamma, weighting, class_counts, beta, label_smoothing, logit_adjust, drw_epoch)
 
 
 @LOSSES.register("balanced_softmax")
 def balanced_softmax_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
-                          weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: Any = None,
-                          drw_epoch: Any = None) -> nn.Module:
+                          weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None,
+                          drw_epoch: DrwEpoch = None) -> nn.Module:
     """Balanced Softmax (Ren et al., NeurIPS 2020): cross-entropy on logits + log prior, i.e. logit_adjust = 1."""
     if logit_adjust is not None and _number(logit_adjust, "logit_adjust") != 1.0:
         raise UsageError(f"loss 'balanced_softmax' is logit_adjust = 1; got logit_adjust={logit_adjust!r} "
@@ -178,7 +173,8 @@ def balanced_softmax_loss(class_counts: Any = None, gamma: float = 2.0, beta: fl
 def _reweighted_ce(scheme: str) -> Callable[..., nn.Module]:
     """Factory of cross-entropy re-weighted by `scheme` ('inverse' or 'effective_number')."""
     def factory(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999, weighting: str | None = None,
-                label_smoothing: float = 0.0, logit_adjust: Any = None, drw_epoch: Any = None) -> nn.Module:
+                label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None,
+                drw_epoch: DrwEpoch = None) -> nn.Module:
         if weighting not in (None, scheme):
             raise UsageError(f"loss {scheme!r} already sets the weighting; got weighting={weighting!r}")
         return _weighted_loss(0.0, scheme, class_counts, beta, label_smoothing, logit_adjust, drw_epoch)
@@ -191,8 +187,8 @@ for _scheme in ("inverse", "effective_number"):
 
 
 def build_loss(name: str, class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
-               weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: Any = None,
-               drw_epoch: Any = None) -> nn.Module:
+               weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None,
+               drw_epoch: DrwEpoch = None) -> nn.Module:
     """Build a loss by name: 'ce', 'focal' (gamma), 'inverse' or 'effective_number' (beta) re-weighted CE,
     'balanced_softmax' (CE + log prior).
 

@@ -58,12 +58,13 @@ def check_components(cfg: Mapping[str, Any]) -> None:
 def check_schedule(cfg: Mapping[str, Any]) -> None:
     """Epoch-numbered switches must fall inside the run: DRW's `loss.drw_epoch` (0-based) and OLTR's stage 2 (after
     `head.stage1_epochs`) before train.epochs, or the run is silently its own baseline (UsageError naming the key)."""
-    from ..utils import UsageError
+    from ..schema import coerce
     from .heads.oltr import stage1_epoch_count
+    from .losses import DrwEpoch
 
     epochs = cfg["train"]["epochs"]
-    drw = cfg["loss"].get("drw_epoch")
-    if drw is not None and not isinstance(drw, bool) and isinstance(drw, (int, float)) and drw >= epochs:
+    drw = coerce(cfg["loss"].get("drw_epoch"), DrwEpoch, "loss.drw_epoch")  # as the loss will take it ('5' -> 5)
+    if drw is not None and drw >= epochs:
         raise UsageError(f"config key loss.drw_epoch: {drw} is at or past the last epoch of train.epochs={epochs} "
                          f"(0-based epochs 0..{epochs - 1}): the class weights would never apply; expected < {epochs}")
     if cfg["head"]["name"] == "oltr":

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..schema import coerce
 from ..utils import DataError
-from .heads import EPS, causal_norm_weight, check_feature_norm, feature_heads, normalize_heads, split_heads
+from .heads import EPS, FeatureNorm, causal_norm_weight, feature_heads, normalize_heads, split_heads
 from .heads.protocols import MovingMean
 
 __all__ = ["ArrayLike", "head_direction", "tde_embeddings", "tde_logits", "mean_head_cosine", "alpha_heuristic"]
@@ -53,7 +54,8 @@ def tde_embeddings(x: ArrayLike, mean_feature: ArrayLike, alpha: float, num_head
     xt, was_np = _as_tensor(x)
     d = head_direction(mean_feature, num_heads).to(device=xt.device, dtype=xt.dtype)
     xn = normalize_heads(xt, num_heads)
-    xf = xn if check_feature_norm(feature_norm) == "l2" else feature_heads(xt, num_heads, feature_norm)
+    feature_norm = coerce(feature_norm, FeatureNorm, "head.feature_norm")
+    xf = xn if feature_norm == "l2" else feature_heads(xt, num_heads, feature_norm)
     parts = []
     for fk, xk, dk in zip(split_heads(xf, num_heads), split_heads(xn, num_heads), split_heads(d, num_heads)):
         parts.append(fk - alpha * (xk @ dk).unsqueeze(-1) * dk)
@@ -85,7 +87,7 @@ def tde_logits(head_or_weight: nn.Module | ArrayLike, x: ArrayLike, mean_feature
     d = head_direction(mean_feature, num_heads).to(device=xt.device, dtype=xt.dtype)
     shape = weight.shape
     wn = causal_norm_weight(weight.reshape(-1, shape[-1]), num_heads, gamma)
-    xf = feature_heads(xt, num_heads, check_feature_norm(feature_norm or "l2"))
+    xf = feature_heads(xt, num_heads, coerce(feature_norm or "l2", FeatureNorm, "head.feature_norm"))
     y = 0.0
     for xk, fk, wk, dk in zip(split_heads(xt, num_heads), split_heads(xf, num_heads), split_heads(wn, num_heads),
                               split_heads(d, num_heads)):

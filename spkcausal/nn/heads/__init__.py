@@ -32,8 +32,8 @@ from .ops import (
     EPS,
     FEATURE_NORMS,
     HEADS,
+    FeatureNorm,
     causal_norm_weight,
-    check_feature_norm,
     feature_heads,
     normalize_heads,
     split_heads,
@@ -43,5 +43,5 @@ from .protocols import EpochHook, ExtraLoss, MarginSchedule, MovingMean
 
 __all__ = ["HEADS", "EPS", "FEATURE_NORMS", "LinearHead", "CosineHead", "AAMHead", "CausalNormHead",
            "CausalNormAAMHead", "OLTRHead", "build_head", "check_head_kwargs", "is_causal", "split_heads",
-           "normalize_heads", "squash_heads", "feature_heads", "check_feature_norm", "causal_norm_weight",
+           "normalize_heads", "squash_heads", "feature_heads", "FeatureNorm", "causal_norm_weight",
            "MarginSchedule", "EpochHook", "MovingMean", "ExtraLoss"]

@@ -13,22 +13,19 @@ from .ops import HEADS
 
 __all__ = ["check_head_kwargs", "build_head"]
 
+# What build_head sets itself: never a config key of the head section.
+_SET_BY_BUILDER = ("embed_dim", "num_classes", "class_counts")
+
 
 def check_head_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The head section's keys as the head class takes them (a Causal Norm head's `scale` is its `tau`); a key it
-    does not have, or a value of the wrong kind, is a UsageError naming it."""
+    """The head section's keys as the head class takes them (a Causal Norm head's `scale` is its `tau`), coerced by
+    its annotations; a key it does not have, or a value of the wrong kind, is a UsageError naming `head.key`."""
     cls, kwargs = HEADS.get(name), dict(kwargs)
     if issubclass(cls, CausalNormHead) and "scale" in kwargs:
         if "tau" in kwargs and kwargs["tau"] != kwargs["scale"]:
-            raise UsageError("give either tau or scale for a Causal Norm head, not both")
+            raise UsageError("config key head.scale: give either tau or scale for a Causal Norm head, not both")
         kwargs["tau"] = kwargs.pop("scale")
-    params = set(inspect.signature(cls.__init__).parameters) - {"self", "embed_dim", "num_classes", "class_counts"}
-    bad = set(kwargs) - params
-    if bad:
-        raise UsageError(f"unknown key(s) {sorted(bad)} in config section 'head' for head {name!r}; expected "
-                         f"some of {sorted(params)}")
-    check_kwargs(cls, kwargs, "head")
-    return kwargs
+    return check_kwargs(cls, kwargs, "head", fixed=_SET_BY_BUILDER)
 
 
 def build_head(name: str, embed_dim: int, num_classes: int, class_counts: Any = None, **kwargs: Any) -> nn.Module:

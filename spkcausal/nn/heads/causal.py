@@ -3,16 +3,18 @@ feature x_bar that TDE removes (spkcausal.nn.tde)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from ...utils import UsageError
+from ..longtail import ClassMargins, FeatureTransferOption
 from .margins import LongTailOptions, apply_margin
-from .ops import EPS, HEADS, causal_norm_weight, check_feature_norm, feature_heads, float32, in_float32, split_heads
+from .ops import EPS, HEADS, FeatureNorm, causal_norm_weight, feature_heads, float32, in_float32, split_heads
 
 __all__ = ["CausalNormHead", "CausalNormAAMHead", "is_causal"]
 
@@ -27,9 +29,9 @@ class CausalNormHead(nn.Module):
     ||x^k|| / (1 + ||x^k||) * x^k / ||x^k||; gamma = 0 gives the (K-chunk) cosine classifier.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 16.0,
-                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, sync_mean: bool = True,
-                 feature_norm: str = "l2"):
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: AtLeast1 = 2, tau: float = 16.0,
+                 gamma: float = 1.0 / 32, momentum: float | Literal["auto"] = 0.9, sync_mean: bool = True,
+                 feature_norm: FeatureNorm = "l2"):
         super().__init__()
         if embed_dim % num_heads:
             raise UsageError(f"embed_dim {embed_dim} is not divisible by num_heads={num_heads}")
@@ -37,14 +39,12 @@ class CausalNormHead(nn.Module):
         self.num_heads, self.tau, self.gamma = int(num_heads), float(tau), float(gamma)
         # "auto": the trainer sets mu at every epoch start from the lr (schedules.momentum_at, the paper's code)
         self.momentum_auto = momentum == "auto"
-        if not self.momentum_auto and not isinstance(momentum, (int, float)):
-            raise UsageError(f"head momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
         self.momentum, self.sync_mean = 0.9 if self.momentum_auto else float(momentum), bool(sync_mean)
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         bound = 1.0 / math.sqrt(embed_dim)
         nn.init.uniform_(self.weight, -bound, bound)
         self.register_buffer("mean_feature", torch.zeros(embed_dim))
-        self.feature_norm = check_feature_norm(feature_norm)
+        self.feature_norm = feature_norm  # checked by its annotation (build_head)
 
     @property
     def scale(self) -> float:
@@ -105,11 +105,11 @@ class CausalNormAAMHead(CausalNormHead, LongTailOptions):
     chunks), and the margin goes on that sub-centre's chunk cosines.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 2, tau: float = 32.0,
-                 gamma: float = 1.0 / 32, momentum: float | str = 0.9, margin: float = 0.2, easy_margin: bool = False,
-                 sync_mean: bool = True, class_margins: str | None = None, subcenters: int = 1,
-                 feature_transfer: dict[str, Any] | bool | None = None, class_counts: Any = None,
-                 feature_norm: str = "l2"):
+    def __init__(self, embed_dim: int, num_classes: int, num_heads: AtLeast1 = 2, tau: float = 32.0,
+                 gamma: float = 1.0 / 32, momentum: float | Literal["auto"] = 0.9, margin: float = 0.2,
+                 easy_margin: bool = False, sync_mean: bool = True, class_margins: ClassMargins = None,
+                 subcenters: AtLeast1 = 1, feature_transfer: FeatureTransferOption = None, class_counts: Any = None,
+                 feature_norm: FeatureNorm = "l2"):
         super().__init__(embed_dim, num_classes, num_heads, tau, gamma, momentum, sync_mean, feature_norm)
         self.margin, self.easy_margin = float(margin), bool(easy_margin)
         self._init_long_tail(embed_dim, num_classes, class_counts, class_margins, subcenters, feature_transfer)

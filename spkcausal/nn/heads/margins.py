@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1, coerce
 from ..longtail import (
+    ClassMargins,
     FeatureTransfer,
-    check_class_margins,
-    check_feature_transfer,
-    check_subcenters,
+    FeatureTransferOption,
     class_centres,
+    class_margins_option,
+    feature_transfer_options,
     ldam_margin_scale,
 )
 from .ops import EPS, HEADS, float32, in_float32
@@ -95,9 +97,9 @@ class LongTailOptions(nn.Module):
 
     def _init_long_tail(self, embed_dim: int, num_classes: int, class_counts: Any, class_margins: Any,
                         subcenters: Any, feature_transfer: Any) -> None:
-        self.class_margins = check_class_margins(class_margins)
-        self.subcenters = check_subcenters(subcenters)
-        ft = check_feature_transfer(feature_transfer)
+        self.class_margins = class_margins_option(class_margins)
+        self.subcenters = coerce(subcenters, AtLeast1, "head.subcenters")  # sizes a parameter: also when built directly
+        ft = feature_transfer_options(feature_transfer)
         if self.class_margins == "ldam":
             # Without counts (a head rebuilt from a checkpoint) the scale comes back with the state dict.
             self.register_buffer("margin_scale", torch.ones(num_classes) if class_counts is None
@@ -132,8 +134,8 @@ class AAMHead(CosineHead, LongTailOptions):
     With K sub-centres, cos(x, class i) = max_j cos(x, w_ij) before the margin (Deng et al., ECCV 2020)."""
 
     def __init__(self, embed_dim: int, num_classes: int, scale: float = 32.0, margin: float = 0.2,
-                 easy_margin: bool = False, class_margins: str | None = None, subcenters: int = 1,
-                 feature_transfer: dict[str, Any] | bool | None = None, class_counts: Any = None):
+                 easy_margin: bool = False, class_margins: ClassMargins = None, subcenters: AtLeast1 = 1,
+                 feature_transfer: FeatureTransferOption = None, class_counts: Any = None):
         super().__init__(embed_dim, num_classes, scale)
         self.easy_margin = bool(easy_margin)
         self.margin = float(margin)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import NonNegative, Positive
 from ...utils import UsageError
 from .margins import apply_margin
 from .ops import EPS, HEADS, float32, in_float32
@@ -76,16 +77,14 @@ class OLTRHead(nn.Module):
     """OLTR: AAM stage 1, then the dynamic meta-embedding with a cosine-norm classifier (module docstring)."""
 
     def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.2,
-                 easy_margin: bool = False, stage1_epochs: float | int | None = 0.5, reach_scale: float = 10.0,
-                 centroid_weight: float = 0.01, centroid_margin: float = 10.0, repel_weight: float = 0.01):
+                 easy_margin: bool = False, stage1_epochs: float | int | None = 0.5, reach_scale: Positive = 10.0,
+                 centroid_weight: NonNegative = 0.01, centroid_margin: float = 10.0, repel_weight: float = 0.01):
         super().__init__()
         s1 = stage1_epochs
         if s1 is not None and (isinstance(s1, bool) or not isinstance(s1, (int, float)) or s1 <= 0
                                or (isinstance(s1, float) and s1 >= 1 and not s1.is_integer())):
-            raise UsageError(f"head.stage1_epochs={s1!r}; expected a whole number >= 1, a share in (0, 1) of "
-                             "train.epochs, or null (memory set by init_memory, e.g. Decouple-OLTR)")
-        if reach_scale <= 0 or centroid_weight < 0:
-            raise UsageError("head.reach_scale must be > 0 and head.centroid_weight >= 0")
+            raise UsageError(f"config key head.stage1_epochs: expected a whole number >= 1, a share in (0, 1) of "
+                             f"train.epochs, or null (memory set by init_memory, e.g. Decouple-OLTR), got {s1!r}")
         self.embed_dim, self.num_classes = embed_dim, num_classes
         self.scale, self.margin, self.easy_margin = float(scale), float(margin), bool(easy_margin)
         self.stage1_epochs, self.reach_scale = s1, float(reach_scale)

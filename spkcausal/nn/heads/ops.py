@@ -3,8 +3,9 @@ Causal Norm weight, and the float32 logit path (docs/design.md section 2)."""
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from ...registry import Registry
 from ...utils import UsageError
 
 __all__ = ["EPS", "HEADS", "FEATURE_NORMS", "split_heads", "normalize_heads", "squash_heads", "feature_heads",
-           "check_feature_norm", "causal_norm_weight", "float32", "in_float32"]
+           "FeatureNorm", "causal_norm_weight", "float32", "in_float32"]
 
 EPS = 1e-12
 
@@ -34,7 +35,9 @@ def normalize_heads(x: Tensor, num_heads: int) -> Tensor:
     return torch.cat([F.normalize(c, dim=-1, eps=EPS) for c in split_heads(x, num_heads)], dim=-1)
 
 
-FEATURE_NORMS = ("l2", "capsule")
+# The per-chunk feature normalisation of a Causal Norm head (its `feature_norm` annotation).
+FeatureNorm = Literal["l2", "capsule"]
+FEATURE_NORMS: tuple[str, ...] = typing.get_args(FeatureNorm)
 
 
 def squash_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -51,13 +54,6 @@ def feature_heads(x: Tensor, num_heads: int, feature_norm: str = "l2") -> Tensor
     if feature_norm == "capsule":
         return squash_heads(x, num_heads)
     return normalize_heads(x, num_heads)
-
-
-def check_feature_norm(value: Any) -> str:
-    """The head option feature_norm, checked: one of FEATURE_NORMS."""
-    if value not in FEATURE_NORMS:
-        raise UsageError(f"head feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {value!r}")
-    return str(value)
 
 
 def causal_norm_weight(weight: Tensor, num_heads: int, gamma: float) -> Tensor:

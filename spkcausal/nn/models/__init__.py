@@ -6,6 +6,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ...registry import Registry
+from ...schema import AtLeast1
 from .ecapa import Ecapa
 from .resnet import ResNetSpeaker
 
@@ -33,19 +34,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @register_model("ecapa512")
-def ecapa512(n_mels: int = 80, embed_dim: int = 192, **kw) -> nn.Module:
+def ecapa512(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192, **kw) -> nn.Module:
     """ECAPA-TDNN, C=512 (about 6.2M parameters), SpeechBrain's layout."""
     return Ecapa(n_mels, channels=kw.pop("channels", (512,) * 4 + (1536,)), embed_dim=embed_dim, **kw)
 
 
 @register_model("ecapa1024")
-def ecapa1024(n_mels: int = 80, embed_dim: int = 192, **kw) -> nn.Module:
+def ecapa1024(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192, **kw) -> nn.Module:
     """ECAPA-TDNN, C=1024 (about 20.8M parameters), SpeechBrain's layout."""
     return Ecapa(n_mels, channels=kw.pop("channels", (1024,) * 4 + (3072,)), embed_dim=embed_dim, **kw)
 
 
 @register_model("ecapa_tiny")
-def ecapa_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def ecapa_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """A few-channel ECAPA for CPU tests and the demo."""
     kw.setdefault("attention_channels", 16)
     kw.setdefault("se_channels", 16)
@@ -53,14 +54,14 @@ def ecapa_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
 
 
 @register_model("resnet34")
-def resnet34(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def resnet34(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """Thin speaker ResNet34: BasicBlocks [3, 4, 6, 3], channels 32/64/128/256, 256-d (about 6.6M parameters)."""
     return ResNetSpeaker(blocks=kw.pop("blocks", (3, 4, 6, 3)), base_channels=kw.pop("base_channels", 32),
                          n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
 @register_model("resnet_tiny")
-def resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def resnet_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One block per stage, 8 base channels: for CPU tests and the demo."""
     return ResNetSpeaker(blocks=kw.pop("blocks", (1, 1, 1, 1)), base_channels=kw.pop("base_channels", 8),
                          n_mels=n_mels, embed_dim=embed_dim, **kw)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from ...utils import UsageError
 from .pooling_stats import temporal_stats
 
@@ -59,7 +60,7 @@ class ResBlock2d(nn.Module):
 class FrontFCM(nn.Module):
     """The 2-D front: stem conv, two stages of two residual blocks and a last conv, each halving frequency."""
 
-    def __init__(self, n_mels: int, channels: int = 32):
+    def __init__(self, n_mels: int, channels: AtLeast1 = 32):
         super().__init__()
         self.conv1 = nn.Conv2d(1, channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -87,7 +88,7 @@ def segment_means(x: Tensor, seg_len: int = SEGMENT) -> Tensor:
 class ContextMask(nn.Module):
     """CAM: a dilated conv whose output a sigmoid mask gates, from global and segment-level context."""
 
-    def __init__(self, bn_channels: int, out_channels: int, dilation: int, reduction: int = 2):
+    def __init__(self, bn_channels: int, out_channels: int, dilation: int, reduction: AtLeast1 = 2):
         super().__init__()
         self.linear_local = nn.Conv1d(bn_channels, out_channels, 3, padding=dilation, dilation=dilation,
                                       bias=False)
@@ -135,7 +136,7 @@ class ConvNorm(nn.Module):
     """A conv with a BatchNorm before (`pre_norm`, the transition layers) or after it (the first TDNN and the
     embedding layer); keys `linear` and `nonlinear.batchnorm`."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, pre_norm: bool = False,
+    def __init__(self, in_ch: int, out_ch: int, kernel: AtLeast1 = 1, stride: AtLeast1 = 1, pre_norm: bool = False,
                  relu: bool = True, affine: bool = True):
         super().__init__()
         self.pre_norm = pre_norm
@@ -181,8 +182,9 @@ class CAMPPlus(nn.Module):
     """CAM++: (B, frames, n_mels) -> (B, embed_dim). Both toolkits fix the FCM front at 32 channels;
     `front_channels` narrows it for our tiny variant only."""
 
-    def __init__(self, n_mels: int = 80, embed_dim: int = 512, growth_rate: int = 32, bn_size: int = 4,
-                 init_channels: int = 128, std_eps: float = WESPEAKER_STD_EPS, front_channels: int = 32):
+    def __init__(self, n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 512, growth_rate: AtLeast1 = 32,
+                 bn_size: AtLeast1 = 4, init_channels: AtLeast1 = 128, std_eps: float = WESPEAKER_STD_EPS,
+                 front_channels: AtLeast1 = 32):
         super().__init__()
         if n_mels % 8:
             raise UsageError(f"CAM++ needs n_mels divisible by 8 (its front halves frequency 3 times), got {n_mels}")
@@ -220,14 +222,14 @@ TOOLKIT_BUILDERS: dict[tuple[str, str], Callable[[dict], tuple[str, dict]]] = {
 }
 
 
-def campplus(n_mels: int = 80, embed_dim: int = 512, growth_rate: int = 32, bn_size: int = 4,
-             init_channels: int = 128, std_eps: float = WESPEAKER_STD_EPS) -> nn.Module:
+def campplus(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 512, growth_rate: AtLeast1 = 32, bn_size: AtLeast1 = 4,
+             init_channels: AtLeast1 = 128, std_eps: float = WESPEAKER_STD_EPS) -> nn.Module:
     """CAM++ as wespeaker's VoxCeleb config (7,176,224 parameters); std_eps=0.0 is 3D-Speaker's pooling."""
     return CAMPPlus(n_mels, embed_dim, growth_rate, bn_size, init_channels, std_eps)
 
 
-def campplus_tiny(n_mels: int = 80, embed_dim: int = 32, growth_rate: int = 4, bn_size: int = 2,
-                  init_channels: int = 16, std_eps: float = WESPEAKER_STD_EPS) -> nn.Module:
+def campplus_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, growth_rate: AtLeast1 = 4, bn_size: AtLeast1 = 2,
+                  init_channels: AtLeast1 = 16, std_eps: float = WESPEAKER_STD_EPS) -> nn.Module:
     """A narrow CAM++ (same depth, an 8-channel front) for CPU tests and the demo."""
     return CAMPPlus(n_mels, embed_dim, growth_rate, bn_size, init_channels, std_eps, front_channels=8)
 

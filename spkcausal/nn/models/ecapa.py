@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
+
 
 def _mask(rel: Tensor, length: int) -> Tensor:
     """(B, 1, L) mask of the valid frames, in rel's dtype; broadcast (not expanded) so a trace keeps the batch axis."""
@@ -26,7 +28,7 @@ def _mask(rel: Tensor, length: int) -> Tensor:
 class _Conv(nn.Module):
     """Conv1d whose output keeps the input's length (reflection padding); the weights sit under `.conv`."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, dilation: int = 1, groups: int = 1):
+    def __init__(self, cin: int, cout: int, kernel: AtLeast1 = 1, dilation: AtLeast1 = 1, groups: AtLeast1 = 1):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"kernel size {kernel}: 'same' padding needs an odd kernel")
@@ -55,7 +57,8 @@ class _Norm(nn.Module):
 class TDNNBlock(nn.Module):
     """conv -> ReLU -> BatchNorm (-> channel dropout while training)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1, groups: int = 1, dropout: float = 0.0):
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: AtLeast1 = 1, groups: AtLeast1 = 1,
+                 dropout: float = 0.0):
         super().__init__()
         self.conv = _Conv(cin, cout, kernel, dilation, groups)
         self.activation = nn.ReLU()
@@ -113,7 +116,7 @@ class SERes2NetBlock(nn.Module):
     """TDNN (k=1) -> Res2Net -> TDNN (k=1) -> SE, plus the input (through a 1x1 conv when the width changes)."""
 
     def __init__(self, cin: int, cout: int, scale: int, se_channels: int, kernel: int, dilation: int,
-                 groups: int = 1, dropout: float = 0.0):
+                 groups: AtLeast1 = 1, dropout: float = 0.0):
         super().__init__()
         self.out_channels = cout
         self.tdnn1 = TDNNBlock(cin, cout, 1, 1, groups, dropout)
@@ -139,7 +142,7 @@ class AttentiveStatisticsPooling(nn.Module):
     """Channel-wise attention over time (from the frames and, with global context, the utterance's mean and std),
     then the attention-weighted mean and std: (B, C, L) -> (B, 2C, 1)."""
 
-    def __init__(self, channels: int, attention_channels: int = 128, global_context: bool = True):
+    def __init__(self, channels: int, attention_channels: AtLeast1 = 128, global_context: bool = True):
         super().__init__()
         self.eps = 1e-12
         self.global_context = global_context
@@ -169,9 +172,9 @@ class EcapaTDNN(nn.Module):
 
     def __init__(self, input_size: int, channels: Sequence[int] = (512, 512, 512, 512, 1536),
                  kernel_sizes: Sequence[int] = (5, 3, 3, 3, 1), dilations: Sequence[int] = (1, 2, 3, 4, 1),
-                 attention_channels: int = 128, res2net_scale: int = 8, se_channels: int = 128,
+                 attention_channels: AtLeast1 = 128, res2net_scale: AtLeast1 = 8, se_channels: AtLeast1 = 128,
                  global_context: bool = True, groups: Sequence[int] = (1, 1, 1, 1, 1), dropout: float = 0.0,
-                 lin_neurons: int = 192):
+                 lin_neurons: AtLeast1 = 192):
         super().__init__()
         ch = list(channels)
         if not len(ch) == len(kernel_sizes) == len(dilations) == len(groups) or len(ch) < 3:
@@ -206,8 +209,8 @@ class Ecapa(nn.Module):
     forwards_to = EcapaTDNN  # what **kwargs reach (registry.accepted_keys), less the two it sets itself
     forwards_except = ("input_size", "lin_neurons")
 
-    def __init__(self, n_mels: int = 80, channels: tuple[int, ...] = (512, 512, 512, 512, 1536),
-                 embed_dim: int = 192, **kwargs):
+    def __init__(self, n_mels: AtLeast1 = 80, channels: tuple[int, ...] = (512, 512, 512, 512, 1536),
+                 embed_dim: AtLeast1 = 192, **kwargs):
         super().__init__()
         self.embed_dim = embed_dim
         self.net = EcapaTDNN(n_mels, channels=list(channels), lin_neurons=embed_dim, **kwargs)

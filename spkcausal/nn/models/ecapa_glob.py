@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from ...utils import UsageError
 from .pooling_stats import AttentiveStats
 
@@ -23,7 +24,7 @@ RES2_SCALE = 8
 class ConvReluBn(nn.Module):
     """Conv1d, ReLU, BatchNorm1d (keys `conv`, `bn`)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, kernel: AtLeast1 = 1, dilation: AtLeast1 = 1):
         super().__init__()
         self.conv = nn.Conv1d(in_ch, out_ch, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation)
         self.bn = nn.BatchNorm1d(out_ch)
@@ -61,7 +62,7 @@ class Res2Conv(nn.Module):
 class SqueezeExcite(nn.Module):
     """Channel gates from the time-averaged features through a 128-unit linear bottleneck."""
 
-    def __init__(self, channels: int, bottleneck: int = 128):
+    def __init__(self, channels: int, bottleneck: AtLeast1 = 128):
         super().__init__()
         self.linear1 = nn.Linear(channels, bottleneck)
         self.linear2 = nn.Linear(bottleneck, channels)
@@ -89,9 +90,9 @@ class EcapaGlob(nn.Module):
     """ECAPA-TDNN as wespeaker builds `ECAPA_TDNN_GLOB_c512` (channels=512) or narrower: (B, frames, n_mels) ->
     (B, embed_dim)."""
 
-    def __init__(self, n_mels: int = 80, embed_dim: int = 192, channels: int = 512, global_context: bool = True,
-                 emb_bn: bool = False, frame_channels: int = FRAME_CHANNELS,
-                 attention_bottleneck: int = ATTENTION_BOTTLENECK):
+    def __init__(self, n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192, channels: AtLeast1 = 512,
+                 global_context: bool = True, emb_bn: bool = False, frame_channels: int = FRAME_CHANNELS,
+                 attention_bottleneck: AtLeast1 = ATTENTION_BOTTLENECK):
         super().__init__()
         self.embed_dim = embed_dim
         self.layer1 = ConvReluBn(n_mels, channels, kernel=5)
@@ -132,12 +133,14 @@ TOOLKIT_BUILDERS: dict[tuple[str, str], Callable[[dict], tuple[str, dict]]] = {
 }
 
 
-def ecapa_glob_c512(n_mels: int = 80, embed_dim: int = 192, channels: int = 512, emb_bn: bool = False) -> nn.Module:
+def ecapa_glob_c512(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192, channels: AtLeast1 = 512,
+                    emb_bn: bool = False) -> nn.Module:
     """wespeaker's ECAPA-TDNN GLOB c512 (6,190,720 parameters at embed_dim 192)."""
     return EcapaGlob(n_mels, embed_dim, channels, emb_bn=emb_bn)
 
 
-def ecapa_glob_tiny(n_mels: int = 80, embed_dim: int = 32, channels: int = 16, emb_bn: bool = False) -> nn.Module:
+def ecapa_glob_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, channels: AtLeast1 = 16,
+                    emb_bn: bool = False) -> nn.Module:
     """A narrow wespeaker-layout ECAPA for CPU tests; unlike the toolkit's narrow variants, its frame conv and
     attention bottleneck shrink too (96 and 16 instead of the fixed 1536 and 128)."""
     return EcapaGlob(n_mels, embed_dim, channels, emb_bn=emb_bn, frame_channels=96, attention_bottleneck=16)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from .wespeaker_resnet import SegmentEmbedding, make_stages, pooled_rows, projection_shortcut, require_tstp
 
 CLIP = 20.0  # the toolkits' Hardtanh(0, 20) "ReLU"
@@ -32,7 +33,7 @@ def clipped_relu(x: Tensor) -> Tensor:
 class AFF(nn.Module):
     """Attentional feature fusion: a = 1 + tanh(att([x, y])) in (0, 2); x * a + y * (2 - a)."""
 
-    def __init__(self, channels: int, r: int = 4):
+    def __init__(self, channels: int, r: AtLeast1 = 4):
         super().__init__()
         inner = channels // r
         self.local_att = nn.Sequential(nn.Conv2d(2 * channels, inner, 1), nn.BatchNorm2d(inner), nn.SiLU(),
@@ -123,8 +124,8 @@ class ERes2Net(_Res2Trunk):
 
     first_apart = True
 
-    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: int = 32, base_width: int = 32,
-                 scale: int = 2, expansion: int = 2, n_mels: int = 80, embed_dim: int = 512,
+    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: AtLeast1 = 32, base_width: AtLeast1 = 32,
+                 scale: AtLeast1 = 2, expansion: AtLeast1 = 2, n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 512,
                  two_emb_layer: bool = False):
         super().__init__(num_blocks, m_channels, base_width, scale, expansion, n_mels, embed_dim, two_emb_layer)
         c = m_channels * expansion
@@ -152,8 +153,8 @@ class ERes2NetV2(_Res2Trunk):
 
     pool_eps = SPEAKERLAB_POOL_EPS
 
-    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: int = 64, base_width: int = 26,
-                 scale: int = 2, expansion: int = 2, n_mels: int = 80, embed_dim: int = 192,
+    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: AtLeast1 = 64, base_width: AtLeast1 = 26,
+                 scale: AtLeast1 = 2, expansion: AtLeast1 = 2, n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192,
                  two_emb_layer: bool = False):
         super().__init__(num_blocks, m_channels, base_width, scale, expansion, n_mels, embed_dim, two_emb_layer)
         c = m_channels * expansion
@@ -167,13 +168,13 @@ class ERes2NetV2(_Res2Trunk):
         return self._embed(fused, lengths)
 
 
-def eres2net34_base(n_mels: int = 80, embed_dim: int = 512, **kw) -> nn.Module:
+def eres2net34_base(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 512, **kw) -> nn.Module:
     """wespeaker ERes2Net34_Base: [3, 4, 6, 3], 32 base channels, baseWidth 32, scale 2, expansion 2, 512-d
     (9,887,808 parameters; 6,610,688 with embed_dim=192)."""
     return ERes2Net(n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def eres2net_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def eres2net_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One block per stage, 4 base channels: the ERes2Net layout for CPU tests and the demo (83,650 parameters at
     80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))
@@ -181,13 +182,13 @@ def eres2net_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
     return ERes2Net(n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def eres2netv2(n_mels: int = 80, embed_dim: int = 192, **kw) -> nn.Module:
+def eres2netv2(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 192, **kw) -> nn.Module:
     """3D-Speaker ERes2NetV2: [3, 4, 6, 3], 64 base channels, baseWidth 26, scale 2, expansion 2, 192-d
     (17,859,632 parameters)."""
     return ERes2NetV2(n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def eres2netv2_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def eres2netv2_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One block per stage, 4 base channels: the ERes2NetV2 layout for CPU tests and the demo (73,478 parameters
     at 80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
+
 
 def frame_mask(lengths: Tensor | None, frames: int, like: Tensor) -> Tensor | None:
     """(B, 1, frames) mask of valid frames in `like`'s dtype and device, None when lengths is None."""
@@ -41,7 +43,7 @@ class AttentiveStats(nn.Module):
     """ASTP: a tanh bottleneck scores every channel and frame (from the frames, and with `global_context` also
     from the utterance's mean and std), softmax over time weights the mean and std. Keys: linear1, linear2."""
 
-    def __init__(self, in_dim: int, bottleneck: int = 128, global_context: bool = True, eps: float = 1e-7):
+    def __init__(self, in_dim: int, bottleneck: AtLeast1 = 128, global_context: bool = True, eps: float = 1e-7):
         super().__init__()
         self.global_context, self.eps = global_context, eps
         self.linear1 = nn.Conv1d(in_dim * (3 if global_context else 1), bottleneck, kernel_size=1)

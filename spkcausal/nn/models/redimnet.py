@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from ...utils import UsageError
 from .pooling_stats import AttentiveStats
 
@@ -156,7 +157,7 @@ class FeedForward(nn.Module):
 class TransformerLayer(nn.Module):
     """Post-norm transformer layer over (B, D, T): attention and feed-forward, each added then LayerNormed."""
 
-    def __init__(self, dim: int, hidden: int, heads: int = 4):
+    def __init__(self, dim: int, hidden: int, heads: AtLeast1 = 4):
         super().__init__()
         self.attention = SelfAttention(dim, heads)
         self.layer_norm = nn.LayerNorm(dim, eps=1e-6)
@@ -253,8 +254,9 @@ class ReDimNetBackbone(nn.Module):
 class ReDimNet(nn.Module):
     """ReDimNet with attentive statistics pooling (global context) and a linear embedding layer (`seg_1`)."""
 
-    def __init__(self, n_mels: int = 72, embed_dim: int = 192, C: int = 16, block_2d: str = "convnext_like",
-                 group_divisor: int = 4, stages: Sequence[Stage] = CONFIGS["b2"][3]):
+    def __init__(self, n_mels: AtLeast1 = 72, embed_dim: AtLeast1 = 192, C: AtLeast1 = 16,
+                 block_2d: str = "convnext_like", group_divisor: AtLeast1 = 4,
+                 stages: Sequence[Stage] = CONFIGS["b2"][3]):
         super().__init__()
         self.embed_dim = embed_dim
         self.backbone = ReDimNetBackbone(n_mels, C, block_2d, group_divisor, stages)
@@ -299,7 +301,7 @@ TOOLKIT_BUILDERS: dict[tuple[str, str], Callable[[dict], tuple[str, dict]]] = {
 def _named(name: str) -> Callable[..., nn.Module]:
     c_default, block_2d, group_divisor, stages = CONFIGS[name]
 
-    def factory(n_mels: int = 72, embed_dim: int = 192, C: int = c_default) -> nn.Module:
+    def factory(n_mels: AtLeast1 = 72, embed_dim: AtLeast1 = 192, C: AtLeast1 = c_default) -> nn.Module:
         return ReDimNet(n_mels, embed_dim, C, block_2d, group_divisor, stages)
 
     factory.__doc__ = f"ReDimNet-{name.upper()} as wespeaker configures it (C={c_default}, {block_2d}), 72 mel bins."
@@ -307,7 +309,7 @@ def _named(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def redimnet_tiny(n_mels: int = 72, embed_dim: int = 32, C: int = 2) -> nn.Module:
+def redimnet_tiny(n_mels: AtLeast1 = 72, embed_dim: AtLeast1 = 32, C: AtLeast1 = 2) -> nn.Module:
     """A two-stage ReDimNet (B2's block types) at C=2 for CPU tests and the demo; any n_mels divisible by 8."""
     return ReDimNet(n_mels, embed_dim, C, "convnext_like", 2, ((1, 1, 1, 4), (2, 1, 1, 4)))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with batch norm and an identity (or 1x1 projection) shortcut."""
@@ -52,8 +54,8 @@ def stats_pool(x: Tensor, lengths: Tensor | None = None, eps: float = 1e-7, unbi
 class ResNetSpeaker(nn.Module):
     """2-D ResNet over (freq, time), channel x freq map flattened, statistics pooled over time, linear embedding."""
 
-    def __init__(self, blocks: tuple[int, ...] = (3, 4, 6, 3), base_channels: int = 32, n_mels: int = 80,
-                 embed_dim: int = 256):
+    def __init__(self, blocks: tuple[int, ...] = (3, 4, 6, 3), base_channels: AtLeast1 = 32, n_mels: AtLeast1 = 80,
+                 embed_dim: AtLeast1 = 256):
         super().__init__()
         if len(blocks) != 4:
             raise ValueError(f"expected 4 stages of blocks, got {blocks}")

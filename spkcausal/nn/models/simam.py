@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from .resnet import downsampled
 from .wespeaker_resnet import STRIDE2_STAGES, make_stages, pooled_rows
 
@@ -31,7 +32,7 @@ class SimAMBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: AtLeast1 = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -68,7 +69,7 @@ class AttentiveStats(nn.Module):
     """ASP: a 1x1 conv-ReLU-BN-1x1 conv attention, softmax over time per channel x freq row, weighted mean and
     standard deviation. Frames past `lengths` get no weight."""
 
-    def __init__(self, dim: int, hidden: int = 128):
+    def __init__(self, dim: int, hidden: AtLeast1 = 128):
         super().__init__()
         self.attention = nn.Sequential(nn.Conv1d(dim, hidden, 1), nn.ReLU(), nn.BatchNorm1d(hidden),
                                        nn.Conv1d(hidden, dim, 1))
@@ -89,8 +90,8 @@ class AttentiveStats(nn.Module):
 class SimAMResNet(nn.Module):
     """SimAM-ResNet front, ASP over time of the channel x freq map, a linear `bottleneck` to the embedding."""
 
-    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), in_planes: int = 64, n_mels: int = 80,
-                 embed_dim: int = 256, dropout: float = 0.0, attention_dim: int = 128):
+    def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), in_planes: AtLeast1 = 64, n_mels: AtLeast1 = 80,
+                 embed_dim: AtLeast1 = 256, dropout: float = 0.0, attention_dim: AtLeast1 = 128):
         super().__init__()
         self.embed_dim = embed_dim
         self.front = SimAMTrunk(in_planes, num_blocks)
@@ -105,17 +106,17 @@ class SimAMResNet(nn.Module):
         return self.bottleneck(self.drop(self.pooling(x, pooled_len)))
 
 
-def simam_resnet34(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def simam_resnet34(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """wespeaker SimAM_ResNet34_ASP: blocks [3, 4, 6, 3], 64 base channels, 256-d (25,213,760 parameters)."""
     return SimAMResNet(kw.pop("num_blocks", (3, 4, 6, 3)), n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def simam_resnet100(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def simam_resnet100(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """wespeaker SimAM_ResNet100_ASP: blocks [6, 16, 24, 3], 64 base channels, 256-d (50,232,896 parameters)."""
     return SimAMResNet(kw.pop("num_blocks", (6, 16, 24, 3)), n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def simam_resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def simam_resnet_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One SimAM block per stage, 4 base channels, a 16-wide attention: for CPU tests and the demo (50,620
     parameters at 80 mels, 32-d)."""
     kw.setdefault("in_planes", 4)

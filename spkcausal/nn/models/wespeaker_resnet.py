@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...schema import AtLeast1
 from .resnet import downsampled, stats_pool
 
 STRIDE2_STAGES = 3  # stages 2, 3 and 4 halve frequency and time
@@ -83,7 +84,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: AtLeast1 = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -102,7 +103,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: AtLeast1 = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -125,8 +126,8 @@ BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottlen
 class WespeakerResNet(SegmentEmbedding):
     """3x3 stem, four residual stages over (freq, time), TSTP over time of the channel x freq map, embedding."""
 
-    def __init__(self, block: str = "basic", num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: int = 32,
-                 n_mels: int = 80, embed_dim: int = 256, two_emb_layer: bool = False):
+    def __init__(self, block: str = "basic", num_blocks: Sequence[int] = (3, 4, 6, 3), m_channels: AtLeast1 = 32,
+                 n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, two_emb_layer: bool = False):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"block={block!r}; expected one of {', '.join(BLOCKS)}")
@@ -144,28 +145,28 @@ class WespeakerResNet(SegmentEmbedding):
         return self._embed(x, lengths)
 
 
-def wespeaker_resnet34(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def wespeaker_resnet34(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """wespeaker ResNet34: BasicBlocks [3, 4, 6, 3], 32 base channels, TSTP, 256-d (6,634,336 parameters)."""
     kw.setdefault("num_blocks", (3, 4, 6, 3))
     kw.setdefault("m_channels", 32)
     return WespeakerResNet("basic", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def resnet221(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def resnet221(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """wespeaker ResNet221: Bottlenecks [6, 16, 48, 3], 32 base channels, TSTP, 256-d (23,792,224 parameters)."""
     kw.setdefault("num_blocks", (6, 16, 48, 3))
     kw.setdefault("m_channels", 32)
     return WespeakerResNet("bottleneck", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def resnet293(n_mels: int = 80, embed_dim: int = 256, **kw) -> nn.Module:
+def resnet293(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 256, **kw) -> nn.Module:
     """wespeaker ResNet293: Bottlenecks [10, 20, 64, 3], 32 base channels, TSTP, 256-d (28,626,016 parameters)."""
     kw.setdefault("num_blocks", (10, 20, 64, 3))
     kw.setdefault("m_channels", 32)
     return WespeakerResNet("bottleneck", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def wespeaker_resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def wespeaker_resnet_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One BasicBlock per stage, 4 base channels: the wespeaker ResNet layout for CPU tests and the demo (40,012
     parameters at 80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))
@@ -173,7 +174,7 @@ def wespeaker_resnet_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Mod
     return WespeakerResNet("basic", n_mels=n_mels, embed_dim=embed_dim, **kw)
 
 
-def resnet_bottleneck_tiny(n_mels: int = 80, embed_dim: int = 32, **kw) -> nn.Module:
+def resnet_bottleneck_tiny(n_mels: AtLeast1 = 80, embed_dim: AtLeast1 = 32, **kw) -> nn.Module:
     """One Bottleneck per stage, 4 base channels: the ResNet221/293 layout for CPU tests and the demo (114,396
     parameters at 80 mels, 32-d)."""
     kw.setdefault("num_blocks", (1, 1, 1, 1))
