@@ -23,13 +23,14 @@ setup(
         "tensorboard",
     ],
     # dev: the test suite, ruff, mypy (with the stubs of the typed-elsewhere packages spkcausal imports) and
-    # import-linter (the layer contracts in pyproject.toml) for .ci/run.
+    # import-linter (the layer contracts in pyproject.toml) for .ci/run; statsmodels, the independent check of
+    # the tail-cost power figures (spkcausal.results.power).
     # export: ONNX files and onnxruntime parity / speed (TorchScript needs nothing extra); the test suite runs
     # the parity tests, so dev includes it.
     # docs: the documentation site (mkdocs.yml; .ci/run builds it with --strict), versions it was built with.
     extras_require={"export": ["onnx", "onnxruntime"],
                     "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff", "onnx", "onnxruntime", "import-linter",
-                            "mypy", "types-PyYAML", "types-tqdm"],
+                            "mypy", "types-PyYAML", "types-tqdm", "statsmodels"],
                     "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.29,<2"]},
     entry_points={"console_scripts": ["spkcausal=spkcausal.cli:main"]},
 )
