@@ -51,6 +51,11 @@ def test_system_names_follow_the_paper():
     assert variant_label(cn, "tde") == "De-confound-TDE (Causal Norm AAM)"
     assert variant_label(cn, "tde_asnorm") == "De-confound-TDE (Causal Norm AAM) + AS-norm"
     assert variant_label("Baseline (AAM)", "mean_sub") == "Baseline (AAM) + mean subtraction"
+    # the large-margin stage keeps its parent's head; a start from a pretrained extractor gets a new one
+    lm = {"head": {"name": "aam"}, "train": {"init_from": "exp/aam/avg_model.pt", "init_head": True}}
+    assert system_name(lm) == "Baseline (AAM) + LM"
+    pre = {"head": {"name": "aam"}, "train": {"init_from": "pretrained/avg_model.pt", "init_head": False}}
+    assert system_name(pre) == "Baseline (AAM) + pretrained"
 
 
 def test_report_table_from_known_results(tmp_path):
@@ -229,7 +234,7 @@ def test_llr_rows_and_the_references_of_lm_and_qmf_rows(tmp_path):
         e = _exp(tmp_path / "exp", name, head)
         if parent:
             cfg = yaml.safe_load((e / "config.yaml").read_text())
-            cfg["train"] = {"init_from": str(tmp_path / "exp" / parent / "avg_model.pt")}
+            cfg["train"] = {"init_from": str(tmp_path / "exp" / parent / "avg_model.pt"), "init_head": True}
             (e / "config.yaml").write_text(yaml.safe_dump(cfg))
         for variant in ("cosine", "asnorm_cal", "asnorm_qmf"):
             s = rng.normal(size=n) * 2 + 4 * labels - 3

@@ -107,8 +107,11 @@ def system_name(cfg: Mapping[str, Any]) -> str:
                                            or loss not in ("ce", "balanced_softmax")):
         name += f" + {sampler if sampler != 'natural' else loss}"
     name += "".join(f" + {t}" for t in tags)
-    if (cfg.get("train") or {}).get("init_from"):
-        name += " + LM"  # a fine-tuning run (the recipes' large-margin stage starts from the averaged model)
+    train = cfg.get("train") or {}
+    if train.get("init_from"):
+        # the recipes' large-margin stage starts from the averaged model and keeps its head (init_head); a system
+        # started from a pretrained extractor (--init_from) gets a new head
+        name += " + LM" if train.get("init_head") else " + pretrained"
     if head.startswith("causal_norm"):
         h = cfg.get("head", {})
         k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
