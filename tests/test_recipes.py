@@ -61,7 +61,8 @@ def test_stage_functions_reject_missing_unknown_and_valueless_arguments():
     r = _bash(src + "stage_extract --exp x --systems a --num_avg 2 --dirs d --mode pad --workers 0 --fwe 2")
     assert r.returncode != 0 and "unknown argument '--fwe'" in r.stderr
     # stages 4-7 in Python (`spkcausal stage`): argparse's one line, the recipe stops
-    r = _bash(src + "stage_identify --exp x --systems a --test_dir t --train_dir r --many 3 --few 1 --fwe 2; echo GO ON")
+    r = _bash(src + "stage_identify --exp x --systems a --test_dir t --train_dir r --many 3 --few 1 --fwe 2; "
+                    "echo GO ON")
     assert r.returncode == 2 and "unrecognized arguments: --fwe 2" in r.stderr and "GO ON" not in r.stdout
     assert len(r.stderr.strip().splitlines()) == 1
     r = _bash(src + "stage_report --exp x --systems a --trials")

@@ -10,6 +10,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..inference.api import set_threshold
+from ..scoring.calibration import apply_calibration_file
+from ..scoring.cosine import ScorerInputs, parse_top_n
+from ..scoring.qmf import apply_qmf_files
 from ..utils import SpkcausalError, UsageError
 from . import steps
 from .context import StageContext, base, is_done, join, log, mark_done, skip_msg
@@ -24,7 +28,6 @@ LISTED = ("cosine", "mean_sub", "asnorm")
 class Scoring:
     """How one run's lists are scored: its embeddings of the eval dir `ev`, of the training dir `tr` (mean and
     AS-norm cohort, with `train_dir`'s speakers), the top-N, and the row prefix ("" or "tde_")."""
-
     e: str
     ev: str
     tr: str
@@ -49,7 +52,6 @@ def score_variants(s: Scoring, store: str, trials: Sequence[str], enroll_map: st
 
 
 def _norm_inputs(store: str, s: Scoring):  # noqa: ANN202 (ScorerInputs; the import stays lazy)
-    from ..scoring.cosine import ScorerInputs
 
     return ScorerInputs(store, mean_store=s.tr, cohort=s.tr, cohort_data=s.train_dir)
 
@@ -74,7 +76,6 @@ def asnorm_top_of(e: str, top: str, dev: str, ds: str, tr: str, train_dir: str) 
     out = join(e, "asnorm_top.json")
     if not os.path.isfile(out) and not (dev and os.path.isfile(dev)):
         raise UsageError("--asnorm_top dev needs the seen-speaker dev list (stage 2: seen_dev)")
-    from ..scoring.cosine import ScorerInputs
 
     return str(steps.asnorm_top(dev, ScorerInputs(ds, mean_store=tr, cohort=tr, cohort_data=train_dir), out,
                                 reuse=True))
@@ -84,10 +85,6 @@ def backend_variants(s: Scoring, dev: str, ds: str, dd: str, items: Sequence[tup
     """The calibrated back-end of the AS-norm scores: the dev list scored like the others; a linear calibration
     and QMF trained on its scores (E/backend/<prefix>asnorm_{cal,qmf}.json) and applied to each (list name,
     store, data dir) of `items`: E/scores/<prefix>{asnorm_cal,asnorm_qmf}/<list>.score."""
-    from ..scoring.calibration import apply_calibration_file
-    from ..scoring.cosine import parse_top_n
-    from ..scoring.qmf import apply_qmf_files
-
     steps.score([dev], ds, s.out("asnorm"), mean_store=s.tr, cohort=s.tr, cohort_data=s.train_dir, top=s.top)
     dev_scores = join(s.out("asnorm"), f"{base(dev)}.score")
     cal, qmf = join(s.e, "backend", f"{s.prefix}asnorm_cal.json"), join(s.e, "backend", f"{s.prefix}asnorm_qmf.json")
@@ -103,8 +100,6 @@ def verify_threshold(e: str, dev: str, ds: str) -> None:
     """The threshold of `spkcausal verify`: cosine scores of the dev list, a linear calibration of them
     (E/backend/cosine_cal.json) and the raw score where its LLR meets the Bayes threshold for p_target 0.01
     (E/threshold.json); the dev list's EER threshold when the calibration does not rise with the score."""
-    from ..inference.api import set_threshold
-
     dn = base(dev)
     steps.score([dev], ds, join(e, "scores", "cosine"))
     scores, cal = join(e, "scores", "cosine", f"{dn}.score"), join(e, "backend", "cosine_cal.json")

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..utils import DataError, PathLike, write_text_atomic
+from ..scoring.cosine import ScorerInputs, choose_asnorm_top_files, parse_top_n, score_files
+from ..utils import DataError, PathLike, UsageError, setup_logging, write_text_atomic
 from .context import scoped_logs
 
 __all__ = ["score", "asnorm_top", "reuse_asnorm_top", "train_calibration", "train_qmf", "record_lines",
@@ -20,9 +21,6 @@ def score(trials: Sequence[PathLike], emb: str, out_dir: str, mean_store: str | 
           enroll_map: str | None = None, allow_missing: bool = False, norm: str | None = None) -> list[Path]:
     """`spkcausal score`: cosine (mean-subtracted with `mean_store`; AS-norm against `cohort`) scores of each
     trial list into `<out_dir>/<list name>.score`; returns the score files."""
-    from ..scoring.cosine import ScorerInputs, parse_top_n, score_files
-    from ..utils import UsageError
-
     norm = norm or ("asnorm" if cohort else "none")
     if norm != "none" and not cohort:
         raise UsageError(f"--norm {norm} needs --cohort STORE")
@@ -46,8 +44,6 @@ def reuse_asnorm_top(out: PathLike) -> int:
 def asnorm_top(trials: PathLike, inputs: Any, out: PathLike, reuse: bool = False, **kw: Any) -> int:
     """`spkcausal asnorm-top`: AS-norm's top-N chosen on a labelled dev list (ScorerInputs `inputs`), its curve
     in `out`; `reuse`: the choice already in `out`, when there is one."""
-    from ..scoring.cosine import choose_asnorm_top_files
-
     if reuse and Path(out).is_file():  # a recipe re-run reads the earlier choice
         return reuse_asnorm_top(out)
     with scoped_logs():
@@ -135,7 +131,6 @@ def identify_variants(variants: Sequence[str], emb: str, data: str, train_data: 
     results.json and predictions/ when given; prints a line per variant; returns {variant: result}."""
     from ..inference.identify import identify
     from ..results.records import record_identification
-    from ..utils import UsageError, setup_logging
 
     results = {}
     pred_dir = predictions or (f"{record}/predictions" if record else None)
@@ -164,7 +159,6 @@ def decouple_line(exp: str, method: str, out: str, train_emb: str, train_data: s
     """`spkcausal decouple`: a decoupled classifier on `exp`'s frozen embeddings, written as experiment `out`;
     returns its line."""
     from ..inference.decoupled import decouple, training_set
-    from ..utils import setup_logging
 
     with scoped_logs():
         setup_logging()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..utils import UsageError, write_text_atomic
+from ..inference.tde_alpha import ALPHA_GRID, CRITERIA, choose_alpha
+from ..utils import UsageError, setup_logging, write_text_atomic
 from . import steps
 from .context import StageContext, has_tde, is_done, join, log, mark_done, scoped_logs, skip_msg
 from .score import Scoring, asnorm_top_of, check_lists, score_and_record
@@ -36,9 +37,6 @@ def tde_alpha_of(e: str) -> float:
 def _choose(ctx: StageContext, e: str, val_store: str, train_store: str, lists: list[str],
             stores: list[str]) -> float:
     """tde-alpha for one run: the sweep in E/tde_alpha.json, the printed choice in E/tde_alpha.txt."""
-    from ..inference.tde_alpha import ALPHA_GRID, choose_alpha
-    from ..utils import setup_logging
-
     with scoped_logs():
         setup_logging(join(e, "tde_alpha.log"))
         res = choose_alpha(val_store, exp_dir=e, data_dir=ctx.val_dir, trials=lists or None,
@@ -55,7 +53,6 @@ def stage_tde(ctx: StageContext) -> None:
     """Stage 6 over the plan's runs (module docstring); decoupled runs and heads other than Causal Norm are
     left out."""
     from ..inference.tde import tde_store
-    from ..inference.tde_alpha import CRITERIA
 
     check_lists(ctx, "tde")
     if ctx.alpha_on not in CRITERIA:
