@@ -29,12 +29,12 @@ protocol_setup() {
   awk -v r="$imbalance" 'BEGIN {exit !(r > 1)}' || die "--protocol lt needs --imbalance R > 1, got $imbalance"
   base=$(first_word "$systems")
   case "$base" in *+*) die "--protocol lt: the first system ($base) must be a trained config, the baseline" ;; esac
-  src=$(sys_conf "$base" "$conf_dir")
+  case "$base" in *.yaml|*.yml) src=$base ;; *) src="$conf_dir/$base.yaml" ;; esac
   [ -f "$src" ] || die "--protocol lt: no config $src for the baseline $base"
   PROTOCOL_CONTROL_SYS="$base+control"
   PROTOCOL_CONTROL_DIR=$control_dir
   PROTOCOL_PROFILE_ARGS=(--control_dir "$control_dir")
-  log "protocol lt: imbalance $imbalance; $(sys_name "$base") also trains on the balanced control $control_dir"
+  log "protocol lt: imbalance $imbalance; $(basename "$base" .yaml) also trains on the balanced control $control_dir"
 }
 
 protocol_subset() {

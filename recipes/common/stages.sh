@@ -36,20 +36,7 @@ stage_args() {
     printf -v "$_n" '%s' "$2"
     shift 2
   done
-  for _n in "${_names[@]}"; do
-    case "$_n" in
-      *\?) ;;
-      *) [ -n "${!_n+set}" ] || die "$_fn: --$_n is required" ;;
-    esac
-  done
-}
-
-sys_name() { basename "$1" .yaml; }
-sys_conf() {  # sys_conf SYSTEM CONF_DIR
-  case "$1" in
-    *.yaml|*.yml) echo "$1" ;;
-    *) echo "$2/$1.yaml" ;;
-  esac
+  for _n in "${_names[@]}"; do [[ $_n == *\? ]] || [ -n "${!_n+set}" ] || die "$_fn: --$_n is required"; done
 }
 
 # set_launcher GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT: how stages 3 and 4 start `spkcausal` ("" GPUS:
@@ -75,9 +62,8 @@ first_word() { echo "$1" | awk '{print $1; exit}'; }
 # ---------------------------------------------------------------- stage 2: held-out split + long-tail profile
 # stage_profile --data D --train_dir T --val_dir V --test_dir E --many N --few N
 #               [--split_src S --imbalance R --val_per_speaker N --test_per_speaker N --seed N] [--control_dir C]
-# With --split_src, S is split into T / V / E first (imbalance R > 1 makes T an ImageNet-LT-style long-tailed
-# subset; --control_dir also writes its balanced control C, the long-tail protocol of recipes/common/protocol.sh);
-# without it T / V / E exist already. Marker: D/.done/2.
+# With --split_src, S is split into T / V / E first (R > 1: T is an ImageNet-LT-style long-tailed subset, and
+# --control_dir writes its balanced control C, protocol.sh); without it T / V / E exist already. Marker: D/.done/2.
 stage_profile() {
   local data train_dir val_dir test_dir many few split_src="" imbalance="" val_per_speaker="" test_per_speaker="" seed="" \
     control_dir="" ctl=() src=()
@@ -89,8 +75,7 @@ test_per_speaker? seed? control_dir?" "$@"
     if [ -n "$split_src" ]; then
       local v
       for v in imbalance val_per_speaker test_per_speaker seed; do
-        [ -n "${!v}" ] || die "stage_profile: --split_src needs --$v"
-      done
+        [ -n "${!v}" ] || die "stage_profile: --split_src needs --$v"; done
       [ -z "$control_dir" ] || [ "$imbalance" != 1 ] || die "stage_profile: --control_dir needs --imbalance > 1"
       [ -z "$control_dir" ] || ctl=(--control "$control_dir")
       if [ "$imbalance" != 1 ]; then
@@ -160,8 +145,7 @@ run_fields() {
   [ "$seed" != - ] || seed=""
 }
 run_train() {  # run_train T C: the caller's `train` = the dir the last run_fields' run trains on (a control run: C)
-  train=$1
-  [ "$control" = true ] || return 0
+  train=$1; [ "$control" = true ] || return 0
   [ -n "$2" ] && [ -n "$1" ] || die "$name is the protocol's balanced control: it needs --train_dir and --control_dir"
   train=$2
 }
@@ -174,8 +158,8 @@ run_train() {  # run_train T C: the caller's `train` = the dir the last run_fiel
 # epochs averaged (X/BASE/avg_model.pt), fine-tuned in X/BASE_lm with BASE's config, the LM overlay (--lm_conf),
 # the overrides, and train.init_from=X/BASE/avg_model.pt train.init_head=true. Marker: X/S/.done/3.
 stage_train() {
-  local exp systems conf_dir train_dir overrides="" seeds="" lm_conf="" num_avg="" control_dir="" pass e b lm init train \
-    line name kind system seed parent control causal method conf run
+  local exp systems conf_dir train_dir overrides="" seeds="" lm_conf="" num_avg="" control_dir="" pass e b lm init \
+    train line name kind system seed parent control causal method conf run
   stage_args stage_train "exp systems conf_dir train_dir overrides? seeds? lm_conf? num_avg? control_dir?" "$@"
   plan_runs "$systems" "$seeds" "$conf_dir"
   for pass in train lm; do  # the +lm runs after their parents
@@ -236,9 +220,7 @@ stage_extract() {
   stage_finished 4
 }
 
-# ---------------------------------------------------------------- stages 5-7: one process each (spkcausal/pipeline)
-# 5 scoring + back-end + verify threshold, 6 TDE (alpha on a dev set), 7 identification; their options and files:
-# `spkcausal stage score|tde|identify --help` and docs/recipes.md.
+# ------------- stages 5-7 (scoring + back-end, TDE, identification): `spkcausal stage ... --help`, docs/recipes.md
 stage_score() { spkcausal stage score "$@" || exit; stage_finished 5; }
 stage_tde() { spkcausal stage tde "$@" || exit; stage_finished 6; }
 stage_identify() { spkcausal stage identify "$@" || exit; stage_finished 7; }
