@@ -140,3 +140,8 @@ def test_stage_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["stage", "identify", *ok[:2], "--systems", "aam+control", *ok[4:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "aam_control is the protocol's balanced control: give --control_dir" in err[0]
+    # stage 4's decoupled systems: nothing to do without one; one line naming what a decoupled one lacks
+    assert main(["stage", "decouple", *ok[:4]]) == 0
+    assert main(["stage", "decouple", *ok[:2], "--systems", "aam+crt", "--train_dir", "t"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decoupled system aam_crt needs --train_dir and --val_dir" in err[0]

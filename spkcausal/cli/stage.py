@@ -28,7 +28,8 @@ def _stage(args: argparse.Namespace) -> int:
         control_dir=args.control_dir or "", eval_dir=get("eval_dir"), val_dir=get("val_dir"),
         test_dir=get("test_dir"), trials=_words(get("trials")), enroll_map=get("enroll_map"),
         asnorm_top=get("asnorm_top") or "300", seen_trials=get("seen_trials"), seen_dir=get("seen_dir"),
-        many=args.many, few=args.few, dev_trials=_words(get("dev_trials")), dev_dirs=dev_dirs,
+        many=getattr(args, "many", None), few=getattr(args, "few", None), dev_trials=_words(get("dev_trials")),
+        dev_dirs=dev_dirs,
         alphas=floats(args.alphas) if get("alphas") else None, alpha_on=get("alpha_on") or "iden_val")
     if args.stage == "decouple":
         from ..pipeline.decouple import stage_decouple
