@@ -216,29 +216,30 @@ def test_expdir_accessors(tmp_path):
 
 def test_stage_train_runs_the_plan_and_the_protocols_control(tmp_path):
     """stages.sh's stage_train loops over `spkcausal plan`: each run's config, its --plan-run SYSTEM@SEED (what run.json
-    records), the +lm runs from their parent's averaged model, and the protocol's control (BASE+control) on the
-    control dir; `launch` is replaced by an echo (no training)."""
+    records), the +lm runs from their parent's averaged model after every trained run, and the protocol's control
+    (BASE+control, a run the plan marks) on --control_dir; `launch` is replaced by an echo (no training)."""
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "a.yaml").write_text("head: {name: aam}\n")
     script = f"""set -euo pipefail
 . {ROOT}/recipes/common/stages.sh
-. {ROOT}/recipes/common/protocol.sh
 launch() {{ echo "LAUNCH $*"; }}
 spkcausal() {{ if [ "$1" = plan ]; then command spkcausal "$@"; else :; fi; }}
 mark_done exp/a_seed0 3
-protocol_setup lt 4 exp "a a+lm" conf ctl
-with_control stage_train --exp exp --systems "a a+lm" --conf_dir conf --train_dir tr --seeds "0" --lm_conf lm.yaml \\
-  --num_avg 2
+stage_train --exp exp --systems "a a+lm a+control" --conf_dir conf --train_dir tr --seeds "0" --lm_conf lm.yaml \\
+  --num_avg 2 --control_dir ctl
 """
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("LAUNCH")] == [
-        "LAUNCH train --config conf/a.yaml --config lm.yaml --plan-run a+lm@0 --resume exp_dir=exp/a_lm_seed0 "
-        "data.train=tr seed=0 train.init_from=exp/a_seed0/avg_model.pt train.init_head=true",
         "LAUNCH train --config conf/a.yaml --plan-run a+control@0 --resume exp_dir=exp/a_control_seed0 data.train=ctl "
-        "seed=0"]
+        "seed=0",
+        "LAUNCH train --config conf/a.yaml --config lm.yaml --plan-run a+lm@0 --resume exp_dir=exp/a_lm_seed0 "
+        "data.train=tr seed=0 train.init_from=exp/a_seed0/avg_model.pt train.init_head=true"]
     assert "skipping" in r.stderr  # a_seed0 was trained before
+    r = subprocess.run(["bash", "-c", script.replace(" --control_dir ctl", "")], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
+    assert r.returncode != 0 and "a_control_seed0 is the protocol's balanced control: it needs" in r.stderr
 
 
 def test_train_records_its_plan_run(tmp_path, capsys):

@@ -188,30 +188,34 @@ def test_recommendation_follows_an_edited_table_and_profile_prints_it(tmp_path, 
 
 
 @pytest.mark.slow
-def test_with_control_reruns_a_stage_for_the_control_with_its_dirs(tmp_path):
+def test_run_stages_puts_the_control_in_the_plan_and_passes_its_dir(tmp_path):
+    """run_stages.sh (stages 3-8 of every recipe) adds the baseline's control system to the systems and passes
+    --control_dir: the plan marks the control's runs, and the stages (spkcausal.pipeline for 4-7) give them the
+    control dir and keep the long-tailed dir's shot groups; stage functions are replaced by an echo here."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
+    stubs = "".join(f'{f}() {{ echo "CALL {f} $*"; }}; ' for f in ("stage_train", "stage_extract", "stage_score",
+                                                                    "stage_tde", "stage_identify", "stage_report"))
     script = f"""set -euo pipefail
 . {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh
-stage_score() {{ echo "CALL $*"; }}
-stage_extract() {{ echo "CALL $*"; }}
-protocol_setup lt 30 {tmp_path}/exp "aam cnaam aam+lm" {root}/recipes/mini/conf {tmp_path}/ctl
-with_control stage_extract --exp X --systems "aam cnaam" --dirs "{tmp_path}/lt V E" --train_dir {tmp_path}/lt
-with_control stage_score --exp X --systems "aam cnaam" --train_dir {tmp_path}/lt --many 30
+{stubs}
+protocol_setup lt 30 {tmp_path}/exp "aam cnaam" {root}/recipes/mini/conf {tmp_path}/ctl
+stage=3 stop_stage=8 exp=X systems="aam cnaam" seeds=0 train_dir=T val_dir=V test_dir=E eval_dir=D trials=L
+conf_dir=C overrides="" lm_conf=lm.yaml num_avg=2 lm_num_avg=1 extract_mode=pad extract_workers=0 seen_test=ST
+seen_dev=SD asnorm_top=dev alphas="" alpha_on=iden_val many=30 few=10 caption="" baseline="" per_seed=false
+. {root}/recipes/common/run_stages.sh
 """
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    calls = [ln[5:] for ln in r.stdout.splitlines() if ln.startswith("CALL ")]
-    ctl_sys = "aam+control"  # the plan's word for the baseline's control (spkcausal plan: run aam_control)
-    assert calls == [f"--exp X --systems aam cnaam --dirs {tmp_path}/lt V E --train_dir {tmp_path}/lt",
-                     f"--exp X --systems {ctl_sys} --dirs {tmp_path}/ctl V E --train_dir {tmp_path}/ctl",
-                     f"--exp X --systems aam cnaam --train_dir {tmp_path}/lt --many 30",
-                     f"--exp X --systems {ctl_sys} --train_dir {tmp_path}/ctl --many 30 --group_dir {tmp_path}/lt"]
+    calls = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.startswith("CALL ")}
+    assert list(calls) == ["stage_train", "stage_extract", "stage_score", "stage_tde", "stage_identify",
+                           "stage_report"]
+    for f in list(calls)[:5]:
+        assert f"--systems aam cnaam aam+control --seeds 0 --train_dir T --control_dir {tmp_path}/ctl" in calls[f]
+    assert "--systems aam cnaam aam+control --trials L" in calls["stage_report"]
+    assert "--dirs T V E D " in calls["stage_extract"]  # the control run's T: stage_extract's --control_dir
     assert not (tmp_path / "exp" / "protocol").exists()  # no copied YAML named for the report: run.json marks it
-    off = subprocess.run(["bash", "-c", f". {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh; "
-                          'protocol_setup "" 30 x aam c d; with_control echo once'], capture_output=True, text=True)
-    assert off.stdout == "once\n"
     bad = subprocess.run(["bash", "-c", f". {root}/recipes/common/stages.sh; . {root}/recipes/common/protocol.sh; "
                           f"protocol_setup lt 1 {tmp_path}/e aam {root}/recipes/mini/conf d"], capture_output=True,
                          text=True)

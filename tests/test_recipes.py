@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bash(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script, "test.sh", *args], capture_output=True, text=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # this venv's spkcausal
+    return subprocess.run(["bash", "-c", script, "test.sh", *args], capture_output=True, text=True, env=env)
 
 
 def test_parse_options_sets_known_variables_and_rejects_typos():
@@ -57,8 +58,13 @@ def test_stage_functions_reject_missing_unknown_and_valueless_arguments():
     src = f". {ROOT}/recipes/common/stages.sh; "
     r = _bash(src + 'stage_train --exp x --systems "a b" --conf_dir c')
     assert r.returncode != 0 and "stage_train: --train_dir is required" in r.stderr
-    r = _bash(src + "stage_identify --exp x --systems a --test_dir t --train_dir r --many 3 --fwe 2")
+    r = _bash(src + "stage_extract --exp x --systems a --num_avg 2 --dirs d --mode pad --workers 0 --fwe 2")
     assert r.returncode != 0 and "unknown argument '--fwe'" in r.stderr
+    # stages 4-7 in Python (`spkcausal stage`): argparse's one line, the recipe stops
+    r = _bash(src + "stage_identify --exp x --systems a --test_dir t --train_dir r --many 3 --few 1 --fwe 2; "
+                    "echo GO ON")
+    assert r.returncode == 2 and "unrecognized arguments: --fwe 2" in r.stderr and "GO ON" not in r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1
     r = _bash(src + "stage_report --exp x --systems a --trials")
     assert r.returncode != 0 and "--trials needs a value" in r.stderr
     # a shared function sees only its arguments: the caller's variables of the same name do not leak in

@@ -9,12 +9,10 @@
 #   protocol_setup PROTOCOL IMBALANCE EXP SYSTEMS CONF_DIR CONTROL_DIR
 #       "" (off) or lt. Sets PROTOCOL_CONTROL_DIR, PROTOCOL_CONTROL_SYS (<baseline>+control: the baseline's
 #       config, run by the plan as the control, spkcausal plan) and
-#       PROTOCOL_PROFILE_ARGS (stage_profile's --control_dir); all empty when off.
-#   with_control STAGE_FUNC ARGS...
-#       STAGE_FUNC ARGS, then, with the protocol on, once more for the control system: --systems becomes
-#       PROTOCOL_CONTROL_SYS, --train_dir (and its word in --dirs) the control dir, and the shot groups of the
-#       seen-speaker and identification rows stay those of the long-tailed dir (--group_dir), so that "Few"
-#       means the same speakers for both.
+#       PROTOCOL_PROFILE_ARGS (stage_profile's --control_dir); all empty when off. run_stages.sh adds the control
+#       system to the systems of stages 3-8 and passes --control_dir: a run the plan marks `control` trains on
+#       the control dir, and its seen-speaker and identification rows keep the shot groups of the long-tailed
+#       dir (--train_dir), so that "Few" means the same speakers for both.
 #   protocol_subset DATA POOL TRAIN_DIR IMBALANCE SEED
 #       the demo's stage 2 (its synthetic pool has the held-out split already): TRAIN_DIR = the long-tailed
 #       subset of POOL (no utterance held out), PROTOCOL_CONTROL_DIR its control. Marker: DATA/.done/protocol.
@@ -31,35 +29,12 @@ protocol_setup() {
   awk -v r="$imbalance" 'BEGIN {exit !(r > 1)}' || die "--protocol lt needs --imbalance R > 1, got $imbalance"
   base=$(first_word "$systems")
   case "$base" in *+*) die "--protocol lt: the first system ($base) must be a trained config, the baseline" ;; esac
-  src=$(sys_conf "$base" "$conf_dir")
+  case "$base" in *.yaml|*.yml) src=$base ;; *) src="$conf_dir/$base.yaml" ;; esac
   [ -f "$src" ] || die "--protocol lt: no config $src for the baseline $base"
   PROTOCOL_CONTROL_SYS="$base+control"
   PROTOCOL_CONTROL_DIR=$control_dir
   PROTOCOL_PROFILE_ARGS=(--control_dir "$control_dir")
-  log "protocol lt: imbalance $imbalance; $(sys_name "$base") also trains on the balanced control $control_dir"
-}
-
-with_control() {
-  local fn=$1 i train="" w d args=()
-  shift
-  "$fn" "$@"
-  [ -n "$PROTOCOL_CONTROL_SYS" ] || return 0
-  local argv=("$@")
-  for ((i = 0; i + 1 < ${#argv[@]}; i += 2)); do [ "${argv[i]}" != --train_dir ] || train=${argv[i + 1]}; done
-  [ -n "$train" ] || die "with_control $fn: no --train_dir to replace by the control"
-  for ((i = 0; i + 1 < ${#argv[@]}; i += 2)); do
-    case "${argv[i]}" in
-      --systems) args+=(--systems "$PROTOCOL_CONTROL_SYS") ;;
-      --train_dir) args+=(--train_dir "$PROTOCOL_CONTROL_DIR") ;;
-      --dirs)
-        d=""; for w in ${argv[i + 1]}; do [ "$w" != "$train" ] || w=$PROTOCOL_CONTROL_DIR; d+="${d:+ }$w"; done
-        args+=(--dirs "$d") ;;
-      *) args+=("${argv[i]}" "${argv[i + 1]}") ;;
-    esac
-  done
-  case "$fn" in stage_score|stage_tde|stage_identify) args+=(--group_dir "$train") ;; esac
-  log "protocol lt: $fn for the balanced control ($(sys_name "$PROTOCOL_CONTROL_SYS") on $PROTOCOL_CONTROL_DIR)"
-  "$fn" "${args[@]}"
+  log "protocol lt: imbalance $imbalance; $(basename "$base" .yaml) also trains on the balanced control $control_dir"
 }
 
 protocol_subset() {

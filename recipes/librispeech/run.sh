@@ -40,7 +40,7 @@ train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
 seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"   # seen-speaker lists (stage 2)
 eval_dir="$data/$eval_set"
 trials="$data/trials/$eval_set"
-dev_trials="$data/trials/$dev_set"; dev_trials_dir="$data/$dev_set"
+dev_lists="$data/trials/$dev_set"; dev_dirs="$data/$dev_set"   # stage 6 records the EER-vs-alpha curve on the dev readers
 overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
 overrides="$overrides${init_from:+ train.init_from=$init_from}"   # --init_from: fine-tune a pretrained model
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
@@ -65,39 +65,4 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     --same_session_ok "$seen_same_session_ok"
 fi
 
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  with_control stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "$overrides" --seeds "$seeds" --lm_conf "$lm_conf" --num_avg "$num_avg"
-fi
-
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  # the dev readers' embeddings too: stage 6 records the EER-vs-alpha curve on their trials
-  with_control stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
-    --dirs "$train_dir $val_dir $test_dir $eval_dir $dev_trials_dir" --mode "$extract_mode" \
-    --workers "$extract_workers" --seeds "$seeds" --train_dir "$train_dir" --val_dir "$val_dir"
-fi
-
-if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  with_control stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
-    --dev_trials "$seen_dev" --dev_dir "$val_dir" \
-    --trials "$trials" --asnorm_top "$asnorm_top" \
-    --seeds "$seeds" --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
-fi
-
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  with_control stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
-    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --alphas "$alphas" \
-    --dev_trials "$seen_dev $dev_trials" --dev_trials_dirs "$val_dir $dev_trials_dir" --alpha_on "$alpha_on" \
-    --seeds "$seeds" \
-    --seen_trials "$seen_test" --seen_dir "$test_dir" --many "$many" --few "$few"
-fi
-
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  with_control stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
-    --many "$many" --few "$few" --seeds "$seeds"
-fi
-
-if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems${PROTOCOL_CONTROL_SYS:+ $PROTOCOL_CONTROL_SYS}" --trials "$trials" \
-    --caption "$caption" --seeds "$seeds" --baseline "$baseline" --per_seed "$per_seed"
-fi
+. "$recipe_dir/../common/run_stages.sh"

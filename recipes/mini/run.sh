@@ -47,6 +47,8 @@ epochs=""                        # "" = the configs' value
 nj=2
 num_avg=3                        # last epochs averaged (the configs keep 3)
 lm_num_avg=2                     # last LM epochs averaged (conf/lm.yaml: 2 epochs)
+extract_mode=pad                 # neighbours in length share a batch: much faster on CPU than exact lengths
+extract_workers=0
 
 . "$root/tools/parse_options.sh"
 
@@ -93,39 +95,10 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     --many "$many" --few "$few" --num_trials "$seen_trials" --target_ratio "$seen_target_ratio" --seed "$seed"
 fi
 
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  with_control stage_train --exp "$exp" --systems "$systems" --conf_dir "$conf_dir" --train_dir "$train_dir" \
-    --overrides "${epochs:+train.epochs=$epochs} ${init_from:+train.init_from=$init_from}" --seeds "$seeds" --lm_conf "$conf_dir/lm.yaml" --num_avg "$num_avg"
-fi
-
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  # pad: neighbours in length share a batch, much faster on CPU than exact lengths
-  with_control stage_extract --exp "$exp" --systems "$systems" --num_avg "$num_avg" --lm_num_avg "$lm_num_avg" \
-    --dirs "$train_dir $val_dir $test_dir $eval_dir" --mode pad --workers 0 --seeds "$seeds" \
-    --train_dir "$train_dir" --val_dir "$val_dir"
-fi
-
-if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  with_control stage_score --exp "$exp" --systems "$systems" --eval_dir "$eval_dir" --train_dir "$train_dir" \
-    --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" --seen_trials "$seen_test" \
-    --seen_dir "$test_dir" --many "$many" --few "$few" --dev_trials "$seen_dev" --dev_dir "$val_dir"
-fi
-
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  with_control stage_tde --exp "$exp" --systems "$systems" --val_dir "$val_dir" --eval_dir "$eval_dir" \
-    --train_dir "$train_dir" --trials "$trials" --asnorm_top "$asnorm_top" --seeds "$seeds" \
-    --alpha_on "$alpha_on" --dev_trials "$seen_dev" --dev_trials_dirs "$val_dir" --seen_trials "$seen_test" \
-    --seen_dir "$test_dir" --many "$many" --few "$few"
-fi
-
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  with_control stage_identify --exp "$exp" --systems "$systems" --test_dir "$test_dir" --train_dir "$train_dir" \
-    --many "$many" --few "$few" --seeds "$seeds"
-fi
-
+lm_conf="$conf_dir/lm.yaml"
+overrides="${epochs:+train.epochs=$epochs} ${init_from:+train.init_from=$init_from}"
+. "$recipe_dir/../common/run_stages.sh"
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  stage_report --exp "$exp" --systems "$systems${PROTOCOL_CONTROL_SYS:+ $PROTOCOL_CONTROL_SYS}" --trials "$trials" \
-    --caption "$caption" --seeds "$seeds" --baseline "$baseline" --per_seed "$per_seed"
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"
   log "demo finished in ${SECONDS}s"
 fi

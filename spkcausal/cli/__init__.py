@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..utils import USER_OS_ERRNOS, SpkcausalError, output_error, passive_omp_wait
 
 ORDER = ["synth", "prepare", "data", "trials", "longtail", "shards", "train", "extract", "score", "calibrate",
-         "tde", "identify", "geometry", "report", "model", "plan", "infer", "export"]
+         "tde", "identify", "stage", "geometry", "report", "model", "plan", "infer", "export"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -3,7 +3,6 @@ asnorm-top (AS-norm's top-N chosen on a dev list)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from . import finite_float
 
@@ -30,51 +29,37 @@ def _inputs(args: argparse.Namespace):  # noqa: ANN202 (ScorerInputs; the import
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..scoring.calibration import apply_calibration_file, train_calibration_file
+    from ..pipeline.steps import train_calibration
+    from ..scoring.calibration import apply_calibration_file
 
     if _need(args, "calibrate", ("out",), ("apply", "out")) == "train":
-        m = train_calibration_file(args.dev, args.out, args.p_target)
-        print(f"{args.out}: llr = {m.weights[0]:.6g} * score + {m.bias:.6g}; dev Cllr {m.dev['cllr']:.4f}, "
-              f"minCllr {m.dev['min_cllr']:.4f}")
+        print(train_calibration(args.dev, args.out, args.p_target))
     else:
         print(apply_calibration_file(args.model, args.apply, args.out))
     return 0
 
 
 def _qmf(args: argparse.Namespace) -> int:
+    from ..pipeline.steps import train_qmf
     from ..scoring.cosine import parse_top_n
-    from ..scoring.qmf import apply_qmf_files, train_qmf_files
+    from ..scoring.qmf import apply_qmf_files
 
     inputs = _inputs(args)
     if _need(args, "qmf", ("out",), ("apply", "out")) == "train":
-        m = train_qmf_files(args.dev, inputs.with_(top_n=parse_top_n(args.asnorm_top)), args.utt2dur, args.out,
-                            p_target=args.p_target, **({"measures": args.measures} if args.measures else {}))
-        print(f"{args.out}: QMF on {', '.join(m.inputs)}; dev Cllr {m.dev['cllr']:.4f}, "
-              f"minCllr {m.dev['min_cllr']:.4f}")
+        print(train_qmf(args.dev, inputs.with_(top_n=parse_top_n(args.asnorm_top)), args.utt2dur, args.out,
+                        p_target=args.p_target, measures=args.measures))
     else:
         print(apply_qmf_files(args.model, args.apply, inputs, args.utt2dur, args.out))
     return 0
 
 
 def _asnorm_top(args: argparse.Namespace) -> int:
-    import json
+    from ..pipeline.steps import asnorm_top
+    from ..scoring.cosine import parse_top_n
 
-    from ..scoring.cosine import choose_asnorm_top_files, parse_top_n
-    from ..utils import DataError
-
-    if args.reuse and Path(args.out).is_file():  # a recipe re-run reads the earlier choice as plain text
-        try:
-            best = json.loads(Path(args.out).read_text())["best"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"not an asnorm-top choice (expected JSON with 'best'): {e}", args.out) from None
-        if not isinstance(best, int) or isinstance(best, bool) or best < 1:
-            raise DataError(f"'best' must be a count >= 1, got {best!r}", args.out)
-        print(best)
-        return 0
     kw = {} if args.candidates is None else {"candidates": [parse_top_n(c) for c in args.candidates]}
-    res = choose_asnorm_top_files(args.trials, _inputs(args), args.out, p_target=args.p_target,
-                                  allow_missing=args.allow_missing, **kw)
-    print(res["best"])
+    print(asnorm_top(args.trials, _inputs(args), args.out, reuse=args.reuse, p_target=args.p_target,
+                     allow_missing=args.allow_missing, **kw))
     return 0
 
 

@@ -8,16 +8,10 @@ from . import finite_float, positive_int
 
 
 def _decouple(args: argparse.Namespace) -> int:
-    from ..inference.decoupled import decouple, training_set
-    from ..utils import setup_logging
+    from ..pipeline.steps import decouple_line
 
-    setup_logging()
-    training = training_set(args.exp, args.train_emb, args.train_data)  # checked before --out is made
-    setup_logging(f"{args.out}/decouple.log")
-    info = decouple(args.exp, args.method, args.out, args.train_emb, args.train_data, args.val_emb, args.val_data,
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, training=training)
-    extra = f", tau {info['tau']:g} chosen on {info['val']}" if args.method == "tau_norm" else ""
-    print(f"{args.out}: {args.method} on {args.exp} ({info['n_train']} training embeddings{extra})")
+    print(decouple_line(args.exp, args.method, args.out, args.train_emb, args.train_data, args.val_emb, args.val_data,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed))
     return 0
 
 

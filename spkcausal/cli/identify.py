@@ -2,39 +2,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from . import finite_float, positive_int
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from ..inference.identify import identify
-    from ..results.records import record_identification
-    from ..utils import UsageError, setup_logging, write_text_atomic
+    from ..pipeline.steps import identify_variants
+    from ..utils import UsageError
 
-    setup_logging(args.record and f"{args.record}/identify.log")
     variants = args.variants or ["tde" if args.tde_alpha is not None else "mean_sub" if args.mean_store else "cosine"]
     if args.label and len(variants) > 1:
         raise UsageError("--label needs a single variant")
-    results = {}
-    pred_dir = args.predictions or (f"{args.record}/predictions" if args.record else None)
-    for v in variants:
-        if v not in ("cosine", "mean_sub", "tde"):
-            raise UsageError(f"unknown variant {v!r} (cosine, mean_sub, tde)")
-        if v == "tde" and args.tde_alpha is None or v == "mean_sub" and not args.mean_store:
-            raise UsageError(f"variant {v} needs {'--tde-alpha' if v == 'tde' else '--mean-store'}")
-        res = identify(args.emb, args.data, args.train_data, ckpt=args.ckpt, exp_dir=args.exp,
-                       tde_alpha=args.tde_alpha if v == "tde" else None,
-                       mean_store=args.mean_store if v == "mean_sub" else None, many=args.many, few=args.few,
-                       predictions=f"{pred_dir}/{v}.npz" if pred_dir else None, n_boot=args.bootstrap)
-        results[v] = res
-        if args.record:
-            record_identification(args.record, v, res, args.label)
-        print(f"{v}: " + "  ".join(f"{g} {100 * res[g]:.2f} [{100 * res[g + '_ci'][0]:.1f}, "
-                                   f"{100 * res[g + '_ci'][1]:.1f}]" if res[g] == res[g] else f"{g} -"
-                                   for g in ("many", "medium", "few", "overall")))
-    if args.out:
-        write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
+    identify_variants(variants, args.emb, args.data, args.train_data, ckpt=args.ckpt, exp_dir=args.exp,
+                      tde_alpha=args.tde_alpha, mean_store=args.mean_store, many=args.many, few=args.few,
+                      record=args.record, label=args.label, predictions=args.predictions, out=args.out,
+                      n_boot=args.bootstrap)
     return 0
 
 

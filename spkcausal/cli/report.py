@@ -7,12 +7,8 @@ import argparse
 from . import finite_float, positive_int
 
 
-def _ci(v: float, ci: list | None, scale: float, digits: int) -> str:
-    return f"{scale * v:.{digits}f}" + (f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]" if ci else "")
-
-
 def _record(args: argparse.Namespace) -> int:
-    from ..results.records import record_seen, record_verification, row_label
+    from ..pipeline.steps import record_lines
     from ..utils import UsageError
 
     pairs = []
@@ -25,24 +21,10 @@ def _record(args: argparse.Namespace) -> int:
         raise UsageError("--label needs a single VARIANT=SCORE_FILE")
     if args.seen and not (args.utt2spk and args.train_data and args.many is not None and args.few is not None):
         raise UsageError("--seen needs --utt2spk (of the seen list's dir), --train-data, --many and --few")
-    for variant, path in pairs:
-        alpha = args.tde_alpha if variant.startswith("tde") else None
-        if args.seen:
-            data = record_seen(args.exp, variant, path, args.utt2spk, args.train_data, args.many, args.few,
-                               args.label, args.p_target, alpha, args.bootstrap, args.seed)
-            groups = data["rows"][variant]["seen"]["groups"]
-            print(f"{row_label(args.exp, variant, data['rows'][variant])} (seen speakers): " + "  ".join(
-                f"{g} EER {_ci(v['eer'], v['eer_ci'], 100, 2)}%" if v and "eer" in v else f"{g} -"
-                for g, v in groups.items()))
-            continue
-        data = record_verification(args.exp, variant, path, args.label, args.p_target, alpha, args.utt2spk,
-                                   args.bootstrap, args.seed, llr=True if args.llr else None)
-        v = data["rows"][variant]["verification"]
-        llr = (f" Cllr {_ci(v['cllr'], v['cllr_ci'], 1, 4)} minCllr {v['min_cllr']:.4f} "
-               + " ".join(f"actDCF({p}) {_ci(x, v['act_dcf_ci'][p], 1, 4)}" for p, x in v["act_dcf"].items())
-               if v.get("llr") else "")
-        print(f"{row_label(args.exp, variant, data['rows'][variant])}: EER {_ci(v['eer'], v['eer_ci'], 100, 3)}% "
-              + " ".join(f"minDCF({p}) {_ci(x, v['min_dcf_ci'][p], 1, 4)}" for p, x in v["min_dcf"].items()) + llr)
+    for line in record_lines(args.exp, pairs, args.utt2spk, args.label, args.tde_alpha, args.p_target,
+                             (args.train_data, args.many, args.few) if args.seen else None, args.bootstrap, args.seed,
+                             llr=True if args.llr else None):
+        print(line)
     return 0
 
 

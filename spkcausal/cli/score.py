@@ -8,15 +8,11 @@ from . import finite_float, positive_int
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ..scoring.cosine import ScorerInputs, parse_top_n, score_files
-    from ..utils import UsageError
+    from ..pipeline.steps import score
 
-    norm = args.norm or ("asnorm" if args.cohort else "none")
-    if norm != "none" and not args.cohort:
-        raise UsageError(f"--norm {norm} needs --cohort STORE")
-    inputs = ScorerInputs(args.emb, mean_store=args.mean_store, cohort=args.cohort, cohort_data=args.cohort_data,
-                          norm=norm, top_n=parse_top_n(args.asnorm_top), enroll_map=args.enroll_map)
-    outs = score_files(args.trials, inputs, args.out_dir, allow_missing=args.allow_missing)
+    outs = score(args.trials, args.emb, args.out_dir, mean_store=args.mean_store, cohort=args.cohort,
+                 cohort_data=args.cohort_data, top=args.asnorm_top, enroll_map=args.enroll_map,
+                 allow_missing=args.allow_missing, norm=args.norm)
     for o in outs:
         print(o)
     return 0

@@ -7,7 +7,8 @@ from pathlib import Path
 from . import finite_float
 
 
-def _floats(text: str) -> list[float]:
+def floats(text: str) -> list[float]:
+    """An argparse type: numbers separated by commas or spaces (an alpha grid)."""
     try:
         return [float(x) for x in text.replace(",", " ").split()]
     except ValueError:
@@ -15,21 +16,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _tde_alpha(args: argparse.Namespace) -> int:
-    from ..inference.tde import format_alpha_curve
     from ..inference.tde_alpha import choose_alpha
+    from ..pipeline.steps import alpha_text
     from ..utils import setup_logging
 
     setup_logging(args.out and Path(args.out).with_suffix(".log"))
     res = choose_alpha(args.emb, ckpt=args.ckpt, exp_dir=args.exp, data_dir=args.data, trials=args.trials,
                        alphas=args.alphas, out=args.out, trials_emb=args.trials_emb, criterion=args.criterion,
                        heuristic_emb=args.heuristic_emb, heuristic=not args.no_heuristic)
-    curve = {"iden_val": "accuracy", "dev_eer": "eer", "dev_min_dcf": "min_dcf"}[res["criterion_name"]]
-    print(f"# {res['criterion']}; heuristic 1/mean cos: "
-          + (f"{res['heuristic_alpha']:.3f}" if res["heuristic_alpha"] is not None else "-")
-          + f" ({res['heuristic_from']})")
-    print(format_alpha_curve(res["alphas"], res[curve], res["alpha"]))
-    print(f"# chosen from the {res['alpha_source']}")
-    print(f"alpha {res['alpha']!r}")  # repr: every digit reaches tde-apply / identify
+    print(alpha_text(res), end="")
     return 0
 
 
@@ -59,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials-emb", nargs="+", help="raw store of each dev trial list's keys (default: --emb)")
     p.add_argument("--criterion", choices=CRITERIA,
                    help="iden_val: accuracy on --data (default when given); dev_eer / dev_min_dcf: the first --trials")
-    p.add_argument("--alphas", type=_floats, default=list(ALPHA_GRID), help="grid to try (default 0,0.25,...,3)")
+    p.add_argument("--alphas", type=floats, default=list(ALPHA_GRID), help="grid to try (default 0,0.25,...,3)")
     p.add_argument("--heuristic-emb", help="raw store of the training embeddings: the 1/mean-cos heuristic, an "
                                            "extra candidate, is computed on them (default: on the dev utterances)")
     p.add_argument("--no-heuristic", action="store_true", help="do not add the heuristic value as a candidate")
