@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data.sessions import HALVES
 from ..experiments.runs import RUN_FILE, read_run
 from ..results.evidence import DEFAULT_INTERVALS, Intervals
@@ -326,9 +328,10 @@ def draw_curve(curve: Mapping, path: Path) -> dict:
             cont = ax.errorbar([r * dodge for r, _ in pts], y, yerr=[lo, hi], fmt="o-", color=f"C{j % 10}",
                                capsize=3, ms=4, lw=1.2, label=s)
             bars = cont.lines[2][0].get_segments()  # the intervals as drawn
+            xs = np.asarray(cont.lines[0].get_xdata(), dtype=float).tolist()
+            ys = np.asarray(cont.lines[0].get_ydata(), dtype=float).tolist()
             drawn.setdefault(col, {})[s] = [(float(x / dodge), float(v), float(seg[0][1]), float(seg[1][1]))
-                                            for x, v, seg in zip(cont.lines[0].get_xdata(),
-                                                                 cont.lines[0].get_ydata(), bars)]
+                                            for x, v, seg in zip(xs, ys, bars)]
         ax.set_xscale("log")
         ax.margins(x=0.12)
         ax.set_xticks(rs, [_r(r) for r in rs])

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..data.sessions import HALVES
 from ..results.evidence import DEFAULT_INTERVALS, Intervals, row_figures
@@ -51,7 +52,7 @@ def session_table(exp_dirs: Sequence[PathLike], out_dir: PathLike, variants: Seq
     entries = []
     for key, rs in runs.items():
         hs = [by_exp[(r["exp"], r["variant"])] for r in rs]
-        entry = {"system": Path(key[0]).name, "variant": key[1], "label": labels[key],
+        entry: dict[str, Any] = {"system": Path(key[0]).name, "variant": key[1], "label": labels[key],
                  "seeds": [r["seed"] for r in rs], "exps": [_rel(r["exp"], out) for r in rs],
                  "test_data": sorted({_rel(h["test_data"], out) for h in hs}),
                  "session_train_data": sorted({_rel(h["session_train_data"], out) for h in hs}), "halves": {}}

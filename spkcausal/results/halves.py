@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,8 @@ def session_halves(row: Mapping, test_data: PathLike | None = None, train_data: 
     out: dict = {"test_data": str(test_dir), "session_train_data": str(train_dir), "halves": {}}
     for half, sel in zip(HALVES, (inside, ~inside)):
         lab = labels[sel]
-        entry = {"n_trials": int(sel.sum()), "n_target": int((lab == 1).sum()), "n_nontarget": int((lab == 0).sum())}
+        entry: dict[str, Any] = {"n_trials": int(sel.sum()), "n_target": int((lab == 1).sum()),
+                                 "n_nontarget": int((lab == 0).sum())}
         if sel.any():
             entry["groups"] = seen_group_figures(enroll[sel], scores[sel], lab, seen["utt2spk"], seen["train_data"],
                                                  shots["many"], shots["few"], p_targets, n_boot, level, seed)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench_tailcost.sh [--out DIR] [--seeds "0 1 2 3 4"] [--curve_seeds "0 1 2 3 4 5 6 7"] [--imbalances "10 30 60"]
+#                   [--report-only]: what the long tail costs and what recovers it (docs/demo.md, "The tail's cost").
+#
+#   bash tools/bench_tailcost.sh                       everything below; hours of CPU on 2 cores
+#   bash tools/bench_tailcost.sh --report-only         the tables again from the runs that exist
+#
+# Every run is the long-tail protocol of recipes/mini/run.sh (--protocol lt: a balanced pool of 100 speakers x 60
+# utterances, its long-tailed subset at imbalance R and the balanced control, the same speakers and hours), with
+# a larger evaluation set than the demo's so that one seed measures more precisely (100 held-out verification
+# speakers instead of 30, 8 held-out utterances per training speaker instead of 4; the training data is the
+# demo's). Runs that are done are kept (every stage has its marker), so a re-run adds only what is missing.
+#
+# 1. The method benchmark at R=30, from scratch, over --seeds: Baseline (AAM), Balanced Softmax, De-confound
+#    (Causal Norm AAM) and the encoder-side methods (speaker-uniform episodic batches + angular prototypical loss,
+#    semi-siamese momentum contrast, k-positive contrast, tail-aware speed perturbation), with the baseline's
+#    balanced control: OUT/scratch-lt30/exp/bench_seeds/report.md ("Tail cost": the share each method recovers).
+# 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds.
+# 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
+#    30 utterances each), fine-tuned on the long-tailed set at R=30 and on its control (conf/finetune/aam_ft.yaml,
+#    --init_from), over --seeds.
+# 4. `spkcausal tail-curve` over 2 and 3 (with the session halves): OUT/tail_curve/tail_curve.{md,json,png};
+#    `spkcausal session-halves` and `spkcausal tail-geometry` over 1: OUT/methods/; tools/bench_lt_step.py over
+#    1's systems (training step against AAM's): OUT/methods/step.json.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$root/tailcost"
+seeds="0 1 2 3 4"
+curve_seeds="0 1 2 3 4 5 6 7"
+imbalances="10 30 60"
+report_only=false
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --curve_seeds) curve_seeds=$2; shift 2 ;;
+    --imbalances) imbalances=$2; shift 2 ;;
+    --report-only) report_only=true; shift ;;
+    *) echo "bench_tailcost.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+done
+conf="$root/recipes/mini/conf"
+methods="aam $conf/lt/balanced_softmax.yaml cnaam $conf/encoder/prototypical.yaml $conf/encoder/semi_siamese.yaml \
+$conf/encoder/kpositive.yaml $conf/encoder/tail_speed.yaml"
+evalset=(--test_speakers 100 --test_per_speaker 8)
+pre="$out/pretrain/exp/aam"
+ro=(); [ "$report_only" = false ] || ro=(--report-only)
+
+SECONDS=0
+bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
+  --systems "$methods" "${evalset[@]}"
+curve=()
+for r in $imbalances; do
+  bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance "$r" --seeds "$curve_seeds" \
+    --out "$out/scratch" --systems aam "${evalset[@]}"
+  curve+=(--run "scratch:$r=$out/scratch-lt$r/exp")
+done
+if [ "$report_only" = false ]; then
+  bash "$root/recipes/mini/run.sh" --seed 7 --imbalance 1 --speakers 200 --max_utts 30 --many 20 --few 10 \
+    --systems aam --stop_stage 3 --out "$out/pretrain"
+fi
+. "$root/recipes/common/path.sh" > /dev/null
+[ -f "$pre/avg_model.pt" ] || spkcausal average-ckpt --exp "$pre" --num 3
+bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/ft" \
+  --systems "$conf/finetune/aam_ft.yaml" --init_from "$pre/avg_model.pt" "${evalset[@]}"
+curve+=(--run "finetune:30=$out/ft-lt30/exp")
+
+spkcausal tail-curve "${curve[@]}" --sessions --out "$out/tail_curve"
+m="$out/scratch-lt30"
+exps=() geo=()
+for s in $methods; do
+  s=$(basename "$s" .yaml)
+  for k in $seeds; do exps+=("$m/exp/${s}_seed$k"); geo+=("$s=$m/exp/${s}_seed$k/emb/vox1_iden_test"); done
+done
+mkdir -p "$out/methods"
+spkcausal session-halves "${exps[@]}" --out "$out/methods"
+spkcausal tail-geometry --emb "${geo[@]}" --data "$m/data/vox1_iden_test" --train-data "$m/data/lt_train" \
+  --many 30 --few 10 --out "$out/methods/geometry.json" --markdown "$out/methods/geometry.md"
+"$SPKCAUSAL_PY" "$root/tools/bench_lt_step.py" --systems aam lt/balanced_softmax cnaam encoder/prototypical \
+  encoder/semi_siamese encoder/kpositive encoder/tail_speed --out "$out/methods/step.json"
+echo "bench_tailcost.sh: done in ${SECONDS}s; tables: $m/exp/bench_seeds/report.md, $out/tail_curve/tail_curve.md," \
+  "$out/methods/{session_halves,geometry}.md"
