@@ -197,6 +197,20 @@ def test_aam_checkpoint_refuses_tde(tmp_path):
     assert EmbeddingStore.open(out).dim == 16 and not (out / "mean_feature.npy").exists()
 
 
+def test_extract_says_where_the_time_went(trained, tmp_path):
+    import time
+
+    data_dir, exp = trained
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    extract(data_dir, tmp_path / "emb", exp_dir=exp, num_workers=0, timing=timing)
+    wall = time.perf_counter() - t0
+    assert list(timing) == ["setup", "headers", "read", "fbank", "model", "write"]
+    # consecutive, disjoint intervals inside the call: none negative, together no more than the call
+    assert min(timing.values()) >= 0 and sum(timing.values()) <= wall
+    assert "wall seconds setup" in (tmp_path / "emb.extract.log").read_text()
+
+
 def test_rerun_redoes_work_when_the_checkpoint_file_changes(trained, tmp_path):
     import shutil
 
