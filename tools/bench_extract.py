@@ -186,11 +186,17 @@ def run_speechbrain(sb_ckpt: Path, arch: dict, data: Path, out: Path, timing: di
     timing["write"] = timing.get("write", 0.0) + time.perf_counter() - t
 
 
-def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: int = 4) -> dict:
+def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: int = 4, pairs: int = 3) -> dict:
     """Our ECAPA and SpeechBrain's ECAPA_TDNN on identical (our Kaldi fbank) features of `k` files: the largest
-    difference relative to the embeddings' scale, and each against a float64 run of our model."""
+    difference relative to the embeddings' scale, each against a float64 run of our model, and paired timings.
+
+    Timing pairs: per file, `pairs` times ours then theirs back to back (model on the same features; front-end on
+    the same waveform: our Kaldi Fbank against SpeechBrain's Fbank + InputNormalization), so that the machine's
+    load, which moves over seconds, hits both sides of a pair alike; the ratios' median and range are returned."""
     import torch
+    from speechbrain.lobes.features import Fbank as SBFbank
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    from speechbrain.processing.features import InputNormalization
 
     from spkcausal.data.audio import read_audio
     from spkcausal.data.datadir import read_kv
@@ -200,12 +206,24 @@ def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: in
     theirs = ECAPA_TDNN(80, **arch)
     theirs.load_state_dict(torch.load(sb_ckpt, weights_only=True))
     theirs.eval()
+    sb_fbank, sb_norm = SBFbank(n_mels=80), InputNormalization(norm_type="sentence", std_norm=False).eval()
     ours64 = assemble(ckpt).model.double()
     wav = read_kv(data / "wav.scp")
     worst, worst64 = 0.0, 0.0
+    model_x, fbank_x = [], []
+
+    def secs(fn: Callable[..., object], *args: object) -> float:
+        t = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t
+
+    def sb_front(wave: torch.Tensor) -> torch.Tensor:
+        return sb_norm(sb_fbank(wave), torch.ones(1))
+
     with torch.no_grad():
         for utt in sorted(wav)[:k]:
-            feats = trained.frontend(torch.from_numpy(read_audio(wav[utt])[0]).unsqueeze(0))
+            wave = torch.from_numpy(read_audio(wav[utt])[0]).unsqueeze(0)
+            feats = trained.frontend(wave)
             a = trained.model(feats)
             b = theirs(feats, torch.ones(1)).squeeze(1)
             x = ours64(feats.double())
@@ -213,7 +231,12 @@ def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: in
             worst = max(worst, (a - b).abs().max().item() / scale)
             worst64 = max(worst64, (a.double() - x).abs().max().item() / scale, (b.double() - x).abs().max().item()
                           / scale)
-    return {"files": k, "ours_vs_speechbrain": worst, "vs_float64": worst64}
+            for _ in range(pairs):
+                model_x.append(secs(theirs, feats, torch.ones(1)) / secs(trained.model, feats))
+                fbank_x.append(secs(sb_front, wave) / secs(trained.frontend, wave))
+    return {"files": k, "ours_vs_speechbrain": worst, "vs_float64": worst64,
+            "model_x": [statistics.median(model_x), min(model_x), max(model_x)],
+            "fbank_x": [statistics.median(fbank_x), min(fbank_x), max(fbank_x)]}
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -304,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", default="2", help="comma-separated DataLoader worker counts for extract "
                                                      "(default 2, as the CLI)")
     p.add_argument("--frontends", default="speechbrain,kaldi", help="our front-ends to time")
+    p.add_argument("--pair-files", type=int, default=20, help="files for the paired model / front-end timing")
     p.add_argument("--work", help="keep the files here (default: a temporary dir, removed)")
     p.add_argument("--src", help="import spkcausal from this checkout instead (a before / after comparison)")
     p.add_argument("--json", help="also write the results here")
@@ -311,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.utts, args.min_seconds, args.max_seconds, args.channels, args.repeats = 6, 1.0, 2.0, 32, 1
+        args.pair_files = 2
     if args.src:
         sys.path.insert(0, str(Path(args.src).resolve()))
     import torch
@@ -360,7 +385,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         c = cosines(ours, sb)
         agreement[f"{fe} fbank, {mode}, {w} workers"] = {
             "worst_cos": float(c.min()), "median_cos": float(np.median(c)), "max_abs": float(np.abs(ours - sb).max())}
-    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data)
+    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data, k=min(args.utts, args.pair_files))
 
     print(f"\nuptime before: {up0}\nuptime after:  {up1}")
     print(f"{args.utts} files, {audio:.1f} s of audio; CPU, {torch.get_num_threads()} torch threads; ECAPA "
@@ -374,6 +399,11 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     print(f"Same (Kaldi fbank) features into both models, {feats['files']} files: max |ours - SpeechBrain's| "
           f"{feats['ours_vs_speechbrain']:.1e} of the embedding scale; either against float64 "
           f"{feats['vs_float64']:.1e}")
+    for key, what in (("model_x", "model on the same features"),
+                      ("fbank_x", "front-end (our Kaldi Fbank; theirs Fbank + InputNormalization)")):
+        med, lo, hi = feats[key]
+        print(f"Paired timing, SpeechBrain's seconds / ours, {what}: median {med:.2f}x (range {lo:.2f}-{hi:.2f}, "
+              f"{feats['files']} files x 3 back-to-back pairs)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "utts": args.utts, "audio_seconds": audio, "channels": args.channels, "threads": torch.get_num_threads(),
