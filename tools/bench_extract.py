@@ -126,7 +126,7 @@ def make_model(work: Path, channels: int, seed: int = 0) -> tuple[dict, dict[str
     return arch, ckpts, sb_ckpt
 
 
-def run_ours(ckpt: Path, data: Path, out: Path, mode: str, workers: int, timing: dict | None) -> None:
+def run_ours(ckpt: Path, data: Path, out: Path, mode: str, workers: int | None, timing: dict | None) -> None:
     """`spkcausal extract` in process: data dir + checkpoint -> embedding store."""
     import inspect
 
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for both (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per contender (default 3)")
     p.add_argument("--modes", default="exact", help="comma-separated `extract --mode`s to time (default exact)")
-    p.add_argument("--num-workers", default="2", help="comma-separated DataLoader worker counts for extract "
-                                                     "(default 2, as the CLI)")
+    p.add_argument("--num-workers", default="auto", help="comma-separated DataLoader worker counts for extract, "
+                                                        "auto: extract's default (none on the CPU)")
     p.add_argument("--frontends", default="speechbrain,kaldi", help="our front-ends to time")
     p.add_argument("--pair-files", type=int, default=20, help="files for the paired model / front-end timing")
     p.add_argument("--work", help="keep the files here (default: a temporary dir, removed)")
@@ -364,10 +364,10 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
           f"{torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     up0 = _uptime()
     contenders, warm = {}, {}
-    variants = [(fe, mode, int(w)) for fe in args.frontends.split(",") for mode in args.modes.split(",")
-                for w in args.num_workers.split(",")]
+    variants = [(fe, mode, None if w == "auto" else int(w)) for fe in args.frontends.split(",")
+                for mode in args.modes.split(",") for w in args.num_workers.split(",")]
     for fe, mode, w in variants:
-        name = f"spkcausal extract, {fe} fbank, {mode}, {w} workers"
+        name = f"spkcausal extract, {fe} fbank, {mode}, {'default' if w is None else w} workers"
         contenders[name] = partial(run_ours, ckpts[fe], data, work / f"out/{fe}_{mode}_{w}", mode, w)
         warm[name] = partial(run_ours, ckpts[fe], warm_data, work / "out/warm", mode, w)
     ref = "SpeechBrain EncoderClassifier, 1 utterance per call"
@@ -383,9 +383,9 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         keys, ours = read_store(work / f"out/{fe}_{mode}_{w}")
         assert keys == sorted(keys)  # the store keeps the data dir's sorted order, as the SpeechBrain loop
         c = cosines(ours, sb)
-        agreement[f"{fe} fbank, {mode}, {w} workers"] = {
+        agreement[f"{fe} fbank, {mode}, {'default' if w is None else w} workers"] = {
             "worst_cos": float(c.min()), "median_cos": float(np.median(c)), "max_abs": float(np.abs(ours - sb).max())}
-    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data, k=min(args.utts, args.pair_files))
+    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data, k=max(1, min(args.utts, args.pair_files)))
 
     print(f"\nuptime before: {up0}\nuptime after:  {up1}")
     print(f"{args.utts} files, {audio:.1f} s of audio; CPU, {torch.get_num_threads()} torch threads; ECAPA "

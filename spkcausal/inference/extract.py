@@ -203,9 +203,12 @@ def _read_part(parts_dir: Path, rank: int) -> tuple[list[str], np.ndarray] | Non
 
 def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
             tde_alpha: float | None = None, batch_seconds: float = 200.0, mode: str = "exact",
-            num_workers: int = 2, device: str = "auto", force: bool = False,
+            num_workers: int | None = None, device: str = "auto", force: bool = False,
             timing: dict[str, float] | None = None) -> Path:
     """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any).
+
+    `num_workers` None: audio is read in the main process on the CPU (the model takes ~90% of the time there and
+    loader processes measured slower on a small machine, docs/scale.md), by 2 DataLoader workers on a GPU.
 
     Where the time went is logged (extract.log) and, if `timing` is given, added to it: wall seconds of "setup"
     (data dir, checkpoint and model), "headers", "read", "fbank", "model" (see `embed_utterances`) and "write"."""
@@ -222,7 +225,7 @@ def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None,
 
 
 def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
-             batch_seconds: float, mode: str, num_workers: int, device: str, force: bool,
+             batch_seconds: float, mode: str, num_workers: int | None, device: str, force: bool,
              times: dict[str, float]) -> Path:
     from ..data.datadir import DataDir
     from ..data.embeddings import write_store
@@ -240,6 +243,8 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         log.info("%s is complete for %s; skipping (pass force to redo)", out_dir, ckpt_path)
         return out_dir
     dev = resolve_device(device)
+    if num_workers is None:
+        num_workers = 0 if dev.type == "cpu" else 2
     trained = assemble(ckpt_path, device=dev, need_head=False)  # an imported extractor has none; TDE needs one
     if tde_alpha is not None:
         trained.require_causal()
@@ -253,8 +258,8 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         emb = part[1]
         log.info("rank %d: reusing finished slice %s", rank, parts_dir)
     else:
-        log.info("rank %d: embedding %d of %d utterances from %s with %s", rank, len(mine), len(utts), data_dir,
-                 ckpt_path)
+        log.info("rank %d: embedding %d of %d utterances from %s with %s (%d DataLoader workers)", rank, len(mine),
+                 len(utts), data_dir, ckpt_path, num_workers)
         emb = embed_utterances(trained.model, trained.frontend, data, mine, dev, batch_seconds, mode=mode,
                                num_workers=num_workers, progress=rank == 0, timing=times)
         if world > 1:
