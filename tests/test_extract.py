@@ -197,6 +197,30 @@ def test_aam_checkpoint_refuses_tde(tmp_path):
     assert EmbeddingStore.open(out).dim == 16 and not (out / "mean_feature.npy").exists()
 
 
+def test_extract_says_where_the_time_went(trained, tmp_path):
+    import time
+
+    data_dir, exp = trained
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    extract(data_dir, tmp_path / "emb", exp_dir=exp, num_workers=0, timing=timing)
+    wall = time.perf_counter() - t0
+    assert list(timing) == ["setup", "headers", "read", "fbank", "model", "write"]
+    # consecutive, disjoint intervals inside the call: none negative, together no more than the call
+    assert min(timing.values()) >= 0 and sum(timing.values()) <= wall
+    assert "wall seconds setup" in (tmp_path / "emb.extract.log").read_text()
+
+
+def test_default_workers_read_in_process_on_the_cpu_with_the_same_embeddings(trained, tmp_path):
+    data_dir, exp = trained
+    extract(data_dir, tmp_path / "auto", exp_dir=exp, device="cpu")  # num_workers None: 0 on the CPU
+    extract(data_dir, tmp_path / "two", exp_dir=exp, device="cpu", num_workers=2)
+    assert "(0 DataLoader workers)" in (tmp_path / "auto.extract.log").read_text()
+    assert "(2 DataLoader workers)" in (tmp_path / "two.extract.log").read_text()
+    # the reading processes change nothing but who reads: the same arrays, bit for bit
+    assert np.array_equal(EmbeddingStore.open(tmp_path / "auto").matrix, EmbeddingStore.open(tmp_path / "two").matrix)
+
+
 def test_rerun_redoes_work_when_the_checkpoint_file_changes(trained, tmp_path):
     import shutil
 

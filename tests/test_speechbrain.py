@@ -1,7 +1,10 @@
 """SpeechBrain ECAPA in and out: an imported embedding_model.ckpt embeds like SpeechBrain's own pipeline
 (Fbank -> sentence mean normalisation -> ECAPA_TDNN, built here with random weights: no download), and a
-spkcausal ECAPA exports to a state dict that SpeechBrain's ECAPA_TDNN loads and runs identically."""
+spkcausal ECAPA exports to a state dict that SpeechBrain's ECAPA_TDNN loads and runs identically. An imported
+extractor (no head) extracts a data dir like SpeechBrain, and refuses TDE."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -9,8 +12,12 @@ import soundfile as sf
 import torch
 
 from spkcausal.cli import main
+from spkcausal.data.datadir import DataDir
+from spkcausal.data.embeddings import EmbeddingStore
 from spkcausal.inference.api import load_model
+from spkcausal.inference.extract import extract
 from spkcausal.inference.speechbrain_io import ecapa_arch, export_speechbrain, import_speechbrain
+from spkcausal.utils import DataError
 
 ARCH = dict(channels=[16, 16, 16, 16, 48], kernel_sizes=[5, 3, 3, 3, 1], attention_channels=8, se_channels=8,
             res2net_scale=4, lin_neurons=24)
@@ -76,6 +83,21 @@ def test_imported_model_reproduces_speechbrain_embeddings(sb_dir, tmp_path):
         assert np.abs(sm.embed(d / f"w{n}.wav") - ref).max() <= 1e-4, n  # as above
     # Not a trivially equal pair: different audio gives a different embedding.
     assert np.abs(_sb_embed(m, waves[9000]) - _sb_embed(m, waves[16000])).max() > 1e-2
+
+
+def test_imported_model_extracts_a_data_dir_and_refuses_tde(sb_dir, tmp_path):
+    d, m, waves = sb_dir
+    ckpt = import_speechbrain(d / "embedding_model.ckpt", tmp_path / "sb.pt")
+    DataDir(wav={f"u{n}": str(d / f"w{n}.wav") for n in waves}, utt2spk={f"u{n}": "s" for n in waves}).write(
+        tmp_path / "data")
+    out = extract(tmp_path / "data", tmp_path / "emb", ckpt=ckpt, num_workers=0)
+    store = EmbeddingStore.open(out)
+    for n, w in waves.items():
+        assert np.abs(store.get([f"u{n}"])[0] - _sb_embed(m, w)).max() <= 1e-4, n  # as in the test above
+    assert json.loads((out / "extract.json").read_text())["head"] is None
+    with pytest.raises(DataError, match="Causal Norm head"):
+        extract(tmp_path / "data", tmp_path / "tde", ckpt=ckpt, num_workers=0, tde_alpha=1.0)
+    assert not (tmp_path / "tde").exists()
 
 
 def test_export_back_loads_into_speechbrain(sb_dir, tmp_path):

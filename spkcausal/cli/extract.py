@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: batch only equal-length utterances (batch-independent); bucket: equal Fbank frame "
                         "counts (same embeddings as exact, more batching); pad: zero-pad neighbours; crop: central "
                         "10 s of longer utterances, then bucket (docs/scale.md has the measured differences)")
-    p.add_argument("--num-workers", type=count, default=2, help="DataLoader workers reading audio (default 2)")
+    p.add_argument("--num-workers", type=count, default=None,
+                   help="DataLoader workers reading audio (default: none on the CPU, 2 on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--force", action="store_true", help="redo even if the store is complete")
     p.set_defaults(func=_extract)
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-seconds", type=finite_float, default=200.0, help="audio seconds per batch (default 200)")
     p.add_argument("--mode", choices=("exact", "pad", "bucket", "crop"), default="exact",
                    help="batching, as for `extract`")
-    p.add_argument("--num-workers", type=count, default=2, help="DataLoader workers reading audio (default 2)")
+    p.add_argument("--num-workers", type=count, default=None,
+                   help="DataLoader workers reading audio (default: none on the CPU, 2 on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.set_defaults(func=_extract_dirs)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -108,16 +109,38 @@ class AudioSource(Dataset):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), index
 
 
+class StageClock:
+    """Wall seconds per extraction stage, added into `into` (a no-op without it): `lap(stage)` charges the time
+    since the previous lap to `stage`. On CUDA it synchronises first, so a stage is charged its own kernels."""
+
+    def __init__(self, into: dict[str, float] | None, device: torch.device | None = None):
+        self.into, self.device, self.t = into, device, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the last lap to `stage`."""
+        if self.into is None:
+            return
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.into[stage] = self.into.get(stage, 0.0) + now - self.t
+        self.t = now
+
+
 @torch.no_grad()
 def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device: torch.device | str = "cpu",
                  batch_seconds: float = 200.0, max_batch: int = 256, mode: str = "exact", num_workers: int = 2,
-                 progress: bool = True) -> np.ndarray:
-    """(len(source), D) float32 embeddings in source order: the one extraction loop (recipes and API)."""
+                 progress: bool = True, timing: dict[str, float] | None = None) -> np.ndarray:
+    """(len(source), D) float32 embeddings in source order: the one extraction loop (recipes and API).
+
+    `timing`, if given, gets the wall seconds spent waiting for audio ("read": the loader, its workers' start
+    included), in the front-end ("fbank") and in the model ("model") added to it."""
     from tqdm import tqdm
 
     from ..data.dataset import eval_loader, length_batches
 
     device = torch.device(device)
+    clock = StageClock(timing, device)
     sr = fbank.sample_rate
     batches = length_batches(source.lengths, int(batch_seconds * sr), max_batch=max_batch, mode=mode,
                              frame_length=fbank.frame_length, frame_shift=fbank.frame_shift)
@@ -127,13 +150,16 @@ def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device
     first = True
     for waves, lens, index in tqdm(eval_loader(source, batches, num_workers=num_workers), total=len(batches),
                                    desc="extracting", disable=not progress, mininterval=2, leave=False):
+        clock.lap("read")
         waves = waves.to(device, non_blocking=True)
         if mode != "pad":  # exact, bucket, crop: one frame count per batch, so no padded sample is in a frame
-            emb = model(fbank(waves))
+            feats, frames = fbank(waves), None
         else:
             lens = lens.to(device)
-            emb = model(fbank(waves, lens), fbank.num_frames(lens))
-        emb = emb.float().cpu().numpy()
+            feats, frames = fbank(waves, lens), fbank.num_frames(lens)
+        clock.lap("fbank")
+        emb = (model(feats) if frames is None else model(feats, frames)).float().cpu().numpy()
+        clock.lap("model")
         if first and emb.shape[1] != out.shape[1]:
             out = np.zeros((len(source), emb.shape[1]), dtype=np.float32)
         first = False
@@ -144,15 +170,20 @@ def embed_source(model: nn.Module, fbank: nn.Module, source: AudioSource, device
 def embed_utterances(model: nn.Module, fbank: nn.Module, data: Any, utts: Sequence[str],
                      device: torch.device | str = "cpu", batch_seconds: float = 200.0, max_batch: int = 256,
                      mode: str = "exact", num_workers: int = 2, min_seconds: float = 0.5,
-                     progress: bool = True, crop_seconds: float | None = None) -> np.ndarray:
+                     progress: bool = True, crop_seconds: float | None = None,
+                     timing: dict[str, float] | None = None) -> np.ndarray:
     """(len(utts), D) float32 embeddings of whole utterances of a data dir, in the order of `utts` (mode
-    "crop": of their central `crop_seconds`, default dataset.CROP_SECONDS)."""
+    "crop": of their central `crop_seconds`, default dataset.CROP_SECONDS); `timing` as for `embed_source`,
+    plus "headers" (reading every file's header for its length)."""
     from ..data.dataset import CROP_SECONDS
 
     sr = fbank.sample_rate
     crop = int(round((crop_seconds or CROP_SECONDS) * sr)) if mode == "crop" else 0
+    clock = StageClock(timing)
     source = AudioSource([data.wav[u] for u in utts], sr, int(round(min_seconds * sr)), max_samples=crop)
-    return embed_source(model, fbank, source, device, batch_seconds, max_batch, mode, num_workers, progress)
+    clock.lap("headers")
+    return embed_source(model, fbank, source, device, batch_seconds, max_batch, mode, num_workers, progress,
+                        timing)
 
 
 def _write_parts(parts_dir: Path, rank: int, keys: Sequence[str], emb: np.ndarray) -> None:
@@ -172,23 +203,36 @@ def _read_part(parts_dir: Path, rank: int) -> tuple[list[str], np.ndarray] | Non
 
 def extract(data_dir: PathLike, out_dir: PathLike, ckpt: PathLike | None = None, exp_dir: PathLike | None = None,
             tde_alpha: float | None = None, batch_seconds: float = 200.0, mode: str = "exact",
-            num_workers: int = 2, device: str = "auto", force: bool = False) -> Path:
-    """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any)."""
+            num_workers: int | None = None, device: str = "auto", force: bool = False,
+            timing: dict[str, float] | None = None) -> Path:
+    """Embed every utterance of `data_dir` into the store `out_dir` (sharded over torchrun ranks if any).
+
+    `num_workers` None: audio is read in the main process on the CPU (the model takes ~90% of the time there and
+    loader processes measured slower on a small machine, docs/scale.md), by 2 DataLoader workers on a GPU.
+
+    Where the time went is logged (extract.log) and, if `timing` is given, added to it: wall seconds of "setup"
+    (data dir, checkpoint and model), "headers", "read", "fbank", "model" (see `embed_utterances`) and "write"."""
     out_dir = Path(out_dir)
     ckpt_path = resolve_checkpoint(ckpt, exp_dir)
     rank, world = rank_and_world()
+    times = {} if timing is None else timing
     with log_to_file(out_dir.parent / f"{out_dir.name}.extract.log") if rank == 0 else nullcontext():
-        return _extract(data_dir, out_dir, ckpt_path, rank, world, tde_alpha, batch_seconds, mode, num_workers,
-                        device, force)
+        out = _extract(data_dir, out_dir, ckpt_path, rank, world, tde_alpha, batch_seconds, mode, num_workers,
+                       device, force, times)
+        if times:
+            log.info("rank %d: wall seconds %s", rank, ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+    return out
 
 
 def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, world: int, tde_alpha: float | None,
-             batch_seconds: float, mode: str, num_workers: int, device: str, force: bool) -> Path:
+             batch_seconds: float, mode: str, num_workers: int | None, device: str, force: bool,
+             times: dict[str, float]) -> Path:
     from ..data.datadir import DataDir
     from ..data.embeddings import write_store
     from ..nn.assemble import assemble
     from .tde import tde_embeddings
 
+    clock = StageClock(times)
     data = DataDir.load(data_dir)
     utts = data.utts
     st = ckpt_path.stat()
@@ -199,9 +243,12 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         log.info("%s is complete for %s; skipping (pass force to redo)", out_dir, ckpt_path)
         return out_dir
     dev = resolve_device(device)
-    trained = assemble(ckpt_path, device=dev)
+    if num_workers is None:
+        num_workers = 0 if dev.type == "cpu" else 2
+    trained = assemble(ckpt_path, device=dev, need_head=False)  # an imported extractor has none; TDE needs one
     if tde_alpha is not None:
         trained.require_causal()
+    clock.lap("setup")
     # Slices of an interrupted sharded run are reused only by a run with the same inputs (hash in the name).
     tag = hashlib.sha1(json.dumps({**meta, "tde_alpha": None}, sort_keys=True).encode()).hexdigest()[:12]
     parts_dir = out_dir.parent / f".{out_dir.name}.parts{world}-{tag}"
@@ -211,24 +258,27 @@ def _extract(data_dir: PathLike, out_dir: Path, ckpt_path: Path, rank: int, worl
         emb = part[1]
         log.info("rank %d: reusing finished slice %s", rank, parts_dir)
     else:
-        log.info("rank %d: embedding %d of %d utterances from %s with %s", rank, len(mine), len(utts), data_dir,
-                 ckpt_path)
+        log.info("rank %d: embedding %d of %d utterances from %s with %s (%d DataLoader workers)", rank, len(mine),
+                 len(utts), data_dir, ckpt_path, num_workers)
         emb = embed_utterances(trained.model, trained.frontend, data, mine, dev, batch_seconds, mode=mode,
-                               num_workers=num_workers, progress=rank == 0)
+                               num_workers=num_workers, progress=rank == 0, timing=times)
         if world > 1:
             _write_parts(parts_dir, rank, mine, emb)
     if world > 1:
         dist.barrier()
+    clock = StageClock(times)
     if rank == 0:
         if world > 1:
             emb = _merge_parts(parts_dir, world, len(utts))
         mean, num_heads = trained.mean_feature(), trained.num_heads
         if tde_alpha is not None:
             emb = tde_embeddings(emb, mean, float(tde_alpha), num_heads, trained.feature_norm)
-        write_store(out_dir, utts, emb, {**meta, "num_heads": num_heads, "head": trained.config["head"]["name"],
+        head = trained.config["head"]["name"] if trained.head is not None else None
+        write_store(out_dir, utts, emb, {**meta, "num_heads": num_heads, "head": head,
                                          "feature_norm": trained.feature_norm}, mean)
         if world > 1:
             shutil.rmtree(parts_dir, ignore_errors=True)
+        clock.lap("write")
         log.info("wrote %d embeddings (dim %d) to %s", len(utts), emb.shape[1], out_dir)
     if world > 1:
         dist.barrier()
