@@ -56,6 +56,12 @@ def test_system_names_follow_the_paper():
     assert system_name(lm) == "Baseline (AAM) + LM"
     pre = {"head": {"name": "aam"}, "train": {"init_from": "pretrained/avg_model.pt", "init_head": False}}
     assert system_name(pre) == "Baseline (AAM) + pretrained"
+    # the encoder-side methods name themselves, not "Baseline"
+    proto = {"head": {"name": "aam"}, "sampler": {"name": "episodic"}, "encoder_loss": {"name": "prototypical"}}
+    assert system_name(proto) == "Angular prototypical loss (AAM) + episodic batches"
+    assert system_name({"head": {"name": "aam"}, "sampler": {"name": "episodic"}}) == "Episodic batches (AAM)"
+    tail = {"head": {"name": "aam"}, "augment": {"speed_perturb": True, "group_speed": [0.2, 0.5, 0.9]}}
+    assert system_name(tail) == "Tail-aware augmentation (AAM)"
 
 
 def test_report_table_from_known_results(tmp_path):

@@ -76,6 +76,17 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
         tags.append(f"DRW from epoch {int(loss['drw_epoch'])}")
     if sampler == "progressive":
         tags.append("progressive sampling")
+    # the encoder-side methods (docs/causal.md, "Methods that act on the encoder")
+    enc = str((cfg.get("encoder_loss") or {}).get("name", "none"))
+    enc_txt = {"prototypical": "angular prototypical loss", "semi_siamese": "semi-siamese contrast",
+               "kpositive": "k-positive contrast"}.get(enc)
+    if enc_txt:
+        tags.append(enc_txt)
+    if sampler == "episodic":
+        tags.append("episodic batches")
+    aug = cfg.get("augment") or {}
+    if aug.get("group_speed") is not None or aug.get("group_prob") is not None:
+        tags.append("tail-aware augmentation")
     return tags
 
 
