@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
@@ -270,9 +271,30 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger("spkcausal." + name.split(".")[-1])
 
 
-def passive_omp_wait() -> str:
-    """Make OpenMP threads sleep, not spin, while they wait (OMP_WAIT_POLICY=PASSIVE), unless the user chose."""
-    # With its default spin-waiting, torch's OpenMP pool collapses when another process holds a core: a demo
-    # training step took 1.69 s on 2 threads against 0.11 s on 1 (docs/scale.md, "Threads on a busy machine").
-    # Read once, when the OpenMP runtime starts: this must run before torch is imported.
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def other_runnable(samples: int = 5, gap: float = 0.005, loadavg: str = "/proc/loadavg") -> int:
+    """How many runnable tasks besides this one the kernel reports, the least over `samples` reads `gap` s apart
+    (0 where /proc/loadavg cannot be read)."""
+    least = None
+    for k in range(samples):
+        try:
+            with open(loadavg, encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        least = running if least is None else min(least, running)
+        if k + 1 < samples:
+            time.sleep(gap)
+    return max(0, (least or 1) - 1)
+
+
+def passive_omp_wait(busy: int | None = None) -> str | None:
+    """OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep, not spin, while they wait) when another process keeps a
+    core busy at start; nothing on an idle machine or when the user chose a policy. Returns the policy in force."""
+    # Spin-waiting collapses when another process holds a core: a demo training step took 1.69 s on 2 threads
+    # against 0.11 s on 1; passive waiting brought 2 threads to 0.19 s. On an idle machine passive waiting costs
+    # instead (47.8 against 29.0 ms), so it is chosen only where the machine is busy (docs/scale.md, "Threads on
+    # a busy machine"). Read once, when the OpenMP runtime starts: this must run before torch is imported.
+    if "OMP_WAIT_POLICY" not in os.environ and (other_runnable() if busy is None else busy) > 0:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY")

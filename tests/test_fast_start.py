@@ -279,14 +279,28 @@ def test_window_draws_equal_the_loop_on_ties_and_random_weights():
     assert np.array_equal(window_draws(w[:1], rng.random(1), 1), [0])
 
 
-@pytest.mark.parametrize("user", [None, "ACTIVE"])
-def test_cli_makes_openmp_wait_passively_before_torch_unless_the_user_chose(user):
-    """The CLI sets OMP_WAIT_POLICY=PASSIVE before any command imports torch (spin-waiting threads collapse on a
-    busy machine: docs/scale.md), and keeps a policy the user set."""
+@pytest.mark.parametrize("user,busy,want", [(None, 1, "PASSIVE"), (None, 0, None), ("ACTIVE", 1, "ACTIVE")])
+def test_cli_makes_openmp_wait_passively_on_a_busy_machine_before_torch(user, busy, want):
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE before any command imports torch when another task keeps a core busy
+    (spin-waiting threads collapse then: docs/scale.md), leaves it unset on an idle machine (passive waiting
+    is slower there), and keeps a policy the user set."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if user:
         env["OMP_WAIT_POLICY"] = user
-    code = ("import os, sys\nfrom spkcausal.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = (f"import os, sys\nimport spkcausal.utils as u\nu.other_runnable = lambda: {busy}\n"
+            "from spkcausal.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert r.stdout.split()[-2:] == [user or "PASSIVE", "False"]
+    assert r.stdout.split()[-2:] == [str(want), "False"]
+
+
+def test_other_runnable_reads_the_least_running_count(tmp_path):
+    """/proc/loadavg's 4th field is running/total tasks, this reader included: others = the least count - 1."""
+    from spkcausal.utils import other_runnable
+
+    f = tmp_path / "loadavg"
+    f.write_text("1.13 1.15 1.75 3/110 17674\n")
+    assert other_runnable(samples=2, gap=0.0, loadavg=str(f)) == 2
+    f.write_text("0.00 0.00 0.00 1/75 1\n")
+    assert other_runnable(samples=1, loadavg=str(f)) == 0
+    assert other_runnable(samples=1, loadavg=str(tmp_path / "missing")) == 0  # no /proc: assume idle
