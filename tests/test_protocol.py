@@ -12,7 +12,7 @@ import yaml
 from scipy import stats
 
 from spkcausal.cli import main
-from spkcausal.data.advice import RULES, recommend
+from spkcausal.data.advice import BENCHMARK, RULES, recommend
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.subsets import balanced_control, longtail_subset, water_fill
 from spkcausal.report.results import collect_rows, format_markdown, update_results, write_report
@@ -181,7 +181,8 @@ def test_recommendation_follows_an_edited_table_and_profile_prints_it(tmp_path, 
     _data({"a": 40, "b": 4, "c": 30}).write(tmp_path / "d")
     assert main(["profile", str(tmp_path / "d"), "--many", "30", "--few", "10"]) == 0
     out = capsys.readouterr().out
-    assert "recommendation (imbalance 10, Few speakers 33.3%)" in out and "docs/demo.md#long-tail-benchmark" in out
+    assert "recommendation (imbalance 10, Few speakers 33.3%)" in out and BENCHMARK in out
+    assert BENCHMARK == "docs/demo.md#the-tails-cost-with-power-and-the-encoder-side-methods"
 
 
 # ---------------------------------------------------------------- recipe plumbing (bash only, no training)
