@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fixtures_train import torchrun_script, write_long_tailed_subset
+from fixtures_train import DDP_EXIT, torchrun_script, write_long_tailed_subset
 
 from spkcausal.nn.checkpoint import load_checkpoint
 
@@ -30,8 +30,7 @@ res = train(cfg, resume=resume)
 np.save(exp / f"w{rank}.npy", torch.cat([p.detach().flatten() for p in res.net.parameters()]).numpy())
 np.save(exp / f"enc{rank}.npy", torch.cat([t.detach().double().flatten()
                                            for t in res.net.encoder_loss.state_dict().values()]).numpy())
-dist.destroy_process_group()
-"""
+""" + DDP_EXIT
 
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures_train import torchrun_script, write_long_tailed_subset
+from fixtures_train import DDP_EXIT, torchrun_script, write_long_tailed_subset
 
 from spkcausal.nn.checkpoint import load_checkpoint
 
@@ -31,8 +31,7 @@ res = train(cfg, resume=resume)
 head = res.net.head
 np.save(exp / f"w{rank}.npy", torch.cat([p.detach().flatten() for p in res.net.parameters()]).numpy())
 np.save(exp / f"buf{rank}.npy", torch.cat([b.detach().double().flatten() for b in head.buffers()]).numpy())
-dist.destroy_process_group()
-"""
+""" + DDP_EXIT
 
 
 

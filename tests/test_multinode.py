@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_train import kill_process_tree, make_corpus, tiny_config
+from fixtures_train import DDP_EXIT, kill_process_tree, make_corpus, tiny_config, torchrun_env
 
 from spkcausal.data.shards import make_shards
 from spkcausal.nn.config import save_config
@@ -43,8 +43,7 @@ for source in ("files", "shards"):
     s = torch.cat([t.detach().flatten().double() for t in res.net.state_dict().values() if t.is_floating_point()])
     np.save(root / f"p_{tag}_{source}_{dist.get_rank()}.npy", p.numpy())
     np.save(root / f"s_{tag}_{source}_{dist.get_rank()}.npy", s.numpy())
-dist.destroy_process_group()
-"""
+""" + DDP_EXIT
 
 
 def run_config(root: Path, exp: str, source: str) -> dict:
@@ -58,8 +57,7 @@ def run_config(root: Path, exp: str, source: str) -> dict:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    return torchrun_env(PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
 
 
 def _free_port() -> int:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 import random
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config
+from fixtures_train import DDP_EXIT, kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config, torchrun_env
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.dataset import PositionSampler, TrainChunkDataset, train_loader
@@ -39,8 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests"))
-    return env
+    return torchrun_env(PYTHONPATH=str(REPO / "tests"))
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +158,7 @@ res = train(cfg)
 np.save(root / f"xbar{rank}.npy", res.net.head.mean_feature.numpy())
 np.save(root / f"w{rank}.npy", torch.cat([p.detach().flatten() for p in res.net.parameters()]).numpy())
 extract(root / "data", root / "emb", exp_dir=root / "exp", num_workers=0)
-dist.destroy_process_group()
-"""
+""" + DDP_EXIT
 
 
 @pytest.mark.slow
