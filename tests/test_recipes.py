@@ -512,3 +512,19 @@ def test_every_recipe_takes_init_from_into_its_training_overrides(recipe):
     assert "train.init_from=$init_from" in run.read_text()
     r = subprocess.run(["bash", str(run), "--init_fro", "/x", "--help"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown option --init_fro" in r.stderr
+
+
+@pytest.mark.parametrize("workers,expected", [("", None), ("3", "3")])
+def test_stage_extract_leaves_workers_to_the_device_default_unless_given(tmp_path, workers, expected):
+    """Stage 4 passes --num-workers only when the recipe sets extract_workers (the default "" lets `extract`
+    choose: none on CPU, 2 on GPU)."""
+    src = (f'. {ROOT}/recipes/common/stages.sh; launch() {{ echo "LAUNCH $*"; }}; '
+           'spkcausal() { if [ "$1" = plan ]; then command spkcausal "$@"; fi; }; ')
+    r = _bash(src + f'stage_extract --exp {tmp_path} --systems aam --num_avg 2 --dirs d --mode pad '
+                    f'--workers "{workers}"')
+    assert r.returncode == 0, r.stderr
+    launches = [line.split() for line in r.stdout.splitlines() if line.startswith("LAUNCH")]
+    assert len(launches) == 1 and launches[0][1] == "extract-dirs"
+    args = launches[0]
+    got = args[args.index("--num-workers") + 1] if "--num-workers" in args else None
+    assert got == expected

@@ -33,7 +33,8 @@ lm_conf="$conf_dir/lm.yaml"      # large-margin fine-tuning overlay of the BASE+
 lm_num_avg=3                     # last LM epochs averaged into the +lm avg_model.pt
 extract_mode=bucket              # equal-fbank-length batches: exact's embeddings (1 - cos < 3e-7, EER unchanged;
                                  # docs/scale.md) much faster on GPU; --extract_mode exact reproduces bit for bit
-extract_workers=2
+extract_workers=""               # extraction's audio-reading workers ("": none on CPU, where the model's threads
+                                 # need the cores, 2 on GPU; docs/scale.md)
 nj=8
 seed=0
 musan=""                         # MUSAN root (noise / music / babble augmentation)

@@ -190,7 +190,7 @@ stage_train() {
 }
 
 # ---------------------------------------------------------------- stage 4: checkpoint averaging + extraction
-# stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|bucket|pad|crop --workers N
+# stage_extract --exp X --systems "S ..." --num_avg N --dirs "D ..." --mode exact|bucket|pad|crop --workers N|""
 #               [--seeds "K ..."] [--train_dir T --val_dir V] [--lm_num_avg M] [--control_dir CT]
 # Averages the last N epoch checkpoints (M for the BASE+lm systems) into X/S/avg_model.pt, then writes the raw
 # (not TDE'd) embeddings of every data dir D (a control run: CT for T) to X/S/emb/<basename D>. Then the
@@ -212,7 +212,7 @@ stage_extract() {
     d=""; for w in $dirs; do [ "$w" != "$train_dir" ] || w=$train; d+="${d:+ }$w"; done
     spkcausal average-ckpt --exp "$e" --num "$n"
     # shellcheck disable=SC2086
-    launch extract-dirs --exp "$e" --data $d --out-dir "$e/emb" --mode "$mode" --num-workers "$workers"
+    launch extract-dirs --exp "$e" --data $d --out-dir "$e/emb" --mode "$mode" ${workers:+--num-workers "$workers"}
     mark_done "$e" 4
   done
   spkcausal stage decouple --exp "$exp" --systems "$systems" --seeds "$seeds" --train_dir "$train_dir" \
