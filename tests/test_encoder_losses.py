@@ -221,6 +221,55 @@ def test_episodic_batches_hold_p_distinct_speakers_with_k_items_and_use_every_sp
         build_sampler("episodic", labels, batch_size=24, utts_per_speaker=3)
 
 
+def test_frequency_drawn_episodes_draw_speakers_by_their_counts():
+    """episodic_natural: P distinct speakers x K items per batch, speakers drawn by frequency. P = 1 is natural
+    sampling's class frequency n_c / N (chi-square, where the uniform deal is refused); P = 2 matches the
+    inclusion probability of two successive draws without replacement, pi_i = w_i + sum_j w_j w_i / (1 - w_j)."""
+    from scipy.stats import chisquare
+
+    counts = np.array([40, 20, 10, 5, 3, 1, 1])
+    w = counts / counts.sum()
+    labels = np.repeat(np.arange(len(counts)), counts)
+    k, n_batches = 3, 4000
+    one = build_sampler("episodic_natural", labels, seed=5, num_samples=k * n_batches, batch_size=k,
+                        utts_per_speaker=k)
+    drawn = labels[np.array(list(one)).reshape(-1, k)]
+    assert (drawn == drawn[:, :1]).all()
+    seen = np.bincount(drawn[:, 0], minlength=len(counts))
+    assert chisquare(seen, w * n_batches).pvalue > 1e-3
+    uniform = build_sampler("episodic", labels, seed=5, num_samples=k * n_batches, batch_size=k, utts_per_speaker=k)
+    deal = np.bincount(labels[np.array(list(uniform))[::k]], minlength=len(counts))
+    assert chisquare(deal, w * n_batches).pvalue < 1e-6  # the test tells the two schemes apart
+
+    two = build_sampler("episodic_natural", labels, seed=6, num_samples=2 * k * n_batches, batch_size=2 * k,
+                        utts_per_speaker=k)
+    batches = labels[np.array(list(two)).reshape(-1, 2, k)]
+    assert (batches == batches[:, :, :1]).all() and (batches[:, 0, 0] != batches[:, 1, 0]).all()
+    pi = w + w * sum(w[j] / (1 - w[j]) for j in range(len(w))) - w ** 2 / (1 - w)
+    assert np.isclose(pi.sum(), 2.0)
+    inclusion = np.bincount(batches[:, :, 0].ravel(), minlength=len(counts))
+    z = (inclusion - pi * n_batches) / np.sqrt(n_batches * pi * (1 - pi))
+    assert np.abs(z).max() < 4, z
+    # the 1-utterance speakers come as their one utterance plus repeats (own crops), never dropped
+    assert inclusion[5] > 0 and inclusion[6] > 0
+
+
+def test_frequency_drawn_episodes_resume_shard_by_rank_and_refuse_the_uniform_state():
+    labels = np.repeat(np.arange(6), [9, 6, 4, 2, 1, 1])
+    ranks = [build_sampler("episodic_natural", labels, seed=2, num_samples=96, num_replicas=2, rank=r,
+                           batch_size=4, utts_per_speaker=2) for r in (0, 1)]
+    full = ranks[0].global_order().reshape(-1, 4)
+    assert np.array_equal(np.array(list(ranks[1])).reshape(-1, 4), full[1::2])
+    state = dict(ranks[0].state_dict(), start=8)
+    again = build_sampler("episodic_natural", labels, seed=2, num_samples=96, num_replicas=2, rank=0, batch_size=4,
+                          utts_per_speaker=2)
+    again.load_state_dict(state)
+    assert np.array_equal(np.array(list(again)), full[0::2].ravel()[8:])
+    uniform = build_sampler("episodic", labels, seed=2, num_samples=96, batch_size=4, utts_per_speaker=2)
+    with pytest.raises(ValueError, match="name='episodic_natural'"):
+        uniform.load_state_dict(state)
+
+
 @pytest.fixture(scope="module")
 def lt_corpus(tmp_path_factory):
     """The tiny corpus cut to a long tail: 6, 3, 2 and 1 utterances."""
@@ -247,6 +296,25 @@ def test_episodic_shard_batches_hold_p_distinct_speakers_with_k_items(lt_corpus,
         # the window of batch j starts at read j * B: nothing is emitted before it was read
         assert all((emits.reshape(-1, 6)[j] >= 6 * j).all() for j in range(10))
     assert set(lab[:, :, 0].ravel()) == {0, 1, 2, 3}  # the 1-utterance speaker too
+
+
+def test_frequency_drawn_shard_episodes_favour_the_speakers_with_more_examples(lt_corpus, tmp_path):
+    """On shards episodic_natural draws the P speakers of a batch by their examples in its window: the
+    6-utterance speaker fills more episode slots than under the uniform deal, with the same batch shape."""
+    from spkcausal.data.shards import load_shards, make_shards
+    from spkcausal.data.shardstream import ShardTrainStream
+
+    make_shards(lt_corpus, tmp_path / "sh", utts_per_shard=3, seed=1)
+    slots = {}
+    for name in ("episodic", "episodic_natural"):
+        stream = ShardTrainStream(load_shards(tmp_path / "sh"), 8000, 4, seed=2, name=name, num_samples=400,
+                                  buffer_size=12, utts_per_speaker=2)
+        lab = np.concatenate([stream.labels[r[e]] for r, e in (stream.plan(ep, 0) for ep in range(5))])
+        lab = lab.reshape(-1, 2, 2)
+        assert (lab[:, :, 0] == lab[:, :, 1]).all() and (lab[:, 0, 0] != lab[:, 1, 0]).all()
+        slots[name] = np.bincount(lab[:, :, 0].ravel(), minlength=4) / lab[:, :, 0].size
+    heavy = int(np.argmax(np.bincount(stream.labels[stream.labels >= 0])))
+    assert slots["episodic_natural"][heavy] > slots["episodic"][heavy] + 0.05, slots
 
 
 # ---------------------------------------------------------------- tail-aware augmentation

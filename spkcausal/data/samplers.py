@@ -14,6 +14,12 @@ The order of an epoch is a pure function of (seed, epoch): every rank builds the
   from the rest, so every speaker is in every round of ceil(C / P) batches. A speaker with n >= K utterances gives
   K distinct ones; one with n < K gives all n plus K - n repeats drawn from them: each repeat sits at its own
   position, so it gets its own random crop and augmentation draws, and no speaker is ever dropped.
+- episodic_natural: the same P x K batches with the speakers drawn by frequency: each batch takes P distinct
+  speakers, drawn one after another with probability proportional to n_c among those not yet in it (for P = 1
+  exactly natural sampling's class frequencies; for P > 1 large classes slightly less, as no batch holds a speaker
+  twice). Every item still has K - 1 same-speaker partners for the encoder losses, while the class marginal stays
+  close to natural sampling's, which the episodic benchmark found the speaker-uniform deal to cost
+  (docs/demo.md, "The tail's cost, with power, and the encoder-side methods").
 """
 from __future__ import annotations
 
@@ -32,8 +38,11 @@ SAMPLERS: Registry[Callable[[np.ndarray, float], np.ndarray]] = Registry("sample
 # Schemes whose epoch order is a permutation of the data (each utterance once), not class draws.
 PERMUTATION_SCHEMES = ("natural",)
 # Schemes whose class probabilities do not depend on the epoch.
-STATIC_SCHEMES = ("natural", "class_balanced", "sqrt", "episodic")
+STATIC_SCHEMES = ("natural", "class_balanced", "sqrt", "episodic", "episodic_natural")
 EPISODIC = "episodic"
+EPISODIC_NATURAL = "episodic_natural"
+# Schemes that deal whole P x K episodes (EpisodicSampler; shards: ShardStream's episode plan).
+EPISODIC_SCHEMES = (EPISODIC, EPISODIC_NATURAL)
 
 
 @SAMPLERS.register("natural")
@@ -58,6 +67,12 @@ def sqrt_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
 def episodic_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
     """1 for every class with data: the episodic sampler deals speakers uniformly (shards: at the buffer)."""
     return (counts > 0).astype(np.float64)
+
+
+@SAMPLERS.register(EPISODIC_NATURAL)
+def episodic_natural_weights(counts: np.ndarray, progress: float = 0.0) -> np.ndarray:
+    """n_c: episodes whose speakers are drawn by frequency (shards: by their count in the buffer window)."""
+    return counts
 
 
 @SAMPLERS.register("progressive")
@@ -193,11 +208,15 @@ def split_batch(batch_size: int, k: int, num_speakers: int) -> int:
 
 
 class EpisodicSampler(LongTailSampler):
-    """Speaker-uniform P x K batches (module docstring); rank r takes the global batches r, r + R, ... whole."""
+    """P x K batches, speakers dealt uniformly (episodic) or drawn by frequency (episodic_natural; module
+    docstring); rank r takes the global batches r, r + R, ... whole."""
 
     def __init__(self, labels: Sequence[int] | np.ndarray, batch_size: int, utts_per_speaker: int = 2, seed: int = 0,
-                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1):
-        super().__init__(labels, EPISODIC, seed, num_samples, num_replicas, rank, epochs)
+                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1,
+                 name: str = EPISODIC):
+        if name not in EPISODIC_SCHEMES:
+            raise ValueError(f"EpisodicSampler deals {' or '.join(EPISODIC_SCHEMES)} episodes, not {name!r}")
+        super().__init__(labels, name, seed, num_samples, num_replicas, rank, epochs)
         self.k, self.batch_size = int(utts_per_speaker), int(batch_size)
         self.p = split_batch(self.batch_size, self.k, len(self._classes))
         # whole batches only, so every batch of a rank is one episode
@@ -216,9 +235,14 @@ class EpisodicSampler(LongTailSampler):
         super().load_state_dict(state)
 
     def episodes(self, num_batches: int) -> np.ndarray:
-        """(num_batches, P) speaker (class) indices of the epoch's global batches, dealt in rounds."""
+        """(num_batches, P) speaker (class) indices of the epoch's global batches: dealt in rounds (episodic) or
+        P distinct ones drawn by frequency per batch (episodic_natural)."""
         rng = np.random.default_rng([self.seed, self.epoch, 20])
         c, p = len(self._classes), self.p
+        if self.name == EPISODIC_NATURAL:
+            freq = self._counts / self._counts.sum()
+            return np.stack([rng.choice(c, size=p, replace=False, p=freq) for _ in range(num_batches)]) \
+                if num_batches else np.zeros((0, p), dtype=np.int64)
         out: list[np.ndarray] = []
         while len(out) < num_batches:
             perm = rng.permutation(c)
@@ -251,9 +275,10 @@ def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, 
                   num_replicas: int = 1, rank: int = 0, epochs: int = 1, batch_size: int | None = None,
                   utts_per_speaker: int = 2) -> LongTailSampler:
     """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced', 'sqrt', 'progressive' (which
-    needs `epochs`, the run's train.epochs) or 'episodic' (which needs `batch_size`)."""
-    if name == EPISODIC:
+    needs `epochs`, the run's train.epochs), 'episodic' or 'episodic_natural' (which need `batch_size`)."""
+    if name in EPISODIC_SCHEMES:
         if batch_size is None:
-            raise ValueError("the episodic sampler needs the batch size")
-        return EpisodicSampler(labels, batch_size, utts_per_speaker, seed, num_samples, num_replicas, rank, epochs)
+            raise ValueError(f"the {name} sampler needs the batch size")
+        return EpisodicSampler(labels, batch_size, utts_per_speaker, seed, num_samples, num_replicas, rank, epochs,
+                               name=name)
     return LongTailSampler(labels, name, seed, num_samples, num_replicas, rank, epochs)

@@ -25,6 +25,8 @@ Layout of an epoch (documented rules; docs/scale.md explains them for users):
   `buffer` examples read from position b * B on (the window slides by one batch per batch, so every example read is
   in some window): P speakers uniformly among those present in the window (all of them, topped up with repeats,
   when fewer are), then K items of each as the file sampler does (distinct, or all plus repeats).
+  episodic_natural: the same, with the P distinct speakers drawn in proportion to their examples in the window
+  (the stream's own frequencies, as the file sampler draws by n_c).
 - Exact resume: the shuffle decisions depend only on the index (labels, member order) and RNGs keyed by
   (seed, epoch, rank, stream), so a stream's whole emission order is planned up front from metadata. A resumed
   run re-plans, skips the shards it has finished, reads on from the first example it still needs and emits from
@@ -47,7 +49,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..utils import DataError, UsageError
 from .samplers import (
-    EPISODIC,
+    EPISODIC_NATURAL,
+    EPISODIC_SCHEMES,
     PERMUTATION_SCHEMES,
     SAMPLERS,
     STATIC_SCHEMES,
@@ -171,7 +174,7 @@ class ShardTrainStream(IterableDataset):
         total = self.num_utts if num_samples is None else int(num_samples)
         self.epoch_length = math.ceil(total / self.world)
         self.steps = self.epoch_length // self.batch_size
-        if self.name == EPISODIC:
+        if self.name in EPISODIC_SCHEMES:
             self.p = split_batch(self.batch_size, self.k, len(self.speakers))
         self.epoch, self.start = 0, 0
         self.failures = 0
@@ -216,7 +219,7 @@ class ShardTrainStream(IterableDataset):
         """Restore a position; a checkpoint of another order (seed, scheme, streams, buffer, shards) is refused."""
         mine = self.state_dict()
         keys: tuple[str, ...] = ("seed", "name", "source", "streams", "buffer", "index_sha256")
-        if self.name == EPISODIC:
+        if self.name in EPISODIC_SCHEMES:
             keys += ("utts_per_speaker",)
         if self.name not in STATIC_SCHEMES:
             keys += ("epochs",)  # the epoch-aware schedule depends on train.epochs
@@ -263,7 +266,7 @@ class ShardTrainStream(IterableDataset):
                     buf[i] = buf[-1]
                     buf.pop()
             return reads[:nxt], emits
-        if self.name == EPISODIC:
+        if self.name in EPISODIC_SCHEMES:
             return self._plan_episodes(one_pass, k, quota, rng)
         # Weighted FIFO window: one read per draw after the initial fill.
         need = k + quota
@@ -282,8 +285,9 @@ class ShardTrainStream(IterableDataset):
         for j in range(quota // b):
             lo = j * b
             window = labels[lo:lo + k]
-            present = np.unique(window)
-            chosen = rng.choice(present, size=min(self.p, len(present)), replace=False)
+            present, have = np.unique(window, return_counts=True)
+            weights = have / have.sum() if self.name == EPISODIC_NATURAL else None
+            chosen = rng.choice(present, size=min(self.p, len(present)), replace=False, p=weights)
             if len(chosen) < self.p:
                 chosen = np.concatenate([chosen, rng.choice(present, size=self.p - len(chosen), replace=True)])
             out = []

@@ -84,6 +84,8 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
         tags.append(enc_txt)
     if sampler == "episodic":
         tags.append("episodic batches")
+    elif sampler == "episodic_natural":
+        tags.append("frequency-drawn episodes")
     aug = cfg.get("augment") or {}
     if aug.get("group_speed") is not None or aug.get("group_prob") is not None:
         tags.append("tail-aware augmentation")
@@ -114,7 +116,8 @@ def system_name(cfg: Mapping[str, Any]) -> str:
         name, tags = f"{tags[0][0].upper()}{tags[0][1:]} ({head_txt})", tags[1:]
     else:
         name = f"Baseline ({head_txt})"
-    if head.startswith("causal_norm") and (sampler not in ("natural", "progressive")
+    # episodic samplers are named by their tag below
+    if head.startswith("causal_norm") and (sampler not in ("natural", "progressive", "episodic", "episodic_natural")
                                            or loss not in ("ce", "balanced_softmax")):
         name += f" + {sampler if sampler != 'natural' else loss}"
     name += "".join(f" + {t}" for t in tags)
