@@ -339,7 +339,8 @@ def test_tail_aware_tables_follow_the_shot_groups():
         tail_tables(merge_defaults({"augment": {"group_speed": [0, 0, 1]}}), np.array([1]), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", ["episodic", "prototypical", "semi_siamese", "kpositive", "speed", "tail_speed"])
+@pytest.mark.parametrize("name", ["episodic", "prototypical", "semi_siamese", "kpositive", "speed", "tail_speed",
+                                  "episodic_natural", "kpositive_natural"])
 def test_demo_encoder_configs_change_only_their_sections(name):
     import yaml
 
@@ -347,14 +348,16 @@ def test_demo_encoder_configs_change_only_their_sections(name):
     base = merge_defaults(yaml.safe_load((conf / "aam.yaml").read_text()))
     cfg = merge_defaults(yaml.safe_load((conf / "encoder" / f"{name}.yaml").read_text()))
     changed = {k for k in cfg if cfg[k] != base[k]}
-    assert changed == ({"augment"} if "speed" in name else {"sampler"} if name == "episodic"
+    assert changed == ({"augment"} if "speed" in name else {"sampler"} if name.startswith("episodic")
                        else {"sampler", "encoder_loss"})
+    assert cfg["sampler"]["name"] == ("episodic_natural" if name.endswith("natural") else
+                                      base["sampler"]["name"] if "speed" in name else "episodic")
     net = build_network(cfg, 20, class_counts=np.arange(1, 21))
-    assert (net.encoder_loss is None) == (name in ("episodic", "speed", "tail_speed"))
+    assert (net.encoder_loss is None) == (name in ("episodic", "episodic_natural", "speed", "tail_speed"))
     labels = np.repeat(np.arange(20), np.arange(1, 21))  # the tiny demo's 20 speakers fit 16 per batch
     sampler = build_sampler(cfg["sampler"]["name"], labels, batch_size=cfg["train"]["batch_size"],
                             utts_per_speaker=cfg["sampler"]["utts_per_speaker"])
-    assert sampler.epoch_length % 64 == 0 or cfg["sampler"]["name"] != "episodic"
+    assert sampler.epoch_length % 64 == 0 or not cfg["sampler"]["name"].startswith("episodic")
 
 
 # ---------------------------------------------------------------- exact resume of each method
