@@ -363,13 +363,13 @@ def test_demo_encoder_configs_change_only_their_sections(name):
 # ---------------------------------------------------------------- exact resume of each method
 
 
-def _enc_config(data_dir: Path, exp: Path, method: str, **sections) -> dict:
+def _enc_config(data_dir: Path, exp: Path, method: str, sampler: str = "episodic", **sections) -> dict:
     enc = {"prototypical": {"name": "prototypical", "weight": 0.5},
            "semi_siamese": {"name": "semi_siamese", "queue_size": 20, "weight": 0.5},
            "kpositive": {"name": "kpositive", "k": 1, "weight": 0.5},
            "tail_aug": {"name": "none"}}[method]
     head = {"name": "causal_norm_aam", "num_heads": 2} if method == "semi_siamese" else {"name": "aam"}
-    return tiny_config(data_dir, exp, sampler={"name": "episodic", "utts_per_speaker": 2, "num_samples": 40},
+    return tiny_config(data_dir, exp, sampler={"name": sampler, "utts_per_speaker": 2, "num_samples": 40},
                        encoder_loss=enc, head={**head, "scale": 16.0, "margin": 0.2},
                        margin={"start_epoch": 0, "end_epoch": 1.5},
                        train={"epochs": 2, "batch_size": 8, "ckpt_every_steps": 3, "keep_last": 10}, **sections)
@@ -388,9 +388,11 @@ def _assert_same_everything(a_path: Path, b_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["prototypical", "semi_siamese", "kpositive", "tail_aug", "shards"])
+@pytest.mark.parametrize("method", ["prototypical", "semi_siamese", "kpositive", "tail_aug", "shards",
+                                    "kpositive_natural", "shards_natural"])
 def test_sigkill_mid_epoch_resume_is_exact(method, lt_corpus, tmp_path):
-    sections = {}
+    sections = {"sampler": "episodic_natural"} if method.endswith("_natural") else {}
+    method = method.removesuffix("_natural")
     if method == "tail_aug":
         musan, rirs = make_aug_banks(tmp_path)
         sections["augment"] = {"musan": str(musan), "rirs": str(rirs), "speed_perturb": True,
