@@ -77,8 +77,8 @@ def test_build_loss_errors():
 def test_unknown_sampler_lists_the_schemes():
     with pytest.raises(UsageError) as err:
         build_sampler("balanced", LABELS)
-    assert str(err.value) == ("unknown sampler 'balanced'; expected one of class_balanced, episodic, natural, "
-                              "progressive, sqrt")
+    assert str(err.value) == ("unknown sampler 'balanced'; expected one of class_balanced, episodic, "
+                              "episodic_natural, natural, progressive, sqrt")
     with pytest.raises(UsageError, match="unknown sampler"):
         class_probabilities(np.array([3, 1]), "balanced")
 
