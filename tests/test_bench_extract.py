@@ -9,17 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_bench_embeds_like_speechbrain(tmp_path, capsys):
+def _bench_extract():
     pytest.importorskip("speechbrain")
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import bench_extract
     finally:
         sys.path.remove(str(ROOT / "tools"))
+    return bench_extract
+
+
+def test_quick_bench_embeds_like_speechbrain(tmp_path, capsys):
+    bench_extract = _bench_extract()
     out = tmp_path / "bench.json"
     assert bench_extract.main(["--quick", "--threads", "1", "--num-workers", "0", "--frontends", "speechbrain",
                                "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
@@ -43,3 +49,27 @@ def test_quick_bench_embeds_like_speechbrain(tmp_path, capsys):
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| spkcausal") or
             r.startswith("| SpeechBrain")]
     assert len(rows) == 2 and rows[-1].split("|")[4].strip().startswith("1.00x")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_bench_on_cuda_embeds_like_speechbrain_on_cuda(tmp_path):
+    bench_extract = _bench_extract()
+    out = tmp_path / "bench.json"
+    assert bench_extract.main(["--quick", "--device", "cuda", "--num-workers", "0", "--frontends", "speechbrain",
+                               "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["device"].startswith("cuda (")
+    # Same modules on the same GPU; cuDNN may pick TF32 or other algorithms per call shape, so a looser bound than
+    # the CPU's 1e-5 (TF32 keeps 10 mantissa bits: ~1e-3 relative per op at worst).
+    assert res["agreement"]["speechbrain fbank, exact, 0 workers"]["worst_cos"] > 1 - 1e-3
+    assert res["same_features"]["vs_float64"] < 1e-2
+
+
+def test_cuda_device_without_a_gpu_is_refused_in_one_line(capsys, monkeypatch):
+    bench_extract = _bench_extract()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        bench_extract.main(["--quick", "--device", "cuda"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch" in err and "sees no CUDA device" in err

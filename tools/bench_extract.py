@@ -5,6 +5,7 @@ the same ECAPA weights, the same files, the same torch threads.
     python tools/bench_extract.py                      200 files of 2-8 s, ECAPA C=512, 2 threads, median of 3
     python tools/bench_extract.py --channels 1024 --utts 100 --repeats 5
     python tools/bench_extract.py --quick              a seconds-long smoke run (a small ECAPA, 6 short files)
+    python tools/bench_extract.py --device cuda        both contenders on the GPU (tools/gpu_check.sh runs it)
 
 Set-up (not timed): `--utts` 16 kHz PCM wav files of speech-like audio (spkcausal's source-filter voice model,
 `--min-seconds` to `--max-seconds` long) with a data dir (wav.scp, utt2spk); an ECAPA-TDNN in SpeechBrain's
@@ -127,14 +128,15 @@ def make_model(work: Path, channels: int, seed: int = 0) -> tuple[dict, dict[str
     return arch, ckpts, sb_ckpt
 
 
-def run_ours(ckpt: Path, data: Path, out: Path, mode: str, workers: int | None, timing: dict | None) -> None:
+def run_ours(ckpt: Path, data: Path, out: Path, mode: str, workers: int | None, device: str,
+             timing: dict | None) -> None:
     """`spkcausal extract` in process: data dir + checkpoint -> embedding store."""
     import inspect
 
     from spkcausal.inference.extract import extract
 
     kw = {"timing": timing} if "timing" in inspect.signature(extract).parameters else {}  # older checkouts (--src)
-    extract(data, out, ckpt=ckpt, mode=mode, num_workers=workers, device="cpu", force=True, **kw)
+    extract(data, out, ckpt=ckpt, mode=mode, num_workers=workers, device=device, force=True, **kw)
 
 
 def read_store(out: Path) -> tuple[list[str], np.ndarray]:
@@ -145,15 +147,32 @@ def read_store(out: Path) -> tuple[list[str], np.ndarray]:
     return store.keys, store.get(store.keys)
 
 
-def _hook_timer(module, stage: str, timing: dict) -> None:
-    """Charge `module`'s forward calls to `timing[stage]` (pre- and post-forward hooks)."""
+def _hook_timer(module, stage: str, timing: dict, device: str) -> None:
+    """Charge `module`'s forward calls to `timing[stage]` (pre- and post-forward hooks; on a GPU each waits for
+    the queued work first, as `extract`'s own stage clock does)."""
     start = []
-    module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
-    module.register_forward_hook(
-        lambda *_: timing.__setitem__(stage, timing.get(stage, 0.0) + time.perf_counter() - start.pop()))
+
+    def pre(*_: object) -> None:
+        _sync(device)
+        start.append(time.perf_counter())
+
+    def post(*_: object) -> None:
+        _sync(device)
+        timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - start.pop()
+
+    module.register_forward_pre_hook(pre)
+    module.register_forward_hook(post)
 
 
-def run_speechbrain(sb_ckpt: Path, arch: dict, data: Path, out: Path, timing: dict) -> None:
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work, so that a clock read after it charges the work to the right stage."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def run_speechbrain(sb_ckpt: Path, arch: dict, data: Path, out: Path, device: str, timing: dict) -> None:
     """SpeechBrain's EncoderClassifier, one utterance per encode_batch call, embeddings saved with np.save."""
     import torch
     from speechbrain.inference.classifiers import EncoderClassifier
@@ -168,10 +187,10 @@ def run_speechbrain(sb_ckpt: Path, arch: dict, data: Path, out: Path, timing: di
     ecapa.load_state_dict(torch.load(sb_ckpt, weights_only=True))
     clf = EncoderClassifier(modules={"compute_features": Fbank(n_mels=80),
                                      "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
-                                     "embedding_model": ecapa}, hparams={}, run_opts={"device": "cpu"})
-    _hook_timer(clf.mods.compute_features, "fbank", timing)
-    _hook_timer(clf.mods.mean_var_norm, "fbank", timing)
-    _hook_timer(clf.mods.embedding_model, "model", timing)
+                                     "embedding_model": ecapa}, hparams={}, run_opts={"device": device})
+    _hook_timer(clf.mods.compute_features, "fbank", timing, device)
+    _hook_timer(clf.mods.mean_var_norm, "fbank", timing, device)
+    _hook_timer(clf.mods.embedding_model, "model", timing, device)
     wav = read_wav_scp(data / "wav.scp")
     timing["setup"] = timing.get("setup", 0.0) + time.perf_counter() - t0
     rows = []
@@ -180,20 +199,22 @@ def run_speechbrain(sb_ckpt: Path, arch: dict, data: Path, out: Path, timing: di
             t = time.perf_counter()
             signal = clf.load_audio(wav[utt])
             timing["read"] = timing.get("read", 0.0) + time.perf_counter() - t
-            rows.append(clf.encode_batch(signal.unsqueeze(0)).reshape(-1).numpy())
+            rows.append(clf.encode_batch(signal.unsqueeze(0)).reshape(-1).cpu().numpy())
     t = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, np.stack(rows))
     timing["write"] = timing.get("write", 0.0) + time.perf_counter() - t
 
 
-def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: int = 4, pairs: int = 3) -> dict:
+def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, device: str = "cpu", k: int = 4,
+                        pairs: int = 3) -> dict:
     """Our ECAPA and SpeechBrain's ECAPA_TDNN on identical (our Kaldi fbank) features of `k` files: the largest
     difference relative to the embeddings' scale, each against a float64 run of our model, and paired timings.
 
     Timing pairs: per file, `pairs` times ours then theirs back to back (model on the same features; front-end on
     the same waveform: our Kaldi Fbank against SpeechBrain's Fbank + InputNormalization), so that the machine's
-    load, which moves over seconds, hits both sides of a pair alike; the ratios' median and range are returned."""
+    load, which moves over seconds, hits both sides of a pair alike; the ratios' median and range are returned.
+    On a GPU both models run there (float32 convolutions may use TF32, so the agreement is looser than on a CPU)."""
     import torch
     from speechbrain.lobes.features import Fbank as SBFbank
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
@@ -203,37 +224,41 @@ def same_features_check(sb_ckpt: Path, arch: dict, ckpt: Path, data: Path, k: in
     from spkcausal.data.datadir import read_kv
     from spkcausal.nn.assemble import assemble
 
-    trained = assemble(ckpt)
+    trained = assemble(ckpt, device=device)
     theirs = ECAPA_TDNN(80, **arch)
     theirs.load_state_dict(torch.load(sb_ckpt, weights_only=True))
-    theirs.eval()
-    sb_fbank, sb_norm = SBFbank(n_mels=80), InputNormalization(norm_type="sentence", std_norm=False).eval()
-    ours64 = assemble(ckpt).model.double()
+    theirs.eval().to(device)
+    sb_fbank = SBFbank(n_mels=80).to(device)
+    sb_norm = InputNormalization(norm_type="sentence", std_norm=False).eval().to(device)
+    ours64 = assemble(ckpt, device=device).model.double()
+    ones = torch.ones(1, device=device)
     wav = read_kv(data / "wav.scp")
     worst, worst64 = 0.0, 0.0
     model_x, fbank_x = [], []
 
     def secs(fn: Callable[..., object], *args: object) -> float:
+        _sync(device)
         t = time.perf_counter()
         fn(*args)
+        _sync(device)
         return time.perf_counter() - t
 
     def sb_front(wave: torch.Tensor) -> torch.Tensor:
-        return sb_norm(sb_fbank(wave), torch.ones(1))
+        return sb_norm(sb_fbank(wave), ones)
 
     with torch.no_grad():
         for utt in sorted(wav)[:k]:
-            wave = torch.from_numpy(read_audio(wav[utt])[0]).unsqueeze(0)
+            wave = torch.from_numpy(read_audio(wav[utt])[0]).unsqueeze(0).to(device)
             feats = trained.frontend(wave)
             a = trained.model(feats)
-            b = theirs(feats, torch.ones(1)).squeeze(1)
+            b = theirs(feats, ones).squeeze(1)
             x = ours64(feats.double())
             scale = x.abs().max().item()
             worst = max(worst, (a - b).abs().max().item() / scale)
             worst64 = max(worst64, (a.double() - x).abs().max().item() / scale, (b.double() - x).abs().max().item()
                           / scale)
             for _ in range(pairs):
-                model_x.append(secs(theirs, feats, torch.ones(1)) / secs(trained.model, feats))
+                model_x.append(secs(theirs, feats, ones) / secs(trained.model, feats))
                 fbank_x.append(secs(sb_front, wave) / secs(trained.frontend, wave))
     return {"files": k, "ours_vs_speechbrain": worst, "vs_float64": worst64,
             "model_x": [statistics.median(model_x), min(model_x), max(model_x)],
@@ -292,6 +317,13 @@ def _cpu() -> str:
     return platform.processor() or "CPU"
 
 
+def _device(device: str) -> str:
+    """The device in words: the GPU's name, or CPU."""
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "CPU"
+
+
 def ratios(results: dict[str, dict], ref: str) -> None:
     """Add each contender's speed relative to `ref` per round (ref's seconds / its seconds in the same round: both
     ran minutes apart at most, under about the same load), with their median, and the CPU-time ratio."""
@@ -335,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", help="import spkcausal from this checkout instead (a before / after comparison)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--quick", action="store_true", help="smoke run: 6 files of 1-2 s, C=32, 1 repeat")
+    p.add_argument("--device", default="cpu", help="where both contenders run: cpu or cuda[:N] (default cpu)")
     args = p.parse_args(argv)
     if args.quick:
         args.utts, args.min_seconds, args.max_seconds, args.channels, args.repeats = 6, 1.0, 2.0, 32, 1
@@ -345,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import spkcausal
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     torch.set_num_threads(args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_extract_"))
     try:
@@ -363,19 +398,19 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     warm_data = sub_dir(data, work / "warm", 4)
     arch, ckpts, sb_ckpt = make_model(work, args.channels)
     print(f"set-up {time.perf_counter() - t0:.1f} s: {args.utts} files, {audio:.1f} s of audio "
-          f"({args.min_seconds:g}-{args.max_seconds:g} s), ECAPA C={args.channels}; {_cpu()}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"({args.min_seconds:g}-{args.max_seconds:g} s), ECAPA C={args.channels}; {_device(args.device)}, "
+          f"{_cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     up0 = _uptime()
     contenders, warm = {}, {}
     variants = [(fe, mode, None if w == "auto" else int(w)) for fe in args.frontends.split(",")
                 for mode in args.modes.split(",") for w in args.num_workers.split(",")]
     for fe, mode, w in variants:
         name = f"spkcausal extract, {fe} fbank, {mode}, {'default' if w is None else w} workers"
-        contenders[name] = partial(run_ours, ckpts[fe], data, work / f"out/{fe}_{mode}_{w}", mode, w)
-        warm[name] = partial(run_ours, ckpts[fe], warm_data, work / "out/warm", mode, w)
+        contenders[name] = partial(run_ours, ckpts[fe], data, work / f"out/{fe}_{mode}_{w}", mode, w, args.device)
+        warm[name] = partial(run_ours, ckpts[fe], warm_data, work / "out/warm", mode, w, args.device)
     ref = "SpeechBrain EncoderClassifier, 1 utterance per call"
-    contenders[ref] = partial(run_speechbrain, sb_ckpt, arch, data, work / "out/sb.npy")
-    warm[ref] = partial(run_speechbrain, sb_ckpt, arch, warm_data, work / "out/warm_sb.npy")
+    contenders[ref] = partial(run_speechbrain, sb_ckpt, arch, data, work / "out/sb.npy", args.device)
+    warm[ref] = partial(run_speechbrain, sb_ckpt, arch, warm_data, work / "out/warm_sb.npy", args.device)
     results = timed(contenders, warm, args.repeats)
     ratios(results, ref)
     up1 = _uptime()
@@ -388,11 +423,12 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         c = cosines(ours, sb)
         agreement[f"{fe} fbank, {mode}, {'default' if w is None else w} workers"] = {
             "worst_cos": float(c.min()), "median_cos": float(np.median(c)), "max_abs": float(np.abs(ours - sb).max())}
-    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data, k=max(1, min(args.utts, args.pair_files)))
+    feats = same_features_check(sb_ckpt, arch, ckpts["kaldi"], data, args.device,
+                                k=max(1, min(args.utts, args.pair_files)))
 
     print(f"\nuptime before: {up0}\nuptime after:  {up1}")
-    print(f"{args.utts} files, {audio:.1f} s of audio; CPU, {torch.get_num_threads()} torch threads; ECAPA "
-          f"C={args.channels}; median of {args.repeats} run(s) after a warm-up\n")
+    print(f"{args.utts} files, {audio:.1f} s of audio; {_device(args.device)}, {torch.get_num_threads()} torch "
+          f"threads; ECAPA C={args.channels}; median of {args.repeats} run(s) after a warm-up\n")
     print(table(results, args.utts, audio))
     print("\nAgreement with SpeechBrain's embeddings, per utterance (the Kaldi fbank is another front-end: those "
           "differ by design):")
@@ -410,6 +446,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "utts": args.utts, "audio_seconds": audio, "channels": args.channels, "threads": torch.get_num_threads(),
+            "device": _device(args.device),
             "uptime": [up0, up1], "load": os.getloadavg(), "results": results, "agreement": agreement,
             "same_features": feats}, indent=1) + "\n")
     return 0

@@ -60,8 +60,8 @@ def synthetic_augmenter(seed: int = 0) -> Augmenter:
     return Augmenter(NoiseBank(noise), RirBank(rirs), prob=0.6)
 
 
-def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int) -> None:
-    """Print fbank and augmentation timings on one device."""
+def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int) -> tuple[float, float]:
+    """Print fbank and augmentation timings on one device; returns the loop's and the batched Fbank's seconds."""
     sr = 16000
     n = int(seconds * sr)
     g = torch.Generator().manual_seed(0)
@@ -89,6 +89,7 @@ def bench_device(device: torch.device, num_utts: int, seconds: float, runs: int)
 
     (t_aug,) = timed([chain], device, runs)
     print(f"speed + noise/reverb + Fbank: {t_aug * 1e3:9.1f} ms  {num_utts / t_aug:12,.0f} utts/s")
+    return t_loop, t_batch
 
 
 def main() -> None:
@@ -102,11 +103,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    seconds = {}
     for dev in args.devices.split(","):
         if dev.startswith("cuda") and not torch.cuda.is_available():
             print(f"\n== {dev}: not available, skipped ==")
             continue
-        bench_device(torch.device(dev), args.num_utts, args.seconds, args.runs)
+        seconds[dev] = bench_device(torch.device(dev), args.num_utts, args.seconds, args.runs)
+    # The GPU target (docs/scale.md): batched Fbank on the GPU against the torchaudio loop on this machine's CPU.
+    for dev, (_, t_batch) in seconds.items():
+        if dev != "cpu" and "cpu" in seconds:
+            print(f"\nbatched Fbank on {dev} / torchaudio loop on cpu: {seconds['cpu'][0] / t_batch:9.1f}x")
 
 
 if __name__ == "__main__":
