@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import DDP_EXIT, kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config, torchrun_env
+from fixtures_train import (
+    DDP_EXIT,
+    kill_after_checkpoint,
+    make_aug_banks,
+    make_corpus,
+    tiny_config,
+    torchrun_env,
+)
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.dataset import PositionSampler, TrainChunkDataset, train_loader
@@ -447,6 +454,48 @@ def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path
     na = a / np.linalg.norm(a, axis=1, keepdims=True)
     nb = b / np.linalg.norm(b, axis=1, keepdims=True)
     assert np.abs(na - nb).max() < 1e-3  # GPU vs CPU unit vectors; cuDNN may use TF32 convs (unmeasured here)
+
+
+def _max_weight_diff(a_path: Path, b_path: Path) -> float:
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert all(a[p].keys() == b[p].keys() for p in ("model", "head"))
+    return max((a[p][k].double() - b[p][k].double()).abs().max().item() for p in ("model", "head") for k in b[p]
+               if b[p][k].is_floating_point())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_sigkill_resume_adds_no_difference_beyond_the_gpus_own(corpus, tmp_path):
+    """On a GPU, with speed perturbation, noise, reverb and dither drawn from the GPU's generator, a run killed
+    mid-epoch and resumed ends where an uninterrupted one does, as far as the GPU repeats itself: cuDNN / cuBLAS
+    may pick non-deterministic kernels, so the bound is what two uninterrupted runs differ by (zero when the
+    kernels are deterministic: then resume must be bit-exact, as on the CPU). A resume that restored the wrong
+    generator state or sampler position draws other noise or chunks and misses by orders of magnitude more."""
+    musan, rirs = make_aug_banks(tmp_path / "aug")
+
+    def cfg(exp: Path) -> dict:
+        c = _resume_config(corpus, exp, musan, rirs)
+        c["train"] = {**c["train"], "device": "cuda", "precision": "bf16"}
+        return c
+
+    def command(name: str) -> list[str]:  # every run the same way (a CLI process of the same environment)
+        save_config(cfg(tmp_path / name), tmp_path / f"{name}.yaml")
+        return [sys.executable, "-m", "spkcausal", "train", "--config", str(tmp_path / f"{name}.yaml"),
+                "data.num_workers=1"]
+
+    final = Path("checkpoints") / "epoch_0002.pt"
+    for name in ("a", "b"):
+        out = subprocess.run(command(name), capture_output=True, text=True, env=_env(), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    kill_after_checkpoint(command("killed"), _env(), step=25)  # mid-epoch 2 (20 steps an epoch)
+    out = subprocess.run(command("killed") + ["--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stderr
+    own = _max_weight_diff(tmp_path / "a" / final, tmp_path / "b" / final)
+    resumed = _max_weight_diff(tmp_path / "killed" / final, tmp_path / "a" / final)
+    print(f"max |weight diff|: two uninterrupted runs {own:.3g}, resumed vs uninterrupted {resumed:.3g}")
+    # Floor 1e-5: a few ulps at the weights' scale (~1), which a differing reduction order can leave.
+    assert resumed <= max(10 * own, 1e-5), (resumed, own)
 
 
 def test_mean_feature_is_the_mu_weighted_sum_of_the_raw_embeddings_the_model_produced(corpus, tmp_path):
