@@ -48,7 +48,7 @@ def _figures(node: object) -> list[float]:
 def test_tiny_demo_end_to_end_from_a_clean_copy(tmp_path):
     repo = _clean_copy(tmp_path / "repo")
     out = tmp_path / "demo"
-    env = dict(os.environ, SPKCAUSAL_VENV=str(Path(sys.executable).parent.parent), PYTHONPATH=str(repo),
+    env = dict(os.environ, SPKCAUSAL_PYTHON=sys.executable, PYTHONPATH=str(repo),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def test_tiny_demo_end_to_end_from_a_clean_copy(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     took = time.perf_counter() - t0
     assert r.returncode == 0, f"demo failed after {took:.0f} s:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    assert not (repo / ".venv").exists()  # SPKCAUSAL_VENV was used, no venv was built
+    assert not (repo / ".venv").exists()  # SPKCAUSAL_PYTHON was used, no venv was built
     exp = out.parent / f"{out.name}-tiny" / "exp"  # --tiny writes beside --out
     if not exp.is_dir():
         exp = out / "exp"

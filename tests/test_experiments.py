@@ -159,7 +159,7 @@ def test_bench_seeds_planning_of_aam_and_aam_ncm_finds_its_runs(seeded, tmp_path
     write_run_records(sorted((root / "exp").iterdir()))
     for k in (0, 1):
         add_decoupled(root / "exp" / f"aam_seed{k}", "ncm")
-    env = {**os.environ, "SPKCAUSAL_VENV": str(Path(sys.executable).parent.parent)}
+    env = {**os.environ, "SPKCAUSAL_PYTHON": sys.executable}
     r = subprocess.run(["bash", str(ROOT / "tools" / "bench_seeds.sh"), "--report-only", "--seeds", "0 1",
                         "--systems", "aam aam+ncm", "--out", str(root)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

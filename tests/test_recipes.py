@@ -73,13 +73,37 @@ def test_stage_functions_reject_missing_unknown_and_valueless_arguments():
     assert r.returncode == 0 and r.stdout.split() == ["e|a", "b|", "LEAK"], r.stderr
 
 
+# ---------------------------------------------------------------- the environment a recipe runs in
+
+
+def test_an_interpreter_of_ones_own_is_used_as_it_is(tmp_path):
+    """SPKCAUSAL_PYTHON: printed back, nothing created or installed (the venv setup_env would manage stays absent)."""
+    env = dict(os.environ, SPKCAUSAL_PYTHON=sys.executable, SPKCAUSAL_VENV=str(tmp_path / "venv"),
+               PYTHONPATH=str(ROOT))
+    r = subprocess.run(["bash", str(ROOT / "tools" / "setup_env.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == sys.executable and r.stderr == ""
+    assert not (tmp_path / "venv").exists()
+
+
+def test_an_interpreter_without_spkcausal_is_refused_naming_it(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # imports nothing, as an environment without spkcausal
+    fake.chmod(0o755)
+    env = dict(os.environ, SPKCAUSAL_PYTHON=str(fake), SPKCAUSAL_VENV=str(tmp_path / "venv"))
+    r = subprocess.run(["bash", str(ROOT / "tools" / "setup_env.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert f"SPKCAUSAL_PYTHON={fake}: that interpreter cannot import spkcausal" in r.stderr
+    assert not (tmp_path / "venv").exists()
+
+
 # ---------------------------------------------------------------- recipes end to end
 
 
 def _env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env["SPKCAUSAL_VENV"] = str(Path(sys.executable).parent.parent)
+    env["SPKCAUSAL_PYTHON"] = sys.executable  # used as it is: the suite never installs into its own interpreter
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     return env
 

@@ -9,8 +9,21 @@
 # The installer: uv when it is on PATH (the same pins from setup.py, several times faster than pip); else uv
 # pip-installed into the new venv first (SPKCAUSAL_INSTALLER=uv-bootstrap, the default then), falling back to
 # pip when that fails; SPKCAUSAL_INSTALLER=pip forces pip. Every way installs `pip install -e .[EXTRAS]`'s requirements, nothing else.
+#
+# SPKCAUSAL_PYTHON=/path/to/python: your own environment (conda, a cluster module, the interpreter running the
+# test suite), used as it is: nothing is created or installed, it only has to import spkcausal. SPKCAUSAL_VENV
+# names a venv that this script manages (creates, installs into) in place of the repository's .venv.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -n "${SPKCAUSAL_PYTHON:-}" ]; then
+  if ! "$SPKCAUSAL_PYTHON" -c "import spkcausal" 2>/dev/null; then
+    echo "SPKCAUSAL_PYTHON=$SPKCAUSAL_PYTHON: that interpreter cannot import spkcausal; install it there" \
+      "(pip install -e $root) or unset SPKCAUSAL_PYTHON to use the repository's .venv" >&2
+    exit 1
+  fi
+  echo "$SPKCAUSAL_PYTHON"
+  exit 0
+fi
 venv="${SPKCAUSAL_VENV:-$root/.venv}"
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
