@@ -27,9 +27,12 @@ __all__ = ["arc_margin", "apply_margin", "LinearHead", "CosineHead", "LongTailOp
 def arc_margin(cos: Tensor, margin: float | Tensor, easy_margin: bool) -> Tensor:
     """cos(theta + m) with ArcFace's easy-margin / threshold handling so the target logit stays monotonic; m is
     a number or a tensor broadcast against cos (per-row margins, (B, 1))."""
-    # At cos exactly 1 the clamp masks the (infinite) sqrt gradient to 0 instead of producing NaN, unlike an
-    # acos-based formula.
-    sin = torch.sqrt((1.0 - cos * cos).clamp_min(0.0))
+    # At |cos| exactly 1, sqrt's gradient is infinite. A clamp_min(0) passes the gradient at its bound in some
+    # torch releases (2.11: NaN) and not in others, so the bound is masked with two wheres: the sqrt never sees
+    # a non-positive input, and there sin is 0 with a zero gradient, in every release.
+    sin2 = 1.0 - cos * cos
+    inside = sin2 > 0
+    sin = torch.where(inside, torch.sqrt(torch.where(inside, sin2, torch.ones_like(sin2))), torch.zeros_like(sin2))
     if isinstance(margin, Tensor):
         m = margin.to(cos.dtype)
         phi = cos * torch.cos(m) - sin * torch.sin(m)
