@@ -169,12 +169,19 @@ def assert_same_weights(a_path: Path, b_path: Path, atol: float = 0.0) -> None:
             assert (a[part][k].double() - b[part][k].double()).abs().max().item() <= atol, (part, k)
 
 
-def subprocess_env() -> dict[str, str]:
-    """The environment of a `python -m spkcausal` child in the tests: one thread, the tests' helpers importable."""
-    import os
-
+def python_path(*dirs: Path | str) -> str:
+    """PYTHONPATH for a child process: `dirs` (default: the repository and tests/, so spkcausal and the tests'
+    helpers import from any working directory), then the parent's own PYTHONPATH, so that packages an
+    environment provides through it (the GPU check's wheels, tools/gpu_check.sh) reach the child too."""
     repo = Path(__file__).resolve().parents[1]
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(repo / "tests"))
+    parent = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([str(d) for d in (dirs or (repo, repo / "tests"))] + ([parent] if parent else []))
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a `python -m spkcausal` child in the tests: one thread, spkcausal and the tests' helpers
+    importable."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=python_path())
 
 
 def write_long_tailed_subset(root: Path) -> DataDir:
@@ -201,13 +208,14 @@ sys.stdout.flush(); sys.stderr.flush(); _os._exit(0)
 
 
 def torchrun_env(**extra: str) -> dict[str, str]:
-    """Environment of a torchrun test: one thread per rank, and Python's stacks printed should a rank abort."""
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONFAULTHANDLER="1", **extra)
+    """Environment of a torchrun test: one thread per rank, spkcausal and the tests' helpers importable
+    (python_path), and Python's stacks printed should a rank abort."""
+    return {**subprocess_env(), "PYTHONFAULTHANDLER": "1", **extra}
 
 
 def torchrun_script(tmp_path: Path, exp: Path, resume: bool) -> None:
     """Run tmp_path/ddp.py on two local processes (gloo): argv tmp_path, exp, 1 to resume else 0."""
-    env = torchrun_env(PYTHONPATH=str(Path(__file__).resolve().parent))
+    env = torchrun_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(tmp_path / "ddp.py"), str(tmp_path), str(exp), "1" if resume else "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_train import python_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_ROWS = ("Baseline (AAM)", "De-confound (Causal Norm AAM)")
@@ -48,7 +49,7 @@ def _figures(node: object) -> list[float]:
 def test_tiny_demo_end_to_end_from_a_clean_copy(tmp_path):
     repo = _clean_copy(tmp_path / "repo")
     out = tmp_path / "demo"
-    env = dict(os.environ, SPKCAUSAL_PYTHON=sys.executable, PYTHONPATH=str(repo),
+    env = dict(os.environ, SPKCAUSAL_PYTHON=sys.executable, PYTHONPATH=python_path(repo),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     t0 = time.perf_counter()

@@ -3,7 +3,6 @@ k-positive contrastive losses against direct float64 computations, the episodic 
 the semi-siamese momentum extractor and queue, tail-aware augmentation, and exact SIGKILL resume of each."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import kill_after_checkpoint, make_aug_banks, make_corpus, tiny_config
+from fixtures_train import kill_after_checkpoint, make_aug_banks, make_corpus, subprocess_env, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import EpisodicSampler, build_sampler
@@ -29,10 +28,6 @@ from spkcausal.train.trainer import train
 from spkcausal.utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
 
 
 def _batch(p: int, k: int, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -413,9 +408,9 @@ def test_sigkill_mid_epoch_resume_is_exact(method, lt_corpus, tmp_path):
     exp, conf = tmp_path / "killed", tmp_path / "conf.yaml"
     save_config(_enc_config(lt_corpus, exp, name, **sections), conf)
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=3)
+    kill_after_checkpoint(cmd, subprocess_env(), step=3)
     assert load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))["step"] == 3  # mid-epoch
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=180)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=subprocess_env(), timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
     _assert_same_everything(exp / "checkpoints" / "epoch_0002.pt", tmp_path / "ref" / "checkpoints" /

@@ -3,7 +3,6 @@ exact resume, loading."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_train import assert_same_weights, kill_after_checkpoint, make_corpus, tiny_config
+from fixtures_train import assert_same_weights, kill_after_checkpoint, make_corpus, subprocess_env, tiny_config
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.inference.tde import tde_embeddings, tde_logits
@@ -27,10 +26,6 @@ from spkcausal.utils import UsageError
 REPO = Path(__file__).resolve().parents[1]
 HEADS = ("aam", "causal_norm_aam")
 COUNTS = np.array([40, 10, 5, 1, 2])
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
 
 
 def _head(name: str, seed: int = 0, **kw):
@@ -248,10 +243,10 @@ def _assert_same_final(exp: Path, ref: Path) -> None:
 def _killed_and_resumed(cfg: dict, exp: Path, conf: Path) -> None:
     save_config(cfg, conf)
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=3)
+    kill_after_checkpoint(cmd, subprocess_env(), step=3)
     ckpt = load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))
     assert ckpt["step"] == 3  # mid-epoch (5 steps per epoch)
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=180)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=subprocess_env(), timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
 

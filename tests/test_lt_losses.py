@@ -2,7 +2,6 @@
 balanced sampler, against direct formulas, through the trainer, and across a SIGKILL + exact resume."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from fixtures_train import (
     kill_after_checkpoint,
     make_corpus,
     np_log_softmax,
+    subprocess_env,
     tiny_config,
 )
 
@@ -31,10 +31,6 @@ from spkcausal.utils import UsageError
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = np.array([100, 30, 10, 3, 1])
 LT_COUNTS = {"spk1": 6, "spk2": 3, "spk3": 2, "spk4": 1}  # the long-tailed training corpus below
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
 
 
 @pytest.fixture
@@ -295,10 +291,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(lt_corpus, tmp_path
     conf = tmp_path / "conf.yaml"
     save_config(_resume_config(lt_corpus, exp, **sections), conf)
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=5)
+    kill_after_checkpoint(cmd, subprocess_env(), step=5)
     ckpt = load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))
     assert ckpt["step"] == 5  # epoch 1 (0-based), step 1 of it
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
     # a resume replays the same float32 ops: equal (measured 0); 1e-6 spare

@@ -47,13 +47,13 @@ def test_registry_register_get_build_and_errors():
 
 @pytest.mark.slow
 def test_train_with_unknown_model_name_is_one_line_and_exit_2(tmp_path):
-    from fixtures_train import make_corpus, tiny_config
+    from fixtures_train import make_corpus, python_path, tiny_config
 
     from spkcausal.nn.config import save_config
 
     conf = tmp_path / "c.yaml"
     save_config(tiny_config(make_corpus(tmp_path, utts_per_spk=2), tmp_path / "exp"), conf)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path())
     env.pop("SPKCAUSAL_DEBUG", None)
     out = subprocess.run([sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "model.name=nope"],
                          capture_output=True, text=True, env=env, timeout=120)

@@ -11,7 +11,6 @@ weights of the uninterrupted run.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -56,10 +55,6 @@ def run_config(root: Path, exp: str, source: str) -> dict:
                               "dist_timeout": 20})
 
 
-def _env() -> dict[str, str]:
-    return torchrun_env(PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +65,7 @@ def _node(rank: int, port: int, args: list[str], **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
     # Own session: the whole node (agent + worker) can be killed at once, as a crashed machine would be.
-    return subprocess.Popen(cmd, env=_env(), start_new_session=True, text=True, **kw)
+    return subprocess.Popen(cmd, env=torchrun_env(), start_new_session=True, text=True, **kw)
 
 
 def _two_nodes(args: list[str], timeout: float = 180) -> list[str]:
@@ -99,7 +94,7 @@ def test_two_nodes_equal_one_node_and_survive_a_killed_node(tmp_path):
     _two_nodes([str(script), str(tmp_path), "nodes", str(REPO / "tests")])
     one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), str(tmp_path), "single", str(REPO / "tests")],
-                         capture_output=True, text=True, env=_env(), timeout=180)
+                         capture_output=True, text=True, env=torchrun_env(), timeout=180)
     assert one.returncode == 0, one.stderr[-4000:]
     for source in ("files", "shards"):
         p = {(tag, r): np.load(tmp_path / f"p_{tag}_{source}_{r}.npy") for tag in ("nodes", "single") for r in (0, 1)}

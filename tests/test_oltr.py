@@ -138,10 +138,6 @@ def test_stage_one_shares_and_bad_options_are_rejected():
 # ------------------------------------------------------------------ training through the engine
 
 
-def _env() -> dict[str, str]:
-    return torchrun_env(PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("oltrcorpus"), utts_per_spk=5)
@@ -174,10 +170,10 @@ def test_sigkill_in_the_summing_epoch_resumes_exactly(corpus, oltr_run, tmp_path
     exp = tmp_path / "killed"
     save_config(_config(corpus, exp), tmp_path / "conf.yaml")
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(tmp_path / "conf.yaml"), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=3)
+    kill_after_checkpoint(cmd, torchrun_env(), step=3)
     ckpt = load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))
     assert ckpt["step"] == 3 and int(ckpt["head"]["stage"]) == 0 and ckpt["head"]["class_count"].sum() == 24
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=180)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=torchrun_env(), timeout=180)
     assert out.returncode == 0 and "resumed from" in out.stderr, out.stderr[-3000:]
     a, b = exp / "checkpoints" / "epoch_0002.pt", oltr_run / "checkpoints" / "epoch_0002.pt"
     assert load_checkpoint(a)["step"] == load_checkpoint(b)["step"] == 10
@@ -292,7 +288,7 @@ def test_oltr_under_ddp_sums_every_rank_stays_in_step_and_resumes_at_the_switch(
     from spkcausal.nn.checkpoint import load_checkpoint
 
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
-    env = dict(_env(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    env = torchrun_env()
 
     def torchrun(exp: Path, resume: bool) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -13,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_train import assert_same_weights, fake_shard_index, kill_after_checkpoint, make_corpus, tiny_config
+from fixtures_train import (
+    assert_same_weights,
+    fake_shard_index,
+    kill_after_checkpoint,
+    make_corpus,
+    subprocess_env,
+    tiny_config,
+)
 
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.samplers import class_probabilities
@@ -23,12 +29,6 @@ from spkcausal.nn.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkcausal.nn.config import save_config
 from spkcausal.train.trainer import train
 from spkcausal.utils import DataError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +216,11 @@ def test_sharded_run_killed_mid_epoch_resumes_to_identical_weights(corpus, tmp_p
     save_config(_shard_config(shards, exp), conf)
     # One DataLoader worker (one stream, like the in-process reference); SIGKILL after the step-5 checkpoint.
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=5)
+    kill_after_checkpoint(cmd, subprocess_env(), step=5)
     ckpt = load_checkpoint(find_resume_checkpoint(exp / "checkpoints"))
     assert 0 < ckpt["step"] % 12 and ckpt["step"] < 24  # mid-epoch
     assert ckpt["sampler"]["source"] == "shards" and ckpt["sampler"]["streams"] == 1
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
     # a resume replays the same float32 ops: equal (measured 0); 1e-6 spare

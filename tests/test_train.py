@@ -44,10 +44,6 @@ EPS32 = float(np.finfo(np.float32).eps)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
-    return torchrun_env(PYTHONPATH=str(REPO / "tests"))
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"), utts_per_spk=5)
@@ -120,14 +116,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(corpus, tmp_path):
     conf = tmp_path / "conf.yaml"
     save_config(_resume_config(corpus, exp, musan, rirs), conf)
     cmd = [sys.executable, "-m", "spkcausal", "train", "--config", str(conf), "data.num_workers=1"]
-    kill_after_checkpoint(cmd, _env(), step=5)
+    kill_after_checkpoint(cmd, torchrun_env(), step=5)
     resume_from = find_resume_checkpoint(exp / "checkpoints")
     ckpt = load_checkpoint(resume_from)
     assert resume_from.name.startswith("step_") and 0 < ckpt["step"] % 20  # mid-epoch
     assert ckpt["step"] < 40
 
     # --resume finishes the run; weights, BN statistics, x_bar and optimizer state match the reference.
-    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), timeout=120)
+    out = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=torchrun_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from {resume_from}" in out.stderr
     final = load_checkpoint(exp / "checkpoints" / "epoch_0002.pt")
@@ -180,7 +176,7 @@ def test_torchrun_two_processes_gloo_train_and_extract(tmp_path):
     script.write_text(DDP_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=torchrun_env(), timeout=240)
     assert out.returncode == 0, out.stderr[-4000:]
     x0, x1 = np.load(tmp_path / "xbar0.npy"), np.load(tmp_path / "xbar1.npy")
     assert np.abs(x0).sum() > 0 and np.array_equal(x0, x1)
@@ -485,10 +481,11 @@ def test_cuda_bf16_sigkill_resume_adds_no_difference_beyond_the_gpus_own(corpus,
 
     final = Path("checkpoints") / "epoch_0002.pt"
     for name in ("a", "b"):
-        out = subprocess.run(command(name), capture_output=True, text=True, env=_env(), timeout=300)
+        out = subprocess.run(command(name), capture_output=True, text=True, env=torchrun_env(), timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
-    kill_after_checkpoint(command("killed"), _env(), step=25)  # mid-epoch 2 (20 steps an epoch)
-    out = subprocess.run(command("killed") + ["--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+    kill_after_checkpoint(command("killed"), torchrun_env(), step=25)  # mid-epoch 2 (20 steps an epoch)
+    out = subprocess.run(command("killed") + ["--resume"], capture_output=True, text=True, env=torchrun_env(),
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
     own = _max_weight_diff(tmp_path / "a" / final, tmp_path / "b" / final)
