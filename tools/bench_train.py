@@ -22,6 +22,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,25 @@ def windows_rate(step_fn, batch: int, steps: int, warmup: int, device: torch.dev
     return statistics.median(rates)
 
 
+def sync_sites(step_fn, device: torch.device) -> Counter[str] | None:
+    """The lines where one step makes the host wait for the GPU (torch's sync debug mode, as warnings), counted;
+    None off CUDA. Each such wait empties the GPU's queue, so the launches after it are not overlapped with work
+    already queued: the first thing to look at when the pipeline falls short of the model-only step."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step_fn()
+        except Exception as e:  # a diagnosis, never a reason to lose the rates measured before it
+            return Counter({f"(the check failed: {type(e).__name__}: {e})": 0})
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
 def bench_model(args: argparse.Namespace, model_name: str, device: torch.device, data_dir: Path) -> None:
     """Print (a), (b) and (b)/(a) for one extractor."""
     from spkcausal.nn.augment import speed_input_samples
@@ -124,6 +145,7 @@ def bench_model(args: argparse.Namespace, model_name: str, device: torch.device,
         train_step(net, loss_fn, opt, scaler, f, lab, amp)
 
     rate_b = windows_rate(full_step, bs, args.steps, warm_b, device)
+    syncs = {name: sync_sites(fn, device) for name, fn in (("(a)", model_step), ("(b)", full_step))}
     loader.clear()  # drops the iterator, which shuts its workers down before the next model
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{model_name:12s} ({n_params:.1f}M) batch {bs} x {args.frames} frames, {args.classes} classes, "
@@ -131,6 +153,11 @@ def bench_model(args: argparse.Namespace, model_name: str, device: torch.device,
     print(f"  (a) model-only step        : {rate_a:10,.0f} samples/s")
     print(f"  (b) full pipeline          : {rate_b:10,.0f} samples/s")
     print(f"  (b)/(a)                    : {100 * rate_b / rate_a:9.1f} %")
+    for name, sites in syncs.items():
+        if sites is None:
+            continue
+        where = ", ".join(f"{site} x{n}" for site, n in sites.most_common()) or "none"
+        print(f"  {name} host syncs per step   : {sum(sites.values()):3d}  ({where})")
 
 
 def bench_fbank(args: argparse.Namespace, device: torch.device) -> None:
