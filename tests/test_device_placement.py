@@ -1,7 +1,8 @@
-"""Every registered extractor and head keeps its work on the device of its input: a forward and backward on the
-meta device fails on any tensor that the code creates on the CPU (`torch.arange(n)`, `torch.tensor(...)` without
-`device=`), which is what would fail on a GPU. The suite runs without a GPU, so this is the check that every model
-(full size too: meta tensors hold no data) is ready for one; the CUDA tests run the numbers where a GPU exists."""
+"""Every registered extractor and head, the Kaldi fbank front-end and every loss keep their work on the device of
+their input: a forward and backward on the meta device fails on any tensor that the code creates on the CPU
+(`torch.arange(n)`, `torch.tensor(...)` without `device=`), which is what would fail on a GPU. The suite runs
+without a GPU, so this is the check that every model (full size too: meta tensors hold no data) is ready for one;
+the CUDA tests run the numbers where a GPU exists."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from spkcausal.nn.features import Fbank
 from spkcausal.nn.heads import HEADS, build_head
 from spkcausal.nn.losses import LOSSES, build_loss
 from spkcausal.nn.models import MODELS, build_model
@@ -67,6 +69,15 @@ def test_head_runs_on_the_device_of_its_input(name, meta_autocast):
     assert x.grad is not None and x.grad.device == META
     head.eval()
     assert head(x).device == META
+
+
+# The SpeechBrain front-end is SpeechBrain's modules, whose own fp32 decorator (torch.amp.custom_fwd) knows no
+# meta device; tests/test_features.py runs ours on CUDA where there is a GPU.
+@pytest.mark.parametrize("training", [False, True])
+def test_fbank_runs_on_the_device_of_its_input(training, meta_autocast):
+    fbank = Fbank().to(META).train(training)  # training: dither, drawn on the input's device
+    out = fbank(torch.randn(3, 32000, device=META), torch.tensor([32000, 20000, 16000], device=META))
+    assert out.device == META and out.shape == (3, fbank.num_frames(32000), 80)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
