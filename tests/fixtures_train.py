@@ -155,18 +155,26 @@ def fake_shard_index(labels: np.ndarray, per_shard: int):
                       num_samples=np.full(n, 16000), sample_rate=np.full(n, 16000), exts=["wav"] * n)
 
 
+def weight_diffs(a_path: Path, b_path: Path) -> dict[tuple[str, str], float]:
+    """Max abs difference of every model and head tensor of two checkpoints, by (part, key); key sets must match."""
+    from spkcausal.nn.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    out = {}
+    for part in ("model", "head"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in b[part]:
+            out[part, k] = (a[part][k].double() - b[part][k].double()).abs().max().item()
+    return out
+
+
 def assert_same_weights(a_path: Path, b_path: Path, atol: float = 0.0) -> None:
     """Model and head tensors of two checkpoints equal (max abs difference <= atol), key sets included.
 
     Used for a resumed run against an uninterrupted one: the same float32 ops replayed on the same machine, so
     equal (atol 0, or a spare 1e-6 where a caller allows it)."""
-    from spkcausal.nn.checkpoint import load_checkpoint
-
-    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    for part in ("model", "head"):
-        assert a[part].keys() == b[part].keys(), part
-        for k in b[part]:
-            assert (a[part][k].double() - b[part][k].double()).abs().max().item() <= atol, (part, k)
+    for key, diff in weight_diffs(a_path, b_path).items():
+        assert diff <= atol, key
 
 
 def python_path(*dirs: Path | str) -> str:

@@ -18,6 +18,7 @@ from fixtures_train import (
     make_corpus,
     tiny_config,
     torchrun_env,
+    weight_diffs,
 )
 
 from spkcausal.data.datadir import DataDir
@@ -452,13 +453,6 @@ def test_cuda_bf16_training_and_extraction_match_cpu_extraction(corpus, tmp_path
     assert np.abs(na - nb).max() < 1e-3  # GPU vs CPU unit vectors; cuDNN may use TF32 convs (unmeasured here)
 
 
-def _max_weight_diff(a_path: Path, b_path: Path) -> float:
-    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    assert all(a[p].keys() == b[p].keys() for p in ("model", "head"))
-    return max((a[p][k].double() - b[p][k].double()).abs().max().item() for p in ("model", "head") for k in b[p]
-               if b[p][k].is_floating_point())
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_sigkill_resume_adds_no_difference_beyond_the_gpus_own(corpus, tmp_path):
@@ -488,8 +482,8 @@ def test_cuda_bf16_sigkill_resume_adds_no_difference_beyond_the_gpus_own(corpus,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stderr
-    own = _max_weight_diff(tmp_path / "a" / final, tmp_path / "b" / final)
-    resumed = _max_weight_diff(tmp_path / "killed" / final, tmp_path / "a" / final)
+    own = max(weight_diffs(tmp_path / "a" / final, tmp_path / "b" / final).values())
+    resumed = max(weight_diffs(tmp_path / "killed" / final, tmp_path / "a" / final).values())
     print(f"max |weight diff|: two uninterrupted runs {own:.3g}, resumed vs uninterrupted {resumed:.3g}")
     # Floor 1e-5: a few ulps at the weights' scale (~1), which a differing reduction order can leave.
     assert resumed <= max(10 * own, 1e-5), (resumed, own)
