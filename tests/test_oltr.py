@@ -120,6 +120,27 @@ def test_stage_one_is_aam_and_the_switch_sets_the_memory_to_the_class_means():
     assert _oltr_head(stage1_epochs=0.5).stage1_epochs == 0.5
 
 
+def test_the_stage_follows_a_loaded_state_dict_also_inside_a_parent_module():
+    """The forward reads the stage from a host mirror (no GPU wait per step): loading a checkpoint must set it,
+    both ways, also when the head is loaded as part of a larger module (a resume loads the whole network)."""
+    done = _oltr_head(stage1_epochs=1).train()
+    done.set_epoch(0, 2)
+    done(torch.randn(6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]))
+    done.set_epoch(1, 2)
+    assert done.memory_ready
+    fresh = torch.nn.Sequential(_oltr_head(stage1_epochs=1))
+    assert not fresh[0].memory_ready
+    fresh.load_state_dict({f"0.{k}": v for k, v in done.state_dict().items()})
+    assert fresh[0].memory_ready
+    fresh[0].set_epoch(1, 2)  # after the resume: the loaded memory is kept, not set again from empty sums
+    torch.testing.assert_close(fresh[0].centroids, done.centroids, rtol=0, atol=0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    fresh.eval(), done.eval()
+    torch.testing.assert_close(fresh(x), done(x), rtol=0, atol=0)  # the same stage-2 classifier
+    done.load_state_dict(_oltr_head(stage1_epochs=1).state_dict())  # and back: a stage-1 checkpoint
+    assert not done.memory_ready
+
+
 def test_stage_one_shares_and_bad_options_are_rejected():
     with pytest.raises(UsageError, match="leaves OLTR no stage 2"):  # issue 26: refused, no longer a warning
         _oltr_head(stage1_epochs=3).set_epoch(0, 3)

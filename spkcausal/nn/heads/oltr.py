@@ -57,8 +57,10 @@ def centroid_loss(v: Tensor, labels: Tensor, centroids: Tensor, margin: float = 
     """Discriminative centroid loss: sum_b ||v_b - c_yb||^2 / (2B) + repel_weight * max(0, margin - mean of
     ||v_b - c_j||^2 over all (b, j) with the own-class pairs counted as 0)."""
     d2 = torch.cdist(v, centroids).pow(2)  # (B, C)
-    own = F.one_hot(labels.long(), centroids.shape[0]).to(torch.bool)
-    attract = d2[own].sum() / (2.0 * len(v))
+    own_col = labels.long().unsqueeze(1)
+    # gather and scatter, not a boolean index: d2[mask] has a data-dependent size, a GPU wait at every step
+    own = torch.zeros_like(d2, dtype=torch.bool).scatter_(1, own_col, True)
+    attract = d2.gather(1, own_col).sum() / (2.0 * len(v))
     repel = (margin - d2.masked_fill(own, 0.0).mean()).clamp_min(0.0)
     return attract + repel_weight * repel
 
@@ -70,6 +72,11 @@ def stage1_epoch_count(value: Any, epochs: int) -> int | None:
     if isinstance(value, float) and 0.0 < value < 1.0:
         return max(1, int(round(value * epochs)))
     return int(value)
+
+
+def _mirror_stage(head: OLTRHead, _incompatible: Any) -> None:
+    """After a state dict is loaded: the host mirror of the stage buffer (one read per load, not per step)."""
+    head._memory_ready = int(head.stage) >= 2
 
 
 @HEADS.register("oltr")
@@ -100,13 +107,17 @@ class OLTRHead(nn.Module):
         self.register_buffer("class_sum", torch.zeros(num_classes, embed_dim, dtype=torch.float64))
         self.register_buffer("class_count", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))  # 0: stage 1, 2: the memory is set
+        # A host mirror of `stage`: reading the buffer in every forward would wait for the GPU at every step.
+        # It changes only in init_memory and when a state dict is loaded (the hook below).
+        self._memory_ready = False
+        self.register_load_state_dict_post_hook(_mirror_stage)
         self.accumulate = False
         self.extra_loss: Tensor | None = None
 
     @property
     def memory_ready(self) -> bool:
         """True once the memory is set (stage 2: the meta-embedding classifies)."""
-        return int(self.stage) >= 2
+        return self._memory_ready
 
     def set_margin(self, m: float) -> None:
         """Set the stage-1 AAM margin (driven by the trainer's margin schedule; stage 2 has no margin)."""
@@ -147,6 +158,7 @@ class OLTRHead(nn.Module):
                                                                          .clamp_min(EPS)))
         self.hallucinator.bias.zero_()
         self.stage.fill_(2)
+        self._memory_ready = True
         self.accumulate = False
 
     @torch.no_grad()
