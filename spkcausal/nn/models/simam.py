@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ...schema import AtLeast1
 from .resnet import downsampled
-from .wespeaker_resnet import STRIDE2_STAGES, make_stages, pooled_rows
+from .wespeaker_resnet import STRIDE2_STAGES, make_stages, pooled_rows, projection_shortcut
 
 SIMAM_LAMBDA = 1e-4  # the regulariser of SimAM's energy (the paper's lambda)
 ASP_VAR_FLOOR = 1e-5  # wespeaker's ASP clamps the weighted variance here before the square root
@@ -38,10 +38,7 @@ class SimAMBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+        self.downsample = projection_shortcut(in_planes, planes, stride)  # wespeaker's samresnet name for it
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, F, T) -> (B, planes, F', T')."""
