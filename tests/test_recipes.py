@@ -19,6 +19,7 @@ import torch
 import yaml
 from fixtures_cnceleb import make_cnceleb
 from fixtures_librispeech import make_librispeech
+from fixtures_train import python_path
 from fixtures_voxceleb import make_voxceleb1
 from sklearn.metrics import roc_curve
 
@@ -79,7 +80,7 @@ def test_stage_functions_reject_missing_unknown_and_valueless_arguments():
 def test_an_interpreter_of_ones_own_is_used_as_it_is(tmp_path):
     """SPKCAUSAL_PYTHON: printed back, nothing created or installed (the venv setup_env would manage stays absent)."""
     env = dict(os.environ, SPKCAUSAL_PYTHON=sys.executable, SPKCAUSAL_VENV=str(tmp_path / "venv"),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=python_path(ROOT))
     r = subprocess.run(["bash", str(ROOT / "tools" / "setup_env.sh")], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == sys.executable and r.stderr == ""
