@@ -16,8 +16,8 @@ from spkcausal.schema import AtLeast1, Length, Range, coerce
 from spkcausal.utils import UsageError
 
 # The schema as it was a parallel dict before the section dataclasses (captured once from nn/config.py at
-# 4e5c9e3): the dataclasses must give exactly these values, of these Python types, in this order (config.yaml
-# lists keys in DEFAULTS' order).
+# 4e5c9e3, with augment.speed_new_speakers added since): the dataclasses must give exactly these values, of these
+# Python types, in this order (config.yaml lists keys in DEFAULTS' order).
 OLD_DEFAULTS: dict[str, Any] = {
     "exp_dir": None,
     "seed": 42,
@@ -25,8 +25,8 @@ OLD_DEFAULTS: dict[str, Any] = {
              "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None, "shuffle_buffer": 1000,
              "shard_streams": None},
     "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
-    "augment": {"speed_perturb": False, "musan": None, "rirs": None, "prob": 0.6, "musan_max_seconds": 10.0,
-                "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,
+    "augment": {"speed_perturb": False, "speed_new_speakers": True, "musan": None, "rirs": None, "prob": 0.6,
+                "musan_max_seconds": 10.0, "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,
                 "group_many": 100, "group_few": 20},
     "model": {"name": "ecapa512"},
     "head": {"name": "aam"},

@@ -57,6 +57,7 @@ class Augment:
     """`augment`: speed perturbation, MUSAN noise, RIRs, and their tail-aware group probabilities."""
 
     speed_perturb: bool = False
+    speed_new_speakers: bool = True
     musan: PathText = None
     rirs: PathText = None
     prob: Annotated[float, Range(0, 1)] = 0.6

@@ -101,11 +101,17 @@ def build_head_for(cfg: Mapping[str, Any], embed_dim: int, num_classes: int, cla
                       **section_kwargs(cfg["head"]))
 
 
+def speed_makes_speakers(cfg: Mapping[str, Any]) -> bool:
+    """True when speed-perturbed copies are new speakers (augment.speed_perturb and augment.speed_new_speakers)."""
+    aug = cfg["augment"]
+    return bool(aug.get("speed_perturb")) and bool(aug.get("speed_new_speakers", True))
+
+
 def num_classes_for(num_speakers: int, cfg: Mapping[str, Any]) -> int:
     """Speakers, times the number of speed factors when speed perturbation makes new speakers."""
     from .augment import SPEED_FACTORS
 
-    return num_speakers * (len(SPEED_FACTORS) if cfg["augment"].get("speed_perturb") else 1)
+    return num_speakers * (len(SPEED_FACTORS) if speed_makes_speakers(cfg) else 1)
 
 
 def build_fbank(cfg: Mapping[str, Any], training: bool = True) -> nn.Module:

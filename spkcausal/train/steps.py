@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.heads.protocols import ExtraLoss
-from ..nn.network import build_fbank
+from ..nn.network import build_fbank, speed_makes_speakers
 
 
 def build_feature_pipeline(cfg: Mapping[str, Any], device: torch.device) -> tuple[nn.Module, nn.Module | None]:
@@ -64,7 +64,8 @@ def device_batch(waves: Tensor, labels: Tensor, cfg: Mapping[str, Any], chunk_sa
             k = draw_speed(waves.shape[0], generator, waves.device)
         factors = torch.tensor(SPEED_FACTORS, dtype=torch.float64)[k.cpu()]
         waves = speed_perturb(waves, factors, out_len=chunk_samples)
-        labels = speed_labels(labels, k, num_speakers)
+        if speed_makes_speakers(cfg):
+            labels = speed_labels(labels, k, num_speakers)
     if augmenter is not None:
         # the label before speed perturbation: groups are of the original speakers
         prob = tail["prob"][labels % num_speakers] if "prob" in tail else None
