@@ -334,7 +334,45 @@ def test_tail_aware_tables_follow_the_shot_groups():
         tail_tables(merge_defaults({"augment": {"group_speed": [0, 0, 1]}}), np.array([1]), torch.device("cpu"))
 
 
+def test_kept_speakers_see_the_same_chunks_and_keep_their_labels():
+    """speed_new_speakers: false changes the labels only: the same generator gives the same perturbed features,
+    each row keeps its speaker, and the head has one class per speaker instead of three."""
+    from spkcausal.nn.augment import speed_input_samples
+    from spkcausal.nn.network import num_classes_for
+    from spkcausal.train.steps import build_feature_pipeline, device_batch, tail_tables
+
+    chunk, speakers = 4000, 4
+    waves = torch.randn(32, speed_input_samples(chunk), generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(32) % speakers
+    out = {}
+    for new in (True, False):
+        cfg = merge_defaults({"augment": {"speed_perturb": True, "speed_new_speakers": new,
+                                          "group_speed": [0.0, 0.5, 1.0], "group_many": 30, "group_few": 10}})
+        tail = tail_tables(cfg, np.array([40, 20, 5, 5]), torch.device("cpu"))
+        fbank, augmenter = build_feature_pipeline(cfg, torch.device("cpu"))
+        out[new] = device_batch(waves, labels, cfg, chunk, speakers, fbank, augmenter,
+                                torch.Generator().manual_seed(0), tail)
+        assert num_classes_for(speakers, cfg) == (3 * speakers if new else speakers)
+    assert torch.equal(out[True][0], out[False][0])
+    assert torch.equal(out[False][1], labels)
+    copy = out[True][1] // speakers
+    assert torch.equal(out[True][1] % speakers, labels)
+    assert (copy[labels == 0] == 0).all() and (copy[labels >= 2] >= 1).all()  # Many never, Few always perturbed
+    assert not torch.equal(out[True][0][labels >= 2], fbank(waves[labels >= 2, :chunk]))
+
+
+def test_a_run_keeping_the_speakers_trains_one_class_per_speaker(lt_corpus, tmp_path):
+    torch.set_num_threads(1)
+    aug = {"speed_perturb": True, "speed_new_speakers": False, "group_speed": [0.0, 0.5, 1.0]}
+    t = train(tiny_config(lt_corpus, tmp_path / "exp", augment=aug, train={"epochs": 1}))
+    num_speakers = len(DataDir.load(lt_corpus).speakers)
+    assert t.net.head.weight.shape[0] == num_speakers == t.num_speakers
+    saved = load_checkpoint(tmp_path / "exp" / "checkpoints" / "epoch_0001.pt")
+    assert saved["config"]["augment"]["speed_new_speakers"] is False
+
+
 @pytest.mark.parametrize("name", ["episodic", "prototypical", "semi_siamese", "kpositive", "speed", "tail_speed",
+                                  "speed_keep", "tail_speed_keep",
                                   "episodic_natural", "kpositive_natural"])
 def test_demo_encoder_configs_change_only_their_sections(name):
     import yaml
@@ -348,7 +386,7 @@ def test_demo_encoder_configs_change_only_their_sections(name):
     assert cfg["sampler"]["name"] == ("episodic_natural" if name.endswith("natural") else
                                       base["sampler"]["name"] if "speed" in name else "episodic")
     net = build_network(cfg, 20, class_counts=np.arange(1, 21))
-    assert (net.encoder_loss is None) == (name in ("episodic", "episodic_natural", "speed", "tail_speed"))
+    assert (net.encoder_loss is None) == (name in ("episodic", "episodic_natural") or "speed" in name)
     labels = np.repeat(np.arange(20), np.arange(1, 21))  # the tiny demo's 20 speakers fit 16 per batch
     sampler = build_sampler(cfg["sampler"]["name"], labels, batch_size=cfg["train"]["batch_size"],
                             utts_per_speaker=cfg["sampler"]["utts_per_speaker"])

@@ -62,6 +62,14 @@ def test_system_names_follow_the_paper():
     assert system_name({"head": {"name": "aam"}, "sampler": {"name": "episodic"}}) == "Episodic batches (AAM)"
     tail = {"head": {"name": "aam"}, "augment": {"speed_perturb": True, "group_speed": [0.2, 0.5, 0.9]}}
     assert system_name(tail) == "Tail-aware augmentation (AAM)"
+    # copies that keep their speaker are another method; uniform copies as new speakers stay the baseline's recipe
+    kept = {**tail, "augment": {**tail["augment"], "speed_new_speakers": False}}
+    assert system_name(kept) == "Tail-aware augmentation, speakers kept (AAM)"
+    uniform = {"head": {"name": "aam"}, "augment": {"speed_perturb": True}}
+    assert system_name(uniform) == "Baseline (AAM)"
+    assert system_name({**uniform, "augment": {"speed_perturb": True, "speed_new_speakers": False}}) == \
+        "Speed perturbation, speakers kept (AAM)"
+    assert system_name({"head": {"name": "aam"}, "augment": {"speed_new_speakers": False}}) == "Baseline (AAM)"
 
 
 def test_report_table_from_known_results(tmp_path):

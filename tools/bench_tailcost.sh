@@ -14,7 +14,8 @@
 # 1. The method benchmark at R=30, from scratch, over --seeds: Baseline (AAM), Balanced Softmax, De-confound
 #    (Causal Norm AAM) and the encoder-side methods (speaker-uniform episodic batches alone and + angular prototypical
 #    loss, semi-siamese momentum contrast, k-positive contrast; tail-aware speed perturbation; frequency-drawn
-#    episodes alone and + k-positive contrast), with the baseline's balanced control:
+#    episodes alone and + k-positive contrast; uniform speed perturbation and both speed perturbations with the
+#    copies keeping their speaker), with the baseline's balanced control:
 #    OUT/scratch-lt30/exp/bench_seeds/report.md ("Tail cost": the share each method recovers).
 # 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
@@ -43,7 +44,8 @@ done
 conf="$root/recipes/mini/conf"
 methods="aam $conf/lt/balanced_softmax.yaml cnaam $conf/encoder/episodic.yaml $conf/encoder/prototypical.yaml \
 $conf/encoder/semi_siamese.yaml $conf/encoder/kpositive.yaml $conf/encoder/tail_speed.yaml \
-$conf/encoder/episodic_natural.yaml $conf/encoder/kpositive_natural.yaml"
+$conf/encoder/episodic_natural.yaml $conf/encoder/kpositive_natural.yaml $conf/encoder/speed.yaml \
+$conf/encoder/speed_keep.yaml $conf/encoder/tail_speed_keep.yaml"
 evalset=(--test_speakers 100 --test_per_speaker 8)
 pre="$out/pretrain/exp/aam"
 ro=(); [ "$report_only" = false ] || ro=(--report-only)
@@ -79,6 +81,6 @@ spkcausal session-halves "${exps[@]}" --out "$out/methods"
 spkcausal tail-geometry --emb "${geo[@]}" --data "$m/data/vox1_iden_test" --train-data "$m/data/lt_train" \
   --many 30 --few 10 --out "$out/methods/geometry.json" --markdown "$out/methods/geometry.md"
 "$SPKCAUSAL_PY" "$root/tools/bench_lt_step.py" --systems aam lt/balanced_softmax cnaam encoder/prototypical \
-  encoder/semi_siamese encoder/kpositive encoder/tail_speed encoder/kpositive_natural --out "$out/methods/step.json"
+  encoder/semi_siamese encoder/kpositive encoder/tail_speed encoder/kpositive_natural encoder/tail_speed_keep --out "$out/methods/step.json"
 echo "bench_tailcost.sh: done in ${SECONDS}s; tables: $m/exp/bench_seeds/report.md, $out/tail_curve/tail_curve.md," \
   "$out/methods/{session_halves,geometry}.md"

@@ -8,6 +8,8 @@ Order in the trainer: read ``speed_input_samples(out_len)`` samples per utteranc
 ``out_len`` -> ``Augmenter`` -> ``Fbank``. Speed-perturbed copies are new speakers (the pitch moves with the
 speed): the label of an utterance perturbed with ``SPEED_FACTORS[k]`` becomes ``label + k * num_speakers``, so
 the classifier has ``len(SPEED_FACTORS) * num_speakers`` classes; ``k = 0`` (factor 1.0) keeps the original label.
+With ``augment.speed_new_speakers: false`` every copy keeps its label (one class per speaker; the trainer's choice,
+``spkcausal.nn.network.speed_makes_speakers``).
 """
 from __future__ import annotations
 
