@@ -527,14 +527,33 @@ def test_ablation_configs_differ_from_the_causal_norm_system_only_in_k_and_gamma
             assert cfg == ref, name
 
 
-@pytest.mark.parametrize("recipe", ["voxceleb", "cnceleb", "librispeech", "mini"])
-def test_every_recipe_takes_init_from_into_its_training_overrides(recipe):
-    """--init_from EXP (a pretrained model to fine-tune, docs/models.md) is an option of every corpus recipe and the
-    demo (parse_options refuses unknown ones) and reaches stage 3 as train.init_from."""
-    run = ROOT / "recipes" / recipe / "run.sh"
-    r = subprocess.run(["bash", str(run), "--init_from", "/pretrained/exp", "--help"], capture_output=True, text=True)
+def test_training_overrides_put_the_recipes_own_first_and_the_users_after():
+    """The overrides stage 3 gives every system: the recipe's own, then --musan / --rirs, --train_overrides and
+    --init_from, so that a user's key wins (apply_overrides applies them in order)."""
+    src = f". {ROOT}/recipes/common/defaults.sh; . {ROOT}/recipes/common/stages.sh; "
+    r = _bash(src + 'musan=/m rirs=/r train_overrides="train.epochs=4 head.margin=0.3" init_from=/p; '
+                    'training_overrides train.epochs=2 model.embed_dim=32')
     assert r.returncode == 0, r.stderr
-    assert "train.init_from=$init_from" in run.read_text()
+    assert r.stdout.split() == ["train.epochs=2", "model.embed_dim=32", "augment.musan=/m", "augment.rirs=/r",
+                                "train.epochs=4", "head.margin=0.3", "train.init_from=/p"]
+    from spkcausal.nn.config import apply_overrides
+
+    assert apply_overrides({"train": {"epochs": 16}}, r.stdout.split())["train"]["epochs"] == 4
+    r = _bash(src + "training_overrides")
+    assert r.returncode == 0 and r.stdout.split() == []
+
+
+@pytest.mark.parametrize("recipe", ["voxceleb", "cnceleb", "librispeech", "mini"])
+def test_every_recipe_passes_the_shared_options_to_training(recipe):
+    """--musan, --rirs, --train_overrides and --init_from (a pretrained model to fine-tune, docs/models.md) are
+    options of every corpus recipe and the demo (parse_options refuses unknown ones), and each recipe builds stage
+    3's overrides with training_overrides (the demo once dropped all but --init_from without a word)."""
+    run = ROOT / "recipes" / recipe / "run.sh"
+    r = subprocess.run(["bash", str(run), "--musan", "/m", "--rirs", "/r", "--train_overrides", "train.epochs=1",
+                        "--init_from", "/pretrained/exp", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assigned = re.findall(r"^\s*overrides=.*$", run.read_text(), re.M)
+    assert len(assigned) == 1 and assigned[0].startswith("overrides=$(training_overrides "), assigned
     r = subprocess.run(["bash", str(run), "--init_fro", "/x", "--help"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown option --init_fro" in r.stderr
 

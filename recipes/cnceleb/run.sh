@@ -38,8 +38,7 @@ seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"   # seen-sp
 eval_dir="$data/cnceleb_eval"
 trials=$(for t in $trials; do echo "$eval_dir/$t"; done)
 enroll_map="$eval_dir/enroll2utt"   # the Avg list's enrolment = mean of its segments' embeddings
-overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
-overrides="$overrides${init_from:+ train.init_from=$init_from}"   # --init_from: fine-tune a pretrained model
+overrides=$(training_overrides $corpus_overrides)   # + --musan, --rirs, --train_overrides, --init_from
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
 protocol_setup "$protocol" "$imbalance" "$exp" "$systems" "$conf_dir" "$data/train_control"

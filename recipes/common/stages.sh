@@ -151,6 +151,13 @@ run_train() {  # run_train T C: the caller's `train` = the dir the last run_fiel
 }
 
 # ---------------------------------------------------------------- stage 3: training (torchrun)
+# training_overrides [KEY=VALUE ...]: the overrides stage 3 gives every system, in the order they apply: the
+# recipe's own (the arguments), --musan / --rirs, the user's --train_overrides (so that they win), --init_from.
+training_overrides() {
+  echo "$* ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides" \
+    "${init_from:+train.init_from=$init_from}"
+}
+
 # stage_train --exp X --systems "S ..." --conf_dir C --train_dir T [--overrides "key=value ..."] [--seeds "K ..."]
 #             [--lm_conf FILE --num_avg N] [--control_dir CT]
 # Trains each system (once per seed) on T (BASE+control on CT): `spkcausal train --config C/S.yaml exp_dir=X/S

@@ -96,7 +96,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 lm_conf="$conf_dir/lm.yaml"
-overrides="${epochs:+train.epochs=$epochs} ${init_from:+train.init_from=$init_from}"
+overrides=$(training_overrides ${epochs:+train.epochs=$epochs})   # + --musan, --rirs, --train_overrides, --init_from
 . "$recipe_dir/../common/run_stages.sh"
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   echo "long-tail plot: $data/longtail.png   DET curves: $(ls "$exp"/det_*.png)   table: $exp/report.md"

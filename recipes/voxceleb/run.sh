@@ -39,8 +39,7 @@ train_dir="$data/train"; val_dir="$data/iden_val"; test_dir="$data/iden_test"
 seen_test="$data/trials/seen_test"; seen_dev="$data/trials/seen_dev"   # seen-speaker lists (stage 2)
 eval_dir="$data/$eval_set"
 trials=$(for t in $trials; do echo "$data/trials/$t"; done)
-overrides="$corpus_overrides ${musan:+augment.musan=$musan} ${rirs:+augment.rirs=$rirs} $train_overrides"
-overrides="$overrides${init_from:+ train.init_from=$init_from}"   # --init_from: fine-tune a pretrained model
+overrides=$(training_overrides $corpus_overrides)   # + --musan, --rirs, --train_overrides, --init_from
 set_launcher "$gpus" "$nnodes" "$node_rank" "$master_addr" "$master_port"
 mkdir -p "$data" "$exp"
 protocol_setup "$protocol" "$imbalance" "$exp" "$systems" "$conf_dir" "$data/train_control"
