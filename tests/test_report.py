@@ -70,6 +70,10 @@ def test_system_names_follow_the_paper():
     assert system_name({**uniform, "augment": {"speed_perturb": True, "speed_new_speakers": False}}) == \
         "Speed perturbation, speakers kept (AAM)"
     assert system_name({"head": {"name": "aam"}, "augment": {"speed_new_speakers": False}}) == "Baseline (AAM)"
+    noise = {"head": {"name": "aam"}, "augment": {"musan": "m", "group_prob": [0.3, 0.6, 0.9]}}
+    assert system_name(noise) == "Tail-aware noise augmentation (AAM)"
+    both = {"head": {"name": "aam"}, "augment": {**noise["augment"], **tail["augment"]}}
+    assert system_name(both) == "Tail-aware augmentation (AAM)"
 
 
 def test_report_table_from_known_results(tmp_path):

@@ -1,4 +1,4 @@
-"""Synthetic-corpus command: synth."""
+"""Synthetic-data commands: synth (a long-tailed speaker corpus) and synth-aug (augmentation banks)."""
 from __future__ import annotations
 
 import argparse
@@ -38,8 +38,18 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_aug(args: argparse.Namespace) -> int:
+    from ..corpora.augbanks import AugBankConfig, make_synthetic_aug_banks
+
+    cfg = AugBankConfig(noise_files=args.noise, music_files=args.music, speech_files=args.speech,
+                        rooms_per_size=args.rooms, rirs_per_room=args.rirs_per_room, seconds=args.seconds,
+                        sample_rate=args.sample_rate, seed=args.seed)
+    print(json.dumps(make_synthetic_aug_banks(args.out, cfg), indent=1))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the synth command."""
+    """Add the synth and synth-aug commands."""
     d = "(default: %(default)s)"
     p = sub.add_parser("synth", help="write a synthetic long-tailed speaker corpus in the VoxCeleb1 layout",
                        description="Source-filter speech of synthetic speakers: wav/idNNNNN/<session>/NNNNN.wav, "
@@ -63,3 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help=f"{d}")
     p.add_argument("--nj", type=positive_int, default=2, help=f"worker processes {d}")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("synth-aug", help="write synthetic MUSAN and RIRS_NOISES banks (augment.musan / augment.rirs)",
+                       description="Coloured noise, harmonic music and babble talkers in the MUSAN layout "
+                                   "(OUT/musan) and simulated room impulse responses in the RIRS_NOISES layout "
+                                   "(OUT/RIRS_NOISES, RT60 per file in OUT/rirs.tsv); pass them to training as "
+                                   "augment.musan=OUT/musan augment.rirs=OUT/RIRS_NOISES, or to a recipe as "
+                                   "--musan / --rirs. Re-running keeps the files already written.")
+    p.add_argument("--out", required=True, help="directory to create")
+    p.add_argument("--noise", type=int, default=24, help=f"noise files {d}")
+    p.add_argument("--music", type=int, default=12, help=f"music files {d}")
+    p.add_argument("--speech", type=int, default=24, help=f"babble talker files {d}")
+    p.add_argument("--rooms", type=int, default=6, help=f"rooms per size (small, medium, large) {d}")
+    p.add_argument("--rirs-per-room", type=int, default=4, help=f"impulse responses per room {d}")
+    p.add_argument("--seconds", type=_floats, default=(3.0, 8.0), metavar="LO,HI", help="noise/music/speech length")
+    p.add_argument("--sample-rate", type=positive_int, default=16000, help=f"{d}")
+    p.add_argument("--seed", type=int, default=0, help=f"{d}")
+    p.set_defaults(func=_synth_aug)

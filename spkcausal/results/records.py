@@ -89,8 +89,10 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     aug = cfg.get("augment") or {}
     # speed-perturbed copies that keep their speaker's label (augment.speed_new_speakers: false) are another method
     kept = ", speakers kept" if aug.get("speed_perturb") and aug.get("speed_new_speakers") is False else ""
-    if aug.get("group_speed") is not None or aug.get("group_prob") is not None:
-        tags.append("tail-aware augmentation" + (kept if aug.get("group_speed") is not None else ""))
+    if aug.get("group_speed") is not None:
+        tags.append("tail-aware augmentation" + kept)
+    elif aug.get("group_prob") is not None:  # noise / music / babble / reverb only: the label never changes
+        tags.append("tail-aware noise augmentation")
     elif kept:
         tags.append("speed perturbation" + kept)
     return tags
