@@ -15,7 +15,8 @@
 #    (Causal Norm AAM) and the encoder-side methods (speaker-uniform episodic batches alone and + angular prototypical
 #    loss, semi-siamese momentum contrast, k-positive contrast; tail-aware speed perturbation; frequency-drawn
 #    episodes alone and + k-positive contrast; uniform speed perturbation and both speed perturbations with the
-#    copies keeping their speaker), with the baseline's balanced control:
+#    copies keeping their speaker; noise / music / babble / reverb from `spkcausal synth-aug` banks, uniform and
+#    tail-aware), with the baseline's balanced control:
 #    OUT/scratch-lt30/exp/bench_seeds/report.md ("Tail cost": the share each method recovers).
 # 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
@@ -51,7 +52,19 @@ pre="$out/pretrain/exp/aam"
 ro=(); [ "$report_only" = false ] || ro=(--report-only)
 
 SECONDS=0
+. "$root/recipes/common/path.sh" > /dev/null
 bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
+  --systems "$methods" "${evalset[@]}"
+# noise / music / babble / reverb from synthetic banks: after the line above, so that aam and its control, trained
+# there without augmentation, are kept and only these systems get the banks; then one table of every method
+noise="$conf/encoder/noise.yaml $conf/encoder/tail_noise.yaml"
+if [ "$report_only" = false ]; then
+  spkcausal synth-aug --out "$out/aug" > /dev/null
+  bash "$root/tools/bench_seeds.sh" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
+    --systems "aam $noise" "${evalset[@]}" --musan "$out/aug/musan" --rirs "$out/aug/RIRS_NOISES"
+fi
+methods="$methods $noise"
+bash "$root/tools/bench_seeds.sh" --report-only --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
   --systems "$methods" "${evalset[@]}"
 curve=()
 for r in $imbalances; do
@@ -63,7 +76,6 @@ if [ "$report_only" = false ]; then
   bash "$root/recipes/mini/run.sh" --seed 7 --imbalance 1 --speakers 200 --max_utts 30 --many 20 --few 10 \
     --systems aam --stop_stage 3 --out "$out/pretrain"
 fi
-. "$root/recipes/common/path.sh" > /dev/null
 [ -f "$pre/avg_model.pt" ] || spkcausal average-ckpt --exp "$pre" --num 3
 bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/ft" \
   --systems "$conf/finetune/aam_ft.yaml" --init_from "$pre/avg_model.pt" "${evalset[@]}"
