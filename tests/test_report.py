@@ -72,6 +72,9 @@ def test_system_names_follow_the_paper():
     assert system_name({"head": {"name": "aam"}, "augment": {"speed_new_speakers": False}}) == "Baseline (AAM)"
     noise = {"head": {"name": "aam"}, "augment": {"musan": "m", "group_prob": [0.3, 0.6, 0.9]}}
     assert system_name(noise) == "Tail-aware noise augmentation (AAM)"
+    noise_kept = {"head": {"name": "aam"}, "augment": {**noise["augment"], "speed_perturb": True,
+                                                       "speed_new_speakers": False}}
+    assert system_name(noise_kept) == "Tail-aware noise augmentation (AAM) + speed perturbation, speakers kept"
     both = {"head": {"name": "aam"}, "augment": {**noise["augment"], **tail["augment"]}}
     assert system_name(both) == "Tail-aware augmentation (AAM)"
 

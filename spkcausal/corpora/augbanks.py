@@ -130,26 +130,21 @@ def _to_file(x: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return to_pcm16(x * (peak / max(float(np.max(np.abs(x))), 1e-12)))
 
 
-def _plan(cfg: AugBankConfig) -> list[tuple[str, int, str]]:
-    """(kind, index, path relative to root) for every file."""
-    files = [(kind, i, f"musan/{kind}/synth/{kind}-synth-{i:04d}.wav")
+def _plan(cfg: AugBankConfig) -> list[tuple[str, int, str, float]]:
+    """(kind, index, path relative to root, RT60 of a room's file or 0) for every file; a room's RT60 is drawn once
+    per (size, room) and shared by its files."""
+    files = [(kind, i, f"musan/{kind}/synth/{kind}-synth-{i:04d}.wav", 0.0)
              for kind, count in (("noise", cfg.noise_files), ("music", cfg.music_files),
                                  ("speech", cfg.speech_files)) for i in range(count)]
     i = 0
-    for size in ROOM_RT60:
-        for room in range(cfg.rooms_per_size):
-            for k in range(cfg.rirs_per_room):
-                name = f"Room{room + 1:03d}"
-                files.append(("rir", i, f"RIRS_NOISES/simulated_rirs/{size}/{name}/{name}-{k + 1:05d}.wav"))
+    for s, (size, (lo, hi)) in enumerate(ROOM_RT60.items()):
+        for room in range(1, cfg.rooms_per_size + 1):
+            rt60 = float(stream_rng(cfg.seed, _RIR, s, room).uniform(lo, hi))
+            for k in range(1, cfg.rirs_per_room + 1):
+                name = f"Room{room:03d}"
+                files.append(("rir", i, f"RIRS_NOISES/simulated_rirs/{size}/{name}/{name}-{k:05d}.wav", rt60))
                 i += 1
     return files
-
-
-def _rt60(cfg: AugBankConfig, path: str) -> float:
-    """The RT60 of a room: drawn once per (size, room), shared by its files."""
-    size, room = path.split("/")[2:4]
-    lo, hi = ROOM_RT60[size]
-    return float(stream_rng(cfg.seed, _RIR, list(ROOM_RT60).index(size), int(room[4:])).uniform(lo, hi))
 
 
 def _make_source(cfg: AugBankConfig, kind: str, index: int) -> np.ndarray:
@@ -178,9 +173,8 @@ def make_synthetic_aug_banks(root: PathLike, cfg: AugBankConfig | None = None) -
     with log_to_file(root / "synth_aug.log") as log:
         made = kept = 0
         rirs = ["path\trt60_s"]
-        for kind, index, rel in tqdm(_plan(cfg), desc="synth-aug", unit="file", mininterval=1):
+        for kind, index, rel, rt60 in tqdm(_plan(cfg), desc="synth-aug", unit="file", mininterval=1):
             path = root / rel
-            rt60 = _rt60(cfg, rel) if kind == "rir" else 0.0
             if kind == "rir":
                 rirs.append(f"{rel}\t{rt60:.4f}")
             # files are written atomically, so one that reads at the right rate is complete

@@ -91,10 +91,11 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     kept = ", speakers kept" if aug.get("speed_perturb") and aug.get("speed_new_speakers") is False else ""
     if aug.get("group_speed") is not None:
         tags.append("tail-aware augmentation" + kept)
-    elif aug.get("group_prob") is not None:  # noise / music / babble / reverb only: the label never changes
-        tags.append("tail-aware noise augmentation")
-    elif kept:
-        tags.append("speed perturbation" + kept)
+    else:
+        if aug.get("group_prob") is not None:  # noise / music / babble / reverb only: the label never changes
+            tags.append("tail-aware noise augmentation")
+        if kept:
+            tags.append("speed perturbation" + kept)
     return tags
 
 
