@@ -90,7 +90,8 @@ def _read_bank_files(files: Sequence[Path], sample_rate: int, max_samples: int |
     from tqdm import tqdm
 
     waves, skipped = [], 0
-    for path in tqdm(files, desc="loading augmentation audio", unit="file", leave=False):
+    # disable=None: a bar on a terminal only, not in the logs of a recipe or of every DDP rank
+    for path in tqdm(files, desc="loading augmentation audio", unit="file", leave=False, disable=None):
         try:
             x, sr = read_audio(path)
         except DataError as e:
