@@ -147,9 +147,11 @@ def _plan(cfg: AugBankConfig) -> list[tuple[str, int, str, float]]:
     return files
 
 
-def _make_source(cfg: AugBankConfig, kind: str, index: int) -> np.ndarray:
-    """One MUSAN-layout file (noise, music or speech) as int16."""
+def _make_file(cfg: AugBankConfig, kind: str, index: int, rt60: float) -> np.ndarray:
+    """One file of the plan as int16: a MUSAN-layout source (noise, music, speech) or a room's RIR."""
     sr = cfg.sample_rate
+    if kind == "rir":
+        return to_pcm16(0.9 * room_rir(stream_rng(cfg.seed, _RIR, index, 1), rt60, sr))
     g = stream_rng(cfg.seed, {"noise": _NOISE, "music": _MUSIC, "speech": _SPEECH}[kind], index, 1)
     n = int(g.uniform(*cfg.seconds) * sr)
     if kind == "noise":
@@ -182,11 +184,7 @@ def make_synthetic_aug_banks(root: PathLike, cfg: AugBankConfig | None = None) -
                 kept += 1
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            if kind == "rir":
-                x = to_pcm16(0.9 * room_rir(stream_rng(cfg.seed, _RIR, index, 1), rt60, cfg.sample_rate))
-            else:
-                x = _make_source(cfg, kind, index)
-            write_wav(path, x, cfg.sample_rate, sync=False)
+            write_wav(path, _make_file(cfg, kind, index, rt60), cfg.sample_rate, sync=False)
             made += 1
         write_text_atomic(root / "rirs.tsv", "\n".join(rirs) + "\n")
         log.info("synthetic augmentation banks in %s: %d files made, %d kept (seed %d)", root, made, kept, cfg.seed)
