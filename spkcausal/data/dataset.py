@@ -90,14 +90,18 @@ class TrainChunkDataset(Dataset):
     """Random fixed-length chunks of training utterances; items are `(wave float32 (N,), label, index)`."""
 
     def __init__(self, data: DataDir, utts: Sequence[str], chunk_samples: int, speakers: Sequence[str] | None = None,
-                 seed: int = 0, rank: int = 0, sample_rate: int = 16000, max_logged_failures: int = 5):
+                 seed: int = 0, rank: int = 0, sample_rate: int = 16000, max_logged_failures: int = 5,
+                 by_utterance: bool = False):
         self.keys = list(utts)
         if not self.keys:
             raise DataError("no usable training utterances", data.path)
         self.paths = [data.wav[u] for u in self.keys]
-        self.speakers = list(speakers) if speakers is not None else sorted({data.utt2spk[u] for u in self.keys})
+        # by_utterance (data.labels: utterance): every utterance is a class of its own, so nothing downstream sees
+        # a speaker label (self-supervised pre-training; `speakers` then lists the utterances)
+        unit = (lambda u: u) if by_utterance else data.utt2spk.__getitem__
+        self.speakers = list(speakers) if speakers is not None else sorted({unit(u) for u in self.keys})
         spk2label = {s: i for i, s in enumerate(self.speakers)}
-        self.labels = np.array([spk2label[data.utt2spk[u]] for u in self.keys], dtype=np.int64)
+        self.labels = np.array([spk2label[unit(u)] for u in self.keys], dtype=np.int64)
         self.chunk_samples, self.seed, self.rank = int(chunk_samples), int(seed), int(rank)
         self.sample_rate = sample_rate
         self.max_logged_failures = max_logged_failures

@@ -56,6 +56,10 @@ def identify(emb: PathLike, data_dir: PathLike, train_data: PathLike, ckpt: Path
     from ..scoring.cosine import store_mean
 
     trained = assemble(ckpt, exp_dir, with_model=False)
+    if (trained.config.get("data") or {}).get("labels") == "utterance":
+        raise DataError("the checkpoint's classes are its training utterances (data.labels: utterance, "
+                        "self-supervised pre-training); closed-set identification needs speaker classes: train on "
+                        "from it with speaker labels first (train.init_from)", trained.path)
     store = EmbeddingStore.open(emb)
     weight = getattr(trained.head, "weight", None)
     width = None if weight is None else int(weight.shape[1])

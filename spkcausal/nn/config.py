@@ -30,6 +30,7 @@ class Data:
     """`data`: the training data dir (or shards) and how it is read."""
 
     train: PathText = None
+    labels: Literal["speaker", "utterance"] = "speaker"
     sample_rate: AtLeast1 = 16000
     chunk_seconds: Positive = 2.0
     min_seconds: NonNegative = 0.5

@@ -186,6 +186,25 @@ for _scheme in ("inverse", "effective_number"):
     LOSSES.register(_scheme)(_reweighted_ce(_scheme))
 
 
+class NoClassification(nn.Module):
+    """No classification term: 0, kept in the graph so that the step's backward runs on the encoder loss alone."""
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """0 (with a gradient of 0 to the head)."""
+        return logits.float().sum() * 0.0
+
+
+@LOSSES.register("none")
+def no_classification_loss(class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
+                           weighting: str | None = None, label_smoothing: float = 0.0,
+                           logit_adjust: LogitAdjust = None, drw_epoch: DrwEpoch = None) -> nn.Module:
+    """No classification loss: the encoder loss alone trains (self-supervised pre-training, docs/causal.md)."""
+    if weighting is not None or label_smoothing or logit_adjust is not None or drw_epoch is not None:
+        raise UsageError("loss 'none' has no classification term: weighting, label_smoothing, logit_adjust and "
+                         "drw_epoch do not apply")
+    return NoClassification()
+
+
 def build_loss(name: str, class_counts: Any = None, gamma: float = 2.0, beta: float = 0.9999,
                weighting: str | None = None, label_smoothing: float = 0.0, logit_adjust: LogitAdjust = None,
                drw_epoch: DrwEpoch = None) -> nn.Module:

@@ -52,7 +52,9 @@ def check_components(cfg: Mapping[str, Any]) -> None:
         check_kwargs(registry.get(cfg[section]["name"]), section_kwargs(cfg[section]), section)
     check_head_kwargs(cfg["head"]["name"], section_kwargs(cfg["head"]))
     check_schedule(cfg)
-    check_encoder_loss(cfg.get("encoder_loss") or {})
+    if check_encoder_loss(cfg.get("encoder_loss") or {}) is None and cfg["loss"]["name"] == "none":
+        raise UsageError("config key loss.name: 'none' leaves nothing to train without an encoder loss; expected "
+                         "encoder_loss.name set (e.g. kpositive, for self-supervised pre-training) or another loss")
 
 
 def check_schedule(cfg: Mapping[str, Any]) -> None:

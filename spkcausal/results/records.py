@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..experiments.expdir import DECOUPLED_FILE, ExpDir
 from ..experiments.runs import run_identity
 from ..experiments.variants import LLR_VARIANTS, VARIANT_NAMES
@@ -99,6 +101,18 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     return tags
 
 
+def _source_labels(init_from: str) -> str | None:
+    """data.labels of the run a checkpoint comes from (its experiment's config.yaml beside `avg_model.pt` or above
+    `checkpoints/`); None where that config is not found (a moved or foreign checkpoint)."""
+    p = Path(init_from)
+    for exp in (p.parent, p.parent.parent):
+        cfg_file = exp / "config.yaml"
+        if cfg_file.is_file():
+            cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+            return str((cfg.get("data") or {}).get("labels", "speaker"))
+    return None
+
+
 def system_name(cfg: Mapping[str, Any]) -> str:
     """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, LDAM margins
     (AAM), ...; the long-tail methods of docs/causal.md name a system of their own or follow De-confound."""
@@ -107,6 +121,9 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     loss = str((cfg.get("loss") or {}).get("name", "ce"))
     head_txt = {"aam": "AAM", "cosine": "cosine", "linear": "softmax", "causal_norm": "Causal Norm",
                 "causal_norm_aam": "Causal Norm AAM"}.get(head, head)
+    if (cfg.get("data") or {}).get("labels") == "utterance":  # the classes are utterances: no speaker method applies
+        enc = str((cfg.get("encoder_loss") or {}).get("name", "none"))
+        return f"Self-supervised pre-training ({'utterance contrast' if enc == 'kpositive' else enc})"
     tags = _method_tags(cfg)
     if head.startswith("causal_norm"):
         capsule = (cfg.get("head") or {}).get("feature_norm") == "capsule"  # the paper's Capsule row
@@ -132,7 +149,9 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     if train.get("init_from"):
         # the recipes' large-margin stage starts from the averaged model and keeps its head (init_head); a system
         # started from a pretrained extractor (--init_from) gets a new head
-        name += " + LM" if train.get("init_head") else " + pretrained"
+        name += " + LM" if train.get("init_head") else (" + self-supervised pre-training"
+                                                         if _source_labels(train["init_from"]) == "utterance"
+                                                         else " + pretrained")
     if head.startswith("causal_norm"):
         h = cfg.get("head", {})
         k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))

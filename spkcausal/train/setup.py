@@ -32,7 +32,11 @@ def prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log: log
     from ..data.dataset import TrainChunkDataset, scan_training_audio
 
     dcfg = cfg["data"]
+    by_utterance = dcfg["labels"] == "utterance"
     if dcfg.get("shards"):
+        if by_utterance:
+            raise UsageError("data.labels: utterance needs a data dir (data.train): shard examples carry speaker "
+                             "labels only")
         from ..data.shardstream import prepare_shard_stream
 
         return prepare_shard_stream(cfg, info.rank, info.world_size, exp_dir, log, *read_samples(cfg))
@@ -53,7 +57,8 @@ def prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log: log
         dist.broadcast_object_list(payload, src=0)
     utts, skipped = payload[0]
     chunk, read = read_samples(cfg)
-    dataset = TrainChunkDataset(data, utts, read, seed=cfg["seed"], rank=info.rank, sample_rate=sr)
+    dataset = TrainChunkDataset(data, utts, read, seed=cfg["seed"], rank=info.rank, sample_rate=sr,
+                                by_utterance=by_utterance)
     return dataset, (chunk, skipped)
 
 
