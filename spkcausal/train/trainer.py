@@ -111,9 +111,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step or None)
-        self.log.info("training %s + %s head: %d speakers, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs "
+        units = "utterance classes (no speaker label)" if self.cfg["data"]["labels"] == "utterance" else "speakers"
+        self.log.info("training %s + %s head: %d %s, %d classes, %d utts, %d ranks, %d steps/epoch x %d epochs "
                       "on %s (%s)", self.cfg["model"]["name"], self.cfg["head"]["name"], self.num_speakers,
-                      num_classes, self.dataset.num_utts, info.world_size, self.steps_per_epoch, self.epochs,
+                      units, num_classes, self.dataset.num_utts, info.world_size, self.steps_per_epoch, self.epochs,
                       self.device, self.cfg["train"]["precision"] if self.amp_dtype is not None else "fp32")
 
     # ---------------------------------------------------------------- builders (called once, in this order)
