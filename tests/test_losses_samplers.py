@@ -71,7 +71,7 @@ def test_build_loss_errors():
     with pytest.raises(UsageError) as err:
         build_loss("hinge")
     assert str(err.value) == ("unknown loss 'hinge'; expected one of balanced_softmax, ce, effective_number, focal, "
-                              "inverse")
+                              "inverse, none")
 
 
 def test_unknown_sampler_lists_the_schemes():

@@ -77,6 +77,10 @@ if [ "$report_only" = false ]; then
         augment.rirs="$out/aug/RIRS_NOISES" > /dev/null
       spkcausal average-ckpt --exp "$s" --num 3 > /dev/null
     fi
+    for r in aam aam_control; do  # --init_from reaches every system of the line: these must be trained already
+      [ -f "$out/scratch-lt30/exp/${r}_seed$k/.done/3" ] || { echo "bench_tailcost.sh: ${r}_seed$k is not" \
+        "trained; --init_from would start it from the self-supervised model" >&2; exit 1; }
+    done
     bash "$root/recipes/mini/run.sh" --protocol lt --imbalance 30 --seeds "$k" --out "$out/scratch" \
       --systems "aam $ssp" "${evalset[@]}" --init_from "$s/avg_model.pt"
   done
