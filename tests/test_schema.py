@@ -21,9 +21,9 @@ from spkcausal.utils import UsageError
 OLD_DEFAULTS: dict[str, Any] = {
     "exp_dir": None,
     "seed": 42,
-    "data": {"train": None, "labels": "speaker", "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5, "num_workers": 4,
-             "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None, "shuffle_buffer": 1000,
-             "shard_streams": None},
+    "data": {"train": None, "labels": "speaker", "sample_rate": 16000, "chunk_seconds": 2.0, "min_seconds": 0.5,
+             "num_workers": 4, "prefetch_factor": 4, "pin_memory": True, "scan_threads": 8, "shards": None,
+             "shuffle_buffer": 1000, "shard_streams": None},
     "features": {"frontend": "kaldi", "n_mels": 80, "dither": 0.0},
     "augment": {"speed_perturb": False, "speed_new_speakers": True, "musan": None, "rirs": None, "prob": 0.6,
                 "musan_max_seconds": 10.0, "rir_max_seconds": 2.0, "group_prob": None, "group_speed": None,

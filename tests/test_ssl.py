@@ -125,12 +125,15 @@ def test_a_self_supervised_run_reads_no_speaker_label_and_the_baseline_trains_fr
     assert str(e.value).startswith(str(tmp_path / "a"))  # names the checkpoint
 
 
-def test_a_pretrained_source_that_is_not_self_supervised_stays_pretrained(tmp_path):
+def test_a_run_from_a_pretrained_extractor_is_named_by_how_that_was_trained(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.yaml").write_text(yaml.safe_dump({"data": {"labels": "speaker"}}))
     cfg = {"head": {"name": "aam"}, "train": {"init_from": str(src / "avg_model.pt")}}
     assert system_name(cfg) == "Baseline (AAM) + pretrained"
+    (src / "config.yaml").write_text(yaml.safe_dump({"data": {"labels": "utterance"}, "augment": {"rirs": "/r"}}))
+    cfg["train"]["init_from"] = str(src / "checkpoints" / "epoch_0003.pt")  # found above checkpoints/ too
+    assert system_name(cfg) == "Baseline (AAM) + self-supervised pre-training with noise / reverb"
     cfg["train"]["init_from"] = str(tmp_path / "elsewhere" / "avg_model.pt")  # no config found: as before
     assert system_name(cfg) == "Baseline (AAM) + pretrained"
 
@@ -147,8 +150,8 @@ def test_utterance_labels_on_shards_are_refused(corpus, tmp_path):
 def test_demo_ssl_configs_change_only_what_they_say():
     base = merge_defaults(yaml.safe_load((CONF / "aam.yaml").read_text()))
     ssl = merge_defaults(yaml.safe_load((CONF / "encoder" / "ssl.yaml").read_text()))
-    ssp = merge_defaults(yaml.safe_load((CONF / "encoder" / "ssp.yaml").read_text()))
-    assert ssp == base  # only --init_from makes it self-supervised pre-training
+    for name in ("ssp", "ssp_aug"):  # only --init_from makes them self-supervised pre-training
+        assert merge_defaults(yaml.safe_load((CONF / "encoder" / f"{name}.yaml").read_text())) == base
     assert {k for k in ssl if ssl[k] != base[k]} == {"data", "loss", "sampler", "encoder_loss", "train"}
     assert {k: v for k, v in ssl["data"].items() if base["data"][k] != v} == {"labels": "utterance"}
     assert {k: v for k, v in ssl["train"].items() if base["train"][k] != v} == {"epochs": 32}

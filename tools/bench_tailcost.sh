@@ -16,9 +16,9 @@
 #    loss, semi-siamese momentum contrast, k-positive contrast; tail-aware speed perturbation; frequency-drawn
 #    episodes alone and + k-positive contrast; uniform speed perturbation and both speed perturbations with the
 #    copies keeping their speaker; noise / music / babble / reverb from `spkcausal synth-aug` banks, uniform and
-#    tail-aware; self-supervised pre-training (conf/encoder/ssl.yaml, per seed on the long-tailed set with the
-#    banks' noise and reverb, no speaker label) and the baseline trained from it (conf/encoder/ssp.yaml)), with the
-#    baseline's balanced control:
+#    tail-aware; self-supervised pre-training (conf/encoder/ssl.yaml, per seed on the long-tailed set, no speaker
+#    label; on crops alone and with the banks' noise and reverb) and the baseline trained from each
+#    (conf/encoder/ssp.yaml, ssp_aug.yaml)), with the baseline's balanced control:
 #    OUT/scratch-lt30/exp/bench_seeds/report.md ("Tail cost": the share each method recovers).
 # 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
@@ -65,24 +65,27 @@ if [ "$report_only" = false ]; then
   bash "$root/tools/bench_seeds.sh" --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
     --systems "aam $noise" "${evalset[@]}" --musan "$out/aug/musan" --rirs "$out/aug/RIRS_NOISES"
 fi
-# self-supervised pre-training on the long-tailed set itself (each seed its own), then the baseline from it; after
-# the first line, so that aam is trained (and skipped here) before --init_from is passed
-ssp="$conf/encoder/ssp.yaml"
+# self-supervised pre-training on the long-tailed set itself (each seed its own; crops alone, then with the banks'
+# noise / reverb), then the baseline from it; after the first line, so that aam is trained (and skipped here)
+# before --init_from is passed
+ssp="$conf/encoder/ssp.yaml $conf/encoder/ssp_aug.yaml"
 if [ "$report_only" = false ]; then
   for k in $seeds; do
-    s="$out/ssl/ssl_seed$k"
-    if [ ! -f "$s/avg_model.pt" ]; then
-      spkcausal train --config "$conf/encoder/ssl.yaml" --resume exp_dir="$s" \
-        data.train="$out/scratch-lt30/data/lt_train" seed="$k" augment.musan="$out/aug/musan" \
-        augment.rirs="$out/aug/RIRS_NOISES" > /dev/null
-      spkcausal average-ckpt --exp "$s" --num 3 > /dev/null
-    fi
-    for r in aam aam_control; do  # --init_from reaches every system of the line: these must be trained already
-      [ -f "$out/scratch-lt30/exp/${r}_seed$k/.done/3" ] || { echo "bench_tailcost.sh: ${r}_seed$k is not" \
-        "trained; --init_from would start it from the self-supervised model" >&2; exit 1; }
+    for v in "" _aug; do
+      s="$out/ssl/ssl${v}_seed$k" banks=()
+      [ -z "$v" ] || banks=(augment.musan="$out/aug/musan" augment.rirs="$out/aug/RIRS_NOISES")
+      if [ ! -f "$s/avg_model.pt" ]; then
+        spkcausal train --config "$conf/encoder/ssl.yaml" --resume exp_dir="$s" \
+          data.train="$out/scratch-lt30/data/lt_train" seed="$k" "${banks[@]}" > /dev/null
+        spkcausal average-ckpt --exp "$s" --num 3 > /dev/null
+      fi
+      for r in aam aam_control; do  # --init_from reaches every system of the line: these must be trained already
+        [ -f "$out/scratch-lt30/exp/${r}_seed$k/.done/3" ] || { echo "bench_tailcost.sh: ${r}_seed$k is not" \
+          "trained; --init_from would start it from the self-supervised model" >&2; exit 1; }
+      done
+      bash "$root/recipes/mini/run.sh" --protocol lt --imbalance 30 --seeds "$k" --out "$out/scratch" \
+        --systems "aam $conf/encoder/ssp$v.yaml" "${evalset[@]}" --init_from "$s/avg_model.pt"
     done
-    bash "$root/recipes/mini/run.sh" --protocol lt --imbalance 30 --seeds "$k" --out "$out/scratch" \
-      --systems "aam $ssp" "${evalset[@]}" --init_from "$s/avg_model.pt"
   done
 fi
 methods="$methods $noise $ssp"

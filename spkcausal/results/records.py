@@ -101,16 +101,21 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     return tags
 
 
-def _source_labels(init_from: str) -> str | None:
-    """data.labels of the run a checkpoint comes from (its experiment's config.yaml beside `avg_model.pt` or above
-    `checkpoints/`); None where that config is not found (a moved or foreign checkpoint)."""
+def _pretraining(init_from: str) -> str:
+    """How the extractor a run starts from was trained, as a name suffix: read from its experiment's config.yaml
+    (beside `avg_model.pt` or above `checkpoints/`); ' + pretrained' where that config is not found (a moved or
+    foreign checkpoint) or the source had speaker labels."""
     p = Path(init_from)
     for exp in (p.parent, p.parent.parent):
         cfg_file = exp / "config.yaml"
         if cfg_file.is_file():
             cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-            return str((cfg.get("data") or {}).get("labels", "speaker"))
-    return None
+            if (cfg.get("data") or {}).get("labels") != "utterance":
+                break
+            aug = cfg.get("augment") or {}
+            return " + self-supervised pre-training" + (" with noise / reverb" if aug.get("musan") or aug.get("rirs")
+                                                        else "")
+    return " + pretrained"
 
 
 def system_name(cfg: Mapping[str, Any]) -> str:
@@ -149,9 +154,7 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     if train.get("init_from"):
         # the recipes' large-margin stage starts from the averaged model and keeps its head (init_head); a system
         # started from a pretrained extractor (--init_from) gets a new head
-        name += " + LM" if train.get("init_head") else (" + self-supervised pre-training"
-                                                         if _source_labels(train["init_from"]) == "utterance"
-                                                         else " + pretrained")
+        name += " + LM" if train.get("init_head") else _pretraining(train["init_from"])
     if head.startswith("causal_norm"):
         h = cfg.get("head", {})
         k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
