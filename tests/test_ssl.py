@@ -152,6 +152,8 @@ def test_demo_ssl_configs_change_only_what_they_say():
     ssl = merge_defaults(yaml.safe_load((CONF / "encoder" / "ssl.yaml").read_text()))
     for name in ("ssp", "ssp_aug"):  # only --init_from makes them self-supervised pre-training
         assert merge_defaults(yaml.safe_load((CONF / "encoder" / f"{name}.yaml").read_text())) == base
+    long = merge_defaults(yaml.safe_load((CONF / "aam48.yaml").read_text()))  # the compute control
+    assert long == {**base, "train": {**base["train"], "epochs": 48}}
     assert {k for k in ssl if ssl[k] != base[k]} == {"data", "loss", "sampler", "encoder_loss", "train"}
     assert {k: v for k, v in ssl["data"].items() if base["data"][k] != v} == {"labels": "utterance"}
     assert {k: v for k, v in ssl["train"].items() if base["train"][k] != v} == {"epochs": 32}

@@ -318,3 +318,15 @@ def test_a_zero_cost_gives_strict_json_and_no_share(tmp_path):
     assert point["shares"][0]["columns"]["min_dcf"]["share"] is None  # 0 / 0, stored as null
     share_row = next(ln for ln in text.splitlines() if ln.startswith("| s ") and "cnaam" in ln)
     assert [c.strip() for c in share_row.strip("|").split("|")][4] == "-"
+
+
+def test_the_baseline_of_a_tree_with_controls_of_several_systems_is_the_one_named():
+    from spkcausal.report.curve import _baseline
+
+    rows = [{"control_of": "/t/exp/aam"}, {"control_of": "/t/exp/aam48"}, {"system": "/t/exp/ssp"}]
+    assert _baseline(rows, ("aam48",), Path("/t/exp")) == "/t/exp/aam48"
+    assert _baseline(rows, ("aam", "aam_ft"), Path("/t/exp")) == "/t/exp/aam"  # names for several trees
+    for names in (None, ("aam", "aam48"), ("cnaam",)):
+        with pytest.raises(UsageError, match="give --baseline" if names is None else "exactly one of them"):
+            _baseline(rows, names, Path("/t/exp"))
+    assert _baseline(rows[:1], None, Path("/t/exp")) == "/t/exp/aam"

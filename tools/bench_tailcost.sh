@@ -18,9 +18,11 @@
 #    copies keeping their speaker; noise / music / babble / reverb from `spkcausal synth-aug` banks, uniform and
 #    tail-aware; self-supervised pre-training (conf/encoder/ssl.yaml, per seed on the long-tailed set, no speaker
 #    label; on crops alone and with the banks' noise and reverb) and the baseline trained from each
-#    (conf/encoder/ssp.yaml, ssp_aug.yaml)), with the baseline's balanced control:
+#    (conf/encoder/ssp.yaml, ssp_aug.yaml), over --curve_seeds), with the baseline's balanced control:
 #    OUT/scratch-lt30/exp/bench_seeds/report.md ("Tail cost": the share each method recovers).
-# 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds.
+# 2. The tail-cost curve from scratch: the baseline and its control at every R of --imbalances over --curve_seeds;
+#    at R=30 also the baseline trained 48 epochs (conf/aam48.yaml, the compute of pre-training + training) and its
+#    control: OUT/tail_curve48/.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
 #    30 utterances each), fine-tuned on the long-tailed set at R=30 and on its control (conf/finetune/aam_ft.yaml,
 #    --init_from), over --seeds.
@@ -70,7 +72,7 @@ fi
 # before --init_from is passed
 ssp="$conf/encoder/ssp.yaml $conf/encoder/ssp_aug.yaml"
 if [ "$report_only" = false ]; then
-  for k in $seeds; do
+  for k in $curve_seeds; do
     for v in "" _aug; do
       s="$out/ssl/ssl${v}_seed$k" banks=()
       [ -z "$v" ] || banks=(augment.musan="$out/aug/musan" augment.rirs="$out/aug/RIRS_NOISES")
@@ -88,7 +90,10 @@ if [ "$report_only" = false ]; then
     done
   done
 fi
-methods="$methods $noise $ssp"
+# the baseline at three times the training, and its control (the tail cost at 48 epochs)
+bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$curve_seeds" --out "$out/scratch" \
+  --systems "$conf/aam48.yaml" "${evalset[@]}"
+methods="$methods $noise $ssp $conf/aam48.yaml"
 bash "$root/tools/bench_seeds.sh" --report-only --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
   --systems "$methods" "${evalset[@]}"
 curve=()
@@ -106,7 +111,9 @@ bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seed
   --systems "$conf/finetune/aam_ft.yaml" --init_from "$pre/avg_model.pt" "${evalset[@]}"
 curve+=(--run "finetune:30=$out/ft-lt30/exp")
 
-spkcausal tail-curve "${curve[@]}" --sessions --out "$out/tail_curve"
+# scratch-lt30 holds the controls of aam and aam48: each point names its baseline
+spkcausal tail-curve "${curve[@]}" --baseline aam aam_ft --sessions --out "$out/tail_curve"
+spkcausal tail-curve --run "scratch48:30=$out/scratch-lt30/exp" --baseline aam48 --sessions --out "$out/tail_curve48"
 m="$out/scratch-lt30"
 exps=() geo=()
 for s in $methods; do

@@ -12,8 +12,8 @@ def _curve(args: argparse.Namespace) -> int:
     from ..results.evidence import Intervals
 
     specs = [parse_spec(s) for s in args.run]
-    opts = CurveOptions(args.variant, args.baseline, tuple(args.systems) if args.systems else None, args.sessions,
-                        args.test_data)
+    opts = CurveOptions(args.variant, tuple(args.baseline) if args.baseline else None,
+                        tuple(args.systems) if args.systems else None, args.sessions, args.test_data)
     text, _ = write_tail_curve(specs, args.out, opts, Intervals(args.p_target, args.bootstrap))
     print(text, end="")
     print(f"\nwrote {args.out}/tail_curve.md, tail_curve.json and tail_curve.png")
@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "balanced control; repeat for every point")
     p.add_argument("--out", required=True, help="dir for tail_curve.md, tail_curve.json and tail_curve.png")
     p.add_argument("--variant", default="cosine", help="scoring variant the cost is of (default cosine)")
-    p.add_argument("--baseline", help="the baseline system's name, where a dir holds controls of several")
+    p.add_argument("--baseline", nargs="+", metavar="SYSTEM",
+                   help="the baseline system's name, where a dir holds controls of several; several names for "
+                        "several dirs (each dir's point takes the one its controls are of)")
     p.add_argument("--systems", nargs="+", metavar="SYSTEM",
                    help="only these systems' runs (run.json system, e.g. cnaam) beside the controls and the systems "
                         "they control, for their shares (default: every run of each DIR)")

@@ -51,12 +51,13 @@ HALF_NAMES = {"train_session": "test session in training", "new_session": "new t
 
 @dataclass(frozen=True)
 class CurveOptions:
-    """What the curve reports: the scoring variant, the baseline (where a dir has controls of several systems),
+    """What the curve reports: the scoring variant, the baselines (names; where a dir has controls of several
+    systems, its point's baseline is the one of these its controls are of),
     the systems besides the baseline and its control whose shares it lists (None: every system of the dir),
     and the session halves (with the seen list's test data dir, when not the one the rows record)."""
 
     variant: str = "cosine"
-    baseline: str | None = None
+    baseline: tuple[str, ...] | None = None
     systems: tuple[str, ...] | None = None
     sessions: bool = False
     test_data: str | None = None
@@ -100,17 +101,18 @@ def protocol_runs(exp_root: PathLike, systems: Sequence[str] | None = None) -> t
     return [p for p in runs if (p / RESULTS_FILE).is_file()], [p for p in runs if not (p / RESULTS_FILE).is_file()]
 
 
-def _baseline(rows: Sequence[Mapping], baseline: str | None, where: Path) -> str:
-    """The baseline system key: the one the control runs are of (run.json base), or `baseline` among them."""
+def _baseline(rows: Sequence[Mapping], baseline: Sequence[str] | None, where: Path) -> str:
+    """The baseline system key: the one the control runs are of (run.json base), or the one of `baseline`'s names
+    among them (a curve over several trees names each tree's baseline)."""
     bases = list(dict.fromkeys(r["control_of"] for r in rows if r.get("control_of")))
     if not bases:
         raise DataError("no balanced-control run with results (run.json control: true): not a long-tail protocol "
                         "tree, or its control is not scored yet", where)
     if baseline is not None:
-        hit = [b for b in bases if Path(b).name == baseline]
-        if not hit:
-            raise UsageError(f"--baseline {baseline!r}: the controls in {where} are of "
-                             f"{', '.join(Path(b).name for b in bases)}")
+        hit = [b for b in bases if Path(b).name in baseline]
+        if len(hit) != 1:
+            raise UsageError(f"--baseline {' '.join(baseline)}: the controls in {where} are of "
+                             f"{', '.join(Path(b).name for b in bases)}; expected exactly one of them named")
         return hit[0]
     if len(bases) > 1:
         raise UsageError(f"{where} has controls of several systems ({', '.join(Path(b).name for b in bases)}): "
