@@ -15,12 +15,14 @@ from fixtures_train import make_corpus, tiny_config
 from spkcausal.data.datadir import DataDir
 from spkcausal.data.dataset import TrainChunkDataset
 from spkcausal.data.samplers import build_sampler
+from spkcausal.experiments.expdir import ExpDir
+from spkcausal.experiments.runs import init_source
 from spkcausal.nn.checkpoint import load_checkpoint
 from spkcausal.nn.config import merge_defaults
 from spkcausal.nn.encoder_losses import kpositive_contrastive
 from spkcausal.nn.losses import build_loss
 from spkcausal.nn.network import check_components
-from spkcausal.results.records import system_name
+from spkcausal.results.records import row_label, system_name
 from spkcausal.utils import DataError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +116,9 @@ def test_a_self_supervised_run_reads_no_speaker_label_and_the_baseline_trains_fr
     ft = train(tiny_config(corpus, tmp_path / "ft", train={"epochs": 1, "init_from": str(ckpt)}))
     assert ft.net.head.weight.shape[0] == 4  # speaker classes again, a new head
     cfg = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
-    assert system_name(cfg) == "Baseline (AAM) + self-supervised pre-training"
+    assert init_source(tmp_path / "ft") == tmp_path / "a"  # above checkpoints/
+    assert system_name(cfg, ExpDir(tmp_path / "a").config()) == "Baseline (AAM) + self-supervised pre-training"
+    assert row_label(tmp_path / "ft", "cosine", {}) == "Baseline (AAM) + self-supervised pre-training"
     assert system_name(yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())) == \
         "Self-supervised pre-training (utterance contrast)"
 
@@ -126,16 +130,20 @@ def test_a_self_supervised_run_reads_no_speaker_label_and_the_baseline_trains_fr
 
 
 def test_a_run_from_a_pretrained_extractor_is_named_by_how_that_was_trained(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "config.yaml").write_text(yaml.safe_dump({"data": {"labels": "speaker"}}))
-    cfg = {"head": {"name": "aam"}, "train": {"init_from": str(src / "avg_model.pt")}}
-    assert system_name(cfg) == "Baseline (AAM) + pretrained"
-    (src / "config.yaml").write_text(yaml.safe_dump({"data": {"labels": "utterance"}, "augment": {"rirs": "/r"}}))
-    cfg["train"]["init_from"] = str(src / "checkpoints" / "epoch_0003.pt")  # found above checkpoints/ too
-    assert system_name(cfg) == "Baseline (AAM) + self-supervised pre-training with noise / reverb"
-    cfg["train"]["init_from"] = str(tmp_path / "elsewhere" / "avg_model.pt")  # no config found: as before
-    assert system_name(cfg) == "Baseline (AAM) + pretrained"
+    cfg = {"head": {"name": "aam"}, "train": {"init_from": "/x/avg_model.pt"}}
+    assert system_name(cfg) == system_name(cfg, {"data": {"labels": "speaker"}}) == "Baseline (AAM) + pretrained"
+    assert system_name(cfg, {"data": {"labels": "utterance"}, "augment": {"rirs": "/r"}}) == \
+        "Baseline (AAM) + self-supervised pre-training with noise / reverb"
+    assert system_name({**cfg, "train": {**cfg["train"], "init_head": True}}) == "Baseline (AAM) + LM"
+    # the source of a moved tree is found inside it; a source that is nowhere is None
+    (tmp_path / "tree" / "exp" / "src").mkdir(parents=True)
+    (tmp_path / "tree" / "exp" / "run").mkdir()
+    (tmp_path / "tree" / "exp" / "run" / "config.yaml").write_text(yaml.safe_dump(
+        {"train": {"init_from": "/old/place/exp/src/avg_model.pt"}}))
+    (tmp_path / "tree" / "exp" / "src" / "avg_model.pt").write_bytes(b"")
+    assert init_source(tmp_path / "tree" / "exp" / "run") == tmp_path / "tree" / "exp" / "src"
+    (tmp_path / "tree" / "exp" / "src" / "avg_model.pt").unlink()
+    assert not ExpDir(init_source(tmp_path / "tree" / "exp" / "run")).config()
 
 
 def test_utterance_labels_on_shards_are_refused(corpus, tmp_path):

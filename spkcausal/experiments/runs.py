@@ -35,7 +35,8 @@ from ..utils import DataError, PathLike, write_text_atomic
 from .paths import locate
 
 __all__ = ["RUN_FILE", "RUN_FORMAT", "RUN_VERSION", "CAUSAL_HEADS", "NON_CAUSAL_HEADS", "RunRecord", "Kind",
-           "config_hash", "head_is_causal", "write_run", "read_run", "legacy_identity", "run_identity",
+           "config_hash", "head_is_causal", "write_run", "read_run", "legacy_identity", "run_identity", "init_source",
+           "checkpoint_experiment",
            "CONTROL_SUFFIX"]
 
 RUN_FILE = "run.json"
@@ -143,13 +144,30 @@ def legacy_identity(exp_dir: PathLike) -> tuple[str, int | None, str | None, boo
     parent = None
     src = (_config(e).get("train") or {}).get("init_from")
     if src:
-        p, _ = locate(str(src), e, legacy=True, kind="any")
-        if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
-            p = p.parent
-            if p.name == "checkpoints":
-                p = p.parent
-        parent = _legacy_split_seed(p)[0]
+        parent = _legacy_split_seed(checkpoint_experiment(locate(str(src), e, legacy=True, kind="any")[0]))[0]
     return system, seed, parent, system.endswith(CONTROL_SUFFIX)
+
+
+def checkpoint_experiment(path: PathLike) -> Path:
+    """The experiment dir a checkpoint belongs to: the dir of `avg_model.pt`, the one above `checkpoints/<name>.pt`
+    (a dir is taken as the experiment itself)."""
+    p = Path(path)
+    if p.suffix in (".pt", ".pth", ".ckpt") or p.is_file():
+        p = p.parent
+        if p.name == "checkpoints":
+            p = p.parent
+    return p
+
+
+def init_source(exp_dir: PathLike) -> Path | None:
+    """The experiment dir whose checkpoint a run started from (`train.init_from` of its config.yaml, as given, or
+    found inside the run's tree when the tree was moved); None without init_from."""
+    e = Path(exp_dir)
+    src = (_config(e).get("train") or {}).get("init_from")
+    if not src:
+        return None
+    given = Path(str(src)).expanduser()
+    return checkpoint_experiment(given if given.exists() else locate(str(src), e, legacy=True, kind="any")[0])
 
 
 def run_identity(exp_dir: PathLike) -> tuple[str, int | None, str | None, bool]:

@@ -37,10 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..experiments.expdir import DECOUPLED_FILE, ExpDir
-from ..experiments.runs import run_identity
+from ..experiments.runs import init_source, run_identity
 from ..experiments.variants import LLR_VARIANTS, VARIANT_NAMES
 from ..utils import DataError, PathLike
 from .evidence import seen_verification, verification_with_ci
@@ -101,26 +99,19 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     return tags
 
 
-def _pretraining(init_from: str) -> str:
-    """How the extractor a run starts from was trained, as a name suffix: read from its experiment's config.yaml
-    (beside `avg_model.pt` or above `checkpoints/`); ' + pretrained' where that config is not found (a moved or
-    foreign checkpoint) or the source had speaker labels."""
-    p = Path(init_from)
-    for exp in (p.parent, p.parent.parent):
-        cfg_file = exp / "config.yaml"
-        if cfg_file.is_file():
-            cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-            if (cfg.get("data") or {}).get("labels") != "utterance":
-                break
-            aug = cfg.get("augment") or {}
-            return " + self-supervised pre-training" + (" with noise / reverb" if aug.get("musan") or aug.get("rirs")
-                                                        else "")
-    return " + pretrained"
+def _pretraining(source: Mapping[str, Any] | None) -> str:
+    """The name suffix of a run started from another run's extractor, by how that one was trained (`source`, its
+    config; None where it is not found: a moved or foreign checkpoint)."""
+    if source is None or (source.get("data") or {}).get("labels") != "utterance":
+        return " + pretrained"
+    aug = source.get("augment") or {}
+    return " + self-supervised pre-training" + (" with noise / reverb" if aug.get("musan") or aug.get("rirs") else "")
 
 
-def system_name(cfg: Mapping[str, Any]) -> str:
+def system_name(cfg: Mapping[str, Any], source: Mapping[str, Any] | None = None) -> str:
     """Paper-style system name from a training config: Baseline (AAM), Re-sampling, De-confound, LDAM margins
-    (AAM), ...; the long-tail methods of docs/causal.md name a system of their own or follow De-confound."""
+    (AAM), ...; the long-tail methods of docs/causal.md name a system of their own or follow De-confound.
+    `source`: the config of the run whose extractor `train.init_from` starts from, where known."""
     head = str(cfg.get("head", {}).get("name", "aam"))
     sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
     loss = str((cfg.get("loss") or {}).get("name", "ce"))
@@ -154,7 +145,7 @@ def system_name(cfg: Mapping[str, Any]) -> str:
     if train.get("init_from"):
         # the recipes' large-margin stage starts from the averaged model and keeps its head (init_head); a system
         # started from a pretrained extractor (--init_from) gets a new head
-        name += " + LM" if train.get("init_head") else _pretraining(train["init_from"])
+        name += " + LM" if train.get("init_head") else _pretraining(source)
     if head.startswith("causal_norm"):
         h = cfg.get("head", {})
         k, g = h.get("num_heads", _REF_HEAD["num_heads"]), float(h.get("gamma", _REF_HEAD["gamma"]))
@@ -195,7 +186,8 @@ def _exp_system(exp_dir: Path, control: bool = False) -> str:
     info = e.decoupled()
     if info is not None:
         return decoupled_name(info.raw, info.base_config)
-    name = system_name(e.config())
+    src = init_source(exp_dir)
+    name = system_name(e.config(), ExpDir(src).config() if src is not None else None)
     if control:
         name = name.replace(")", ", balanced control)", 1) if ")" in name else name + " (balanced control)"
     return name
