@@ -116,7 +116,7 @@ def test_a_self_supervised_run_reads_no_speaker_label_and_the_baseline_trains_fr
     ft = train(tiny_config(corpus, tmp_path / "ft", train={"epochs": 1, "init_from": str(ckpt)}))
     assert ft.net.head.weight.shape[0] == 4  # speaker classes again, a new head
     cfg = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
-    assert init_source(tmp_path / "ft") == tmp_path / "a"  # above checkpoints/
+    assert init_source(tmp_path / "ft", cfg["train"]["init_from"]) == tmp_path / "a"  # above checkpoints/
     assert system_name(cfg, ExpDir(tmp_path / "a").config()) == "Baseline (AAM) + self-supervised pre-training"
     assert row_label(tmp_path / "ft", "cosine", {}) == "Baseline (AAM) + self-supervised pre-training"
     assert system_name(yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())) == \
@@ -138,12 +138,13 @@ def test_a_run_from_a_pretrained_extractor_is_named_by_how_that_was_trained(tmp_
     # the source of a moved tree is found inside it; a source that is nowhere is None
     (tmp_path / "tree" / "exp" / "src").mkdir(parents=True)
     (tmp_path / "tree" / "exp" / "run").mkdir()
-    (tmp_path / "tree" / "exp" / "run" / "config.yaml").write_text(yaml.safe_dump(
-        {"train": {"init_from": "/old/place/exp/src/avg_model.pt"}}))
+    old = "/old/place/exp/src/avg_model.pt"
+    (tmp_path / "tree" / "exp" / "run" / "config.yaml").write_text(yaml.safe_dump({"train": {"init_from": old}}))
     (tmp_path / "tree" / "exp" / "src" / "avg_model.pt").write_bytes(b"")
-    assert init_source(tmp_path / "tree" / "exp" / "run") == tmp_path / "tree" / "exp" / "src"
+    assert init_source(tmp_path / "tree" / "exp" / "run", old) == tmp_path / "tree" / "exp" / "src"
     (tmp_path / "tree" / "exp" / "src" / "avg_model.pt").unlink()
-    assert not ExpDir(init_source(tmp_path / "tree" / "exp" / "run")).config()
+    assert not ExpDir(init_source(tmp_path / "tree" / "exp" / "run", old)).config()
+    assert init_source(tmp_path / "tree" / "exp" / "run", None) is None
 
 
 def test_utterance_labels_on_shards_are_refused(corpus, tmp_path):

@@ -159,15 +159,14 @@ def checkpoint_experiment(path: PathLike) -> Path:
     return p
 
 
-def init_source(exp_dir: PathLike) -> Path | None:
-    """The experiment dir whose checkpoint a run started from (`train.init_from` of its config.yaml, as given, or
-    found inside the run's tree when the tree was moved); None without init_from."""
-    e = Path(exp_dir)
-    src = (_config(e).get("train") or {}).get("init_from")
-    if not src:
+def init_source(exp_dir: PathLike, init_from: str | None) -> Path | None:
+    """The experiment dir whose checkpoint a run started from (its config's `train.init_from`, as given, or found
+    inside the run's tree when the tree was moved); None without init_from."""
+    if not init_from:
         return None
-    given = Path(str(src)).expanduser()
-    return checkpoint_experiment(given if given.exists() else locate(str(src), e, legacy=True, kind="any")[0])
+    given = Path(str(init_from)).expanduser()
+    return checkpoint_experiment(given if given.exists() else
+                                 locate(str(init_from), exp_dir, legacy=True, kind="any")[0])
 
 
 def run_identity(exp_dir: PathLike) -> tuple[str, int | None, str | None, bool]:

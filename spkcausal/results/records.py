@@ -186,8 +186,9 @@ def _exp_system(exp_dir: Path, control: bool = False) -> str:
     info = e.decoupled()
     if info is not None:
         return decoupled_name(info.raw, info.base_config)
-    src = init_source(exp_dir)
-    name = system_name(e.config(), ExpDir(src).config() if src is not None else None)
+    cfg = e.config()  # read once: the name and the run it started from
+    src = init_source(exp_dir, (cfg.get("train") or {}).get("init_from"))
+    name = system_name(cfg, ExpDir(src).config() if src is not None else None)
     if control:
         name = name.replace(")", ", balanced control)", 1) if ")" in name else name + " (balanced control)"
     return name
