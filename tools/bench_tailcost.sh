@@ -28,8 +28,9 @@
 #    (OUT/scratch48-lt30: `--epochs 48` for every system, the baseline's control too): Baseline (AAM), De-confound
 #    (with TDE), Balanced Softmax, k-positive contrast in frequency-drawn episodes, and feature transfer (tail
 #    features given the head's angular spread, Liu et al. 2020: a face-verification method for under-represented
-#    identities, untried in the protocol at 16 epochs). Its baseline is aam48's twin (the same configuration), a
-#    check that the 48-epoch tail cost reproduces.
+#    identities, untried in the protocol at 16 epochs); then frequency-drawn episodes alone, to tell k-positive's
+#    effect from its sampler's. Its baseline is aam48's twin (the same configuration), a check that the 48-epoch
+#    tail cost reproduces.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
 #    30 utterances each), fine-tuned on the long-tailed set at R=30 and on its control (conf/finetune/aam_ft.yaml,
 #    --init_from), over --seeds.
@@ -101,9 +102,10 @@ fi
 bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$curve_seeds" --out "$out/scratch" \
   --systems "$conf/aam48.yaml" "${evalset[@]}"
 # the methods again at 48 epochs (after the line above, which measured the larger tail cost there)
+m48="aam cnaam $conf/lt/balanced_softmax.yaml $conf/encoder/kpositive_natural.yaml $conf/lt/feature_transfer.yaml \
+$conf/encoder/episodic_natural.yaml"
 bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$curve_seeds" --out "$out/scratch48" \
-  --systems "aam cnaam $conf/lt/balanced_softmax.yaml $conf/encoder/kpositive_natural.yaml $conf/lt/feature_transfer.yaml" \
-  --epochs 48 "${evalset[@]}"
+  --systems "$m48" --epochs 48 "${evalset[@]}"
 methods="$methods $noise $ssp $conf/aam48.yaml"
 bash "$root/tools/bench_seeds.sh" --report-only --protocol lt --imbalance 30 --seeds "$seeds" --out "$out/scratch" \
   --systems "$methods" "${evalset[@]}"
