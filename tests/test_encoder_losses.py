@@ -265,6 +265,54 @@ def test_frequency_drawn_episodes_resume_shard_by_rank_and_refuse_the_uniform_st
         uniform.load_state_dict(state)
 
 
+@pytest.mark.parametrize("name", ["natural", "class_balanced"])
+def test_views_repeat_each_draw_in_a_row_shard_whole_groups_and_resume(name):
+    labels = np.repeat(np.arange(6), [9, 6, 4, 2, 1, 1])
+    one = build_sampler(name, labels, seed=3, num_samples=40, batch_size=4)
+    two = build_sampler(name, labels, seed=3, num_samples=40, batch_size=4, views=2)
+    assert two.epoch_length == one.epoch_length == 40
+    groups = np.array(list(two)).reshape(-1, 2)
+    assert (groups[:, 0] == groups[:, 1]).all()  # every batch of 4 holds two whole pairs
+    if name == "natural":  # a permutation's first 20: distinct utterances
+        assert len(set(groups[:, 0])) == 20
+    ranks = [build_sampler(name, labels, seed=3, num_samples=40, num_replicas=2, rank=r, batch_size=4, views=2)
+             for r in (0, 1)]
+    full = ranks[0].global_order().reshape(-1, 2)
+    for r in (0, 1):
+        assert np.array_equal(np.array(list(ranks[r])).reshape(-1, 2), full[r::2])
+    again = build_sampler(name, labels, seed=3, num_samples=40, num_replicas=2, rank=1, batch_size=4, views=2)
+    again.load_state_dict(dict(ranks[1].state_dict(), start=8))
+    assert np.array_equal(np.array(list(again)), full[1::2].ravel()[8:])
+    with pytest.raises(ValueError, match="2 views per draw, this run has 1"):
+        one.load_state_dict(two.state_dict())
+    with pytest.raises(ValueError, match="1 views per draw, this run has 2"):
+        two.load_state_dict(one.state_dict())
+    with pytest.raises(UsageError, match="sampler.views=4 does not divide train.batch_size=6"):
+        build_sampler(name, labels, batch_size=6, views=4)
+    with pytest.raises(ValueError, match="deals episodes"):
+        build_sampler("episodic_natural", labels, batch_size=4, views=2)
+
+
+def test_views_of_one_utterance_are_different_crops(tmp_path):
+    from spkcausal.data.dataset import PositionSampler, TrainChunkDataset
+
+    data = DataDir.load(make_corpus(tmp_path, utts_per_spk=3))
+    utts = sorted(data.utt2spk)
+    ds = TrainChunkDataset(data, utts, chunk_samples=4000, seed=5)
+    items = list(PositionSampler(build_sampler("natural", ds.labels, seed=1, batch_size=4, views=2)))
+    waves = [ds[item] for item in items[:8]]
+    for a, b in zip(waves[0::2], waves[1::2]):
+        assert a[2] == b[2] and a[1] == b[1]  # one utterance, one label
+        assert not torch.equal(a[0], b[0])  # two offsets into it
+
+
+def test_views_on_shards_are_refused(tmp_path):
+    cfg = tiny_config(tmp_path / "data", tmp_path / "exp", sampler={"name": "natural", "views": 2})
+    cfg["data"]["shards"] = str(tmp_path / "shards")
+    with pytest.raises(UsageError, match="sampler.views needs a data dir"):
+        train(cfg)
+
+
 @pytest.fixture(scope="module")
 def lt_corpus(tmp_path_factory):
     """The tiny corpus cut to a long tail: 6, 3, 2 and 1 utterances."""
@@ -374,7 +422,7 @@ def test_a_run_keeping_the_speakers_trains_one_class_per_speaker(lt_corpus, tmp_
 
 @pytest.mark.parametrize("name", ["episodic", "prototypical", "semi_siamese", "kpositive", "speed", "tail_speed",
                                   "speed_keep", "tail_speed_keep", "noise", "tail_noise",
-                                  "episodic_natural", "kpositive_natural"])
+                                  "episodic_natural", "kpositive_natural", "kpositive_views"])
 def test_demo_encoder_configs_change_only_their_sections(name):
     import yaml
 
@@ -387,25 +435,28 @@ def test_demo_encoder_configs_change_only_their_sections(name):
     assert changed == (set() if name == "noise" else {"augment"} if augments else {"sampler"}
                        if name.startswith("episodic") else {"sampler", "encoder_loss"})
     assert cfg["sampler"]["name"] == ("episodic_natural" if name.endswith("natural") else
-                                      base["sampler"]["name"] if augments else "episodic")
+                                      base["sampler"]["name"] if augments or name.endswith("views") else "episodic")
+    assert cfg["sampler"]["views"] == (2 if name.endswith("views") else 1)
     net = build_network(cfg, 20, class_counts=np.arange(1, 21))
     assert (net.encoder_loss is None) == (name in ("episodic", "episodic_natural") or augments)
     labels = np.repeat(np.arange(20), np.arange(1, 21))  # the tiny demo's 20 speakers fit 16 per batch
     sampler = build_sampler(cfg["sampler"]["name"], labels, batch_size=cfg["train"]["batch_size"],
-                            utts_per_speaker=cfg["sampler"]["utts_per_speaker"])
+                            utts_per_speaker=cfg["sampler"]["utts_per_speaker"], views=cfg["sampler"]["views"])
     assert sampler.epoch_length % 64 == 0 or not cfg["sampler"]["name"].startswith("episodic")
 
 
 # ---------------------------------------------------------------- exact resume of each method
 
 
-def _enc_config(data_dir: Path, exp: Path, method: str, sampler: str = "episodic", **sections) -> dict:
+def _enc_config(data_dir: Path, exp: Path, method: str, sampler: str = "episodic", views: int = 1,
+                **sections) -> dict:
     enc = {"prototypical": {"name": "prototypical", "weight": 0.5},
            "semi_siamese": {"name": "semi_siamese", "queue_size": 20, "weight": 0.5},
            "kpositive": {"name": "kpositive", "k": 1, "weight": 0.5},
            "tail_aug": {"name": "none"}}[method]
     head = {"name": "causal_norm_aam", "num_heads": 2} if method == "semi_siamese" else {"name": "aam"}
-    return tiny_config(data_dir, exp, sampler={"name": sampler, "utts_per_speaker": 2, "num_samples": 40},
+    return tiny_config(data_dir, exp, sampler={"name": sampler, "utts_per_speaker": 2, "num_samples": 40,
+                                               "views": views},
                        encoder_loss=enc, head={**head, "scale": 16.0, "margin": 0.2},
                        margin={"start_epoch": 0, "end_epoch": 1.5},
                        train={"epochs": 2, "batch_size": 8, "ckpt_every_steps": 3, "keep_last": 10}, **sections)
@@ -425,10 +476,12 @@ def _assert_same_everything(a_path: Path, b_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["prototypical", "semi_siamese", "kpositive", "tail_aug", "shards",
-                                    "kpositive_natural", "shards_natural"])
+                                    "kpositive_natural", "shards_natural", "kpositive_views"])
 def test_sigkill_mid_epoch_resume_is_exact(method, lt_corpus, tmp_path):
-    sections = {"sampler": "episodic_natural"} if method.endswith("_natural") else {}
-    method = method.removesuffix("_natural")
+    sections: dict = {"sampler": "episodic_natural"} if method.endswith("_natural") else {}
+    if method.endswith("_views"):  # natural sampling, two crops of each drawn utterance in a batch
+        sections.update(sampler="natural", views=2)
+    method = method.removesuffix("_natural").removesuffix("_views")
     if method == "tail_aug":
         musan, rirs = make_aug_banks(tmp_path)
         sections["augment"] = {"musan": str(musan), "rirs": str(rirs), "speed_perturb": True,

@@ -20,6 +20,10 @@ The order of an epoch is a pure function of (seed, epoch): every rank builds the
   twice). Every item still has K - 1 same-speaker partners for the encoder losses, while the class marginal stays
   close to natural sampling's, which the episodic benchmark found the speaker-uniform deal to cost
   (docs/demo.md, "The tail's cost, with power, and the encoder-side methods").
+- views V > 1 (`ViewsSampler`, `sampler.views`, any scheme but the episodic ones): an epoch of the same length
+  holds 1/V as many draws of the scheme, each repeated V times in a row, so that V crops of one utterance share
+  a batch (each at its own position: its own random crop and augmentation draws) and every item has V - 1
+  same-speaker partners for the encoder losses without episodes. A rank takes whole groups of V.
 """
 from __future__ import annotations
 
@@ -99,6 +103,8 @@ def class_probabilities(counts: np.ndarray, name: str, epoch: int = 0, epochs: i
 class LongTailSampler(Sampler[int]):
     """Deterministic, resumable, rank-sharded sampler; see the module docstring for the schemes."""
 
+    views = 1  # draws per utterance in a row (ViewsSampler); a saved state of another count is refused
+
     def __init__(self, labels: Sequence[int] | np.ndarray, name: str = "natural", seed: int = 0,
                  num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1):
         labels = np.asarray(labels)
@@ -146,8 +152,11 @@ class LongTailSampler(Sampler[int]):
                 "epochs": self.epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a saved position (the seed and scheme must match, or the order would differ; for an
+        """Restore a saved position (the seed, scheme and views must match, or the order would differ; for an
         epoch-aware scheme the number of epochs too)."""
+        if state.get("views", 1) != self.views:
+            raise ValueError(f"sampler state is for {state.get('views', 1)} views per draw, this run has "
+                             f"{self.views}")
         if state.get("seed", self.seed) != self.seed or state.get("name", self.name) != self.name:
             raise ValueError(f"sampler state is for seed={state.get('seed')} name={state.get('name')!r}, "
                              f"this sampler is seed={self.seed} name={self.name!r}")
@@ -157,17 +166,19 @@ class LongTailSampler(Sampler[int]):
         self.epoch = int(state["epoch"])
         self.set_start(int(state["start"]))
 
-    def global_order(self) -> np.ndarray:
-        """The whole epoch's order over all ranks, padded to epoch_length * num_replicas."""
+    def draws(self, size: int) -> np.ndarray:
+        """The epoch's first `size` draws of the scheme: permutations of the data in a row, or class draws."""
         rng = np.random.default_rng([self.seed, self.epoch])
         n = len(self.labels)
         if self.name in PERMUTATION_SCHEMES:
-            reps = math.ceil(self.total / n)
-            order = np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.total]
-        else:
-            cls = rng.choice(len(self._classes), size=self.total, p=self.class_probs)
-            within = np.floor(rng.random(self.total) * self._counts[cls]).astype(np.int64)
-            order = self._by_class[self._offsets[cls] + within]
+            return np.concatenate([rng.permutation(n) for _ in range(math.ceil(size / n))])[:size]
+        cls = rng.choice(len(self._classes), size=size, p=self.class_probs)
+        within = np.floor(rng.random(size) * self._counts[cls]).astype(np.int64)
+        return self._by_class[self._offsets[cls] + within]
+
+    def global_order(self) -> np.ndarray:
+        """The whole epoch's order over all ranks, padded to epoch_length * num_replicas."""
+        order = self.draws(self.total)
         padded = self.epoch_length * self.num_replicas
         if padded > len(order):
             order = np.concatenate([order, order[: padded - len(order)]])
@@ -183,6 +194,35 @@ class LongTailSampler(Sampler[int]):
     def __len__(self) -> int:
         # What __iter__ yields, so a DataLoader's length stays right after set_start().
         return self.epoch_length - self.start
+
+
+class ViewsSampler(LongTailSampler):
+    """The scheme's draws, each repeated `views` times in a row (module docstring); ranks take whole groups."""
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, name: str = "natural", views: int = 2, seed: int = 0,
+                 num_samples: int | None = None, num_replicas: int = 1, rank: int = 0, epochs: int = 1):
+        if name in EPISODIC_SCHEMES:
+            raise ValueError(f"sampler.views applies to draws of single utterances; the {name} sampler deals "
+                             "episodes (sampler.utts_per_speaker)")
+        super().__init__(labels, name, seed, num_samples, num_replicas, rank, epochs)
+        self.views = int(views)
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1, got {views}")
+        # whole groups per rank, so that no rank holds a lone view of an utterance
+        self.epoch_length = (self.epoch_length // self.views) * self.views
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position, plus the group size the order depends on."""
+        return {**super().state_dict(), "views": self.views}
+
+    def global_order(self) -> np.ndarray:
+        """All ranks' groups of the epoch, flattened (group-major: group j is items [j V, (j + 1) V))."""
+        return np.repeat(self.draws(self.epoch_length // self.views * self.num_replicas), self.views)
+
+    def indices(self) -> np.ndarray:
+        """This rank's whole groups of the current epoch from the start position on."""
+        mine = self.global_order().reshape(-1, self.views)[self.rank::self.num_replicas]
+        return mine.reshape(-1)[self.start:]
 
 
 def episode_items(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -273,9 +313,17 @@ class EpisodicSampler(LongTailSampler):
 
 def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, num_samples: int | None = None,
                   num_replicas: int = 1, rank: int = 0, epochs: int = 1, batch_size: int | None = None,
-                  utts_per_speaker: int = 2) -> LongTailSampler:
+                  utts_per_speaker: int = 2, views: int = 1) -> LongTailSampler:
     """Build a sampler by registry name (`SAMPLERS`): 'natural', 'class_balanced', 'sqrt', 'progressive' (which
-    needs `epochs`, the run's train.epochs), 'episodic' or 'episodic_natural' (which need `batch_size`)."""
+    needs `epochs`, the run's train.epochs), 'episodic' or 'episodic_natural' (which need `batch_size`); `views`
+    > 1 repeats each draw (ViewsSampler; `batch_size`, when given, must be a multiple of it)."""
+    if views != 1:
+        if batch_size is not None and batch_size % views:
+            from ..utils import UsageError
+
+            raise UsageError(f"sampler.views={views} does not divide train.batch_size={batch_size} (the views of "
+                             "one utterance share a batch)")
+        return ViewsSampler(labels, name, views, seed, num_samples, num_replicas, rank, epochs)
     if name in EPISODIC_SCHEMES:
         if batch_size is None:
             raise ValueError(f"the {name} sampler needs the batch size")

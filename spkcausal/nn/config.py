@@ -77,6 +77,7 @@ class Sampler:
     name: str = "natural"
     num_samples: AtLeast1 | None = None
     utts_per_speaker: AtLeast1 = 2
+    views: AtLeast1 = 1
 
 
 @dataclass(frozen=True)

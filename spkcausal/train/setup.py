@@ -37,6 +37,8 @@ def prepare_data(cfg: Mapping[str, Any], info: DistInfo, exp_dir: Path, log: log
         if by_utterance:
             raise UsageError("data.labels: utterance needs a data dir (data.train): shard examples carry speaker "
                              "labels only")
+        if cfg["sampler"]["views"] != 1:
+            raise UsageError("sampler.views needs a data dir (data.train): the shard stream reads each example once")
         from ..data.shardstream import prepare_shard_stream
 
         return prepare_shard_stream(cfg, info.rank, info.world_size, exp_dir, log, *read_samples(cfg))

@@ -149,7 +149,8 @@ class Trainer:
                                          num_samples=cfg["sampler"].get("num_samples"),
                                          num_replicas=info.world_size, rank=info.rank, epochs=self.epochs,
                                          batch_size=self.batch_size,
-                                         utts_per_speaker=cfg["sampler"]["utts_per_speaker"])
+                                         utts_per_speaker=cfg["sampler"]["utts_per_speaker"],
+                                         views=cfg["sampler"]["views"])
         self.steps_per_epoch = self.sampler.epoch_length // self.batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.sampler.epoch_length} samples per rank and epoch is less than one batch of "
