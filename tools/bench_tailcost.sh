@@ -29,7 +29,8 @@
 #    (with TDE), Balanced Softmax, k-positive contrast in frequency-drawn episodes, and feature transfer (tail
 #    features given the head's angular spread, Liu et al. 2020: a face-verification method for under-represented
 #    identities, untried in the protocol at 16 epochs); then frequency-drawn episodes alone, to tell k-positive's
-#    effect from its sampler's. Its baseline is aam48's twin (the same configuration), a check that the 48-epoch
+#    effect from its sampler's, and k-positive under natural sampling with two crops of each utterance in a batch
+#    (sampler.views: 2), its positives without episodes. Its baseline is aam48's twin (the same configuration), a check that the 48-epoch
 #    tail cost reproduces.
 # 3. The fine-tuning setting: an extractor pretrained on 200 other synthetic speakers (synth seed 7, balanced,
 #    30 utterances each), fine-tuned on the long-tailed set at R=30 and on its control (conf/finetune/aam_ft.yaml,
@@ -103,7 +104,7 @@ bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seed
   --systems "$conf/aam48.yaml" "${evalset[@]}"
 # the methods again at 48 epochs (after the line above, which measured the larger tail cost there)
 m48="aam cnaam $conf/lt/balanced_softmax.yaml $conf/encoder/kpositive_natural.yaml $conf/lt/feature_transfer.yaml \
-$conf/encoder/episodic_natural.yaml"
+$conf/encoder/episodic_natural.yaml $conf/encoder/kpositive_views.yaml"
 bash "$root/tools/bench_seeds.sh" "${ro[@]}" --protocol lt --imbalance 30 --seeds "$curve_seeds" --out "$out/scratch48" \
   --systems "$m48" --epochs 48 "${evalset[@]}"
 methods="$methods $noise $ssp $conf/aam48.yaml"
