@@ -60,6 +60,9 @@ def test_system_names_follow_the_paper():
     proto = {"head": {"name": "aam"}, "sampler": {"name": "episodic"}, "encoder_loss": {"name": "prototypical"}}
     assert system_name(proto) == "Angular prototypical loss (AAM) + episodic batches"
     assert system_name({"head": {"name": "aam"}, "sampler": {"name": "episodic"}}) == "Episodic batches (AAM)"
+    views = {"head": {"name": "aam"}, "sampler": {"name": "natural", "views": 2}, "encoder_loss": {"name": "kpositive"}}
+    assert system_name(views) == "K-positive contrast (AAM) + 2 views per utterance"
+    assert system_name({**views, "sampler": {"name": "natural", "views": 1}}) == "K-positive contrast (AAM)"
     tail = {"head": {"name": "aam"}, "augment": {"speed_perturb": True, "group_speed": [0.2, 0.5, 0.9]}}
     assert system_name(tail) == "Tail-aware augmentation (AAM)"
     # copies that keep their speaker are another method; uniform copies as new speakers stay the baseline's recipe

@@ -36,7 +36,8 @@ RULES: tuple[tuple[str, float | None, float | None, str], ...] = (
      "48 epochs instead of 16 the cost grew to +3.7 [+2.3, +5.0], and De-confound (Causal Norm AAM), whose "
      "estimate alone lowered seen Few EER at 16 epochs, recovered none of it at 48, nor did feature transfer. "
      "At 48 epochs k-positive contrast in frequency-drawn episodes lowered held-out EER (-1.1 [-1.9, -0.3]) "
-     "but raised minDCF and cost identification. For closed-set identification of tail speakers add Balanced "
+     "but raised minDCF and cost identification; with two crops per utterance under natural sampling instead "
+     "it changed nothing. For closed-set identification of tail speakers add Balanced "
      "Softmax (Few accuracy +11 to +16 points). More utterances per tail speaker is what closes the gap; "
      "measure yours with `--protocol lt`."),
     ("long_tail", None, None,

@@ -86,6 +86,9 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
         tags.append("episodic batches")
     elif sampler == "episodic_natural":
         tags.append("frequency-drawn episodes")
+    views = int((cfg.get("sampler") or {}).get("views", 1) or 1)
+    if views > 1:  # V crops of each drawn utterance in a batch: another batch, another method
+        tags.append(f"{views} views per utterance")
     aug = cfg.get("augment") or {}
     # speed-perturbed copies that keep their speaker's label (augment.speed_new_speakers: false) are another method
     kept = ", speakers kept" if aug.get("speed_perturb") and aug.get("speed_new_speakers") is False else ""
