@@ -291,6 +291,8 @@ def test_views_repeat_each_draw_in_a_row_shard_whole_groups_and_resume(name):
         build_sampler(name, labels, batch_size=6, views=4)
     with pytest.raises(ValueError, match="deals episodes"):
         build_sampler("episodic_natural", labels, batch_size=4, views=2)
+    with pytest.raises(ValueError, match="views must be at least 1, got 0"):
+        build_sampler(name, labels, batch_size=4, views=0)
 
 
 def test_views_of_one_utterance_are_different_crops(tmp_path):

@@ -204,10 +204,10 @@ class ViewsSampler(LongTailSampler):
         if name in EPISODIC_SCHEMES:
             raise ValueError(f"sampler.views applies to draws of single utterances; the {name} sampler deals "
                              "episodes (sampler.utts_per_speaker)")
+        if int(views) < 1:
+            raise ValueError(f"views must be at least 1, got {views}")
         super().__init__(labels, name, seed, num_samples, num_replicas, rank, epochs)
         self.views = int(views)
-        if self.views < 1:
-            raise ValueError(f"views must be at least 1, got {views}")
         # whole groups per rank, so that no rank holds a lone view of an utterance
         self.epoch_length = (self.epoch_length // self.views) * self.views
 
@@ -318,7 +318,7 @@ def build_sampler(name: str, labels: Sequence[int] | np.ndarray, seed: int = 0, 
     needs `epochs`, the run's train.epochs), 'episodic' or 'episodic_natural' (which need `batch_size`); `views`
     > 1 repeats each draw (ViewsSampler; `batch_size`, when given, must be a multiple of it)."""
     if views != 1:
-        if batch_size is not None and batch_size % views:
+        if views >= 1 and batch_size is not None and batch_size % views:
             from ..utils import UsageError
 
             raise UsageError(f"sampler.views={views} does not divide train.batch_size={batch_size} (the views of "
