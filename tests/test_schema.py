@@ -32,7 +32,7 @@ OLD_DEFAULTS: dict[str, Any] = {
     "head": {"name": "aam"},
     "loss": {"name": "ce"},
     "encoder_loss": {"name": "none"},
-    "sampler": {"name": "natural", "num_samples": None, "utts_per_speaker": 2},
+    "sampler": {"name": "natural", "num_samples": None, "utts_per_speaker": 2, "views": 1},
     "optim": {"lr": 0.1, "final_lr": 5.0e-5, "warmup_epochs": 6, "momentum": 0.9, "nesterov": True,
               "weight_decay": 1.0e-4, "grad_clip": 0.0},
     "margin": {"start_epoch": 20, "end_epoch": 40},
