@@ -58,8 +58,8 @@ _REF_HEAD = {"num_heads": 2, "gamma": 1.0 / 32, "momentum": 0.9}
 def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
     """The long-tail methods of docs/causal.md a config turns on (head options, loss options, the progressive
     sampler), in a fixed order, as short paper-style names."""
-    head, loss = cfg.get("head") or {}, cfg.get("loss") or {}
-    sampler = str((cfg.get("sampler") or {}).get("name", "natural"))
+    head, loss, scfg = cfg.get("head") or {}, cfg.get("loss") or {}, cfg.get("sampler") or {}
+    sampler = str(scfg.get("name", "natural"))
     ft = head.get("feature_transfer")
     tags = []
     if head.get("class_margins"):
@@ -86,7 +86,7 @@ def _method_tags(cfg: Mapping[str, Any]) -> list[str]:
         tags.append("episodic batches")
     elif sampler == "episodic_natural":
         tags.append("frequency-drawn episodes")
-    views = int((cfg.get("sampler") or {}).get("views", 1) or 1)
+    views = int(scfg.get("views", 1) or 1)
     if views > 1:  # V crops of each drawn utterance in a batch: another batch, another method
         tags.append(f"{views} views per utterance")
     aug = cfg.get("augment") or {}
